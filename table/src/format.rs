@@ -1,0 +1,280 @@
+//! The compiled-table layout: what config-sync writes and lb reads.
+//!
+//! Every type here is serialised with rkyv, so lb reads the table in place after one validation
+//! pass (see `view`). Indices (`u32`) point into the flat vectors of [`Table`]; `view` checks
+//! each one once, so lookups can follow them without bounds surprises.
+//!
+//! Change anything here and bump [`FORMAT_VERSION`]: a reader refuses a table whose version it
+//! does not know instead of misreading it.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// Version of this layout. Stored in the segment header and checked by readers.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// One compiled generation of the whole data-plane configuration.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct Table {
+    /// Generation number, also carried by the segment header; the two must agree.
+    pub generation: u64,
+    /// Listening sockets, sorted by `(port, address)`.
+    pub ports: Vec<Port>,
+    /// Gateway listeners; a port's [`HostIndex`] picks one by Host.
+    pub listeners: Vec<Listener>,
+    /// Per-hostname rule lists of a listener.
+    pub vhosts: Vec<VirtualHost>,
+    /// Route matches; a virtual host lists them in precedence order.
+    pub matches: Vec<RouteMatch>,
+    /// What a matched rule does.
+    pub actions: Vec<Action>,
+    /// Backend services with their resolved endpoints.
+    pub services: Vec<Service>,
+    /// Regular expressions referenced by index, compiled once when the table is opened.
+    pub regexes: Vec<String>,
+    /// Total number of weighted backends over all actions: the size of each core's
+    /// weighted-round-robin state. Must equal the sum, so a corrupted count cannot make a reader
+    /// allocate without bound.
+    pub wrr_slots: u32,
+}
+
+/// An IPv4 or IPv6 address in a fixed-size form (IPv4 in the first four octets).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[rkyv(derive(Debug))]
+pub struct Address {
+    /// `true` for IPv6.
+    pub v6: bool,
+    /// The address octets; for IPv4 only `octets[..4]` are meaningful, the rest are zero.
+    pub octets: [u8; 16],
+}
+
+/// A socket lb listens on and the Gateway listeners that share it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Port {
+    /// Address to bind; `None` means lb's default bind address.
+    pub address: Option<Address>,
+    /// TCP port.
+    pub port: u16,
+    /// Picks a listener by the request's Host (Gateway API listener isolation).
+    pub listeners: HostIndex,
+}
+
+/// Host → target lookup with the Gateway API's precedence: exact name, then the longest
+/// matching wildcard suffix, then the catch-all.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct HostIndex {
+    /// Exact lower-case host names, sorted by bytes for binary search.
+    pub exact: Vec<HostEntry>,
+    /// Wildcards stored as their suffix with the leading dot (`*.example.com` →
+    /// `.example.com`), longest first. A suffix matches a host that ends with it and has at
+    /// least one more byte in front.
+    pub wildcard: Vec<HostEntry>,
+    /// Target for any other host.
+    pub any: Option<u32>,
+}
+
+/// One name in a [`HostIndex`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct HostEntry {
+    /// Lower-case host name or wildcard suffix.
+    pub host: String,
+    /// Index of the listener or virtual host.
+    pub target: u32,
+}
+
+/// A Gateway listener (`namespace/gateway/listener`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Listener {
+    /// `namespace/gateway/listener`, for logs.
+    pub name: String,
+    /// Picks the virtual host by Host.
+    pub vhosts: HostIndex,
+}
+
+/// The ordered rules for one effective hostname of a listener.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct VirtualHost {
+    /// The hostname (`""` for any), for logs.
+    pub hostname: String,
+    /// Indices into [`Table::matches`], first match wins.
+    pub matches: Vec<u32>,
+    /// Less specific virtual host to try when nothing here matches. Always a larger index than
+    /// this one, which keeps every chain finite.
+    pub fallback: Option<u32>,
+}
+
+/// One HTTPRoute match: every condition must hold.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct RouteMatch {
+    /// Path condition.
+    pub path: PathMatch,
+    /// Method condition, upper-case as sent.
+    pub method: Option<String>,
+    /// Header conditions; names lower-case.
+    pub headers: Vec<HeaderMatch>,
+    /// Query-parameter conditions; names exact.
+    pub query: Vec<QueryMatch>,
+    /// Index into [`Table::actions`].
+    pub action: u32,
+}
+
+/// Path condition of a match.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum PathMatch {
+    /// Element-wise prefix without a trailing slash (`/` matches everything).
+    Prefix(String),
+    /// Whole path.
+    Exact(String),
+    /// Index into [`Table::regexes`]; the whole path must match.
+    Regex(u32),
+}
+
+/// Header condition.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct HeaderMatch {
+    /// Lower-case header name.
+    pub name: String,
+    /// Value condition on the first field with that name.
+    pub value: ValueMatch,
+}
+
+/// Query-parameter condition.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct QueryMatch {
+    /// Exact (case-sensitive) parameter name.
+    pub name: String,
+    /// Value condition on the first parameter with that name.
+    pub value: ValueMatch,
+}
+
+/// A value condition.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum ValueMatch {
+    /// Byte-exact value.
+    Exact(String),
+    /// Index into [`Table::regexes`]; the whole value must match.
+    Regex(u32),
+}
+
+/// What a matched route rule does.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Action {
+    /// `namespace/name` of the HTTPRoute, for logs.
+    pub route: String,
+    /// Index of the rule within the route.
+    pub rule: u32,
+    /// Forward or answer.
+    pub kind: ActionKind,
+}
+
+/// Forward to weighted backends, or answer locally.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum ActionKind {
+    /// Weighted backends; `wrr_offset` is where this action's state starts in each core's
+    /// weighted-round-robin array.
+    Forward {
+        /// Backends with their weights.
+        backends: Vec<WeightedBackend>,
+        /// Offset into the per-core state, `backends.len()` slots long.
+        wrr_offset: u32,
+    },
+    /// Answer with this status and no upstream.
+    Respond {
+        /// HTTP status code.
+        status: u16,
+    },
+}
+
+/// A backend and its share of traffic.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct WeightedBackend {
+    /// Relative weight; 0 receives nothing.
+    pub weight: u32,
+    /// Where that share goes.
+    pub target: BackendTarget,
+}
+
+/// Destination of one backend share.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum BackendTarget {
+    /// Index into [`Table::services`].
+    Service(u32),
+    /// An invalid backend reference: that share of traffic gets this status (the spec's 500).
+    Status(u16),
+}
+
+/// A backend Service port and its ready endpoints.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Service {
+    /// `namespace/name:port`, for logs.
+    pub name: String,
+    /// Ready endpoints.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One endpoint address.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Endpoint {
+    /// IP address.
+    pub address: Address,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl Address {
+    /// The address as a std [`IpAddr`](std::net::IpAddr).
+    pub fn ip(&self) -> std::net::IpAddr {
+        to_ip(self.v6, &self.octets)
+    }
+}
+
+impl From<std::net::IpAddr> for Address {
+    fn from(ip: std::net::IpAddr) -> Self {
+        let mut octets = [0u8; 16];
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                octets[..4].copy_from_slice(&v4.octets());
+                Address { v6: false, octets }
+            }
+            std::net::IpAddr::V6(v6) => Address { v6: true, octets: v6.octets() },
+        }
+    }
+}
+
+impl ArchivedAddress {
+    /// The address as a std [`IpAddr`](std::net::IpAddr).
+    pub fn ip(&self) -> std::net::IpAddr {
+        to_ip(self.v6, &self.octets)
+    }
+}
+
+impl ArchivedEndpoint {
+    /// The endpoint as a socket address.
+    pub fn socket_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.address.ip(), self.port.to_native())
+    }
+}
+
+fn to_ip(v6: bool, octets: &[u8; 16]) -> std::net::IpAddr {
+    if v6 {
+        std::net::IpAddr::V6(std::net::Ipv6Addr::from(*octets))
+    } else {
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(octets[0], octets[1], octets[2], octets[3]))
+    }
+}

@@ -1,0 +1,222 @@
+//! Request → rule lookup over a validated [`Router`]: port → listener (by Host) → virtual host
+//! (by Host) → first matching rule, following fallbacks to less specific hostnames.
+//!
+//! Precedence was resolved by config-sync when it ordered each virtual host's matches, so this
+//! is a first-match scan. Nothing here allocates; regex searches use the caller's per-core
+//! [`Scratch`] so cores never share a regex cache (regex-automata's shared pool would take a
+//! lock on every search from a second thread).
+
+use std::net::IpAddr;
+
+use regex_automata::{Input, meta};
+
+use crate::format::{
+    ArchivedAction, ArchivedHostIndex, ArchivedListener, ArchivedPathMatch, ArchivedPort,
+    ArchivedRouteMatch, ArchivedValueMatch,
+};
+use crate::view::Router;
+
+/// The request fields routing looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// Method as sent.
+    pub method: &'a [u8],
+    /// Path without the query.
+    pub path: &'a [u8],
+    /// Raw query after `?` (empty when absent).
+    pub query: &'a [u8],
+    /// Lower-case host without port (see [`normalize_host`]).
+    pub host: &'a [u8],
+}
+
+/// Header access for header matches.
+pub trait Headers {
+    /// Value of the first field named `name` (given in lower case; compare case-insensitively).
+    fn first(&self, name: &str) -> Option<&[u8]>;
+}
+
+/// Outcome of a lookup.
+#[derive(Debug, Clone, Copy)]
+pub enum Route<'t> {
+    /// No Gateway listener on this port accepts the Host.
+    NoListener,
+    /// A listener took the request but no rule matched.
+    NoRoute(&'t ArchivedListener),
+    /// The first matching rule.
+    Matched {
+        /// The listener that took the request.
+        listener: &'t ArchivedListener,
+        /// The matched rule's action.
+        action: &'t ArchivedAction,
+    },
+}
+
+/// Per-core mutable state for lookups (regex caches), created with [`Router::scratch`].
+#[derive(Debug)]
+pub struct Scratch {
+    caches: Vec<meta::Cache>,
+}
+
+impl Router {
+    /// Fresh per-core scratch space for this router.
+    pub fn scratch(&self) -> Scratch {
+        let caches =
+            (0..self.regex_count()).filter_map(|i| self.regex(i as u32)).map(|r| r.create_cache());
+        Scratch { caches: caches.collect() }
+    }
+
+    /// The port entry for a connection accepted on `local`:`port`: an entry for exactly that
+    /// address wins over one without an address.
+    pub fn port(&self, local: IpAddr, port: u16) -> Option<&ArchivedPort> {
+        let mut fallback = None;
+        for p in self.table().ports.iter().filter(|p| p.port.to_native() == port) {
+            match p.address.as_ref() {
+                Some(a) if a.ip() == local => return Some(p),
+                Some(_) => {}
+                None => fallback = Some(p),
+            }
+        }
+        fallback
+    }
+
+    /// Finds the rule for `req` arriving on `port`.
+    pub fn route<'t, H: Headers + ?Sized>(
+        &'t self,
+        port: &'t ArchivedPort,
+        req: &Request<'_>,
+        headers: &H,
+        scratch: &mut Scratch,
+    ) -> Route<'t> {
+        let table = self.table();
+        let Some(listener) =
+            find_host(&port.listeners, req.host).and_then(|i| table.listeners.get(i as usize))
+        else {
+            return Route::NoListener;
+        };
+        let mut vhost = find_host(&listener.vhosts, req.host);
+        // Bounded: `view` checked that every fallback index is larger than its own.
+        while let Some(v) = vhost.and_then(|i| table.vhosts.get(i as usize)) {
+            for index in v.matches.iter() {
+                let Some(m) = table.matches.get(index.to_native() as usize) else { continue };
+                if self.matches(m, req, headers, scratch)
+                    && let Some(action) = table.actions.get(m.action.to_native() as usize)
+                {
+                    return Route::Matched { listener, action };
+                }
+            }
+            vhost = v.fallback.as_ref().map(|f| f.to_native());
+        }
+        Route::NoRoute(listener)
+    }
+
+    fn matches<H: Headers + ?Sized>(
+        &self,
+        m: &ArchivedRouteMatch,
+        req: &Request<'_>,
+        headers: &H,
+        scratch: &mut Scratch,
+    ) -> bool {
+        let path_ok = match &m.path {
+            ArchivedPathMatch::Exact(p) => req.path == p.as_bytes(),
+            ArchivedPathMatch::Prefix(p) => prefix_matches(p.as_bytes(), req.path),
+            ArchivedPathMatch::Regex(r) => self.regex_matches(r.to_native(), req.path, scratch),
+        };
+        if !path_ok {
+            return false;
+        }
+        if let Some(method) = m.method.as_ref()
+            && req.method != method.as_bytes()
+        {
+            return false;
+        }
+        for h in m.headers.iter() {
+            let Some(value) = headers.first(h.name.as_str()) else { return false };
+            if !self.value_matches(&h.value, value, scratch) {
+                return false;
+            }
+        }
+        for q in m.query.iter() {
+            let Some(value) = query_param(req.query, q.name.as_bytes()) else { return false };
+            if !self.value_matches(&q.value, value, scratch) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn value_matches(&self, m: &ArchivedValueMatch, value: &[u8], scratch: &mut Scratch) -> bool {
+        match m {
+            ArchivedValueMatch::Exact(v) => value == v.as_bytes(),
+            ArchivedValueMatch::Regex(r) => self.regex_matches(r.to_native(), value, scratch),
+        }
+    }
+
+    fn regex_matches(&self, index: u32, haystack: &[u8], scratch: &mut Scratch) -> bool {
+        match (self.regex(index), scratch.caches.get_mut(index as usize)) {
+            (Some(re), Some(cache)) => {
+                re.search_half_with(cache, &Input::new(haystack).earliest(true)).is_some()
+            }
+            // A scratch from another router: still correct, only slower.
+            (Some(re), None) => re.is_match(Input::new(haystack)),
+            (None, _) => false,
+        }
+    }
+}
+
+/// Element-wise prefix match: `/v2` matches `/v2`, `/v2/` and `/v2/x` but not `/v2x`. The
+/// compiled prefix never ends in `/` except for the root `/`, which matches every path.
+pub fn prefix_matches(prefix: &[u8], path: &[u8]) -> bool {
+    if prefix == b"/" {
+        return true;
+    }
+    path.starts_with(prefix) && matches!(path.get(prefix.len()), None | Some(b'/'))
+}
+
+/// Value of the first query parameter named exactly `name` (raw, not percent-decoded).
+pub fn query_param<'q>(query: &'q [u8], name: &[u8]) -> Option<&'q [u8]> {
+    query.split(|&b| b == b'&').find_map(|pair| {
+        let (n, v) = match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+            None => (pair, &pair[pair.len()..]),
+        };
+        (n == name).then_some(v)
+    })
+}
+
+/// Finds the target for `host` in `index`: exact, then longest wildcard, then catch-all.
+pub fn find_host(index: &ArchivedHostIndex, host: &[u8]) -> Option<u32> {
+    if let Ok(i) = index.exact.binary_search_by(|e| e.host.as_bytes().cmp(host)) {
+        return index.exact.get(i).map(|e| e.target.to_native());
+    }
+    index
+        .wildcard
+        .iter()
+        .find(|e| host.len() > e.host.len() && host.ends_with(e.host.as_bytes()))
+        .map(|e| e.target.to_native())
+        .or_else(|| index.any.as_ref().map(|a| a.to_native()))
+}
+
+/// Longest host name we route on (DNS limit); longer hosts match only catch-alls.
+pub const MAX_HOST: usize = 255;
+
+/// Lower-cases `raw` (a Host header or URI authority) into `out` and strips the port and the
+/// brackets of an IPv6 literal. Returns `None` when the host is longer than [`MAX_HOST`].
+pub fn normalize_host<'o>(raw: &[u8], out: &'o mut [u8; MAX_HOST]) -> Option<&'o [u8]> {
+    let host = if let Some(rest) = raw.strip_prefix(b"[") {
+        // IPv6 literal: "[::1]:8080" → "::1".
+        let end = rest.iter().position(|&b| b == b']').unwrap_or(rest.len());
+        &rest[..end]
+    } else {
+        match raw.iter().rposition(|&b| b == b':') {
+            Some(colon) => &raw[..colon],
+            None => raw,
+        }
+    };
+    // A trailing dot names the same host (`example.com.`).
+    let host = host.strip_suffix(b".").unwrap_or(host);
+    let out = out.get_mut(..host.len())?;
+    for (o, b) in out.iter_mut().zip(host) {
+        *o = b.to_ascii_lowercase();
+    }
+    Some(out)
+}

@@ -1,0 +1,281 @@
+//! Tests of the table round trip: build → encode → open → lookup, and of the view's refusal of
+//! bad bytes.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use proptest::prelude::*;
+
+use crate::format::*;
+use crate::lookup::{Headers, Request, Route, normalize_host};
+use crate::{Router, encode};
+
+struct NoHeaders;
+impl Headers for NoHeaders {
+    fn first(&self, _: &str) -> Option<&[u8]> {
+        None
+    }
+}
+
+struct Pairs<'a>(&'a [(&'a str, &'a str)]);
+impl Headers for Pairs<'_> {
+    fn first(&self, name: &str) -> Option<&[u8]> {
+        self.0.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_bytes())
+    }
+}
+
+fn forward(route: &str, service: u32, wrr_offset: u32) -> Action {
+    Action {
+        route: route.into(),
+        rule: 0,
+        kind: ActionKind::Forward {
+            backends: vec![WeightedBackend { weight: 1, target: BackendTarget::Service(service) }],
+            wrr_offset,
+        },
+    }
+}
+
+fn prefix(p: &str, action: u32) -> RouteMatch {
+    RouteMatch {
+        path: PathMatch::Prefix(p.into()),
+        method: None,
+        headers: vec![],
+        query: vec![],
+        action,
+    }
+}
+
+fn entry(host: &str, target: u32) -> HostEntry {
+    HostEntry { host: host.into(), target }
+}
+
+/// One port (8080), one listener, virtual hosts:
+/// 0 `a.example.com` (fallback 1), 1 `.example.com` (fallback 2), 2 any.
+fn sample() -> Table {
+    let services = (0..6)
+        .map(|i| Service {
+            name: format!("svc{i}"),
+            endpoints: vec![Endpoint {
+                address: Address::from(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                port: 9000 + i as u16,
+            }],
+        })
+        .collect();
+    let mut matches = vec![
+        // vhost 0
+        RouteMatch { path: PathMatch::Exact("/exact".into()), ..prefix("", 0) },
+        prefix("/v2", 1),
+        // vhost 1
+        RouteMatch {
+            headers: vec![HeaderMatch {
+                name: "x-version".into(),
+                value: ValueMatch::Exact("two".into()),
+            }],
+            method: Some("POST".into()),
+            ..prefix("/", 2)
+        },
+        RouteMatch {
+            query: vec![QueryMatch { name: "animal".into(), value: ValueMatch::Regex(0) }],
+            ..prefix("/", 3)
+        },
+        RouteMatch { path: PathMatch::Regex(1), ..prefix("", 4) },
+        // vhost 2
+        prefix("/", 5),
+    ];
+    matches.shrink_to_fit();
+    Table {
+        generation: 3,
+        ports: vec![Port {
+            address: None,
+            port: 8080,
+            listeners: HostIndex { any: Some(0), ..HostIndex::default() },
+        }],
+        listeners: vec![Listener {
+            name: "default/gw/http".into(),
+            vhosts: HostIndex {
+                exact: vec![entry("a.example.com", 0)],
+                wildcard: vec![entry(".example.com", 1)],
+                any: Some(2),
+            },
+        }],
+        vhosts: vec![
+            VirtualHost {
+                hostname: "a.example.com".into(),
+                matches: vec![0, 1],
+                fallback: Some(1),
+            },
+            VirtualHost {
+                hostname: "*.example.com".into(),
+                matches: vec![2, 3, 4],
+                fallback: Some(2),
+            },
+            VirtualHost { hostname: String::new(), matches: vec![5], fallback: None },
+        ],
+        matches,
+        actions: (0..6).map(|i| forward(&format!("r{i}"), i, i)).collect(),
+        services,
+        regexes: vec!["(whale|dolphin)".into(), "/img/[0-9]+\\.png".into()],
+        wrr_slots: 6,
+    }
+}
+
+fn open(table: &Table) -> Router {
+    Router::open(&encode(table).unwrap(), Some(table.generation)).unwrap()
+}
+
+fn route_name(
+    router: &Router,
+    host: &str,
+    method: &str,
+    target: &str,
+    headers: &dyn Headers,
+) -> String {
+    let port = router.port(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080).unwrap();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let req = Request {
+        method: method.as_bytes(),
+        path: path.as_bytes(),
+        query: query.as_bytes(),
+        host: host.as_bytes(),
+    };
+    let mut scratch = router.scratch();
+    match router.route(port, &req, headers, &mut scratch) {
+        Route::Matched { action, .. } => action.route.as_str().to_owned(),
+        Route::NoRoute(_) => "404".into(),
+        Route::NoListener => "no-listener".into(),
+    }
+}
+
+#[test]
+fn host_precedence_and_fallback() {
+    let r = open(&sample());
+    assert_eq!(route_name(&r, "a.example.com", "GET", "/exact", &NoHeaders), "r0");
+    assert_eq!(route_name(&r, "a.example.com", "GET", "/v2/x", &NoHeaders), "r1");
+    // Nothing in a.example.com matches /other: falls back to the wildcard, then to any.
+    assert_eq!(route_name(&r, "a.example.com", "GET", "/other", &NoHeaders), "r5");
+    assert_eq!(route_name(&r, "b.example.com", "GET", "/exact", &NoHeaders), "r5");
+    assert_eq!(route_name(&r, "example.com", "GET", "/exact", &NoHeaders), "r5");
+    assert_eq!(route_name(&r, "deep.b.example.com", "GET", "/img/12.png", &NoHeaders), "r4");
+}
+
+#[test]
+fn path_prefix_is_element_wise() {
+    let r = open(&sample());
+    assert_eq!(route_name(&r, "a.example.com", "GET", "/v2", &NoHeaders), "r1");
+    assert_eq!(route_name(&r, "a.example.com", "GET", "/v2/", &NoHeaders), "r1");
+    assert_eq!(route_name(&r, "a.example.com", "GET", "/v2example", &NoHeaders), "r5");
+    assert_eq!(route_name(&r, "a.example.com", "GET", "/exact/", &NoHeaders), "r5");
+}
+
+#[test]
+fn method_header_query_and_regex_conditions() {
+    let r = open(&sample());
+    let v2 = Pairs(&[("X-Version", "two")]);
+    assert_eq!(route_name(&r, "b.example.com", "POST", "/", &v2), "r2");
+    assert_eq!(route_name(&r, "b.example.com", "GET", "/", &v2), "r5", "method must match too");
+    assert_eq!(
+        route_name(&r, "b.example.com", "POST", "/", &Pairs(&[("x-version", "three")])),
+        "r5"
+    );
+    assert_eq!(route_name(&r, "b.example.com", "GET", "/?animal=whale", &NoHeaders), "r3");
+    assert_eq!(route_name(&r, "b.example.com", "GET", "/?a=1&animal=dolphin", &NoHeaders), "r3");
+    // Whole-value regex: "whales" does not match (whale|dolphin).
+    assert_eq!(route_name(&r, "b.example.com", "GET", "/?animal=whales", &NoHeaders), "r5");
+    assert_eq!(route_name(&r, "b.example.com", "GET", "/img/1x.png", &NoHeaders), "r5");
+}
+
+#[test]
+fn port_address_precedence() {
+    let mut t = sample();
+    let mut specific = t.ports[0].clone();
+    specific.address = Some(Address::from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9))));
+    specific.listeners.any = None;
+    t.ports.push(specific);
+    let r = open(&t);
+    let p = r.port(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9)), 8080).unwrap();
+    assert!(p.address.is_some());
+    let p = r.port(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080).unwrap();
+    assert!(p.address.is_none());
+    assert!(r.port(IpAddr::V4(Ipv4Addr::LOCALHOST), 8081).is_none());
+}
+
+#[test]
+fn normalize_host_strips_port_and_case() {
+    let mut buf = [0u8; 255];
+    assert_eq!(normalize_host(b"Foo.Example.COM:8080", &mut buf).unwrap(), b"foo.example.com");
+    assert_eq!(normalize_host(b"[::1]:80", &mut buf).unwrap(), b"::1");
+    assert_eq!(normalize_host(b"example.com.", &mut buf).unwrap(), b"example.com");
+    assert!(normalize_host(&[b'a'; 300], &mut buf).is_none());
+}
+
+#[test]
+fn open_refuses_out_of_range_indices() {
+    type Mutation = Box<dyn Fn(&mut Table)>;
+    let cases: Vec<(&str, Mutation)> = vec![
+        ("listener", Box::new(|t| t.ports[0].listeners.any = Some(7))),
+        ("vhost", Box::new(|t| t.listeners[0].vhosts.exact[0].target = 9)),
+        ("match", Box::new(|t| t.vhosts[0].matches.push(99))),
+        ("action", Box::new(|t| t.matches[0].action = 50)),
+        ("regex", Box::new(|t| t.matches[4].path = PathMatch::Regex(5))),
+        ("fallback loop", Box::new(|t| t.vhosts[1].fallback = Some(0))),
+        ("wrr", Box::new(|t| t.wrr_slots = u32::MAX)),
+        ("unsorted", Box::new(|t| t.listeners[0].vhosts.exact.push(entry("a.example.co", 0)))),
+        (
+            "upper-case host",
+            Box::new(|t| t.listeners[0].vhosts.exact[0].host = "A.example.com".into()),
+        ),
+        ("bad regex", Box::new(|t| t.regexes[0] = "(".into())),
+    ];
+    for (what, mutate) in cases {
+        let mut t = sample();
+        mutate(&mut t);
+        let bytes = encode(&t).unwrap();
+        assert!(Router::open(&bytes, None).is_err(), "{what} must be refused");
+    }
+    let bytes = encode(&sample()).unwrap();
+    assert!(Router::open(&bytes, Some(4)).is_err(), "generation mismatch");
+}
+
+fn lookups_do_not_panic(router: &Router) {
+    let mut scratch = router.scratch();
+    for p in router.table().ports.iter() {
+        for host in ["a.example.com", "x.example.com", "", "other"] {
+            let req = Request {
+                method: b"GET",
+                path: b"/v2/x",
+                query: b"animal=whale",
+                host: host.as_bytes(),
+            };
+            let _ = router.route(p, &req, &Pairs(&[("x-version", "two")]), &mut scratch);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+        if let Ok(router) = Router::open(&bytes, None) {
+            lookups_do_not_panic(&router);
+        }
+    }
+
+    #[test]
+    fn mutated_tables_never_panic(
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        truncate in any::<prop::sample::Index>(),
+        cut in any::<bool>(),
+    ) {
+        let mut bytes = encode(&sample()).unwrap().to_vec();
+        for (at, value) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] = value;
+        }
+        if cut {
+            bytes.truncate(truncate.index(bytes.len()));
+        }
+        if let Ok(router) = Router::open(&bytes, None) {
+            lookups_do_not_panic(&router);
+        }
+    }
+}

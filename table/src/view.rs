@@ -1,0 +1,237 @@
+//! Validated, zero-copy view of a table: bytes in, [`Router`] out.
+//!
+//! `open` is the only way from bytes to a [`Router`]. It copies the bytes into an aligned buffer
+//! the router owns, runs rkyv's structural check (bytecheck: every relative pointer, length,
+//! enum tag and UTF-8 string), then checks every index this crate follows, then compiles the
+//! regular expressions. After that, lookups read the archive in place without checks of their
+//! own. Bytes come from shared memory, which we treat as untrusted: any failure is an error
+//! value, never a panic.
+
+#![allow(unsafe_code, reason = "one access_unchecked of an archive validated in `open`")]
+
+use regex_automata::meta;
+use rkyv::{rancor, util::AlignedVec};
+
+use crate::format::{
+    ArchivedActionKind, ArchivedBackendTarget, ArchivedHostIndex, ArchivedPathMatch, ArchivedTable,
+    ArchivedValueMatch,
+};
+
+/// A table that passed validation, ready for lookups.
+pub struct Router {
+    // INVARIANT: `bytes` holds an archive that `rkyv::access::<ArchivedTable>` accepted and that
+    // `check_indices` accepted; it is never mutated after `open`.
+    bytes: AlignedVec<16>,
+    regexes: Vec<meta::Regex>,
+}
+
+/// Why a table was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    /// rkyv's structural check failed.
+    #[error("table structure is invalid: {0}")]
+    Structure(String),
+    /// An index points outside its vector, or an invariant of the format does not hold.
+    #[error("table is inconsistent: {0}")]
+    Inconsistent(String),
+    /// A regular expression does not compile.
+    #[error("regex {index} does not compile: {reason}")]
+    Regex {
+        /// Index into the table's regexes.
+        index: usize,
+        /// Compiler message.
+        reason: String,
+    },
+    /// The table's own generation does not match the one it was published under.
+    #[error("table says generation {found}, header said {expected}")]
+    Generation {
+        /// From the header.
+        expected: u64,
+        /// From the table.
+        found: u64,
+    },
+}
+
+/// Size limit for one compiled regex, so a hostile pattern cannot take the reader's memory.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+impl Router {
+    /// Validates `bytes` completely and builds a router. `generation` is the generation the
+    /// segment header announced; the table must carry the same.
+    pub fn open(bytes: &[u8], generation: Option<u64>) -> Result<Router, TableError> {
+        let mut owned = AlignedVec::<16>::with_capacity(bytes.len());
+        owned.extend_from_slice(bytes);
+        Router::open_owned(owned, generation)
+    }
+
+    /// [`open`](Self::open) for bytes already in an aligned buffer (a segment snapshot).
+    pub fn open_owned(
+        owned: AlignedVec<16>,
+        generation: Option<u64>,
+    ) -> Result<Router, TableError> {
+        let table = rkyv::access::<ArchivedTable, rancor::Error>(&owned)
+            .map_err(|e| TableError::Structure(e.to_string()))?;
+        if let Some(expected) = generation {
+            let found = table.generation.to_native();
+            if found != expected {
+                return Err(TableError::Generation { expected, found });
+            }
+        }
+        check_indices(table)?;
+        let regexes = table
+            .regexes
+            .iter()
+            .enumerate()
+            .map(|(index, pattern)| {
+                compile_regex(pattern.as_str())
+                    .map_err(|reason| TableError::Regex { index, reason })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Router { bytes: owned, regexes })
+    }
+
+    /// The archived table.
+    pub fn table(&self) -> &ArchivedTable {
+        // SAFETY: `bytes` passed `rkyv::access::<ArchivedTable>` in `open` and is immutable
+        // since (INVARIANT on the field), so the root is valid for this borrow.
+        unsafe { rkyv::access_unchecked::<ArchivedTable>(&self.bytes) }
+    }
+
+    /// Generation of this table.
+    pub fn generation(&self) -> u64 {
+        self.table().generation.to_native()
+    }
+
+    /// Size of the table in bytes.
+    pub fn size(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub(crate) fn regex(&self, index: u32) -> Option<&meta::Regex> {
+        self.regexes.get(index as usize)
+    }
+
+    pub(crate) fn regex_count(&self) -> usize {
+        self.regexes.len()
+    }
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("generation", &self.generation())
+            .field("bytes", &self.bytes.len())
+            .field("regexes", &self.regexes.len())
+            .finish()
+    }
+}
+
+/// Compiles a Gateway API regular expression as a whole-input match.
+pub fn compile_regex(pattern: &str) -> Result<meta::Regex, String> {
+    let anchored = format!("^(?:{pattern})$");
+    meta::Regex::builder()
+        .configure(
+            meta::Config::new()
+                .nfa_size_limit(Some(REGEX_SIZE_LIMIT))
+                .dfa_size_limit(Some(REGEX_SIZE_LIMIT))
+                .hybrid_cache_capacity(REGEX_SIZE_LIMIT),
+        )
+        .build(&anchored)
+        .map_err(|e| e.to_string())
+}
+
+fn check_indices(t: &ArchivedTable) -> Result<(), TableError> {
+    let bad = |what: String| Err(TableError::Inconsistent(what));
+    let (listeners, vhosts, matches, actions, services, regexes) = (
+        t.listeners.len(),
+        t.vhosts.len(),
+        t.matches.len(),
+        t.actions.len(),
+        t.services.len(),
+        t.regexes.len(),
+    );
+    for (i, port) in t.ports.iter().enumerate() {
+        check_host_index(&port.listeners, listeners)
+            .map_err(|e| incons(format!("port {i}: {e}")))?;
+    }
+    for (i, listener) in t.listeners.iter().enumerate() {
+        check_host_index(&listener.vhosts, vhosts)
+            .map_err(|e| incons(format!("listener {i}: {e}")))?;
+    }
+    for (i, vhost) in t.vhosts.iter().enumerate() {
+        if let Some(fallback) = vhost.fallback.as_ref() {
+            let fallback = fallback.to_native() as usize;
+            if fallback <= i || fallback >= vhosts {
+                return bad(format!("vhost {i}: fallback {fallback} must be in ({i}, {vhosts})"));
+            }
+        }
+        if let Some(m) = vhost.matches.iter().find(|m| m.to_native() as usize >= matches) {
+            return bad(format!("vhost {i}: match {m} out of range"));
+        }
+    }
+    let regex_ok = |r: u32| (r as usize) < regexes;
+    for (i, m) in t.matches.iter().enumerate() {
+        if m.action.to_native() as usize >= actions {
+            return bad(format!("match {i}: action out of range"));
+        }
+        let path_ok = match &m.path {
+            ArchivedPathMatch::Regex(r) => regex_ok(r.to_native()),
+            ArchivedPathMatch::Prefix(_) | ArchivedPathMatch::Exact(_) => true,
+        };
+        let values = m.headers.iter().map(|h| &h.value).chain(m.query.iter().map(|q| &q.value));
+        let values_ok = values.into_iter().all(|v| match v {
+            ArchivedValueMatch::Regex(r) => regex_ok(r.to_native()),
+            ArchivedValueMatch::Exact(_) => true,
+        });
+        if !path_ok || !values_ok {
+            return bad(format!("match {i}: regex out of range"));
+        }
+    }
+    let mut wrr_total: u64 = 0;
+    for (i, action) in t.actions.iter().enumerate() {
+        if let ArchivedActionKind::Forward { backends, wrr_offset } = &action.kind {
+            let end = u64::from(wrr_offset.to_native()) + backends.len() as u64;
+            if end > u64::from(t.wrr_slots.to_native()) {
+                return bad(format!("action {i}: weighted state beyond wrr_slots"));
+            }
+            wrr_total += backends.len() as u64;
+            for b in backends.iter() {
+                if let ArchivedBackendTarget::Service(s) = &b.target
+                    && s.to_native() as usize >= services
+                {
+                    return bad(format!("action {i}: service out of range"));
+                }
+            }
+        }
+    }
+    if wrr_total != u64::from(t.wrr_slots.to_native()) {
+        return bad(format!("wrr_slots {} but actions hold {wrr_total}", t.wrr_slots));
+    }
+    Ok(())
+}
+
+fn incons(s: String) -> TableError {
+    TableError::Inconsistent(s)
+}
+
+fn check_host_index(index: &ArchivedHostIndex, targets: usize) -> Result<(), String> {
+    let entries = index.exact.iter().chain(index.wildcard.iter());
+    if let Some(e) = entries.clone().find(|e| e.target.to_native() as usize >= targets) {
+        return Err(format!("host {:?} targets {} of {targets}", e.host.as_str(), e.target));
+    }
+    if let Some(e) = entries.clone().find(|e| e.host.bytes().any(|b| b.is_ascii_uppercase())) {
+        return Err(format!("host {:?} is not lower-case", e.host.as_str()));
+    }
+    if index.exact.windows(2).any(|w| w[0].host.as_bytes() >= w[1].host.as_bytes()) {
+        return Err("exact hosts are not strictly sorted".into());
+    }
+    if index.wildcard.windows(2).any(|w| w[0].host.len() < w[1].host.len()) {
+        return Err("wildcards are not longest-first".into());
+    }
+    if let Some(any) = index.any.as_ref()
+        && any.to_native() as usize >= targets
+    {
+        return Err(format!("catch-all targets {any} of {targets}"));
+    }
+    Ok(())
+}
