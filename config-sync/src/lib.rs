@@ -1,1 +1,235 @@
-//! placeholder
+//! config-sync: Sluice's control plane. Reads Gateway API objects (file mode: a folder of
+//! manifests), resolves them per the spec, compiles one routing table and publishes it to lb
+//! through shared memory with a generation number. It also computes every owned object's status.
+//!
+//! Flow: `watch` (find and parse documents, keep the last good) → `model` (typed objects) →
+//! `compile` (resolution, precedence, table) → `publish` (segment) and `status`.
+//!
+//! Runs on tokio; it never links compio (lb's runtime), which CI checks.
+
+#![forbid(unsafe_code)]
+
+pub mod compile;
+pub mod model;
+pub mod publish;
+pub mod status;
+pub mod validate;
+pub mod watch;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+pub use compile::{Compiled, Settings, compile};
+
+/// Default `controllerName` of the GatewayClasses Sluice serves.
+pub const DEFAULT_CONTROLLER_NAME: &str = "sluice.dev/gateway-controller";
+
+/// How config-sync runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Folder of manifests (read recursively).
+    pub manifests: PathBuf,
+    /// Shared-memory segment to publish into.
+    pub table: PathBuf,
+    /// Where to write one status YAML per object, if anywhere.
+    pub status_dir: Option<PathBuf>,
+    /// Serve GatewayClasses with this controllerName.
+    pub controller_name: String,
+    /// The address lb binds when a Gateway names none (reported in Gateway status).
+    pub default_address: Option<IpAddr>,
+    /// Quiet time after a file event before reloading.
+    pub debounce: Duration,
+    /// Full rescan interval, a safety net under inotify.
+    pub rescan: Duration,
+}
+
+/// Errors that stop config-sync.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The manifests folder cannot be read at start.
+    #[error("manifests folder {path}: {source}")]
+    Manifests {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The segment cannot be opened.
+    #[error("table segment {path}: {source}")]
+    Segment {
+        /// The segment path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file watcher cannot start.
+    #[error("watching {path}: {source}")]
+    Watch {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        source: notify::Error,
+    },
+    /// The async runtime cannot start.
+    #[error("runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Runs config-sync in file mode until SIGINT or SIGTERM.
+pub fn run(config: Config) -> Result<(), Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
+    rt.block_on(run_files(config))
+}
+
+/// The file-mode pipeline: the source, the publisher and the status writer.
+#[derive(Debug)]
+pub struct Pipeline {
+    source: watch::FileSource,
+    publisher: publish::Publisher,
+    status: status::StatusWriter,
+    settings: Settings,
+    loaded: bool,
+}
+
+impl Pipeline {
+    /// Opens the segment and prepares the source; reads nothing yet.
+    pub fn new(config: &Config) -> Result<Pipeline, Error> {
+        std::fs::read_dir(&config.manifests)
+            .map_err(|source| Error::Manifests { path: config.manifests.clone(), source })?;
+        let publisher = publish::Publisher::open(&config.table)
+            .map_err(|source| Error::Segment { path: config.table.clone(), source })?;
+        Ok(Pipeline {
+            source: watch::FileSource::new(&config.manifests),
+            publisher,
+            status: status::StatusWriter::new(config.status_dir.clone()),
+            settings: Settings {
+                controller_name: config.controller_name.clone(),
+                default_address: config.default_address,
+            },
+            loaded: false,
+        })
+    }
+
+    /// Re-reads changed files (and those in `force`), compiles, publishes and writes status.
+    /// Returns the generation published, if any.
+    pub fn reload(&mut self, force: &BTreeSet<PathBuf>) -> Option<(u64, Instant)> {
+        let started = Instant::now();
+        let report = match self.source.scan(force) {
+            Ok(r) => r,
+            Err(e) => {
+                error!(folder = %self.source.root().display(), "cannot scan manifests: {e}; keeping the current table");
+                return None;
+            }
+        };
+        if !report.changed && self.loaded {
+            return None;
+        }
+        self.loaded = true;
+        let (model, _) = self.source.model();
+        let compiled = compile(&model, &self.settings);
+        let compile_time = started.elapsed();
+        let routes = compiled.table.matches.len();
+        let listeners = compiled.table.listeners.len();
+        let result = match self.publisher.publish(compiled.table) {
+            Ok(Some(p)) => {
+                info!(
+                    generation = p.generation,
+                    bytes = p.bytes,
+                    objects = model.len(),
+                    listeners,
+                    matches = routes,
+                    files_read = report.read,
+                    micros = compile_time.as_micros() as u64,
+                    "published"
+                );
+                Some((p.generation, Instant::now()))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                error!("cannot publish: {e}; lb keeps its current table");
+                None
+            }
+        };
+        self.status.apply(compiled.status);
+        result
+    }
+
+    /// lb's applied file for this segment.
+    pub fn applied_path(&self) -> &Path {
+        self.publisher.applied_path()
+    }
+
+    /// The status writer.
+    pub fn status(&self) -> &status::StatusWriter {
+        &self.status
+    }
+}
+
+async fn run_files(config: Config) -> Result<(), Error> {
+    use notify::Watcher;
+
+    let mut pipeline = Pipeline::new(&config)?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<PathBuf>>();
+    let mut watcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            Ok(e) => drop(tx.send(e.paths)),
+            Err(e) => warn!("file watcher: {e}"),
+        })
+        .map_err(|source| Error::Watch { path: config.manifests.clone(), source })?;
+    watcher
+        .watch(&config.manifests, notify::RecursiveMode::Recursive)
+        .map_err(|source| Error::Watch { path: config.manifests.clone(), source })?;
+    info!(
+        manifests = %config.manifests.display(),
+        table = %config.table.display(),
+        controller = %config.controller_name,
+        "config-sync started (file mode)"
+    );
+    let applied = pipeline.applied_path().to_owned();
+    let report = |published: Option<(u64, Instant)>| {
+        if let Some((generation, at)) = published {
+            let applied = applied.clone();
+            tokio::task::spawn_blocking(move || {
+                publish::wait_applied(&applied, generation, at, Duration::from_secs(5))
+            });
+        }
+    };
+    report(pipeline.reload(&BTreeSet::new()));
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(Error::Runtime)?;
+    let mut rescan = tokio::time::interval(config.rescan);
+    rescan.tick().await;
+    loop {
+        tokio::select! {
+            paths = rx.recv() => {
+                let Some(paths) = paths else { break };
+                let mut force: BTreeSet<PathBuf> = paths.into_iter().filter(|p| watch::is_manifest(p)).collect();
+                // Debounce: editors write in several steps; wait until the folder is quiet.
+                let deadline = tokio::time::Instant::now() + config.debounce * 10;
+                while let Ok(Some(more)) = tokio::time::timeout_at(
+                    (tokio::time::Instant::now() + config.debounce).min(deadline),
+                    rx.recv(),
+                )
+                .await
+                {
+                    force.extend(more.into_iter().filter(|p| watch::is_manifest(p)));
+                }
+                report(pipeline.reload(&force));
+            }
+            _ = rescan.tick() => report(pipeline.reload(&BTreeSet::new())),
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    info!("config-sync stopping; lb keeps serving the last table");
+    Ok(())
+}

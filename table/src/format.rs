@@ -39,7 +39,20 @@ pub struct Table {
 }
 
 /// An IPv4 or IPv6 address in a fixed-size form (IPv4 in the first four octets).
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    PartialOrd,
+    Ord,
+)]
 #[rkyv(derive(Debug))]
 pub struct Address {
     /// `true` for IPv6.

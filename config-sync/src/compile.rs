@@ -1,0 +1,1090 @@
+//! Resolution and compilation: the [`Model`] in, one [`Table`] and the status of every object we
+//! own out. Everything the Gateway API spec decides is decided here, once per change, so that
+//! lb only does first-match lookups:
+//!
+//! - which GatewayClasses are ours (`controllerName`), which Gateways use them;
+//! - listener validity and conflicts (same address, port and hostname);
+//! - route attachment per parentRef (sectionName, port, allowedRoutes namespaces and kinds,
+//!   hostname intersection) with the spec's reasons when it fails;
+//! - backend resolution (kind, ReferenceGrant, Service and port, ready endpoints);
+//! - rule precedence: per listener and effective hostname, matches sorted by the spec's order,
+//!   with a fallback chain to less specific hostnames.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use gateway_api::apis::experimental::gatewayclasses::GatewayClassStatus;
+use gateway_api::apis::experimental::gateways::{
+    Gateway, GatewayListenersAllowedRoutesNamespacesFrom as From, GatewayStatus,
+    GatewayStatusAddresses, GatewayStatusListeners, GatewayStatusListenersSupportedKinds,
+};
+use gateway_api::apis::experimental::httproutes::{
+    HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs,
+    HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
+    HttpRouteRulesMatchesQueryParamsType, HttpRouteStatus, HttpRouteStatusParents,
+    HttpRouteStatusParentsParentRef,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use table::format as t;
+
+use crate::model::{GATEWAY_GROUP, Key, Kind, Model, ObjectId};
+
+/// What compilation needs besides the objects.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// GatewayClasses with this `controllerName` are ours.
+    pub controller_name: String,
+    /// Address lb binds when a Gateway names none (reported in Gateway status).
+    pub default_address: Option<IpAddr>,
+}
+
+/// The output of one compilation.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// The table (generation 0; the publisher assigns one).
+    pub table: t::Table,
+    /// Status per owned object, with the object's generation.
+    pub status: BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>,
+}
+
+/// The status an object gets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ObjectStatus {
+    /// GatewayClass status.
+    GatewayClass(GatewayClassStatus),
+    /// Gateway status.
+    Gateway(GatewayStatus),
+    /// HTTPRoute status (only the parent entries Sluice owns).
+    HttpRoute(HttpRouteStatus),
+}
+
+impl ObjectStatus {
+    /// All conditions of the status, for carrying `lastTransitionTime` over.
+    pub fn conditions_mut(&mut self) -> Vec<&mut Vec<Condition>> {
+        match self {
+            ObjectStatus::GatewayClass(s) => s.conditions.iter_mut().collect(),
+            ObjectStatus::Gateway(s) => {
+                let mut all: Vec<&mut Vec<Condition>> = s.conditions.iter_mut().collect();
+                all.extend(s.listeners.iter_mut().flatten().map(|l| &mut l.conditions));
+                all
+            }
+            ObjectStatus::HttpRoute(s) => s.parents.iter_mut().map(|p| &mut p.conditions).collect(),
+        }
+    }
+}
+
+/// Compiles `model`.
+pub fn compile(model: &Model, settings: &Settings) -> Compiled {
+    let mut c = Compiler::new(model, settings);
+    c.classes();
+    c.gateways();
+    c.routes();
+    c.finish()
+}
+
+/// A status reason and its message.
+type Reason = (&'static str, String);
+
+struct ListenerInfo<'m> {
+    gateway: &'m Key,
+    name: &'m str,
+    port: u16,
+    hostname: Option<&'m str>,
+    addresses: Vec<Option<IpAddr>>,
+    allowed: AllowedNamespaces<'m>,
+    /// HTTPRoute is among the allowed kinds.
+    http_route_allowed: bool,
+    supported_kinds: Vec<&'static str>,
+    conditions: Vec<Condition>,
+    /// Accepts routes and gets programmed.
+    usable: bool,
+    attached: i32,
+    /// Route matches per effective hostname ("" = any).
+    vhosts: BTreeMap<String, Vec<Entry>>,
+}
+
+enum AllowedNamespaces<'m> {
+    Same,
+    All,
+    Selector(&'m gateway_api::apis::experimental::gateways::GatewayListenersAllowedRoutesNamespacesSelector),
+}
+
+/// One route match on its way into a virtual host, with the spec's precedence key.
+struct Entry {
+    key: SortKey,
+    m: t::RouteMatch,
+}
+
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct SortKey {
+    /// Exact (0) before RegularExpression (1) before PathPrefix (2): regex order is
+    /// implementation-specific; before prefixes keeps a rule-less `/` from shadowing it.
+    path_kind: u8,
+    path_len: Reverse<usize>,
+    has_method: Reverse<bool>,
+    headers: Reverse<usize>,
+    query: Reverse<usize>,
+    /// Routes without creationTimestamp sort after those with one.
+    created: (bool, i64, i32),
+    namespace: String,
+    name: String,
+    rule: usize,
+    index: usize,
+}
+
+struct Compiler<'m> {
+    model: &'m Model,
+    settings: &'m Settings,
+    status: BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>,
+    classes: BTreeSet<&'m str>,
+    listeners: Vec<ListenerInfo<'m>>,
+    gateway_listeners: BTreeMap<&'m Key, Vec<usize>>,
+    actions: Vec<t::Action>,
+    services: Vec<t::Service>,
+    service_index: HashMap<(String, String, i32), u32>,
+    regexes: Vec<String>,
+    regex_index: HashMap<String, u32>,
+}
+
+impl<'m> Compiler<'m> {
+    fn new(model: &'m Model, settings: &'m Settings) -> Self {
+        Compiler {
+            model,
+            settings,
+            status: BTreeMap::new(),
+            classes: BTreeSet::new(),
+            listeners: Vec::new(),
+            gateway_listeners: BTreeMap::new(),
+            actions: Vec::new(),
+            services: Vec::new(),
+            service_index: HashMap::new(),
+            regexes: Vec::new(),
+            regex_index: HashMap::new(),
+        }
+    }
+
+    fn classes(&mut self) {
+        for (key, class) in &self.model.gateway_classes {
+            if class.spec.controller_name != self.settings.controller_name {
+                continue;
+            }
+            self.classes.insert(key.name.as_str());
+            let generation = class.metadata.generation;
+            let status = GatewayClassStatus {
+                conditions: Some(vec![condition(
+                    "Accepted",
+                    true,
+                    "Accepted",
+                    "handled by Sluice",
+                    generation,
+                )]),
+                supported_features: None,
+            };
+            self.status.insert(
+                ObjectId { kind: Kind::GatewayClass, key: key.clone() },
+                (generation, ObjectStatus::GatewayClass(status)),
+            );
+        }
+    }
+
+    fn gateways(&mut self) {
+        let mut gateways: Vec<(&Key, &Gateway)> = self
+            .model
+            .gateways
+            .iter()
+            .filter(|(_, g)| self.classes.contains(g.spec.gateway_class_name.as_str()))
+            .collect();
+        gateways.sort_by_key(|(k, g)| (created(&g.metadata.creation_timestamp), (*k).clone()));
+        // (address, port, hostname) → first listener that claimed it.
+        let mut claimed: HashMap<(Option<IpAddr>, u16, Option<&str>), usize> = HashMap::new();
+        for (key, gw) in gateways {
+            let generation = gw.metadata.generation;
+            let (addresses, address_problem) = gateway_addresses(gw);
+            let mut indices = Vec::new();
+            for l in &gw.spec.listeners {
+                let mut info = ListenerInfo {
+                    gateway: key,
+                    name: &l.name,
+                    port: l.port as u16,
+                    hostname: l.hostname.as_deref(),
+                    addresses: addresses.clone(),
+                    allowed: AllowedNamespaces::Same,
+                    http_route_allowed: true,
+                    supported_kinds: vec!["HTTPRoute"],
+                    conditions: Vec::new(),
+                    usable: true,
+                    attached: 0,
+                    vhosts: BTreeMap::new(),
+                };
+                let mut accepted = (true, "Accepted", "listener accepted".to_owned());
+                let mut resolved = (true, "ResolvedRefs", "all references resolved".to_owned());
+                let mut conflicted = (false, "NoConflicts", "no conflicts".to_owned());
+                if let Some(ar) = &l.allowed_routes {
+                    if let Some(ns) = &ar.namespaces {
+                        info.allowed = match (ns.from.as_ref().unwrap_or(&From::Same), &ns.selector)
+                        {
+                            (From::All, _) => AllowedNamespaces::All,
+                            (From::Selector, Some(sel)) => AllowedNamespaces::Selector(sel),
+                            // Selector without a selector selects nothing we can name; Same is
+                            // the safe reading.
+                            (From::Selector, None) | (From::Same, _) => AllowedNamespaces::Same,
+                        };
+                    }
+                    if let Some(kinds) = &ar.kinds {
+                        let (ok, bad): (Vec<_>, Vec<_>) = kinds.iter().partition(|k| {
+                            k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+                                && k.kind == "HTTPRoute"
+                        });
+                        info.http_route_allowed = !ok.is_empty();
+                        info.supported_kinds =
+                            if ok.is_empty() { Vec::new() } else { vec!["HTTPRoute"] };
+                        if !bad.is_empty() {
+                            let names: Vec<_> = bad.iter().map(|k| k.kind.as_str()).collect();
+                            resolved = (
+                                false,
+                                "InvalidRouteKinds",
+                                format!("unsupported route kinds: {}", names.join(", ")),
+                            );
+                        }
+                    }
+                }
+                if l.protocol != "HTTP" {
+                    accepted = (
+                        false,
+                        "UnsupportedProtocol",
+                        format!("protocol {} is not supported yet (HTTP only)", l.protocol),
+                    );
+                    info.supported_kinds.clear();
+                    info.usable = false;
+                }
+                if let Some(problem) = &address_problem {
+                    accepted = (false, "UnsupportedAddress", problem.clone());
+                    info.usable = false;
+                }
+                if info.usable {
+                    let index = self.listeners.len();
+                    for a in &info.addresses {
+                        let slot = (*a, info.port, info.hostname);
+                        if let Some(&first) = claimed.get(&slot)
+                            && first != index
+                        {
+                            let other = &self.listeners[first];
+                            conflicted = (
+                                true,
+                                "HostnameConflict",
+                                format!(
+                                    "port {} hostname {:?} already served by {}/{}",
+                                    info.port,
+                                    info.hostname.unwrap_or(""),
+                                    other.gateway,
+                                    other.name
+                                ),
+                            );
+                        }
+                    }
+                    if conflicted.0 {
+                        info.usable = false;
+                    } else {
+                        for a in &info.addresses {
+                            claimed.insert((*a, info.port, info.hostname), index);
+                        }
+                    }
+                }
+                let programmed = info.usable;
+                info.conditions = vec![
+                    condition("Accepted", accepted.0, accepted.1, &accepted.2, generation),
+                    condition("ResolvedRefs", resolved.0, resolved.1, &resolved.2, generation),
+                    condition("Conflicted", conflicted.0, conflicted.1, &conflicted.2, generation),
+                    if programmed {
+                        condition(
+                            "Programmed",
+                            true,
+                            "Programmed",
+                            "listener programmed",
+                            generation,
+                        )
+                    } else {
+                        condition(
+                            "Programmed",
+                            false,
+                            "Invalid",
+                            "listener not programmed",
+                            generation,
+                        )
+                    },
+                ];
+                indices.push(self.listeners.len());
+                self.listeners.push(info);
+            }
+            self.gateway_listeners.insert(key, indices);
+        }
+    }
+
+    fn routes(&mut self) {
+        let mut routes: Vec<(&Key, &HttpRoute)> = self.model.http_routes.iter().collect();
+        routes.sort_by_key(|(k, r)| (created(&r.metadata.creation_timestamp), (*k).clone()));
+        for (key, route) in routes {
+            self.route(key, route);
+        }
+    }
+
+    fn route(&mut self, key: &'m Key, route: &'m HttpRoute) {
+        let generation = route.metadata.generation;
+        let hostnames: Vec<&str> =
+            route.spec.hostnames.iter().flatten().map(String::as_str).collect();
+        let rules: &[HttpRouteRules] = route.spec.rules.as_deref().unwrap_or(&[]);
+        let unsupported = unsupported_rule_fields(rules);
+        let mut parents = Vec::new();
+        let mut attach: Vec<(usize, Vec<String>)> = Vec::new();
+        for parent in route.spec.parent_refs.iter().flatten() {
+            let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
+            let kind = parent.kind.as_deref().unwrap_or("Gateway");
+            if group != GATEWAY_GROUP || kind != "Gateway" {
+                continue;
+            }
+            let gw_key =
+                Key::new(parent.namespace.as_deref().unwrap_or(&key.namespace), &parent.name);
+            // Parents that are not ours (or do not exist) get no status from us.
+            let Some(listener_ids) = self.gateway_listeners.get(&gw_key) else { continue };
+            let outcome =
+                self.attach(key, parent, listener_ids, &hostnames, unsupported.as_deref());
+            let accepted = match outcome {
+                Ok(found) => {
+                    attach.extend(found);
+                    condition("Accepted", true, "Accepted", "route accepted", generation)
+                }
+                Err((reason, message)) => {
+                    condition("Accepted", false, reason, &message, generation)
+                }
+            };
+            parents.push(HttpRouteStatusParents {
+                conditions: vec![accepted],
+                controller_name: self.settings.controller_name.clone(),
+                parent_ref: HttpRouteStatusParentsParentRef {
+                    group: parent.group.clone(),
+                    kind: parent.kind.clone(),
+                    name: parent.name.clone(),
+                    namespace: parent.namespace.clone(),
+                    port: parent.port,
+                    section_name: parent.section_name.clone(),
+                },
+            });
+        }
+        if parents.is_empty() {
+            return;
+        }
+        // Backends are resolved once per rule, whichever listeners the route attaches to.
+        let mut resolved: Result<(), (&'static str, String)> = Ok(());
+        let mut rule_actions = Vec::with_capacity(rules.len());
+        if !attach.is_empty() {
+            for (i, rule) in rules.iter().enumerate() {
+                let (action, problem) = self.action(key, i, rule);
+                if let (Ok(()), Some(p)) = (&resolved, problem) {
+                    resolved = Err(p);
+                }
+                rule_actions.push(action);
+            }
+        } else {
+            // Nothing attached: still report reference problems.
+            for rule in rules {
+                for b in rule.backend_refs.iter().flatten() {
+                    if let (Ok(()), Err(p)) = (&resolved, self.resolve_backend(key, b)) {
+                        resolved = Err(p);
+                    }
+                }
+            }
+        }
+        let refs = match resolved {
+            Ok(()) => condition(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "all references resolved",
+                generation,
+            ),
+            Err((reason, message)) => {
+                condition("ResolvedRefs", false, reason, &message, generation)
+            }
+        };
+        for p in &mut parents {
+            p.conditions.push(refs.clone());
+        }
+        for (listener, effective) in attach {
+            self.listeners[listener].attached += 1;
+            for (rule_index, rule) in rules.iter().enumerate() {
+                let action = rule_actions[rule_index];
+                let default_match = [HttpRouteRulesMatches::default()];
+                let matches = match rule.matches.as_deref() {
+                    Some(m) if !m.is_empty() => m,
+                    _ => &default_match,
+                };
+                for (index, m) in matches.iter().enumerate() {
+                    let entry = self.entry(key, route, rule_index, index, m, action);
+                    for host in &effective {
+                        let entry = Entry { key: entry.key.clone(), m: entry.m.clone() };
+                        self.listeners[listener]
+                            .vhosts
+                            .entry(host.clone())
+                            .or_default()
+                            .push(entry);
+                    }
+                }
+            }
+        }
+        self.status.insert(
+            ObjectId { kind: Kind::HttpRoute, key: key.clone() },
+            (generation, ObjectStatus::HttpRoute(HttpRouteStatus { parents })),
+        );
+    }
+
+    /// The listeners a parentRef attaches to with their effective hostnames, or the reason it
+    /// attaches to none.
+    fn attach(
+        &self,
+        route_key: &Key,
+        parent: &HttpRouteParentRefs,
+        listener_ids: &[usize],
+        hostnames: &[&str],
+        unsupported: Option<&str>,
+    ) -> Result<Vec<(usize, Vec<String>)>, Reason> {
+        if let Some(what) = unsupported {
+            return Err(("UnsupportedValue", what.to_owned()));
+        }
+        let candidates: Vec<usize> = listener_ids
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let l = &self.listeners[i];
+                parent.section_name.as_deref().is_none_or(|s| s == l.name)
+                    && parent.port.is_none_or(|p| p == i32::from(l.port))
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Err(("NoMatchingParent", "no listener matches sectionName/port".into()));
+        }
+        let allowed: Vec<usize> = candidates
+            .into_iter()
+            .filter(|&i| {
+                let l = &self.listeners[i];
+                l.usable && l.http_route_allowed && self.namespace_allowed(l, &route_key.namespace)
+            })
+            .collect();
+        if allowed.is_empty() {
+            return Err(("NotAllowedByListeners", "no listener allows this route".into()));
+        }
+        let found: Vec<(usize, Vec<String>)> = allowed
+            .into_iter()
+            .filter_map(|i| {
+                let effective = intersect(self.listeners[i].hostname, hostnames);
+                (!effective.is_empty()).then_some((i, effective))
+            })
+            .collect();
+        if found.is_empty() {
+            return Err((
+                "NoMatchingListenerHostname",
+                "no listener hostname intersects the route's hostnames".into(),
+            ));
+        }
+        Ok(found)
+    }
+
+    fn namespace_allowed(&self, l: &ListenerInfo<'_>, route_ns: &str) -> bool {
+        match &l.allowed {
+            AllowedNamespaces::All => true,
+            AllowedNamespaces::Same => l.gateway.namespace == route_ns,
+            AllowedNamespaces::Selector(sel) => {
+                let labels = namespace_labels(self.model, route_ns);
+                let labels_ok = sel
+                    .match_labels
+                    .iter()
+                    .flatten()
+                    .all(|(k, v)| labels.get(k.as_str()) == Some(&v.as_str()));
+                let exprs_ok = sel.match_expressions.iter().flatten().all(|e| {
+                    let value = labels.get(e.key.as_str());
+                    let values = e.values.as_deref().unwrap_or(&[]);
+                    match e.operator.as_str() {
+                        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+                        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
+                        "Exists" => value.is_some(),
+                        "DoesNotExist" => value.is_none(),
+                        _ => false,
+                    }
+                });
+                labels_ok && exprs_ok
+            }
+        }
+    }
+
+    /// The action for one rule, and the first reference problem in it.
+    fn action(
+        &mut self,
+        key: &Key,
+        rule_index: usize,
+        rule: &HttpRouteRules,
+    ) -> (u32, Option<(&'static str, String)>) {
+        let mut problem = None;
+        let mut backends = Vec::new();
+        for b in rule.backend_refs.iter().flatten() {
+            let weight = b.weight.unwrap_or(1).max(0) as u32;
+            let target = match self.resolve_backend(key, b) {
+                Ok(service) => t::BackendTarget::Service(service),
+                Err(p) => {
+                    problem.get_or_insert(p);
+                    t::BackendTarget::Status(500)
+                }
+            };
+            backends.push(t::WeightedBackend { weight, target });
+        }
+        let kind = if backends.is_empty() {
+            // A rule without backends has nowhere to send traffic: the spec's 500.
+            t::ActionKind::Respond { status: 500 }
+        } else {
+            t::ActionKind::Forward { backends, wrr_offset: 0 }
+        };
+        let index = self.actions.len() as u32;
+        self.actions.push(t::Action { route: key.to_string(), rule: rule_index as u32, kind });
+        (index, problem)
+    }
+
+    fn resolve_backend(
+        &mut self,
+        route_key: &Key,
+        b: &HttpRouteRulesBackendRefs,
+    ) -> Result<u32, (&'static str, String)> {
+        let group = b.group.as_deref().unwrap_or("");
+        let kind = b.kind.as_deref().unwrap_or("Service");
+        if !group.is_empty() || kind != "Service" {
+            return Err(("InvalidKind", format!("backend kind {group}/{kind} is not supported")));
+        }
+        let namespace = b.namespace.as_deref().unwrap_or(&route_key.namespace);
+        if namespace != route_key.namespace
+            && !self.grant_allows(&route_key.namespace, namespace, &b.name)
+        {
+            return Err((
+                "RefNotPermitted",
+                format!(
+                    "no ReferenceGrant in {namespace} allows HTTPRoutes from {} to Service {}",
+                    route_key.namespace, b.name
+                ),
+            ));
+        }
+        let service_key = Key::new(namespace, &b.name);
+        let Some(service) = self.model.services.get(&service_key) else {
+            return Err(("BackendNotFound", format!("Service {service_key} not found")));
+        };
+        let port = b.port.unwrap_or(0);
+        let Some(service_port) =
+            service.spec.iter().flat_map(|s| s.ports.iter().flatten()).find(|p| p.port == port)
+        else {
+            return Err(("BackendNotFound", format!("Service {service_key} has no port {port}")));
+        };
+        let cache_key = (namespace.to_owned(), b.name.clone(), port);
+        if let Some(&index) = self.service_index.get(&cache_key) {
+            return Ok(index);
+        }
+        let port_name = service_port.name.as_deref().unwrap_or("");
+        let mut endpoints = Vec::new();
+        for slice in self.model.endpoint_slices.values().filter(|s| {
+            s.metadata.namespace.as_deref() == Some(namespace)
+                && s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("kubernetes.io/service-name"))
+                    .is_some_and(|n| *n == b.name)
+        }) {
+            let Some(slice_port) = slice.ports.iter().flatten().find(|p| {
+                p.name.as_deref().unwrap_or("") == port_name
+                    && p.protocol.as_deref().unwrap_or("TCP") == "TCP"
+            }) else {
+                continue;
+            };
+            let Some(target_port) = slice_port.port.and_then(|p| u16::try_from(p).ok()) else {
+                continue;
+            };
+            for e in &slice.endpoints {
+                if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                    continue;
+                }
+                for a in &e.addresses {
+                    if let Ok(ip) = a.parse::<IpAddr>() {
+                        let ep = t::Endpoint { address: ip.into(), port: target_port };
+                        if !endpoints.contains(&ep) {
+                            endpoints.push(ep);
+                        }
+                    }
+                }
+            }
+        }
+        let index = self.services.len() as u32;
+        self.services.push(t::Service { name: format!("{service_key}:{port}"), endpoints });
+        self.service_index.insert(cache_key, index);
+        Ok(index)
+    }
+
+    fn grant_allows(&self, from_ns: &str, to_ns: &str, service: &str) -> bool {
+        self.model.reference_grants.iter().filter(|(k, _)| k.namespace == to_ns).any(|(_, g)| {
+            g.spec.from.iter().any(|f| {
+                f.group == GATEWAY_GROUP && f.kind == "HTTPRoute" && f.namespace == from_ns
+            }) && g.spec.to.iter().any(|to| {
+                to.group.is_empty()
+                    && to.kind == "Service"
+                    && to.name.as_deref().is_none_or(|n| n == service)
+            })
+        })
+    }
+
+    fn entry(
+        &mut self,
+        key: &Key,
+        route: &HttpRoute,
+        rule: usize,
+        index: usize,
+        m: &HttpRouteRulesMatches,
+        action: u32,
+    ) -> Entry {
+        let (path, path_kind, path_len) = match &m.path {
+            None => (t::PathMatch::Prefix("/".into()), 2, 1),
+            Some(p) => {
+                let value = p.value.clone().unwrap_or_else(|| "/".into());
+                match p.r#type.clone().unwrap_or(HttpRouteRulesMatchesPathType::PathPrefix) {
+                    HttpRouteRulesMatchesPathType::Exact => {
+                        let len = value.len();
+                        (t::PathMatch::Exact(value), 0, len)
+                    }
+                    HttpRouteRulesMatchesPathType::PathPrefix => {
+                        let trimmed = trim_prefix(&value);
+                        let len = trimmed.len();
+                        (t::PathMatch::Prefix(trimmed), 2, len)
+                    }
+                    HttpRouteRulesMatchesPathType::RegularExpression => {
+                        let len = value.len();
+                        (t::PathMatch::Regex(self.regex(&value)), 1, len)
+                    }
+                }
+            }
+        };
+        // The spec: with several entries for the same header (or query) name, only the first
+        // counts.
+        let mut seen = BTreeSet::new();
+        let mut headers = Vec::new();
+        for h in m.headers.iter().flatten() {
+            let name = h.name.to_ascii_lowercase();
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            let value = match h.r#type.clone().unwrap_or(HttpRouteRulesMatchesHeadersType::Exact) {
+                HttpRouteRulesMatchesHeadersType::Exact => t::ValueMatch::Exact(h.value.clone()),
+                HttpRouteRulesMatchesHeadersType::RegularExpression => {
+                    t::ValueMatch::Regex(self.regex(&h.value))
+                }
+            };
+            headers.push(t::HeaderMatch { name, value });
+        }
+        let mut seen = BTreeSet::new();
+        let mut query = Vec::new();
+        for q in m.query_params.iter().flatten() {
+            if !seen.insert(q.name.clone()) {
+                continue;
+            }
+            let value =
+                match q.r#type.clone().unwrap_or(HttpRouteRulesMatchesQueryParamsType::Exact) {
+                    HttpRouteRulesMatchesQueryParamsType::Exact => {
+                        t::ValueMatch::Exact(q.value.clone())
+                    }
+                    HttpRouteRulesMatchesQueryParamsType::RegularExpression => {
+                        t::ValueMatch::Regex(self.regex(&q.value))
+                    }
+                };
+            query.push(t::QueryMatch { name: q.name.clone(), value });
+        }
+        let method = m
+            .method
+            .as_ref()
+            .and_then(|m| serde_json::to_value(m).ok().and_then(|v| v.as_str().map(str::to_owned)));
+        Entry {
+            key: SortKey {
+                path_kind,
+                path_len: Reverse(path_len),
+                has_method: Reverse(method.is_some()),
+                headers: Reverse(headers.len()),
+                query: Reverse(query.len()),
+                created: created(&route.metadata.creation_timestamp),
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                rule,
+                index,
+            },
+            m: t::RouteMatch { path, method, headers, query, action },
+        }
+    }
+
+    fn regex(&mut self, pattern: &str) -> u32 {
+        if let Some(&i) = self.regex_index.get(pattern) {
+            return i;
+        }
+        let i = self.regexes.len() as u32;
+        self.regexes.push(pattern.to_owned());
+        self.regex_index.insert(pattern.to_owned(), i);
+        i
+    }
+
+    fn finish(mut self) -> Compiled {
+        let mut table = t::Table::default();
+        // Gateway statuses, now that attachedRoutes are known.
+        for (key, ids) in &self.gateway_listeners {
+            let Some(gw) = self.model.gateways.get(*key) else { continue };
+            let generation = gw.metadata.generation;
+            let listeners = ids
+                .iter()
+                .map(|&i| {
+                    let l = &self.listeners[i];
+                    GatewayStatusListeners {
+                        attached_routes: l.attached,
+                        conditions: l.conditions.clone(),
+                        name: l.name.to_owned(),
+                        supported_kinds: Some(
+                            l.supported_kinds
+                                .iter()
+                                .map(|k| GatewayStatusListenersSupportedKinds {
+                                    group: Some(GATEWAY_GROUP.into()),
+                                    kind: (*k).into(),
+                                })
+                                .collect(),
+                        ),
+                    }
+                })
+                .collect();
+            let (addresses, address_problem) = gateway_addresses(gw);
+            let reported: Vec<GatewayStatusAddresses> = addresses
+                .iter()
+                .filter_map(|a| a.or(self.settings.default_address))
+                .map(|ip| GatewayStatusAddresses {
+                    r#type: Some("IPAddress".into()),
+                    value: ip.to_string(),
+                })
+                .collect();
+            let any_usable = ids.iter().any(|&i| self.listeners[i].usable);
+            let conditions = match &address_problem {
+                Some(p) => vec![
+                    condition("Accepted", false, "UnsupportedAddress", p, generation),
+                    condition("Programmed", false, "Invalid", p, generation),
+                ],
+                None => vec![
+                    condition("Accepted", true, "Accepted", "gateway accepted", generation),
+                    if any_usable {
+                        condition(
+                            "Programmed",
+                            true,
+                            "Programmed",
+                            "gateway programmed",
+                            generation,
+                        )
+                    } else {
+                        condition(
+                            "Programmed",
+                            false,
+                            "Invalid",
+                            "no listener is usable",
+                            generation,
+                        )
+                    },
+                ],
+            };
+            self.status.insert(
+                ObjectId { kind: Kind::Gateway, key: (*key).clone() },
+                (
+                    generation,
+                    ObjectStatus::Gateway(GatewayStatus {
+                        addresses: (!reported.is_empty()).then_some(reported),
+                        attached_listener_sets: None,
+                        conditions: Some(conditions),
+                        listeners: Some(listeners),
+                    }),
+                ),
+            );
+        }
+        // Ports: every usable listener on each of its addresses.
+        let mut ports: BTreeMap<(u16, Option<t::Address>), t::HostIndex> = BTreeMap::new();
+        for l in self.listeners.iter_mut().filter(|l| l.usable) {
+            let listener_index = table.listeners.len() as u32;
+            let vhosts =
+                build_vhosts(std::mem::take(&mut l.vhosts), &mut table.vhosts, &mut table.matches);
+            table.listeners.push(t::Listener { name: format!("{}/{}", l.gateway, l.name), vhosts });
+            for a in &l.addresses {
+                let index = ports.entry((l.port, a.map(t::Address::from))).or_default();
+                match l.hostname {
+                    None => index.any = Some(listener_index),
+                    Some(h) => add_host(index, h, listener_index),
+                }
+            }
+        }
+        for ((port, address), mut listeners) in ports {
+            sort_host_index(&mut listeners);
+            table.ports.push(t::Port { address, port, listeners });
+        }
+        let mut wrr = 0u32;
+        for a in &mut self.actions {
+            if let t::ActionKind::Forward { backends, wrr_offset } = &mut a.kind {
+                *wrr_offset = wrr;
+                wrr += backends.len() as u32;
+            }
+        }
+        table.actions = self.actions;
+        table.services = self.services;
+        table.regexes = self.regexes;
+        table.wrr_slots = wrr;
+        Compiled { table, status: self.status }
+    }
+}
+
+/// Builds the virtual hosts of one listener, appending to the table's vectors, and returns the
+/// listener's host index. Order: exact names, wildcards longest first, catch-all last, so every
+/// fallback points forward.
+fn build_vhosts(
+    hosts: BTreeMap<String, Vec<Entry>>,
+    vhosts: &mut Vec<t::VirtualHost>,
+    matches: &mut Vec<t::RouteMatch>,
+) -> t::HostIndex {
+    let mut names: Vec<String> = hosts.keys().cloned().collect();
+    names.sort_by_key(|h| (host_rank(h), Reverse(h.len()), h.clone()));
+    let base = vhosts.len() as u32;
+    let position: HashMap<&str, u32> =
+        names.iter().enumerate().map(|(i, h)| (h.as_str(), base + i as u32)).collect();
+    let mut index = t::HostIndex::default();
+    let mut hosts = hosts;
+    for name in &names {
+        let mut entries = hosts.remove(name).unwrap_or_default();
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        let first = matches.len() as u32;
+        let count = entries.len() as u32;
+        matches.extend(entries.into_iter().map(|e| e.m));
+        let fallback = fallback_for(name, &names).and_then(|f| position.get(f.as_str()).copied());
+        let target = position[name.as_str()];
+        vhosts.push(t::VirtualHost {
+            hostname: name.clone(),
+            matches: (first..first + count).collect(),
+            fallback,
+        });
+        if name.is_empty() {
+            index.any = Some(target);
+        } else {
+            add_host(&mut index, name, target);
+        }
+    }
+    sort_host_index(&mut index);
+    index
+}
+
+/// 0 exact, 1 wildcard, 2 catch-all.
+fn host_rank(h: &str) -> u8 {
+    if h.is_empty() {
+        2
+    } else if h.starts_with("*.") {
+        1
+    } else {
+        0
+    }
+}
+
+/// The most specific other name in `names` that covers `name`.
+fn fallback_for<'a>(name: &str, names: &'a [String]) -> Option<&'a String> {
+    if name.is_empty() {
+        return None;
+    }
+    let own_suffix = name.strip_prefix('*');
+    names
+        .iter()
+        .filter(|n| n.starts_with("*.") && n.as_str() != name)
+        .filter(|n| {
+            let suffix = &n[1..];
+            match own_suffix {
+                Some(own) => own.len() > suffix.len() && own.ends_with(suffix),
+                None => name.len() > suffix.len() && name.ends_with(suffix),
+            }
+        })
+        .max_by_key(|n| n.len())
+        .or_else(|| names.iter().find(|n| n.is_empty()))
+}
+
+fn add_host(index: &mut t::HostIndex, host: &str, target: u32) {
+    match host.strip_prefix('*') {
+        Some(suffix) => index.wildcard.push(t::HostEntry { host: suffix.to_owned(), target }),
+        None => index.exact.push(t::HostEntry { host: host.to_owned(), target }),
+    }
+}
+
+fn sort_host_index(index: &mut t::HostIndex) {
+    index.exact.sort_by(|a, b| a.host.cmp(&b.host));
+    index.exact.dedup_by(|a, b| a.host == b.host);
+    index.wildcard.sort_by(|a, b| b.host.len().cmp(&a.host.len()).then(a.host.cmp(&b.host)));
+    index.wildcard.dedup_by(|a, b| a.host == b.host);
+}
+
+/// Effective hostnames of a route on a listener (`""` = any host). Empty: no intersection.
+pub fn intersect(listener: Option<&str>, route: &[&str]) -> Vec<String> {
+    if route.is_empty() {
+        return vec![listener.unwrap_or("").to_owned()];
+    }
+    let mut out: Vec<String> = Vec::new();
+    for r in route {
+        let hit = match listener {
+            None => Some(*r),
+            Some(l) => intersect_one(l, r),
+        };
+        if let Some(h) = hit
+            && !out.iter().any(|o| o == h)
+        {
+            out.push(h.to_owned());
+        }
+    }
+    out
+}
+
+fn intersect_one<'a>(l: &'a str, r: &'a str) -> Option<&'a str> {
+    if l == r {
+        return Some(r);
+    }
+    match (l.strip_prefix('*'), r.strip_prefix('*')) {
+        (None, None) => None,
+        (Some(ls), None) => (r.len() > ls.len() && r.ends_with(ls)).then_some(r),
+        (None, Some(rs)) => (l.len() > rs.len() && l.ends_with(rs)).then_some(l),
+        (Some(ls), Some(rs)) => {
+            if rs.len() > ls.len() && rs.ends_with(ls) {
+                Some(r)
+            } else if ls.len() > rs.len() && ls.ends_with(rs) {
+                Some(l)
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Prefix values compile without their trailing slash (`/v2/` ≡ `/v2`), except `/` itself.
+fn trim_prefix(p: &str) -> String {
+    let trimmed = p.trim_end_matches('/');
+    if trimmed.is_empty() { "/".to_owned() } else { trimmed.to_owned() }
+}
+
+/// Rule fields Sluice does not implement yet: a route using one is not accepted (reason
+/// `UnsupportedValue`) rather than served without it.
+fn unsupported_rule_fields(rules: &[HttpRouteRules]) -> Option<String> {
+    for (i, r) in rules.iter().enumerate() {
+        if r.filters.as_ref().is_some_and(|f| !f.is_empty()) {
+            return Some(format!("rules[{i}].filters are not supported yet"));
+        }
+        if r.backend_refs
+            .iter()
+            .flatten()
+            .any(|b| b.filters.as_ref().is_some_and(|f| !f.is_empty()))
+        {
+            return Some(format!("rules[{i}].backendRefs[].filters are not supported yet"));
+        }
+        if r.timeouts.is_some() || r.retry.is_some() || r.session_persistence.is_some() {
+            return Some(format!(
+                "rules[{i}]: timeouts, retry and sessionPersistence are not supported yet"
+            ));
+        }
+        for m in r.matches.iter().flatten() {
+            let regexes = m
+                .path
+                .iter()
+                .filter(|p| p.r#type == Some(HttpRouteRulesMatchesPathType::RegularExpression))
+                .filter_map(|p| p.value.as_deref())
+                .chain(
+                    m.headers
+                        .iter()
+                        .flatten()
+                        .filter(|h| {
+                            h.r#type == Some(HttpRouteRulesMatchesHeadersType::RegularExpression)
+                        })
+                        .map(|h| h.value.as_str()),
+                )
+                .chain(
+                    m.query_params
+                        .iter()
+                        .flatten()
+                        .filter(|q| {
+                            q.r#type
+                                == Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression)
+                        })
+                        .map(|q| q.value.as_str()),
+                );
+            for pattern in regexes {
+                if let Err(e) = table::view::compile_regex(pattern) {
+                    return Some(format!("rules[{i}]: regular expression {pattern:?}: {e}"));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Gateway `spec.addresses` as bind addresses (`None` = lb's default), or why they are unusable.
+fn gateway_addresses(gw: &Gateway) -> (Vec<Option<IpAddr>>, Option<String>) {
+    let requested = gw.spec.addresses.as_deref().unwrap_or(&[]);
+    if requested.is_empty() {
+        return (vec![None], None);
+    }
+    let mut out = Vec::new();
+    for a in requested {
+        let kind = a.r#type.as_deref().unwrap_or("IPAddress");
+        if kind != "IPAddress" {
+            return (vec![None], Some(format!("address type {kind} is not supported")));
+        }
+        match a.value.as_deref().map(str::parse::<IpAddr>) {
+            Some(Ok(ip)) => out.push(Some(ip)),
+            _ => {
+                return (
+                    vec![None],
+                    Some(format!(
+                        "address {:?} is not an IP address",
+                        a.value.as_deref().unwrap_or("")
+                    )),
+                );
+            }
+        }
+    }
+    (out, None)
+}
+
+/// Namespace labels, including the `kubernetes.io/metadata.name` label the API server adds.
+fn namespace_labels<'a>(model: &'a Model, ns: &'a str) -> BTreeMap<&'a str, &'a str> {
+    let mut labels: BTreeMap<&str, &str> = model
+        .namespaces
+        .get(&Key::new("", ns))
+        .and_then(|n| n.metadata.labels.as_ref())
+        .map(|l| l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect())
+        .unwrap_or_default();
+    labels.insert("kubernetes.io/metadata.name", ns);
+    labels
+}
+
+fn created(t: &Option<Time>) -> (bool, i64, i32) {
+    match t {
+        Some(Time(ts)) => (false, ts.as_second(), ts.subsec_nanosecond()),
+        None => (true, 0, 0),
+    }
+}
+
+/// A condition with a placeholder time; the status writer carries real times over.
+pub fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    observed_generation: Option<i64>,
+) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status: if status { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        observed_generation,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    }
+}
+
+#[cfg(test)]
+mod tests;

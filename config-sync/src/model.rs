@@ -1,0 +1,452 @@
+//! The object model: Gateway API and core objects, parsed from documents into the typed structs
+//! of the `gateway-api` and `k8s-openapi` crates, plus the checks the API server would make at
+//! admission (so a file can never carry an object a cluster would have refused).
+//!
+//! Sits between `watch` (which finds documents) and `compile` (which resolves them).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use gateway_api::apis::experimental::{
+    gatewayclasses::GatewayClass, gateways::Gateway, httproutes::HttpRoute,
+    referencegrants::ReferenceGrant,
+};
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// Gateway API group.
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// Kinds config-sync reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// gateway.networking.k8s.io GatewayClass (cluster-scoped).
+    GatewayClass,
+    /// gateway.networking.k8s.io Gateway.
+    Gateway,
+    /// gateway.networking.k8s.io HTTPRoute.
+    HttpRoute,
+    /// gateway.networking.k8s.io ReferenceGrant.
+    ReferenceGrant,
+    /// core/v1 Service.
+    Service,
+    /// discovery.k8s.io/v1 EndpointSlice.
+    EndpointSlice,
+    /// core/v1 Namespace (cluster-scoped; read for its labels).
+    Namespace,
+}
+
+impl Kind {
+    /// The `kind` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::GatewayClass => "GatewayClass",
+            Kind::Gateway => "Gateway",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Namespace => "Namespace",
+        }
+    }
+
+    /// The `apiVersion` status output uses for this kind.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute | Kind::ReferenceGrant => {
+                "gateway.networking.k8s.io/v1"
+            }
+            Kind::Service | Kind::Namespace => "v1",
+            Kind::EndpointSlice => "discovery.k8s.io/v1",
+        }
+    }
+
+    fn namespaced(self) -> bool {
+        !matches!(self, Kind::GatewayClass | Kind::Namespace)
+    }
+
+    /// Recognises a kind from its `apiVersion` and `kind`; `None` for kinds we do not read.
+    pub fn of(api_version: &str, kind: &str) -> Option<Kind> {
+        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        let k = match (group, kind) {
+            (GATEWAY_GROUP, "GatewayClass") => Kind::GatewayClass,
+            (GATEWAY_GROUP, "Gateway") => Kind::Gateway,
+            (GATEWAY_GROUP, "HTTPRoute") => Kind::HttpRoute,
+            (GATEWAY_GROUP, "ReferenceGrant") => Kind::ReferenceGrant,
+            ("", "Service") => Kind::Service,
+            ("discovery.k8s.io", "EndpointSlice") => Kind::EndpointSlice,
+            ("", "Namespace") => Kind::Namespace,
+            _ => return None,
+        };
+        Some(k)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `namespace/name` of a namespaced object (namespace empty for cluster-scoped ones).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    /// Namespace, empty for cluster-scoped objects.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl Key {
+    /// A namespaced key.
+    pub fn new(namespace: &str, name: &str) -> Key {
+        Key { namespace: namespace.to_owned(), name: name.to_owned() }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// Identity of an object: kind plus key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectId {
+    /// Kind.
+    pub kind: Kind,
+    /// Namespace and name.
+    pub key: Key,
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind, self.key)
+    }
+}
+
+/// A parsed object of one of the kinds we read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    /// A GatewayClass.
+    GatewayClass(Box<GatewayClass>),
+    /// A Gateway.
+    Gateway(Box<Gateway>),
+    /// An HTTPRoute.
+    HttpRoute(Box<HttpRoute>),
+    /// A ReferenceGrant.
+    ReferenceGrant(Box<ReferenceGrant>),
+    /// A Service.
+    Service(Box<Service>),
+    /// An EndpointSlice.
+    EndpointSlice(Box<EndpointSlice>),
+    /// A Namespace.
+    Namespace(Box<Namespace>),
+}
+
+impl Object {
+    /// The object's metadata.
+    pub fn meta(&self) -> &ObjectMeta {
+        match self {
+            Object::GatewayClass(o) => &o.metadata,
+            Object::Gateway(o) => &o.metadata,
+            Object::HttpRoute(o) => &o.metadata,
+            Object::ReferenceGrant(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
+            Object::Namespace(o) => &o.metadata,
+        }
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Object::GatewayClass(o) => &mut o.metadata,
+            Object::Gateway(o) => &mut o.metadata,
+            Object::HttpRoute(o) => &mut o.metadata,
+            Object::ReferenceGrant(o) => &mut o.metadata,
+            Object::Service(o) => &mut o.metadata,
+            Object::EndpointSlice(o) => &mut o.metadata,
+            Object::Namespace(o) => &mut o.metadata,
+        }
+    }
+
+    /// The object's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::GatewayClass(_) => Kind::GatewayClass,
+            Object::Gateway(_) => Kind::Gateway,
+            Object::HttpRoute(_) => Kind::HttpRoute,
+            Object::ReferenceGrant(_) => Kind::ReferenceGrant,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Namespace(_) => Kind::Namespace,
+        }
+    }
+
+    /// Kind, namespace and name.
+    pub fn id(&self) -> ObjectId {
+        let m = self.meta();
+        ObjectId {
+            kind: self.kind(),
+            key: Key {
+                namespace: m.namespace.clone().unwrap_or_default(),
+                name: m.name.clone().unwrap_or_default(),
+            },
+        }
+    }
+
+    /// A value that changes exactly when the object's desired state (spec, and for Namespaces
+    /// and Services their labels and ports) changes; drives `metadata.generation` in file
+    /// mode.
+    pub fn spec_fingerprint(&self) -> String {
+        let v = match self {
+            Object::GatewayClass(o) => serde_json::to_string(&o.spec),
+            Object::Gateway(o) => serde_json::to_string(&o.spec),
+            Object::HttpRoute(o) => serde_json::to_string(&o.spec),
+            Object::ReferenceGrant(o) => serde_json::to_string(&o.spec),
+            Object::Service(o) => serde_json::to_string(&o.spec),
+            Object::EndpointSlice(o) => serde_json::to_string(&(&o.endpoints, &o.ports)),
+            Object::Namespace(o) => serde_json::to_string(&o.metadata.labels),
+        };
+        v.unwrap_or_default()
+    }
+
+    /// Sets `metadata.generation` when the document did not carry one.
+    pub fn set_generation(&mut self, generation: i64) {
+        self.meta_mut().generation = Some(generation);
+    }
+}
+
+/// Why a document did not become an object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{object}{field}: {reason}")]
+pub struct ObjectError {
+    /// `Kind namespace/name` as far as it could be read, or `document`.
+    pub object: String,
+    /// ` field a.b[0].c` when the error is at a field.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+    /// Identity, when kind and name could be read (lets the caller keep the last valid version).
+    pub id: Option<ObjectId>,
+}
+
+/// Parses one document (already converted to JSON values). `Ok(None)` for kinds we do not
+/// read. `List` documents yield their items.
+#[allow(clippy::result_large_err, reason = "errors are rare and reported, not propagated far")]
+pub fn parse_document(doc: Value) -> Vec<Result<Option<Object>, ObjectError>> {
+    if doc.get("kind").and_then(Value::as_str) == Some("List") {
+        return match doc.get("items").and_then(Value::as_array) {
+            Some(items) => items.iter().cloned().map(parse_object).collect(),
+            None => vec![Ok(None)],
+        };
+    }
+    vec![parse_object(doc)]
+}
+
+#[allow(clippy::result_large_err, reason = "errors are rare and reported, not propagated far")]
+fn parse_object(mut doc: Value) -> Result<Option<Object>, ObjectError> {
+    if doc.is_null() {
+        return Ok(None);
+    }
+    let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_owned();
+    let kind_str = doc.get("kind").and_then(Value::as_str).unwrap_or("").to_owned();
+    let name = doc.pointer("/metadata/name").and_then(Value::as_str).map(str::to_owned);
+    let namespace = doc.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_owned);
+    let label = match (&name, &namespace) {
+        (Some(n), Some(ns)) => format!("{kind_str} {ns}/{n}"),
+        (Some(n), None) => format!("{kind_str} {n}"),
+        _ if kind_str.is_empty() => "document".to_owned(),
+        _ => kind_str.clone(),
+    };
+    let err = |field: &str, reason: String, id: Option<ObjectId>| ObjectError {
+        object: label.clone(),
+        field: if field.is_empty() { String::new() } else { format!(" field {field}") },
+        reason,
+        id,
+    };
+    if !doc.is_object() {
+        return Err(err("", "document is not a mapping".into(), None));
+    }
+    if api_version.is_empty() || kind_str.is_empty() {
+        return Err(err("", "apiVersion and kind are required".into(), None));
+    }
+    let Some(kind) = Kind::of(&api_version, &kind_str) else { return Ok(None) };
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        return Err(err("metadata.name", "required".into(), None));
+    };
+    if let Err(reason) = check_dns_subdomain(&name) {
+        return Err(err("metadata.name", reason, None));
+    }
+    let namespace = if kind.namespaced() {
+        let ns = namespace.unwrap_or_else(|| "default".to_owned());
+        if let Err(reason) = check_dns_label(&ns) {
+            return Err(err("metadata.namespace", reason, None));
+        }
+        ns
+    } else {
+        String::new()
+    };
+    let id = ObjectId { kind, key: Key { namespace: namespace.clone(), name } };
+    // The typed structs know one apiVersion; v1beta1 Gateway API objects share the v1 schema
+    // for everything we read, so parse them under the canonical version.
+    if let Some(map) = doc.as_object_mut() {
+        map.insert("apiVersion".into(), Value::String(kind.api_version().into()));
+        if kind.namespaced()
+            && let Some(Value::Object(meta)) = map.get_mut("metadata")
+        {
+            meta.insert("namespace".into(), Value::String(namespace));
+        }
+        // Status in a manifest is not ours to read back.
+        map.remove("status");
+    }
+    let object = match kind {
+        Kind::GatewayClass => typed(doc).map(|o| Object::GatewayClass(Box::new(o))),
+        Kind::Gateway => typed(doc).map(|o| Object::Gateway(Box::new(o))),
+        Kind::HttpRoute => typed(doc).map(|o| Object::HttpRoute(Box::new(o))),
+        Kind::ReferenceGrant => typed(doc).map(|o| Object::ReferenceGrant(Box::new(o))),
+        Kind::Service => typed(doc).map(|o| Object::Service(Box::new(o))),
+        Kind::EndpointSlice => typed(doc).map(|o| Object::EndpointSlice(Box::new(o))),
+        Kind::Namespace => typed(doc).map(|o| Object::Namespace(Box::new(o))),
+    }
+    .map_err(|(field, reason)| err(&field, reason, Some(id.clone())))?;
+    crate::validate::object(&object).map_err(|(field, reason)| err(&field, reason, Some(id)))?;
+    Ok(Some(object))
+}
+
+fn typed<T: DeserializeOwned>(doc: Value) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(doc).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { String::new() } else { path };
+        (field, e.into_inner().to_string())
+    })
+}
+
+/// RFC 1123 subdomain, as Kubernetes requires of most names.
+pub fn check_dns_subdomain(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| check_dns_label(l).is_ok())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if ok { Ok(()) } else { Err(format!("{s:?} is not a lower-case RFC 1123 subdomain")) }
+}
+
+/// RFC 1123 label (namespaces).
+pub fn check_dns_label(s: &str) -> Result<(), String> {
+    let b = s.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-';
+    if ok { Ok(()) } else { Err(format!("{s:?} is not a lower-case RFC 1123 label")) }
+}
+
+/// All objects of one source, by kind, keyed by namespace/name.
+#[derive(Debug, Default, Clone)]
+pub struct Model {
+    /// GatewayClasses (key namespace empty).
+    pub gateway_classes: BTreeMap<Key, GatewayClass>,
+    /// Gateways.
+    pub gateways: BTreeMap<Key, Gateway>,
+    /// HTTPRoutes.
+    pub http_routes: BTreeMap<Key, HttpRoute>,
+    /// ReferenceGrants.
+    pub reference_grants: BTreeMap<Key, ReferenceGrant>,
+    /// Services.
+    pub services: BTreeMap<Key, Service>,
+    /// EndpointSlices.
+    pub endpoint_slices: BTreeMap<Key, EndpointSlice>,
+    /// Namespaces (key namespace empty).
+    pub namespaces: BTreeMap<Key, Namespace>,
+}
+
+impl Model {
+    /// Adds an object, replacing one with the same identity.
+    pub fn insert(&mut self, object: Object) {
+        let key = object.id().key;
+        match object {
+            Object::GatewayClass(o) => drop(self.gateway_classes.insert(key, *o)),
+            Object::Gateway(o) => drop(self.gateways.insert(key, *o)),
+            Object::HttpRoute(o) => drop(self.http_routes.insert(key, *o)),
+            Object::ReferenceGrant(o) => drop(self.reference_grants.insert(key, *o)),
+            Object::Service(o) => drop(self.services.insert(key, *o)),
+            Object::EndpointSlice(o) => drop(self.endpoint_slices.insert(key, *o)),
+            Object::Namespace(o) => drop(self.namespaces.insert(key, *o)),
+        }
+    }
+
+    /// Number of objects of all kinds.
+    pub fn len(&self) -> usize {
+        self.gateway_classes.len()
+            + self.gateways.len()
+            + self.http_routes.len()
+            + self.reference_grants.len()
+            + self.services.len()
+            + self.endpoint_slices.len()
+            + self.namespaces.len()
+    }
+
+    /// `true` when there are no objects.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml(s: &str) -> Value {
+        serde_yaml_ng::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn parses_v1beta1_reference_grant_and_defaults_namespace() {
+        let out = parse_document(yaml(
+            "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: g}\nspec:\n  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: a}]\n  to: [{group: '', kind: Service}]\n",
+        ));
+        let obj = out.into_iter().next().unwrap().unwrap().unwrap();
+        assert_eq!(obj.id().to_string(), "ReferenceGrant default/g");
+    }
+
+    #[test]
+    fn unknown_kinds_are_skipped() {
+        let out =
+            parse_document(yaml("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n"));
+        assert!(matches!(out[0], Ok(None)));
+    }
+
+    #[test]
+    fn field_errors_name_the_field() {
+        let out = parse_document(yaml(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: ns}\nspec:\n  gatewayClassName: c\n  listeners:\n  - name: http\n    port: eighty\n    protocol: HTTP\n",
+        ));
+        let e = out.into_iter().next().unwrap().unwrap_err();
+        assert_eq!(e.object, "Gateway ns/gw");
+        assert_eq!(e.field, " field spec.listeners[0].port");
+        assert!(e.id.is_some());
+    }
+
+    #[test]
+    fn lists_are_flattened() {
+        let out = parse_document(yaml(
+            "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: a}}\n- {apiVersion: v1, kind: Namespace, metadata: {name: b}}\n",
+        ));
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn missing_name_is_an_error() {
+        let out = parse_document(yaml("apiVersion: v1\nkind: Service\nmetadata: {}\n"));
+        assert_eq!(out[0].as_ref().unwrap_err().field, " field metadata.name");
+    }
+}

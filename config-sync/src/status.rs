@@ -1,0 +1,180 @@
+//! Status output: the status each owned object gets, logged when it changes and (with
+//! `--status-dir`) written as one YAML file per object: `<dir>/<kind>/<namespace>/<name>.yaml`
+//! (cluster-scoped kinds without the namespace level). Files are replaced atomically and
+//! removed when the object goes away.
+//!
+//! `lastTransitionTime` moves only when a condition's status flips, as the API conventions ask.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use crate::compile::ObjectStatus;
+use crate::model::ObjectId;
+
+/// Remembers the last status of every object and writes changes.
+#[derive(Debug, Default)]
+pub struct StatusWriter {
+    dir: Option<PathBuf>,
+    last: BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>,
+}
+
+impl StatusWriter {
+    /// A writer that logs changes and, with `dir`, writes files there.
+    pub fn new(dir: Option<PathBuf>) -> StatusWriter {
+        StatusWriter { dir, last: BTreeMap::new() }
+    }
+
+    /// Applies a new set of statuses; returns how many objects changed.
+    pub fn apply(&mut self, mut next: BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>) -> usize {
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let mut changes = 0;
+        for (id, (generation, status)) in &mut next {
+            let previous = self.last.get_mut(id).map(|(_, s)| s);
+            carry_times(status, previous, &now);
+            if self.last.get(id).is_some_and(|(g, s)| g == generation && s == status) {
+                continue;
+            }
+            changes += 1;
+            info!(object = %id, "status {}", summary(status));
+            if let Err(e) = self.write(id, *generation, status) {
+                warn!(object = %id, "cannot write status: {e}");
+            }
+        }
+        for id in self.last.keys().filter(|id| !next.contains_key(*id)) {
+            changes += 1;
+            info!(object = %id, "status removed (object gone or no longer ours)");
+            if let Some(path) = self.path(id)
+                && let Err(e) = fs::remove_file(&path)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                warn!(file = %path.display(), "cannot remove status: {e}");
+            }
+        }
+        self.last = next;
+        changes
+    }
+
+    /// The current status of `id`.
+    pub fn get(&self, id: &ObjectId) -> Option<&ObjectStatus> {
+        self.last.get(id).map(|(_, s)| s)
+    }
+
+    fn path(&self, id: &ObjectId) -> Option<PathBuf> {
+        let dir = self.dir.as_ref()?;
+        let mut p = dir.join(id.kind.as_str().to_ascii_lowercase());
+        if !id.key.namespace.is_empty() {
+            p.push(&id.key.namespace);
+        }
+        p.push(format!("{}.yaml", id.key.name));
+        Some(p)
+    }
+
+    fn write(
+        &self,
+        id: &ObjectId,
+        generation: Option<i64>,
+        status: &ObjectStatus,
+    ) -> io::Result<()> {
+        let Some(path) = self.path(id) else { return Ok(()) };
+        let mut metadata = json!({ "name": id.key.name });
+        if !id.key.namespace.is_empty() {
+            metadata["namespace"] = Value::String(id.key.namespace.clone());
+        }
+        if let Some(g) = generation {
+            metadata["generation"] = json!(g);
+        }
+        let doc = json!({
+            "apiVersion": id.kind.api_version(),
+            "kind": id.kind.as_str(),
+            "metadata": metadata,
+            "status": status_value(status),
+        });
+        let text = serde_yaml_ng::to_string(&doc).map_err(io::Error::other)?;
+        write_atomic(&path, text.as_bytes())
+    }
+}
+
+/// The status as JSON.
+pub fn status_value(status: &ObjectStatus) -> Value {
+    let v = match status {
+        ObjectStatus::GatewayClass(s) => serde_json::to_value(s),
+        ObjectStatus::Gateway(s) => serde_json::to_value(s),
+        ObjectStatus::HttpRoute(s) => serde_json::to_value(s),
+    };
+    v.unwrap_or(Value::Null)
+}
+
+fn carry_times(status: &mut ObjectStatus, previous: Option<&mut ObjectStatus>, now: &Time) {
+    let mut old_lists = previous.map(ObjectStatus::conditions_mut).unwrap_or_default();
+    for (i, list) in status.conditions_mut().into_iter().enumerate() {
+        let old: &[Condition] = old_lists.get_mut(i).map(|l| l.as_slice()).unwrap_or(&[]);
+        for c in list.iter_mut() {
+            c.last_transition_time = old
+                .iter()
+                .find(|o| o.type_ == c.type_ && o.status == c.status)
+                .map_or_else(|| now.clone(), |o| o.last_transition_time.clone());
+        }
+    }
+}
+
+/// One line per status: `Type=Status(Reason)` for every condition, grouped.
+fn summary(status: &ObjectStatus) -> String {
+    let conds = |list: &[Condition]| {
+        list.iter()
+            .map(|c| {
+                if c.reason == c.type_ {
+                    format!("{}={}", c.type_, c.status)
+                } else {
+                    format!("{}={}({})", c.type_, c.status, c.reason)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    match status {
+        ObjectStatus::GatewayClass(s) => conds(s.conditions.as_deref().unwrap_or(&[])),
+        ObjectStatus::Gateway(s) => {
+            let mut out = conds(s.conditions.as_deref().unwrap_or(&[]));
+            for l in s.listeners.iter().flatten() {
+                out.push_str(&format!(
+                    "; listener {} attachedRoutes={} {}",
+                    l.name,
+                    l.attached_routes,
+                    conds(&l.conditions)
+                ));
+            }
+            out
+        }
+        ObjectStatus::HttpRoute(s) => s
+            .parents
+            .iter()
+            .map(|p| {
+                let section = p.parent_ref.section_name.as_deref().map(|s| format!("/{s}"));
+                format!(
+                    "parent {}{}: {}",
+                    p.parent_ref.name,
+                    section.unwrap_or_default(),
+                    conds(&p.conditions)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp.{}", std::process::id()));
+    fs::write(&tmp, bytes)?;
+    fs::rename(&tmp, path)
+}

@@ -1,0 +1,206 @@
+//! Admission checks: the parts of the CRD schemas and CEL rules that the API server enforces
+//! before an object exists. A cluster never hands us such an object, so in file mode we refuse
+//! it the same way (reported with its field, the last valid version stays in force).
+//!
+//! Problems the spec reports through status instead (unresolvable references, unsupported
+//! features, conflicts) are not checked here but in `compile`.
+
+use crate::model::Object;
+
+type Problem = (String, String);
+
+/// Checks one parsed object.
+pub fn object(object: &Object) -> Result<(), Problem> {
+    match object {
+        Object::GatewayClass(c) => {
+            let name = &c.spec.controller_name;
+            if !name.contains('/') || name.len() > 253 {
+                return Err(field("spec.controllerName", format!("{name:?} is not domain/path")));
+            }
+            Ok(())
+        }
+        Object::Gateway(g) => gateway(g),
+        Object::HttpRoute(r) => http_route(r),
+        Object::ReferenceGrant(g) => {
+            if g.spec.from.is_empty() || g.spec.to.is_empty() {
+                return Err(field("spec", "from and to need at least one entry".into()));
+            }
+            Ok(())
+        }
+        Object::EndpointSlice(s) => {
+            for (i, p) in s.ports.iter().flatten().enumerate() {
+                if let Some(port) = p.port
+                    && !(0..=65535).contains(&port)
+                {
+                    return Err(field(&format!("ports[{i}].port"), "out of range".into()));
+                }
+            }
+            Ok(())
+        }
+        Object::Service(_) | Object::Namespace(_) => Ok(()),
+    }
+}
+
+fn gateway(g: &gateway_api::apis::experimental::gateways::Gateway) -> Result<(), Problem> {
+    if g.spec.listeners.is_empty() || g.spec.listeners.len() > 64 {
+        return Err(field("spec.listeners", "between 1 and 64 listeners".into()));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, l) in g.spec.listeners.iter().enumerate() {
+        let at = |f: &str| format!("spec.listeners[{i}].{f}");
+        if !names.insert(l.name.as_str()) {
+            return Err(field(&at("name"), format!("duplicate listener name {:?}", l.name)));
+        }
+        if let Err(reason) = section_name(&l.name) {
+            return Err(field(&at("name"), reason));
+        }
+        if !(1..=65535).contains(&l.port) {
+            return Err(field(&at("port"), format!("{} is not in 1-65535", l.port)));
+        }
+        if let Some(h) = &l.hostname {
+            hostname(h).map_err(|reason| field(&at("hostname"), reason))?;
+        }
+    }
+    Ok(())
+}
+
+fn http_route(r: &gateway_api::apis::experimental::httproutes::HttpRoute) -> Result<(), Problem> {
+    use gateway_api::apis::experimental::httproutes::HttpRouteRulesMatchesPathType as PathType;
+    for (i, h) in r.spec.hostnames.iter().flatten().enumerate() {
+        hostname(h).map_err(|reason| field(&format!("spec.hostnames[{i}]"), reason))?;
+    }
+    for (i, p) in r.spec.parent_refs.iter().flatten().enumerate() {
+        if let Some(port) = p.port
+            && !(1..=65535).contains(&port)
+        {
+            return Err(field(&format!("spec.parentRefs[{i}].port"), "out of range".into()));
+        }
+        if let Some(s) = &p.section_name {
+            section_name(s).map_err(|e| field(&format!("spec.parentRefs[{i}].sectionName"), e))?;
+        }
+    }
+    for (i, rule) in r.spec.rules.iter().flatten().enumerate() {
+        for (j, m) in rule.matches.iter().flatten().enumerate() {
+            let at = |f: &str| format!("spec.rules[{i}].matches[{j}].{f}");
+            if let Some(path) = &m.path {
+                let value = path.value.as_deref().unwrap_or("/");
+                match path.r#type.clone().unwrap_or(PathType::PathPrefix) {
+                    PathType::Exact | PathType::PathPrefix => {
+                        path_value(value).map_err(|reason| field(&at("path.value"), reason))?;
+                    }
+                    PathType::RegularExpression => {}
+                }
+            }
+            for (k, h) in m.headers.iter().flatten().enumerate() {
+                if !is_token(&h.name) {
+                    return Err(field(&at(&format!("headers[{k}].name")), "not a token".into()));
+                }
+            }
+            for (k, q) in m.query_params.iter().flatten().enumerate() {
+                if q.name.is_empty() || q.name.len() > 256 {
+                    return Err(field(
+                        &at(&format!("queryParams[{k}].name")),
+                        "1-256 bytes".into(),
+                    ));
+                }
+            }
+        }
+        for (j, b) in rule.backend_refs.iter().flatten().enumerate() {
+            let at = |f: &str| format!("spec.rules[{i}].backendRefs[{j}].{f}");
+            if let Some(w) = b.weight
+                && !(0..=1_000_000).contains(&w)
+            {
+                return Err(field(&at("weight"), format!("{w} is not in 0-1000000")));
+            }
+            if let Some(p) = b.port
+                && !(1..=65535).contains(&p)
+            {
+                return Err(field(&at("port"), format!("{p} is not in 1-65535")));
+            }
+            let core_service = b.group.as_deref().unwrap_or("").is_empty()
+                && b.kind.as_deref().unwrap_or("Service") == "Service";
+            if core_service && b.port.is_none() {
+                return Err(field(&at("port"), "required when referring to a Service".into()));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn field(path: &str, reason: String) -> Problem {
+    (path.to_owned(), reason)
+}
+
+/// Gateway API `Hostname`: RFC 1123 name, optionally with a leading `*.` label, no IP address.
+pub fn hostname(h: &str) -> Result<(), String> {
+    let rest = h.strip_prefix("*.").unwrap_or(h);
+    let labels_ok = !rest.is_empty()
+        && h.len() <= 253
+        && rest.split('.').all(|l| {
+            let b = l.as_bytes();
+            !b.is_empty()
+                && b.len() <= 63
+                && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+                && b[0] != b'-'
+                && b[b.len() - 1] != b'-'
+        });
+    if !labels_ok {
+        return Err(format!("{h:?} is not a lower-case hostname (optionally with a leading *.)"));
+    }
+    if rest.parse::<std::net::IpAddr>().is_ok() {
+        return Err(format!("{h:?} is an IP address, not a hostname"));
+    }
+    Ok(())
+}
+
+fn section_name(s: &str) -> Result<(), String> {
+    crate::model::check_dns_subdomain(s)
+}
+
+/// The CRD's rules for Exact and PathPrefix values.
+fn path_value(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("{p:?} must start with /"));
+    }
+    let bad = ["//", "/./", "/../", "%2f", "%2F", "#"];
+    if let Some(b) = bad.iter().find(|b| p.contains(*b)) {
+        return Err(format!("{p:?} must not contain {b:?}"));
+    }
+    if p.ends_with("/..") || p.ends_with("/.") {
+        return Err(format!("{p:?} must not end with /. or /.."));
+    }
+    if p.len() > 1024 {
+        return Err("longer than 1024 bytes".into());
+    }
+    Ok(())
+}
+
+/// RFC 9110 token (header field names).
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostnames() {
+        assert!(hostname("foo.example.com").is_ok());
+        assert!(hostname("*.example.com").is_ok());
+        assert!(hostname("Foo.example.com").is_err());
+        assert!(hostname("foo.*.com").is_err());
+        assert!(hostname("*").is_err());
+        assert!(hostname("1.2.3.4").is_err());
+        assert!(hostname("-a.com").is_err());
+    }
+
+    #[test]
+    fn path_values() {
+        assert!(path_value("/a/b").is_ok());
+        assert!(path_value("a").is_err());
+        assert!(path_value("/a//b").is_err());
+        assert!(path_value("/a/..").is_err());
+        assert!(path_value("/a%2Fb").is_err());
+    }
+}
