@@ -1,1 +1,316 @@
-//! placeholder
+//! The echo backend used by the quickstart and the tests. Every request is answered with JSON
+//! describing what arrived (the reply shape of the Gateway API conformance suite's
+//! `echo-basic`), plus the namespace, service and pod names it was started with, so a client
+//! can see which backend served it.
+//!
+//! Contract (a subset of echo-basic, see `../shared/gateway-api/README.md`): `/health` → `OK`;
+//! `/status/NNN` → that status with an empty body; `?delay=<Go duration>` delays the answer;
+//! request header `X-Echo-Set-Header: Name:Value,...` sets response headers. Each echoed
+//! request is logged as `Echoing back request made to <uri> to client (<peer>)`.
+//!
+//! Deliberately simple (blocking sockets, a thread per connection): it is a test and demo
+//! backend, not part of the data path being measured.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tracing::{debug, info};
+
+/// Who this echo server says it is.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// Namespace name reported in replies.
+    pub namespace: String,
+    /// Service name reported in replies.
+    pub service: String,
+    /// Pod name reported in replies.
+    pub pod: String,
+    /// Ingress name reported in replies.
+    pub ingress: String,
+}
+
+/// Largest request head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Serves on `listener` until the process ends.
+pub fn serve(listener: TcpListener, identity: Identity) -> io::Result<()> {
+    let port = listener.local_addr()?.port();
+    let identity = Arc::new(identity);
+    info!(addr = %listener.local_addr()?, pod = %identity.pod, "echo backend listening");
+    for conn in listener.incoming() {
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                debug!("accept: {e}");
+                continue;
+            }
+        };
+        let identity = Arc::clone(&identity);
+        std::thread::spawn(move || {
+            let peer = stream.peer_addr().ok();
+            if let Err(e) = connection(stream, &identity, port, peer) {
+                debug!("connection: {e}");
+            }
+        });
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Reply<'a> {
+    path: &'a str,
+    host: &'a str,
+    method: &'a str,
+    proto: &'a str,
+    headers: BTreeMap<String, Vec<String>>,
+    namespace: &'a str,
+    ingress: &'a str,
+    service: &'a str,
+    pod: &'a str,
+    #[serde(rename = "httpPort")]
+    http_port: String,
+}
+
+fn connection(
+    stream: TcpStream,
+    id: &Identity,
+    port: u16,
+    peer: Option<SocketAddr>,
+) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut reader = BufReader::with_capacity(16 * 1024, stream.try_clone()?);
+    let mut writer = stream;
+    loop {
+        let head = match read_head(&mut reader)? {
+            Some(h) => h,
+            None => return Ok(()),
+        };
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut req = httparse::Request::new(&mut headers);
+        let Ok(httparse::Status::Complete(_)) = req.parse(&head) else {
+            writer.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+            return Ok(());
+        };
+        let method = req.method.unwrap_or("GET").to_owned();
+        let target = req.path.unwrap_or("/").to_owned();
+        let version = req.version.unwrap_or(1);
+        let mut canonical: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut host = String::new();
+        let mut content_length: Option<u64> = None;
+        let mut chunked = false;
+        let mut close = version == 0;
+        let mut set_headers = Vec::new();
+        for h in req.headers.iter() {
+            let value = String::from_utf8_lossy(h.value).into_owned();
+            let lower = h.name.to_ascii_lowercase();
+            match lower.as_str() {
+                "host" => {
+                    host = value;
+                    continue;
+                }
+                "content-length" => content_length = value.trim().parse().ok(),
+                "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
+                "connection" => {
+                    let v = value.to_ascii_lowercase();
+                    if v.contains("close") {
+                        close = true;
+                    } else if v.contains("keep-alive") {
+                        close = false;
+                    }
+                }
+                "x-echo-set-header" => set_headers.extend(
+                    value
+                        .split(',')
+                        .filter_map(|kv| kv.split_once(':'))
+                        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())),
+                ),
+                _ => {}
+            }
+            canonical.entry(canonical_name(h.name)).or_default().push(value);
+        }
+        if chunked {
+            discard_chunked(&mut reader)?;
+        } else if let Some(n) = content_length {
+            io::copy(&mut (&mut reader).take(n), &mut io::sink())?;
+        }
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        if let Some(delay) = query_value(query, "delay").and_then(parse_go_duration) {
+            std::thread::sleep(delay);
+        }
+        let connection_header = if close { "Connection: close\r\n" } else { "" };
+        let mut extra = String::new();
+        for (k, v) in &set_headers {
+            extra.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if path == "/health" {
+            write!(writer, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{connection_header}\r\nOK")?;
+        } else if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
+            write!(writer, "HTTP/1.1 {code} Status\r\nContent-Length: 0\r\n{extra}{connection_header}\r\n")?;
+        } else {
+            let proto = if version == 0 { "HTTP/1.0" } else { "HTTP/1.1" };
+            let reply = Reply {
+                path: &target,
+                host: &host,
+                method: &method,
+                proto,
+                headers: canonical,
+                namespace: &id.namespace,
+                ingress: &id.ingress,
+                service: &id.service,
+                pod: &id.pod,
+                http_port: port.to_string(),
+            };
+            let body = pretty(&reply);
+            let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+            info!("Echoing back request made to {target} to client ({peer})");
+            write!(
+                writer,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\nContent-Length: {}\r\n{extra}{connection_header}\r\n",
+                body.len()
+            )?;
+            if method != "HEAD" {
+                writer.write_all(&body)?;
+            }
+        }
+        writer.flush()?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads one request head (through the blank line). `None` at a clean end of stream.
+fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Vec<u8>>> {
+    let mut head = Vec::new();
+    loop {
+        let n = reader.read_until(b'\n', &mut head)?;
+        if n == 0 {
+            return if head.is_empty() {
+                Ok(None)
+            } else {
+                Err(io::Error::new(io::ErrorKind::UnexpectedEof, "partial head"))
+            };
+        }
+        if head == b"\r\n" || head == b"\n" {
+            head.clear();
+            continue;
+        }
+        if head.ends_with(b"\r\n\r\n") || head.ends_with(b"\n\n") {
+            return Ok(Some(head));
+        }
+        if head.len() > MAX_HEAD {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "head too large"));
+        }
+    }
+}
+
+fn discard_chunked(reader: &mut BufReader<TcpStream>) -> io::Result<()> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let size_text = line.trim().split(';').next().unwrap_or("");
+        let size = u64::from_str_radix(size_text, 16)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
+        if size == 0 {
+            // Trailers until the blank line.
+            loop {
+                line.clear();
+                if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+                    return Ok(());
+                }
+            }
+        }
+        io::copy(&mut (&mut *reader).take(size + 2), &mut io::sink())?;
+    }
+}
+
+/// Go's `http.CanonicalHeaderKey`: `x-forwarded-for` → `X-Forwarded-For`.
+pub fn canonical_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = true;
+    for c in name.chars() {
+        out.push(if upper { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() });
+        upper = c == '-';
+    }
+    out
+}
+
+fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v))
+}
+
+/// Parses a Go duration such as `1s`, `250ms`, `1.5s`, `2m`.
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let split = s.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = s.split_at(split);
+    let n: f64 = number.parse().ok()?;
+    let secs = match unit {
+        "ns" => n / 1e9,
+        "us" | "µs" => n / 1e6,
+        "ms" => n / 1e3,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+/// One-space indented JSON, as Go's `json.MarshalIndent(v, "", " ")`.
+fn pretty<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b" ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+    if value.serialize(&mut ser).is_err() {
+        out.clear();
+        out.extend_from_slice(b"{}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_names() {
+        assert_eq!(canonical_name("x-forwarded-for"), "X-Forwarded-For");
+        assert_eq!(canonical_name("HOST"), "Host");
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_go_duration("x"), None);
+    }
+
+    #[test]
+    fn echoes_request_as_json() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let id = Identity { namespace: "ns".into(), service: "svc".into(), pod: "svc-1".into(), ..Default::default() };
+        std::thread::spawn(move || serve(listener, id));
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"POST /a?b=1 HTTP/1.1\r\nHost: demo.example\r\nx-test: 1\r\nX-Echo-Set-Header: X-Out:yes\r\nContent-Length: 3\r\n\r\nabcGET /status/503 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (first, second) = out.split_once("HTTP/1.1 503").unwrap();
+        assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
+        assert!(first.contains("X-Out: yes\r\n"));
+        let body: serde_json::Value = serde_json::from_str(first.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body["path"], "/a?b=1");
+        assert_eq!(body["host"], "demo.example");
+        assert_eq!(body["method"], "POST");
+        assert_eq!(body["pod"], "svc-1");
+        assert_eq!(body["headers"]["X-Test"][0], "1");
+        assert!(second.contains("Content-Length: 0"));
+    }
+}
