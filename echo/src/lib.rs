@@ -85,7 +85,9 @@ fn connection(
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut reader = BufReader::with_capacity(16 * 1024, stream.try_clone()?);
-    let mut writer = stream;
+    let mut stream = stream;
+    // Each response is built whole and written once, like a real server's buffered writer.
+    let mut writer: Vec<u8> = Vec::with_capacity(4096);
     loop {
         let head = match read_head(&mut reader)? {
             Some(h) => h,
@@ -94,7 +96,9 @@ fn connection(
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut req = httparse::Request::new(&mut headers);
         let Ok(httparse::Status::Complete(_)) = req.parse(&head) else {
-            writer.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+            stream.write_all(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            )?;
             return Ok(());
         };
         let method = req.method.unwrap_or("GET").to_owned();
@@ -150,8 +154,12 @@ fn connection(
         }
         if path == "/health" {
             write!(writer, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{connection_header}\r\nOK")?;
-        } else if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
-            write!(writer, "HTTP/1.1 {code} Status\r\nContent-Length: 0\r\n{extra}{connection_header}\r\n")?;
+        } else if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok())
+        {
+            write!(
+                writer,
+                "HTTP/1.1 {code} Status\r\nContent-Length: 0\r\n{extra}{connection_header}\r\n"
+            )?;
         } else {
             let proto = if version == 0 { "HTTP/1.0" } else { "HTTP/1.1" };
             let reply = Reply {
@@ -178,7 +186,8 @@ fn connection(
                 writer.write_all(&body)?;
             }
         }
-        writer.flush()?;
+        stream.write_all(&writer)?;
+        writer.clear();
         if close {
             return Ok(());
         }
@@ -296,7 +305,12 @@ mod tests {
     fn echoes_request_as_json() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let id = Identity { namespace: "ns".into(), service: "svc".into(), pod: "svc-1".into(), ..Default::default() };
+        let id = Identity {
+            namespace: "ns".into(),
+            service: "svc".into(),
+            pod: "svc-1".into(),
+            ..Default::default()
+        };
         std::thread::spawn(move || serve(listener, id));
         let mut s = TcpStream::connect(addr).unwrap();
         s.write_all(b"POST /a?b=1 HTTP/1.1\r\nHost: demo.example\r\nx-test: 1\r\nX-Echo-Set-Header: X-Out:yes\r\nContent-Length: 3\r\n\r\nabcGET /status/503 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").unwrap();
@@ -305,7 +319,8 @@ mod tests {
         let (first, second) = out.split_once("HTTP/1.1 503").unwrap();
         assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
         assert!(first.contains("X-Out: yes\r\n"));
-        let body: serde_json::Value = serde_json::from_str(first.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_str(first.split("\r\n\r\n").nth(1).unwrap()).unwrap();
         assert_eq!(body["path"], "/a?b=1");
         assert_eq!(body["host"], "demo.example");
         assert_eq!(body["method"], "POST");

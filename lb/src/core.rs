@@ -1,0 +1,117 @@
+//! Per-core state: settings, the timer wheel, buffer free list, upstream pool and the table
+//! this core serves. One `Core` per runtime thread, shared by its tasks through `Rc`; nothing
+//! here is touched by another thread, so there are no locks.
+
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::http1::parse::Limits;
+use crate::io::{BufferConfig, Spare};
+use crate::timer::Wheel;
+use crate::upstream::{CoreTable, Pool};
+
+/// Timeouts of a request's phases.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// From the first byte of a request to its complete head.
+    pub request_header: Duration,
+    /// Waiting for the next request on a kept-alive client connection.
+    pub keep_alive: Duration,
+    /// Establishing an upstream connection.
+    pub connect: Duration,
+    /// Waiting for the upstream's response head, and between reads of its body.
+    pub upstream: Duration,
+    /// Between reads of a request body, and for each write to a peer.
+    pub body: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            request_header: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(60),
+            connect: Duration::from_secs(5),
+            upstream: Duration::from_secs(60),
+            body: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Settings shared by all cores.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Parsing limits.
+    pub limits: Limits,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Address to bind for table ports that name none.
+    pub bind_address: IpAddr,
+    /// Listen backlog.
+    pub backlog: i32,
+    /// Idle upstream connections kept per endpoint and core.
+    pub pool_max_idle: usize,
+    /// How long an idle upstream connection is kept.
+    pub pool_idle: Duration,
+    /// Buffer ring and free list.
+    pub buffers: BufferConfig,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            bind_address: IpAddr::from([0, 0, 0, 0]),
+            backlog: 1024,
+            pool_max_idle: 128,
+            pool_idle: Duration::from_secs(30),
+            buffers: BufferConfig::default(),
+        }
+    }
+}
+
+/// One core's state.
+#[derive(Debug)]
+pub struct Core {
+    /// Core index (slot in the applied file).
+    pub id: usize,
+    /// Settings.
+    pub settings: Arc<Settings>,
+    /// Timer wheel.
+    pub wheel: Rc<Wheel>,
+    /// Heap buffer free list.
+    pub spare: Spare,
+    /// Idle upstream connections.
+    pub pool: RefCell<Pool>,
+    table: RefCell<Option<Rc<CoreTable>>>,
+}
+
+impl Core {
+    /// A core without a table yet.
+    pub fn new(id: usize, settings: Arc<Settings>) -> Core {
+        let wheel = Rc::new(Wheel::new());
+        let idle_ticks = (settings.pool_idle.as_millis() / 10) as u64;
+        Core {
+            id,
+            spare: Spare::new(&settings.buffers),
+            pool: RefCell::new(Pool::new(settings.pool_max_idle, idle_ticks)),
+            settings,
+            wheel,
+            table: RefCell::new(None),
+        }
+    }
+
+    /// The table requests start on now. A request keeps the `Rc` it took, so it finishes on
+    /// that table even when a new one is swapped in meanwhile.
+    pub fn table(&self) -> Option<Rc<CoreTable>> {
+        self.table.borrow().clone()
+    }
+
+    /// Swaps in a new table (between requests: only new requests see it).
+    pub fn swap(&self, table: Rc<CoreTable>) {
+        *self.table.borrow_mut() = Some(table);
+    }
+}

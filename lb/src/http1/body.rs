@@ -1,0 +1,417 @@
+//! Message bodies: an incremental decoder for each framing (Content-Length, chunked,
+//! close-delimited) that re-frames as it goes, so framing is always regenerated and never
+//! copied through (chunk sizes, extensions and trailers of the sender never reach the peer).
+//!
+//! The chunked decoder is strict (RFC 9112 7.1): hex sizes without prefix or sign, BWS only
+//! before `;`, a capped extension, CRLF after every size and every chunk's data, trailers read
+//! and dropped. It takes input in arbitrary splits; incomplete input is a state, not an error.
+
+/// What the decoder writes for the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encode {
+    /// Data as is (the peer knows the length, or the body ends with the connection).
+    Raw,
+    /// Chunked, with our own chunk sizes and a bare last chunk.
+    Chunked,
+}
+
+/// A body framing error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// Malformed chunked framing.
+    Chunked(&'static str),
+    /// Body larger than allowed.
+    TooLarge,
+}
+
+/// Decodes one body and appends the re-framed bytes to an output buffer.
+#[derive(Debug)]
+pub struct BodyDecoder {
+    kind: Kind,
+    encode: Encode,
+    total: u64,
+    max: u64,
+    finished: bool,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+}
+
+impl BodyDecoder {
+    /// A body of exactly `n` bytes.
+    pub fn length(n: u64, encode: Encode) -> BodyDecoder {
+        BodyDecoder { kind: Kind::Length(n), encode, total: 0, max: u64::MAX, finished: n == 0 }
+            .finish_if_empty()
+    }
+
+    /// A chunked body of at most `max` decoded bytes, with extensions capped at `max_ext`.
+    pub fn chunked(encode: Encode, max: u64, max_ext: usize) -> BodyDecoder {
+        BodyDecoder {
+            kind: Kind::Chunked(Chunked::new(max_ext)),
+            encode,
+            total: 0,
+            max,
+            finished: false,
+        }
+    }
+
+    /// A body that ends when the connection closes.
+    pub fn until_close(encode: Encode) -> BodyDecoder {
+        BodyDecoder { kind: Kind::UntilClose, encode, total: 0, max: u64::MAX, finished: false }
+    }
+
+    /// No body at all.
+    pub fn none() -> BodyDecoder {
+        BodyDecoder::length(0, Encode::Raw)
+    }
+
+    fn finish_if_empty(mut self) -> Self {
+        if self.finished && self.encode == Encode::Chunked {
+            self.finished = false;
+            self.kind = Kind::Length(0);
+        }
+        self
+    }
+
+    /// The whole body has been decoded (and, when chunked output, the last chunk written).
+    pub fn is_done(&self) -> bool {
+        self.finished
+    }
+
+    /// The body ends with the connection.
+    pub fn until_eof(&self) -> bool {
+        matches!(self.kind, Kind::UntilClose)
+    }
+
+    /// Decoded bytes so far.
+    pub fn decoded(&self) -> u64 {
+        self.total
+    }
+
+    /// Consumes body bytes from `input`, appends the re-framed output to `out`, and returns
+    /// how many input bytes were used. Bytes after the end of the body are left unconsumed.
+    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, BodyError> {
+        let mut used = 0;
+        while !self.finished {
+            let rest = &input[used..];
+            let (n, data) = match &mut self.kind {
+                Kind::Length(remaining) => {
+                    let take = (*remaining).min(rest.len() as u64) as usize;
+                    *remaining -= take as u64;
+                    (take, 0..take)
+                }
+                Kind::UntilClose => (rest.len(), 0..rest.len()),
+                Kind::Chunked(c) => c.feed(rest)?,
+            };
+            if !data.is_empty() {
+                self.total += data.len() as u64;
+                if self.total > self.max {
+                    return Err(BodyError::TooLarge);
+                }
+                self.emit(&rest[data], out);
+            }
+            used += n;
+            let at_end = match &self.kind {
+                Kind::Length(0) => true,
+                Kind::Chunked(c) => c.done(),
+                _ => false,
+            };
+            if at_end {
+                self.finish(out);
+            } else if n == 0 || used == input.len() {
+                break;
+            }
+        }
+        Ok(used)
+    }
+
+    /// The connection closed: completes a close-delimited body. Returns `false` when the body
+    /// was cut short instead.
+    pub fn eof(&mut self, out: &mut Vec<u8>) -> bool {
+        if self.finished {
+            return true;
+        }
+        if matches!(self.kind, Kind::UntilClose) {
+            self.finish(out);
+            return true;
+        }
+        false
+    }
+
+    fn emit(&self, data: &[u8], out: &mut Vec<u8>) {
+        if self.encode == Encode::Chunked {
+            push_hex(out, data.len());
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(data);
+            out.extend_from_slice(b"\r\n");
+        } else {
+            out.extend_from_slice(data);
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.encode == Encode::Chunked {
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+        self.finished = true;
+    }
+}
+
+fn push_hex(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Largest chunk size accepted (2^56 − 1): keeps the arithmetic far from overflow.
+const MAX_CHUNK_SIZE: u64 = (1 << 56) - 1;
+/// Largest trailer section, bytes.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+#[derive(Debug)]
+struct Chunked {
+    state: State,
+    ext_len: usize,
+    max_ext: usize,
+    trailer_len: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    SizeStart,
+    Size(u64),
+    SizeBws(u64),
+    Ext(u64),
+    SizeLf(u64),
+    Data(u64),
+    DataCr,
+    DataLf,
+    TrailerLineStart,
+    TrailerLine,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+impl Chunked {
+    fn new(max_ext: usize) -> Chunked {
+        Chunked { state: State::SizeStart, ext_len: 0, max_ext, trailer_len: 0 }
+    }
+
+    fn done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Advances over `input`; returns bytes consumed and the range of chunk data among them
+    /// (at most one data run per call).
+    fn feed(&mut self, input: &[u8]) -> Result<(usize, std::ops::Range<usize>), BodyError> {
+        let bad = BodyError::Chunked;
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            self.state = match self.state {
+                State::SizeStart => match hex(b) {
+                    Some(d) => State::Size(u64::from(d)),
+                    None => return Err(bad("chunk size")),
+                },
+                State::Size(n) => match (hex(b), b) {
+                    (Some(d), _) => {
+                        let n = (n << 4) | u64::from(d);
+                        if n > MAX_CHUNK_SIZE {
+                            return Err(bad("chunk size too large"));
+                        }
+                        State::Size(n)
+                    }
+                    (None, b';') => {
+                        self.ext_len = 0;
+                        State::Ext(n)
+                    }
+                    (None, b' ' | b'\t') => State::SizeBws(n),
+                    (None, b'\r') => State::SizeLf(n),
+                    _ => return Err(bad("chunk size")),
+                },
+                // Whitespace after the size is only BWS before an extension.
+                State::SizeBws(n) => match b {
+                    b' ' | b'\t' => State::SizeBws(n),
+                    b';' => {
+                        self.ext_len = 0;
+                        State::Ext(n)
+                    }
+                    _ => return Err(bad("whitespace after chunk size")),
+                },
+                State::Ext(n) => {
+                    self.ext_len += 1;
+                    if self.ext_len > self.max_ext {
+                        return Err(bad("chunk extension too long"));
+                    }
+                    match b {
+                        b'\r' => State::SizeLf(n),
+                        b'\n' => return Err(bad("bare LF in chunk extension")),
+                        b'\t' | 0x20..=0x7e | 0x80..=0xff => State::Ext(n),
+                        _ => return Err(bad("control byte in chunk extension")),
+                    }
+                }
+                State::SizeLf(n) => match b {
+                    b'\n' if n == 0 => State::TrailerLineStart,
+                    b'\n' => State::Data(n),
+                    _ => return Err(bad("CR without LF after chunk size")),
+                },
+                State::Data(n) => {
+                    let take = n.min((input.len() - i) as u64) as usize;
+                    let left = n - take as u64;
+                    self.state = if left == 0 { State::DataCr } else { State::Data(left) };
+                    return Ok((i + take, i..i + take));
+                }
+                State::DataCr => match b {
+                    b'\r' => State::DataLf,
+                    _ => return Err(bad("chunk data longer than its size")),
+                },
+                State::DataLf => match b {
+                    b'\n' => State::SizeStart,
+                    _ => return Err(bad("CR without LF after chunk data")),
+                },
+                State::TrailerLineStart => match b {
+                    b'\r' => State::EndLf,
+                    b'\n' => return Err(bad("bare LF in trailers")),
+                    _ => self.trailer_byte(b)?,
+                },
+                State::TrailerLine => match b {
+                    b'\r' => State::TrailerLf,
+                    b'\n' => return Err(bad("bare LF in trailers")),
+                    _ => self.trailer_byte(b)?,
+                },
+                State::TrailerLf => match b {
+                    b'\n' => State::TrailerLineStart,
+                    _ => return Err(bad("CR without LF in trailers")),
+                },
+                State::EndLf => match b {
+                    b'\n' => {
+                        self.state = State::Done;
+                        return Ok((i + 1, 0..0));
+                    }
+                    _ => return Err(bad("CR without LF after last chunk")),
+                },
+                State::Done => return Ok((i, 0..0)),
+            };
+            i += 1;
+        }
+        Ok((i, 0..0))
+    }
+
+    fn trailer_byte(&mut self, b: u8) -> Result<State, BodyError> {
+        self.trailer_len += 1;
+        if self.trailer_len > MAX_TRAILERS {
+            return Err(BodyError::Chunked("trailers too long"));
+        }
+        if b < 0x20 && b != b'\t' || b == 0x7f {
+            return Err(BodyError::Chunked("control byte in trailers"));
+        }
+        Ok(State::TrailerLine)
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dechunk(input: &[u8], split: usize) -> Result<(Vec<u8>, usize, bool), BodyError> {
+        let mut d = BodyDecoder::chunked(Encode::Raw, 1 << 20, 4096);
+        let mut out = Vec::new();
+        let mut used = 0;
+        for piece in input.chunks(split.max(1)) {
+            let mut at = 0;
+            while at < piece.len() && !d.is_done() {
+                let n = d.decode(&piece[at..], &mut out)?;
+                at += n;
+                used += n;
+                if n == 0 {
+                    break;
+                }
+            }
+            if d.is_done() {
+                break;
+            }
+        }
+        Ok((out, used, d.is_done()))
+    }
+
+    #[test]
+    fn valid_chunked_bodies_any_split() {
+        let body = b"5\r\nhello\r\n6;a=b\r\n world\r\n000\r\nX-T: 1\r\n\r\nNEXT";
+        for split in 1..body.len() {
+            let (out, used, done) = dechunk(body, split).unwrap();
+            assert_eq!(out, b"hello world", "split {split}");
+            assert!(done);
+            assert_eq!(&body[used..], b"NEXT", "split {split}");
+        }
+        assert_eq!(dechunk(b"5 ;a\r\nhello\r\n0\r\n\r\n", 64).unwrap().0, b"hello");
+    }
+
+    #[test]
+    fn invalid_chunked_bodies() {
+        for bad in [
+            &b"0x5\r\nhello\r\n0\r\n\r\n"[..],
+            b"5 \r\nhello\r\n0\r\n\r\n",
+            b"-5\r\nhello\r\n0\r\n\r\n",
+            b"Z\r\nZZ\r\n",
+            b"3\r\nhello\r\n0\r\n\r\n",
+            b"2\r\r;a\r\n02\r\n41\r\n0\r\n\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\nX",
+            b"fffffffffffffffffff\r\n",
+        ] {
+            assert!(dechunk(bad, 64).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let mut long = b"5;".to_vec();
+        long.extend(std::iter::repeat_n(b'a', 5000));
+        assert!(dechunk(&long, 64).is_err());
+    }
+
+    #[test]
+    fn reencodes_as_chunked() {
+        let mut d = BodyDecoder::length(5, Encode::Chunked);
+        let mut out = Vec::new();
+        assert_eq!(d.decode(b"hel", &mut out).unwrap(), 3);
+        assert_eq!(d.decode(b"loGET", &mut out).unwrap(), 2);
+        assert!(d.is_done());
+        assert_eq!(out, b"3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n");
+        let mut d = BodyDecoder::length(0, Encode::Chunked);
+        let mut out = Vec::new();
+        d.decode(b"", &mut out).unwrap();
+        assert!(d.is_done());
+        assert_eq!(out, b"0\r\n\r\n");
+        let mut d = BodyDecoder::until_close(Encode::Chunked);
+        let mut out = Vec::new();
+        d.decode(b"abc", &mut out).unwrap();
+        assert!(d.eof(&mut out));
+        assert_eq!(out, b"3\r\nabc\r\n0\r\n\r\n");
+    }
+
+    #[test]
+    fn limits_decoded_size() {
+        let mut d = BodyDecoder::chunked(Encode::Raw, 4, 16);
+        assert_eq!(d.decode(b"5\r\nhello\r\n", &mut Vec::new()), Err(BodyError::TooLarge));
+    }
+}

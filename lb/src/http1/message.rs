@@ -1,0 +1,432 @@
+//! Writing heads: the request head sent upstream and the response head sent to the client,
+//! both regenerated from the parsed fields (hop-by-hop fields dropped, framing fields written
+//! by us), plus lb's own small responses. Writes go into a reused per-request `Vec`: no
+//! allocation once it has grown to the usual head size.
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use super::body::Encode;
+use super::parse::{Framing, Head, trim_ows};
+
+/// Hop-by-hop fields (RFC 9110 7.6.1) and the framing fields we regenerate. Compared
+/// case-insensitively.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "content-length",
+    "upgrade",
+    "http2-settings",
+];
+
+fn hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Writes the upstream request head for `head` (parsed from `buf` into `fields`).
+pub fn request_head(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    head: &Head,
+    fields: &[httparse::Header<'_>],
+    client: IpAddr,
+) {
+    out.extend_from_slice(&buf[head.method.clone()]);
+    out.push(b' ');
+    let target = &buf[head.origin_form.clone()];
+    out.extend_from_slice(if target.is_empty() { b"/" } else { target });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    // Host: the absolute-form authority wins over the Host field (RFC 9112 3.2.2).
+    let host: &[u8] = match (&head.authority, head.host) {
+        (Some(a), _) => &buf[a.clone()],
+        (None, Some(i)) => trim_ows(fields[i].value),
+        (None, None) => b"",
+    };
+    out.extend_from_slice(b"Host: ");
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\n");
+    let mut xff_written = false;
+    for (i, f) in fields.iter().enumerate() {
+        let name = f.name;
+        if i < 128 && head.connection_nominated & (1u128 << i) != 0 && !is_framing(name) {
+            continue;
+        }
+        if hop_by_hop(name)
+            || name.eq_ignore_ascii_case("host")
+            || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("x-forwarded-proto")
+            || name.eq_ignore_ascii_case("x-forwarded-host")
+        {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            if xff_written {
+                continue;
+            }
+            // Append the client to the existing list, all fields joined in order.
+            out.extend_from_slice(b"X-Forwarded-For: ");
+            for g in fields.iter().filter(|g| g.name.eq_ignore_ascii_case("x-forwarded-for")) {
+                out.extend_from_slice(trim_ows(g.value));
+                out.extend_from_slice(b", ");
+            }
+            let _ = write!(out, "{client}\r\n");
+            xff_written = true;
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(f.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !xff_written {
+        let _ = write!(out, "X-Forwarded-For: {client}\r\n");
+    }
+    out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+    if !host.is_empty() {
+        out.extend_from_slice(b"X-Forwarded-Host: ");
+        out.extend_from_slice(host);
+        out.extend_from_slice(b"\r\n");
+    }
+    if head.upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+        if let Some(up) = fields.iter().find(|f| f.name.eq_ignore_ascii_case("upgrade")) {
+            out.extend_from_slice(b"Upgrade: ");
+            out.extend_from_slice(trim_ows(up.value));
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    match head.framing {
+        Framing::None => {}
+        Framing::Length(n) => {
+            let _ = write!(out, "Content-Length: {n}\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Content-Length and Transfer-Encoding stay ours even when Connection nominates them.
+fn is_framing(name: &str) -> bool {
+    name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding")
+}
+
+/// How an upstream response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFraming {
+    /// No body (HEAD, 1xx, 204, 304).
+    None,
+    /// Content-Length.
+    Length(u64),
+    /// Chunked.
+    Chunked,
+    /// Until the upstream closes.
+    UntilClose,
+}
+
+/// A parsed upstream response head.
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    /// Bytes of the head.
+    pub len: usize,
+    /// Status code.
+    pub status: u16,
+    /// Body framing.
+    pub framing: ResponseFraming,
+    /// The upstream will close (or wants us to).
+    pub close: bool,
+    /// Fields parsed.
+    pub header_count: usize,
+    /// Content-Length to pass on for bodiless responses (HEAD).
+    pub declared_length: Option<u64>,
+}
+
+/// The upstream sent something we cannot frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadResponse(pub &'static str);
+
+/// Parses an upstream response head. `Ok(None)`: incomplete.
+pub fn parse_response<'b>(
+    buf: &'b [u8],
+    fields: &mut [httparse::Header<'b>],
+    head_request: bool,
+) -> Result<Option<ResponseHead>, BadResponse> {
+    let mut res = httparse::Response::new(fields);
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(BadResponse("too many fields")),
+        Err(_) => return Err(BadResponse("malformed response head")),
+    };
+    let status = res.code.unwrap_or(0);
+    let http10 = res.version == Some(0);
+    let mut close = http10;
+    let mut length: Option<u64> = None;
+    let mut te: Option<bool> = None;
+    for f in res.headers.iter() {
+        let value = trim_ows(f.value);
+        if f.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or(BadResponse("Content-Length value"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(BadResponse("conflicting Content-Length"));
+            }
+            length = Some(n);
+        } else if f.name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = value.split(|&b| b == b',').map(trim_ows).rfind(|e| !e.is_empty());
+            te = Some(last.is_some_and(|l| l.eq_ignore_ascii_case(b"chunked")));
+        } else if f.name.eq_ignore_ascii_case("connection") {
+            for token in value.split(|&b| b == b',').map(trim_ows) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && http10 {
+                    close = false;
+                }
+            }
+        }
+    }
+    if te.is_some() && length.is_some() {
+        return Err(BadResponse("both Content-Length and Transfer-Encoding"));
+    }
+    let bodiless = head_request || (100..200).contains(&status) || status == 204 || status == 304;
+    let framing = if bodiless {
+        ResponseFraming::None
+    } else {
+        match (te, length) {
+            (Some(true), _) => ResponseFraming::Chunked,
+            (Some(false), _) => ResponseFraming::UntilClose,
+            (None, Some(n)) => ResponseFraming::Length(n),
+            (None, None) => ResponseFraming::UntilClose,
+        }
+    };
+    if framing == ResponseFraming::UntilClose {
+        close = true;
+    }
+    Ok(Some(ResponseHead {
+        len,
+        status,
+        framing,
+        close,
+        header_count: res.headers.len(),
+        declared_length: if bodiless { length } else { None },
+    }))
+}
+
+/// The response head for the client. Returns how to encode the body and whether the client
+/// connection must close after it.
+pub fn response_head(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    head: &ResponseHead,
+    fields: &[httparse::Header<'_>],
+    client_http10: bool,
+    client_keep_alive: bool,
+) -> (Encode, bool) {
+    let reason = reason_of(buf, head.status);
+    let _ = write!(out, "HTTP/1.1 {} ", head.status);
+    out.extend_from_slice(reason);
+    out.extend_from_slice(b"\r\n");
+    // Fields the upstream's Connection nominated are hop-by-hop too.
+    let nominated = |name: &str| {
+        fields.iter().filter(|f| f.name.eq_ignore_ascii_case("connection")).any(|f| {
+            f.value.split(|&b| b == b',').any(|t| trim_ows(t).eq_ignore_ascii_case(name.as_bytes()))
+        })
+    };
+    let switching = head.status == 101;
+    for f in fields {
+        // A 101 passes its Upgrade field on; everything hop-by-hop stays behind.
+        let pass_upgrade = switching && f.name.eq_ignore_ascii_case("upgrade");
+        if !pass_upgrade && (hop_by_hop(f.name) || nominated(f.name)) {
+            continue;
+        }
+        out.extend_from_slice(f.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(f.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    let (encode, mut close) = match head.framing {
+        ResponseFraming::None => {
+            if let Some(n) = head.declared_length {
+                let _ = write!(out, "Content-Length: {n}\r\n");
+            }
+            (Encode::Raw, false)
+        }
+        ResponseFraming::Length(n) => {
+            let _ = write!(out, "Content-Length: {n}\r\n");
+            (Encode::Raw, false)
+        }
+        ResponseFraming::Chunked | ResponseFraming::UntilClose if !client_http10 => {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+            (Encode::Chunked, false)
+        }
+        // An HTTP/1.0 client cannot take chunked: the body ends with the connection.
+        ResponseFraming::Chunked | ResponseFraming::UntilClose => (Encode::Raw, true),
+    };
+    if !client_keep_alive {
+        close = true;
+    }
+    if switching {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+    } else if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if client_http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    (encode, close)
+}
+
+/// The reason phrase the upstream sent, or the standard one.
+fn reason_of(buf: &[u8], status: u16) -> &[u8] {
+    // "HTTP/1.1 200 OK\r\n": the phrase starts after the 13th byte.
+    let line_end = buf.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(0);
+    match buf.get(13..line_end) {
+        Some(r) if !r.is_empty() && r.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)) => r,
+        _ => status_text(status).as_bytes(),
+    }
+}
+
+/// Standard reason phrases for the statuses lb produces itself.
+pub fn status_text(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Status",
+    }
+}
+
+/// An answer from lb itself: status, a one-line text body, and `Connection: close` when the
+/// connection ends after it.
+pub fn local_response(out: &mut Vec<u8>, status: u16, close: bool, head_request: bool) {
+    let text = status_text(status);
+    let body_len = 4 + text.len() + 1;
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {text}\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\n"
+    );
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_request {
+        let _ = write!(out, "{status} {text}\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse::{Limits, parse};
+    use super::*;
+
+    fn forward(raw: &[u8]) -> String {
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let head = parse(raw, &mut fields, &Limits::default()).unwrap().unwrap();
+        let mut out = Vec::new();
+        request_head(
+            &mut out,
+            raw,
+            &head,
+            &fields[..head.header_count],
+            "10.0.0.1".parse().unwrap(),
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn request_head_regenerates_framing_and_drops_hop_by_hop() {
+        let out = forward(b"POST /p?q HTTP/1.1\r\nHost: Example.com\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\nTransfer-Encoding: ,chunked\r\nTE: trailers\r\nX-Forwarded-For: 1.2.3.4\r\nUser-Agent: t\r\n\r\n");
+        assert_eq!(
+            out,
+            "POST /p?q HTTP/1.1\r\nHost: Example.com\r\nX-Forwarded-For: 1.2.3.4, 10.0.0.1\r\nUser-Agent: t\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: Example.com\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn absolute_form_replaces_host_and_version() {
+        let out = forward(b"GET http://example.com/x HTTP/1.2\r\nHost: evil.example\r\n\r\n");
+        assert!(out.starts_with("GET /x HTTP/1.1\r\nHost: example.com\r\n"), "{out}");
+        assert!(!out.contains("evil"));
+    }
+
+    #[test]
+    fn nominated_content_length_stays_framing() {
+        let out = forward(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nConnection: Content-Length\r\n\r\nabc");
+        assert!(out.ends_with("Content-Length: 3\r\n\r\n"), "{out}");
+    }
+
+    fn respond(
+        raw: &[u8],
+        head_req: bool,
+        http10: bool,
+        keep: bool,
+    ) -> (String, Encode, bool, ResponseFraming) {
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let head = parse_response(raw, &mut fields, head_req).unwrap().unwrap();
+        let mut out = Vec::new();
+        let (enc, close) =
+            response_head(&mut out, raw, &head, &fields[..head.header_count], http10, keep);
+        (String::from_utf8(out).unwrap(), enc, close, head.framing)
+    }
+
+    #[test]
+    fn response_framing() {
+        let (h, enc, close, f) = respond(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok",
+            false,
+            false,
+            true,
+        );
+        assert_eq!(h, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
+        assert_eq!((enc, close, f), (Encode::Raw, false, ResponseFraming::Length(2)));
+        let (h, enc, _, _) =
+            respond(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false, false, true);
+        assert!(h.contains("Transfer-Encoding: chunked\r\n"));
+        assert_eq!(enc, Encode::Chunked);
+        let (h, enc, close, _) = respond(b"HTTP/1.0 200 OK\r\n\r\n", false, true, true);
+        assert_eq!((enc, close), (Encode::Raw, true));
+        assert!(h.contains("Connection: close"));
+        let (h, _, _, f) =
+            respond(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", true, false, true);
+        assert_eq!(f, ResponseFraming::None);
+        assert!(h.contains("Content-Length: 99"));
+        let (_, _, _, f) = respond(b"HTTP/1.1 304 Not Modified\r\n\r\n", false, false, true);
+        assert_eq!(f, ResponseFraming::None);
+        let mut fields = [httparse::EMPTY_HEADER; 8];
+        assert!(
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                &mut fields,
+                false
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn local_responses() {
+        let mut out = Vec::new();
+        local_response(&mut out, 404, false, false);
+        assert_eq!(out, b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n\r\n404 Not Found\n");
+    }
+}

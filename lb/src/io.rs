@@ -1,0 +1,248 @@
+//! The thin I/O layer over compio: runtime construction (io_uring with cooperative task
+//! running and a provided-buffer ring), listening sockets with SO_REUSEPORT, and connection
+//! input buffers.
+//!
+//! Input buffering is where idle memory goes, so it follows one rule: a connection that is
+//! waiting for bytes holds no buffer. Reads take a buffer from the ring only when data arrives
+//! (`read_managed`); the buffer returns to the ring as soon as its bytes are consumed. Only a
+//! head split across reads (or a ring that ran dry, `ResourceBusy`) moves the bytes to a heap
+//! buffer, taken from a capped per-core free list and given back when emptied.
+//!
+//! Everything runtime-specific lives here, so a runtime change (DEVELOPERS.md: re-measure
+//! first) touches this file and little else.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+
+use compio::BufResult;
+use compio::driver::ProactorBuilder;
+use compio::io::{AsyncReadExt, AsyncReadManaged, AsyncWriteExt};
+use compio::net::{TcpListener, TcpSocket, TcpStream};
+use compio::runtime::{BufferPool, Runtime};
+
+/// Buffer ring and free-list sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferConfig {
+    /// Buffers in each core's provided-buffer ring (rounded up to a power of two).
+    pub ring_buffers: u16,
+    /// Size of each ring buffer.
+    pub ring_buffer_len: usize,
+    /// Heap buffers kept per core for reuse.
+    pub spare_buffers: usize,
+    /// Largest heap buffer kept for reuse; larger ones are freed.
+    pub spare_capacity: usize,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            ring_buffers: 256,
+            ring_buffer_len: 16 * 1024,
+            spare_buffers: 256,
+            spare_capacity: 72 * 1024,
+        }
+    }
+}
+
+/// Builds the per-core runtime: io_uring only (no readiness fallback), cooperative task
+/// running (without it every completion interrupts the thread: 1.9× CPU per request in our
+/// glommio measurement), and the provided-buffer ring reads draw from.
+pub fn runtime(buffers: &BufferConfig) -> io::Result<Runtime> {
+    let mut proactor = ProactorBuilder::new();
+    proactor
+        .capacity(4096)
+        .coop_taskrun(true)
+        .taskrun_flag(true)
+        .buffer_pool_size(NonZeroU16::new(buffers.ring_buffers.max(1)).unwrap_or(NonZeroU16::MIN))
+        .buffer_pool_buffer_len(buffers.ring_buffer_len);
+    let rt = Runtime::builder().with_proactor(proactor).build()?;
+    // Creating the ring now reports a kernel without provided buffers at start, not at the
+    // first request.
+    rt.buffer_pool()?;
+    Ok(rt)
+}
+
+/// A listening socket bound with SO_REUSEPORT (one per core on the same address, the kernel
+/// spreads connections) and a real backlog (compio's plain bind sets neither).
+pub async fn listen(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    let socket =
+        if addr.is_ipv4() { TcpSocket::new_v4().await? } else { TcpSocket::new_v6().await? };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr).await?;
+    socket.listen(backlog).await
+}
+
+/// Connects with TCP_NODELAY (without it small writes wait for ACKs: −17 % CPU per request
+/// measured when missing).
+pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Writes all of `out` and clears it, keeping its allocation.
+pub async fn write_out(stream: &TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let mut w = stream;
+    let BufResult(res, buf) = w.write_all(std::mem::take(out)).await;
+    *out = buf;
+    out.clear();
+    res
+}
+
+/// Per-core free list of heap buffers, capped in count and in the capacity it keeps.
+#[derive(Debug)]
+pub struct Spare {
+    list: RefCell<Vec<Vec<u8>>>,
+    max_count: usize,
+    max_capacity: usize,
+}
+
+impl Spare {
+    /// An empty free list.
+    pub fn new(config: &BufferConfig) -> Spare {
+        Spare {
+            list: RefCell::new(Vec::new()),
+            max_count: config.spare_buffers,
+            max_capacity: config.spare_capacity,
+        }
+    }
+
+    /// A cleared buffer, reused when one is free.
+    pub fn take(&self) -> Vec<u8> {
+        self.list.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Returns a buffer; dropped when the list is full or the buffer grew past the cap, so a
+    /// burst does not leave memory behind.
+    pub fn give(&self, mut buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > self.max_capacity {
+            return;
+        }
+        let mut list = self.list.borrow_mut();
+        if list.len() < self.max_count {
+            buf.clear();
+            list.push(buf);
+        }
+    }
+}
+
+/// Bytes received and not yet consumed.
+#[derive(Debug, Default)]
+pub enum InBuf {
+    /// Nothing buffered: an idle connection holds no memory for input.
+    #[default]
+    Empty,
+    /// A buffer from the provided-buffer ring; bytes before `start` are consumed.
+    Ring {
+        /// The ring buffer.
+        buf: compio::driver::BufferRef,
+        /// Consumed prefix.
+        start: usize,
+    },
+    /// A heap buffer (partial heads, or an exhausted ring).
+    Heap {
+        /// The buffer.
+        buf: Vec<u8>,
+        /// Consumed prefix.
+        start: usize,
+    },
+}
+
+/// Bytes to ask for when reading into a heap buffer.
+const HEAP_READ: usize = 16 * 1024;
+
+impl InBuf {
+    /// Unconsumed bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            InBuf::Empty => &[],
+            InBuf::Ring { buf, start } => buf.get(*start..).unwrap_or(&[]),
+            InBuf::Heap { buf, start } => buf.get(*start..).unwrap_or(&[]),
+        }
+    }
+
+    /// Marks `n` bytes consumed; an emptied buffer goes back (to the ring or `spare`).
+    pub fn consume(&mut self, n: usize, spare: &Spare) {
+        let empty = match self {
+            InBuf::Empty => true,
+            InBuf::Ring { buf, start } => {
+                *start = (*start + n).min(buf.len());
+                *start == buf.len()
+            }
+            InBuf::Heap { buf, start } => {
+                *start = (*start + n).min(buf.len());
+                *start == buf.len()
+            }
+        };
+        if empty {
+            self.release(spare);
+        }
+    }
+
+    /// Drops whatever is buffered.
+    pub fn release(&mut self, spare: &Spare) {
+        if let InBuf::Heap { buf, .. } = std::mem::take(self) {
+            spare.give(buf);
+        }
+    }
+
+    /// Reads more bytes after the unconsumed ones. Returns the number read, 0 at end of stream.
+    pub async fn fill(&mut self, stream: &TcpStream, spare: &Spare) -> io::Result<usize> {
+        if let InBuf::Empty = self {
+            let mut reader = stream;
+            match reader.read_managed(0).await {
+                Ok(Some(buf)) => {
+                    let n = buf.len();
+                    *self = InBuf::Ring { buf, start: 0 };
+                    return Ok(n);
+                }
+                Ok(None) => return Ok(0),
+                // The ring is empty: this read goes to the heap instead.
+                Err(e) if e.kind() == io::ErrorKind::ResourceBusy => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Appending: move what is left into a heap buffer first.
+        let mut heap = match std::mem::take(self) {
+            InBuf::Heap { mut buf, start } => {
+                buf.drain(..start);
+                buf
+            }
+            InBuf::Ring { buf, start } => {
+                let mut heap = spare.take();
+                heap.extend_from_slice(buf.get(start..).unwrap_or(&[]));
+                heap
+            }
+            InBuf::Empty => spare.take(),
+        };
+        heap.reserve(HEAP_READ);
+        let mut reader = stream;
+        // `append` reads into the spare capacity; `read` would overwrite from the start.
+        let BufResult(res, heap) = reader.append(heap).await;
+        let n = match res {
+            Ok(n) => n,
+            Err(e) => {
+                *self = InBuf::Heap { buf: heap, start: 0 };
+                return Err(e);
+            }
+        };
+        *self = if heap.is_empty() {
+            spare.give(heap);
+            InBuf::Empty
+        } else {
+            InBuf::Heap { buf: heap, start: 0 }
+        };
+        Ok(n)
+    }
+}
+
+/// The buffer pool of the current runtime (for tests and diagnostics).
+pub fn pool() -> io::Result<BufferPool> {
+    Runtime::with_current(|rt| rt.buffer_pool())
+}

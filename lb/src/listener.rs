@@ -1,0 +1,85 @@
+//! Listening sockets of one core, kept in step with the table: every port of the current
+//! table has a SO_REUSEPORT listener on this core; ports that leave the table are closed, new
+//! ones opened, without a restart. A port that cannot be bound (in use, no permission) is
+//! logged and retried.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use compio::net::TcpListener;
+use compio::runtime::JoinHandle;
+use table::Router;
+use tracing::{info, warn};
+
+use crate::conn;
+use crate::core::Core;
+
+/// The listeners of one core.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    active: RefCell<HashMap<SocketAddr, JoinHandle<()>>>,
+}
+
+impl Listeners {
+    /// Opens and closes listeners to match `router`'s ports. Returns `false` when some port
+    /// could not be bound (the caller retries later).
+    pub async fn reconcile(&self, core: &Rc<Core>, router: &Router) -> bool {
+        let bind = core.settings.bind_address;
+        let desired: Vec<SocketAddr> = router
+            .table()
+            .ports
+            .iter()
+            .map(|p| {
+                SocketAddr::new(p.address.as_ref().map_or(bind, |a| a.ip()), p.port.to_native())
+            })
+            .collect();
+        self.active.borrow_mut().retain(|addr, _| {
+            let keep = desired.contains(addr);
+            if !keep && core.id == 0 {
+                info!(%addr, "closing listener");
+            }
+            // Dropping the handle cancels the accept task, which closes the socket.
+            keep
+        });
+        let mut all = true;
+        for addr in desired {
+            if self.active.borrow().contains_key(&addr) {
+                continue;
+            }
+            match crate::io::listen(addr, core.settings.backlog).await {
+                Ok(listener) => {
+                    if core.id == 0 {
+                        info!(%addr, "listening");
+                    }
+                    let task = compio::runtime::spawn(accept(Rc::clone(core), listener));
+                    self.active.borrow_mut().insert(addr, task);
+                }
+                Err(e) => {
+                    warn!(core = core.id, %addr, "cannot listen: {e}; will retry");
+                    all = false;
+                }
+            }
+        }
+        all
+    }
+}
+
+async fn accept(core: Rc<Core>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                // Without TCP_NODELAY small responses wait on delayed ACKs.
+                let _ = stream.set_nodelay(true);
+                compio::runtime::spawn(conn::serve(Rc::clone(&core), stream, peer)).detach();
+            }
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning.
+                warn!(core = core.id, "accept: {e}");
+                compio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

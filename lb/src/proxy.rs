@@ -1,0 +1,566 @@
+//! One request/response exchange: parse and route (synchronously, straight out of the input
+//! buffer), then forward: connect or reuse, send the regenerated head and the body, relay the
+//! response with regenerated framing, and decide what survives (the client connection, the
+//! upstream connection).
+//!
+//! The synchronous part ([`prepare`]) holds the parsed fields in an on-stack array and writes
+//! the upstream head into the request's output buffer before the first await, so no parsed
+//! state has to live across I/O.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use compio::net::TcpStream;
+use table::Route;
+use table::lookup::{MAX_HOST, Request, normalize_host};
+use tracing::debug;
+
+use crate::core::Core;
+use crate::error::{Kind, ProxyError, Side};
+use crate::http1::body::{BodyDecoder, Encode};
+use crate::http1::message::{self, ResponseFraming};
+use crate::http1::parse::{self, Framing, Head, MAX_HEADERS, Reject, trim_ows};
+use crate::io::{InBuf, write_out};
+use crate::router::FieldHeaders;
+use crate::timer::{Deadline, Elapsed};
+use crate::upstream::{CoreTable, Target};
+
+/// Output is flushed to the peer once this much is buffered.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// What to do with a request.
+#[derive(Debug)]
+pub enum Plan {
+    /// Malformed or over a limit: answer and close.
+    Reject(Reject),
+    /// Answer locally (no route, no endpoints, invalid backend).
+    Respond {
+        /// Status.
+        status: u16,
+        /// Facts about the request.
+        req: Summary,
+    },
+    /// Forward; the upstream head is already in the output buffer.
+    Forward {
+        /// The table the request was routed on.
+        table: Rc<CoreTable>,
+        /// Service index.
+        service: u32,
+        /// Endpoint round-robin position.
+        cursor: u32,
+        /// Facts about the request.
+        req: Summary,
+    },
+}
+
+/// What the exchange needs to remember of the request head.
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    /// Head length in the input buffer.
+    pub len: usize,
+    /// Body framing.
+    pub framing: Framing,
+    /// Client wants keep-alive.
+    pub keep_alive: bool,
+    /// HTTP/1.0 client.
+    pub http10: bool,
+    /// `Expect: 100-continue`.
+    pub expect_continue: bool,
+    /// Upgrade requested.
+    pub upgrade: bool,
+    /// HEAD request.
+    pub head_method: bool,
+    /// Safe to send twice (RFC 9110 9.2.2).
+    pub idempotent: bool,
+}
+
+impl Summary {
+    fn of(head: &Head, buf: &[u8]) -> Summary {
+        let method = &buf[head.method.clone()];
+        Summary {
+            len: head.len,
+            framing: head.framing,
+            keep_alive: head.keep_alive,
+            http10: head.http10,
+            expect_continue: head.expect_continue,
+            upgrade: head.upgrade,
+            head_method: head.head_method,
+            idempotent: matches!(
+                method,
+                b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+            ),
+        }
+    }
+}
+
+/// Whether the client connection goes on after an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Read the next request.
+    Continue,
+    /// Close the client connection.
+    Close,
+}
+
+/// Parses and routes the request at the start of `buf`. `None`: the head is incomplete. For
+/// [`Plan::Forward`], the upstream head has been written to `out`.
+pub fn prepare(
+    core: &Core,
+    buf: &[u8],
+    peer: SocketAddr,
+    local: SocketAddr,
+    out: &mut Vec<u8>,
+) -> Option<Plan> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let head = match parse::parse(buf, &mut fields, &core.settings.limits) {
+        Ok(Some(h)) => h,
+        Ok(None) => return None,
+        Err(reject) => return Some(Plan::Reject(reject)),
+    };
+    let fields = &fields[..head.header_count];
+    let req = Summary::of(&head, buf);
+    let Some(table) = core.table() else {
+        return Some(Plan::Respond { status: 503, req });
+    };
+    let raw_host: &[u8] = match (&head.authority, head.host) {
+        (Some(a), _) => &buf[a.clone()],
+        (None, Some(i)) => trim_ows(fields[i].value),
+        (None, None) => b"",
+    };
+    let mut host_buf = [0u8; MAX_HOST];
+    let host = normalize_host(raw_host, &mut host_buf).unwrap_or(b"");
+    let Some(port) = table.router.port(local.ip(), local.port()) else {
+        return Some(Plan::Respond { status: 404, req });
+    };
+    let request = Request {
+        method: &buf[head.method.clone()],
+        path: &buf[head.path.clone()],
+        query: &buf[head.query.clone()],
+        host,
+    };
+    let route = {
+        let mut scratch = table.scratch.borrow_mut();
+        table.router.route(port, &request, &FieldHeaders(fields), &mut scratch)
+    };
+    let action = match route {
+        Route::Matched { action, .. } => action,
+        Route::NoListener | Route::NoRoute(_) => return Some(Plan::Respond { status: 404, req }),
+    };
+    match table.select(&action.kind) {
+        Target::Status(status) => Some(Plan::Respond { status, req }),
+        Target::Service { service, .. } if table.endpoint_count(service) == 0 => {
+            Some(Plan::Respond { status: 503, req })
+        }
+        Target::Service { service, cursor } => {
+            message::request_head(out, buf, &head, fields, peer.ip());
+            Some(Plan::Forward { table: Rc::clone(&table), service, cursor, req })
+        }
+    }
+}
+
+/// Everything one exchange works with.
+#[derive(Debug)]
+pub struct Exchange<'a> {
+    /// This core.
+    pub core: &'a Core,
+    /// The client connection.
+    pub client: &'a TcpStream,
+    /// Client bytes not yet consumed.
+    pub input: &'a mut InBuf,
+    /// Output buffer (holds the upstream head on entry).
+    pub out: &'a mut Vec<u8>,
+    /// The connection's deadline.
+    pub deadline: &'a Rc<Deadline>,
+}
+
+impl Exchange<'_> {
+    /// Answers locally. The connection continues when the request had no body and the client
+    /// keeps alive.
+    pub async fn respond(&mut self, status: u16, req: Summary) -> Flow {
+        self.input.consume(req.len, &self.core.spare);
+        let close = !req.keep_alive || req.framing != Framing::None;
+        self.out.clear();
+        message::local_response(self.out, status, close, req.head_method);
+        if self.write_client().await.is_err() || close {
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    /// Forwards the request to the service and relays the response.
+    pub async fn forward(
+        &mut self,
+        table: Rc<CoreTable>,
+        service: u32,
+        cursor: u32,
+        req: Summary,
+    ) -> Flow {
+        self.input.consume(req.len, &self.core.spare);
+        let limits = self.core.settings.limits;
+        let mut body = match req.framing {
+            Framing::None => BodyDecoder::none(),
+            Framing::Length(n) => BodyDecoder::length(n, Encode::Raw),
+            Framing::Chunked => {
+                BodyDecoder::chunked(Encode::Chunked, limits.max_body, limits.max_chunk_ext)
+            }
+        };
+        // Whatever body bytes already arrived go out with the head.
+        match body.decode(self.input.bytes(), self.out) {
+            Ok(used) => self.input.consume(used, &self.core.spare),
+            Err(e) => return self.fail(ProxyError::body(Side::Downstream, e), &body).await,
+        }
+        if req.expect_continue && !body.is_done() && self.input.bytes().is_empty() && !req.http10 {
+            // The client waits for permission before sending its body; we own that decision
+            // (Expect is not forwarded).
+            let mut w = self.client;
+            let r =
+                compio::io::AsyncWriteExt::write_all(&mut w, &b"HTTP/1.1 100 Continue\r\n\r\n"[..])
+                    .await;
+            if r.0.is_err() {
+                return Flow::Close;
+            }
+        }
+        let (upstream, addr) =
+            match self.send_request(&table, service, cursor, req, &mut body).await {
+                Ok(v) => v,
+                Err(e) => return self.fail(e, &body).await,
+            };
+        self.relay_response(upstream, addr, req, &body).await
+    }
+
+    /// Connects (or reuses), sends head and body, and waits for the response head; retries on
+    /// another endpoint when connecting fails, and once on a fresh connection when a reused one
+    /// turns out dead before answering (only when the whole request is still in hand and safe
+    /// to repeat). On success the response head is at the start of the upstream's input.
+    async fn send_request(
+        &mut self,
+        table: &CoreTable,
+        service: u32,
+        cursor: u32,
+        req: Summary,
+        body: &mut BodyDecoder,
+    ) -> Result<(Upstream, SocketAddr), ProxyError> {
+        let t = self.core.settings.timeouts;
+        let whole = body.is_done();
+        let mut attempt = 0;
+        let mut fresh_only = false;
+        loop {
+            let Some(addr) = table.endpoint(service, cursor, attempt) else {
+                return Err(ProxyError::new(Side::Upstream, Kind::Unreachable));
+            };
+            let pooled = if fresh_only {
+                None
+            } else {
+                self.core.pool.borrow_mut().take(addr, self.core.wheel.now())
+            };
+            let reused = pooled.is_some();
+            let stream = match pooled {
+                Some(s) => s,
+                None => match self
+                    .core
+                    .wheel
+                    .timeout(self.deadline, t.connect, crate::io::connect(addr))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        debug!(%addr, "connect failed: {e}");
+                        attempt += 1;
+                        continue;
+                    }
+                    Err(Elapsed) => {
+                        debug!(%addr, "connect timed out");
+                        attempt += 1;
+                        continue;
+                    }
+                },
+            };
+            let mut up = Upstream { stream, input: InBuf::Empty };
+            let may_retry = reused && whole && req.idempotent;
+            // Keep the request bytes until the response starts, in case we must resend them.
+            let sent = if whole {
+                self.write_keep(&up.stream).await
+            } else {
+                self.send_body(&up.stream, body).await
+            };
+            if let Err(e) = sent {
+                // A timed-out write took the bytes with it: no resend then.
+                if e.side == Side::Upstream && may_retry && e.kind != Kind::Timeout {
+                    fresh_only = true;
+                    continue;
+                }
+                return Err(e);
+            }
+            match self.response_head(&mut up, req.head_method).await {
+                Ok(()) => {
+                    self.out.clear();
+                    return Ok((up, addr));
+                }
+                Err(e) if e.retry_safe && may_retry => {
+                    debug!(%addr, "reused connection failed before answering: {e}; retrying");
+                    up.input.release(&self.core.spare);
+                    fresh_only = true;
+                }
+                Err(e) => {
+                    up.input.release(&self.core.spare);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Streams the request body: what is in `out` first, then the rest from the client.
+    async fn send_body(
+        &mut self,
+        upstream: &TcpStream,
+        body: &mut BodyDecoder,
+    ) -> Result<(), ProxyError> {
+        let t = self.core.settings.timeouts;
+        loop {
+            if body.is_done() || self.out.len() >= FLUSH_AT || !self.out.is_empty() {
+                self.write_to(upstream).await?;
+            }
+            if body.is_done() {
+                return Ok(());
+            }
+            let n = match self
+                .core
+                .wheel
+                .timeout(self.deadline, t.body, self.input.fill(self.client, &self.core.spare))
+                .await
+            {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return Err(ProxyError::io(Side::Downstream, &e)),
+                Err(Elapsed) => return Err(ProxyError::new(Side::Downstream, Kind::Timeout)),
+            };
+            if n == 0 {
+                return Err(ProxyError::new(Side::Downstream, Kind::Closed));
+            }
+            let used = body
+                .decode(self.input.bytes(), self.out)
+                .map_err(|e| ProxyError::body(Side::Downstream, e))?;
+            self.input.consume(used, &self.core.spare);
+        }
+    }
+
+    /// Reads until a complete response head (skipping interim 1xx other than 101) is buffered.
+    async fn response_head(
+        &mut self,
+        up: &mut Upstream,
+        head_method: bool,
+    ) -> Result<(), ProxyError> {
+        let t = self.core.settings.timeouts;
+        let mut started = false;
+        loop {
+            if !up.input.bytes().is_empty() {
+                started = true;
+                let parsed = {
+                    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    message::parse_response(up.input.bytes(), &mut fields, head_method)
+                };
+                match parsed {
+                    Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => {
+                        // 100 Continue and friends: we answered Expect ourselves; drop them.
+                        up.input.consume(h.len, &self.core.spare);
+                        continue;
+                    }
+                    Ok(Some(_)) => return Ok(()),
+                    Ok(None) if up.input.bytes().len() > self.core.settings.limits.max_head => {
+                        return Err(ProxyError::new(
+                            Side::Upstream,
+                            Kind::Framing("response head too large"),
+                        ));
+                    }
+                    Ok(None) => {}
+                    Err(message::BadResponse(what)) => {
+                        return Err(ProxyError::new(Side::Upstream, Kind::Framing(what)));
+                    }
+                }
+            }
+            let read = self
+                .core
+                .wheel
+                .timeout(self.deadline, t.upstream, up.input.fill(&up.stream, &self.core.spare))
+                .await;
+            let e = match read {
+                Ok(Ok(0)) => ProxyError::new(Side::Upstream, Kind::Closed),
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => ProxyError::io(Side::Upstream, &e),
+                Err(Elapsed) => return Err(ProxyError::new(Side::Upstream, Kind::Timeout)),
+            };
+            return Err(if started { e } else { e.retry_safe() });
+        }
+    }
+
+    /// Sends the response head and relays the body; returns the client connection's fate.
+    async fn relay_response(
+        &mut self,
+        mut up: Upstream,
+        addr: SocketAddr,
+        req: Summary,
+        req_body: &BodyDecoder,
+    ) -> Flow {
+        let t = self.core.settings.timeouts;
+        let (head, encode, close_client) = {
+            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let buf = up.input.bytes();
+            let Ok(Some(head)) = message::parse_response(buf, &mut fields, req.head_method) else {
+                // `response_head` checked it parses; nothing else can happen here.
+                return Flow::Close;
+            };
+            let (encode, close) = message::response_head(
+                self.out,
+                buf,
+                &head,
+                &fields[..head.header_count],
+                req.http10,
+                req.keep_alive,
+            );
+            (head, encode, close)
+        };
+        up.input.consume(head.len, &self.core.spare);
+        if head.status == 101 {
+            return self.switch_protocols(up, req).await;
+        }
+        let mut body = match head.framing {
+            ResponseFraming::None => BodyDecoder::none(),
+            ResponseFraming::Length(n) => BodyDecoder::length(n, encode),
+            ResponseFraming::Chunked => {
+                BodyDecoder::chunked(encode, u64::MAX, self.core.settings.limits.max_chunk_ext)
+            }
+            ResponseFraming::UntilClose => BodyDecoder::until_close(encode),
+        };
+        let relayed: Result<(), ProxyError> = async {
+            loop {
+                let used = body
+                    .decode(up.input.bytes(), self.out)
+                    .map_err(|e| ProxyError::body(Side::Upstream, e))?;
+                up.input.consume(used, &self.core.spare);
+                if body.is_done() {
+                    return self.write_client().await;
+                }
+                self.write_client().await?;
+                let n = match self
+                    .core
+                    .wheel
+                    .timeout(self.deadline, t.upstream, up.input.fill(&up.stream, &self.core.spare))
+                    .await
+                {
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) => return Err(ProxyError::io(Side::Upstream, &e)),
+                    Err(Elapsed) => return Err(ProxyError::new(Side::Upstream, Kind::Timeout)),
+                };
+                if n == 0 {
+                    if body.eof(self.out) {
+                        return self.write_client().await;
+                    }
+                    return Err(ProxyError::new(Side::Upstream, Kind::Closed));
+                }
+            }
+        }
+        .await;
+        if let Err(e) = relayed {
+            // The response has started: all we can do is cut the client off.
+            debug!(%addr, "response relay failed: {e}");
+            up.input.release(&self.core.spare);
+            return Flow::Close;
+        }
+        // Reuse only after a cleanly framed exchange with nothing left over.
+        let reusable =
+            !head.close && !body.until_eof() && up.input.bytes().is_empty() && req_body.is_done();
+        up.input.release(&self.core.spare);
+        if reusable {
+            self.core.pool.borrow_mut().put(addr, up.stream, self.core.wheel.now());
+        }
+        // After an upgrade the upstream refused (no 101), bytes the client sent after the
+        // request may be the new protocol: never parse them as requests.
+        if close_client || req.upgrade || !req_body.is_done() {
+            Flow::Close
+        } else {
+            Flow::Continue
+        }
+    }
+
+    /// After a 101: send the head, then copy bytes both ways until both sides are done.
+    async fn switch_protocols(&mut self, up: Upstream, req: Summary) -> Flow {
+        if !req.upgrade {
+            // A 101 nobody asked for cannot be passed on.
+            self.out.clear();
+            message::local_response(self.out, 502, true, false);
+            let _ = self.write_client().await;
+            return Flow::Close;
+        }
+        // Bytes already read on either side belong to the new protocol.
+        self.out.extend_from_slice(up.input.bytes());
+        if self.write_client().await.is_err() {
+            return Flow::Close;
+        }
+        self.out.extend_from_slice(self.input.bytes());
+        self.input.release(&self.core.spare);
+        if write_out(&up.stream, self.out).await.is_err() {
+            return Flow::Close;
+        }
+        crate::tunnel::copy_both(self.client, &up.stream).await;
+        Flow::Close
+    }
+
+    /// Answers an error before any response byte went out, if possible.
+    async fn fail(&mut self, e: ProxyError, body: &BodyDecoder) -> Flow {
+        debug!("exchange failed: {e}");
+        self.out.clear();
+        // Keep the client only if its request was read whole.
+        let close = e.side == Side::Downstream || !body.is_done();
+        if e.side == Side::Downstream && matches!(e.kind, Kind::Closed) {
+            return Flow::Close;
+        }
+        message::local_response(self.out, e.status(), close, false);
+        if self.write_client().await.is_err() || close {
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    async fn write_client(&mut self) -> Result<(), ProxyError> {
+        let t = self.core.settings.timeouts;
+        match self.core.wheel.timeout(self.deadline, t.body, write_out(self.client, self.out)).await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ProxyError::io(Side::Downstream, &e)),
+            Err(Elapsed) => Err(ProxyError::new(Side::Downstream, Kind::Timeout)),
+        }
+    }
+
+    async fn write_to(&mut self, upstream: &TcpStream) -> Result<(), ProxyError> {
+        let t = self.core.settings.timeouts;
+        match self.core.wheel.timeout(self.deadline, t.body, write_out(upstream, self.out)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ProxyError::io(Side::Upstream, &e)),
+            Err(Elapsed) => Err(ProxyError::new(Side::Upstream, Kind::Timeout)),
+        }
+    }
+
+    /// Writes `out` without consuming it (the bytes may be needed for a retry).
+    async fn write_keep(&mut self, upstream: &TcpStream) -> Result<(), ProxyError> {
+        let t = self.core.settings.timeouts;
+        let bytes = std::mem::take(self.out);
+        let mut w = upstream;
+        let r = self
+            .core
+            .wheel
+            .timeout(self.deadline, t.body, compio::io::AsyncWriteExt::write_all(&mut w, bytes))
+            .await;
+        match r {
+            Ok(compio::BufResult(res, bytes)) => {
+                *self.out = bytes;
+                res.map_err(|e| ProxyError::io(Side::Upstream, &e))
+            }
+            Err(Elapsed) => Err(ProxyError::new(Side::Upstream, Kind::Timeout)),
+        }
+    }
+}
+
+/// An upstream connection in use.
+struct Upstream {
+    stream: TcpStream,
+    input: InBuf,
+}

@@ -1,0 +1,99 @@
+//! Table intake: one watcher thread per lb process (off every core's request path) waits on
+//! the segment's futex, copies a new generation out, validates it completely and compiles its
+//! regexes, then hands the same immutable router to every core. Each core swaps it in between
+//! requests and reports the generation it serves in the applied file.
+//!
+//! A table that fails any check is logged and refused; cores keep the last good one. A missing
+//! segment (config-sync not started yet, or gone) is waited for; lb keeps serving meanwhile.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_channel::mpsc::UnboundedSender;
+use table::Router;
+use table::shm::{ReadError, SegmentReader};
+use tracing::{error, info, warn};
+
+/// How often the watcher re-checks that the segment file is still the one it has open (its
+/// futex wait times out at this interval; publications wake it at once).
+const RECHECK: Duration = Duration::from_millis(100);
+
+/// Starts the watcher thread.
+pub fn spawn_watcher(
+    path: PathBuf,
+    cores: Vec<UnboundedSender<Arc<Router>>>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new().name("lb-tables".into()).spawn(move || watch(&path, &cores))?;
+    Ok(())
+}
+
+fn watch(path: &Path, cores: &[UnboundedSender<Arc<Router>>]) {
+    let mut waiting_logged = false;
+    loop {
+        let reader = match SegmentReader::open(path) {
+            Ok(r) => r,
+            Err(e) => {
+                if !waiting_logged {
+                    warn!(segment = %path.display(), "waiting for a table: {e}");
+                    waiting_logged = true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+        };
+        waiting_logged = false;
+        info!(segment = %path.display(), "table segment opened");
+        let mut delivered = 0u64;
+        let mut refused = 0u64;
+        loop {
+            let seen = reader.notify_word();
+            let published = reader.published();
+            if published != 0 && published != delivered && published != refused {
+                let started = Instant::now();
+                match reader.read() {
+                    Ok(Some(snap)) => {
+                        let generation = snap.generation;
+                        let bytes = snap.bytes.len();
+                        match Router::open_owned(snap.bytes, Some(generation)) {
+                            Ok(router) => {
+                                let router = Arc::new(router);
+                                for core in cores {
+                                    let _ = core.unbounded_send(Arc::clone(&router));
+                                }
+                                info!(
+                                    generation,
+                                    bytes,
+                                    micros = started.elapsed().as_micros() as u64,
+                                    "table validated"
+                                );
+                                delivered = generation;
+                            }
+                            Err(e) => {
+                                error!(
+                                    generation,
+                                    "table refused: {e}; keeping generation {delivered}"
+                                );
+                                refused = generation;
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(ReadError::Busy) => continue,
+                    Err(e) => {
+                        error!(
+                            generation = published,
+                            "table refused: {e}; keeping generation {delivered}"
+                        );
+                        refused = published;
+                    }
+                }
+            }
+            if reader.replaced() {
+                info!(segment = %path.display(), "segment file replaced; reopening");
+                break;
+            }
+            reader.wait(seen, RECHECK);
+        }
+    }
+}
