@@ -600,7 +600,7 @@ mod tests {
         assert!(!h.keep_alive);
         let h = p(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, X-Drop\r\nUpgrade: websocket\r\nX-Drop: 1\r\n\r\n").unwrap().unwrap();
         assert!(h.upgrade);
-        assert_eq!(h.connection_nominated, 0b1000);
+        assert_eq!(h.connection_nominated, 0b1100, "Upgrade and X-Drop");
         let h = p(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
             .unwrap()
             .unwrap();
