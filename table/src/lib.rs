@@ -16,7 +16,7 @@ pub mod select;
 pub mod shm;
 pub mod view;
 
-pub use build::{EncodeError, encode};
+pub use build::{EncodeError, decode, encode};
 pub use format::{FORMAT_VERSION, Table};
 pub use lookup::{Headers, Request, Route, Scratch};
 pub use rkyv::util::AlignedVec;

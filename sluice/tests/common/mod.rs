@@ -1,0 +1,400 @@
+//! Test harness: real `sluice` processes (config-sync, lb, echo backends) on loopback, a
+//! manifests folder per test, and a small blocking HTTP/1.1 client.
+
+#![allow(dead_code, unreachable_pub, reason = "each test binary uses a different part")]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A free loopback port (bound, then released: good enough on a test machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Processes and folders of one test; everything is stopped and removed on drop.
+pub struct Env {
+    pub dir: PathBuf,
+    pub manifests: PathBuf,
+    pub status: PathBuf,
+    pub table: PathBuf,
+    pub children: Vec<(String, Child)>,
+    pub logs: PathBuf,
+}
+
+impl Env {
+    pub fn new(name: &str) -> Env {
+        let id = format!("{}-{}-{name}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let dir = std::env::temp_dir().join(format!("sluice-test-{id}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let manifests = dir.join("manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        Env {
+            status: dir.join("status"),
+            table: PathBuf::from(format!("/dev/shm/sluice-test-{id}/table")),
+            manifests,
+            dir,
+            children: Vec::new(),
+            logs,
+        }
+    }
+
+    fn spawn(&mut self, name: &str, args: &[&str]) {
+        let log = std::fs::File::create(self.logs.join(format!("{name}.log"))).unwrap();
+        let child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children.push((name.to_owned(), child));
+    }
+
+    /// Starts an echo backend for `service` (pod name `pod`) on a free port.
+    pub fn echo(&mut self, namespace: &str, service: &str, pod: &str) -> SocketAddr {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        self.spawn(
+            &format!("echo-{pod}"),
+            &[
+                "echo",
+                "--listen",
+                &addr.to_string(),
+                "--namespace",
+                namespace,
+                "--service",
+                service,
+                "--pod",
+                pod,
+            ],
+        );
+        wait_listening(addr);
+        addr
+    }
+
+    pub fn config_sync(&mut self) {
+        let (m, t, s) = (self.manifests.clone(), self.table.clone(), self.status.clone());
+        self.spawn(
+            "config-sync",
+            &[
+                "config-sync",
+                "--manifests",
+                m.to_str().unwrap(),
+                "--table",
+                t.to_str().unwrap(),
+                "--status-dir",
+                s.to_str().unwrap(),
+                "--default-address",
+                "127.0.0.1",
+            ],
+        );
+    }
+
+    pub fn lb(&mut self, extra: &[&str]) {
+        let t = self.table.clone();
+        let mut args = vec!["lb", "--table", t.to_str().unwrap(), "--bind-address", "127.0.0.1"];
+        args.extend_from_slice(extra);
+        self.spawn("lb", &args);
+    }
+
+    pub fn kill(&mut self, name: &str) {
+        for (n, c) in &mut self.children {
+            if n == name {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        self.children.retain(|(n, _)| n != name);
+    }
+
+    pub fn write(&self, file: &str, content: &str) {
+        let path = self.manifests.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // Write then rename, as editors and kubectl-style tools do, so a reader never sees half.
+        let tmp = self.dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, content).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+
+    /// Generation every lb core serves (0 before the first table).
+    pub fn applied(&self) -> u64 {
+        table::shm::read_applied(&table::shm::applied_path(&self.table))
+            .map(|a| a.min())
+            .unwrap_or(0)
+    }
+
+    /// Waits until every lb core serves at least `generation`.
+    pub fn wait_applied(&self, generation: u64) {
+        let start = Instant::now();
+        while self.applied() < generation {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "lb never applied generation {generation}\n{}",
+                self.log("lb")
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    pub fn status_file(&self, kind: &str, ns: &str, name: &str) -> String {
+        std::fs::read_to_string(self.status.join(kind).join(ns).join(format!("{name}.yaml")))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(d) = self.table.parent() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+pub fn wait_listening(addr: SocketAddr) {
+    let start = Instant::now();
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(20), "{addr} never listened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// GatewayClass + Gateway (one HTTP listener on `port`, routes from all namespaces).
+pub fn gateway(port: u16) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: sluice}}\nspec: {{controllerName: sluice.dev/gateway-controller}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  gatewayClassName: sluice\n  listeners:\n  - {{name: http, protocol: HTTP, port: {port}, allowedRoutes: {{namespaces: {{from: All}}}}}}\n"
+    )
+}
+
+/// A Service with one EndpointSlice over `endpoints`.
+pub fn service(ns: &str, name: &str, endpoints: &[SocketAddr]) -> String {
+    let port = endpoints.first().map_or(1, |e| e.port());
+    let eps: String = endpoints
+        .iter()
+        .map(|e| {
+            assert_eq!(e.port(), port, "one port per service in these tests");
+            format!("- addresses: ['{}']\n", e.ip())
+        })
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: {ns}, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints:\n{eps}"
+    )
+}
+
+/// A parsed response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The echo backend's pod, or the status when the answer was not from a backend.
+    pub fn pod(&self) -> String {
+        match self.json().get("pod").and_then(|p| p.as_str()) {
+            Some(p) => p.to_owned(),
+            None => format!("status {}", self.status),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A keep-alive client connection.
+pub struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> std::io::Result<Client> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_nodelay(true)?;
+        Ok(Client { stream, buf: Vec::new() })
+    }
+
+    pub fn send(&mut self, raw: &[u8]) -> std::io::Result<Response> {
+        self.stream.write_all(raw)?;
+        self.read_response(raw.starts_with(b"HEAD "))
+    }
+
+    pub fn get(
+        &mut self,
+        host: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<Response> {
+        self.request("GET", host, target, headers, b"")
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        host: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        let mut raw = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n");
+        for (n, v) in headers {
+            raw.push_str(&format!("{n}: {v}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" {
+            raw.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        raw.push_str("\r\n");
+        let mut bytes = raw.into_bytes();
+        bytes.extend_from_slice(body);
+        self.send(&bytes)
+    }
+
+    fn fill(&mut self) -> std::io::Result<()> {
+        let mut chunk = [0u8; 16384];
+        let n = self.stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    pub fn read_response(&mut self, head_request: bool) -> std::io::Result<Response> {
+        loop {
+            if let Some((resp, used)) = parse_response(&self.buf, head_request)? {
+                self.buf.drain(..used);
+                if (100..200).contains(&resp.status) {
+                    continue;
+                }
+                return Ok(resp);
+            }
+            self.fill()?;
+        }
+    }
+}
+
+/// One request on a fresh connection.
+pub fn get(
+    port: u16,
+    host: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Response> {
+    Client::connect(port)?.get(host, target, headers)
+}
+
+/// Parses one complete response at the start of `buf`: `Ok(None)` when incomplete.
+pub fn parse_response(
+    buf: &[u8],
+    head_request: bool,
+) -> std::io::Result<Option<(Response, usize)>> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
+    let mut fields = [httparse_header(); 64];
+    let mut r = httparse::Response::new(&mut fields);
+    let head_len = match r.parse(buf).map_err(|e| bad(&e.to_string()))? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let status = r.code.unwrap_or(0);
+    let headers: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+        .collect();
+    let find =
+        |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+    let rest = &buf[head_len..];
+    let bodiless = head_request || (100..200).contains(&status) || status == 204 || status == 304;
+    let (body, used) = if bodiless {
+        (Vec::new(), 0)
+    } else if find("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+    {
+        match dechunk(rest) {
+            Some(v) => v,
+            None => return Ok(None),
+        }
+    } else if let Some(len) = find("content-length") {
+        let len: usize = len.trim().parse().map_err(|_| bad("content-length"))?;
+        if rest.len() < len {
+            return Ok(None);
+        }
+        (rest[..len].to_vec(), len)
+    } else {
+        // Close-delimited: complete only at EOF; the callers here never need it.
+        return Ok(None);
+    };
+    Ok(Some((Response { status, headers, body }, head_len + used)))
+}
+
+fn httparse_header() -> httparse::Header<'static> {
+    httparse::EMPTY_HEADER
+}
+
+/// Decodes a complete chunked body: `(body, bytes used)`, `None` when incomplete.
+pub fn dechunk(mut b: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let start = b.len();
+    let mut out = Vec::new();
+    loop {
+        let line_end = b.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&b[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        b = &b[line_end + 2..];
+        if size == 0 {
+            // Trailers until an empty line.
+            loop {
+                let e = b.windows(2).position(|w| w == b"\r\n")?;
+                b = &b[e + 2..];
+                if e == 0 {
+                    return Some((out, start - b.len()));
+                }
+            }
+        }
+        if b.len() < size + 2 {
+            return None;
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
+
+/// Skips a test (with a visible message) when `../shared` is not next to the project.
+pub fn shared_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIPPED: {} not found (tests over ../shared data run only where it exists)",
+            dir.display()
+        );
+        None
+    }
+}

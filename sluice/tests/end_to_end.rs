@@ -1,0 +1,344 @@
+//! End-to-end tests: config-sync, lb and echo backends as real processes on loopback.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Three backends, one gateway, routes exercising host, path, header, query and method.
+fn routing_env() -> (Env, u16) {
+    let mut env = Env::new("routing");
+    let a = env.echo("apps", "svc-a", "svc-a-0");
+    let b = env.echo("apps", "svc-b", "svc-b-0");
+    let c = env.echo("apps", "svc-c", "svc-c-0");
+    let port = free_port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write(
+        "services.yaml",
+        &format!(
+            "{}---\n{}---\n{}",
+            service("apps", "svc-a", &[a]),
+            service("apps", "svc-b", &[b]),
+            service("apps", "svc-c", &[c])
+        ),
+    );
+    env.write(
+        "routes.yaml",
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: main, namespace: apps}
+spec:
+  parentRefs: [{name: gw, namespace: default}]
+  hostnames: [main.example]
+  rules:
+  - backendRefs: [{name: svc-a, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /b}}]
+    backendRefs: [{name: svc-b, port: 80}]
+  - matches: [{path: {type: Exact, value: /exact}}]
+    backendRefs: [{name: svc-c, port: 80}]
+  - matches: [{headers: [{name: X-Team, value: blue}]}]
+    backendRefs: [{name: svc-c, port: 80}]
+  - matches: [{path: {value: /q}, queryParams: [{name: v, type: RegularExpression, value: "[0-9]+"}]}]
+    backendRefs: [{name: svc-b, port: 80}]
+  - matches: [{method: DELETE}]
+    backendRefs: [{name: svc-b, port: 80}]
+  - matches: [{path: {type: RegularExpression, value: "/img/[a-z]+\\.png"}}]
+    backendRefs: [{name: svc-c, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: other, namespace: apps}
+spec:
+  parentRefs: [{name: gw, namespace: default}]
+  hostnames: ["*.wild.example"]
+  rules:
+  - backendRefs: [{name: svc-b, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: broken, namespace: apps}
+spec:
+  parentRefs: [{name: gw, namespace: default}]
+  hostnames: [broken.example]
+  rules:
+  - matches: [{path: {value: /missing}}]
+    backendRefs: [{name: nope, port: 80}]
+  - matches: [{path: {value: /none}}]
+"#,
+    );
+    env.config_sync();
+    env.lb(&[]);
+    env.wait_applied(1);
+    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    (env, port)
+}
+
+#[test]
+fn routes_by_host_path_header_query_and_method() {
+    let (env, port) = routing_env();
+    let pod = |host: &str, target: &str, headers: &[(&str, &str)]| {
+        get(port, host, target, headers).unwrap().pod()
+    };
+    assert_eq!(pod("main.example", "/", &[]), "svc-a-0");
+    assert_eq!(
+        pod("MAIN.example:1234", "/anything", &[]),
+        "svc-a-0",
+        "host is case-insensitive, port ignored"
+    );
+    assert_eq!(pod("main.example", "/b", &[]), "svc-b-0");
+    assert_eq!(pod("main.example", "/b/c", &[]), "svc-b-0");
+    assert_eq!(pod("main.example", "/bc", &[]), "svc-a-0", "prefixes match whole segments");
+    assert_eq!(pod("main.example", "/exact", &[]), "svc-c-0");
+    assert_eq!(pod("main.example", "/exact/", &[]), "svc-a-0");
+    assert_eq!(
+        pod("main.example", "/x", &[("x-team", "blue")]),
+        "svc-c-0",
+        "header names are case-insensitive"
+    );
+    assert_eq!(pod("main.example", "/x", &[("X-Team", "red")]), "svc-a-0");
+    assert_eq!(pod("main.example", "/q?a=b&v=42", &[]), "svc-b-0");
+    assert_eq!(pod("main.example", "/q?v=4x", &[]), "svc-a-0");
+    assert_eq!(pod("main.example", "/img/cat.png", &[]), "svc-c-0");
+    assert_eq!(
+        pod("main.example", "/img/cat.png.bak", &[]),
+        "svc-a-0",
+        "regex matches the whole path"
+    );
+    assert_eq!(pod("deep.sub.wild.example", "/", &[]), "svc-b-0");
+    assert_eq!(pod("wild.example", "/", &[]), "status 404");
+    assert_eq!(pod("unknown.example", "/", &[]), "status 404");
+    assert_eq!(pod("broken.example", "/missing", &[]), "status 500", "missing Service: 500");
+    assert_eq!(pod("broken.example", "/none", &[]), "status 500", "rule without backends: 500");
+    let mut c = Client::connect(port).unwrap();
+    assert_eq!(c.request("DELETE", "main.example", "/x", &[], b"").unwrap().pod(), "svc-b-0");
+    // The echo saw what a backend should see: Host kept, forwarding headers set, path as sent.
+    let r = c.get("main.example", "/b/p?x=1", &[("X-Forwarded-For", "10.1.1.1")]).unwrap();
+    let j = r.json();
+    assert_eq!(j["host"], "main.example");
+    assert_eq!(j["path"], "/b/p?x=1");
+    assert_eq!(j["headers"]["X-Forwarded-For"][0], "10.1.1.1, 127.0.0.1");
+    assert_eq!(j["headers"]["X-Forwarded-Proto"][0], "http");
+    assert_eq!(j["headers"]["X-Forwarded-Host"][0], "main.example");
+    // Bodies are streamed through in both framings.
+    let r = c.request("POST", "main.example", "/b", &[], &vec![b'x'; 200_000]).unwrap();
+    assert_eq!(r.status, 200);
+    let chunked = b"POST /b HTTP/1.1\r\nHost: main.example\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    assert_eq!(c.send(chunked).unwrap().status, 200);
+    // Status of the broken route names the reason.
+    let status = env.status_file("httproute", "apps", "broken");
+    assert!(status.contains("BackendNotFound"), "{status}");
+    let status = env.status_file("gateway", "default", "gw");
+    assert!(status.contains("attachedRoutes: 3"), "{status}");
+}
+
+#[test]
+fn weighted_split_within_five_percent() {
+    let mut env = Env::new("weights");
+    let a = env.echo("default", "heavy", "heavy-0");
+    let b = env.echo("default", "light", "light-0");
+    let port = free_port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write(
+        "svc.yaml",
+        &format!("{}---\n{}", service("default", "heavy", &[a]), service("default", "light", &[b])),
+    );
+    env.write(
+        "route.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: split}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: heavy, port: 80, weight: 70}, {name: light, port: 80, weight: 30}, {name: heavy, port: 80, weight: 0}]\n",
+    );
+    env.config_sync();
+    env.lb(&[]);
+    env.wait_applied(1);
+    // Several connections so that both cores take part.
+    let mut heavy = 0;
+    let mut total = 0;
+    let mut clients: Vec<Client> = (0..8).map(|_| Client::connect(port).unwrap()).collect();
+    for i in 0..1000 {
+        let n = clients.len();
+        let r = clients[i % n].get("any.example", "/", &[]).unwrap();
+        assert_eq!(r.status, 200);
+        total += 1;
+        if r.pod() == "heavy-0" {
+            heavy += 1;
+        }
+    }
+    let share = f64::from(heavy) / f64::from(total);
+    assert!((share - 0.7).abs() <= 0.05, "heavy got {heavy} of {total}");
+}
+
+#[test]
+fn route_edit_under_load_drops_nothing_and_is_live_quickly() {
+    let mut env = Env::new("edit");
+    let a = env.echo("default", "svc", "svc-0");
+    let port = free_port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write("svc.yaml", &service("default", "svc", &[a]));
+    let route = |paths: &[&str]| {
+        let rules: String = paths
+            .iter()
+            .map(|p| format!("  - matches: [{{path: {{type: PathPrefix, value: {p}}}}}]\n    backendRefs: [{{name: svc, port: 80}}]\n"))
+            .collect();
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n{rules}"
+        )
+    };
+    env.write("route.yaml", &route(&["/old"]));
+    env.config_sync();
+    env.lb(&[]);
+    env.wait_applied(1);
+    // Clients hammer the existing route while the file changes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, failures, done) =
+                (Arc::clone(&stop), Arc::clone(&failures), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let mut c = Client::connect(port).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    match c.get("x.example", "/old/path", &[]) {
+                        Ok(r) if r.status == 200 => {}
+                        _ => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                            c = Client::connect(port).unwrap();
+                        }
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut live = Vec::new();
+    for round in 0..10 {
+        let new_path = format!("/new{round}");
+        let mut paths = vec!["/old".to_owned()];
+        paths.extend((0..=round).map(|r| format!("/new{r}")));
+        let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+        let written = Instant::now();
+        env.write("route.yaml", &route(&refs));
+        loop {
+            let r = get(port, "x.example", &format!("{new_path}/x"), &[]).unwrap();
+            if r.status == 200 {
+                live.push(written.elapsed());
+                break;
+            }
+            assert_eq!(r.status, 404, "only 404 before the route is live");
+            assert!(written.elapsed() < Duration::from_secs(5), "route never went live");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert!(done.load(Ordering::Relaxed) > 100, "the load actually ran");
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "requests failed during route edits");
+    live.sort();
+    let median = live[live.len() / 2];
+    eprintln!("file write → first 200: {live:?}");
+    assert!(
+        median < Duration::from_millis(100),
+        "median write-to-live {median:?} over 100 ms: {live:?}"
+    );
+}
+
+#[test]
+fn lb_keeps_serving_when_config_sync_dies_and_refuses_bad_tables() {
+    let mut env = Env::new("resilience");
+    let a = env.echo("default", "svc", "svc-0");
+    let port = free_port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write("svc.yaml", &service("default", "svc", &[a]));
+    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n");
+    env.config_sync();
+    env.lb(&[]);
+    env.wait_applied(1);
+    assert_eq!(get(port, "h", "/", &[]).unwrap().status, 200);
+
+    // A broken manifest does not blank the table.
+    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r\n  this is not yaml: [");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get(port, "h", "/", &[]).unwrap().status, 200);
+    assert!(env.log("config-sync").contains("route.yaml"), "the broken file is named in the log");
+
+    // config-sync dies: lb goes on.
+    env.kill("config-sync");
+    for _ in 0..20 {
+        assert_eq!(get(port, "h", "/", &[]).unwrap().status, 200);
+    }
+    let served = env.applied();
+    let current = table::shm::SegmentReader::open(&env.table).unwrap().read().unwrap().unwrap();
+
+    // Someone writes a table that is well framed (good checksum) but not a valid table.
+    let mut writer = table::shm::SegmentWriter::open(&env.table).unwrap();
+    let next = writer.generation() + 1;
+    writer.publish(next, b"definitely not an rkyv table").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(env.applied(), served, "lb must not apply a table that fails validation");
+    assert!(env.log("lb").contains("table refused"), "{}", env.log("lb"));
+    assert_eq!(get(port, "h", "/", &[]).unwrap().status, 200);
+
+    // A real table with its end cut off (the archive root is at the end): refused.
+    let mut cut = current.bytes.to_vec();
+    cut.truncate(cut.len() - 24);
+    writer.publish(next + 1, &cut).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(env.applied(), served);
+    assert_eq!(get(port, "h", "/", &[]).unwrap().status, 200, "still serving the last good table");
+    // A good table after the bad ones is taken again.
+    let mut good = table::decode(&current.bytes).unwrap();
+    good.generation = next + 2;
+    writer.publish(next + 2, &table::encode(&good).unwrap()).unwrap();
+    env.wait_applied(next + 2);
+    assert_eq!(get(port, "h", "/", &[]).unwrap().status, 200);
+}
+
+#[test]
+fn config_sync_restart_resumes_and_lb_picks_up() {
+    let mut env = Env::new("restart");
+    let a = env.echo("default", "svc", "svc-0");
+    let port = free_port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write("svc.yaml", &service("default", "svc", &[a]));
+    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - matches: [{path: {value: /one}}]\n    backendRefs: [{name: svc, port: 80}]\n");
+    // lb first: it waits for a table without failing.
+    env.lb(&[]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(env.applied(), 0);
+    env.config_sync();
+    env.wait_applied(1);
+    assert_eq!(get(port, "h", "/one", &[]).unwrap().status, 200);
+    env.kill("config-sync");
+    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - matches: [{path: {value: /two}}]\n    backendRefs: [{name: svc, port: 80}]\n");
+    env.config_sync();
+    env.wait_applied(2);
+    assert_eq!(get(port, "h", "/two", &[]).unwrap().status, 200);
+    assert_eq!(get(port, "h", "/one", &[]).unwrap().status, 404);
+}
+
+#[test]
+fn listener_ports_open_and_close_with_the_table() {
+    let mut env = Env::new("ports");
+    let a = env.echo("default", "svc", "svc-0");
+    let (p1, p2) = (free_port(), free_port());
+    env.write("gateway.yaml", &gateway(p1));
+    env.write("svc.yaml", &service("default", "svc", &[a]));
+    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n");
+    env.config_sync();
+    env.lb(&[]);
+    env.wait_applied(1);
+    assert_eq!(get(p1, "h", "/", &[]).unwrap().status, 200);
+    env.write("gateway.yaml", &gateway(p2));
+    env.wait_applied(2);
+    wait_listening(format!("127.0.0.1:{p2}").parse().unwrap());
+    assert_eq!(get(p2, "h", "/", &[]).unwrap().status, 200);
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", p1)).is_ok() {
+        assert!(start.elapsed() < Duration::from_secs(5), "old port still open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
