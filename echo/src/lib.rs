@@ -39,7 +39,7 @@ pub struct Identity {
 const MAX_HEAD: usize = 64 * 1024;
 
 /// Serves on `listener` until the process ends.
-pub fn serve(listener: TcpListener, identity: Identity) -> io::Result<()> {
+pub fn serve(listener: &TcpListener, identity: Identity) -> io::Result<()> {
     let port = listener.local_addr()?.port();
     let identity = Arc::new(identity);
     info!(addr = %listener.local_addr()?, pod = %identity.pod, "echo backend listening");
@@ -311,7 +311,7 @@ mod tests {
             pod: "svc-1".into(),
             ..Default::default()
         };
-        std::thread::spawn(move || serve(listener, id));
+        std::thread::spawn(move || serve(&listener, id));
         let mut s = TcpStream::connect(addr).unwrap();
         s.write_all(b"POST /a?b=1 HTTP/1.1\r\nHost: demo.example\r\nx-test: 1\r\nX-Echo-Set-Header: X-Out:yes\r\nContent-Length: 3\r\n\r\nabcGET /status/503 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").unwrap();
         let mut out = String::new();

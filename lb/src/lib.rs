@@ -132,7 +132,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         }
     }
     info!(cores = config.cpus.len(), segment = %config.table.display(), "lb started; waiting for a table");
-    tables::spawn_watcher(config.table.clone(), senders).map_err(Error::Thread)?;
+    tables::spawn_watcher(config.table, senders).map_err(Error::Thread)?;
     for t in threads {
         if t.join().is_err() {
             error!("a core thread panicked");

@@ -132,7 +132,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Up(args) => up::run(args),
+        Command::Up(args) => up::run(&args),
         Command::Lb(args) => run_lb(args),
         Command::ConfigSync(args) => run_config_sync(args),
         Command::Echo(args) => run_echo(args),
@@ -190,5 +190,5 @@ fn run_echo(a: EchoArgs) -> Result<(), String> {
         pod: a.pod,
         ingress: String::new(),
     };
-    echo::serve(listener, identity).map_err(|e| e.to_string())
+    echo::serve(&listener, identity).map_err(|e| e.to_string())
 }

@@ -39,7 +39,7 @@ pub(crate) struct UpArgs {
     no_demo_backends: bool,
 }
 
-pub(crate) fn run(args: UpArgs) -> Result<(), String> {
+pub(crate) fn run(args: &UpArgs) -> Result<(), String> {
     let manifests = find_manifests(&args.manifests)?;
     let run_dir = std::env::temp_dir().join(format!("sluice-up-{}", std::process::id()));
     let table = args.table.clone().unwrap_or_else(|| {
@@ -119,10 +119,10 @@ pub(crate) fn run(args: UpArgs) -> Result<(), String> {
     };
     children.stop();
     let _ = std::fs::remove_dir_all(&run_dir);
-    if args.table.is_none() {
-        if let Some(dir) = table.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+    if args.table.is_none()
+        && let Some(dir) = table.parent()
+    {
+        let _ = std::fs::remove_dir_all(dir);
     }
     result
 }

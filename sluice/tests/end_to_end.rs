@@ -1,5 +1,7 @@
 //! End-to-end tests: config-sync, lb and echo backends as real processes on loopback.
 
+#![allow(clippy::unwrap_used, reason = "test code: a failure is the report")]
+
 mod common;
 
 use std::sync::Arc;

@@ -4,6 +4,7 @@
 //! write, and the judging rules for `reject_NNN`, `forward_normalized` and `close`.
 
 #![allow(clippy::disallowed_types, reason = "the stub upstream is a plain threaded test server")]
+#![allow(clippy::unwrap_used, reason = "test code: a failure is the report")]
 
 mod common;
 

@@ -10,6 +10,7 @@
 //! runtime, no I/O beyond the segment file, and nothing Kubernetes-specific.
 
 pub mod build;
+pub mod fixtures;
 pub mod format;
 pub mod lookup;
 pub mod select;

@@ -330,7 +330,7 @@ pub fn local_response(out: &mut Vec<u8>, status: u16, close: bool, head_request:
     }
     out.extend_from_slice(b"\r\n");
     if !head_request {
-        let _ = write!(out, "{status} {text}\n");
+        let _ = writeln!(out, "{status} {text}");
     }
 }
 

@@ -239,7 +239,7 @@ fn request_line(buf: &[u8], line: Range<usize>) -> Result<RequestLine, Reject> {
     let target_start = base + sp1 + 1;
     let target_range = target_start..target_start + sp2;
     let (authority, origin_form) = if target[0] == b'/' {
-        (None, target_range.clone())
+        (None, target_range)
     } else if let Some(after) = strip_scheme(target) {
         // absolute-form: authority up to the path, no userinfo.
         let auth_start = target_range.end - after.len();
@@ -251,7 +251,7 @@ fn request_line(buf: &[u8], line: Range<usize>) -> Result<RequestLine, Reject> {
         let path_start = auth_start + auth_len;
         (Some(auth_start..path_start), path_start..target_range.end)
     } else if target == b"*" && method == b"OPTIONS" {
-        (None, target_range.clone())
+        (None, target_range)
     } else if method == b"CONNECT" {
         return Err(Reject::NotImplemented("CONNECT"));
     } else {
@@ -543,7 +543,7 @@ mod tests {
         let raw = b"GET HTTP://example.com:8080/p?q HTTP/1.1\r\nHost: evil\r\n\r\n";
         let h = p(raw).unwrap().unwrap();
         assert_eq!(&raw[h.authority.clone().unwrap()], b"example.com:8080");
-        assert_eq!(&raw[h.origin_form.clone()], b"/p?q");
+        assert_eq!(&raw[h.origin_form], b"/p?q");
         assert_eq!(status(b"G(T / HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
     }
 

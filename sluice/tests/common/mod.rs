@@ -2,6 +2,7 @@
 //! manifests folder per test, and a small blocking HTTP/1.1 client.
 
 #![allow(dead_code, unreachable_pub, reason = "each test binary uses a different part")]
+#![allow(clippy::unwrap_used, reason = "test harness: a failure is the report")]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
