@@ -34,6 +34,14 @@ fn build_and_open(c: &mut Criterion) {
     g.bench_function("open (validate + compile regexes)", |b| {
         b.iter(|| black_box(Router::open(&bytes, None).unwrap()))
     });
+    let previous = Router::open(&bytes, None).unwrap();
+    g.bench_function("open reusing the previous generation's regexes", |b| {
+        b.iter(|| {
+            let mut owned = table::AlignedVec::<16>::with_capacity(bytes.len());
+            owned.extend_from_slice(&bytes);
+            black_box(Router::open_reusing(owned, None, Some(&previous)).unwrap())
+        })
+    });
     g.bench_function("deserialize to native (alternative)", |b| {
         b.iter(|| black_box(table::decode(&bytes).unwrap()))
     });

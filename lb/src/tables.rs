@@ -45,6 +45,7 @@ fn watch(path: &Path, cores: &[UnboundedSender<Arc<Router>>]) {
         waiting_logged = false;
         info!(segment = %path.display(), "table segment opened");
         let mut delivered = 0u64;
+        let mut last: Option<Arc<Router>> = None;
         let mut refused = 0u64;
         loop {
             let seen = reader.notify_word();
@@ -55,9 +56,10 @@ fn watch(path: &Path, cores: &[UnboundedSender<Arc<Router>>]) {
                     Ok(Some(snap)) => {
                         let generation = snap.generation;
                         let bytes = snap.bytes.len();
-                        match Router::open_owned(snap.bytes, Some(generation)) {
+                        match Router::open_reusing(snap.bytes, Some(generation), last.as_deref()) {
                             Ok(router) => {
                                 let router = Arc::new(router);
+                                last = Some(Arc::clone(&router));
                                 for core in cores {
                                     let _ = core.unbounded_send(Arc::clone(&router));
                                 }

@@ -81,8 +81,8 @@ pub struct HostIndex {
     /// Exact lower-case host names, sorted by bytes for binary search.
     pub exact: Vec<HostEntry>,
     /// Wildcards stored as their suffix with the leading dot (`*.example.com` →
-    /// `.example.com`), longest first. A suffix matches a host that ends with it and has at
-    /// least one more byte in front.
+    /// `.example.com`), sorted by bytes. A host matches the longest suffix it ends with that
+    /// starts at one of its dots (so at least one label stands in front).
     pub wildcard: Vec<HostEntry>,
     /// Target for any other host.
     pub any: Option<u32>,

@@ -183,17 +183,23 @@ pub fn query_param<'q>(query: &'q [u8], name: &[u8]) -> Option<&'q [u8]> {
     })
 }
 
-/// Finds the target for `host` in `index`: exact, then longest wildcard, then catch-all.
+/// Finds the target for `host` in `index`: exact, then the longest matching wildcard, then
+/// the catch-all. Wildcards are found by binary search of each suffix that starts at a dot,
+/// longest first: O(labels × log n), not a scan of every wildcard.
 pub fn find_host(index: &ArchivedHostIndex, host: &[u8]) -> Option<u32> {
     if let Ok(i) = index.exact.binary_search_by(|e| e.host.as_bytes().cmp(host)) {
         return index.exact.get(i).map(|e| e.target.to_native());
     }
-    index
-        .wildcard
-        .iter()
-        .find(|e| host.len() > e.host.len() && host.ends_with(e.host.as_bytes()))
-        .map(|e| e.target.to_native())
-        .or_else(|| index.any.as_ref().map(|a| a.to_native()))
+    if !index.wildcard.is_empty() {
+        // Skip a leading dot: a wildcard needs at least one byte in front of its suffix.
+        for (i, _) in host.iter().enumerate().skip(1).filter(|(_, b)| **b == b'.') {
+            let suffix = &host[i..];
+            if let Ok(j) = index.wildcard.binary_search_by(|e| e.host.as_bytes().cmp(suffix)) {
+                return index.wildcard.get(j).map(|e| e.target.to_native());
+            }
+        }
+    }
+    index.any.as_ref().map(|a| a.to_native())
 }
 
 /// Longest host name we route on (DNS limit); longer hosts match only catch-alls.

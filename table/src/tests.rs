@@ -90,6 +90,17 @@ fn method_header_query_and_regex_conditions() {
 }
 
 #[test]
+fn reopening_reuses_regexes_and_behaves_the_same() {
+    let first = open(&sample());
+    let bytes = encode(&sample()).unwrap();
+    let mut owned = crate::AlignedVec::<16>::new();
+    owned.extend_from_slice(&bytes);
+    let second = Router::open_reusing(owned, None, Some(&first)).unwrap();
+    assert_eq!(route_name(&second, "b.example.com", "GET", "/?animal=whale", &NoHeaders), "r3");
+    assert_eq!(route_name(&second, "b.example.com", "GET", "/img/7.png", &NoHeaders), "r4");
+}
+
+#[test]
 fn port_address_precedence() {
     let mut t = sample();
     let mut specific = t.ports[0].clone();
