@@ -859,7 +859,7 @@ fn build_vhosts(
         let first = matches.len() as u32;
         let count = entries.len() as u32;
         matches.extend(entries.into_iter().map(|e| e.m));
-        let fallback = fallback_for(name, &names).and_then(|f| position.get(f.as_str()).copied());
+        let fallback = fallback_for(name, &position);
         let target = position[name.as_str()];
         vhosts.push(t::VirtualHost {
             hostname: name.clone(),
@@ -887,24 +887,27 @@ fn host_rank(h: &str) -> u8 {
     }
 }
 
-/// The most specific other name in `names` that covers `name`.
-fn fallback_for<'a>(name: &str, names: &'a [String]) -> Option<&'a String> {
+/// The most specific other name that covers `name`: the longest wildcard `*.suffix` where
+/// `.suffix` is a proper dot-suffix of `name` (for a wildcard name, of its own suffix), else
+/// the catch-all. Walks the dots of `name`, longest suffix first: O(labels) lookups instead of
+/// a scan of every name (which made 5,000 hostnames quadratic).
+fn fallback_for<'a>(name: &str, position: &HashMap<&'a str, u32>) -> Option<u32> {
     if name.is_empty() {
         return None;
     }
-    let own_suffix = name.strip_prefix('*');
-    names
-        .iter()
-        .filter(|n| n.starts_with("*.") && n.as_str() != name)
-        .filter(|n| {
-            let suffix = &n[1..];
-            match own_suffix {
-                Some(own) => own.len() > suffix.len() && own.ends_with(suffix),
-                None => name.len() > suffix.len() && name.ends_with(suffix),
-            }
-        })
-        .max_by_key(|n| n.len())
-        .or_else(|| names.iter().find(|n| n.is_empty()))
+    // "a.b.example.com" tries "*.b.example.com", "*.example.com", "*.com";
+    // "*.b.example.com" tries "*.example.com", "*.com".
+    let base = name.strip_prefix("*.").unwrap_or(name);
+    let mut wildcard = String::with_capacity(base.len() + 1);
+    for (i, _) in base.match_indices('.') {
+        wildcard.clear();
+        wildcard.push('*');
+        wildcard.push_str(&base[i..]);
+        if let Some(&target) = position.get(wildcard.as_str()) {
+            return Some(target);
+        }
+    }
+    position.get("").copied()
 }
 
 fn add_host(index: &mut t::HostIndex, host: &str, target: u32) {

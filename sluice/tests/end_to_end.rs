@@ -344,3 +344,96 @@ fn listener_ports_open_and_close_with_the_table() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn dead_endpoints_are_skipped_and_slow_upstreams_time_out() {
+    let mut env = Env::new("upstream-failures");
+    let live = env.echo("default", "svc", "svc-live");
+    // An endpoint nobody listens on, on the same port number as the live one: 127.0.0.2 is
+    // loopback too, and nothing is bound there.
+    let dead: std::net::SocketAddr = format!("127.0.0.2:{}", live.port()).parse().unwrap();
+    let port = free_port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write("svc.yaml", &service("default", "svc", &[dead, live]));
+    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n");
+    env.config_sync();
+    env.lb(&["--upstream-timeout", "0.5", "--connect-timeout", "1"]);
+    env.wait_applied(1);
+    let mut c = Client::connect(port).unwrap();
+    for _ in 0..10 {
+        let r = c.get("h", "/", &[]).unwrap();
+        assert_eq!(r.pod(), "svc-live", "connect failures move on to the next endpoint");
+    }
+    let start = Instant::now();
+    let r = c.get("h", "/slow?delay=3s", &[]).unwrap();
+    assert_eq!(r.status, 504);
+    assert!(start.elapsed() < Duration::from_secs(2), "timed out after {:?}", start.elapsed());
+    // The client connection is still usable after a 504 for a request it sent whole.
+    assert_eq!(c.get("h", "/", &[]).unwrap().status, 200);
+    // Only dead endpoints: 502.
+    env.write("svc.yaml", &service("default", "svc", &[dead]));
+    env.wait_applied(2);
+    assert_eq!(get(port, "h", "/", &[]).unwrap().status, 502);
+}
+
+#[test]
+fn sluice_up_runs_the_quickstart() {
+    let env = Env::new("up");
+    // The quickstart with its ports moved to free ones, so the test never collides.
+    let quickstart =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/quickstart");
+    let (gw_port, v1_port, v2_port) = (free_port(), free_port(), free_port());
+    for entry in std::fs::read_dir(&quickstart).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text
+            .replace("port: 8080", &format!("port: {gw_port}"))
+            .replace("9101", &v1_port.to_string())
+            .replace("9102", &v2_port.to_string());
+        env.write(path.file_name().unwrap().to_str().unwrap(), &text);
+    }
+    let table = env.dir.join("shm-table");
+    let log = std::fs::File::create(env.logs.join("up.log")).unwrap();
+    let mut up = std::process::Command::new(BIN)
+        .args([
+            "up",
+            "--manifests",
+            env.manifests.to_str().unwrap(),
+            "--table",
+            table.to_str().unwrap(),
+        ])
+        .env("NO_COLOR", "1")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !env.log("up").contains("Sluice is up") {
+        assert!(start.elapsed() < Duration::from_secs(30), "no announcement:\n{}", env.log("up"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        env.log("up")
+            .contains(&format!("curl -H 'Host: demo.example' http://127.0.0.1:{gw_port}/split")),
+        "{}",
+        env.log("up")
+    );
+    let mut pods = std::collections::BTreeMap::new();
+    let mut c = Client::connect(gw_port).unwrap();
+    for _ in 0..100 {
+        *pods.entry(c.get("demo.example", "/split", &[]).unwrap().pod()).or_insert(0) += 1;
+    }
+    let v2 = pods.get("demo-v2-a").copied().unwrap_or(0);
+    assert!((15..=25).contains(&v2), "80/20 split: {pods:?}");
+    assert_eq!(c.get("demo.example", "/", &[("X-Version", "v2")]).unwrap().pod(), "demo-v2-a");
+    // Ctrl-C equivalent: everything stops.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&up),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let status = up.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", gw_port)).is_err(), "lb stopped with up");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", v1_port)).is_err(), "echo stopped with up");
+}
