@@ -891,7 +891,7 @@ fn host_rank(h: &str) -> u8 {
 /// `.suffix` is a proper dot-suffix of `name` (for a wildcard name, of its own suffix), else
 /// the catch-all. Walks the dots of `name`, longest suffix first: O(labels) lookups instead of
 /// a scan of every name (which made 5,000 hostnames quadratic).
-fn fallback_for<'a>(name: &str, position: &HashMap<&'a str, u32>) -> Option<u32> {
+fn fallback_for(name: &str, position: &HashMap<&str, u32>) -> Option<u32> {
     if name.is_empty() {
         return None;
     }
