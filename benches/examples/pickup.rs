@@ -60,6 +60,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let _ = lb.kill();
+    let _ = lb.wait();
     let _ = std::fs::remove_dir_all(&dir);
     samples.sort();
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
