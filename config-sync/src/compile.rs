@@ -296,23 +296,7 @@ impl<'m> Compiler<'m> {
                     condition("Accepted", accepted.0, accepted.1, &accepted.2, generation),
                     condition("ResolvedRefs", resolved.0, resolved.1, &resolved.2, generation),
                     condition("Conflicted", conflicted.0, conflicted.1, &conflicted.2, generation),
-                    if programmed {
-                        condition(
-                            "Programmed",
-                            true,
-                            "Programmed",
-                            "listener programmed",
-                            generation,
-                        )
-                    } else {
-                        condition(
-                            "Programmed",
-                            false,
-                            "Invalid",
-                            "listener not programmed",
-                            generation,
-                        )
-                    },
+                    programmed_condition(programmed, "listener", generation),
                 ];
                 indices.push(self.listeners.len());
                 self.listeners.push(info);
@@ -772,23 +756,7 @@ impl<'m> Compiler<'m> {
                 ],
                 None => vec![
                     condition("Accepted", true, "Accepted", "gateway accepted", generation),
-                    if any_usable {
-                        condition(
-                            "Programmed",
-                            true,
-                            "Programmed",
-                            "gateway programmed",
-                            generation,
-                        )
-                    } else {
-                        condition(
-                            "Programmed",
-                            false,
-                            "Invalid",
-                            "no listener is usable",
-                            generation,
-                        )
-                    },
+                    programmed_condition(any_usable, "gateway", generation),
                 ],
             };
             self.status.insert(
@@ -1093,6 +1061,15 @@ fn created(t: &Option<Time>) -> (bool, i64, i32) {
     match t {
         Some(Time(ts)) => (false, ts.as_second(), ts.subsec_nanosecond()),
         None => (true, 0, 0),
+    }
+}
+
+/// `Programmed`: True, or False with reason `Invalid`.
+fn programmed_condition(ok: bool, what: &str, generation: Option<i64>) -> Condition {
+    if ok {
+        condition("Programmed", true, "Programmed", &format!("{what} programmed"), generation)
+    } else {
+        condition("Programmed", false, "Invalid", &format!("{what} has nothing usable"), generation)
     }
 }
 

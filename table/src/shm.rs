@@ -160,16 +160,7 @@ impl SegmentWriter {
         }
         // Build a fresh segment beside the old one and rename it into place: readers of the old
         // inode keep a consistent (if stale) view and notice the new inode on their next check.
-        let tmp = sibling(path, &format!(".tmp.{}", std::process::id()));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        file.set_len(PAGE)?;
-        let map = MmapOptions::new().len(PAGE as usize).map_raw(&file)?;
+        let (tmp, file, map) = fresh_page(path)?;
         let writer = SegmentWriter { file, map };
         let h = writer.header();
         h.segment_version.store(SEGMENT_VERSION, Ordering::Relaxed);
@@ -390,16 +381,7 @@ impl AppliedWriter {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
-        let tmp = sibling(path, &format!(".tmp.{}", std::process::id()));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        file.set_len(PAGE)?;
-        let map = MmapOptions::new().len(PAGE as usize).map_raw(&file)?;
+        let (tmp, file, map) = fresh_page(path)?;
         let writer = AppliedWriter { map, _file: file };
         let h = writer.header();
         h.version.store(SEGMENT_VERSION, Ordering::Relaxed);
@@ -462,6 +444,21 @@ pub fn read_applied(path: &Path) -> io::Result<Applied> {
 /// The applied file that goes with a segment path.
 pub fn applied_path(segment: &Path) -> PathBuf {
     sibling(segment, ".applied")
+}
+
+/// A new one-page file beside `path` (to be renamed over it once initialised), mapped shared.
+fn fresh_page(path: &Path) -> io::Result<(PathBuf, File, MmapRaw)> {
+    let tmp = sibling(path, &format!(".tmp.{}", std::process::id()));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)?;
+    file.set_len(PAGE)?;
+    let map = MmapOptions::new().len(PAGE as usize).map_raw(&file)?;
+    Ok((tmp, file, map))
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
