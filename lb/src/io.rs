@@ -204,7 +204,9 @@ impl InBuf {
                 }
                 Ok(None) => return Ok(0),
                 // The ring is empty: this read goes to the heap instead.
-                Err(e) if e.kind() == io::ErrorKind::ResourceBusy => {}
+                Err(e) if e.kind() == io::ErrorKind::ResourceBusy => {
+                    tracing::trace!("buffer ring empty; reading into a heap buffer");
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -178,7 +178,8 @@ impl Exchange<'_> {
     /// keeps alive.
     pub async fn respond(&mut self, status: u16, req: Summary) -> Flow {
         self.input.consume(req.len, &self.core.spare);
-        let close = !req.keep_alive || req.framing != Framing::None;
+        // An unread body would be parsed as the next request: close instead.
+        let close = !req.keep_alive || !matches!(req.framing, Framing::None | Framing::Length(0));
         self.out.clear();
         message::local_response(self.out, status, close, req.head_method);
         if self.write_client().await.is_err() || close {

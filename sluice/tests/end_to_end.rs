@@ -437,3 +437,46 @@ fn sluice_up_runs_the_quickstart() {
     assert!(std::net::TcpStream::connect(("127.0.0.1", gw_port)).is_err(), "lb stopped with up");
     assert!(std::net::TcpStream::connect(("127.0.0.1", v1_port)).is_err(), "echo stopped with up");
 }
+
+#[test]
+fn exhausted_buffer_ring_falls_back_to_heap_buffers() {
+    let mut env = Env::new("ring");
+    let a = env.echo("default", "svc", "svc-0");
+    let port = free_port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write("svc.yaml", &service("default", "svc", &[a]));
+    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n");
+    env.config_sync();
+    // Two small ring buffers per core: concurrent pipelined clients run the ring dry, so reads
+    // must go to heap buffers (ResourceBusy) without losing or mixing bytes.
+    env.lb(&["--ring-buffers", "2", "--ring-buffer-len", "512"]);
+    env.wait_applied(1);
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(port).unwrap();
+                for i in 0..40 {
+                    let body = format!("worker {w} request {i} ").repeat(20);
+                    // Two pipelined requests in one write.
+                    let one = format!(
+                        "POST /p/{w}/{i} HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let two = format!(
+                        "GET /g/{w}/{i} HTTP/1.1\r\nHost: h\r\nX-Pad: {}\r\n\r\n",
+                        "x".repeat(700)
+                    );
+                    c.send(format!("{one}{two}").as_bytes())
+                        .map(|r| assert_eq!(r.json()["path"], format!("/p/{w}/{i}")))
+                        .unwrap();
+                    let r = c.read_response(false).unwrap();
+                    assert_eq!(r.json()["path"], format!("/g/{w}/{i}"));
+                    assert_eq!(r.json()["headers"]["Content-Length"], serde_json::Value::Null);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+}

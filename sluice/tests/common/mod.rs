@@ -53,7 +53,7 @@ impl Env {
         let log = std::fs::File::create(self.logs.join(format!("{name}.log"))).unwrap();
         let child = Command::new(BIN)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)
@@ -164,7 +164,9 @@ impl Drop for Env {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("SLUICE_TEST_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
         if let Some(d) = self.table.parent() {
             let _ = std::fs::remove_dir_all(d);
         }
