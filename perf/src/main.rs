@@ -1,0 +1,122 @@
+//! `sluice-perf`: load generator and side-by-side benchmark.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use perf::load::{Plan, run};
+use perf::report::{Series, Summary, spectrum_svg};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluice-perf",
+    version,
+    about = "Latency-benchmarking load generator (open and closed loop, coordinated-omission corrected)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate load against one URL and report throughput and latency.
+    Load(LoadArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct LoadArgs {
+    /// Target, `http://host:port/path`.
+    url: String,
+    /// Keep-alive connections.
+    #[arg(short, long, default_value_t = 64)]
+    connections: usize,
+    /// Seconds to run, warm-up included.
+    #[arg(short, long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of warm-up, not recorded.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Stop after this many recorded requests.
+    #[arg(short = 'n', long)]
+    requests: Option<u64>,
+    /// Open loop at this many requests per second (default: closed loop).
+    #[arg(short, long)]
+    rate: Option<f64>,
+    /// CPUs for the load threads (`0,2-3`).
+    #[arg(long, default_value = "0")]
+    cpus: String,
+    /// Request header, `Name: value` (repeatable). Overrides Host when named Host.
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// Method.
+    #[arg(short, long, default_value = "GET")]
+    method: String,
+    /// Request body.
+    #[arg(long, default_value = "")]
+    body: String,
+    /// Per-request timeout, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
+    /// Write the summary as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the percentile spectrum as SVG here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Load(a) => load(&a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice-perf: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(a: &LoadArgs) -> Result<(), String> {
+    let (target, mut host, path) = perf::parse_url(&a.url)?;
+    let mut headers = Vec::new();
+    for h in &a.headers {
+        let (k, v) = h.split_once(':').ok_or_else(|| format!("header {h:?} is not Name: value"))?;
+        if k.trim().eq_ignore_ascii_case("host") {
+            host = v.trim().to_owned();
+        } else {
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+    let plan = Plan {
+        target,
+        request: perf::request(&a.method, &host, &path, &headers, a.body.as_bytes()),
+        head_request: a.method == "HEAD",
+        connections: a.connections.max(1),
+        cpus: perf::parse_cpus(&a.cpus)?,
+        duration: Duration::from_secs_f64(a.duration),
+        warmup: Duration::from_secs_f64(a.warmup.min(a.duration)),
+        max_requests: a.requests,
+        rate: a.rate,
+        timeout: Duration::from_secs_f64(a.timeout),
+    };
+    let outcome = run(&plan).map_err(|e| e.to_string())?;
+    let summary = Summary::of(&outcome);
+    print!("{}", summary.text());
+    if let Some(p) = &a.json {
+        let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
+        std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    if let Some(p) = &a.svg {
+        let svg = spectrum_svg(
+            &format!("{} {}", a.method, a.url),
+            &[Series::of(&summary.mode, &outcome)],
+        );
+        std::fs::write(p, svg).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    Ok(())
+}
