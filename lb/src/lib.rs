@@ -163,7 +163,7 @@ async fn core_main(
             futures_util::future::Either::Left((t, _)) => t,
             futures_util::future::Either::Right(_) => {
                 idle_ticks += 1;
-                if !(bind_failed && idle_ticks % 10 == 0) {
+                if !(bind_failed && idle_ticks.is_multiple_of(10)) {
                     continue;
                 }
                 current.clone()

@@ -5,6 +5,7 @@
 //! It runs on the same io_uring runtime as lb (compio, one pinned thread per CPU), so the load
 //! side is at least as cheap per request as the proxy under test.
 
+pub mod compare;
 pub mod load;
 pub mod report;
 

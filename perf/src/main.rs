@@ -23,6 +23,33 @@ struct Cli {
 enum Command {
     /// Generate load against one URL and report throughput and latency.
     Load(LoadArgs),
+    /// Side-by-side benchmark of nginx, HAProxy and Sluice; writes benchmarks.md.
+    Compare(CompareArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CompareArgs {
+    /// The sluice binary (release build).
+    #[arg(long, default_value = "target/release/sluice")]
+    sluice: PathBuf,
+    /// Folder for benchmarks.md and the latency plot.
+    #[arg(long, default_value = "docs")]
+    out: PathBuf,
+    /// Interleaved rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds per measured run.
+    #[arg(long, default_value_t = 8.0)]
+    seconds: f64,
+    /// Connections for the closed and open loops.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Idle connections for the memory figure.
+    #[arg(long, default_value_t = 1000)]
+    idle: usize,
+    /// Requests counted under callgrind (0 skips it).
+    #[arg(long, default_value_t = 2000)]
+    callgrind_requests: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -71,6 +98,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Load(a) => load(&a),
+        Command::Compare(a) => perf::compare::compare(&perf::compare::Options {
+            sluice: a.sluice.clone(),
+            out: a.out.clone(),
+            rounds: a.rounds.max(1),
+            seconds: a.seconds,
+            connections: a.connections.max(1),
+            idle: a.idle,
+            callgrind_requests: a.callgrind_requests,
+        })
+        .map(|report| println!("{report}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

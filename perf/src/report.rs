@@ -140,7 +140,11 @@ pub struct Series {
 impl Series {
     /// The percentile spectrum of an outcome.
     pub fn of(name: &str, o: &Outcome) -> Series {
-        let h = &o.histogram;
+        Series::from_histogram(name, &o.histogram)
+    }
+
+    /// The percentile spectrum of a latency histogram (nanoseconds).
+    pub fn from_histogram(name: &str, h: &hdrhistogram::Histogram<u64>) -> Series {
         let mut points = Vec::new();
         if h.is_empty() {
             return Series { name: name.into(), points };

@@ -1,0 +1,782 @@
+//! Side-by-side benchmark: nginx, HAProxy and Sluice proxying to the same upstream, each pinned
+//! to CPU 0 with one worker; the upstream (nginx returning a fixed body) and the load generator
+//! share CPU 1. Rounds are interleaved (every proxy once per round) and medians reported.
+//!
+//! Measured per proxy: closed-loop req/s (64 connections); p50/p99/p99.9 at a fixed rate of 60 %
+//! of nginx's closed-loop median; proxy CPU µs per request (utime+stime from /proc for all of
+//! the proxy's processes, every thread included, io_uring workers too); user-space instructions
+//! per request (callgrind, counters zeroed after warm-up, over a fixed number of requests);
+//! memory per idle keep-alive client connection (RSS delta over 1,000 idle connections).
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::load::{Plan, run};
+use crate::report::{Series, Summary, spectrum_svg};
+
+/// Options of a comparison run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The `sluice` binary.
+    pub sluice: PathBuf,
+    /// Where `benchmarks.md` and the plot go.
+    pub out: PathBuf,
+    /// Interleaved rounds.
+    pub rounds: usize,
+    /// Seconds of each measured run.
+    pub seconds: f64,
+    /// Connections for the closed and open loops.
+    pub connections: usize,
+    /// Idle connections for the memory figure.
+    pub idle: usize,
+    /// Requests counted under callgrind (0: skip).
+    pub callgrind_requests: u64,
+}
+
+/// The proxies compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proxy {
+    /// nginx, one worker, proxy_pass with upstream keepalive.
+    Nginx,
+    /// HAProxy, one thread, http-reuse always.
+    Haproxy,
+    /// Sluice: lb on one core, config-sync beside it.
+    Sluice,
+}
+
+impl Proxy {
+    const ALL: [Proxy; 3] = [Proxy::Nginx, Proxy::Haproxy, Proxy::Sluice];
+
+    fn name(self) -> &'static str {
+        match self {
+            Proxy::Nginx => "nginx",
+            Proxy::Haproxy => "HAProxy",
+            Proxy::Sluice => "Sluice",
+        }
+    }
+}
+
+const PROXY_CPU: &str = "0";
+const LOAD_CPU: usize = 1;
+
+struct Running {
+    children: Vec<Child>,
+    /// Processes whose CPU and memory count for the proxy.
+    pids: Vec<u32>,
+    port: u16,
+    /// The valgrind process, when under callgrind.
+    valgrind: Option<u32>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            signal(c.id(), rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for c in &mut self.children {
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn signal(pid: u32, sig: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+}
+
+struct Bench {
+    opts: Options,
+    work: PathBuf,
+    upstream_port: u16,
+    _upstream: Running,
+}
+
+/// Per-proxy results.
+#[derive(Debug, Default, Clone)]
+struct Figures {
+    rps: Vec<f64>,
+    cpu_us: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    p999: Vec<f64>,
+    open_errors: u64,
+    closed_errors: u64,
+    idle_bytes: Option<f64>,
+    instructions: Option<f64>,
+    histogram: Option<Histogram<u64>>,
+}
+
+/// Runs the whole comparison and writes the report. Returns the report text.
+pub fn compare(opts: &Options) -> Result<String, String> {
+    ensure_installed(&[
+        ("nginx", "nginx"),
+        ("haproxy", "haproxy"),
+        ("valgrind", "valgrind"),
+        ("taskset", "util-linux"),
+    ])?;
+    raise_fd_limit();
+    let work = std::env::temp_dir().join(format!("sluice-compare-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let upstream_port = free_port();
+    let upstream = start_upstream(&work, upstream_port)?;
+    let bench =
+        Bench { opts: opts.clone(), work: work.clone(), upstream_port, _upstream: upstream };
+    let mut figures: Vec<(Proxy, Figures)> =
+        Proxy::ALL.iter().map(|p| (*p, Figures::default())).collect();
+
+    for round in 0..opts.rounds {
+        for (proxy, f) in &mut figures {
+            let r = bench.start(*proxy, false)?;
+            let (rps, cpu, errors) = bench.closed_loop(&r)?;
+            eprintln!(
+                "round {} {:>8}: {rps:>8.0} req/s, {cpu:>6.2} µs CPU/request, errors {errors}",
+                round + 1,
+                proxy.name()
+            );
+            f.rps.push(rps);
+            f.cpu_us.push(cpu);
+            f.closed_errors += errors;
+        }
+    }
+    let nginx_rps = median(&figures[0].1.rps);
+    let rate = (0.6 * nginx_rps).round().max(100.0);
+    for round in 0..opts.rounds {
+        for (proxy, f) in &mut figures {
+            let r = bench.start(*proxy, false)?;
+            let (summary, histogram) = bench.open_loop(&r, rate)?;
+            let l = &summary.latency_us;
+            eprintln!(
+                "round {} {:>8}: at {rate:.0} req/s p50 {:.0} µs p99 {:.0} µs p99.9 {:.0} µs, errors {}",
+                round + 1,
+                proxy.name(),
+                l.p50,
+                l.p99,
+                l.p999,
+                summary.errors.total()
+            );
+            f.p50.push(l.p50);
+            f.p99.push(l.p99);
+            f.p999.push(l.p999);
+            f.open_errors += summary.errors.total();
+            match &mut f.histogram {
+                Some(h) => {
+                    let _ = h.add(&histogram);
+                }
+                None => f.histogram = Some(histogram),
+            }
+        }
+    }
+    for (proxy, f) in &mut figures {
+        let r = bench.start(*proxy, false)?;
+        f.idle_bytes = Some(bench.idle_memory(&r)?);
+        eprintln!(
+            "{:>8}: {:.0} bytes per idle connection",
+            proxy.name(),
+            f.idle_bytes.unwrap_or(0.0)
+        );
+    }
+    if opts.callgrind_requests > 0 {
+        for (proxy, f) in &mut figures {
+            let r = bench.start(*proxy, true)?;
+            f.instructions = bench.instructions(&r, *proxy)?;
+            eprintln!(
+                "{:>8}: {:.0} user-space instructions per request",
+                proxy.name(),
+                f.instructions.unwrap_or(f64::NAN)
+            );
+        }
+    }
+    let report = bench.report(&figures, rate)?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(report)
+}
+
+impl Bench {
+    fn start(&self, proxy: Proxy, callgrind: bool) -> Result<Running, String> {
+        let port = free_port();
+        let dir = self.work.join(format!("{}-{port}", proxy.name().to_lowercase()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let mut cmd_prefix: Vec<String> = vec!["taskset".into(), "-c".into(), PROXY_CPU.into()];
+        if callgrind {
+            cmd_prefix.extend([
+                "valgrind".into(),
+                "--tool=callgrind".into(),
+                format!("--callgrind-out-file={}/callgrind.out", dir.display()),
+            ]);
+        }
+        let running = match proxy {
+            Proxy::Nginx => {
+                let conf = dir.join("nginx.conf");
+                std::fs::write(&conf, nginx_proxy_conf(&dir, port, self.upstream_port, callgrind))
+                    .map_err(|e| e.to_string())?;
+                let child = spawn(
+                    &cmd_prefix,
+                    &[
+                        "nginx",
+                        "-c",
+                        conf.to_str().unwrap_or_default(),
+                        "-p",
+                        dir.to_str().unwrap_or_default(),
+                    ],
+                    &dir.join("stderr.log"),
+                )?;
+                let main = child.id();
+                Running {
+                    pids: vec![main],
+                    valgrind: callgrind.then_some(main),
+                    children: vec![child],
+                    port,
+                }
+            }
+            Proxy::Haproxy => {
+                let conf = dir.join("haproxy.cfg");
+                std::fs::write(&conf, haproxy_conf(port, self.upstream_port))
+                    .map_err(|e| e.to_string())?;
+                let child = spawn(
+                    &cmd_prefix,
+                    &["haproxy", "-db", "-f", conf.to_str().unwrap_or_default()],
+                    &dir.join("stderr.log"),
+                )?;
+                let main = child.id();
+                Running {
+                    pids: vec![main],
+                    valgrind: callgrind.then_some(main),
+                    children: vec![child],
+                    port,
+                }
+            }
+            Proxy::Sluice => {
+                let manifests = dir.join("manifests");
+                std::fs::create_dir_all(&manifests).map_err(|e| e.to_string())?;
+                std::fs::write(
+                    manifests.join("bench.yaml"),
+                    sluice_manifests(port, self.upstream_port),
+                )
+                .map_err(|e| e.to_string())?;
+                let table = PathBuf::from(format!(
+                    "/dev/shm/sluice-compare-{}-{port}/table",
+                    std::process::id()
+                ));
+                let sluice = self.opts.sluice.to_str().unwrap_or_default().to_owned();
+                let cs = spawn(
+                    &["taskset".into(), "-c".into(), LOAD_CPU.to_string()],
+                    &[
+                        &sluice,
+                        "config-sync",
+                        "--manifests",
+                        manifests.to_str().unwrap_or_default(),
+                        "--table",
+                        table.to_str().unwrap_or_default(),
+                    ],
+                    &dir.join("config-sync.log"),
+                )?;
+                let lb = spawn(
+                    &cmd_prefix,
+                    &[
+                        &sluice,
+                        "lb",
+                        "--table",
+                        table.to_str().unwrap_or_default(),
+                        "--cores",
+                        "0",
+                        "--bind-address",
+                        "127.0.0.1",
+                    ],
+                    &dir.join("lb.log"),
+                )?;
+                let (cs_pid, lb_pid) = (cs.id(), lb.id());
+                Running {
+                    pids: vec![lb_pid, cs_pid],
+                    valgrind: callgrind.then_some(lb_pid),
+                    children: vec![lb, cs],
+                    port,
+                }
+            }
+        };
+        let mut running = running;
+        wait_ready(running.port, if callgrind { 120 } else { 20 }).map_err(|e| {
+            format!("{} did not come up: {e} (logs in {})", proxy.name(), dir.display())
+        })?;
+        if proxy == Proxy::Nginx && !callgrind {
+            // nginx forks its worker: count master and workers.
+            running.pids.extend(children_of(running.pids[0]));
+        }
+        Ok(running)
+    }
+
+    fn plan(&self, port: u16, rate: Option<f64>, seconds: f64, connections: usize) -> Plan {
+        Plan {
+            target: SocketAddr::from(([127, 0, 0, 1], port)),
+            request: crate::request("GET", "bench.example", "/", &[], b""),
+            head_request: false,
+            connections,
+            cpus: vec![LOAD_CPU],
+            duration: Duration::from_secs_f64(seconds),
+            warmup: Duration::ZERO,
+            max_requests: None,
+            rate,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// req/s, CPU µs per request, errors.
+    fn closed_loop(&self, r: &Running) -> Result<(f64, f64, u64), String> {
+        // Warm-up run, not measured: connections and pools are established.
+        run(&self.plan(r.port, None, 2.0, self.opts.connections)).map_err(|e| e.to_string())?;
+        let before = cpu_seconds(&r.pids);
+        let o = run(&self.plan(r.port, None, self.opts.seconds, self.opts.connections))
+            .map_err(|e| e.to_string())?;
+        let cpu = cpu_seconds(&r.pids) - before;
+        let s = Summary::of(&o);
+        Ok((s.requests_per_second, cpu * 1e6 / (o.completed.max(1) as f64), o.errors.total()))
+    }
+
+    fn open_loop(&self, r: &Running, rate: f64) -> Result<(Summary, Histogram<u64>), String> {
+        let mut plan =
+            self.plan(r.port, Some(rate), self.opts.seconds + 2.0, self.opts.connections);
+        plan.warmup = Duration::from_secs(2);
+        let o = run(&plan).map_err(|e| e.to_string())?;
+        Ok((Summary::of(&o), o.histogram.clone()))
+    }
+
+    /// Bytes of proxy RSS per idle keep-alive client connection.
+    fn idle_memory(&self, r: &Running) -> Result<f64, String> {
+        // Warm the proxy and its upstream pool first, so the delta is the connections alone.
+        run(&self.plan(r.port, None, 1.0, 16)).map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_millis(500));
+        let before = rss_bytes(&r.pids);
+        let mut conns = Vec::with_capacity(self.opts.idle);
+        for _ in 0..self.opts.idle {
+            let mut s = TcpStream::connect(("127.0.0.1", r.port)).map_err(|e| e.to_string())?;
+            s.write_all(b"GET / HTTP/1.1\r\nHost: bench.example\r\n\r\n")
+                .map_err(|e| e.to_string())?;
+            read_one_response(&mut s)?;
+            conns.push(s);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let after = rss_bytes(&r.pids);
+        drop(conns);
+        Ok((after as f64 - before as f64) / self.opts.idle as f64)
+    }
+
+    /// User-space instructions per request under callgrind.
+    fn instructions(&self, r: &Running, proxy: Proxy) -> Result<Option<f64>, String> {
+        let Some(pid) = r.valgrind else { return Ok(None) };
+        let n = self.opts.callgrind_requests;
+        let mut warm = self.plan(r.port, None, 300.0, 4);
+        warm.max_requests = Some(200);
+        run(&warm).map_err(|e| e.to_string())?;
+        callgrind_control("-z", pid)?;
+        let mut plan = self.plan(r.port, None, 600.0, 4);
+        plan.max_requests = Some(n);
+        let o = run(&plan).map_err(|e| e.to_string())?;
+        if o.completed < n {
+            return Err(format!(
+                "{}: only {} of {n} requests under callgrind",
+                proxy.name(),
+                o.completed
+            ));
+        }
+        callgrind_control("-d", pid)?;
+        std::thread::sleep(Duration::from_millis(500));
+        // The dump after zeroing is the newest `callgrind.out.<pid>.N` file.
+        let dir = self.work.join(format!("{}-{}", proxy.name().to_lowercase(), r.port));
+        let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+        for e in std::fs::read_dir(&dir).map_err(|e| e.to_string())?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("callgrind.out") && name != "callgrind.out" {
+                let t = e.metadata().and_then(|m| m.modified()).map_err(|e| e.to_string())?;
+                if newest.as_ref().is_none_or(|(nt, _)| t > *nt) {
+                    newest = Some((t, e.path()));
+                }
+            }
+        }
+        let (_, file) = newest
+            .ok_or_else(|| format!("{}: no callgrind dump in {}", proxy.name(), dir.display()))?;
+        let text = std::fs::read_to_string(&file).map_err(|e| e.to_string())?;
+        let total: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+            .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+            .ok_or_else(|| format!("no summary in {}", file.display()))?;
+        Ok(Some(total / n as f64))
+    }
+
+    fn report(&self, figures: &[(Proxy, Figures)], rate: f64) -> Result<String, String> {
+        let base = &figures[0].1;
+        let ratio = |v: f64, b: f64| if b > 0.0 { format!("{:.2}×", v / b) } else { "–".into() };
+        let mut md = String::new();
+        let _ = writeln!(md, "# Benchmarks: Sluice beside nginx and HAProxy\n");
+        let _ = writeln!(
+            md,
+            "Written by `sluice-perf compare` ({}). Medians of {} interleaved rounds; ratios are against nginx measured in the same run on the same machine. These VMs are noisy: read ratios, not absolute numbers.\n",
+            utc_now(),
+            self.opts.rounds
+        );
+        let _ =
+            writeln!(md, "| | nginx | HAProxy | Sluice | Sluice / nginx |\n|---|---|---|---|---|");
+        let row =
+            |name: &str, get: &dyn Fn(&Figures) -> Option<f64>, fmt: &dyn Fn(f64) -> String| {
+                let cells: Vec<String> =
+                    figures.iter().map(|(_, f)| get(f).map_or("–".into(), fmt)).collect();
+                let r = match (get(&figures[2].1), get(base)) {
+                    (Some(s), Some(b)) => ratio(s, b),
+                    _ => "–".into(),
+                };
+                format!("| {name} | {} | {} | {} | {r} |\n", cells[0], cells[1], cells[2])
+            };
+        md.push_str(&row(
+            &format!("req/s, closed loop, {} connections", self.opts.connections),
+            &|f| Some(median(&f.rps)),
+            &|v| format!("{v:.0}"),
+        ));
+        md.push_str(&row("proxy CPU µs per request", &|f| Some(median(&f.cpu_us)), &|v| {
+            format!("{v:.2}")
+        }));
+        md.push_str(&row(&format!("p50 at {rate:.0} req/s"), &|f| Some(median(&f.p50)), &fmt_us));
+        md.push_str(&row(&format!("p99 at {rate:.0} req/s"), &|f| Some(median(&f.p99)), &fmt_us));
+        md.push_str(&row(
+            &format!("p99.9 at {rate:.0} req/s"),
+            &|f| Some(median(&f.p999)),
+            &fmt_us,
+        ));
+        md.push_str(&row(
+            "user-space instructions per request (callgrind)",
+            &|f| f.instructions,
+            &|v| format!("{v:.0}"),
+        ));
+        md.push_str(&row(
+            &format!("memory per idle keep-alive connection ({} connections)", self.opts.idle),
+            &|f| f.idle_bytes,
+            &|v| format!("{:.2} KiB", v / 1024.0),
+        ));
+        let errs: Vec<String> = figures
+            .iter()
+            .map(|(p, f)| format!("{} {} / {}", p.name(), f.closed_errors, f.open_errors))
+            .collect();
+        let _ =
+            writeln!(md, "\nErrors (closed loop / fixed rate, all rounds): {}.\n", errs.join(", "));
+        let _ = writeln!(
+            md,
+            "All rounds:\n\n| proxy | req/s | CPU µs/request | p50 µs | p99 µs | p99.9 µs |\n|---|---|---|---|---|---|"
+        );
+        for (p, f) in figures {
+            let list = |v: &[f64], d: usize| {
+                v.iter().map(|x| format!("{x:.d$}")).collect::<Vec<_>>().join(" · ")
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} |",
+                p.name(),
+                list(&f.rps, 0),
+                list(&f.cpu_us, 2),
+                list(&f.p50, 0),
+                list(&f.p99, 0),
+                list(&f.p999, 0)
+            );
+        }
+        let svg_name = "benchmarks-latency.svg";
+        let series: Vec<Series> = figures
+            .iter()
+            .filter_map(|(p, f)| f.histogram.as_ref().map(|h| Series::from_histogram(p.name(), h)))
+            .collect();
+        let svg = spectrum_svg(
+            &format!(
+                "Latency at {rate:.0} req/s (open loop, {} connections, all rounds)",
+                self.opts.connections
+            ),
+            &series,
+        );
+        std::fs::write(self.opts.out.join(svg_name), svg).map_err(|e| e.to_string())?;
+        let _ = writeln!(md, "\n![latency percentile spectrum]({svg_name})\n");
+        let _ = writeln!(md, "## Method\n");
+        let _ = writeln!(md, "- Machine: {}.", machine());
+        let _ = writeln!(md, "- Versions: {}.", versions(&self.opts.sluice));
+        let _ = writeln!(
+            md,
+            "- Layout: each proxy pinned to CPU 0 with one worker (nginx `worker_processes 1`, HAProxy `nbthread 1`, Sluice `lb --cores 0`; Sluice's config-sync idles on CPU 1). The upstream (nginx, one worker, `return 200 \"ok\"`) and the load generator (`sluice-perf`, one io_uring thread) share CPU 1. One proxy runs at a time; each measurement starts it afresh."
+        );
+        let _ = writeln!(
+            md,
+            "- req/s and CPU: closed loop, {} keep-alive connections, 2 s warm-up then {} s measured; CPU is utime+stime of every proxy process and thread (from `/proc/<pid>/stat`, io_uring workers included) over the measured run, divided by completed requests.",
+            self.opts.connections, self.opts.seconds
+        );
+        let _ = writeln!(
+            md,
+            "- Latency: open loop at 60 % of nginx's median closed-loop req/s ({rate:.0} req/s), {} connections, 2 s warm-up then {} s, latency from the scheduled send time (coordinated-omission corrected).",
+            self.opts.connections, self.opts.seconds
+        );
+        let _ = writeln!(
+            md,
+            "- Instructions: the proxy under `valgrind --tool=callgrind` on CPU 0; 200 warm-up requests, counters zeroed, then {} requests on 4 connections; total instructions of the dump divided by the requests. Counts are user-space only (valgrind sees no kernel work), repeatable for a given binary.",
+            self.opts.callgrind_requests
+        );
+        let _ = writeln!(
+            md,
+            "- Idle memory: after a warm-up, RSS of the proxy's processes before and after opening {} keep-alive connections that each completed one request and then idle for 1 s.",
+            self.opts.idle
+        );
+        let _ = writeln!(
+            md,
+            "- On this 2-core layout the load side (generator and upstream on one CPU) caps req/s near 1.2× nginx, so CPU and instructions per request are the efficiency figures that matter.\n"
+        );
+        let _ = writeln!(
+            md,
+            "Rerun: `cargo build --release -p sluice -p perf && target/release/sluice-perf compare --sluice target/release/sluice --out docs` (installs nginx, HAProxy and valgrind from Debian packages if missing; about 10 minutes).\n"
+        );
+        let _ = writeln!(
+            md,
+            "### Configurations\n\nnginx:\n```nginx\n{}```\n\nHAProxy:\n```\n{}```\n\nSluice manifests:\n```yaml\n{}```",
+            nginx_proxy_conf(Path::new("<dir>"), 8080, 9000, false),
+            haproxy_conf(8080, 9000),
+            sluice_manifests(8080, 9000)
+        );
+        std::fs::write(self.opts.out.join("benchmarks.md"), &md).map_err(|e| e.to_string())?;
+        Ok(md)
+    }
+}
+
+fn fmt_us(v: f64) -> String {
+    if v >= 1000.0 { format!("{:.2} ms", v / 1000.0) } else { format!("{v:.0} µs") }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() { 0.0 } else { s[s.len() / 2] }
+}
+
+fn spawn(prefix: &[String], args: &[&str], log: &Path) -> Result<Child, String> {
+    let log = std::fs::File::create(log).map_err(|e| e.to_string())?;
+    let mut all: Vec<String> = prefix.to_vec();
+    all.extend(args.iter().map(|s| (*s).to_owned()));
+    Command::new(&all[0])
+        .args(&all[1..])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("{}: {e}", all.join(" ")))
+}
+
+fn start_upstream(work: &Path, port: u16) -> Result<Running, String> {
+    let dir = work.join("upstream");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let conf = dir.join("nginx.conf");
+    let text = format!(
+        "worker_processes 1;\ndaemon off;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\nworker_rlimit_nofile 65536;\nevents {{ worker_connections 16384; }}\nhttp {{\n  access_log off;\n  keepalive_requests 10000000;\n  keepalive_timeout 300s;\n  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n  server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\"; }} }}\n}}\n",
+        d = dir.display()
+    );
+    std::fs::write(&conf, text).map_err(|e| e.to_string())?;
+    let child = spawn(
+        &["taskset".into(), "-c".into(), LOAD_CPU.to_string()],
+        &["nginx", "-c", conf.to_str().unwrap_or_default(), "-p", dir.to_str().unwrap_or_default()],
+        &dir.join("stderr.log"),
+    )?;
+    let r = Running { pids: vec![child.id()], children: vec![child], port, valgrind: None };
+    wait_ready(port, 20).map_err(|e| format!("upstream nginx: {e}"))?;
+    Ok(r)
+}
+
+fn nginx_proxy_conf(dir: &Path, port: u16, upstream: u16, single_process: bool) -> String {
+    format!(
+        "worker_processes 1;\n{}daemon off;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\nworker_rlimit_nofile 65536;\nevents {{ worker_connections 16384; }}\nhttp {{\n  access_log off;\n  keepalive_requests 10000000;\n  keepalive_timeout 300s;\n  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n  upstream backend {{ server 127.0.0.1:{upstream}; keepalive 256; keepalive_requests 10000000; }}\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+        if single_process { "master_process off;\n" } else { "" },
+        d = dir.display()
+    )
+}
+
+fn haproxy_conf(port: u16, upstream: u16) -> String {
+    format!(
+        "global\n  nbthread 1\n  maxconn 8000\n\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n  timeout http-keep-alive 300s\n  http-reuse always\n\nfrontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\nbackend be\n  server up 127.0.0.1:{upstream}\n"
+    )
+}
+
+fn sluice_manifests(port: u16, upstream: u16) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: sluice}}\nspec: {{controllerName: sluice.dev/gateway-controller}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: bench, namespace: default}}\nspec:\n  gatewayClassName: sluice\n  listeners: [{{name: http, port: {port}, protocol: HTTP}}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: bench, namespace: default}}\nspec:\n  parentRefs: [{{name: bench}}]\n  hostnames: [bench.example]\n  rules: [{{backendRefs: [{{name: upstream, port: 80}}]}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: upstream, namespace: default}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: upstream-1, namespace: default, labels: {{kubernetes.io/service-name: upstream}}}}\naddressType: IPv4\nports: [{{name: http, port: {upstream}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n"
+    )
+}
+
+fn wait_ready(port: u16, seconds: u64) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            if s.write_all(b"GET / HTTP/1.1\r\nHost: bench.example\r\nConnection: close\r\n\r\n")
+                .is_ok()
+            {
+                let mut out = Vec::new();
+                let _ = s.read_to_end(&mut out);
+                if out.starts_with(b"HTTP/1.1 200") {
+                    return Ok(());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no 200 on port {port} within {seconds} s"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn read_one_response(s: &mut TcpStream) -> Result<(), String> {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n")
+            && buf.len() >= end + 4 + 2
+        {
+            return Ok(());
+        }
+    }
+}
+
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    let tick = 100.0; // USER_HZ on Linux.
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|s| {
+            // Fields after the command name (which may contain spaces) start after ')'.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / tick)
+        })
+        .sum()
+}
+
+fn rss_bytes(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .sum::<u64>()
+        * 1024
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn callgrind_control(flag: &str, pid: u32) -> Result<(), String> {
+    let out = Command::new("callgrind_control")
+        .arg(flag)
+        .arg(pid.to_string())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("callgrind_control {flag} {pid}: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+fn ensure_installed(tools: &[(&str, &str)]) -> Result<(), String> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(cmd, _)| {
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {cmd}"))
+                .output()
+                .map(|o| !o.status.success())
+                .unwrap_or(true)
+        })
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("installing {} from Debian packages", missing.join(", "));
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {}",
+            missing.join(" ")
+        ))
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok { Ok(()) } else { Err(format!("could not install {}", missing.join(", "))) }
+}
+
+fn raise_fd_limit() {
+    if let Some(max) = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum {
+        let _ = rustix::process::setrlimit(
+            rustix::process::Resource::Nofile,
+            rustix::process::Rlimit { current: Some(max.min(65536)), maximum: Some(max) },
+        );
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_or(0, |a| a.port())
+}
+
+fn first_line(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| {
+            let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
+            String::from_utf8_lossy(&text).lines().next().unwrap_or("").trim().to_owned()
+        })
+        .unwrap_or_else(|_| format!("{cmd}: not found"))
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} × {cpu}, {}", first_line("uname", &["-sr"]))
+}
+
+fn versions(sluice: &Path) -> String {
+    let rev = first_line("git", &["rev-parse", "--short", "HEAD"]);
+    format!(
+        "{} ({rev}), {}, {}, {}",
+        first_line(sluice.to_str().unwrap_or("sluice"), &["--version"]),
+        first_line("nginx", &["-v"]),
+        first_line("haproxy", &["-v"]),
+        first_line("valgrind", &["--version"])
+    )
+}
+
+fn utc_now() -> String {
+    first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+}
