@@ -12,7 +12,7 @@ use compio::net::TcpStream;
 use tracing::debug;
 
 use crate::core::Core;
-use crate::http1::message;
+use crate::http1::message::{self, ClientIp};
 use crate::io::{InBuf, write_out};
 use crate::proxy::{Exchange, Flow, Plan, prepare};
 use crate::timer::{Deadline, Elapsed};
@@ -26,9 +26,10 @@ const LINGER_BYTES: usize = 256 * 1024;
 pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
     let Ok(local) = stream.local_addr() else { return };
     let deadline = Rc::new(Deadline::default());
+    let client = ClientIp::new(peer.ip());
     let mut input = InBuf::Empty;
     let flow = loop {
-        if exchange(&core, &stream, &mut input, &deadline, peer, local).await == Flow::Close {
+        if exchange(&core, &stream, &mut input, &deadline, &client, local).await == Flow::Close {
             break Flow::Close;
         }
     };
@@ -43,7 +44,7 @@ async fn exchange(
     stream: &TcpStream,
     input: &mut InBuf,
     deadline: &Rc<Deadline>,
-    peer: SocketAddr,
+    client: &ClientIp,
     local: SocketAddr,
 ) -> Flow {
     let t = core.settings.timeouts;
@@ -58,7 +59,7 @@ async fn exchange(
     let mut out = core.spare.take();
     let plan = loop {
         out.clear();
-        if let Some(plan) = prepare(core, input.bytes(), peer, local, &mut out) {
+        if let Some(plan) = prepare(core, input.bytes(), client, local, &mut out) {
             break plan;
         }
         match core.wheel.race(deadline, input.fill(stream, &core.spare)).await {
@@ -69,7 +70,7 @@ async fn exchange(
                 return Flow::Close;
             }
             Err(Elapsed) => {
-                debug!(%peer, "request head timed out");
+                debug!(client = %String::from_utf8_lossy(client.as_bytes()), "request head timed out");
                 message::local_response(&mut out, 408, true, false);
                 let _ = core.wheel.timeout(deadline, t.body, write_out(stream, &mut out)).await;
                 core.spare.give(out);
@@ -81,7 +82,7 @@ async fn exchange(
     let mut ex = Exchange { core, client: stream, input, out: &mut out, deadline };
     let flow = match plan {
         Plan::Reject(reject) => {
-            debug!(%peer, status = reject.status(), "rejected: {}", reject.reason());
+            debug!(status = reject.status(), "rejected: {}", reject.reason());
             ex.out.clear();
             message::local_response(ex.out, reject.status(), true, false);
             let _ = core.wheel.timeout(deadline, t.body, write_out(stream, ex.out)).await;

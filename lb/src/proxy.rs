@@ -18,7 +18,7 @@ use tracing::debug;
 use crate::core::Core;
 use crate::error::{Kind, ProxyError, Side};
 use crate::http1::body::{BodyDecoder, Encode};
-use crate::http1::message::{self, ResponseFraming};
+use crate::http1::message::{self, ClientIp, ResponseFraming, ResponseHead};
 use crate::http1::parse::{self, Framing, Head, MAX_HEADERS, Reject, trim_ows};
 use crate::io::{InBuf, write_out};
 use crate::router::FieldHeaders;
@@ -107,7 +107,7 @@ pub enum Flow {
 pub fn prepare(
     core: &Core,
     buf: &[u8],
-    peer: SocketAddr,
+    client: &ClientIp,
     local: SocketAddr,
     out: &mut Vec<u8>,
 ) -> Option<Plan> {
@@ -152,7 +152,7 @@ pub fn prepare(
             Some(Plan::Respond { status: 503, req })
         }
         Target::Service { service, cursor } => {
-            message::request_head(out, buf, &head, fields, peer.ip());
+            message::request_head(out, buf, &head, fields, client);
             Some(Plan::Forward { table: Rc::clone(&table), service, cursor, req })
         }
     }
@@ -221,12 +221,12 @@ impl Exchange<'_> {
                 return Flow::Close;
             }
         }
-        let (upstream, addr) =
+        let (upstream, addr, response) =
             match self.send_request(&table, service, cursor, req, &mut body).await {
                 Ok(v) => v,
                 Err(e) => return self.fail(e, &body).await,
             };
-        self.relay_response(upstream, addr, req, &body).await
+        self.relay_response(upstream, addr, response, req, &body).await
     }
 
     /// Connects (or reuses), sends head and body, and waits for the response head; retries on
@@ -240,7 +240,7 @@ impl Exchange<'_> {
         cursor: u32,
         req: Summary,
         body: &mut BodyDecoder,
-    ) -> Result<(Upstream, SocketAddr), ProxyError> {
+    ) -> Result<(Upstream, SocketAddr, Response), ProxyError> {
         let t = self.core.settings.timeouts;
         let whole = body.is_done();
         let mut attempt = 0;
@@ -292,11 +292,8 @@ impl Exchange<'_> {
                 }
                 return Err(e);
             }
-            match self.response_head(&mut up, req.head_method).await {
-                Ok(()) => {
-                    self.out.clear();
-                    return Ok((up, addr));
-                }
+            match self.response_head(&mut up, req).await {
+                Ok(response) => return Ok((up, addr, response)),
                 Err(e) if e.retry_safe && may_retry => {
                     debug!(%addr, "reused connection failed before answering: {e}; retrying");
                     up.input.release(&self.core.spare);
@@ -344,37 +341,60 @@ impl Exchange<'_> {
         }
     }
 
-    /// Reads until a complete response head (skipping interim 1xx other than 101) is buffered.
+    /// Reads until a complete response head (skipping interim 1xx other than 101) is in; then
+    /// replaces the request bytes in `out` with the client's response head and consumes the
+    /// upstream head. Parsed once: the fields only live in this synchronous step.
     async fn response_head(
         &mut self,
         up: &mut Upstream,
-        head_method: bool,
-    ) -> Result<(), ProxyError> {
+        req: Summary,
+    ) -> Result<Response, ProxyError> {
         let t = self.core.settings.timeouts;
         let mut started = false;
         loop {
             if !up.input.bytes().is_empty() {
                 started = true;
                 let parsed = {
-                    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    message::parse_response(up.input.bytes(), &mut fields, head_method)
+                    let buf = up.input.bytes();
+                    let mut fields = message::response_fields();
+                    match message::parse_response(buf, &mut fields, req.head_method) {
+                        Ok(Some((h, _))) if (100..200).contains(&h.status) && h.status != 101 => {
+                            // 100 Continue and friends: we answered Expect ourselves; drop them.
+                            Ok(Err(h.len))
+                        }
+                        Ok(Some((head, fields))) => {
+                            self.out.clear();
+                            let (encode, close_client) = message::response_head(
+                                self.out,
+                                buf,
+                                &head,
+                                fields,
+                                req.http10,
+                                req.keep_alive,
+                            );
+                            Ok(Ok(Response { head, encode, close_client }))
+                        }
+                        Ok(None) if buf.len() > self.core.settings.limits.max_head => {
+                            Err(ProxyError::new(
+                                Side::Upstream,
+                                Kind::Framing("response head too large"),
+                            ))
+                        }
+                        Ok(None) => Ok(Err(0)),
+                        Err(message::BadResponse(what)) => {
+                            Err(ProxyError::new(Side::Upstream, Kind::Framing(what)))
+                        }
+                    }
                 };
-                match parsed {
-                    Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => {
-                        // 100 Continue and friends: we answered Expect ourselves; drop them.
-                        up.input.consume(h.len, &self.core.spare);
+                match parsed? {
+                    Ok(response) => {
+                        up.input.consume(response.head.len, &self.core.spare);
+                        return Ok(response);
+                    }
+                    Err(0) => {}
+                    Err(interim) => {
+                        up.input.consume(interim, &self.core.spare);
                         continue;
-                    }
-                    Ok(Some(_)) => return Ok(()),
-                    Ok(None) if up.input.bytes().len() > self.core.settings.limits.max_head => {
-                        return Err(ProxyError::new(
-                            Side::Upstream,
-                            Kind::Framing("response head too large"),
-                        ));
-                    }
-                    Ok(None) => {}
-                    Err(message::BadResponse(what)) => {
-                        return Err(ProxyError::new(Side::Upstream, Kind::Framing(what)));
                     }
                 }
             }
@@ -398,28 +418,12 @@ impl Exchange<'_> {
         &mut self,
         mut up: Upstream,
         addr: SocketAddr,
+        response: Response,
         req: Summary,
         req_body: &BodyDecoder,
     ) -> Flow {
         let t = self.core.settings.timeouts;
-        let (head, encode, close_client) = {
-            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let buf = up.input.bytes();
-            let Ok(Some(head)) = message::parse_response(buf, &mut fields, req.head_method) else {
-                // `response_head` checked it parses; nothing else can happen here.
-                return Flow::Close;
-            };
-            let (encode, close) = message::response_head(
-                self.out,
-                buf,
-                &head,
-                &fields[..head.header_count],
-                req.http10,
-                req.keep_alive,
-            );
-            (head, encode, close)
-        };
-        up.input.consume(head.len, &self.core.spare);
+        let Response { head, encode, close_client } = response;
         if head.status == 101 {
             return self.switch_protocols(up, req).await;
         }
@@ -558,6 +562,13 @@ impl Exchange<'_> {
             Err(Elapsed) => Err(ProxyError::new(Side::Upstream, Kind::Timeout)),
         }
     }
+}
+
+/// A response head already turned into the client's head (in `out`).
+struct Response {
+    head: ResponseHead,
+    encode: Encode,
+    close_client: bool,
 }
 
 /// An upstream connection in use.
