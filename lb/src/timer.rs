@@ -14,16 +14,23 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const TICK: Duration = Duration::from_millis(10);
 const SLOTS: u64 = 4096;
+const NANOS_PER_TICK: u64 = TICK.as_nanos() as u64;
+const TICKS_PER_SECOND: u64 = 1_000_000_000 / NANOS_PER_TICK;
+
+fn coarse() -> (i64, i64) {
+    crate::io::monotonic_coarse()
+}
 const NEVER: u64 = u64::MAX;
 
 /// The wheel of one core.
 #[derive(Debug)]
 pub struct Wheel {
-    epoch: Instant,
+    /// Seconds of the coarse monotonic clock at creation.
+    epoch: i64,
     inner: RefCell<Inner>,
 }
 
@@ -55,7 +62,7 @@ impl Wheel {
     /// An empty wheel.
     pub fn new() -> Wheel {
         Wheel {
-            epoch: Instant::now(),
+            epoch: coarse().0,
             inner: RefCell::new(Inner {
                 now: 0,
                 slots: (0..SLOTS).map(|_| Vec::new()).collect(),
@@ -66,13 +73,13 @@ impl Wheel {
         }
     }
 
-    fn tick_of(&self, t: Instant) -> u64 {
-        (t.saturating_duration_since(self.epoch).as_millis() / TICK.as_millis()) as u64
-    }
-
-    /// Current tick (coarse clock, also used for pool idle ages).
+    /// Current tick (also used for pool idle ages). Read from CLOCK_MONOTONIC_COARSE: no
+    /// TSC read and no `Duration` arithmetic; `Instant::now` and `duration_since` were ~350
+    /// instructions per request over four arms. The coarse clock moves in jiffies (≤ 4 ms),
+    /// finer than the 10 ms tick.
     pub fn now(&self) -> u64 {
-        self.tick_of(Instant::now())
+        let (secs, nanos) = coarse();
+        ((secs - self.epoch).max(0) as u64) * TICKS_PER_SECOND + nanos as u64 / NANOS_PER_TICK
     }
 
     /// Arms `d` to fire `after` from now, replacing any earlier arming.
@@ -223,6 +230,8 @@ impl<F: Future> Future for Timeout<'_, F> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
 
     #[test]

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Counts lb's user-space instructions per proxied request under callgrind and prints the
+# costliest functions (inclusive). Needs nginx (upstream) and valgrind; uses CPU 0 for lb and
+# CPU 1 for everything else.
+#
+#   cargo build --release -p sluice -p perf && perf/profile-lb.sh [requests] [connections]
+set -euo pipefail
+requests=${1:-2000}
+connections=${2:-4}
+bin=$(cd "$(dirname "$0")/.." && pwd)/target/release
+work=$(mktemp -d /tmp/sluice-profile-XXXX)
+trap 'kill $(jobs -p) 2>/dev/null; sleep 0.5; [ -n "${KEEP:-}" ] || rm -rf "$work"; rm -rf /dev/shm/$(basename "$work")' EXIT
+up=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+px=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$work/up.conf" <<CONF
+worker_processes 1; daemon off; error_log $work/up.log warn; pid $work/up.pid;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 10000000;
+  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work; uwsgi_temp_path $work; scgi_temp_path $work;
+  server { listen 127.0.0.1:$up; location / { return 200 "ok"; } } }
+CONF
+mkdir -p "$work/m"
+cat > "$work/m/bench.yaml" <<YAML
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sluice}
+spec: {controllerName: sluice.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: bench, namespace: default}
+spec: {gatewayClassName: sluice, listeners: [{name: http, port: $px, protocol: HTTP}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bench, namespace: default}
+spec: {parentRefs: [{name: bench}], hostnames: [bench.example], rules: [{backendRefs: [{name: up, port: 80}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: up, namespace: default}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: up-1, namespace: default, labels: {kubernetes.io/service-name: up}}
+addressType: IPv4
+ports: [{name: http, port: $up}]
+endpoints: [{addresses: [127.0.0.1]}]
+YAML
+table=/dev/shm/$(basename "$work")/table
+taskset -c 1 nginx -c "$work/up.conf" -p "$work" &
+taskset -c 1 "$bin/sluice" config-sync --manifests "$work/m" --table "$table" 2> "$work/cs.log" &
+taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
+  "$bin/sluice" lb --table "$table" --cores 0 --bind-address 127.0.0.1 2> "$work/lb.log" &
+vg=$!
+for _ in $(seq 120); do curl -sf -m 2 -H 'Host: bench.example' "http://127.0.0.1:$px/" >/dev/null && break; sleep 1; done
+load() { "$bin/sluice-perf" load "http://127.0.0.1:$px/" -H 'Host: bench.example' -c "$connections" -n "$1" -d 600 --warmup 0 --cpus 1 | grep requests; }
+load 200 >/dev/null
+[ -n "${NOZERO:-}" ] || callgrind_control -z "$vg" >/dev/null
+load "$requests"
+callgrind_control -d "$vg" >/dev/null
+sleep 1
+dump=$(ls -t "$work"/cg.out.* | head -1)
+total=$(grep -E '^(summary|totals):' "$dump" | head -1 | awk '{print $2}')
+echo "instructions per request: $((total / requests)) ($total over $requests requests)"
+callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | grep -E '^ *[0-9,]+ \(' | sed -n 1,45p | cut -c1-170
