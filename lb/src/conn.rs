@@ -28,17 +28,35 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
     let deadline = Rc::new(Deadline::default());
     let client = ClientIp::new(peer.ip());
     let mut input = InBuf::Empty;
-    let flow = loop {
-        if exchange(&core, &stream, &mut input, &deadline, &client, local).await == Flow::Close {
-            break Flow::Close;
+    let keep_alive = core.settings.timeouts.keep_alive;
+    let mut linger_after = false;
+    loop {
+        if input.bytes().is_empty() {
+            // Idle: no buffer is held while waiting here, and this task's own state is small.
+            match core.wheel.timeout(&deadline, keep_alive, input.fill(&stream, &core.spare)).await
+            {
+                Ok(Ok(n)) if n > 0 => {}
+                // Closed by the client, reset, or idle too long: nothing left to say.
+                _ => break,
+            }
         }
-    };
+        // A request is in flight: its state (parsed head, upstream I/O, bodies) lives in one
+        // allocation for the exchange's duration. Inline, it made every connection task 2.8 KB
+        // even while idle; boxed, an idle task is a few hundred bytes, for one malloc/free per
+        // request (~150 instructions of ~19k).
+        let flow = Box::pin(exchange(&core, &stream, &mut input, &deadline, &client, local)).await;
+        if flow == Flow::Close {
+            linger_after = true;
+            break;
+        }
+    }
     input.release(&core.spare);
-    if flow == Flow::Close {
-        linger(&core, &stream, &deadline).await;
+    if linger_after {
+        Box::pin(linger(&core, &stream, &deadline)).await;
     }
 }
 
+/// One exchange, from the first buffered byte of a request to its end.
 async fn exchange(
     core: &Core,
     stream: &TcpStream,
@@ -48,13 +66,6 @@ async fn exchange(
     local: SocketAddr,
 ) -> Flow {
     let t = core.settings.timeouts;
-    if input.bytes().is_empty() {
-        // Idle: no buffer is held while waiting here.
-        match core.wheel.timeout(deadline, t.keep_alive, input.fill(stream, &core.spare)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return Flow::Close,
-        }
-    }
     core.wheel.arm(deadline, t.request_header);
     let mut out = core.spare.take();
     let plan = loop {

@@ -113,23 +113,25 @@ impl Wheel {
         d.fired.set(false);
     }
 
-    /// Runs `fut` under `d` armed for `after`. The operation is dropped (cancelled) when the
-    /// deadline passes first.
-    pub async fn timeout<F: Future>(
-        &self,
-        d: &Rc<Deadline>,
+    /// Runs `fut` under `d` armed for `after` (armed now, disarmed when it completes). The
+    /// operation is dropped (cancelled) when the deadline passes first.
+    ///
+    /// A plain function returning a future that owns `fut`: an `async fn` here kept the
+    /// operation twice in its state (argument and pinned local), which doubled the size of every
+    /// connection task.
+    pub fn timeout<'a, F: Future + 'a>(
+        &'a self,
+        d: &'a Rc<Deadline>,
         after: Duration,
         fut: F,
-    ) -> Result<F::Output, Elapsed> {
+    ) -> Timeout<'a, F> {
         self.arm(d, after);
-        let result = Timeout { fut: std::pin::pin!(fut), deadline: d }.await;
-        self.disarm(d);
-        result
+        Timeout { fut, deadline: d, wheel: Some(self) }
     }
 
     /// Runs `fut` under `d` as it is currently armed (for phases spanning several operations).
-    pub async fn race<F: Future>(&self, d: &Deadline, fut: F) -> Result<F::Output, Elapsed> {
-        Timeout { fut: std::pin::pin!(fut), deadline: d }.await
+    pub fn race<'a, F: Future + 'a>(&'a self, d: &'a Deadline, fut: F) -> Timeout<'a, F> {
+        Timeout { fut, deadline: d, wheel: None }
     }
 
     /// Turns the wheel forever; spawn once per core.
@@ -206,21 +208,32 @@ impl Future for Parked<'_> {
     }
 }
 
-struct Timeout<'a, F> {
-    fut: Pin<&'a mut F>,
-    deadline: &'a Deadline,
+pin_project_lite::pin_project! {
+    /// An operation raced against a [`Deadline`].
+    #[derive(Debug)]
+    pub struct Timeout<'a, F> {
+        #[pin]
+        fut: F,
+        deadline: &'a Deadline,
+        // Set when the deadline was armed for this operation alone: disarmed on completion.
+        wheel: Option<&'a Wheel>,
+    }
 }
 
 impl<F: Future> Future for Timeout<'_, F> {
     type Output = Result<F::Output, Elapsed>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Poll::Ready(v) = self.fut.as_mut().poll(cx) {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.fut.poll(cx) {
+            if let Some(wheel) = this.wheel {
+                wheel.disarm(this.deadline);
+            }
             return Poll::Ready(Ok(v));
         }
-        if self.deadline.fired.get() {
+        if this.deadline.fired.get() {
             return Poll::Ready(Err(Elapsed));
         }
-        let mut slot = self.deadline.waker.borrow_mut();
+        let mut slot = this.deadline.waker.borrow_mut();
         if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             *slot = Some(cx.waker().clone());
         }
