@@ -194,6 +194,7 @@ impl<'m> Compiler<'m> {
             .gateways
             .iter()
             .filter(|(_, g)| self.classes.contains(g.spec.gateway_class_name.as_str()))
+            .map(|(k, g)| (k, &**g))
             .collect();
         gateways.sort_by_key(|(k, g)| (created(&g.metadata.creation_timestamp), (*k).clone()));
         // (address, port, hostname) → first listener that claimed it.
@@ -306,7 +307,8 @@ impl<'m> Compiler<'m> {
     }
 
     fn routes(&mut self) {
-        let mut routes: Vec<(&Key, &HttpRoute)> = self.model.http_routes.iter().collect();
+        let mut routes: Vec<(&Key, &HttpRoute)> =
+            self.model.http_routes.iter().map(|(k, r)| (k, &**r)).collect();
         routes.sort_by_key(|(k, r)| (created(&r.metadata.creation_timestamp), (*k).clone()));
         for (key, route) in routes {
             self.route(key, route);

@@ -118,11 +118,16 @@ impl Pipeline {
         })
     }
 
-    /// Re-reads changed files (and those in `force`), compiles, publishes and writes status.
-    /// Returns the generation published, if any.
-    pub fn reload(&mut self, force: &BTreeSet<PathBuf>) -> Option<(u64, Instant)> {
+    /// Re-reads what changed (the given paths from file events, or everything whose size,
+    /// mtime or inode moved when `None`), compiles, publishes and writes status. Returns the
+    /// generation published, if any.
+    pub fn reload(&mut self, changed: Option<&BTreeSet<PathBuf>>) -> Option<(u64, Instant)> {
         let started = Instant::now();
-        let report = match self.source.scan(force) {
+        let scanned = match changed {
+            Some(paths) if self.loaded => self.source.scan_paths(paths),
+            _ => self.source.scan(&BTreeSet::new()),
+        };
+        let report = match scanned {
             Ok(r) => r,
             Err(e) => {
                 error!(folder = %self.source.root().display(), "cannot scan manifests: {e}; keeping the current table");
@@ -133,7 +138,9 @@ impl Pipeline {
             return None;
         }
         self.loaded = true;
+        let scanned = started.elapsed();
         let (model, _) = self.source.model();
+        let modelled = started.elapsed();
         let compiled = compile(&model, &self.settings);
         let compile_time = started.elapsed();
         let routes = compiled.table.matches.len();
@@ -148,6 +155,9 @@ impl Pipeline {
                     matches = routes,
                     files_read = report.read,
                     micros = compile_time.as_micros() as u64,
+                    scan_micros = scanned.as_micros() as u64,
+                    model_micros = (modelled - scanned).as_micros() as u64,
+                    compile_micros = (compile_time - modelled).as_micros() as u64,
                     "published"
                 );
                 Some((p.generation, Instant::now()))
@@ -180,6 +190,9 @@ async fn run_files(config: Config) -> Result<(), Error> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<PathBuf>>();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            // Reads are events too (inotify's open/close-nowrite): our own re-reads would
+            // trigger another reload of every file they touched, forever. Only changes count.
+            Ok(e) if matches!(e.kind, notify::EventKind::Access(_)) => {}
             Ok(e) => drop(tx.send(e.paths)),
             Err(e) => warn!("file watcher: {e}"),
         })
@@ -202,7 +215,7 @@ async fn run_files(config: Config) -> Result<(), Error> {
             });
         }
     };
-    report(pipeline.reload(&BTreeSet::new()));
+    report(pipeline.reload(None));
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(Error::Runtime)?;
@@ -212,7 +225,7 @@ async fn run_files(config: Config) -> Result<(), Error> {
         tokio::select! {
             paths = rx.recv() => {
                 let Some(paths) = paths else { break };
-                let mut force: BTreeSet<PathBuf> = paths.into_iter().filter(|p| watch::is_manifest(p)).collect();
+                let mut changed: BTreeSet<PathBuf> = paths.into_iter().collect();
                 // Debounce: editors write in several steps; wait until the folder is quiet.
                 let deadline = tokio::time::Instant::now() + config.debounce * 10;
                 while let Ok(Some(more)) = tokio::time::timeout_at(
@@ -221,11 +234,11 @@ async fn run_files(config: Config) -> Result<(), Error> {
                 )
                 .await
                 {
-                    force.extend(more.into_iter().filter(|p| watch::is_manifest(p)));
+                    changed.extend(more);
                 }
-                report(pipeline.reload(&force));
+                report(pipeline.reload(Some(&changed)));
             }
-            _ = rescan.tick() => report(pipeline.reload(&BTreeSet::new())),
+            _ = rescan.tick() => report(pipeline.reload(None)),
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use gateway_api::apis::experimental::{
     gatewayclasses::GatewayClass, gateways::Gateway, httproutes::HttpRoute,
@@ -136,19 +137,19 @@ impl fmt::Display for ObjectId {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
     /// A GatewayClass.
-    GatewayClass(Box<GatewayClass>),
+    GatewayClass(Arc<GatewayClass>),
     /// A Gateway.
-    Gateway(Box<Gateway>),
+    Gateway(Arc<Gateway>),
     /// An HTTPRoute.
-    HttpRoute(Box<HttpRoute>),
+    HttpRoute(Arc<HttpRoute>),
     /// A ReferenceGrant.
-    ReferenceGrant(Box<ReferenceGrant>),
+    ReferenceGrant(Arc<ReferenceGrant>),
     /// A Service.
-    Service(Box<Service>),
+    Service(Arc<Service>),
     /// An EndpointSlice.
-    EndpointSlice(Box<EndpointSlice>),
+    EndpointSlice(Arc<EndpointSlice>),
     /// A Namespace.
-    Namespace(Box<Namespace>),
+    Namespace(Arc<Namespace>),
 }
 
 impl Object {
@@ -165,15 +166,16 @@ impl Object {
         }
     }
 
+    /// Mutable metadata (copies the object first if it is shared).
     fn meta_mut(&mut self) -> &mut ObjectMeta {
         match self {
-            Object::GatewayClass(o) => &mut o.metadata,
-            Object::Gateway(o) => &mut o.metadata,
-            Object::HttpRoute(o) => &mut o.metadata,
-            Object::ReferenceGrant(o) => &mut o.metadata,
-            Object::Service(o) => &mut o.metadata,
-            Object::EndpointSlice(o) => &mut o.metadata,
-            Object::Namespace(o) => &mut o.metadata,
+            Object::GatewayClass(o) => &mut Arc::make_mut(o).metadata,
+            Object::Gateway(o) => &mut Arc::make_mut(o).metadata,
+            Object::HttpRoute(o) => &mut Arc::make_mut(o).metadata,
+            Object::ReferenceGrant(o) => &mut Arc::make_mut(o).metadata,
+            Object::Service(o) => &mut Arc::make_mut(o).metadata,
+            Object::EndpointSlice(o) => &mut Arc::make_mut(o).metadata,
+            Object::Namespace(o) => &mut Arc::make_mut(o).metadata,
         }
     }
 
@@ -308,13 +310,13 @@ fn parse_object(mut doc: Value) -> Result<Option<Object>, ObjectError> {
         map.remove("status");
     }
     let object = match kind {
-        Kind::GatewayClass => typed(doc).map(|o| Object::GatewayClass(Box::new(o))),
-        Kind::Gateway => typed(doc).map(|o| Object::Gateway(Box::new(o))),
-        Kind::HttpRoute => typed(doc).map(|o| Object::HttpRoute(Box::new(o))),
-        Kind::ReferenceGrant => typed(doc).map(|o| Object::ReferenceGrant(Box::new(o))),
-        Kind::Service => typed(doc).map(|o| Object::Service(Box::new(o))),
-        Kind::EndpointSlice => typed(doc).map(|o| Object::EndpointSlice(Box::new(o))),
-        Kind::Namespace => typed(doc).map(|o| Object::Namespace(Box::new(o))),
+        Kind::GatewayClass => typed(doc).map(|o| Object::GatewayClass(Arc::new(o))),
+        Kind::Gateway => typed(doc).map(|o| Object::Gateway(Arc::new(o))),
+        Kind::HttpRoute => typed(doc).map(|o| Object::HttpRoute(Arc::new(o))),
+        Kind::ReferenceGrant => typed(doc).map(|o| Object::ReferenceGrant(Arc::new(o))),
+        Kind::Service => typed(doc).map(|o| Object::Service(Arc::new(o))),
+        Kind::EndpointSlice => typed(doc).map(|o| Object::EndpointSlice(Arc::new(o))),
+        Kind::Namespace => typed(doc).map(|o| Object::Namespace(Arc::new(o))),
     }
     .map_err(|(field, reason)| err(&field, reason, Some(id.clone())))?;
     crate::validate::object(&object).map_err(|(field, reason)| err(&field, reason, Some(id)))?;
@@ -354,19 +356,19 @@ pub fn check_dns_label(s: &str) -> Result<(), String> {
 #[derive(Debug, Default, Clone)]
 pub struct Model {
     /// GatewayClasses (key namespace empty).
-    pub gateway_classes: BTreeMap<Key, GatewayClass>,
+    pub gateway_classes: BTreeMap<Key, Arc<GatewayClass>>,
     /// Gateways.
-    pub gateways: BTreeMap<Key, Gateway>,
+    pub gateways: BTreeMap<Key, Arc<Gateway>>,
     /// HTTPRoutes.
-    pub http_routes: BTreeMap<Key, HttpRoute>,
+    pub http_routes: BTreeMap<Key, Arc<HttpRoute>>,
     /// ReferenceGrants.
-    pub reference_grants: BTreeMap<Key, ReferenceGrant>,
+    pub reference_grants: BTreeMap<Key, Arc<ReferenceGrant>>,
     /// Services.
-    pub services: BTreeMap<Key, Service>,
+    pub services: BTreeMap<Key, Arc<Service>>,
     /// EndpointSlices.
-    pub endpoint_slices: BTreeMap<Key, EndpointSlice>,
+    pub endpoint_slices: BTreeMap<Key, Arc<EndpointSlice>>,
     /// Namespaces (key namespace empty).
-    pub namespaces: BTreeMap<Key, Namespace>,
+    pub namespaces: BTreeMap<Key, Arc<Namespace>>,
 }
 
 impl Model {
@@ -374,13 +376,13 @@ impl Model {
     pub fn insert(&mut self, object: Object) {
         let key = object.id().key;
         match object {
-            Object::GatewayClass(o) => drop(self.gateway_classes.insert(key, *o)),
-            Object::Gateway(o) => drop(self.gateways.insert(key, *o)),
-            Object::HttpRoute(o) => drop(self.http_routes.insert(key, *o)),
-            Object::ReferenceGrant(o) => drop(self.reference_grants.insert(key, *o)),
-            Object::Service(o) => drop(self.services.insert(key, *o)),
-            Object::EndpointSlice(o) => drop(self.endpoint_slices.insert(key, *o)),
-            Object::Namespace(o) => drop(self.namespaces.insert(key, *o)),
+            Object::GatewayClass(o) => drop(self.gateway_classes.insert(key, o)),
+            Object::Gateway(o) => drop(self.gateways.insert(key, o)),
+            Object::HttpRoute(o) => drop(self.http_routes.insert(key, o)),
+            Object::ReferenceGrant(o) => drop(self.reference_grants.insert(key, o)),
+            Object::Service(o) => drop(self.services.insert(key, o)),
+            Object::EndpointSlice(o) => drop(self.endpoint_slices.insert(key, o)),
+            Object::Namespace(o) => drop(self.namespaces.insert(key, o)),
         }
     }
 

@@ -44,6 +44,12 @@ struct Stamp {
     inode: u64,
 }
 
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Stamp {
+        Stamp { len: meta.len(), modified: meta.modified().ok(), inode: meta.ino() }
+    }
+}
+
 /// Outcome of a scan.
 #[derive(Debug, Default)]
 pub struct ScanReport {
@@ -66,7 +72,8 @@ impl FileSource {
         &self.root
     }
 
-    /// Re-reads every file whose size, mtime or inode changed, plus those in `force`.
+    /// Re-reads every file whose size, mtime or inode changed, plus those in `force`. Walks the
+    /// whole folder: for start-up and the periodic safety-net rescan.
     pub fn scan(&mut self, force: &BTreeSet<PathBuf>) -> io::Result<ScanReport> {
         let mut report = ScanReport::default();
         let mut found = Vec::new();
@@ -75,34 +82,110 @@ impl FileSource {
         let gone: Vec<PathBuf> =
             self.files.keys().filter(|p| !present.contains(p)).cloned().collect();
         for path in gone {
-            info!(file = %path.display(), "manifest removed");
-            self.files.remove(&path);
-            report.changed = true;
+            self.forget(&path, &mut report);
         }
         for (path, stamp) in found {
             let unchanged = self.files.get(&path).is_some_and(|s| s.stamp == stamp);
             if unchanged && !force.contains(&path) {
                 continue;
             }
-            report.read += 1;
-            let previous = self.files.remove(&path);
-            let state = read_file(&path, stamp, previous, &mut report.problems);
-            if let Some(state) = state {
-                self.files.insert(path, state);
-            }
-            report.changed = true;
+            self.read(path, stamp, &mut report);
         }
         Ok(report)
     }
 
-    /// All objects, merged over files (the first file in path order wins a duplicate), with
-    /// `metadata.generation` filled in where the manifest left it out: it starts at 1 and goes
-    /// up each time the object's spec changes, as on an API server.
+    /// Looks only at `paths` (from file events): re-reads manifests that exist, forgets those
+    /// that are gone, walks directories that appeared and forgets what was under directories
+    /// that vanished. A change to one file of 5,000 stats one file instead of walking them all
+    /// (45 ms at 5,000 files).
+    pub fn scan_paths(&mut self, paths: &BTreeSet<PathBuf>) -> io::Result<ScanReport> {
+        let mut report = ScanReport::default();
+        for path in paths {
+            match fs::metadata(path) {
+                Ok(meta) if meta.is_dir() => {
+                    let mut found = Vec::new();
+                    walk(path, &mut found)?;
+                    for (file, stamp) in found {
+                        if self.files.get(&file).is_none_or(|s| s.stamp != stamp) {
+                            self.read(file, stamp, &mut report);
+                        }
+                    }
+                }
+                Ok(_) if !path.starts_with(&self.root) || self.hidden_under_root(path) => {}
+                Ok(meta) if is_manifest(path) => {
+                    self.read(path.clone(), Stamp::of(&meta), &mut report);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    let under: Vec<PathBuf> = self
+                        .files
+                        .keys()
+                        .filter(|f| *f == path || f.starts_with(path))
+                        .cloned()
+                        .collect();
+                    for f in under {
+                        self.forget(&f, &mut report);
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Some component below the root is hidden (e.g. Kubernetes ConfigMap volumes keep the
+    /// real files under `..data/`; the visible names are links to them).
+    fn hidden_under_root(&self, path: &Path) -> bool {
+        path.strip_prefix(&self.root)
+            .map_or(true, |rel| rel.components().any(|c| hidden(Path::new(c.as_os_str()))))
+    }
+
+    fn forget(&mut self, path: &Path, report: &mut ScanReport) {
+        if self.files.remove(path).is_some() {
+            info!(file = %path.display(), "manifest removed");
+            report.changed = true;
+        }
+    }
+
+    fn read(&mut self, path: PathBuf, stamp: Stamp, report: &mut ScanReport) {
+        report.read += 1;
+        let previous = self.files.remove(&path);
+        if let Some(mut state) = read_file(&path, stamp, previous, &mut report.problems) {
+            for object in &mut state.objects {
+                self.assign_generation(object);
+            }
+            self.files.insert(path, state);
+        }
+        report.changed = true;
+    }
+
+    /// Fills in `metadata.generation` where the manifest left it out: it starts at 1 and goes
+    /// up each time the object's spec changes, as on an API server. Done once per read, not
+    /// per reload (fingerprinting 5,000 specs on every reload took 30 ms).
+    fn assign_generation(&mut self, object: &mut Object) {
+        let id = object.id();
+        let fingerprint = object.spec_fingerprint();
+        let known = self.generations.get(&id);
+        if object.meta().generation.is_some() {
+            // Given by the manifest; remember it so a later version without one continues it.
+            let g = object.meta().generation.unwrap_or(1);
+            self.generations.insert(id, (fingerprint, g));
+            return;
+        }
+        let g = match known {
+            Some((f, g)) if *f == fingerprint => *g,
+            Some((_, g)) => g + 1,
+            None => 1,
+        };
+        self.generations.insert(id, (fingerprint, g));
+        object.set_generation(g);
+    }
+
+    /// All objects, merged over files (the first file in path order wins a duplicate).
+    /// Objects are shared (`Arc`), so this copies no object.
     pub fn model(&mut self) -> (Model, Vec<String>) {
         let mut model = Model::default();
         let mut problems = Vec::new();
         let mut origin: HashMap<ObjectId, &Path> = HashMap::new();
-        let mut seen = BTreeSet::new();
         for (path, state) in &self.files {
             for object in &state.objects {
                 let id = object.id();
@@ -116,22 +199,14 @@ impl FileSource {
                     problems.push(p);
                     continue;
                 }
-                origin.insert(id.clone(), path);
-                let mut object = object.clone();
-                if object.meta().generation.is_none() {
-                    let fingerprint = object.spec_fingerprint();
-                    let entry =
-                        self.generations.entry(id.clone()).or_insert((fingerprint.clone(), 1));
-                    if entry.0 != fingerprint {
-                        *entry = (fingerprint, entry.1 + 1);
-                    }
-                    object.set_generation(entry.1);
-                }
-                seen.insert(id);
-                model.insert(object);
+                origin.insert(id, path);
+                model.insert(object.clone());
             }
         }
-        self.generations.retain(|id, _| seen.contains(id));
+        // Forget generations of objects that are gone (a re-created object starts at 1).
+        if self.generations.len() > origin.len() {
+            self.generations.retain(|id, _| origin.contains_key(id));
+        }
         (model, problems)
     }
 }
@@ -225,13 +300,10 @@ fn walk(dir: &Path, out: &mut Vec<(PathBuf, Stamp)>) -> io::Result<()> {
     let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        // Hidden files and editor leftovers (.swp, foo~, #foo#) are not manifests.
-        if name.starts_with('.') || name.ends_with('~') || name.starts_with('#') {
+        let path = entry.path();
+        if hidden(&path) {
             continue;
         }
-        let path = entry.path();
         let meta = match fs::metadata(&path) {
             Ok(m) => m,
             // Vanished between listing and stat: it is simply gone.
@@ -247,6 +319,12 @@ fn walk(dir: &Path, out: &mut Vec<(PathBuf, Stamp)>) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Hidden files and editor leftovers (.swp, foo~, #foo#) are not manifests.
+fn hidden(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    name.starts_with('.') || name.ends_with('~') || name.starts_with('#')
 }
 
 /// Files the source reads.
@@ -323,6 +401,57 @@ mod tests {
         assert_eq!(g(&mut src), 2);
         src.scan(&BTreeSet::from([f])).unwrap();
         assert_eq!(g(&mut src), 2, "re-reading an unchanged spec keeps the generation");
+    }
+
+    #[test]
+    fn unchanged_files_are_not_read_again() {
+        let d = dir("incremental");
+        for i in 0..20 {
+            fs::write(
+                d.join(format!("r{i}.yaml")),
+                ROUTE.replace("name: r,", &format!("name: r{i},")),
+            )
+            .unwrap();
+        }
+        let mut src = FileSource::new(&d);
+        assert_eq!(src.scan(&BTreeSet::new()).unwrap().read, 20);
+        assert_eq!(src.scan(&BTreeSet::new()).unwrap().read, 0);
+        fs::write(d.join("r3.yaml"), ROUTE.replace("/a", "/z")).unwrap();
+        let report = src.scan(&BTreeSet::from([d.join("r3.yaml")])).unwrap();
+        assert_eq!(report.read, 1);
+    }
+
+    #[test]
+    fn event_paths_update_only_what_changed() {
+        let d = dir("paths");
+        let route = |n: &str| ROUTE.replace("name: r,", &format!("name: {n},"));
+        fs::write(d.join("a.yaml"), route("a")).unwrap();
+        let mut src = FileSource::new(&d);
+        src.scan(&BTreeSet::new()).unwrap();
+        // A new file, a new folder with a file, and a file in a hidden folder.
+        fs::write(d.join("b.yaml"), route("b")).unwrap();
+        fs::create_dir_all(d.join("team/x")).unwrap();
+        fs::write(d.join("team/x/c.yaml"), route("c")).unwrap();
+        fs::create_dir_all(d.join("..data")).unwrap();
+        fs::write(d.join("..data/hidden.yaml"), route("hidden")).unwrap();
+        let r = src
+            .scan_paths(&BTreeSet::from([
+                d.join("b.yaml"),
+                d.join("team"),
+                d.join("..data/hidden.yaml"),
+            ]))
+            .unwrap();
+        assert_eq!(r.read, 2);
+        let names = |src: &mut FileSource| -> Vec<String> {
+            src.model().0.http_routes.keys().map(|k| k.name.clone()).collect()
+        };
+        assert_eq!(names(&mut src), vec!["a", "b", "c"]);
+        // Removing a folder forgets what was under it; removing a file forgets it.
+        fs::remove_dir_all(d.join("team")).unwrap();
+        fs::remove_file(d.join("a.yaml")).unwrap();
+        let r = src.scan_paths(&BTreeSet::from([d.join("team"), d.join("a.yaml")])).unwrap();
+        assert!(r.changed);
+        assert_eq!(names(&mut src), vec!["b"]);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod compare;
 pub mod load;
+pub mod propagation;
 pub mod report;
 
 use std::net::{SocketAddr, ToSocketAddrs};

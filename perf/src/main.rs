@@ -25,6 +25,27 @@ enum Command {
     Load(LoadArgs),
     /// Side-by-side benchmark of nginx, HAProxy and Sluice; writes benchmarks.md.
     Compare(CompareArgs),
+    /// Config propagation at scale; writes propagation.md.
+    Propagation(PropagationArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct PropagationArgs {
+    /// The sluice binary (release build).
+    #[arg(long, default_value = "target/release/sluice")]
+    sluice: PathBuf,
+    /// Routes loaded first.
+    #[arg(long, default_value_t = 5000)]
+    routes: usize,
+    /// Namespaces they are spread over.
+    #[arg(long, default_value_t = 50)]
+    namespaces: usize,
+    /// Routes added, modified and deleted one at a time.
+    #[arg(long, default_value_t = 200)]
+    changes: usize,
+    /// Folder for propagation.md.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -106,6 +127,14 @@ fn main() -> ExitCode {
             connections: a.connections.max(1),
             idle: a.idle,
             callgrind_requests: a.callgrind_requests,
+        })
+        .map(|report| println!("{report}")),
+        Command::Propagation(a) => perf::propagation::run(&perf::propagation::Options {
+            sluice: a.sluice.clone(),
+            routes: a.routes.max(1),
+            namespaces: a.namespaces.max(1),
+            changes: a.changes,
+            out: a.out.clone(),
         })
         .map(|report| println!("{report}")),
     };

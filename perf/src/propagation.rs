@@ -1,0 +1,425 @@
+//! Config propagation at scale, after the method of the public gateway-api-bench: with N
+//! HTTPRoutes loaded (namespaces × routes per namespace, one file each), add routes one at a
+//! time and poll through lb until each answers 200 instead of 404; then modify and delete
+//! routes continuously while other traffic flows. Reports write-to-live percentiles, every
+//! answer that was neither the old nor the new expected one, RSS of lb and config-sync, table
+//! size and compile time.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The sluice binary.
+    pub sluice: PathBuf,
+    /// Routes loaded before measuring.
+    pub routes: usize,
+    /// Namespaces they are spread over.
+    pub namespaces: usize,
+    /// Routes added one at a time (and as many modifications and deletions).
+    pub changes: usize,
+    /// Where to write `propagation.md` (none: print only).
+    pub out: Option<PathBuf>,
+}
+
+struct Procs {
+    children: Vec<Child>,
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs the benchmark; returns the report.
+pub fn run(opts: &Options) -> Result<String, String> {
+    let work = std::env::temp_dir().join(format!("sluice-propagation-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let manifests = work.join("manifests");
+    std::fs::create_dir_all(&manifests).map_err(|e| e.to_string())?;
+    let table = PathBuf::from(format!("/dev/shm/sluice-propagation-{}/table", std::process::id()));
+    let port = free_port();
+    let echo_port = free_port();
+    let sluice = opts.sluice.to_str().unwrap_or("sluice").to_owned();
+    let mut procs = Procs { children: Vec::new() };
+    procs.children.push(spawn(
+        &sluice,
+        &["echo", "--listen", &format!("127.0.0.1:{echo_port}")],
+        &work.join("echo.log"),
+    )?);
+
+    write(&manifests.join("gateway.yaml"), &gateway(port))?;
+    for ns in 0..opts.namespaces {
+        write(&manifests.join(format!("ns{ns}/service.yaml")), &service(ns, echo_port))?;
+    }
+    let per_ns = opts.routes.div_ceil(opts.namespaces.max(1));
+    for r in 0..opts.routes {
+        let ns = r / per_ns;
+        write(
+            &manifests.join(format!("ns{ns}/route-{r}.yaml")),
+            &route(ns, &format!("r{r}"), &format!("r{r}.ns{ns}.example"), "/"),
+        )?;
+    }
+    let load_started = Instant::now();
+    procs.children.push(spawn(
+        &sluice,
+        &[
+            "config-sync",
+            "--manifests",
+            manifests.to_str().unwrap_or_default(),
+            "--table",
+            table.to_str().unwrap_or_default(),
+        ],
+        &work.join("config-sync.log"),
+    )?);
+    procs.children.push(spawn(
+        &sluice,
+        &["lb", "--table", table.to_str().unwrap_or_default(), "--bind-address", "127.0.0.1"],
+        &work.join("lb.log"),
+    )?);
+    let last = opts.routes - 1;
+    let last_host = format!("r{last}.ns{}.example", last / per_ns);
+    wait_status(port, &last_host, "/", 200, Duration::from_secs(120))
+        .map_err(|e| format!("initial load: {e}"))?;
+    let initial_load = load_started.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let (cs_pid, lb_pid) = (procs.children[1].id(), procs.children[2].id());
+    let rss_cs = rss(cs_pid);
+    let rss_lb = rss(lb_pid);
+    let table_bytes = segment_table_bytes(&table);
+    let compile = last_compile_micros(&work.join("config-sync.log"));
+
+    // Traffic on untouched routes all along: every answer must be 200.
+    let stop = Arc::new(AtomicBool::new(false));
+    let bad = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let traffic: Vec<_> = (0..2)
+        .map(|t| {
+            let (stop, bad, sent) = (Arc::clone(&stop), Arc::clone(&bad), Arc::clone(&sent));
+            let hosts: Vec<String> = (0..opts.routes)
+                .step_by(97)
+                .map(|r| format!("r{r}.ns{}.example", r / per_ns))
+                .collect();
+            std::thread::spawn(move || {
+                let mut c = Conn::new(port);
+                let mut i = t;
+                while !stop.load(Ordering::Relaxed) {
+                    let host = &hosts[i % hosts.len()];
+                    i += 1;
+                    if c.status(host, "/") != Some(200) {
+                        bad.fetch_add(1, Ordering::Relaxed);
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+
+    let mut unexpected = 0u64;
+    let mut add = Vec::new();
+    let mut modify = Vec::new();
+    let mut delete = Vec::new();
+    for i in 0..opts.changes {
+        let ns = i % opts.namespaces.max(1);
+        let name = format!("added-{i}");
+        let host = format!("{name}.ns{ns}.example");
+        let file = manifests.join(format!("ns{ns}/{name}.yaml"));
+        // Add: 404 until live, then 200.
+        let t = Instant::now();
+        write(&file, &route(ns, &name, &host, "/"))?;
+        add.push(poll(port, &host, "/", 200, &[404], t, &mut unexpected)?);
+        // Modify: the route moves from / to /moved; /moved answers 404 until live.
+        let t = Instant::now();
+        write(&file, &route(ns, &name, &host, "/moved"))?;
+        modify.push(poll(port, &host, "/moved/x", 200, &[404], t, &mut unexpected)?);
+        // Delete: 200 until gone, then 404.
+        let t = Instant::now();
+        std::fs::remove_file(&file).map_err(|e| e.to_string())?;
+        delete.push(poll(port, &host, "/moved/x", 404, &[200], t, &mut unexpected)?);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in traffic {
+        let _ = t.join();
+    }
+    let traffic_bad = bad.load(Ordering::Relaxed);
+    let traffic_sent = sent.load(Ordering::Relaxed);
+    let rss_cs_after = rss(cs_pid);
+    let rss_lb_after = rss(lb_pid);
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&work);
+    if let Some(dir) = table.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    let mut md = String::new();
+    let _ = writeln!(md, "# Config propagation\n");
+    let _ = writeln!(
+        md,
+        "Written by `sluice-perf propagation` ({}). {} HTTPRoutes in {} namespaces, one file each, all pointing at one echo backend; lb on every core, config-sync beside it (release builds). Then {} routes added, modified and deleted one at a time while two clients send requests without pause to 1 in 97 of the loaded routes.\n",
+        date(),
+        opts.routes,
+        opts.namespaces,
+        opts.changes
+    );
+    let _ = writeln!(md, "| | p50 | p99 | max |\n|---|---|---|---|");
+    for (name, v) in [
+        ("add: file written → first 200", &mut add),
+        ("modify: file written → new path answers 200", &mut modify),
+        ("delete: file removed → first 404", &mut delete),
+    ] {
+        v.sort();
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} |",
+            ms(pct(v, 0.5)),
+            ms(pct(v, 0.99)),
+            ms(v.last().copied().unwrap_or_default())
+        );
+    }
+    let _ = writeln!(md, "\n| | |\n|---|---|");
+    let _ = writeln!(
+        md,
+        "| answers other than the old or the new expected status while polling | {unexpected} |"
+    );
+    let _ = writeln!(
+        md,
+        "| failed requests of the background traffic | {traffic_bad} of {traffic_sent} |"
+    );
+    let _ = writeln!(
+        md,
+        "| initial load of {} routes (start → last route answers) | {} |",
+        opts.routes,
+        ms(initial_load)
+    );
+    let _ = writeln!(
+        md,
+        "| table size | {} |",
+        table_bytes.map_or("–".into(), |b| format!("{:.0} KB", b as f64 / 1000.0))
+    );
+    let _ = writeln!(
+        md,
+        "| config-sync reload after one change (stat every file, re-read the changed one, compile all) | {} |",
+        compile.map_or("–".into(), |m| format!("{:.1} ms", m as f64 / 1000.0))
+    );
+    let _ = writeln!(
+        md,
+        "| lb RSS at {} routes (after the run) | {:.1} MB ({:.1} MB) |",
+        opts.routes,
+        rss_lb as f64 / 1e6,
+        rss_lb_after as f64 / 1e6
+    );
+    let _ = writeln!(
+        md,
+        "| config-sync RSS at {} routes (after the run) | {:.1} MB ({:.1} MB) |",
+        opts.routes,
+        rss_cs as f64 / 1e6,
+        rss_cs_after as f64 / 1e6
+    );
+    let _ = writeln!(
+        md,
+        "\nRerun: `cargo build --release -p sluice -p perf && target/release/sluice-perf propagation --sluice target/release/sluice --out docs`."
+    );
+    if let Some(out) = &opts.out {
+        std::fs::write(out.join("propagation.md"), &md).map_err(|e| e.to_string())?;
+    }
+    Ok(md)
+}
+
+/// Polls until `want`; statuses in `before` are expected meanwhile, anything else counts as
+/// unexpected. Returns the time since `t`.
+fn poll(
+    port: u16,
+    host: &str,
+    path: &str,
+    want: u16,
+    before: &[u16],
+    t: Instant,
+    unexpected: &mut u64,
+) -> Result<Duration, String> {
+    let mut c = Conn::new(port);
+    loop {
+        let s = c.status(host, path);
+        if s == Some(want) {
+            return Ok(t.elapsed());
+        }
+        if !s.is_some_and(|s| before.contains(&s)) {
+            *unexpected += 1;
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            return Err(format!("{host}{path} never answered {want}"));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+fn wait_status(
+    port: u16,
+    host: &str,
+    path: &str,
+    want: u16,
+    limit: Duration,
+) -> Result<(), String> {
+    let t = Instant::now();
+    let mut c = Conn::new(port);
+    while c.status(host, path) != Some(want) {
+        if t.elapsed() > limit {
+            return Err(format!("{host}{path} did not answer {want} within {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A keep-alive client that only reads statuses (responses carry Content-Length).
+struct Conn {
+    port: u16,
+    stream: Option<TcpStream>,
+}
+
+impl Conn {
+    fn new(port: u16) -> Conn {
+        Conn { port, stream: None }
+    }
+
+    fn status(&mut self, host: &str, path: &str) -> Option<u16> {
+        let s = match self.stream.take() {
+            Some(s) => s,
+            None => {
+                let s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+                let _ = s.set_nodelay(true);
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                s
+            }
+        };
+        let mut s = s;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).ok()?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            let n = s.read(&mut chunk).ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let mut fields = [httparse::EMPTY_HEADER; 32];
+            let mut r = httparse::Response::new(&mut fields);
+            if let Ok(httparse::Status::Complete(head)) = r.parse(&buf) {
+                let len: usize = r
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+                    .unwrap_or(0);
+                if buf.len() >= head + len {
+                    let status = r.code;
+                    let close = r.headers.iter().any(|h| {
+                        h.name.eq_ignore_ascii_case("connection")
+                            && h.value.eq_ignore_ascii_case(b"close")
+                    });
+                    if !close {
+                        self.stream = Some(s);
+                    }
+                    return status;
+                }
+            }
+        }
+    }
+}
+
+fn gateway(port: u16) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: sluice}}\nspec: {{controllerName: sluice.dev/gateway-controller}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: infra}}\nspec:\n  gatewayClassName: sluice\n  listeners: [{{name: http, port: {port}, protocol: HTTP, allowedRoutes: {{namespaces: {{from: All}}}}}}]\n"
+    )
+}
+
+fn service(ns: usize, port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: echo, namespace: ns{ns}}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: echo-1, namespace: ns{ns}, labels: {{kubernetes.io/service-name: echo}}}}\naddressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n"
+    )
+}
+
+fn route(ns: usize, name: &str, host: &str, path: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: ns{ns}}}\nspec:\n  parentRefs: [{{name: gw, namespace: infra}}]\n  hostnames: [{host}]\n  rules:\n  - matches: [{{path: {{type: PathPrefix, value: {path}}}}}]\n    backendRefs: [{{name: echo, port: 80}}]\n"
+    )
+}
+
+/// Writes through a temporary file and a rename, as kubectl-style tools and editors do.
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+    }
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+}
+
+fn spawn(bin: &str, args: &[&str], log: &Path) -> Result<Child, String> {
+    let log = std::fs::File::create(log).map_err(|e| e.to_string())?;
+    Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("{bin}: {e}"))
+}
+
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+fn segment_table_bytes(segment: &Path) -> Option<usize> {
+    table::shm::SegmentReader::open(segment).ok()?.read().ok()?.map(|s| s.bytes.len())
+}
+
+/// The `micros=` of config-sync's last "published" log line.
+fn last_compile_micros(log: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().rev().find(|l| l.contains("published"))?;
+    let v = line.split_whitespace().find_map(|w| w.strip_prefix("micros="))?;
+    v.parse().ok()
+}
+
+fn pct(v: &[Duration], q: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_or(0, |a| a.port())
+}
+
+fn date() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
