@@ -134,7 +134,7 @@ fn main() -> ExitCode {
             routes: a.routes.max(1),
             namespaces: a.namespaces.max(1),
             changes: a.changes,
-            out: a.out.clone(),
+            out: a.out,
         })
         .map(|report| println!("{report}")),
     };

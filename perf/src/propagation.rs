@@ -137,9 +137,9 @@ pub fn run(opts: &Options) -> Result<String, String> {
         let file = manifests.join(format!("ns{ns}/{name}.yaml"));
         // Add: 404 until live, then 200.
         let t = Instant::now();
-        write(&file, &route(ns, &name, &host, "/"))?;
-        add.push(poll(port, &host, "/", 200, &[404], t, &mut unexpected)?);
-        // Modify: the route moves from / to /moved; /moved answers 404 until live.
+        write(&file, &route(ns, &name, &host, "/first"))?;
+        add.push(poll(port, &host, "/first", 200, &[404], t, &mut unexpected)?);
+        // Modify: the route moves from /first to /moved; /moved answers 404 until live.
         let t = Instant::now();
         write(&file, &route(ns, &name, &host, "/moved"))?;
         modify.push(poll(port, &host, "/moved/x", 200, &[404], t, &mut unexpected)?);
