@@ -21,9 +21,9 @@ use gateway_api::apis::experimental::gateways::{
 };
 use gateway_api::apis::experimental::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs,
-    HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
-    HttpRouteRulesMatchesQueryParamsType, HttpRouteStatus, HttpRouteStatusParents,
-    HttpRouteStatusParentsParentRef,
+    HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesMethod,
+    HttpRouteRulesMatchesPathType, HttpRouteRulesMatchesQueryParamsType, HttpRouteStatus,
+    HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use table::format as t;
@@ -101,7 +101,7 @@ struct ListenerInfo<'m> {
     usable: bool,
     attached: i32,
     /// Route matches per effective hostname ("" = any).
-    vhosts: BTreeMap<String, Vec<Entry>>,
+    vhosts: BTreeMap<String, Vec<Entry<'m>>>,
 }
 
 enum AllowedNamespaces<'m> {
@@ -111,13 +111,13 @@ enum AllowedNamespaces<'m> {
 }
 
 /// One route match on its way into a virtual host, with the spec's precedence key.
-struct Entry {
-    key: SortKey,
+struct Entry<'m> {
+    key: SortKey<'m>,
     m: t::RouteMatch,
 }
 
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct SortKey {
+struct SortKey<'m> {
     /// Exact (0) before RegularExpression (1) before PathPrefix (2): regex order is
     /// implementation-specific; before prefixes keeps a rule-less `/` from shadowing it.
     path_kind: u8,
@@ -127,8 +127,8 @@ struct SortKey {
     query: Reverse<usize>,
     /// Routes without creationTimestamp sort after those with one.
     created: (bool, i64, i32),
-    namespace: String,
-    name: String,
+    namespace: &'m str,
+    name: &'m str,
     rule: usize,
     index: usize,
 }
@@ -139,7 +139,9 @@ struct Compiler<'m> {
     status: BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>,
     classes: BTreeSet<&'m str>,
     listeners: Vec<ListenerInfo<'m>>,
-    gateway_listeners: BTreeMap<&'m Key, Vec<usize>>,
+    /// Keyed by (namespace, name) so a route's parentRef looks its Gateway up without
+    /// allocating a `Key`.
+    gateway_listeners: BTreeMap<(&'m str, &'m str), (&'m Key, Vec<usize>)>,
     actions: Vec<t::Action>,
     services: Vec<t::Service>,
     service_index: HashMap<(String, String, i32), u32>,
@@ -196,7 +198,8 @@ impl<'m> Compiler<'m> {
             .filter(|(_, g)| self.classes.contains(g.spec.gateway_class_name.as_str()))
             .map(|(k, g)| (k, &**g))
             .collect();
-        gateways.sort_by_key(|(k, g)| (created(&g.metadata.creation_timestamp), (*k).clone()));
+        // Stable sort: the map already iterates in key order, the tie-breaker.
+        gateways.sort_by_key(|(_, g)| created(&g.metadata.creation_timestamp));
         // (address, port, hostname) → first listener that claimed it.
         let mut claimed: HashMap<(Option<IpAddr>, u16, Option<&str>), usize> = HashMap::new();
         for (key, gw) in gateways {
@@ -302,14 +305,15 @@ impl<'m> Compiler<'m> {
                 indices.push(self.listeners.len());
                 self.listeners.push(info);
             }
-            self.gateway_listeners.insert(key, indices);
+            self.gateway_listeners.insert((&key.namespace, &key.name), (key, indices));
         }
     }
 
     fn routes(&mut self) {
         let mut routes: Vec<(&Key, &HttpRoute)> =
             self.model.http_routes.iter().map(|(k, r)| (k, &**r)).collect();
-        routes.sort_by_key(|(k, r)| (created(&r.metadata.creation_timestamp), (*k).clone()));
+        // Stable sort: the map already iterates in key order, the tie-breaker.
+        routes.sort_by_key(|(_, r)| created(&r.metadata.creation_timestamp));
         for (key, route) in routes {
             self.route(key, route);
         }
@@ -329,10 +333,9 @@ impl<'m> Compiler<'m> {
             if group != GATEWAY_GROUP || kind != "Gateway" {
                 continue;
             }
-            let gw_key =
-                Key::new(parent.namespace.as_deref().unwrap_or(&key.namespace), &parent.name);
+            let gw_key = (parent.namespace.as_deref().unwrap_or(&key.namespace), &*parent.name);
             // Parents that are not ours (or do not exist) get no status from us.
-            let Some(listener_ids) = self.gateway_listeners.get(&gw_key) else { continue };
+            let Some((_, listener_ids)) = self.gateway_listeners.get(&gw_key) else { continue };
             let outcome =
                 self.attach(key, parent, listener_ids, &hostnames, unsupported.as_deref());
             let accepted = match outcome {
@@ -407,13 +410,13 @@ impl<'m> Compiler<'m> {
                 };
                 for (index, m) in matches.iter().enumerate() {
                     let entry = self.entry(key, route, rule_index, index, m, action);
-                    for host in &effective {
-                        let entry = Entry { key: entry.key.clone(), m: entry.m.clone() };
-                        self.listeners[listener]
-                            .vhosts
-                            .entry(host.clone())
-                            .or_default()
-                            .push(entry);
+                    let vhosts = &mut self.listeners[listener].vhosts;
+                    if let Some((last, others)) = effective.split_last() {
+                        for host in others {
+                            let copy = Entry { key: entry.key.clone(), m: entry.m.clone() };
+                            vhosts.entry(host.clone()).or_default().push(copy);
+                        }
+                        vhosts.entry(last.clone()).or_default().push(entry);
                     }
                 }
             }
@@ -622,13 +625,13 @@ impl<'m> Compiler<'m> {
 
     fn entry(
         &mut self,
-        key: &Key,
-        route: &HttpRoute,
+        key: &'m Key,
+        route: &'m HttpRoute,
         rule: usize,
         index: usize,
         m: &HttpRouteRulesMatches,
         action: u32,
-    ) -> Entry {
+    ) -> Entry<'m> {
         let (path, path_kind, path_len) = match &m.path {
             None => (t::PathMatch::Prefix("/".into()), 2, 1),
             Some(p) => {
@@ -684,10 +687,7 @@ impl<'m> Compiler<'m> {
                 };
             query.push(t::QueryMatch { name: q.name.clone(), value });
         }
-        let method = m
-            .method
-            .as_ref()
-            .and_then(|m| serde_json::to_value(m).ok().and_then(|v| v.as_str().map(str::to_owned)));
+        let method = m.method.as_ref().map(|m| method_name(m).to_owned());
         Entry {
             key: SortKey {
                 path_kind,
@@ -696,8 +696,8 @@ impl<'m> Compiler<'m> {
                 headers: Reverse(headers.len()),
                 query: Reverse(query.len()),
                 created: created(&route.metadata.creation_timestamp),
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
+                namespace: &key.namespace,
+                name: &key.name,
                 rule,
                 index,
             },
@@ -718,7 +718,7 @@ impl<'m> Compiler<'m> {
     fn finish(mut self) -> Compiled {
         let mut table = t::Table::default();
         // Gateway statuses, now that attachedRoutes are known.
-        for (key, ids) in &self.gateway_listeners {
+        for (key, ids) in self.gateway_listeners.values() {
             let Some(gw) = self.model.gateways.get(*key) else { continue };
             let generation = gw.metadata.generation;
             let listeners = ids
@@ -812,12 +812,18 @@ impl<'m> Compiler<'m> {
 /// listener's host index. Order: exact names, wildcards longest first, catch-all last, so every
 /// fallback points forward.
 fn build_vhosts(
-    hosts: BTreeMap<String, Vec<Entry>>,
+    hosts: BTreeMap<String, Vec<Entry<'_>>>,
     vhosts: &mut Vec<t::VirtualHost>,
     matches: &mut Vec<t::RouteMatch>,
 ) -> t::HostIndex {
     let mut names: Vec<String> = hosts.keys().cloned().collect();
-    names.sort_by_key(|h| (host_rank(h), Reverse(h.len()), h.clone()));
+    names.sort_by(|a, b| {
+        (host_rank(a), Reverse(a.len()), a.as_str()).cmp(&(
+            host_rank(b),
+            Reverse(b.len()),
+            b.as_str(),
+        ))
+    });
     let base = vhosts.len() as u32;
     let position: HashMap<&str, u32> =
         names.iter().enumerate().map(|(i, h)| (h.as_str(), base + i as u32)).collect();
@@ -1057,6 +1063,21 @@ fn namespace_labels<'a>(model: &'a Model, ns: &'a str) -> BTreeMap<&'a str, &'a 
         .unwrap_or_default();
     labels.insert("kubernetes.io/metadata.name", ns);
     labels
+}
+
+fn method_name(m: &HttpRouteRulesMatchesMethod) -> &'static str {
+    use HttpRouteRulesMatchesMethod as M;
+    match m {
+        M::Get => "GET",
+        M::Head => "HEAD",
+        M::Post => "POST",
+        M::Put => "PUT",
+        M::Delete => "DELETE",
+        M::Connect => "CONNECT",
+        M::Options => "OPTIONS",
+        M::Trace => "TRACE",
+        M::Patch => "PATCH",
+    }
 }
 
 fn created(t: &Option<Time>) -> (bool, i64, i32) {

@@ -64,7 +64,10 @@ pub struct ScanReport {
 impl FileSource {
     /// A source over `root` (nothing read yet).
     pub fn new(root: &Path) -> FileSource {
-        FileSource { root: root.to_owned(), files: BTreeMap::new(), generations: HashMap::new() }
+        // Absolute, as the file watcher reports event paths: with a relative root every event
+        // would look like a path outside the folder and wait for the periodic rescan.
+        let root = std::path::absolute(root).unwrap_or_else(|_| root.to_owned());
+        FileSource { root, files: BTreeMap::new(), generations: HashMap::new() }
     }
 
     /// The folder.
@@ -452,6 +455,22 @@ mod tests {
         let r = src.scan_paths(&BTreeSet::from([d.join("team"), d.join("a.yaml")])).unwrap();
         assert!(r.changed);
         assert_eq!(names(&mut src), vec!["b"]);
+    }
+
+    #[test]
+    fn relative_root_accepts_absolute_event_paths() {
+        // The file watcher reports absolute paths even for a folder given as a relative one.
+        let rel = PathBuf::from(format!("../target/sluice-test-relative-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&rel);
+        fs::create_dir_all(&rel).unwrap();
+        let mut src = FileSource::new(&rel);
+        src.scan(&BTreeSet::new()).unwrap();
+        fs::write(rel.join("a.yaml"), ROUTE).unwrap();
+        let event = std::env::current_dir().unwrap().join(&rel).join("a.yaml");
+        let r = src.scan_paths(&BTreeSet::from([event])).unwrap();
+        fs::remove_dir_all(&rel).unwrap();
+        assert_eq!(r.read, 1);
+        assert_eq!(src.model().0.http_routes.len(), 1);
     }
 
     #[test]
