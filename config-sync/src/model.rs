@@ -386,6 +386,43 @@ impl Model {
         }
     }
 
+    /// Adds an object unless one with the same identity is there; `false` when it was.
+    pub fn insert_new(&mut self, object: Object) -> bool {
+        use std::collections::btree_map::Entry;
+        fn put<T>(map: &mut BTreeMap<Key, Arc<T>>, key: Key, o: Arc<T>) -> bool {
+            match map.entry(key) {
+                Entry::Vacant(v) => {
+                    v.insert(o);
+                    true
+                }
+                Entry::Occupied(_) => false,
+            }
+        }
+        let key = object.id().key;
+        match object {
+            Object::GatewayClass(o) => put(&mut self.gateway_classes, key, o),
+            Object::Gateway(o) => put(&mut self.gateways, key, o),
+            Object::HttpRoute(o) => put(&mut self.http_routes, key, o),
+            Object::ReferenceGrant(o) => put(&mut self.reference_grants, key, o),
+            Object::Service(o) => put(&mut self.services, key, o),
+            Object::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
+            Object::Namespace(o) => put(&mut self.namespaces, key, o),
+        }
+    }
+
+    /// Whether an object with this identity is present.
+    pub fn contains(&self, id: &ObjectId) -> bool {
+        match id.kind {
+            Kind::GatewayClass => self.gateway_classes.contains_key(&id.key),
+            Kind::Gateway => self.gateways.contains_key(&id.key),
+            Kind::HttpRoute => self.http_routes.contains_key(&id.key),
+            Kind::ReferenceGrant => self.reference_grants.contains_key(&id.key),
+            Kind::Service => self.services.contains_key(&id.key),
+            Kind::EndpointSlice => self.endpoint_slices.contains_key(&id.key),
+            Kind::Namespace => self.namespaces.contains_key(&id.key),
+        }
+    }
+
     /// Number of objects of all kinds.
     pub fn len(&self) -> usize {
         self.gateway_classes.len()

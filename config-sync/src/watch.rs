@@ -188,27 +188,30 @@ impl FileSource {
     pub fn model(&mut self) -> (Model, Vec<String>) {
         let mut model = Model::default();
         let mut problems = Vec::new();
-        let mut origin: HashMap<ObjectId, &Path> = HashMap::new();
         for (path, state) in &self.files {
             for object in &state.objects {
-                let id = object.id();
-                if let Some(first) = origin.get(&id) {
-                    let p = format!(
-                        "{}: {id} is also defined in {}; using that one",
-                        path.display(),
-                        first.display()
-                    );
-                    warn!("{p}");
-                    problems.push(p);
+                if model.insert_new(object.clone()) {
                     continue;
                 }
-                origin.insert(id, path);
-                model.insert(object.clone());
+                // A duplicate (rare): name the file whose definition is used.
+                let id = object.id();
+                let first = self
+                    .files
+                    .iter()
+                    .find(|(_, s)| s.objects.iter().any(|o| o.id() == id))
+                    .map_or(path.as_path(), |(p, _)| p.as_path());
+                let p = format!(
+                    "{}: {id} is also defined in {}; using that one",
+                    path.display(),
+                    first.display()
+                );
+                warn!("{p}");
+                problems.push(p);
             }
         }
         // Forget generations of objects that are gone (a re-created object starts at 1).
-        if self.generations.len() > origin.len() {
-            self.generations.retain(|id, _| origin.contains_key(id));
+        if self.generations.len() > model.len() {
+            self.generations.retain(|id, _| model.contains(id));
         }
         (model, problems)
     }

@@ -98,7 +98,6 @@ pub fn run(opts: &Options) -> Result<String, String> {
     let rss_cs = rss(cs_pid);
     let rss_lb = rss(lb_pid);
     let table_bytes = segment_table_bytes(&table);
-    let compile = last_compile_micros(&work.join("config-sync.log"));
 
     // Traffic on untouched routes all along, paced at one request per millisecond per client
     // (2,000 req/s): every answer must be 200. Unpaced clients would saturate this 2-core
@@ -163,6 +162,16 @@ pub fn run(opts: &Options) -> Result<String, String> {
     let traffic_sent = sent.load(Ordering::Relaxed);
     let rss_cs_after = rss(cs_pid);
     let rss_lb_after = rss(lb_pid);
+    // Per-change reloads (one file read, or none for a removal) and lb's intake of each table.
+    let reload = median_fields(
+        &work.join("config-sync.log"),
+        "published",
+        Some("files_read=1 "),
+        &["micros", "scan_micros", "model_micros", "compile_micros"],
+    );
+    let compile_all =
+        median_fields(&work.join("config-sync.log"), "published", None, &["compile_micros"])[0];
+    let intake = median_fields(&work.join("lb.log"), "table validated", None, &["micros"])[0];
     drop(procs);
     if std::env::var_os("SLUICE_PERF_KEEP").is_none() {
         let _ = std::fs::remove_dir_all(&work);
@@ -218,10 +227,25 @@ pub fn run(opts: &Options) -> Result<String, String> {
         "| table size | {} |",
         table_bytes.map_or("–".into(), |b| format!("{:.0} KB", b as f64 / 1000.0))
     );
+    let us = |m: Option<u64>| m.map_or("–".into(), |m| format!("{:.1} ms", m as f64 / 1000.0));
     let _ = writeln!(
         md,
-        "| config-sync reload after one change (stat every file, re-read the changed one, compile all) | {} |",
-        compile.map_or("–".into(), |m| format!("{:.1} ms", m as f64 / 1000.0))
+        "| table compile at {} routes, median over every publication | {} |",
+        opts.routes,
+        us(compile_all)
+    );
+    let _ = writeln!(
+        md,
+        "| config-sync reload after one changed file, median: total (read the file · rebuild the model · compile) | {} ({} · {} · {}) |",
+        us(reload[0]),
+        us(reload[1]),
+        us(reload[2]),
+        us(reload[3])
+    );
+    let _ = writeln!(
+        md,
+        "| lb intake of a table (copy out, validate, open), median | {} |",
+        us(intake)
     );
     let _ = writeln!(
         md,
@@ -405,11 +429,25 @@ fn segment_table_bytes(segment: &Path) -> Option<usize> {
 }
 
 /// The `micros=` of config-sync's last "published" log line.
-fn last_compile_micros(log: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(log).ok()?;
-    let line = text.lines().rev().find(|l| l.contains("published"))?;
-    let v = line.split_whitespace().find_map(|w| w.strip_prefix("micros="))?;
-    v.parse().ok()
+/// Medians of the given `field=` values (microseconds) over the log lines containing `what`
+/// and, when given, `only`.
+fn median_fields(log: &Path, what: &str, only: Option<&str>, fields: &[&str]) -> Vec<Option<u64>> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    fields
+        .iter()
+        .map(|field| {
+            let prefix = format!("{field}=");
+            let mut v: Vec<u64> = text
+                .lines()
+                .filter(|l| l.contains(what) && only.is_none_or(|o| l.contains(o)))
+                .filter_map(|l| {
+                    l.split_whitespace().find_map(|w| w.strip_prefix(prefix.as_str()))?.parse().ok()
+                })
+                .collect();
+            v.sort_unstable();
+            v.get(v.len() / 2).copied()
+        })
+        .collect()
 }
 
 fn pct(v: &[Duration], q: f64) -> Duration {
