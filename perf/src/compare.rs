@@ -103,6 +103,9 @@ struct Bench {
     _upstream: Running,
 }
 
+/// A fixed-rate p50 above this (µs) means the proxy did not keep up with the offered rate.
+const FELL_BEHIND_P50_US: f64 = 10_000.0;
+
 /// Per-proxy results.
 #[derive(Debug, Default, Clone)]
 struct Figures {
@@ -469,6 +472,27 @@ impl Bench {
             .collect();
         let _ =
             writeln!(md, "\nErrors (closed loop / fixed rate, all rounds): {}.\n", errs.join(", "));
+        // A proxy that cannot sustain the offered rate builds a queue: its latency then measures
+        // the queue (up to the run's length), not the proxy. Say so rather than let a ratio of
+        // 0.01× pass for a latency result.
+        for (p, f) in figures {
+            let behind: Vec<String> = f
+                .p50
+                .iter()
+                .enumerate()
+                .filter(|(_, p50)| **p50 > FELL_BEHIND_P50_US)
+                .map(|(i, _)| (i + 1).to_string())
+                .collect();
+            if !behind.is_empty() {
+                let _ = writeln!(
+                    md,
+                    "{} fell behind the fixed rate in round(s) {} (p50 over {} ms): those rounds measure a queue, not the proxy's latency; compare the other rounds below.\n",
+                    p.name(),
+                    behind.join(", "),
+                    FELL_BEHIND_P50_US / 1000.0
+                );
+            }
+        }
         let _ = writeln!(
             md,
             "All rounds:\n\n| proxy | req/s | CPU µs/request | p50 µs | p99 µs | p99.9 µs |\n|---|---|---|---|---|---|"
