@@ -37,6 +37,49 @@ pub struct Settings {
     pub controller_name: String,
     /// Address lb binds when a Gateway names none (reported in Gateway status).
     pub default_address: Option<IpAddr>,
+    /// Gives each Gateway that names no address its own address from this range instead of
+    /// `default_address`, so Gateways with the same listener ports do not share sockets.
+    pub address_pool: Option<AddressPool>,
+}
+
+/// An IPv4 range Gateways without `spec.addresses` get their address from: one per Gateway,
+/// chosen from a hash of its namespace and name (stable while other Gateways come and go; a
+/// collision moves the later Gateway to the next free address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressPool {
+    first: u32,
+    size: u32,
+}
+
+impl AddressPool {
+    /// Parses `a.b.c.d/len` (IPv4; the network and broadcast addresses are not handed out for
+    /// prefixes up to /30).
+    pub fn parse(cidr: &str) -> Result<AddressPool, String> {
+        let bad = || format!("{cidr:?} is not an IPv4 range such as 127.10.0.0/16");
+        let (ip, len) = cidr.split_once('/').ok_or_else(bad)?;
+        let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| bad())?;
+        let len: u32 = len.parse().map_err(|_| bad())?;
+        if !(8..=32).contains(&len) {
+            return Err(bad());
+        }
+        let span = 1u64 << (32 - len);
+        let network = u32::from(ip) & !((span - 1) as u32);
+        let (first, size) =
+            if span >= 4 { (network + 1, (span - 2) as u32) } else { (network, span as u32) };
+        Ok(AddressPool { first, size })
+    }
+
+    fn pick(&self, key: &Key, taken: &BTreeSet<u32>) -> Option<IpAddr> {
+        // FNV-1a: stable across builds and platforms, unlike the std hasher.
+        let mut h: u32 = 0x811c_9dc5;
+        for b in key.namespace.bytes().chain([b'/']).chain(key.name.bytes()) {
+            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+        (0..self.size)
+            .map(|i| self.first + (h.wrapping_add(i)) % self.size)
+            .find(|a| !taken.contains(a))
+            .map(|a| IpAddr::V4(a.into()))
+    }
 }
 
 /// The output of one compilation.
@@ -147,6 +190,8 @@ struct Compiler<'m> {
     service_index: HashMap<(String, String, i32), u32>,
     regexes: Vec<String>,
     regex_index: HashMap<String, u32>,
+    /// Bind addresses per Gateway (`None`: lb's default).
+    gateway_addresses: HashMap<&'m Key, Vec<Option<IpAddr>>>,
 }
 
 impl<'m> Compiler<'m> {
@@ -163,6 +208,7 @@ impl<'m> Compiler<'m> {
             service_index: HashMap::new(),
             regexes: Vec::new(),
             regex_index: HashMap::new(),
+            gateway_addresses: HashMap::new(),
         }
     }
 
@@ -202,9 +248,21 @@ impl<'m> Compiler<'m> {
         gateways.sort_by_key(|(_, g)| created(&g.metadata.creation_timestamp));
         // (address, port, hostname) → first listener that claimed it.
         let mut claimed: HashMap<(Option<IpAddr>, u16, Option<&str>), usize> = HashMap::new();
+        let mut pooled = BTreeSet::new();
         for (key, gw) in gateways {
             let generation = gw.metadata.generation;
-            let (addresses, address_problem) = gateway_addresses(gw);
+            let (mut addresses, address_problem) = gateway_addresses(gw);
+            if let (Some(pool), [None], None) =
+                (&self.settings.address_pool, addresses.as_slice(), &address_problem)
+            {
+                if let Some(ip) = pool.pick(key, &pooled) {
+                    if let IpAddr::V4(v4) = ip {
+                        pooled.insert(u32::from(v4));
+                    }
+                    addresses = vec![Some(ip)];
+                }
+            }
+            self.gateway_addresses.insert(key, addresses.clone());
             let mut indices = Vec::new();
             for l in &gw.spec.listeners {
                 let mut info = ListenerInfo {
@@ -741,7 +799,8 @@ impl<'m> Compiler<'m> {
                     }
                 })
                 .collect();
-            let (addresses, address_problem) = gateway_addresses(gw);
+            let address_problem = gateway_addresses(gw).1;
+            let addresses = self.gateway_addresses.get(key).cloned().unwrap_or_default();
             let reported: Vec<GatewayStatusAddresses> = addresses
                 .iter()
                 .filter_map(|a| a.or(self.settings.default_address))

@@ -42,6 +42,8 @@ pub struct Config {
     pub controller_name: String,
     /// The address lb binds when a Gateway names none (reported in Gateway status).
     pub default_address: Option<IpAddr>,
+    /// Each Gateway without addresses gets its own address from this range.
+    pub address_pool: Option<compile::AddressPool>,
     /// Quiet time after a file event before reloading.
     pub debounce: Duration,
     /// Full rescan interval, a safety net under inotify.
@@ -113,6 +115,7 @@ impl Pipeline {
             settings: Settings {
                 controller_name: config.controller_name.clone(),
                 default_address: config.default_address,
+                address_pool: config.address_pool,
             },
             loaded: false,
         })

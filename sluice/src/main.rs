@@ -101,6 +101,10 @@ struct ConfigSyncArgs {
     /// The address lb binds for Gateways without addresses (reported in their status).
     #[arg(long)]
     default_address: Option<IpAddr>,
+    /// Give each Gateway without addresses its own address from this IPv4 range (e.g.
+    /// `127.10.0.0/16`), reported in its status, so Gateways can reuse listener ports.
+    #[arg(long, value_parser = config_sync::compile::AddressPool::parse)]
+    address_pool: Option<config_sync::compile::AddressPool>,
     /// Milliseconds of quiet after a file change before reloading.
     #[arg(long, default_value_t = 2)]
     debounce_ms: u64,
@@ -175,6 +179,7 @@ fn run_config_sync(a: ConfigSyncArgs) -> Result<(), String> {
         status_dir: a.status_dir,
         controller_name: a.controller_name,
         default_address: a.default_address,
+        address_pool: a.address_pool,
         debounce: Duration::from_millis(a.debounce_ms.max(1)),
         rescan: Duration::from_secs(5),
     })

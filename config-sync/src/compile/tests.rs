@@ -82,6 +82,7 @@ fn settings() -> Settings {
     Settings {
         controller_name: "sluice.dev/gateway-controller".into(),
         default_address: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        address_pool: None,
     }
 }
 
@@ -420,4 +421,58 @@ fn intersections() {
     assert_eq!(intersect(Some("*.example.com"), &["*.b.example.com"]), vec!["*.b.example.com"]);
     assert_eq!(intersect(Some("*.b.example.com"), &["*.example.com"]), vec!["*.b.example.com"]);
     assert!(intersect(Some("foo.test"), &["bar.test"]).is_empty());
+}
+
+fn gateway_status_addresses(
+    status: &BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>,
+    name: &str,
+) -> Vec<String> {
+    let id = ObjectId { kind: Kind::Gateway, key: Key::new("infra", name) };
+    match status.get(&id) {
+        Some((_, ObjectStatus::Gateway(s))) => {
+            s.addresses.iter().flatten().map(|a| a.value.clone()).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn address_pool_gives_each_gateway_its_own_stable_address() {
+    let gw = |name: &str, extra: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: infra}}\nspec:\n  gatewayClassName: sluice\n{extra}  listeners: [{{name: http, port: 80, protocol: HTTP}}]\n"
+        )
+    };
+    let mut settings = settings();
+    settings.address_pool = Some(AddressPool::parse("127.10.0.0/16").unwrap());
+    let both = format!(
+        "{}---\n{}---\n{}",
+        gw("a", ""),
+        gw("b", ""),
+        gw("s", "  addresses: [{type: IPAddress, value: 127.0.0.9}]\n")
+    );
+    let c = compile(&model(&both), &settings);
+    let a = gateway_status_addresses(&c.status, "a");
+    let b = gateway_status_addresses(&c.status, "b");
+    assert_eq!(a.len(), 1);
+    assert_eq!(b.len(), 1);
+    assert_ne!(a, b, "two Gateways on port 80 must not share an address");
+    assert!(a[0].starts_with("127.10.") && b[0].starts_with("127.10."), "{a:?} {b:?}");
+    // Static addresses are kept as written.
+    assert_eq!(gateway_status_addresses(&c.status, "s"), vec!["127.0.0.9"]);
+    // Both are bound: one port entry per address.
+    let port80: Vec<_> = c.table.ports.iter().filter(|p| p.port == 80).collect();
+    assert_eq!(port80.len(), 3);
+    // Removing one Gateway does not move the other.
+    let c2 = compile(&model(&gw("b", "")), &settings);
+    assert_eq!(gateway_status_addresses(&c2.status, "b"), b);
+    // A full pool: the second Gateway falls back to lb's default address.
+    settings.address_pool = Some(AddressPool::parse("127.20.0.7/32").unwrap());
+    let c3 = compile(&model(&both), &settings);
+    let mut got =
+        [gateway_status_addresses(&c3.status, "a"), gateway_status_addresses(&c3.status, "b")];
+    got.sort();
+    assert_eq!(got, [vec!["127.0.0.1".to_owned()], vec!["127.20.0.7".to_owned()]]);
+    assert!(AddressPool::parse("10.0.0.0/40").is_err());
+    assert!(AddressPool::parse("not-an-ip/8").is_err());
 }
