@@ -254,13 +254,12 @@ impl<'m> Compiler<'m> {
             let (mut addresses, address_problem) = gateway_addresses(gw);
             if let (Some(pool), [None], None) =
                 (&self.settings.address_pool, addresses.as_slice(), &address_problem)
+                && let Some(ip) = pool.pick(key, &pooled)
             {
-                if let Some(ip) = pool.pick(key, &pooled) {
-                    if let IpAddr::V4(v4) = ip {
-                        pooled.insert(u32::from(v4));
-                    }
-                    addresses = vec![Some(ip)];
+                if let IpAddr::V4(v4) = ip {
+                    pooled.insert(u32::from(v4));
                 }
+                addresses = vec![Some(ip)];
             }
             self.gateway_addresses.insert(key, addresses.clone());
             let mut indices = Vec::new();
