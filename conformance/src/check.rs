@@ -1,0 +1,202 @@
+//! One case's expectation against one response, with the suite's comparison rules
+//! (`CompareRoundTrip`): backend fields only on 200, header names case-insensitive, multiple
+//! values joined with `,`, pod names matched by prefix.
+
+use serde_json::Value;
+
+use crate::http::Response;
+
+/// Fields of an expectation this runner does not check yet; a case using one fails with the
+/// field named rather than passing unchecked.
+const UNCHECKED: &[&str] = &[
+    "mirrored_to",
+    "answered_by_gateway",
+    "response_header_any_of",
+    "response_headers_ignore_whitespace",
+    "sni_seen_by_backend",
+    "client_cert_seen_by_backend",
+    "grpc_code",
+    "fully_qualified_method_seen_by_backend",
+    "tcp_echo",
+    "websocket_echo",
+    "tls_connection_rejected",
+    "tls_request_fails",
+    "repeat",
+    "invariant",
+];
+
+/// `Ok` when `resp` meets `expect`; otherwise the first mismatch as "expected …, got …".
+pub fn response(
+    expect: &Value,
+    request_path: &str,
+    request_scheme: &str,
+    resp: &Response,
+) -> Result<(), String> {
+    if let Some(field) = UNCHECKED.iter().find(|f| expect.get(**f).is_some()) {
+        return Err(format!("the runner cannot check `{field}` yet"));
+    }
+    if let Some(not) = expect.get("not_status").and_then(Value::as_u64) {
+        if u64::from(resp.status) == not {
+            return Err(format!("expected any status but {not}, got {not}"));
+        }
+        return Ok(());
+    }
+    match expect.get("status") {
+        Some(Value::Number(n)) if n.as_u64() != Some(u64::from(resp.status)) => {
+            return Err(format!("expected status {n}, got {}", resp.status));
+        }
+        Some(Value::Array(any))
+            if !any.iter().any(|s| s.as_u64() == Some(u64::from(resp.status))) =>
+        {
+            return Err(format!("expected status in {any:?}, got {}", resp.status));
+        }
+        _ => {}
+    }
+    if let Some(headers) = expect.get("response_headers").and_then(Value::as_object) {
+        for (name, want) in headers {
+            let want = want.as_str().unwrap_or_default();
+            match resp.header(name) {
+                Some(got) if got == want => {}
+                got => {
+                    return Err(format!("expected response header {name}: {want:?}, got {got:?}"));
+                }
+            }
+        }
+    }
+    for name in strings(expect.get("absent_response_headers")) {
+        if let Some(got) = resp.header(name) {
+            return Err(format!("expected no response header {name}, got {got:?}"));
+        }
+    }
+    if let Some(redirect) = expect.get("redirect") {
+        redirect_matches(redirect, request_path, request_scheme, resp)?;
+    }
+    if resp.status == 200 || resp.status == 204 {
+        backend(expect, resp)?;
+    }
+    Ok(())
+}
+
+fn strings(v: Option<&Value>) -> impl Iterator<Item = &str> {
+    v.and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str)
+}
+
+fn backend(expect: &Value, resp: &Response) -> Result<(), String> {
+    let fields = [
+        "path_seen_by_backend",
+        "host_seen_by_backend",
+        "method_seen_by_backend",
+        "headers_seen_by_backend",
+        "absent_headers_seen_by_backend",
+        "namespace",
+        "backend",
+    ];
+    if !fields.iter().any(|f| expect.get(*f).is_some()) {
+        return Ok(());
+    }
+    let echo: Value = serde_json::from_slice(&resp.body).map_err(|e| {
+        format!(
+            "expected the echo backend's JSON, got {} bytes that are not JSON ({e})",
+            resp.body.len()
+        )
+    })?;
+    let got = |field: &str| echo.get(field).and_then(Value::as_str).unwrap_or_default().to_owned();
+    for (field, echoed) in [
+        ("path_seen_by_backend", "path"),
+        ("host_seen_by_backend", "host"),
+        ("method_seen_by_backend", "method"),
+        ("namespace", "namespace"),
+    ] {
+        if let Some(want) = expect.get(field).and_then(Value::as_str)
+            && got(echoed) != want
+        {
+            return Err(format!("expected backend {echoed} {want:?}, got {:?}", got(echoed)));
+        }
+    }
+    if let Some(want) = expect.get("backend").and_then(Value::as_str)
+        && !got("pod").starts_with(want)
+    {
+        return Err(format!("expected a pod of {want}, got pod {:?}", got("pod")));
+    }
+    let seen = |name: &str| -> Option<String> {
+        let headers = echo.get("headers")?.as_object()?;
+        let (_, v) = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name))?;
+        let values: Vec<&str> = v.as_array()?.iter().filter_map(Value::as_str).collect();
+        Some(values.join(","))
+    };
+    if let Some(headers) = expect.get("headers_seen_by_backend").and_then(Value::as_object) {
+        for (name, want) in headers {
+            let want = want.as_str().unwrap_or_default();
+            match seen(name) {
+                Some(got) if got == want => {}
+                got => {
+                    return Err(format!("expected backend to see {name}: {want:?}, got {got:?}"));
+                }
+            }
+        }
+    }
+    for name in strings(expect.get("absent_headers_seen_by_backend")) {
+        if let Some(got) = seen(name) {
+            return Err(format!("expected backend not to see {name}, got {got:?}"));
+        }
+    }
+    Ok(())
+}
+
+fn redirect_matches(
+    want: &Value,
+    request_path: &str,
+    request_scheme: &str,
+    resp: &Response,
+) -> Result<(), String> {
+    if !(300..400).contains(&resp.status) {
+        return Err(format!("expected a redirect, got status {}", resp.status));
+    }
+    let location = resp.header("location").ok_or("expected a Location header, got none")?;
+    let (scheme, rest) = match location.split_once("://") {
+        Some((s, r)) => (s.to_owned(), r.to_owned()),
+        None => (request_scheme.to_owned(), location.clone()),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (rest[..i].to_owned(), rest[i..].to_owned()),
+        None => (rest.clone(), String::new()),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => (h.to_owned(), p.to_owned()),
+        _ => (authority.clone(), String::new()),
+    };
+    let want_scheme = want.get("scheme").and_then(Value::as_str).unwrap_or(request_scheme);
+    if scheme != want_scheme {
+        return Err(format!("expected redirect scheme {want_scheme}, got {location}"));
+    }
+    if let Some(h) = want.get("host").and_then(Value::as_str)
+        && host != h
+    {
+        return Err(format!("expected redirect host {h}, got {location}"));
+    }
+    match want.get("port") {
+        Some(p) => {
+            let p = p
+                .as_u64()
+                .map(|p| p.to_string())
+                .or_else(|| p.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            if port != p {
+                return Err(format!("expected redirect port {p}, got {location}"));
+            }
+        }
+        None => {
+            let default = if want_scheme == "https" { "443" } else { "80" };
+            if !(port.is_empty() || port == default) {
+                return Err(format!(
+                    "expected no port or {default} in the redirect, got {location}"
+                ));
+            }
+        }
+    }
+    let want_path = want.get("path").and_then(Value::as_str).unwrap_or(request_path);
+    if path != want_path {
+        return Err(format!("expected redirect path {want_path}, got {location}"));
+    }
+    Ok(())
+}

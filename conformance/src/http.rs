@@ -1,0 +1,134 @@
+//! A plain HTTP/1.1 client for the cases: one connection per request (`Connection: close`),
+//! bounded in time, tolerant of any framing the gateway chooses.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// What came back.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers in order (names as received).
+    pub headers: Vec<(String, String)>,
+    /// Body (chunked encoding removed).
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// Values of a header, case-insensitive name, joined with `,` as the suite compares them.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let values: Vec<&str> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        (!values.is_empty()).then(|| values.join(","))
+    }
+}
+
+/// Sends one request and reads the whole response.
+pub fn send(
+    addr: SocketAddr,
+    method: &str,
+    host: Option<&str>,
+    path: &str,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> Result<Response, String> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\n");
+    let host = host.map_or_else(|| addr.to_string(), str::to_owned);
+    req.push_str(&format!("Host: {host}\r\n"));
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("Connection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).map_err(|e| format!("send: {e}"))?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if raw.is_empty() => return Err(format!("read: {e}")),
+            Err(_) => break,
+        }
+        if let Some(done) = complete(&raw, method) {
+            raw.truncate(done);
+            break;
+        }
+    }
+    parse(&raw, method)
+}
+
+/// Length of a complete response at the start of `raw`, when it is complete.
+fn complete(raw: &[u8], method: &str) -> Option<usize> {
+    let head_end = find(raw, b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&raw[..head_end]).ok()?;
+    let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+    if method == "HEAD" || status == 204 || status == 304 || (100..200).contains(&status) {
+        return Some(head_end);
+    }
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    };
+    if header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+        let body = &raw[head_end..];
+        return find(body, b"0\r\n\r\n").map(|i| head_end + i + 5);
+    }
+    let len: usize = header("content-length")?.parse().ok()?;
+    (raw.len() >= head_end + len).then_some(head_end + len)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse(raw: &[u8], method: &str) -> Result<Response, String> {
+    let head_end =
+        find(raw, b"\r\n\r\n").ok_or("connection closed before a complete response head")? + 4;
+    let head = String::from_utf8_lossy(&raw[..head_end - 4]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':').map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned())))
+        .collect();
+    let mut body = raw[head_end..].to_vec();
+    let chunked = headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked")
+    });
+    if chunked && method != "HEAD" {
+        body = dechunk(&body);
+    }
+    Ok(Response { status, headers, body })
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(i) = find(b, b"\r\n") {
+        let size = std::str::from_utf8(&b[..i])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
+            .unwrap_or(0);
+        if size == 0 || b.len() < i + 2 + size {
+            break;
+        }
+        out.extend_from_slice(&b[i + 2..i + 2 + size]);
+        b = &b[(i + 4 + size).min(b.len())..];
+    }
+    out
+}

@@ -1,0 +1,425 @@
+//! Sluice's Gateway API conformance runner. Reads the upstream manifests and the translated
+//! request/status vectors from `../shared` at run time, runs real config-sync, lb and echo
+//! processes on loopback, and reports each test as pass, fail (first mismatch) or skip
+//! (the feature it needs).
+//!
+//! The "cluster" is a manifests folder config-sync watches: the base manifests plus one test's
+//! at a time. Deployments become echo processes (one per replica, each on its own loopback
+//! address, port 3000) and the runner writes the EndpointSlices the endpoints controller would.
+//! Each Gateway without addresses gets its own loopback address from config-sync's
+//! `--address-pool`; requests go to the address its status reports.
+
+pub mod cases;
+pub mod check;
+pub mod http;
+pub mod manifests;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use cases::{Case, GatewayRef, Test};
+use manifests::{Pod, kind};
+
+/// Features Sluice claims: a test that needs only these must pass.
+pub const CLAIMED: &[&str] = &["Gateway", "HTTPRoute", "ReferenceGrant"];
+
+/// GatewayClass name the manifests are filled in with.
+pub const CLASS: &str = "sluice";
+/// Controller name config-sync serves.
+pub const CONTROLLER: &str = "sluice.dev/gateway-controller";
+
+/// Runner options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The vector file.
+    pub cases: PathBuf,
+    /// The folder holding `gateway-api/` (the upstream manifests).
+    pub shared: PathBuf,
+    /// The sluice binary.
+    pub sluice: PathBuf,
+    /// Only tests with these names (empty: all).
+    pub tests: Vec<String>,
+    /// Claimed features (default: [`CLAIMED`]).
+    pub features: Vec<String>,
+    /// How long a case or status check may take to hold (the suite is eventually consistent).
+    pub timeout: Duration,
+    /// Keep the work folder.
+    pub keep: bool,
+}
+
+/// How one test ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every case and status check held.
+    Pass,
+    /// The first mismatch.
+    Fail(String),
+    /// Why it was not run.
+    Skip(String),
+}
+
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Cluster {
+    opts: Options,
+    conformance: PathBuf,
+    work: PathBuf,
+    manifests: PathBuf,
+    status: PathBuf,
+    base: Vec<Value>,
+    base_pods: Vec<Pod>,
+    next_ip: u32,
+    _procs: Procs,
+}
+
+/// Runs the tests; returns the report text and whether every test of a claimed feature passed.
+pub fn run(opts: &Options) -> Result<(String, bool), String> {
+    let text = std::fs::read_to_string(&opts.cases)
+        .map_err(|e| format!("{}: {e}", opts.cases.display()))?;
+    let file = cases::CaseFile::parse(&text)?;
+    let conformance = opts.shared.join("gateway-api/conformance");
+    if !conformance.join("base/manifests.yaml").is_file() {
+        return Err(format!("{}: no base/manifests.yaml (pass --shared)", conformance.display()));
+    }
+    let selected: Vec<&Test> = file
+        .tests
+        .iter()
+        .filter(|t| opts.tests.is_empty() || opts.tests.contains(&t.test))
+        .collect();
+    let mut cluster = Cluster::start(opts, conformance)?;
+    let mut results: Vec<(&Test, Outcome)> = Vec::new();
+    for t in selected {
+        let started = Instant::now();
+        let outcome = match cluster.skip_reason(t) {
+            Some(why) => Outcome::Skip(why),
+            None => cluster.run_test(t),
+        };
+        let line = match &outcome {
+            Outcome::Pass => format!("PASS {} ({:.1} s)", t.test, started.elapsed().as_secs_f64()),
+            Outcome::Fail(why) => format!("FAIL {}: {why}", t.test),
+            Outcome::Skip(why) => format!("SKIP {}: {why}", t.test),
+        };
+        println!("{line}");
+        results.push((t, outcome));
+    }
+    if !opts.keep {
+        let _ = std::fs::remove_dir_all(&cluster.work);
+    }
+    Ok(report(&results))
+}
+
+fn report(results: &[(&Test, Outcome)]) -> (String, bool) {
+    let mut per_feature: BTreeMap<&str, [usize; 3]> = BTreeMap::new();
+    let mut totals = [0usize; 3];
+    for (t, o) in results {
+        let slot = match o {
+            Outcome::Pass => 0,
+            Outcome::Fail(_) => 1,
+            Outcome::Skip(_) => 2,
+        };
+        totals[slot] += 1;
+        for f in &t.feature {
+            per_feature.entry(f).or_default()[slot] += 1;
+        }
+    }
+    let mut out = String::from("\n| feature | passed | failed | skipped |\n|---|---|---|---|\n");
+    for (f, [p, fl, s]) in &per_feature {
+        let _ = writeln!(out, "| {f} | {p} | {fl} | {s} |");
+    }
+    let _ = writeln!(out, "\n{} passed, {} failed, {} skipped", totals[0], totals[1], totals[2]);
+    (out, totals[1] == 0)
+}
+
+impl Cluster {
+    fn start(opts: &Options, conformance: PathBuf) -> Result<Cluster, String> {
+        let work = std::env::temp_dir().join(format!("sluice-conformance-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        let manifests = work.join("manifests");
+        let status = work.join("status");
+        for d in [&manifests, &status] {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        let table =
+            PathBuf::from(format!("/dev/shm/sluice-conformance-{}/table", std::process::id()));
+        let mut base =
+            manifests::load(&conformance.join("base/manifests.yaml"), CLASS, CONTROLLER)?;
+        // The suite creates the GatewayClass it is run with; so does the runner.
+        base.push(serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "GatewayClass",
+            "metadata": {"name": CLASS},
+            "spec": {"controllerName": CONTROLLER},
+        }));
+        let mut cluster = Cluster {
+            opts: opts.clone(),
+            conformance,
+            manifests,
+            status,
+            base,
+            base_pods: Vec::new(),
+            next_ip: u32::from(Ipv4Addr::new(127, 1, 0, 1)),
+            _procs: Procs(Vec::new()),
+            work,
+        };
+        let pods = manifests::pods(&cluster.base.clone(), &mut || cluster_ip(&mut cluster.next_ip));
+        let mut procs = cluster.start_pods(&pods)?;
+        let mut objects = cluster.base.clone();
+        objects.extend(manifests::endpoint_slices(&cluster.base, &pods));
+        manifests::write(&cluster.manifests.join("base.yaml"), &objects)?;
+        cluster.base_pods = pods;
+        let log =
+            |name: &str| std::fs::File::create(cluster.work.join(name)).map_err(|e| e.to_string());
+        procs.0.push(
+            Command::new(&opts.sluice)
+                .args(["config-sync", "--manifests"])
+                .arg(&cluster.manifests)
+                .arg("--table")
+                .arg(&table)
+                .arg("--status-dir")
+                .arg(&cluster.status)
+                .args(["--controller-name", CONTROLLER, "--address-pool", "127.10.0.0/16"])
+                .env("NO_COLOR", "1")
+                .stdout(Stdio::null())
+                .stderr(log("config-sync.log")?)
+                .spawn()
+                .map_err(|e| format!("start config-sync ({}): {e}", opts.sluice.display()))?,
+        );
+        procs.0.push(
+            Command::new(&opts.sluice)
+                .args(["lb", "--table"])
+                .arg(&table)
+                .args(["--bind-address", "127.0.0.1"])
+                .env("NO_COLOR", "1")
+                .stdout(Stdio::null())
+                .stderr(log("lb.log")?)
+                .spawn()
+                .map_err(|e| format!("start lb: {e}"))?,
+        );
+        cluster._procs = procs;
+        Ok(cluster)
+    }
+
+    fn start_pods(&self, pods: &[Pod]) -> Result<Procs, String> {
+        let mut procs = Procs(Vec::new());
+        let logs = self.work.join("pods");
+        std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
+        for p in pods.iter().filter(|p| p.http_echo) {
+            let log = std::fs::File::create(logs.join(format!("{}-{}.log", p.namespace, p.name)))
+                .map_err(|e| e.to_string())?;
+            procs.0.push(
+                Command::new(&self.opts.sluice)
+                    .args(["echo", "--listen", &format!("{}:3000", p.ip)])
+                    .args(["--namespace", &p.namespace, "--pod", &p.name])
+                    .env("NO_COLOR", "1")
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .map_err(|e| format!("start echo {}: {e}", p.name))?,
+            );
+        }
+        Ok(procs)
+    }
+
+    /// Why a test cannot run here, from what it needs (features, TLS, other schemes).
+    fn skip_reason(&self, t: &Test) -> Option<String> {
+        if let Some(f) = t.feature.iter().find(|f| !self.opts.features.iter().any(|c| c == *f)) {
+            return Some(format!("feature {f} is not supported"));
+        }
+        if let Some(c) =
+            t.cases.iter().find(|c| str_of(&c.request, "scheme").is_some_and(|s| s != "http"))
+        {
+            return Some(format!(
+                "needs {} requests (TLS is a later issue)",
+                str_of(&c.request, "scheme").unwrap_or_default()
+            ));
+        }
+        if t.cases.iter().any(|c| c.request.get("protocol").is_some()) {
+            return Some("needs HTTP/2 (a later issue)".into());
+        }
+        let objects = self.test_objects(t).ok()?;
+        let tls =
+            objects.iter().filter(|o| kind(o) == "Gateway").any(|g| {
+                g.pointer("/spec/listeners").and_then(Value::as_array).into_iter().flatten().any(
+                    |l| matches!(l.get("protocol").and_then(Value::as_str), Some("HTTPS" | "TLS")),
+                )
+            });
+        tls.then(|| "needs HTTPS/TLS listeners (a later issue)".into())
+    }
+
+    fn test_objects(&self, t: &Test) -> Result<Vec<Value>, String> {
+        let mut out = Vec::new();
+        for m in &t.manifests {
+            out.extend(manifests::load(&self.conformance.join(m), CLASS, CONTROLLER)?);
+        }
+        Ok(out)
+    }
+
+    fn run_test(&mut self, t: &Test) -> Outcome {
+        let objects = match self.test_objects(t) {
+            Ok(o) => o,
+            Err(e) => return Outcome::Fail(e),
+        };
+        let pods = manifests::pods(&objects, &mut || cluster_ip(&mut self.next_ip));
+        let _procs = match self.start_pods(&pods) {
+            Ok(p) => p,
+            Err(e) => return Outcome::Fail(e),
+        };
+        let all_pods: Vec<Pod> = self.base_pods.iter().chain(&pods).cloned().collect();
+        let mut written = objects.clone();
+        written.extend(manifests::endpoint_slices(&objects, &all_pods));
+        let file = self.manifests.join("test.yaml");
+        if let Err(e) = manifests::write(&file, &written) {
+            return Outcome::Fail(e);
+        }
+        let outcome = self.replay(t, &objects);
+        let _ = std::fs::remove_file(&file);
+        self.wait_gone(&objects);
+        outcome
+    }
+
+    fn replay(&self, t: &Test, objects: &[Value]) -> Outcome {
+        for (i, c) in t.cases.iter().enumerate() {
+            if let Err(why) = self.case(t, c, objects) {
+                return Outcome::Fail(format!(
+                    "case {} ({} {}): {why}",
+                    i + 1,
+                    str_of(&c.request, "host").unwrap_or("-"),
+                    str_of(&c.request, "path").unwrap_or("/")
+                ));
+            }
+        }
+        for e in &t.status_expectations {
+            let deadline = Instant::now() + self.opts.timeout;
+            loop {
+                match status::check(&self.status, e) {
+                    Ok(()) => break,
+                    Err(why) if Instant::now() > deadline => {
+                        return Outcome::Fail(format!(
+                            "status {}: {why}",
+                            e.get("check").and_then(Value::as_str).unwrap_or("?")
+                        ));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+        Outcome::Pass
+    }
+
+    /// One case, retried until it holds three times in a row or the timeout passes.
+    fn case(&self, t: &Test, c: &Case, objects: &[Value]) -> Result<(), String> {
+        let gw = c.gateway.as_ref().or(t.gateway.as_ref()).ok_or("no gateway named")?;
+        let deadline = Instant::now() + self.opts.timeout;
+        let mut passes = 0;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match self.attempt(gw, c, objects) {
+                Ok(()) => {
+                    passes += 1;
+                    if passes == 3 {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(why) => {
+                    passes = 0;
+                    last = why;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(last)
+    }
+
+    fn attempt(&self, gw: &GatewayRef, c: &Case, objects: &[Value]) -> Result<(), String> {
+        let ip = status::gateway_address(&self.status, &gw.namespace, &gw.name)
+            .ok_or_else(|| format!("Gateway {}/{} has no address yet", gw.namespace, gw.name))?;
+        let port = match c.gateway_port {
+            Some(p) => p,
+            None => self.gateway_port(gw, objects).ok_or("the Gateway has no HTTP listener")?,
+        };
+        let addr: SocketAddr =
+            format!("{ip}:{port}").parse().map_err(|e| format!("{ip}:{port}: {e}"))?;
+        let r = &c.request;
+        let headers: Vec<(String, String)> = r
+            .get("headers")
+            .and_then(Value::as_object)
+            .map(|h| {
+                h.iter()
+                    .map(|(n, v)| (n.clone(), v.as_str().unwrap_or_default().to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let path = str_of(r, "path").unwrap_or("/");
+        let resp = http::send(
+            addr,
+            str_of(r, "method").unwrap_or("GET"),
+            str_of(r, "host"),
+            path,
+            &headers,
+            Duration::from_secs(5),
+        )?;
+        check::response(&c.expect, path, "http", &resp)
+    }
+
+    fn gateway_port(&self, gw: &GatewayRef, objects: &[Value]) -> Option<u16> {
+        let g = objects.iter().chain(&self.base).find(|o| {
+            kind(o) == "Gateway" && manifests::key(o) == (gw.namespace.clone(), gw.name.clone())
+        })?;
+        g.pointer("/spec/listeners")?
+            .as_array()?
+            .iter()
+            .find(|l| l.get("protocol").and_then(Value::as_str) == Some("HTTP"))?
+            .get("port")?
+            .as_u64()
+            .map(|p| p as u16)
+    }
+
+    /// Waits until config-sync has dropped the status of the test's Gateways and HTTPRoutes,
+    /// so the next test does not see them.
+    fn wait_gone(&self, objects: &[Value]) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for o in objects {
+            let dir = match kind(o) {
+                "Gateway" => "gateway",
+                "HTTPRoute" => "httproute",
+                _ => continue,
+            };
+            let (ns, n) = manifests::key(o);
+            while status::read(&self.status, dir, &ns, &n).is_some() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+fn cluster_ip(next: &mut u32) -> Ipv4Addr {
+    let ip = Ipv4Addr::from(*next);
+    *next += 1;
+    ip
+}
+
+fn str_of<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
+    v.get(field).and_then(Value::as_str)
+}
+
+/// The default `--shared`: `../shared` beside the checkout.
+pub fn default_shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}
