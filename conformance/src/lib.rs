@@ -30,6 +30,11 @@ use manifests::{Pod, kind};
 /// Features Sluice claims: a test that needs only these must pass.
 pub const CLAIMED: &[&str] = &["Gateway", "HTTPRoute", "ReferenceGrant"];
 
+/// Where the suite takes the addresses of hand-written EndpointSlices from (its Service-types
+/// test patches them with these pods' IPs before sending requests).
+const INFRA_NAMESPACE: &str = "gateway-conformance-infra";
+const MANUAL_SLICE_BACKEND: &str = "infra-backend-v1-";
+
 /// GatewayClass name the manifests are filled in with.
 pub const CLASS: &str = "sluice";
 /// Controller name config-sync serves.
@@ -282,6 +287,12 @@ impl Cluster {
         };
         let all_pods: Vec<Pod> = self.base_pods.iter().chain(&pods).cloned().collect();
         let mut written = objects.clone();
+        let infra_v1: Vec<&Pod> = self
+            .base_pods
+            .iter()
+            .filter(|p| p.namespace == INFRA_NAMESPACE && p.name.starts_with(MANUAL_SLICE_BACKEND))
+            .collect();
+        manifests::fill_manual_slices(&mut written, &infra_v1);
         written.extend(manifests::endpoint_slices(&objects, &all_pods));
         let file = self.manifests.join("test.yaml");
         if let Err(e) = manifests::write(&file, &written) {

@@ -162,6 +162,20 @@ pub fn endpoint_slices(objects: &[Value], pods: &[Pod]) -> Vec<Value> {
     out
 }
 
+/// Fills endpoint-less IPv4 EndpointSlices of a test with the addresses of `pods`, as the
+/// suite does for Services without selectors (it patches in the infra-backend-v1 pod IPs).
+pub fn fill_manual_slices(objects: &mut [Value], pods: &[&Pod]) {
+    for o in objects.iter_mut().filter(|o| kind(o) == "EndpointSlice") {
+        let empty = o.get("endpoints").and_then(Value::as_array).is_none_or(Vec::is_empty);
+        if empty && o.get("addressType").and_then(Value::as_str) == Some("IPv4") {
+            o["endpoints"] = pods
+                .iter()
+                .map(|p| json!({"addresses": [p.ip.to_string()], "conditions": {"ready": true}}))
+                .collect();
+        }
+    }
+}
+
 /// Writes objects as one multi-document YAML file (Deployments are left out: their pods run
 /// as processes).
 pub fn write(path: &Path, objects: &[Value]) -> Result<(), String> {

@@ -17,9 +17,10 @@ pub fn read(dir: &Path, kind: &str, namespace: &str, name: &str) -> Option<Value
     Value::deserialize(serde_yaml_ng::Deserializer::from_str(&text)).ok()
 }
 
-/// `(namespace, name)` of "Gateway ns/name", "ns/name" or "/name".
+/// `(namespace, name)` of "Gateway ns/name", "ns/name", "/name" or "Gateway ns/name
+/// listeners=a,b".
 fn object_ref(s: &str) -> (String, String) {
-    let s = s.rsplit(' ').next().unwrap_or(s);
+    let s = s.split_whitespace().find(|w| w.contains('/')).unwrap_or(s);
     match s.split_once('/') {
         Some((ns, name)) => (ns.to_owned(), name.to_owned()),
         None => (String::new(), s.to_owned()),
@@ -76,7 +77,20 @@ pub fn check(dir: &Path, e: &Value) -> Result<(), String> {
         "GatewayAndHTTPRoutesMustBeAccepted" | "GatewayAndRoutesMustBeAccepted" => {
             let g = gateway()?;
             address(&g)?;
-            for l in g.pointer("/status/listeners").and_then(Value::as_array).into_iter().flatten()
+            // "Gateway ns/name listeners=a,b" limits the listener checks to those listeners.
+            let only: Option<Vec<&str>> = s("gateway")
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("listeners="))
+                .map(|l| l.split(',').collect());
+            for l in g
+                .pointer("/status/listeners")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|l| {
+                    let name = l.get("name").and_then(Value::as_str).unwrap_or_default();
+                    only.as_ref().is_none_or(|o| o.contains(&name))
+                })
             {
                 let have = conditions(l.get("conditions"));
                 for (t, st) in ALL_TRUE {
