@@ -322,6 +322,10 @@ impl<'m> Compiler<'m> {
                 if let Some(problem) = &address_problem {
                     accepted = (false, "UnsupportedAddress", problem.clone());
                     info.usable = false;
+                } else if let Some(problem) = parameters_problem(gw) {
+                    accepted =
+                        (false, "Pending", format!("the Gateway is not accepted: {problem}"));
+                    info.usable = false;
                 }
                 if info.usable {
                     let index = self.listeners.len();
@@ -809,10 +813,36 @@ impl<'m> Compiler<'m> {
                 })
                 .collect();
             let any_usable = ids.iter().any(|&i| self.listeners[i].usable);
-            let conditions = match &address_problem {
-                Some(p) => vec![
-                    condition("Accepted", false, "UnsupportedAddress", p, generation),
-                    condition("Programmed", false, "Invalid", p, generation),
+            let invalid = ids.iter().filter(|&&i| !self.listeners[i].usable).count();
+            let rejected = address_problem
+                .map(|p| ("UnsupportedAddress", p))
+                .or_else(|| parameters_problem(gw).map(|p| ("InvalidParameters", p)));
+            let conditions = match rejected {
+                Some((reason, p)) => vec![
+                    condition("Accepted", false, reason, &p, generation),
+                    condition("Programmed", false, "Invalid", &p, generation),
+                ],
+                // The spec's ListenersNotValid: False when no listener is valid, True (with
+                // this reason) when only some are.
+                None if invalid > 0 && !any_usable => vec![
+                    condition(
+                        "Accepted",
+                        false,
+                        "ListenersNotValid",
+                        "no listener is valid",
+                        generation,
+                    ),
+                    programmed_condition(false, "gateway", generation),
+                ],
+                None if invalid > 0 => vec![
+                    condition(
+                        "Accepted",
+                        true,
+                        "ListenersNotValid",
+                        &format!("{invalid} listener(s) are not valid; the others are served"),
+                        generation,
+                    ),
+                    programmed_condition(true, "gateway", generation),
                 ],
                 None => vec![
                     condition("Accepted", true, "Accepted", "gateway accepted", generation),
@@ -1081,6 +1111,14 @@ fn check_regex(pattern: &str) -> Result<(), String> {
         cache.insert(pattern.to_owned(), r.clone());
         r
     })
+}
+
+/// Why the Gateway's `infrastructure.parametersRef` cannot be honoured: Sluice defines no
+/// parameters kind, so any reference is one it cannot resolve (the spec: reject with
+/// `InvalidParameters`).
+fn parameters_problem(gw: &Gateway) -> Option<String> {
+    let r = gw.spec.infrastructure.as_ref()?.parameters_ref.as_ref()?;
+    Some(format!("parametersRef {}/{} {}: Sluice has no parameters kind", r.group, r.kind, r.name))
 }
 
 /// Gateway `spec.addresses` as bind addresses (`None` = lb's default), or why they are unusable.

@@ -476,3 +476,49 @@ fn address_pool_gives_each_gateway_its_own_stable_address() {
     assert!(AddressPool::parse("10.0.0.0/40").is_err());
     assert!(AddressPool::parse("not-an-ip/8").is_err());
 }
+
+fn gateway_accepted(c: &Compiled, name: &str) -> (String, String) {
+    let id = ObjectId { kind: Kind::Gateway, key: Key::new("infra", name) };
+    match c.status.get(&id) {
+        Some((_, ObjectStatus::Gateway(s))) => s
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Accepted")
+            .map(|c| (c.status.clone(), c.reason.clone()))
+            .unwrap_or_default(),
+        _ => Default::default(),
+    }
+}
+
+#[test]
+fn gateway_acceptance_reasons() {
+    let gw = |name: &str, listeners: &str, extra: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: infra}}\nspec:\n  gatewayClassName: sluice\n{extra}  listeners: {listeners}\n---\n"
+        )
+    };
+    let text = [
+        gw("none-valid", "[{name: a, port: 81, protocol: UDP}]", ""),
+        gw(
+            "some-valid",
+            "[{name: a, port: 82, protocol: HTTP}, {name: b, port: 83, protocol: UDP}]",
+            "",
+        ),
+        gw(
+            "params",
+            "[{name: a, port: 84, protocol: HTTP}]",
+            "  infrastructure: {parametersRef: {group: example.io, kind: Params, name: p}}\n",
+        ),
+    ]
+    .concat();
+    let c = compile(&model(&text), &settings());
+    let pair = |s: &str, r: &str| (s.to_owned(), r.to_owned());
+    assert_eq!(gateway_accepted(&c, "none-valid"), pair("False", "ListenersNotValid"));
+    assert_eq!(gateway_accepted(&c, "some-valid"), pair("True", "ListenersNotValid"));
+    assert_eq!(gateway_accepted(&c, "params"), pair("False", "InvalidParameters"));
+    assert_eq!(gateway_accepted(&c, "gw"), pair("True", "Accepted"));
+    // A rejected Gateway's listeners serve nothing.
+    assert!(c.table.ports.iter().all(|p| p.port != 84));
+    assert!(c.table.ports.iter().any(|p| p.port == 82));
+}
