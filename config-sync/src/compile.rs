@@ -21,9 +21,10 @@ use gateway_api::apis::experimental::gateways::{
 };
 use gateway_api::apis::experimental::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs,
-    HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesMethod,
-    HttpRouteRulesMatchesPathType, HttpRouteRulesMatchesQueryParamsType, HttpRouteStatus,
-    HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
+    HttpRouteRulesFiltersType, HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType,
+    HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType,
+    HttpRouteRulesMatchesQueryParamsType, HttpRouteStatus, HttpRouteStatusParents,
+    HttpRouteStatusParentsParentRef,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use table::format as t;
@@ -592,8 +593,23 @@ impl<'m> Compiler<'m> {
         } else {
             t::ActionKind::Forward { backends, wrr_offset: 0 }
         };
+        let mut request_headers = t::HeaderEdits::default();
+        for m in rule.filters.iter().flatten().filter_map(|f| f.request_header_modifier.as_ref()) {
+            let field = |name: &str, value: &str| t::HeaderField {
+                name: name.to_owned(),
+                value: value.to_owned(),
+            };
+            request_headers.set.extend(m.set.iter().flatten().map(|h| field(&h.name, &h.value)));
+            request_headers.add.extend(m.add.iter().flatten().map(|h| field(&h.name, &h.value)));
+            request_headers.remove.extend(m.remove.iter().flatten().cloned());
+        }
         let index = self.actions.len() as u32;
-        self.actions.push(t::Action { route: key.to_string(), rule: rule_index as u32, kind });
+        self.actions.push(t::Action {
+            route: key.to_string(),
+            rule: rule_index as u32,
+            kind,
+            request_headers,
+        });
         (index, problem)
     }
 
@@ -1038,8 +1054,37 @@ fn trim_prefix(p: &str) -> String {
 /// `UnsupportedValue`) rather than served without it.
 fn unsupported_rule_fields(rules: &[HttpRouteRules]) -> Option<String> {
     for (i, r) in rules.iter().enumerate() {
-        if r.filters.as_ref().is_some_and(|f| !f.is_empty()) {
-            return Some(format!("rules[{i}].filters are not supported yet"));
+        for (j, f) in r.filters.iter().flatten().enumerate() {
+            if f.r#type != HttpRouteRulesFiltersType::RequestHeaderModifier {
+                return Some(format!(
+                    "rules[{i}].filters[{j}]: type {:?} is not supported yet",
+                    f.r#type
+                ));
+            }
+            let Some(m) = &f.request_header_modifier else {
+                return Some(format!("rules[{i}].filters[{j}].requestHeaderModifier is missing"));
+            };
+            let mut names = m
+                .set
+                .iter()
+                .flatten()
+                .map(|h| h.name.as_str())
+                .chain(m.add.iter().flatten().map(|h| h.name.as_str()))
+                .chain(m.remove.iter().flatten().map(String::as_str));
+            if let Some(n) = names.find(|n| !table::view::is_token(n)) {
+                return Some(format!("rules[{i}].filters[{j}]: header name {n:?} is not valid"));
+            }
+            let mut values = m
+                .set
+                .iter()
+                .flatten()
+                .map(|h| (&h.name, &h.value))
+                .chain(m.add.iter().flatten().map(|h| (&h.name, &h.value)));
+            if let Some((n, _)) = values.find(|(_, v)| !table::view::is_field_value(v)) {
+                return Some(format!(
+                    "rules[{i}].filters[{j}]: the value of header {n:?} holds characters a header cannot carry"
+                ));
+            }
         }
         if r.backend_refs
             .iter()

@@ -152,7 +152,7 @@ pub fn prepare(
             Some(Plan::Respond { status: 503, req })
         }
         Target::Service { service, cursor } => {
-            message::request_head(out, buf, &head, fields, client);
+            message::request_head(out, buf, &head, fields, client, &action.request_headers);
             Some(Plan::Forward { table: Rc::clone(&table), service, cursor, req })
         }
     }

@@ -16,6 +16,7 @@ pub fn forward(route: &str, service: u32, wrr_offset: u32) -> Action {
             backends: vec![WeightedBackend { weight: 1, target: BackendTarget::Service(service) }],
             wrr_offset,
         },
+        request_headers: HeaderEdits::default(),
     }
 }
 

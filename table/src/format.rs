@@ -10,7 +10,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// Version of this layout. Stored in the segment header and checked by readers.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// One compiled generation of the whole data-plane configuration.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
@@ -189,6 +189,32 @@ pub struct Action {
     pub rule: u32,
     /// Forward or answer.
     pub kind: ActionKind,
+    /// Request header edits (HTTPRoute `RequestHeaderModifier`), applied to the upstream head.
+    pub request_headers: HeaderEdits,
+}
+
+/// Header edits in the spec's order: `remove` and `set` drop every field of that name
+/// (case-insensitive), then `set` and `add` append theirs. Names and values are checked by
+/// `view` (tokens; no CR, LF or NUL) before lb writes them into a head.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct HeaderEdits {
+    /// Replace (or create) these fields.
+    pub set: Vec<HeaderField>,
+    /// Append these fields, keeping existing ones.
+    pub add: Vec<HeaderField>,
+    /// Drop fields with these names.
+    pub remove: Vec<String>,
+}
+
+/// A header field.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct HeaderField {
+    /// Name.
+    pub name: String,
+    /// Value.
+    pub value: String,
 }
 
 /// Forward to weighted backends, or answer locally.

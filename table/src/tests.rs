@@ -141,6 +141,19 @@ fn open_refuses_out_of_range_indices() {
             Box::new(|t| t.listeners[0].vhosts.exact[0].host = "A.example.com".into()),
         ),
         ("bad regex", Box::new(|t| t.regexes[0] = "(".into())),
+        (
+            "header value with CRLF",
+            Box::new(|t| {
+                t.actions[0].request_headers.add.push(HeaderField {
+                    name: "X-A".into(),
+                    value: "v\r\nInjected: 1".into(),
+                })
+            }),
+        ),
+        (
+            "header name not a token",
+            Box::new(|t| t.actions[0].request_headers.remove.push("Bad Name".into())),
+        ),
     ];
     for (what, mutate) in cases {
         let mut t = sample();

@@ -206,6 +206,21 @@ fn check_indices(t: &ArchivedTable) -> Result<(), TableError> {
     }
     let mut wrr_total: u64 = 0;
     for (i, action) in t.actions.iter().enumerate() {
+        let edits = &action.request_headers;
+        let names = edits.set.iter().chain(edits.add.iter()).map(|f| f.name.as_str());
+        if let Some(name) =
+            names.chain(edits.remove.iter().map(|n| n.as_str())).find(|n| !is_token(n))
+        {
+            return bad(format!("action {i}: header name {name:?} is not a token"));
+        }
+        if let Some(f) =
+            edits.set.iter().chain(edits.add.iter()).find(|f| !is_field_value(&f.value))
+        {
+            return bad(format!(
+                "action {i}: header {:?} has a value lb cannot send",
+                f.name.as_str()
+            ));
+        }
         if let ArchivedActionKind::Forward { backends, wrr_offset } = &action.kind {
             let end = u64::from(wrr_offset.to_native()) + backends.len() as u64;
             if end > u64::from(t.wrr_slots.to_native()) {
@@ -225,6 +240,16 @@ fn check_indices(t: &ArchivedTable) -> Result<(), TableError> {
         return bad(format!("wrr_slots {} but actions hold {wrr_total}", t.wrr_slots));
     }
     Ok(())
+}
+
+/// An HTTP token (RFC 9110 5.6.2): a header name lb may write.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A field value lb may write verbatim: visible characters, spaces and tabs, no CR, LF or NUL.
+pub fn is_field_value(s: &str) -> bool {
+    s.bytes().all(|b| b == b'\t' || b == b' ' || (b >= 0x21 && b != 0x7f))
 }
 
 fn incons(s: String) -> TableError {

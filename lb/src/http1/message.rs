@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 use super::body::Encode;
 use super::parse::{Framing, Head, trim_ows};
+use table::format::ArchivedHeaderEdits;
 
 /// How a request field is treated when the upstream head is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,19 +97,28 @@ pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
+/// Whether the route's edits drop a client field of this name (`remove`, or replaced by `set`).
+fn edited(edits: &ArchivedHeaderEdits, name: &str) -> bool {
+    (!edits.remove.is_empty() || !edits.set.is_empty())
+        && (edits.remove.iter().any(|r| r.as_str().eq_ignore_ascii_case(name))
+            || edits.set.iter().any(|f| f.name.as_str().eq_ignore_ascii_case(name)))
+}
+
 fn content_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"Content-Length: ");
     push_decimal(out, n);
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes the upstream request head for `head` (parsed from `buf` into `fields`).
+/// Writes the upstream request head for `head` (parsed from `buf` into `fields`), with the
+/// route's header edits applied.
 pub fn request_head(
     out: &mut Vec<u8>,
     buf: &[u8],
     head: &Head,
     fields: &[httparse::Header<'_>],
     client: &ClientIp,
+    edits: &ArchivedHeaderEdits,
 ) {
     out.extend_from_slice(&buf[head.method.clone()]);
     out.push(b' ');
@@ -134,6 +144,9 @@ pub fn request_head(
         if matches!(class, Field::HopByHop | Field::Ours) {
             continue;
         }
+        if edited(edits, name) {
+            continue;
+        }
         if class == Field::ForwardedFor {
             if xff_written {
                 continue;
@@ -152,6 +165,12 @@ pub fn request_head(
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(f.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    for f in edits.set.iter().chain(edits.add.iter()) {
+        out.extend_from_slice(f.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(f.value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     if !xff_written {
@@ -442,12 +461,37 @@ mod tests {
     use super::*;
 
     fn forward(raw: &[u8]) -> String {
+        forward_with(raw, &table::format::HeaderEdits::default())
+    }
+
+    fn forward_with(raw: &[u8], edits: &table::format::HeaderEdits) -> String {
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(edits).unwrap();
+        let edits = rkyv::access::<ArchivedHeaderEdits, rkyv::rancor::Error>(&bytes).unwrap();
         let mut fields = [httparse::EMPTY_HEADER; 64];
         let head = parse(raw, &mut fields, &Limits::default()).unwrap().unwrap();
         let mut out = Vec::new();
         let client = ClientIp::new("10.0.0.1".parse().unwrap());
-        request_head(&mut out, raw, &head, &fields[..head.header_count], &client);
+        request_head(&mut out, raw, &head, &fields[..head.header_count], &client, edits);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn header_edits_remove_set_and_add_case_insensitively() {
+        use table::format::{HeaderEdits, HeaderField};
+        let field = |n: &str, v: &str| HeaderField { name: n.into(), value: v.into() };
+        let edits = HeaderEdits {
+            set: vec![field("X-Set", "new")],
+            add: vec![field("X-Add", "more")],
+            remove: vec!["X-Remove".into()],
+        };
+        let out = forward_with(
+            b"GET / HTTP/1.1\r\nHost: h\r\nx-set: old\r\nX-SET: older\r\nx-add: first\r\nx-remove: gone\r\nKeep: k\r\n\r\n",
+            &edits,
+        );
+        assert_eq!(
+            out,
+            "GET / HTTP/1.1\r\nHost: h\r\nx-add: first\r\nKeep: k\r\nX-Set: new\r\nX-Add: more\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n\r\n"
+        );
     }
 
     #[test]
