@@ -57,6 +57,8 @@ pub struct Options {
     pub timeout: Duration,
     /// Keep the work folder.
     pub keep: bool,
+    /// Also write the report as Markdown here.
+    pub markdown: Option<PathBuf>,
 }
 
 /// How one test ended.
@@ -109,6 +111,7 @@ pub fn run(opts: &Options) -> Result<(String, bool), String> {
         .collect();
     let mut cluster = Cluster::start(opts, conformance)?;
     let mut results: Vec<(&Test, Outcome)> = Vec::new();
+    let mut lines = Vec::new();
     for t in selected {
         let started = Instant::now();
         let outcome = match cluster.skip_reason(t) {
@@ -121,12 +124,28 @@ pub fn run(opts: &Options) -> Result<(String, bool), String> {
             Outcome::Skip(why) => format!("SKIP {}: {why}", t.test),
         };
         println!("{line}");
+        lines.push(line);
         results.push((t, outcome));
     }
     if !opts.keep {
         let _ = std::fs::remove_dir_all(&cluster.work);
     }
-    Ok(report(&results))
+    let (summary, ok) = report(&results);
+    if let Some(path) = &opts.markdown {
+        let mut md = String::from("# Gateway API conformance\n\n");
+        let _ = writeln!(
+            md,
+            "Produced by Sluice's own runner (`sluice-conformance`) over vectors translated from the upstream v1.6.1 suite (`../shared/conformance/cases.json`) and the upstream manifests: real config-sync, lb and echo processes on loopback. Not an upstream conformance report.\n\nClaimed features: {}.\n",
+            opts.features.join(", ")
+        );
+        md.push_str(&summary);
+        md.push_str("\n## Tests\n\n");
+        for l in &lines {
+            let _ = writeln!(md, "- {l}");
+        }
+        std::fs::write(path, md).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok((summary, ok))
 }
 
 fn report(results: &[(&Test, Outcome)]) -> (String, bool) {

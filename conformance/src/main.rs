@@ -30,6 +30,9 @@ struct Args {
     /// Keep the work folder (logs of config-sync, lb and every pod).
     #[arg(long)]
     keep: bool,
+    /// Also write the report as Markdown (e.g. docs/conformance.md).
+    #[arg(long)]
+    markdown: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
             .unwrap_or_else(|| conformance::CLAIMED.iter().map(|s| (*s).to_owned()).collect()),
         timeout: Duration::from_secs(a.timeout),
         keep: a.keep,
+        markdown: a.markdown,
     };
     match conformance::run(&opts) {
         Ok((report, ok)) => {

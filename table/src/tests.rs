@@ -144,10 +144,10 @@ fn open_refuses_out_of_range_indices() {
         (
             "header value with CRLF",
             Box::new(|t| {
-                t.actions[0].request_headers.add.push(HeaderField {
-                    name: "X-A".into(),
-                    value: "v\r\nInjected: 1".into(),
-                })
+                t.actions[0]
+                    .request_headers
+                    .add
+                    .push(HeaderField { name: "X-A".into(), value: "v\r\nInjected: 1".into() })
             }),
         ),
         (
