@@ -21,8 +21,9 @@ use gateway_api::apis::experimental::gateways::{
 };
 use gateway_api::apis::experimental::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs,
-    HttpRouteRulesFiltersType, HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType,
-    HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType,
+    HttpRouteRulesFiltersRequestRedirect, HttpRouteRulesFiltersRequestRedirectPathType,
+    HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersType, HttpRouteRulesMatches,
+    HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType,
     HttpRouteRulesMatchesQueryParamsType, HttpRouteStatus, HttpRouteStatusParents,
     HttpRouteStatusParentsParentRef,
 };
@@ -587,7 +588,11 @@ impl<'m> Compiler<'m> {
             };
             backends.push(t::WeightedBackend { weight, target });
         }
-        let kind = if backends.is_empty() {
+        let redirect = rule.filters.iter().flatten().find_map(|f| f.request_redirect.as_ref());
+        let kind = if let Some(r) = redirect {
+            // A redirect answers the request itself; backends are not used.
+            redirect_action(r)
+        } else if backends.is_empty() {
             // A rule without backends has nowhere to send traffic: the spec's 500.
             t::ActionKind::Respond { status: 500 }
         } else {
@@ -1055,6 +1060,16 @@ fn trim_prefix(p: &str) -> String {
 fn unsupported_rule_fields(rules: &[HttpRouteRules]) -> Option<String> {
     for (i, r) in rules.iter().enumerate() {
         for (j, f) in r.filters.iter().flatten().enumerate() {
+            if f.r#type == HttpRouteRulesFiltersType::RequestRedirect {
+                let Some(redirect) = &f.request_redirect else {
+                    return Some(format!("rules[{i}].filters[{j}].requestRedirect is missing"));
+                };
+                let matches = r.matches.as_deref().unwrap_or(&[]);
+                if let Some(problem) = redirect_problem(redirect, matches) {
+                    return Some(format!("rules[{i}].filters[{j}].requestRedirect: {problem}"));
+                }
+                continue;
+            }
             if f.r#type != HttpRouteRulesFiltersType::RequestHeaderModifier {
                 return Some(format!(
                     "rules[{i}].filters[{j}]: type {:?} is not supported yet",
@@ -1156,6 +1171,85 @@ fn check_regex(pattern: &str) -> Result<(), String> {
         cache.insert(pattern.to_owned(), r.clone());
         r
     })
+}
+
+/// What makes a `RequestRedirect` unusable (checked where the CRD's validation would).
+fn redirect_problem(
+    r: &HttpRouteRulesFiltersRequestRedirect,
+    matches: &[HttpRouteRulesMatches],
+) -> Option<String> {
+    if let Some(h) = &r.hostname
+        && (h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b)))
+    {
+        return Some(format!("hostname {h:?} is not a host name"));
+    }
+    if let Some(p) = r.port
+        && !(1..=65535).contains(&p)
+    {
+        return Some(format!("port {p} is out of range"));
+    }
+    if let Some(s) = r.status_code
+        && ![301, 302, 303, 307, 308].contains(&s)
+    {
+        return Some(format!("statusCode {s} is not a redirect status"));
+    }
+    if let Some(path) = &r.path {
+        let value = match path.r#type {
+            HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath => {
+                path.replace_full_path.as_deref()
+            }
+            HttpRouteRulesFiltersRequestRedirectPathType::ReplacePrefixMatch => {
+                // The spec: only with PathPrefix matches (a rule without matches is "/" prefix).
+                let prefix_only = matches.iter().all(|m| {
+                    m.path.as_ref().is_none_or(|p| {
+                        p.r#type
+                            .as_ref()
+                            .is_none_or(|t| *t == HttpRouteRulesMatchesPathType::PathPrefix)
+                    })
+                });
+                if !prefix_only {
+                    return Some("ReplacePrefixMatch needs PathPrefix matches".into());
+                }
+                path.replace_prefix_match.as_deref()
+            }
+        };
+        match value {
+            None => return Some("path has no replacement for its type".into()),
+            Some(v) if !v.starts_with('/') && !v.is_empty() => {
+                return Some(format!("path {v:?} does not start with /"));
+            }
+            Some(v) if !table::view::is_field_value(v) || v.contains(' ') => {
+                return Some(format!("path {v:?} holds characters a Location cannot carry"));
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+fn redirect_action(r: &HttpRouteRulesFiltersRequestRedirect) -> t::ActionKind {
+    let path = match &r.path {
+        None => t::PathRewrite::Keep,
+        Some(p) => match p.r#type {
+            HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath => {
+                let full = p.replace_full_path.clone().filter(|p| !p.is_empty());
+                t::PathRewrite::Full(full.unwrap_or_else(|| "/".into()))
+            }
+            HttpRouteRulesFiltersRequestRedirectPathType::ReplacePrefixMatch => {
+                t::PathRewrite::Prefix(p.replace_prefix_match.clone().unwrap_or_default())
+            }
+        },
+    };
+    t::ActionKind::Redirect {
+        status: r.status_code.map_or(302, |s| s as u16),
+        scheme: r.scheme.as_ref().map(|s| match s {
+            HttpRouteRulesFiltersRequestRedirectScheme::Http => "http".to_owned(),
+            HttpRouteRulesFiltersRequestRedirectScheme::Https => "https".to_owned(),
+        }),
+        host: r.hostname.clone(),
+        port: r.port.map(|p| p as u16),
+        path,
+    }
 }
 
 /// Why the Gateway's `infrastructure.parametersRef` cannot be honoured: Sluice defines no

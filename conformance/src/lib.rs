@@ -28,7 +28,17 @@ use cases::{Case, GatewayRef, Test};
 use manifests::{Pod, kind};
 
 /// Features Sluice claims: a test that needs only these must pass.
-pub const CLAIMED: &[&str] = &["Gateway", "HTTPRoute", "ReferenceGrant"];
+pub const CLAIMED: &[&str] = &[
+    "Gateway",
+    "HTTPRoute",
+    "ReferenceGrant",
+    "HTTPRouteSchemeRedirect",
+    "HTTPRoutePathRedirect",
+    "HTTPRoutePortRedirect",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
+];
 
 /// Where the suite takes the addresses of hand-written EndpointSlices from (its Service-types
 /// test patches them with these pods' IPs before sending requests).

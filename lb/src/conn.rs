@@ -100,6 +100,7 @@ async fn exchange(
             Flow::Close
         }
         Plan::Respond { status, req } => ex.respond(status, req).await,
+        Plan::Redirect { status, location, req } => ex.redirect(status, &location, req).await,
         Plan::Forward { table, service, cursor, req } => {
             ex.forward(table, service, cursor, req).await
         }

@@ -20,6 +20,7 @@ pub mod http1;
 pub mod io;
 pub mod listener;
 pub mod proxy;
+pub mod redirect;
 pub mod router;
 pub mod tables;
 pub mod timer;

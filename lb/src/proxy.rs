@@ -12,6 +12,7 @@ use std::rc::Rc;
 
 use compio::net::TcpStream;
 use table::Route;
+use table::format::ArchivedActionKind;
 use table::lookup::{MAX_HOST, Request, normalize_host};
 use tracing::debug;
 
@@ -21,6 +22,7 @@ use crate::http1::body::{BodyDecoder, Encode};
 use crate::http1::message::{self, ClientIp, ResponseFraming, ResponseHead};
 use crate::http1::parse::{self, Framing, Head, MAX_HEADERS, Reject, trim_ows};
 use crate::io::{InBuf, write_out};
+use crate::redirect;
 use crate::router::FieldHeaders;
 use crate::timer::{Deadline, Elapsed};
 use crate::upstream::{CoreTable, Target};
@@ -37,6 +39,15 @@ pub enum Plan {
     Respond {
         /// Status.
         status: u16,
+        /// Facts about the request.
+        req: Summary,
+    },
+    /// Answer with a redirect.
+    Redirect {
+        /// 3xx status.
+        status: u16,
+        /// `Location` value.
+        location: String,
         /// Facts about the request.
         req: Summary,
     },
@@ -142,10 +153,28 @@ pub fn prepare(
         let mut scratch = table.scratch.borrow_mut();
         table.router.route(port, &request, &FieldHeaders(fields), &mut scratch)
     };
-    let action = match route {
-        Route::Matched { action, .. } => action,
+    let (action, matched) = match route {
+        Route::Matched { action, matched, .. } => (action, matched),
         Route::NoListener | Route::NoRoute(_) => return Some(Plan::Respond { status: 404, req }),
     };
+    if let ArchivedActionKind::Redirect { status, scheme, host: to_host, port, path } = &action.kind
+    {
+        let local_ip = local.ip().to_string();
+        let origin = redirect::Origin {
+            host: std::str::from_utf8(host).ok().filter(|h| !h.is_empty()).unwrap_or(&local_ip),
+            listener_port: local.port(),
+            path: std::str::from_utf8(request.path).unwrap_or("/"),
+            query: std::str::from_utf8(request.query).unwrap_or(""),
+        };
+        let target = redirect::Target {
+            scheme: scheme.as_ref().map(|s| s.as_str()),
+            host: to_host.as_ref().map(|h| h.as_str()),
+            port: port.as_ref().map(|p| p.to_native()),
+            path,
+        };
+        let location = redirect::location(&origin, &target, matched);
+        return Some(Plan::Redirect { status: status.to_native(), location, req });
+    }
     match table.select(&action.kind) {
         Target::Status(status) => Some(Plan::Respond { status, req }),
         Target::Service { service, .. } if table.endpoint_count(service) == 0 => {
@@ -182,6 +211,18 @@ impl Exchange<'_> {
         let close = !req.keep_alive || !matches!(req.framing, Framing::None | Framing::Length(0));
         self.out.clear();
         message::local_response(self.out, status, close, req.head_method);
+        if self.write_client().await.is_err() || close {
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    /// Answers with a redirect; continues like [`Exchange::respond`].
+    pub async fn redirect(&mut self, status: u16, location: &str, req: Summary) -> Flow {
+        self.input.consume(req.len, &self.core.spare);
+        let close = !req.keep_alive || !matches!(req.framing, Framing::None | Framing::Length(0));
+        self.out.clear();
+        message::redirect_response(self.out, status, location, close);
         if self.write_client().await.is_err() || close {
             return Flow::Close;
         }

@@ -62,6 +62,8 @@ impl CoreTable {
     pub fn select(&self, kind: &ArchivedActionKind) -> Target {
         match kind {
             ArchivedActionKind::Respond { status } => Target::Status(status.to_native()),
+            // Answered before selection (`proxy::prepare`); never forwarded.
+            ArchivedActionKind::Redirect { status, .. } => Target::Status(status.to_native()),
             ArchivedActionKind::Forward { backends, wrr_offset } => {
                 let start = wrr_offset.to_native() as usize;
                 let mut wrr = self.wrr.borrow_mut();

@@ -10,7 +10,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// Version of this layout. Stored in the segment header and checked by readers.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// One compiled generation of the whole data-plane configuration.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
@@ -234,6 +234,32 @@ pub enum ActionKind {
         /// HTTP status code.
         status: u16,
     },
+    /// Answer with a redirect (HTTPRoute `RequestRedirect`); unset parts keep the request's.
+    Redirect {
+        /// 3xx status.
+        status: u16,
+        /// `http` or `https`.
+        scheme: Option<String>,
+        /// Host name.
+        host: Option<String>,
+        /// Port; `None` derives it (the scheme's well-known port when the scheme is set,
+        /// else the listener's port), and a well-known port is left out of `Location`.
+        port: Option<u16>,
+        /// Path.
+        path: PathRewrite,
+    },
+}
+
+/// How a redirect or rewrite changes the path.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum PathRewrite {
+    /// The request's path.
+    Keep,
+    /// This path.
+    Full(String),
+    /// The matched path prefix replaced by this.
+    Prefix(String),
 }
 
 /// A backend and its share of traffic.

@@ -48,6 +48,8 @@ pub enum Route<'t> {
         listener: &'t ArchivedListener,
         /// The matched rule's action.
         action: &'t ArchivedAction,
+        /// The match that selected it (its path prefix is what `ReplacePrefixMatch` replaces).
+        matched: &'t ArchivedRouteMatch,
     },
 }
 
@@ -101,7 +103,7 @@ impl Router {
                 if self.matches(m, req, headers, scratch)
                     && let Some(action) = table.actions.get(m.action.to_native() as usize)
                 {
-                    return Route::Matched { listener, action };
+                    return Route::Matched { listener, action, matched: m };
                 }
             }
             vhost = v.fallback.as_ref().map(|f| f.to_native());

@@ -15,8 +15,8 @@ use regex_automata::meta;
 use rkyv::{rancor, util::AlignedVec};
 
 use crate::format::{
-    ArchivedActionKind, ArchivedBackendTarget, ArchivedHostIndex, ArchivedPathMatch, ArchivedTable,
-    ArchivedValueMatch,
+    ArchivedActionKind, ArchivedBackendTarget, ArchivedHostIndex, ArchivedPathMatch,
+    ArchivedPathRewrite, ArchivedTable, ArchivedValueMatch,
 };
 
 /// A table that passed validation, ready for lookups.
@@ -220,6 +220,25 @@ fn check_indices(t: &ArchivedTable) -> Result<(), TableError> {
                 "action {i}: header {:?} has a value lb cannot send",
                 f.name.as_str()
             ));
+        }
+        if let ArchivedActionKind::Redirect { status, scheme, host, path, .. } = &action.kind {
+            let status = status.to_native();
+            let scheme_ok = scheme.as_ref().is_none_or(|s| matches!(s.as_str(), "http" | "https"));
+            let host_ok = host.as_ref().is_none_or(|h| {
+                !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.*".contains(&b))
+            });
+            let path_ok = match path {
+                ArchivedPathRewrite::Keep => true,
+                ArchivedPathRewrite::Full(p) => {
+                    p.starts_with('/') && is_field_value(p) && !p.contains(' ')
+                }
+                ArchivedPathRewrite::Prefix(p) => {
+                    (p.is_empty() || p.starts_with('/')) && is_field_value(p) && !p.contains(' ')
+                }
+            };
+            if !(300..400).contains(&status) || !scheme_ok || !host_ok || !path_ok {
+                return bad(format!("action {i}: redirect cannot be written into a Location"));
+            }
         }
         if let ArchivedActionKind::Forward { backends, wrr_offset } = &action.kind {
             let end = u64::from(wrr_offset.to_native()) + backends.len() as u64;

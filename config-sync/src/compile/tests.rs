@@ -317,6 +317,7 @@ fn action_targets(c: &Compiled2, port: u16, path: &str) -> Vec<(u32, String)> {
     };
     match &action.kind {
         ArchivedActionKind::Respond { status } => vec![(0, format!("respond {status}"))],
+        ArchivedActionKind::Redirect { status, .. } => vec![(0, format!("redirect {status}"))],
         ArchivedActionKind::Forward { backends, .. } => backends
             .iter()
             .map(|b| {
@@ -521,4 +522,30 @@ fn gateway_acceptance_reasons() {
     // A rejected Gateway's listeners serve nothing.
     assert!(c.table.ports.iter().all(|p| p.port != 84));
     assert!(c.table.ports.iter().any(|p| p.port == 82));
+}
+
+#[test]
+fn redirects_compile_and_bad_ones_are_refused() {
+    let parent = "{name: gw, namespace: infra, sectionName: http}";
+    let ok = route(
+        "r",
+        "apps",
+        parent,
+        "",
+        "  - matches: [{path: {type: PathPrefix, value: /old}}]\n    filters: [{type: RequestRedirect, requestRedirect: {scheme: https, statusCode: 301, path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}}]\n    backendRefs: [{name: svc, port: 80}]",
+    );
+    let c = build(&ok);
+    assert_eq!(accepted(&c, "apps", "r"), vec!["Accepted".to_owned()]);
+    assert_eq!(action_targets(&c, 8080, "/old/x"), vec![(0, "redirect 301".to_owned())]);
+    // ReplacePrefixMatch on an Exact match, and a status that is not a redirect.
+    for (name, rule) in [
+        (
+            "exact",
+            "  - matches: [{path: {type: Exact, value: /a}}]\n    filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]",
+        ),
+        ("status", "  - filters: [{type: RequestRedirect, requestRedirect: {statusCode: 200}}]"),
+    ] {
+        let c = build(&route(name, "apps", parent, "", rule));
+        assert_eq!(accepted(&c, "apps", name), vec!["UnsupportedValue".to_owned()], "{name}");
+    }
 }

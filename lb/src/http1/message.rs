@@ -420,6 +420,11 @@ pub fn status_text(status: u16) -> &'static str {
         101 => "Switching Protocols",
         200 => "OK",
         204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         404 => "Not Found",
         408 => "Request Timeout",
@@ -435,6 +440,19 @@ pub fn status_text(status: u16) -> &'static str {
         505 => "HTTP Version Not Supported",
         _ => "Status",
     }
+}
+
+/// A redirect from lb itself: status, `Location`, no body.
+pub fn redirect_response(out: &mut Vec<u8>, status: u16, location: &str, close: bool) {
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\nLocation: {location}\r\nContent-Length: 0\r\n",
+        status_text(status)
+    );
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// An answer from lb itself: status, a one-line text body, and `Connection: close` when the
