@@ -1272,8 +1272,11 @@ fn gateway_addresses(gw: &Gateway) -> (Vec<Option<IpAddr>>, Option<String>) {
         if kind != "IPAddress" {
             return (vec![None], Some(format!("address type {kind} is not supported")));
         }
-        match a.value.as_deref().map(str::parse::<IpAddr>) {
+        match a.value.as_deref().filter(|v| !v.is_empty()).map(str::parse::<IpAddr>) {
             Some(Ok(ip)) => out.push(Some(ip)),
+            // No value: an address of the implementation's choosing (the pool, else lb's
+            // default), as the spec allows.
+            None => out.push(None),
             _ => {
                 return (
                     vec![None],

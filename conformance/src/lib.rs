@@ -38,6 +38,12 @@ pub const CLAIMED: &[&str] = &[
     "HTTPRoute303RedirectStatusCode",
     "HTTPRoute307RedirectStatusCode",
     "HTTPRoute308RedirectStatusCode",
+    "GatewayAddressEmpty",
+    "GatewayHTTPListenerIsolation",
+    "GatewayPort8080",
+    "HTTPRouteParentRefPort",
+    "HTTPRouteNamedRouteRule",
+    "HTTPRouteDestinationPortMatching",
 ];
 
 /// Where the suite takes the addresses of hand-written EndpointSlices from (its Service-types
@@ -344,7 +350,23 @@ impl Cluster {
                 ));
             }
         }
+        // "<each route listed in the test>" stands for the routes of the check before it.
+        let mut listed: Vec<Value> = Vec::new();
+        let mut expanded: Vec<Value> = Vec::new();
         for e in &t.status_expectations {
+            if let Some(routes) = e.get("routes").and_then(Value::as_array) {
+                listed.clone_from(routes);
+            }
+            match e.get("route").and_then(Value::as_str) {
+                Some(r) if r.starts_with('<') => expanded.extend(listed.iter().map(|route| {
+                    let mut one = e.clone();
+                    one["route"] = route.clone();
+                    one
+                })),
+                _ => expanded.push(e.clone()),
+            }
+        }
+        for e in &expanded {
             let deadline = Instant::now() + self.opts.timeout;
             loop {
                 match status::check(&self.status, e) {

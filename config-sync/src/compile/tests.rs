@@ -459,6 +459,9 @@ fn address_pool_gives_each_gateway_its_own_stable_address() {
     assert_eq!(b.len(), 1);
     assert_ne!(a, b, "two Gateways on port 80 must not share an address");
     assert!(a[0].starts_with("127.10.") && b[0].starts_with("127.10."), "{a:?} {b:?}");
+    // An address entry without a value asks for one.
+    let c_empty = compile(&model(&gw("e", "  addresses: [{type: IPAddress}]\n")), &settings);
+    assert!(gateway_status_addresses(&c_empty.status, "e")[0].starts_with("127.10."));
     // Static addresses are kept as written.
     assert_eq!(gateway_status_addresses(&c.status, "s"), vec!["127.0.0.9"]);
     // Both are bound: one port entry per address.
