@@ -21,9 +21,10 @@ use gateway_api::apis::experimental::gateways::{
 };
 use gateway_api::apis::experimental::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs,
-    HttpRouteRulesFiltersRequestRedirect, HttpRouteRulesFiltersRequestRedirectPathType,
-    HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersType, HttpRouteRulesMatches,
-    HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType,
+    HttpRouteRulesBackendRefsFiltersType, HttpRouteRulesFiltersRequestRedirect,
+    HttpRouteRulesFiltersRequestRedirectPathType, HttpRouteRulesFiltersRequestRedirectScheme,
+    HttpRouteRulesFiltersType, HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType,
+    HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType,
     HttpRouteRulesMatchesQueryParamsType, HttpRouteStatus, HttpRouteStatusParents,
     HttpRouteStatusParentsParentRef,
 };
@@ -586,7 +587,11 @@ impl<'m> Compiler<'m> {
                     t::BackendTarget::Status(500)
                 }
             };
-            backends.push(t::WeightedBackend { weight, target });
+            let mut request_headers = t::HeaderEdits::default();
+            for m in b.filters.iter().flatten().filter_map(|f| f.request_header_modifier.as_ref()) {
+                merge_edits(&mut request_headers, header_edits!(m));
+            }
+            backends.push(t::WeightedBackend { weight, target, request_headers });
         }
         let redirect = rule.filters.iter().flatten().find_map(|f| f.request_redirect.as_ref());
         let kind = if let Some(r) = redirect {
@@ -600,13 +605,7 @@ impl<'m> Compiler<'m> {
         };
         let mut request_headers = t::HeaderEdits::default();
         for m in rule.filters.iter().flatten().filter_map(|f| f.request_header_modifier.as_ref()) {
-            let field = |name: &str, value: &str| t::HeaderField {
-                name: name.to_owned(),
-                value: value.to_owned(),
-            };
-            request_headers.set.extend(m.set.iter().flatten().map(|h| field(&h.name, &h.value)));
-            request_headers.add.extend(m.add.iter().flatten().map(|h| field(&h.name, &h.value)));
-            request_headers.remove.extend(m.remove.iter().flatten().cloned());
+            merge_edits(&mut request_headers, header_edits!(m));
         }
         let index = self.actions.len() as u32;
         self.actions.push(t::Action {
@@ -1079,34 +1078,23 @@ fn unsupported_rule_fields(rules: &[HttpRouteRules]) -> Option<String> {
             let Some(m) = &f.request_header_modifier else {
                 return Some(format!("rules[{i}].filters[{j}].requestHeaderModifier is missing"));
             };
-            let mut names = m
-                .set
-                .iter()
-                .flatten()
-                .map(|h| h.name.as_str())
-                .chain(m.add.iter().flatten().map(|h| h.name.as_str()))
-                .chain(m.remove.iter().flatten().map(String::as_str));
-            if let Some(n) = names.find(|n| !table::view::is_token(n)) {
-                return Some(format!("rules[{i}].filters[{j}]: header name {n:?} is not valid"));
-            }
-            let mut values = m
-                .set
-                .iter()
-                .flatten()
-                .map(|h| (&h.name, &h.value))
-                .chain(m.add.iter().flatten().map(|h| (&h.name, &h.value)));
-            if let Some((n, _)) = values.find(|(_, v)| !table::view::is_field_value(v)) {
-                return Some(format!(
-                    "rules[{i}].filters[{j}]: the value of header {n:?} holds characters a header cannot carry"
-                ));
+            if let Some(p) = edits_problem(&header_edits!(m)) {
+                return Some(format!("rules[{i}].filters[{j}]: {p}"));
             }
         }
-        if r.backend_refs
-            .iter()
-            .flatten()
-            .any(|b| b.filters.as_ref().is_some_and(|f| !f.is_empty()))
-        {
-            return Some(format!("rules[{i}].backendRefs[].filters are not supported yet"));
+        for (k, b) in r.backend_refs.iter().flatten().enumerate() {
+            for (j, f) in b.filters.iter().flatten().enumerate() {
+                let at = format!("rules[{i}].backendRefs[{k}].filters[{j}]");
+                if f.r#type != HttpRouteRulesBackendRefsFiltersType::RequestHeaderModifier {
+                    return Some(format!("{at}: type {:?} is not supported yet", f.r#type));
+                }
+                let Some(m) = &f.request_header_modifier else {
+                    return Some(format!("{at}.requestHeaderModifier is missing"));
+                };
+                if let Some(p) = edits_problem(&header_edits!(m)) {
+                    return Some(format!("{at}: {p}"));
+                }
+            }
         }
         if r.timeouts.is_some() || r.retry.is_some() || r.session_persistence.is_some() {
             return Some(format!(
@@ -1171,6 +1159,42 @@ fn check_regex(pattern: &str) -> Result<(), String> {
         cache.insert(pattern.to_owned(), r.clone());
         r
     })
+}
+
+/// A `RequestHeaderModifier` (rule or backendRef flavour: same fields, different types) as
+/// table header edits.
+macro_rules! header_edits {
+    ($m:expr) => {{
+        let m = $m;
+        let field = |name: &str, value: &str| t::HeaderField {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        };
+        t::HeaderEdits {
+            set: m.set.iter().flatten().map(|h| field(&h.name, &h.value)).collect(),
+            add: m.add.iter().flatten().map(|h| field(&h.name, &h.value)).collect(),
+            remove: m.remove.iter().flatten().cloned().collect(),
+        }
+    }};
+}
+use header_edits;
+
+fn merge_edits(into: &mut t::HeaderEdits, more: t::HeaderEdits) {
+    into.set.extend(more.set);
+    into.add.extend(more.add);
+    into.remove.extend(more.remove);
+}
+
+/// Why lb could not write these edits into a request head.
+fn edits_problem(e: &t::HeaderEdits) -> Option<String> {
+    let fields = || e.set.iter().chain(&e.add);
+    let mut names = fields().map(|f| f.name.as_str()).chain(e.remove.iter().map(String::as_str));
+    if let Some(n) = names.find(|n| !table::view::is_token(n)) {
+        return Some(format!("header name {n:?} is not valid"));
+    }
+    fields()
+        .find(|f| !table::view::is_field_value(&f.value))
+        .map(|f| format!("the value of header {:?} holds characters a header cannot carry", f.name))
 }
 
 /// What makes a `RequestRedirect` unusable (checked where the CRD's validation would).

@@ -180,8 +180,15 @@ pub fn prepare(
         Target::Service { service, .. } if table.endpoint_count(service) == 0 => {
             Some(Plan::Respond { status: 503, req })
         }
-        Target::Service { service, cursor } => {
-            message::request_head(out, buf, &head, fields, client, &action.request_headers);
+        Target::Service { service, cursor, backend } => {
+            let backend_edits = match &action.kind {
+                ArchivedActionKind::Forward { backends, .. } => {
+                    backends.get(backend as usize).map(|b| &b.request_headers)
+                }
+                _ => None,
+            };
+            let edits = [Some(&action.request_headers), backend_edits];
+            message::request_head(out, buf, &head, fields, client, &edits);
             Some(Plan::Forward { table: Rc::clone(&table), service, cursor, req })
         }
     }

@@ -38,6 +38,8 @@ pub enum Target {
         service: u32,
         /// Round-robin position of the first endpoint to try.
         cursor: u32,
+        /// Index of the chosen backend within the action's backends.
+        backend: u32,
     },
     /// Answer with this status.
     Status(u16),
@@ -68,10 +70,11 @@ impl CoreTable {
                 let start = wrr_offset.to_native() as usize;
                 let mut wrr = self.wrr.borrow_mut();
                 let state = wrr.get_mut(start..start + backends.len()).unwrap_or(&mut []);
-                match table::select::pick_weighted(backends, state).and_then(|i| backends.get(i)) {
+                let picked = table::select::pick_weighted(backends, state);
+                match picked.and_then(|i| Some((i, backends.get(i)?))) {
                     // Every weight is 0: nothing may receive traffic.
                     None => Target::Status(500),
-                    Some(b) => match &b.target {
+                    Some((backend, b)) => match &b.target {
                         ArchivedBackendTarget::Status(s) => Target::Status(s.to_native()),
                         ArchivedBackendTarget::Service(s) => {
                             let service = s.to_native();
@@ -80,7 +83,7 @@ impl CoreTable {
                             if let Some(c) = rr.get_mut(service as usize) {
                                 *c = c.wrapping_add(1);
                             }
-                            Target::Service { service, cursor }
+                            Target::Service { service, cursor, backend: backend as u32 }
                         }
                     },
                 }

@@ -13,7 +13,11 @@ pub fn forward(route: &str, service: u32, wrr_offset: u32) -> Action {
         route: route.into(),
         rule: 0,
         kind: ActionKind::Forward {
-            backends: vec![WeightedBackend { weight: 1, target: BackendTarget::Service(service) }],
+            backends: vec![WeightedBackend {
+                weight: 1,
+                target: BackendTarget::Service(service),
+                request_headers: HeaderEdits::default(),
+            }],
             wrr_offset,
         },
         request_headers: HeaderEdits::default(),

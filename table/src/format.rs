@@ -10,7 +10,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// Version of this layout. Stored in the segment header and checked by readers.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// One compiled generation of the whole data-plane configuration.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
@@ -268,6 +268,9 @@ pub enum PathRewrite {
 pub struct WeightedBackend {
     /// Relative weight; 0 receives nothing.
     pub weight: u32,
+    /// Request header edits for requests sent to this backend (backendRef filters), applied
+    /// after the rule's.
+    pub request_headers: HeaderEdits,
     /// Where that share goes.
     pub target: BackendTarget,
 }

@@ -15,8 +15,8 @@ use regex_automata::meta;
 use rkyv::{rancor, util::AlignedVec};
 
 use crate::format::{
-    ArchivedActionKind, ArchivedBackendTarget, ArchivedHostIndex, ArchivedPathMatch,
-    ArchivedPathRewrite, ArchivedTable, ArchivedValueMatch,
+    ArchivedActionKind, ArchivedBackendTarget, ArchivedHeaderEdits, ArchivedHostIndex,
+    ArchivedPathMatch, ArchivedPathRewrite, ArchivedTable, ArchivedValueMatch,
 };
 
 /// A table that passed validation, ready for lookups.
@@ -206,20 +206,16 @@ fn check_indices(t: &ArchivedTable) -> Result<(), TableError> {
     }
     let mut wrr_total: u64 = 0;
     for (i, action) in t.actions.iter().enumerate() {
-        let edits = &action.request_headers;
-        let names = edits.set.iter().chain(edits.add.iter()).map(|f| f.name.as_str());
-        if let Some(name) =
-            names.chain(edits.remove.iter().map(|n| n.as_str())).find(|n| !is_token(n))
-        {
-            return bad(format!("action {i}: header name {name:?} is not a token"));
-        }
-        if let Some(f) =
-            edits.set.iter().chain(edits.add.iter()).find(|f| !is_field_value(&f.value))
-        {
-            return bad(format!(
-                "action {i}: header {:?} has a value lb cannot send",
-                f.name.as_str()
-            ));
+        let backend_edits = match &action.kind {
+            ArchivedActionKind::Forward { backends, .. } => {
+                backends.iter().map(|b| &b.request_headers).collect()
+            }
+            _ => Vec::new(),
+        };
+        for edits in std::iter::once(&action.request_headers).chain(backend_edits) {
+            if let Some(problem) = edits_problem(edits) {
+                return bad(format!("action {i}: {problem}"));
+            }
         }
         if let ArchivedActionKind::Redirect { status, scheme, host, path, .. } = &action.kind {
             let status = status.to_native();
@@ -259,6 +255,19 @@ fn check_indices(t: &ArchivedTable) -> Result<(), TableError> {
         return bad(format!("wrr_slots {} but actions hold {wrr_total}", t.wrr_slots));
     }
     Ok(())
+}
+
+/// Why lb could not write these header edits into a head.
+fn edits_problem(edits: &ArchivedHeaderEdits) -> Option<String> {
+    let fields = || edits.set.iter().chain(edits.add.iter());
+    let mut names =
+        fields().map(|f| f.name.as_str()).chain(edits.remove.iter().map(|n| n.as_str()));
+    if let Some(name) = names.find(|n| !is_token(n)) {
+        return Some(format!("header name {name:?} is not a token"));
+    }
+    fields()
+        .find(|f| !is_field_value(&f.value))
+        .map(|f| format!("header {:?} has a value lb cannot send", f.name.as_str()))
 }
 
 /// An HTTP token (RFC 9110 5.6.2): a header name lb may write.

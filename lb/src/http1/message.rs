@@ -118,7 +118,7 @@ pub fn request_head(
     head: &Head,
     fields: &[httparse::Header<'_>],
     client: &ClientIp,
-    edits: &ArchivedHeaderEdits,
+    edits: &[Option<&ArchivedHeaderEdits>],
 ) {
     out.extend_from_slice(&buf[head.method.clone()]);
     out.push(b' ');
@@ -144,7 +144,7 @@ pub fn request_head(
         if matches!(class, Field::HopByHop | Field::Ours) {
             continue;
         }
-        if edited(edits, name) {
+        if edits.iter().flatten().any(|e| edited(e, name)) {
             continue;
         }
         if class == Field::ForwardedFor {
@@ -167,7 +167,7 @@ pub fn request_head(
         out.extend_from_slice(f.value);
         out.extend_from_slice(b"\r\n");
     }
-    for f in edits.set.iter().chain(edits.add.iter()) {
+    for f in edits.iter().flatten().flat_map(|e| e.set.iter().chain(e.add.iter())) {
         out.extend_from_slice(f.name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(f.value.as_bytes());
@@ -489,7 +489,7 @@ mod tests {
         let head = parse(raw, &mut fields, &Limits::default()).unwrap().unwrap();
         let mut out = Vec::new();
         let client = ClientIp::new("10.0.0.1".parse().unwrap());
-        request_head(&mut out, raw, &head, &fields[..head.header_count], &client, edits);
+        request_head(&mut out, raw, &head, &fields[..head.header_count], &client, &[Some(edits)]);
         String::from_utf8(out).unwrap()
     }
 
