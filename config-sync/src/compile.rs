@@ -23,8 +23,9 @@ use gateway_api::apis::experimental::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs,
     HttpRouteRulesBackendRefsFiltersType, HttpRouteRulesFiltersRequestRedirect,
     HttpRouteRulesFiltersRequestRedirectPathType, HttpRouteRulesFiltersRequestRedirectScheme,
-    HttpRouteRulesFiltersType, HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType,
-    HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType,
+    HttpRouteRulesFiltersType, HttpRouteRulesFiltersUrlRewrite,
+    HttpRouteRulesFiltersUrlRewritePathType, HttpRouteRulesMatches,
+    HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType,
     HttpRouteRulesMatchesQueryParamsType, HttpRouteStatus, HttpRouteStatusParents,
     HttpRouteStatusParentsParentRef,
 };
@@ -607,12 +608,22 @@ impl<'m> Compiler<'m> {
         for m in rule.filters.iter().flatten().filter_map(|f| f.request_header_modifier.as_ref()) {
             merge_edits(&mut request_headers, header_edits!(m));
         }
+        let mut rewrite = t::Rewrite::default();
+        for u in rule.filters.iter().flatten().filter_map(|f| f.url_rewrite.as_ref()) {
+            rewrite.host = u.hostname.clone().or(rewrite.host);
+            if let Some(p) = path_rewrite!(&u.path, HttpRouteRulesFiltersUrlRewritePathType)
+                && p != t::PathRewrite::Keep
+            {
+                rewrite.path = full_path_not_empty(p);
+            }
+        }
         let index = self.actions.len() as u32;
         self.actions.push(t::Action {
             route: key.to_string(),
             rule: rule_index as u32,
             kind,
             request_headers,
+            rewrite,
         });
         (index, problem)
     }
@@ -1059,6 +1070,16 @@ fn trim_prefix(p: &str) -> String {
 fn unsupported_rule_fields(rules: &[HttpRouteRules]) -> Option<String> {
     for (i, r) in rules.iter().enumerate() {
         for (j, f) in r.filters.iter().flatten().enumerate() {
+            if f.r#type == HttpRouteRulesFiltersType::UrlRewrite {
+                let Some(rewrite) = &f.url_rewrite else {
+                    return Some(format!("rules[{i}].filters[{j}].urlRewrite is missing"));
+                };
+                let matches = r.matches.as_deref().unwrap_or(&[]);
+                if let Some(problem) = url_rewrite_problem(rewrite, matches) {
+                    return Some(format!("rules[{i}].filters[{j}].urlRewrite: {problem}"));
+                }
+                continue;
+            }
             if f.r#type == HttpRouteRulesFiltersType::RequestRedirect {
                 let Some(redirect) = &f.request_redirect else {
                     return Some(format!("rules[{i}].filters[{j}].requestRedirect is missing"));
@@ -1197,13 +1218,87 @@ fn edits_problem(e: &t::HeaderEdits) -> Option<String> {
         .map(|f| format!("the value of header {:?} holds characters a header cannot carry", f.name))
 }
 
+/// A redirect's or URL rewrite's `path` (the two filters have their own, identical types) as a
+/// table path change; `None` when the replacement its type names is missing.
+macro_rules! path_rewrite {
+    ($path:expr, $ty:ident) => {
+        match $path {
+            None => Some(t::PathRewrite::Keep),
+            Some(p) => match p.r#type {
+                $ty::ReplaceFullPath => p.replace_full_path.clone().map(t::PathRewrite::Full),
+                $ty::ReplacePrefixMatch => {
+                    p.replace_prefix_match.clone().map(t::PathRewrite::Prefix)
+                }
+            },
+        }
+    };
+}
+use path_rewrite;
+
+/// An empty full path means `/`.
+fn full_path_not_empty(p: t::PathRewrite) -> t::PathRewrite {
+    match p {
+        t::PathRewrite::Full(f) if f.is_empty() => t::PathRewrite::Full("/".into()),
+        other => other,
+    }
+}
+
+/// Why a path change cannot be used on a rule with these matches.
+fn path_rewrite_problem(p: &t::PathRewrite, matches: &[HttpRouteRulesMatches]) -> Option<String> {
+    let v = match p {
+        t::PathRewrite::Keep => return None,
+        t::PathRewrite::Full(v) => v,
+        t::PathRewrite::Prefix(v) => {
+            // The spec: only with PathPrefix matches (a rule without matches is "/" prefix).
+            let prefix_only = matches.iter().all(|m| {
+                m.path.as_ref().is_none_or(|p| {
+                    p.r#type
+                        .as_ref()
+                        .is_none_or(|t| *t == HttpRouteRulesMatchesPathType::PathPrefix)
+                })
+            });
+            if !prefix_only {
+                return Some("ReplacePrefixMatch needs PathPrefix matches".into());
+            }
+            v
+        }
+    };
+    if !v.starts_with('/') && !v.is_empty() {
+        return Some(format!("path {v:?} does not start with /"));
+    }
+    if !table::view::is_field_value(v) || v.contains(' ') {
+        return Some(format!("path {v:?} holds characters a URL cannot carry"));
+    }
+    None
+}
+
+/// What makes a `URLRewrite` unusable.
+fn url_rewrite_problem(
+    r: &HttpRouteRulesFiltersUrlRewrite,
+    matches: &[HttpRouteRulesMatches],
+) -> Option<String> {
+    if let Some(h) = &r.hostname
+        && !host_name_ok(h)
+    {
+        return Some(format!("hostname {h:?} is not a host name"));
+    }
+    match path_rewrite!(&r.path, HttpRouteRulesFiltersUrlRewritePathType) {
+        None => Some("path has no replacement for its type".into()),
+        Some(p) => path_rewrite_problem(&p, matches),
+    }
+}
+
+fn host_name_ok(h: &str) -> bool {
+    !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+}
+
 /// What makes a `RequestRedirect` unusable (checked where the CRD's validation would).
 fn redirect_problem(
     r: &HttpRouteRulesFiltersRequestRedirect,
     matches: &[HttpRouteRulesMatches],
 ) -> Option<String> {
     if let Some(h) = &r.hostname
-        && (h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b)))
+        && !host_name_ok(h)
     {
         return Some(format!("hostname {h:?} is not a host name"));
     }
@@ -1217,53 +1312,15 @@ fn redirect_problem(
     {
         return Some(format!("statusCode {s} is not a redirect status"));
     }
-    if let Some(path) = &r.path {
-        let value = match path.r#type {
-            HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath => {
-                path.replace_full_path.as_deref()
-            }
-            HttpRouteRulesFiltersRequestRedirectPathType::ReplacePrefixMatch => {
-                // The spec: only with PathPrefix matches (a rule without matches is "/" prefix).
-                let prefix_only = matches.iter().all(|m| {
-                    m.path.as_ref().is_none_or(|p| {
-                        p.r#type
-                            .as_ref()
-                            .is_none_or(|t| *t == HttpRouteRulesMatchesPathType::PathPrefix)
-                    })
-                });
-                if !prefix_only {
-                    return Some("ReplacePrefixMatch needs PathPrefix matches".into());
-                }
-                path.replace_prefix_match.as_deref()
-            }
-        };
-        match value {
-            None => return Some("path has no replacement for its type".into()),
-            Some(v) if !v.starts_with('/') && !v.is_empty() => {
-                return Some(format!("path {v:?} does not start with /"));
-            }
-            Some(v) if !table::view::is_field_value(v) || v.contains(' ') => {
-                return Some(format!("path {v:?} holds characters a Location cannot carry"));
-            }
-            Some(_) => {}
-        }
+    match path_rewrite!(&r.path, HttpRouteRulesFiltersRequestRedirectPathType) {
+        None => Some("path has no replacement for its type".into()),
+        Some(p) => path_rewrite_problem(&p, matches),
     }
-    None
 }
 
 fn redirect_action(r: &HttpRouteRulesFiltersRequestRedirect) -> t::ActionKind {
-    let path = match &r.path {
-        None => t::PathRewrite::Keep,
-        Some(p) => match p.r#type {
-            HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath => {
-                let full = p.replace_full_path.clone().filter(|p| !p.is_empty());
-                t::PathRewrite::Full(full.unwrap_or_else(|| "/".into()))
-            }
-            HttpRouteRulesFiltersRequestRedirectPathType::ReplacePrefixMatch => {
-                t::PathRewrite::Prefix(p.replace_prefix_match.clone().unwrap_or_default())
-            }
-        },
-    };
+    let path = path_rewrite!(&r.path, HttpRouteRulesFiltersRequestRedirectPathType)
+        .map_or(t::PathRewrite::Keep, full_path_not_empty);
     t::ActionKind::Redirect {
         status: r.status_code.map_or(302, |s| s as u16),
         scheme: r.scheme.as_ref().map(|s| match s {

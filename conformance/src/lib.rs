@@ -44,6 +44,8 @@ pub const CLAIMED: &[&str] = &[
     "HTTPRouteParentRefPort",
     "HTTPRouteNamedRouteRule",
     "HTTPRouteDestinationPortMatching",
+    "HTTPRouteHostRewrite",
+    "HTTPRoutePathRewrite",
 ];
 
 /// Where the suite takes the addresses of hand-written EndpointSlices from (its Service-types

@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use compio::net::TcpStream;
 use table::Route;
-use table::format::ArchivedActionKind;
+use table::format::{ArchivedActionKind, ArchivedPathRewrite};
 use table::lookup::{MAX_HOST, Request, normalize_host};
 use tracing::debug;
 
@@ -188,7 +188,24 @@ pub fn prepare(
                 _ => None,
             };
             let edits = [Some(&action.request_headers), backend_edits];
-            message::request_head(out, buf, &head, fields, client, &edits);
+            let rewrite = &action.rewrite;
+            let target = match &rewrite.path {
+                ArchivedPathRewrite::Keep => None,
+                path => {
+                    let original = std::str::from_utf8(request.path).unwrap_or("/");
+                    let mut t = redirect::rewrite_path(original, path, matched).into_owned();
+                    if !request.query.is_empty() {
+                        t.push('?');
+                        t.push_str(std::str::from_utf8(request.query).unwrap_or(""));
+                    }
+                    Some(t)
+                }
+            };
+            let rewritten = message::Rewritten {
+                host: rewrite.host.as_ref().map(|h| h.as_bytes()),
+                target: target.as_ref().map(String::as_bytes),
+            };
+            message::request_head(out, buf, &head, fields, client, &edits, rewritten);
             Some(Plan::Forward { table: Rc::clone(&table), service, cursor, req })
         }
     }

@@ -50,22 +50,32 @@ pub fn location(origin: &Origin<'_>, target: &Target<'_>, matched: &ArchivedRout
         out.push(':');
         out.push_str(&p.to_string());
     }
-    match target.path {
-        ArchivedPathRewrite::Keep => out.push_str(origin.path),
-        ArchivedPathRewrite::Full(p) => out.push_str(p),
-        ArchivedPathRewrite::Prefix(replacement) => {
-            let prefix = match &matched.path {
-                ArchivedPathMatch::Prefix(p) => p.as_str(),
-                _ => "/",
-            };
-            out.push_str(&replace_prefix(origin.path, prefix, replacement));
-        }
-    }
+    out.push_str(&rewrite_path(origin.path, target.path, matched));
     if !origin.query.is_empty() {
         out.push('?');
         out.push_str(origin.query);
     }
     out
+}
+
+/// `path` after a redirect's or URL rewrite's path change (`matched` supplies the prefix that
+/// `ReplacePrefixMatch` replaces).
+pub fn rewrite_path<'a>(
+    path: &'a str,
+    rewrite: &'a ArchivedPathRewrite,
+    matched: &ArchivedRouteMatch,
+) -> std::borrow::Cow<'a, str> {
+    match rewrite {
+        ArchivedPathRewrite::Keep => path.into(),
+        ArchivedPathRewrite::Full(p) => p.as_str().into(),
+        ArchivedPathRewrite::Prefix(replacement) => {
+            let prefix = match &matched.path {
+                ArchivedPathMatch::Prefix(p) => p.as_str(),
+                _ => "/",
+            };
+            replace_prefix(path, prefix, replacement).into()
+        }
+    }
 }
 
 /// `path` with its matched `prefix` (segment-wise, as PathPrefix matches) replaced.

@@ -21,6 +21,7 @@ pub fn forward(route: &str, service: u32, wrr_offset: u32) -> Action {
             wrr_offset,
         },
         request_headers: HeaderEdits::default(),
+        rewrite: Rewrite::default(),
     }
 }
 

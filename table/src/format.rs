@@ -10,7 +10,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// Version of this layout. Stored in the segment header and checked by readers.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// One compiled generation of the whole data-plane configuration.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
@@ -191,6 +191,24 @@ pub struct Action {
     pub kind: ActionKind,
     /// Request header edits (HTTPRoute `RequestHeaderModifier`), applied to the upstream head.
     pub request_headers: HeaderEdits,
+    /// URL rewrite (HTTPRoute `URLRewrite`) of the forwarded request.
+    pub rewrite: Rewrite,
+}
+
+/// How a forwarded request's Host and path change.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Rewrite {
+    /// Host sent upstream instead of the client's.
+    pub host: Option<String>,
+    /// Path sent upstream (the query is kept).
+    pub path: PathRewrite,
+}
+
+impl Default for Rewrite {
+    fn default() -> Self {
+        Rewrite { host: None, path: PathRewrite::Keep }
+    }
 }
 
 /// Header edits in the spec's order: `remove` and `set` drop every field of that name

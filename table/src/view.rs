@@ -220,21 +220,15 @@ fn check_indices(t: &ArchivedTable) -> Result<(), TableError> {
         if let ArchivedActionKind::Redirect { status, scheme, host, path, .. } = &action.kind {
             let status = status.to_native();
             let scheme_ok = scheme.as_ref().is_none_or(|s| matches!(s.as_str(), "http" | "https"));
-            let host_ok = host.as_ref().is_none_or(|h| {
-                !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.*".contains(&b))
-            });
-            let path_ok = match path {
-                ArchivedPathRewrite::Keep => true,
-                ArchivedPathRewrite::Full(p) => {
-                    p.starts_with('/') && is_field_value(p) && !p.contains(' ')
-                }
-                ArchivedPathRewrite::Prefix(p) => {
-                    (p.is_empty() || p.starts_with('/')) && is_field_value(p) && !p.contains(' ')
-                }
-            };
+            let host_ok = host.as_ref().is_none_or(|h| host_ok(h));
+            let path_ok = path_ok(path);
             if !(300..400).contains(&status) || !scheme_ok || !host_ok || !path_ok {
                 return bad(format!("action {i}: redirect cannot be written into a Location"));
             }
+        }
+        let rewrite = &action.rewrite;
+        if !rewrite.host.as_ref().is_none_or(|h| host_ok(h)) || !path_ok(&rewrite.path) {
+            return bad(format!("action {i}: rewrite cannot be written into a request head"));
         }
         if let ArchivedActionKind::Forward { backends, wrr_offset } = &action.kind {
             let end = u64::from(wrr_offset.to_native()) + backends.len() as u64;
@@ -255,6 +249,22 @@ fn check_indices(t: &ArchivedTable) -> Result<(), TableError> {
         return bad(format!("wrr_slots {} but actions hold {wrr_total}", t.wrr_slots));
     }
     Ok(())
+}
+
+/// A host name lb may write into `Host` or `Location`.
+fn host_ok(h: &str) -> bool {
+    !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.*".contains(&b))
+}
+
+/// A path lb may write into a request line or `Location`.
+fn path_ok(path: &ArchivedPathRewrite) -> bool {
+    match path {
+        ArchivedPathRewrite::Keep => true,
+        ArchivedPathRewrite::Full(p) => p.starts_with('/') && is_field_value(p) && !p.contains(' '),
+        ArchivedPathRewrite::Prefix(p) => {
+            (p.is_empty() || p.starts_with('/')) && is_field_value(p) && !p.contains(' ')
+        }
+    }
 }
 
 /// Why lb could not write these header edits into a head.

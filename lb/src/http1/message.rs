@@ -110,8 +110,17 @@ fn content_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// A URL rewrite's replacements for the upstream head.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rewritten<'a> {
+    /// `Host` to send instead of the client's (`X-Forwarded-Host` keeps the client's).
+    pub host: Option<&'a [u8]>,
+    /// Request target (path and query) to send instead of the client's.
+    pub target: Option<&'a [u8]>,
+}
+
 /// Writes the upstream request head for `head` (parsed from `buf` into `fields`), with the
-/// route's header edits applied.
+/// route's header edits and URL rewrite applied.
 pub fn request_head(
     out: &mut Vec<u8>,
     buf: &[u8],
@@ -119,10 +128,11 @@ pub fn request_head(
     fields: &[httparse::Header<'_>],
     client: &ClientIp,
     edits: &[Option<&ArchivedHeaderEdits>],
+    rewritten: Rewritten<'_>,
 ) {
     out.extend_from_slice(&buf[head.method.clone()]);
     out.push(b' ');
-    let target = &buf[head.origin_form.clone()];
+    let target = rewritten.target.unwrap_or(&buf[head.origin_form.clone()]);
     out.extend_from_slice(if target.is_empty() { b"/" } else { target });
     out.extend_from_slice(b" HTTP/1.1\r\n");
     // Host: the absolute-form authority wins over the Host field (RFC 9112 3.2.2).
@@ -132,7 +142,7 @@ pub fn request_head(
         (None, None) => b"",
     };
     out.extend_from_slice(b"Host: ");
-    out.extend_from_slice(host);
+    out.extend_from_slice(rewritten.host.unwrap_or(host));
     out.extend_from_slice(b"\r\n");
     let mut xff_written = false;
     for (i, f) in fields.iter().enumerate() {
@@ -489,8 +499,31 @@ mod tests {
         let head = parse(raw, &mut fields, &Limits::default()).unwrap().unwrap();
         let mut out = Vec::new();
         let client = ClientIp::new("10.0.0.1".parse().unwrap());
-        request_head(&mut out, raw, &head, &fields[..head.header_count], &client, &[Some(edits)]);
+        request_head(
+            &mut out,
+            raw,
+            &head,
+            &fields[..head.header_count],
+            &client,
+            &[Some(edits)],
+            Rewritten::default(),
+        );
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn rewrite_replaces_host_and_target_but_not_forwarded_host() {
+        let raw = b"GET /a?q=1 HTTP/1.1\r\nHost: client.example\r\n\r\n";
+        let mut fields = [httparse::EMPTY_HEADER; 8];
+        let head = parse(raw, &mut fields, &Limits::default()).unwrap().unwrap();
+        let mut out = Vec::new();
+        let client = ClientIp::new("10.0.0.1".parse().unwrap());
+        let rewritten = Rewritten { host: Some(b"backend.example"), target: Some(b"/b?q=1") };
+        request_head(&mut out, raw, &head, &fields[..head.header_count], &client, &[], rewritten);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /b?q=1 HTTP/1.1\r\nHost: backend.example\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: client.example\r\n\r\n"
+        );
     }
 
     #[test]
