@@ -608,6 +608,10 @@ impl<'m> Compiler<'m> {
         for m in rule.filters.iter().flatten().filter_map(|f| f.request_header_modifier.as_ref()) {
             merge_edits(&mut request_headers, header_edits!(m));
         }
+        let mut response_headers = t::HeaderEdits::default();
+        for m in rule.filters.iter().flatten().filter_map(|f| f.response_header_modifier.as_ref()) {
+            merge_edits(&mut response_headers, header_edits!(m));
+        }
         let mut rewrite = t::Rewrite::default();
         for u in rule.filters.iter().flatten().filter_map(|f| f.url_rewrite.as_ref()) {
             rewrite.host = u.hostname.clone().or(rewrite.host);
@@ -624,6 +628,7 @@ impl<'m> Compiler<'m> {
             kind,
             request_headers,
             rewrite,
+            response_headers,
         });
         (index, problem)
     }
@@ -1070,6 +1075,17 @@ fn trim_prefix(p: &str) -> String {
 fn unsupported_rule_fields(rules: &[HttpRouteRules]) -> Option<String> {
     for (i, r) in rules.iter().enumerate() {
         for (j, f) in r.filters.iter().flatten().enumerate() {
+            if f.r#type == HttpRouteRulesFiltersType::ResponseHeaderModifier {
+                let Some(m) = &f.response_header_modifier else {
+                    return Some(format!(
+                        "rules[{i}].filters[{j}].responseHeaderModifier is missing"
+                    ));
+                };
+                if let Some(p) = edits_problem(&header_edits!(m)) {
+                    return Some(format!("rules[{i}].filters[{j}]: {p}"));
+                }
+                continue;
+            }
             if f.r#type == HttpRouteRulesFiltersType::UrlRewrite {
                 let Some(rewrite) = &f.url_rewrite else {
                     return Some(format!("rules[{i}].filters[{j}].urlRewrite is missing"));
@@ -1212,6 +1228,12 @@ fn edits_problem(e: &t::HeaderEdits) -> Option<String> {
     let mut names = fields().map(|f| f.name.as_str()).chain(e.remove.iter().map(String::as_str));
     if let Some(n) = names.find(|n| !table::view::is_token(n)) {
         return Some(format!("header name {n:?} is not valid"));
+    }
+    let mut names = fields().map(|f| f.name.as_str()).chain(e.remove.iter().map(String::as_str));
+    if let Some(n) = names.find(|n| !table::view::is_editable(n)) {
+        return Some(format!(
+            "header {n:?} frames the message or is set by the gateway; it cannot be modified"
+        ));
     }
     fields()
         .find(|f| !table::view::is_field_value(&f.value))

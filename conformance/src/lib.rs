@@ -46,6 +46,7 @@ pub const CLAIMED: &[&str] = &[
     "HTTPRouteDestinationPortMatching",
     "HTTPRouteHostRewrite",
     "HTTPRoutePathRewrite",
+    "HTTPRouteResponseHeaderModification",
 ];
 
 /// Where the suite takes the addresses of hand-written EndpointSlices from (its Service-types

@@ -83,6 +83,8 @@ pub struct Summary {
     pub head_method: bool,
     /// Safe to send twice (RFC 9110 9.2.2).
     pub idempotent: bool,
+    /// Index of the matched action in the table (`u32::MAX`: none), for its response edits.
+    pub action: u32,
 }
 
 impl Summary {
@@ -100,6 +102,7 @@ impl Summary {
                 method,
                 b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
             ),
+            action: u32::MAX,
         }
     }
 }
@@ -206,6 +209,7 @@ pub fn prepare(
                 target: target.as_ref().map(String::as_bytes),
             };
             message::request_head(out, buf, &head, fields, client, &edits, rewritten);
+            let req = Summary { action: matched.action.to_native(), ..req };
             Some(Plan::Forward { table: Rc::clone(&table), service, cursor, req })
         }
     }
@@ -357,7 +361,7 @@ impl Exchange<'_> {
                 }
                 return Err(e);
             }
-            match self.response_head(&mut up, req).await {
+            match self.response_head(table, &mut up, req).await {
                 Ok(response) => return Ok((up, addr, response)),
                 Err(e) if e.retry_safe && may_retry => {
                     debug!(%addr, "reused connection failed before answering: {e}; retrying");
@@ -411,9 +415,12 @@ impl Exchange<'_> {
     /// upstream head. Parsed once: the fields only live in this synchronous step.
     async fn response_head(
         &mut self,
+        table: &CoreTable,
         up: &mut Upstream,
         req: Summary,
     ) -> Result<Response, ProxyError> {
+        let edits =
+            table.router.table().actions.get(req.action as usize).map(|a| &a.response_headers);
         let t = self.core.settings.timeouts;
         let mut started = false;
         loop {
@@ -436,6 +443,7 @@ impl Exchange<'_> {
                                 fields,
                                 req.http10,
                                 req.keep_alive,
+                                edits,
                             );
                             Ok(Ok(Response { head, encode, close_client }))
                         }

@@ -10,7 +10,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// Version of this layout. Stored in the segment header and checked by readers.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 
 /// One compiled generation of the whole data-plane configuration.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
@@ -193,6 +193,9 @@ pub struct Action {
     pub request_headers: HeaderEdits,
     /// URL rewrite (HTTPRoute `URLRewrite`) of the forwarded request.
     pub rewrite: Rewrite,
+    /// Response header edits (HTTPRoute `ResponseHeaderModifier`), applied to the upstream's
+    /// response head before it goes to the client.
+    pub response_headers: HeaderEdits,
 }
 
 /// How a forwarded request's Host and path change.

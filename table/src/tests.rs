@@ -151,6 +151,15 @@ fn open_refuses_out_of_range_indices() {
             }),
         ),
         (
+            "framing header edit",
+            Box::new(|t| {
+                t.actions[0]
+                    .response_headers
+                    .set
+                    .push(HeaderField { name: "Content-Length".into(), value: "0".into() })
+            }),
+        ),
+        (
             "header name not a token",
             Box::new(|t| t.actions[0].request_headers.remove.push("Bad Name".into())),
         ),

@@ -212,7 +212,8 @@ fn check_indices(t: &ArchivedTable) -> Result<(), TableError> {
             }
             _ => Vec::new(),
         };
-        for edits in std::iter::once(&action.request_headers).chain(backend_edits) {
+        let rule_edits = [&action.request_headers, &action.response_headers];
+        for edits in rule_edits.into_iter().chain(backend_edits) {
             if let Some(problem) = edits_problem(edits) {
                 return bad(format!("action {i}: {problem}"));
             }
@@ -272,12 +273,31 @@ fn edits_problem(edits: &ArchivedHeaderEdits) -> Option<String> {
     let fields = || edits.set.iter().chain(edits.add.iter());
     let mut names =
         fields().map(|f| f.name.as_str()).chain(edits.remove.iter().map(|n| n.as_str()));
-    if let Some(name) = names.find(|n| !is_token(n)) {
-        return Some(format!("header name {name:?} is not a token"));
+    if let Some(name) = names.find(|n| !is_token(n) || !is_editable(n)) {
+        return Some(format!("header name {name:?} is not a token or is one lb owns"));
     }
     fields()
         .find(|f| !is_field_value(&f.value))
         .map(|f| format!("header {:?} has a value lb cannot send", f.name.as_str()))
+}
+
+/// Fields lb writes itself or that frame the message: a route may not edit them (a second
+/// Content-Length or Host would make the message ambiguous downstream).
+const NOT_EDITABLE: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Whether a route may set, add or remove this header.
+pub fn is_editable(name: &str) -> bool {
+    !NOT_EDITABLE.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
 /// An HTTP token (RFC 9110 5.6.2): a header name lb may write.

@@ -552,3 +552,33 @@ fn redirects_compile_and_bad_ones_are_refused() {
         assert_eq!(accepted(&c, "apps", name), vec!["UnsupportedValue".to_owned()], "{name}");
     }
 }
+
+#[test]
+fn header_modifiers_may_not_touch_framing_or_host() {
+    let parent = "{name: gw, namespace: infra, sectionName: http}";
+    for (name, filter) in [
+        (
+            "cl",
+            "{type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: Content-Length, value: '0'}]}}",
+        ),
+        (
+            "host",
+            "{type: RequestHeaderModifier, requestHeaderModifier: {add: [{name: host, value: x}]}}",
+        ),
+        (
+            "te",
+            "{type: RequestHeaderModifier, requestHeaderModifier: {remove: [Transfer-Encoding]}}",
+        ),
+    ] {
+        let rules = format!("  - filters: [{filter}]\n    {TO_SVC}");
+        let c = build(&route(name, "apps", parent, "", &rules));
+        assert_eq!(accepted(&c, "apps", name), vec!["UnsupportedValue".to_owned()], "{name}");
+    }
+    let ok = format!(
+        "  - filters: [{{type: ResponseHeaderModifier, responseHeaderModifier: {{set: [{{name: X-A, value: b}}]}}}}]\n    {TO_SVC}"
+    );
+    assert_eq!(
+        accepted(&build(&route("ok", "apps", parent, "", &ok)), "apps", "ok"),
+        vec!["Accepted"]
+    );
+}

@@ -342,6 +342,7 @@ pub fn response_head(
     fields: &[httparse::Header<'_>],
     client_http10: bool,
     client_keep_alive: bool,
+    edits: Option<&ArchivedHeaderEdits>,
 ) -> (Encode, bool) {
     let reason = reason_of(buf, head.status);
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -376,9 +377,18 @@ pub fn response_head(
         if !pass_upgrade && (hop_by_hop(f.name) || nominated(f.name)) {
             continue;
         }
+        if edits.is_some_and(|e| edited(e, f.name)) {
+            continue;
+        }
         out.extend_from_slice(f.name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(f.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    for f in edits.into_iter().flat_map(|e| e.set.iter().chain(e.add.iter())) {
+        out.extend_from_slice(f.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(f.value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     let (encode, mut close) = match head.framing {
@@ -576,7 +586,7 @@ mod tests {
         let mut fields = response_fields();
         let (head, fields) = parse_response(raw, &mut fields, head_req).unwrap().unwrap();
         let mut out = Vec::new();
-        let (enc, close) = response_head(&mut out, raw, &head, fields, http10, keep);
+        let (enc, close) = response_head(&mut out, raw, &head, fields, http10, keep, None);
         (String::from_utf8(out).unwrap(), enc, close, head.framing)
     }
 
