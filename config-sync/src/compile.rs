@@ -612,6 +612,15 @@ impl<'m> Compiler<'m> {
         for m in rule.filters.iter().flatten().filter_map(|f| f.response_header_modifier.as_ref()) {
             merge_edits(&mut response_headers, header_edits!(m));
         }
+        let timeouts =
+            rule.timeouts.as_ref().map_or_else(t::RouteTimeouts::default, |t| t::RouteTimeouts {
+                request_ms: t.request.as_deref().and_then(parse_duration_ms).unwrap_or(0),
+                backend_request_ms: t
+                    .backend_request
+                    .as_deref()
+                    .and_then(parse_duration_ms)
+                    .unwrap_or(0),
+            });
         let mut rewrite = t::Rewrite::default();
         for u in rule.filters.iter().flatten().filter_map(|f| f.url_rewrite.as_ref()) {
             rewrite.host = u.hostname.clone().or(rewrite.host);
@@ -629,6 +638,7 @@ impl<'m> Compiler<'m> {
             request_headers,
             rewrite,
             response_headers,
+            timeouts,
         });
         (index, problem)
     }
@@ -1133,10 +1143,29 @@ fn unsupported_rule_fields(rules: &[HttpRouteRules]) -> Option<String> {
                 }
             }
         }
-        if r.timeouts.is_some() || r.retry.is_some() || r.session_persistence.is_some() {
-            return Some(format!(
-                "rules[{i}]: timeouts, retry and sessionPersistence are not supported yet"
-            ));
+        if r.retry.is_some() || r.session_persistence.is_some() {
+            return Some(format!("rules[{i}]: retry and sessionPersistence are not supported yet"));
+        }
+        if let Some(t) = &r.timeouts {
+            let parsed = |v: &Option<String>, field: &str| match v {
+                None => Ok(0),
+                Some(v) => parse_duration_ms(v).ok_or_else(|| {
+                    format!(
+                        "rules[{i}].timeouts.{field} {v:?} is not a duration such as 500ms or 1m30s"
+                    )
+                }),
+            };
+            let request = match parsed(&t.request, "request") {
+                Ok(v) => v,
+                Err(e) => return Some(e),
+            };
+            let backend = match parsed(&t.backend_request, "backendRequest") {
+                Ok(v) => v,
+                Err(e) => return Some(e),
+            };
+            if request != 0 && backend > request {
+                return Some(format!("rules[{i}].timeouts.backendRequest is longer than request"));
+            }
         }
         for m in r.matches.iter().flatten() {
             let regexes = m
@@ -1292,6 +1321,37 @@ fn path_rewrite_problem(p: &t::PathRewrite, matches: &[HttpRouteRulesMatches]) -
         return Some(format!("path {v:?} holds characters a URL cannot carry"));
     }
     None
+}
+
+/// A Gateway API duration (GEP-2257: one to four `<number><unit>` parts, units h, m, s, ms;
+/// `0s` means no timeout) in milliseconds, saturating at `u32::MAX`.
+pub fn parse_duration_ms(v: &str) -> Option<u32> {
+    let mut total: u64 = 0;
+    let mut parts = 0;
+    let mut rest = v;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 5 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else if rest.starts_with('h') {
+            (3_600_000, 1)
+        } else if rest.starts_with('m') {
+            (60_000, 1)
+        } else if rest.starts_with('s') {
+            (1_000, 1)
+        } else {
+            return None;
+        };
+        rest = &rest[len..];
+        total += n * unit;
+        parts += 1;
+    }
+    (1..=4).contains(&parts).then(|| total.min(u64::from(u32::MAX)) as u32)
 }
 
 /// What makes a `URLRewrite` unusable.

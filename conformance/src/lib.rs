@@ -47,6 +47,8 @@ pub const CLAIMED: &[&str] = &[
     "HTTPRouteHostRewrite",
     "HTTPRoutePathRewrite",
     "HTTPRouteResponseHeaderModification",
+    "HTTPRouteRequestTimeout",
+    "HTTPRouteBackendTimeout",
 ];
 
 /// Where the suite takes the addresses of hand-written EndpointSlices from (its Service-types

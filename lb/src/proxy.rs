@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::Duration;
 
 use compio::net::TcpStream;
 use table::Route;
@@ -419,8 +420,15 @@ impl Exchange<'_> {
         up: &mut Upstream,
         req: Summary,
     ) -> Result<Response, ProxyError> {
-        let edits =
-            table.router.table().actions.get(req.action as usize).map(|a| &a.response_headers);
+        let action = table.router.table().actions.get(req.action as usize);
+        let edits = action.map(|a| &a.response_headers);
+        // The rule's timeouts bound the wait for the response head (from when the request is
+        // sent; the shorter of request and backendRequest), within lb's own upstream timeout.
+        let route_limit = action
+            .map(|a| (a.timeouts.request_ms.to_native(), a.timeouts.backend_request_ms.to_native()))
+            .and_then(|(r, b)| [r, b].into_iter().filter(|v| *v > 0).min())
+            .map(|ms| Duration::from_millis(u64::from(ms)));
+        let waiting_since = self.core.wheel.now();
         let t = self.core.settings.timeouts;
         let mut started = false;
         loop {
@@ -471,10 +479,20 @@ impl Exchange<'_> {
                     }
                 }
             }
+            let limit = match route_limit {
+                None => t.upstream,
+                Some(route) => {
+                    let spent = self.core.wheel.elapsed_since(waiting_since);
+                    match route.checked_sub(spent) {
+                        Some(left) if !left.is_zero() => left.min(t.upstream),
+                        _ => return Err(ProxyError::new(Side::Upstream, Kind::Timeout)),
+                    }
+                }
+            };
             let read = self
                 .core
                 .wheel
-                .timeout(self.deadline, t.upstream, up.input.fill(&up.stream, &self.core.spare))
+                .timeout(self.deadline, limit, up.input.fill(&up.stream, &self.core.spare))
                 .await;
             let e = match read {
                 Ok(Ok(0)) => ProxyError::new(Side::Upstream, Kind::Closed),

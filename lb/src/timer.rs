@@ -82,6 +82,11 @@ impl Wheel {
         ((secs - self.epoch).max(0) as u64) * TICKS_PER_SECOND + nanos as u64 / NANOS_PER_TICK
     }
 
+    /// Time since tick `since` (whole ticks).
+    pub fn elapsed_since(&self, since: u64) -> Duration {
+        TICK * self.now().saturating_sub(since) as u32
+    }
+
     /// Arms `d` to fire `after` from now, replacing any earlier arming.
     pub fn arm(&self, d: &Rc<Deadline>, after: Duration) {
         let ticks = after.as_millis().div_ceil(TICK.as_millis()).max(1) as u64;

@@ -23,6 +23,7 @@ pub fn forward(route: &str, service: u32, wrr_offset: u32) -> Action {
         request_headers: HeaderEdits::default(),
         rewrite: Rewrite::default(),
         response_headers: HeaderEdits::default(),
+        timeouts: RouteTimeouts::default(),
     }
 }
 

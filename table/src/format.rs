@@ -10,7 +10,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// Version of this layout. Stored in the segment header and checked by readers.
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
 
 /// One compiled generation of the whole data-plane configuration.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
@@ -196,6 +196,18 @@ pub struct Action {
     /// Response header edits (HTTPRoute `ResponseHeaderModifier`), applied to the upstream's
     /// response head before it goes to the client.
     pub response_headers: HeaderEdits,
+    /// HTTPRoute rule `timeouts`, in milliseconds (0: none).
+    pub timeouts: RouteTimeouts,
+}
+
+/// A rule's timeouts (0: not set).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct RouteTimeouts {
+    /// `request`: the whole request, from its arrival to the response head.
+    pub request_ms: u32,
+    /// `backendRequest`: one request to a backend, until its response head.
+    pub backend_request_ms: u32,
 }
 
 /// How a forwarded request's Host and path change.

@@ -582,3 +582,13 @@ fn header_modifiers_may_not_touch_framing_or_host() {
         vec!["Accepted"]
     );
 }
+
+#[test]
+fn gateway_api_durations() {
+    assert_eq!(parse_duration_ms("500ms"), Some(500));
+    assert_eq!(parse_duration_ms("1h2m3s4ms"), Some(3_723_004));
+    assert_eq!(parse_duration_ms("0s"), Some(0));
+    for bad in ["", "1", "1d", "1.5s", "123456s", "1s1s1s1s1s", "-1s", "1 s"] {
+        assert_eq!(parse_duration_ms(bad), None, "{bad:?}");
+    }
+}
