@@ -49,6 +49,8 @@ pub const CLAIMED: &[&str] = &[
     "HTTPRouteResponseHeaderModification",
     "HTTPRouteRequestTimeout",
     "HTTPRouteBackendTimeout",
+    "HTTPRouteQueryParamMatching",
+    "HTTPRouteMethodMatching",
 ];
 
 /// Where the suite takes the addresses of hand-written EndpointSlices from (its Service-types
