@@ -49,20 +49,3 @@ pub fn request(
     bytes.extend_from_slice(body);
     bytes
 }
-
-/// Parses a CPU list (`0,2-3`).
-pub fn parse_cpus(spec: &str) -> Result<Vec<usize>, String> {
-    let mut out = Vec::new();
-    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let bad = || format!("{part:?} is not a CPU id or range");
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (usize, usize) =
-                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
-                out.extend(a..=b);
-            }
-            None => out.push(part.parse().map_err(|_| bad())?),
-        }
-    }
-    if out.is_empty() { Err("empty CPU list".into()) } else { Ok(out) }
-}

@@ -163,7 +163,7 @@ fn load(a: &LoadArgs) -> Result<(), String> {
         request: perf::request(&a.method, &host, &path, &headers, a.body.as_bytes()),
         head_request: a.method == "HEAD",
         connections: a.connections.max(1),
-        cpus: perf::parse_cpus(&a.cpus)?,
+        cpus: lb::parse_cpus(&a.cpus)?,
         duration: Duration::from_secs_f64(a.duration),
         warmup: Duration::from_secs_f64(a.warmup.min(a.duration)),
         max_requests: a.requests,
