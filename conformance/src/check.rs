@@ -18,7 +18,6 @@ const UNCHECKED: &[&str] = &[
     "grpc_code",
     "fully_qualified_method_seen_by_backend",
     "tcp_echo",
-    "websocket_echo",
     "tls_connection_rejected",
     "tls_request_fails",
     "repeat",

@@ -14,6 +14,7 @@ pub mod check;
 pub mod http;
 pub mod manifests;
 pub mod status;
+pub mod ws;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -51,6 +52,7 @@ pub const CLAIMED: &[&str] = &[
     "HTTPRouteBackendTimeout",
     "HTTPRouteQueryParamMatching",
     "HTTPRouteMethodMatching",
+    "HTTPRouteBackendProtocolWebSocket",
 ];
 
 /// Where the suite takes the addresses of hand-written EndpointSlices from (its Service-types
@@ -426,6 +428,18 @@ impl Cluster {
         let addr: SocketAddr =
             format!("{ip}:{port}").parse().map_err(|e| format!("{ip}:{port}: {e}"))?;
         let r = &c.request;
+        if r.get("websocket").and_then(Value::as_bool) == Some(true) {
+            let lines: Vec<&str> = c
+                .expect
+                .get("websocket_echo")
+                .and_then(Value::as_array)
+                .map(|l| l.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let url = str_of(r, "url").unwrap_or("ws://gateway/");
+            let path =
+                url.split_once("://").and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]));
+            return ws::check(addr, &ip, path.unwrap_or("/"), &ws::messages(&lines)?);
+        }
         let headers: Vec<(String, String)> = r
             .get("headers")
             .and_then(Value::as_object)

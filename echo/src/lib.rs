@@ -5,13 +5,16 @@
 //!
 //! Contract (a subset of echo-basic, see `../shared/gateway-api/README.md`): `/health` → `OK`;
 //! `/status/NNN` → that status with an empty body; `?delay=<Go duration>` delays the answer;
-//! request header `X-Echo-Set-Header: Name:Value,...` sets response headers. Each echoed
+//! request header `X-Echo-Set-Header: Name:Value,...` sets response headers; `/ws` is a
+//! WebSocket echo (RFC 6455: text and binary messages echoed, pings answered). Each echoed
 //! request is logged as `Echoing back request made to <uri> to client (<peer>)`.
 //!
 //! Deliberately simple (blocking sockets, a thread per connection): it is a test and demo
 //! backend, not part of the data path being measured.
 
 #![forbid(unsafe_code)]
+
+pub mod ws;
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -110,6 +113,7 @@ fn connection(
         let mut chunked = false;
         let mut close = version == 0;
         let mut set_headers = Vec::new();
+        let mut ws_key: Option<String> = None;
         for h in req.headers.iter() {
             let value = String::from_utf8_lossy(h.value).into_owned();
             let lower = h.name.to_ascii_lowercase();
@@ -128,6 +132,7 @@ fn connection(
                         close = false;
                     }
                 }
+                "sec-websocket-key" => ws_key = Some(value.clone()),
                 "x-echo-set-header" => set_headers.extend(
                     value
                         .split(',')
@@ -151,6 +156,16 @@ fn connection(
         let mut extra = String::new();
         for (k, v) in &set_headers {
             extra.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if let (Some(key), "/ws") = (&ws_key, path) {
+            info!("Echoing back request made to {target} to client (websocket)");
+            write!(
+                writer,
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                ws::accept_key(key)
+            )?;
+            stream.write_all(&writer)?;
+            return ws::echo_frames(&mut reader, &mut stream);
         }
         if path == "/health" {
             write!(writer, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{connection_header}\r\nOK")?;
