@@ -235,23 +235,24 @@ impl Exchange<'_> {
     /// Answers locally. The connection continues when the request had no body and the client
     /// keeps alive.
     pub async fn respond(&mut self, status: u16, req: Summary) -> Flow {
-        self.input.consume(req.len, &self.core.spare);
-        // An unread body would be parsed as the next request: close instead.
-        let close = !req.keep_alive || !matches!(req.framing, Framing::None | Framing::Length(0));
-        self.out.clear();
-        message::local_response(self.out, status, close, req.head_method);
-        if self.write_client().await.is_err() || close {
-            return Flow::Close;
-        }
-        Flow::Continue
+        self.answer(req, |out, close| message::local_response(out, status, close, req.head_method))
+            .await
     }
 
     /// Answers with a redirect; continues like [`Exchange::respond`].
     pub async fn redirect(&mut self, status: u16, location: &str, req: Summary) -> Flow {
+        self.answer(req, |out, close| message::redirect_response(out, status, location, close))
+            .await
+    }
+
+    /// Consumes the request, writes what `head` puts in the output (told whether the
+    /// connection closes after it) and decides the connection's fate.
+    async fn answer(&mut self, req: Summary, head: impl FnOnce(&mut Vec<u8>, bool)) -> Flow {
         self.input.consume(req.len, &self.core.spare);
+        // An unread body would be parsed as the next request: close instead.
         let close = !req.keep_alive || !matches!(req.framing, Framing::None | Framing::Length(0));
         self.out.clear();
-        message::redirect_response(self.out, status, location, close);
+        head(self.out, close);
         if self.write_client().await.is_err() || close {
             return Flow::Close;
         }
