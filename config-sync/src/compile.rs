@@ -20,14 +20,14 @@ use gateway_api::apis::experimental::gateways::{
     GatewayStatusAddresses, GatewayStatusListeners, GatewayStatusListenersSupportedKinds,
 };
 use gateway_api::apis::experimental::httproutes::{
-    HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs,
-    HttpRouteRulesBackendRefsFiltersType, HttpRouteRulesFiltersRequestRedirect,
-    HttpRouteRulesFiltersRequestRedirectPathType, HttpRouteRulesFiltersRequestRedirectScheme,
-    HttpRouteRulesFiltersType, HttpRouteRulesFiltersUrlRewrite,
-    HttpRouteRulesFiltersUrlRewritePathType, HttpRouteRulesMatches,
-    HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType,
-    HttpRouteRulesMatchesQueryParamsType, HttpRouteStatus, HttpRouteStatusParents,
-    HttpRouteStatusParentsParentRef,
+    HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefsFiltersType,
+    HttpRouteRulesFiltersCors, HttpRouteRulesFiltersRequestMirror,
+    HttpRouteRulesFiltersRequestRedirect, HttpRouteRulesFiltersRequestRedirectPathType,
+    HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersType,
+    HttpRouteRulesFiltersUrlRewrite, HttpRouteRulesFiltersUrlRewritePathType,
+    HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesMethod,
+    HttpRouteRulesMatchesPathType, HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesRetry,
+    HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use table::format as t;
@@ -442,7 +442,15 @@ impl<'m> Compiler<'m> {
         } else {
             // Nothing attached: still report reference problems.
             for rule in rules {
-                for b in rule.backend_refs.iter().flatten() {
+                let mirrors =
+                    rule.filters.iter().flatten().filter_map(|f| f.request_mirror.as_ref());
+                let refs = rule
+                    .backend_refs
+                    .iter()
+                    .flatten()
+                    .map(|b| backend_ref!(b))
+                    .chain(mirrors.map(|m| backend_ref!(&m.backend_ref)));
+                for b in refs {
                     if let (Ok(()), Err(p)) = (&resolved, self.resolve_backend(key, b)) {
                         resolved = Err(p);
                     }
@@ -581,7 +589,7 @@ impl<'m> Compiler<'m> {
         let mut backends = Vec::new();
         for b in rule.backend_refs.iter().flatten() {
             let weight = b.weight.unwrap_or(1).max(0) as u32;
-            let target = match self.resolve_backend(key, b) {
+            let target = match self.resolve_backend(key, backend_ref!(b)) {
                 Ok(service) => t::BackendTarget::Service(service),
                 Err(p) => {
                     problem.get_or_insert(p);
@@ -630,6 +638,23 @@ impl<'m> Compiler<'m> {
                 rewrite.path = full_path_not_empty(p);
             }
         }
+        let mut mirrors = Vec::new();
+        for m in rule.filters.iter().flatten().filter_map(|f| f.request_mirror.as_ref()) {
+            // An unresolvable mirror is dropped (the spec), and ResolvedRefs says why.
+            match self.resolve_backend(key, backend_ref!(&m.backend_ref)) {
+                Ok(service) => mirrors.push(t::Mirror { service, per_million: mirror_share(m) }),
+                Err(p) => {
+                    problem.get_or_insert(p);
+                }
+            }
+        }
+        let cors = rule.filters.iter().flatten().find_map(|f| f.cors.as_ref()).map(cors_policy);
+        let retry = rule.retry.as_ref().map_or_else(t::Retry::default, |r| t::Retry {
+            // Unset attempts: one retry (the spec leaves the number to the implementation).
+            attempts: r.attempts.map_or(1, |a| a.clamp(0, 10) as u32),
+            codes: r.codes.iter().flatten().filter_map(|c| u16::try_from(*c).ok()).collect(),
+            backoff_ms: r.backoff.as_deref().and_then(parse_duration_ms).unwrap_or(0),
+        });
         let index = self.actions.len() as u32;
         self.actions.push(t::Action {
             route: key.to_string(),
@@ -639,6 +664,9 @@ impl<'m> Compiler<'m> {
             rewrite,
             response_headers,
             timeouts,
+            mirrors,
+            cors,
+            retry,
         });
         (index, problem)
     }
@@ -646,16 +674,16 @@ impl<'m> Compiler<'m> {
     fn resolve_backend(
         &mut self,
         route_key: &Key,
-        b: &HttpRouteRulesBackendRefs,
+        b: BackendRef<'_>,
     ) -> Result<u32, (&'static str, String)> {
-        let group = b.group.as_deref().unwrap_or("");
-        let kind = b.kind.as_deref().unwrap_or("Service");
+        let group = b.group.unwrap_or("");
+        let kind = b.kind.unwrap_or("Service");
         if !group.is_empty() || kind != "Service" {
             return Err(("InvalidKind", format!("backend kind {group}/{kind} is not supported")));
         }
-        let namespace = b.namespace.as_deref().unwrap_or(&route_key.namespace);
+        let namespace = b.namespace.unwrap_or(&route_key.namespace);
         if namespace != route_key.namespace
-            && !self.grant_allows(&route_key.namespace, namespace, &b.name)
+            && !self.grant_allows(&route_key.namespace, namespace, b.name)
         {
             return Err((
                 "RefNotPermitted",
@@ -665,7 +693,7 @@ impl<'m> Compiler<'m> {
                 ),
             ));
         }
-        let service_key = Key::new(namespace, &b.name);
+        let service_key = Key::new(namespace, b.name);
         let Some(service) = self.model.services.get(&service_key) else {
             return Err(("BackendNotFound", format!("Service {service_key} not found")));
         };
@@ -675,7 +703,7 @@ impl<'m> Compiler<'m> {
         else {
             return Err(("BackendNotFound", format!("Service {service_key} has no port {port}")));
         };
-        let cache_key = (namespace.to_owned(), b.name.clone(), port);
+        let cache_key = (namespace.to_owned(), b.name.to_owned(), port);
         if let Some(&index) = self.service_index.get(&cache_key) {
             return Ok(index);
         }
@@ -687,7 +715,7 @@ impl<'m> Compiler<'m> {
                     .labels
                     .as_ref()
                     .and_then(|l| l.get("kubernetes.io/service-name"))
-                    .is_some_and(|n| *n == b.name)
+                    .is_some_and(|n| n == b.name)
         }) {
             let Some(slice_port) = slice.ports.iter().flatten().find(|p| {
                 p.name.as_deref().unwrap_or("") == port_name
@@ -1116,6 +1144,24 @@ fn unsupported_rule_fields(rules: &[HttpRouteRules]) -> Option<String> {
                 }
                 continue;
             }
+            if f.r#type == HttpRouteRulesFiltersType::RequestMirror {
+                let Some(mirror) = &f.request_mirror else {
+                    return Some(format!("rules[{i}].filters[{j}].requestMirror is missing"));
+                };
+                if let Some(problem) = mirror_problem(mirror) {
+                    return Some(format!("rules[{i}].filters[{j}].requestMirror: {problem}"));
+                }
+                continue;
+            }
+            if f.r#type == HttpRouteRulesFiltersType::Cors {
+                let Some(cors) = &f.cors else {
+                    return Some(format!("rules[{i}].filters[{j}].cors is missing"));
+                };
+                if let Some(problem) = cors_problem(cors) {
+                    return Some(format!("rules[{i}].filters[{j}].cors: {problem}"));
+                }
+                continue;
+            }
             if f.r#type != HttpRouteRulesFiltersType::RequestHeaderModifier {
                 return Some(format!(
                     "rules[{i}].filters[{j}]: type {:?} is not supported yet",
@@ -1143,8 +1189,13 @@ fn unsupported_rule_fields(rules: &[HttpRouteRules]) -> Option<String> {
                 }
             }
         }
-        if r.retry.is_some() || r.session_persistence.is_some() {
-            return Some(format!("rules[{i}]: retry and sessionPersistence are not supported yet"));
+        if r.session_persistence.is_some() {
+            return Some(format!("rules[{i}]: sessionPersistence is not supported yet"));
+        }
+        if let Some(retry) = &r.retry
+            && let Some(problem) = retry_problem(retry)
+        {
+            return Some(format!("rules[{i}].retry: {problem}"));
         }
         if let Some(t) = &r.timeouts {
             let parsed = |v: &Option<String>, field: &str| match v {
@@ -1418,6 +1469,139 @@ fn redirect_action(r: &HttpRouteRulesFiltersRequestRedirect) -> t::ActionKind {
 /// Why the Gateway's `infrastructure.parametersRef` cannot be honoured: Sluice defines no
 /// parameters kind, so any reference is one it cannot resolve (the spec: reject with
 /// `InvalidParameters`).
+/// A backend reference, whichever field it came from (backendRefs, a mirror filter).
+#[derive(Debug, Clone, Copy)]
+struct BackendRef<'a> {
+    group: Option<&'a str>,
+    kind: Option<&'a str>,
+    name: &'a str,
+    namespace: Option<&'a str>,
+    port: Option<i32>,
+}
+
+macro_rules! backend_ref {
+    ($b:expr) => {{
+        let b = $b;
+        BackendRef {
+            group: b.group.as_deref(),
+            kind: b.kind.as_deref(),
+            name: &b.name,
+            namespace: b.namespace.as_deref(),
+            port: b.port,
+        }
+    }};
+}
+use backend_ref;
+
+/// A mirror's sampling rate in parts per million (`percent`, or `fraction`; neither: all).
+fn mirror_share(m: &HttpRouteRulesFiltersRequestMirror) -> u32 {
+    if let Some(f) = &m.fraction {
+        let denominator = i64::from(f.denominator.unwrap_or(100).max(1));
+        let numerator = i64::from(f.numerator).clamp(0, denominator);
+        return (numerator * 1_000_000 / denominator) as u32;
+    }
+    m.percent.map_or(1_000_000, |p| p.clamp(0, 100) as u32 * 10_000)
+}
+
+/// Why a mirror filter cannot be served.
+fn mirror_problem(m: &HttpRouteRulesFiltersRequestMirror) -> Option<String> {
+    if m.percent.is_some() && m.fraction.is_some() {
+        return Some("percent and fraction are both set".into());
+    }
+    if let Some(p) = m.percent
+        && !(0..=100).contains(&p)
+    {
+        return Some(format!("percent {p} is not within 0-100"));
+    }
+    if let Some(f) = &m.fraction {
+        let denominator = f.denominator.unwrap_or(100);
+        if denominator < 1 || f.numerator < 0 || f.numerator > denominator {
+            return Some(format!(
+                "fraction {}/{denominator} is not a fraction between 0 and 1",
+                f.numerator
+            ));
+        }
+    }
+    None
+}
+
+/// The table's CORS policy: origins normalised (lower-case, default port written out) so lb
+/// compares them byte for byte.
+fn cors_policy(c: &HttpRouteRulesFiltersCors) -> t::Cors {
+    let list = |v: &Option<Vec<String>>| v.iter().flatten().cloned().collect::<Vec<_>>();
+    t::Cors {
+        origins: c.allow_origins.iter().flatten().filter_map(|o| normalize_origin(o)).collect(),
+        methods: list(&c.allow_methods),
+        headers: list(&c.allow_headers),
+        expose: list(&c.expose_headers),
+        max_age: c.max_age.map_or(5, |a| a.max(0) as u32),
+        credentials: c.allow_credentials.unwrap_or(false),
+    }
+}
+
+/// `scheme://host[:port]` lower-cased with the scheme's default port written out, or `*`.
+/// `None` when it is neither.
+pub fn normalize_origin(origin: &str) -> Option<String> {
+    if origin == "*" {
+        return Some("*".into());
+    }
+    let lower = origin.to_ascii_lowercase();
+    let (scheme, rest) = lower.split_once("://")?;
+    let default_port = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().ok().filter(|p| *p > 0)?),
+        None => (rest, default_port),
+    };
+    let labels_ok =
+        host == "*"
+            || host.strip_prefix("*.").unwrap_or(host).split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+    labels_ok.then(|| format!("{scheme}://{host}:{port}"))
+}
+
+/// Why a CORS filter cannot be served.
+fn cors_problem(c: &HttpRouteRulesFiltersCors) -> Option<String> {
+    for o in c.allow_origins.iter().flatten() {
+        if normalize_origin(o).is_none() {
+            return Some(format!("allowOrigins entry {o:?} is not scheme://host[:port] or *"));
+        }
+    }
+    let lists = [("allowMethods", &c.allow_methods), ("allowHeaders", &c.allow_headers)];
+    for (field, list) in lists.into_iter().chain([("exposeHeaders", &c.expose_headers)]) {
+        let list = list.as_deref().unwrap_or(&[]);
+        if let Some(bad) = list.iter().find(|v| !table::view::is_token(v)) {
+            return Some(format!("{field} entry {bad:?} is not a token"));
+        }
+        if list.len() > 1 && list.iter().any(|v| v == "*") && field != "exposeHeaders" {
+            return Some(format!("{field} has * alongside other entries"));
+        }
+    }
+    None
+}
+
+/// Why a retry policy cannot be served.
+fn retry_problem(r: &HttpRouteRulesRetry) -> Option<String> {
+    if let Some(a) = r.attempts
+        && a < 0
+    {
+        return Some(format!("attempts {a} is negative"));
+    }
+    if let Some(c) = r.codes.iter().flatten().find(|c| !(400..600).contains(*c)) {
+        return Some(format!("code {c} is not an HTTP error status (400-599)"));
+    }
+    if let Some(b) = &r.backoff
+        && parse_duration_ms(b).is_none()
+    {
+        return Some(format!("backoff {b:?} is not a duration such as 100ms"));
+    }
+    None
+}
+
 fn parameters_problem(gw: &Gateway) -> Option<String> {
     let r = gw.spec.infrastructure.as_ref()?.parameters_ref.as_ref()?;
     Some(format!("parametersRef {}/{} {}: Sluice has no parameters kind", r.group, r.kind, r.name))

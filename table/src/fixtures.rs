@@ -24,6 +24,9 @@ pub fn forward(route: &str, service: u32, wrr_offset: u32) -> Action {
         rewrite: Rewrite::default(),
         response_headers: HeaderEdits::default(),
         timeouts: RouteTimeouts::default(),
+        mirrors: vec![],
+        cors: None,
+        retry: Retry::default(),
     }
 }
 

@@ -10,7 +10,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// Version of this layout. Stored in the segment header and checked by readers.
-pub const FORMAT_VERSION: u32 = 7;
+pub const FORMAT_VERSION: u32 = 8;
 
 /// One compiled generation of the whole data-plane configuration.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
@@ -198,6 +198,54 @@ pub struct Action {
     pub response_headers: HeaderEdits,
     /// HTTPRoute rule `timeouts`, in milliseconds (0: none).
     pub timeouts: RouteTimeouts,
+    /// `RequestMirror` filters: copies of the request sent fire-and-forget.
+    pub mirrors: Vec<Mirror>,
+    /// `CORS` filter: preflights answered by lb, response headers for allowed origins.
+    pub cors: Option<Cors>,
+    /// Rule `retry` (attempts 0: never retried beyond lb's own safe resend).
+    pub retry: Retry,
+}
+
+/// One `RequestMirror`: a copy of each sampled request goes to one endpoint of a service.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Mirror {
+    /// Index into [`Table::services`].
+    pub service: u32,
+    /// Share of requests mirrored, in parts per million (1,000,000: every request).
+    pub per_million: u32,
+}
+
+/// A rule's CORS policy (HTTPRoute `CORS` filter).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct Cors {
+    /// Allowed origins: `*`, or `scheme://host[:port]` where the host may start with `*` (any
+    /// number of labels in front); lower-case, default ports written out.
+    pub origins: Vec<String>,
+    /// Allowed methods (`*`: any), as written.
+    pub methods: Vec<String>,
+    /// Allowed request headers (`*`: any).
+    pub headers: Vec<String>,
+    /// Response headers exposed to scripts.
+    pub expose: Vec<String>,
+    /// `Access-Control-Max-Age` in seconds.
+    pub max_age: u32,
+    /// Send `Access-Control-Allow-Credentials: true`.
+    pub credentials: bool,
+}
+
+/// When a request is sent again (HTTPRoute rule `retry`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct Retry {
+    /// Retries after the first attempt (0: none).
+    pub attempts: u32,
+    /// Response statuses that are retried; connection errors and backend-request timeouts
+    /// always are when `attempts` > 0.
+    pub codes: Vec<u16>,
+    /// Minimum wait between attempts, in milliseconds.
+    pub backoff_ms: u32,
 }
 
 /// A rule's timeouts (0: not set).

@@ -231,6 +231,21 @@ fn check_indices(t: &ArchivedTable) -> Result<(), TableError> {
         if !rewrite.host.as_ref().is_none_or(|h| host_ok(h)) || !path_ok(&rewrite.path) {
             return bad(format!("action {i}: rewrite cannot be written into a request head"));
         }
+        if action.mirrors.iter().any(|m| {
+            m.service.to_native() as usize >= services || m.per_million.to_native() > 1_000_000
+        }) {
+            return bad(format!("action {i}: mirror service out of range"));
+        }
+        if let Some(cors) = action.cors.as_ref() {
+            let tokens = cors.methods.iter().chain(cors.headers.iter()).chain(cors.expose.iter());
+            let origins_ok = cors.origins.iter().all(|o| is_field_value(o) && !o.contains(','));
+            if !origins_ok || !tokens.into_iter().all(|t| is_token(t)) {
+                return bad(format!("action {i}: CORS policy cannot be written into a head"));
+            }
+        }
+        if action.retry.codes.iter().any(|c| !(100..600).contains(&c.to_native())) {
+            return bad(format!("action {i}: retry status out of range"));
+        }
         if let ArchivedActionKind::Forward { backends, wrr_offset } = &action.kind {
             let end = u64::from(wrr_offset.to_native()) + backends.len() as u64;
             if end > u64::from(t.wrr_slots.to_native()) {
