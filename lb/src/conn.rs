@@ -101,8 +101,9 @@ async fn exchange(
         }
         Plan::Respond { status, req } => ex.respond(status, req).await,
         Plan::Redirect { status, location, req } => ex.redirect(status, &location, req).await,
-        Plan::Forward { table, service, cursor, req } => {
-            ex.forward(table, service, cursor, req).await
+        Plan::Preflight { headers, req } => ex.preflight(headers, req).await,
+        Plan::Forward { table, service, cursor, cors, req } => {
+            ex.forward(table, service, cursor, &cors, req).await
         }
     };
     core.spare.give(out);

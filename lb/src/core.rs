@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::http1::parse::Limits;
 use crate::io::{BufferConfig, Spare};
+use crate::mirror::Mirrors;
 use crate::timer::Wheel;
 use crate::upstream::{CoreTable, Pool};
 
@@ -86,6 +87,8 @@ pub struct Core {
     pub spare: Spare,
     /// Idle upstream connections.
     pub pool: RefCell<Pool>,
+    /// Request mirroring (copies in flight, sampling).
+    pub mirrors: Mirrors,
     table: RefCell<Option<Rc<CoreTable>>>,
 }
 
@@ -98,6 +101,7 @@ impl Core {
             id,
             spare: Spare::new(&settings.buffers),
             pool: RefCell::new(Pool::new(settings.pool_max_idle, idle_ticks)),
+            mirrors: Mirrors::new(id),
             settings,
             wheel,
             table: RefCell::new(None),

@@ -32,6 +32,8 @@ pub enum Kind {
     Unreachable,
     /// The service has no ready endpoints.
     NoEndpoints,
+    /// The upstream answered with a status the route's retry policy retries.
+    Status(u16),
 }
 
 /// A failed exchange.
@@ -85,6 +87,7 @@ impl ProxyError {
             (Side::Downstream, _) => 400,
             (Side::Upstream, Kind::Timeout) => 504,
             (Side::Upstream, Kind::NoEndpoints) => 503,
+            (Side::Upstream, Kind::Status(s)) => s,
             (Side::Upstream, _) => 502,
         }
     }
@@ -104,6 +107,7 @@ impl fmt::Display for ProxyError {
             Kind::TooLarge => write!(f, "{side} body too large"),
             Kind::Unreachable => write!(f, "no {side} endpoint accepted a connection"),
             Kind::NoEndpoints => write!(f, "{side} service has no ready endpoints"),
+            Kind::Status(s) => write!(f, "{side} answered {s}, which the route retries"),
         }
     }
 }

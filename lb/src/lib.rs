@@ -15,10 +15,12 @@
 
 pub mod conn;
 pub mod core;
+pub mod cors;
 pub mod error;
 pub mod http1;
 pub mod io;
 pub mod listener;
+pub mod mirror;
 pub mod proxy;
 pub mod redirect;
 pub mod router;

@@ -23,10 +23,10 @@ use crate::http1::body::{BodyDecoder, Encode};
 use crate::http1::message::{self, ClientIp, ResponseFraming, ResponseHead};
 use crate::http1::parse::{self, Framing, Head, MAX_HEADERS, Reject, trim_ows};
 use crate::io::{InBuf, write_out};
-use crate::redirect;
 use crate::router::FieldHeaders;
 use crate::timer::{Deadline, Elapsed};
 use crate::upstream::{CoreTable, Target};
+use crate::{mirror, redirect};
 
 /// Output is flushed to the peer once this much is buffered.
 const FLUSH_AT: usize = 64 * 1024;
@@ -52,6 +52,14 @@ pub enum Plan {
         /// Facts about the request.
         req: Summary,
     },
+    /// A CORS preflight answered by lb: 200 with these header lines for an allowed origin,
+    /// 403 for a refused one.
+    Preflight {
+        /// The policy's header lines.
+        headers: Option<Vec<u8>>,
+        /// Facts about the request.
+        req: Summary,
+    },
     /// Forward; the upstream head is already in the output buffer.
     Forward {
         /// The table the request was routed on.
@@ -60,6 +68,8 @@ pub enum Plan {
         service: u32,
         /// Endpoint round-robin position.
         cursor: u32,
+        /// Header lines the route's CORS policy adds to the response (usually empty).
+        cors: Vec<u8>,
         /// Facts about the request.
         req: Summary,
     },
@@ -161,6 +171,16 @@ pub fn prepare(
         Route::Matched { action, matched, .. } => (action, matched),
         Route::NoListener | Route::NoRoute(_) => return Some(Plan::Respond { status: 404, req }),
     };
+    let mut cors = Vec::new();
+    if let Some(policy) = action.cors.as_ref() {
+        match crate::cors::evaluate(policy, request.method, fields) {
+            crate::cors::Outcome::Preflight(headers) => {
+                return Some(Plan::Preflight { headers, req });
+            }
+            crate::cors::Outcome::Actual(lines) => cors = lines,
+            crate::cors::Outcome::NotCors => {}
+        }
+    }
     if let ArchivedActionKind::Redirect { status, scheme, host: to_host, port, path } = &action.kind
     {
         let local_ip = local.ip().to_string();
@@ -210,9 +230,47 @@ pub fn prepare(
                 target: target.as_ref().map(String::as_bytes),
             };
             message::request_head(out, buf, &head, fields, client, &edits, rewritten);
+            if !action.mirrors.is_empty() && !req.upgrade {
+                let copy = |out: &mut Vec<u8>| {
+                    let rule_edits = [Some(&action.request_headers)];
+                    message::request_head(out, buf, &head, fields, client, &rule_edits, rewritten);
+                };
+                mirror(core, &table, &action.mirrors, mirror::whole_body(buf, &head), copy);
+            }
             let req = Summary { action: matched.action.to_native(), ..req };
-            Some(Plan::Forward { table: Rc::clone(&table), service, cursor, req })
+            Some(Plan::Forward { table: Rc::clone(&table), service, cursor, cors, req })
         }
+    }
+}
+
+/// Sends a copy of the request to each sampled mirror; `head` writes the copy's head (the
+/// rule's header edits, not a backend's). Requests whose body is not all in hand are not
+/// copied.
+fn mirror(
+    core: &Core,
+    table: &CoreTable,
+    mirrors: &[table::format::ArchivedMirror],
+    body: Option<&[u8]>,
+    head: impl Fn(&mut Vec<u8>),
+) {
+    for m in mirrors {
+        if !core.mirrors.sampled(m.per_million.to_native()) {
+            continue;
+        }
+        let Some(body) = body else {
+            debug!("request not mirrored: its body has not all arrived with the head");
+            return;
+        };
+        let service = m.service.to_native();
+        let Some(addr) = table.endpoint(service, table.next_cursor(service), 0) else {
+            debug!(service, "request not mirrored: the mirror service has no endpoints");
+            continue;
+        };
+        let mut copy = Vec::with_capacity(512 + body.len());
+        head(&mut copy);
+        mirror::close_after(&mut copy);
+        copy.extend_from_slice(body);
+        core.mirrors.send(&core.wheel, core.settings.timeouts, addr, copy);
     }
 }
 
@@ -237,6 +295,15 @@ impl Exchange<'_> {
     pub async fn respond(&mut self, status: u16, req: Summary) -> Flow {
         self.answer(req, |out, close| message::local_response(out, status, close, req.head_method))
             .await
+    }
+
+    /// Answers a CORS preflight; continues like [`Exchange::respond`].
+    pub async fn preflight(&mut self, headers: Option<Vec<u8>>, req: Summary) -> Flow {
+        self.answer(req, |out, close| match headers {
+            Some(lines) => message::preflight_response(out, &lines, close),
+            None => message::local_response(out, 403, close, false),
+        })
+        .await
     }
 
     /// Answers with a redirect; continues like [`Exchange::respond`].
@@ -265,6 +332,7 @@ impl Exchange<'_> {
         table: Rc<CoreTable>,
         service: u32,
         cursor: u32,
+        cors: &[u8],
         req: Summary,
     ) -> Flow {
         self.input.consume(req.len, &self.core.spare);
@@ -293,7 +361,7 @@ impl Exchange<'_> {
             }
         }
         let (upstream, addr, response) =
-            match self.send_request(&table, service, cursor, req, &mut body).await {
+            match self.send_request(&table, service, cursor, cors, req, &mut body).await {
                 Ok(v) => v,
                 Err(e) => return self.fail(e, &body).await,
             };
@@ -303,21 +371,38 @@ impl Exchange<'_> {
     /// Connects (or reuses), sends head and body, and waits for the response head; retries on
     /// another endpoint when connecting fails, and once on a fresh connection when a reused one
     /// turns out dead before answering (only when the whole request is still in hand and safe
-    /// to repeat). On success the response head is at the start of the upstream's input.
+    /// to repeat). A route's retry policy adds attempts: after a connection error, a
+    /// backend-request timeout or a listed status, up to its count, again only with the whole
+    /// request in hand (a body that streamed past is never replayed). On success the response
+    /// head is at the start of the upstream's input.
     async fn send_request(
         &mut self,
         table: &CoreTable,
         service: u32,
-        cursor: u32,
+        mut cursor: u32,
+        cors: &[u8],
         req: Summary,
         body: &mut BodyDecoder,
     ) -> Result<(Upstream, SocketAddr, Response), ProxyError> {
         let t = self.core.settings.timeouts;
         let whole = body.is_done();
+        let action = table.router.table().actions.get(req.action as usize);
+        let policy = action.map(|a| &a.retry);
+        let mut retries_left = match policy {
+            Some(p) if whole => p.attempts.to_native(),
+            _ => 0,
+        };
+        let started = self.core.wheel.now();
         let mut attempt = 0;
         let mut fresh_only = false;
         loop {
             let Some(addr) = table.endpoint(service, cursor, attempt) else {
+                if retries_left > 0 && !self.request_time_over(table, req, started) {
+                    retries_left -= 1;
+                    (cursor, attempt) = (cursor.wrapping_add(1), 0);
+                    self.backoff(policy).await;
+                    continue;
+                }
                 return Err(ProxyError::new(Side::Upstream, Kind::Unreachable));
             };
             let pooled = if fresh_only {
@@ -363,18 +448,52 @@ impl Exchange<'_> {
                 }
                 return Err(e);
             }
-            match self.response_head(table, &mut up, req).await {
+            let retry = policy.filter(|_| retries_left > 0);
+            let head = self.response_head(table, &mut up, req, started, cors, retry).await;
+            match head {
                 Ok(response) => return Ok((up, addr, response)),
                 Err(e) if e.retry_safe && may_retry => {
                     debug!(%addr, "reused connection failed before answering: {e}; retrying");
                     up.input.release(&self.core.spare);
                     fresh_only = true;
                 }
+                Err(e)
+                    if retries_left > 0
+                        && e.side == Side::Upstream
+                        && matches!(
+                            e.kind,
+                            Kind::Timeout | Kind::Closed | Kind::Io(_) | Kind::Status(_)
+                        )
+                        && !self.request_time_over(table, req, started) =>
+                {
+                    debug!(%addr, retries_left, "{e}; retrying (route policy)");
+                    up.input.release(&self.core.spare);
+                    retries_left -= 1;
+                    (cursor, attempt, fresh_only) = (cursor.wrapping_add(1), 0, true);
+                    self.backoff(policy).await;
+                }
                 Err(e) => {
                     up.input.release(&self.core.spare);
                     return Err(e);
                 }
             }
+        }
+    }
+
+    /// Whether the route's whole-request timeout has run out since `started`.
+    fn request_time_over(&self, table: &CoreTable, req: Summary, started: u64) -> bool {
+        let Some(a) = table.router.table().actions.get(req.action as usize) else { return false };
+        let ms = a.timeouts.request_ms.to_native();
+        ms > 0 && self.core.wheel.elapsed_since(started) >= Duration::from_millis(u64::from(ms))
+    }
+
+    /// Waits the retry policy's backoff.
+    async fn backoff(&self, policy: Option<&table::format::ArchivedRetry>) {
+        let ms = policy.map_or(0, |p| p.backoff_ms.to_native());
+        if ms > 0 {
+            let d = Rc::new(Deadline::default());
+            let wait = Duration::from_millis(u64::from(ms));
+            let _ = self.core.wheel.timeout(&d, wait, std::future::pending::<()>()).await;
         }
     }
 
@@ -414,22 +533,26 @@ impl Exchange<'_> {
 
     /// Reads until a complete response head (skipping interim 1xx other than 101) is in; then
     /// replaces the request bytes in `out` with the client's response head and consumes the
-    /// upstream head. Parsed once: the fields only live in this synchronous step.
+    /// upstream head. Parsed once: the fields only live in this synchronous step. A status in
+    /// `retry`'s codes is returned as an error instead (the caller sends the request again).
     async fn response_head(
         &mut self,
         table: &CoreTable,
         up: &mut Upstream,
         req: Summary,
+        request_started: u64,
+        cors: &[u8],
+        retry: Option<&table::format::ArchivedRetry>,
     ) -> Result<Response, ProxyError> {
         let action = table.router.table().actions.get(req.action as usize);
         let edits = action.map(|a| &a.response_headers);
-        // The rule's timeouts bound the wait for the response head (from when the request is
-        // sent; the shorter of request and backendRequest), within lb's own upstream timeout.
-        let route_limit = action
-            .map(|a| (a.timeouts.request_ms.to_native(), a.timeouts.backend_request_ms.to_native()))
-            .and_then(|(r, b)| [r, b].into_iter().filter(|v| *v > 0).min())
-            .map(|ms| Duration::from_millis(u64::from(ms)));
-        let waiting_since = self.core.wheel.now();
+        // The rule's timeouts bound the wait for the response head: `request` from when the
+        // request was first sent (across retries), `backendRequest` from this attempt; both
+        // within lb's own upstream timeout.
+        let ms = |v: u32| (v > 0).then(|| Duration::from_millis(u64::from(v)));
+        let request_limit = action.and_then(|a| ms(a.timeouts.request_ms.to_native()));
+        let attempt_limit = action.and_then(|a| ms(a.timeouts.backend_request_ms.to_native()));
+        let attempt_started = self.core.wheel.now();
         let t = self.core.settings.timeouts;
         let mut started = false;
         loop {
@@ -443,6 +566,13 @@ impl Exchange<'_> {
                             // 100 Continue and friends: we answered Expect ourselves; drop them.
                             Ok(Err(h.len))
                         }
+                        Ok(Some((head, _)))
+                            if retry.is_some_and(|r| {
+                                r.codes.iter().any(|c| c.to_native() == head.status)
+                            }) =>
+                        {
+                            Err(ProxyError::new(Side::Upstream, Kind::Status(head.status)))
+                        }
                         Ok(Some((head, fields))) => {
                             self.out.clear();
                             let (encode, close_client) = message::response_head(
@@ -453,6 +583,7 @@ impl Exchange<'_> {
                                 req.http10,
                                 req.keep_alive,
                                 edits,
+                                cors,
                             );
                             Ok(Ok(Response { head, encode, close_client }))
                         }
@@ -480,16 +611,16 @@ impl Exchange<'_> {
                     }
                 }
             }
-            let limit = match route_limit {
-                None => t.upstream,
-                Some(route) => {
-                    let spent = self.core.wheel.elapsed_since(waiting_since);
-                    match route.checked_sub(spent) {
-                        Some(left) if !left.is_zero() => left.min(t.upstream),
-                        _ => return Err(ProxyError::new(Side::Upstream, Kind::Timeout)),
-                    }
+            let mut limit = t.upstream;
+            for (route, since) in
+                [(request_limit, request_started), (attempt_limit, attempt_started)]
+            {
+                let Some(route) = route else { continue };
+                match route.checked_sub(self.core.wheel.elapsed_since(since)) {
+                    Some(left) if !left.is_zero() => limit = limit.min(left),
+                    _ => return Err(ProxyError::new(Side::Upstream, Kind::Timeout)),
                 }
-            };
+            }
             let read = self
                 .core
                 .wheel

@@ -91,6 +91,14 @@ impl CoreTable {
         }
     }
 
+    /// The next round-robin position for a service (mirrors pick their endpoint this way).
+    pub fn next_cursor(&self, service: u32) -> u32 {
+        let mut rr = self.rr.borrow_mut();
+        let Some(c) = rr.get_mut(service as usize) else { return 0 };
+        *c = c.wrapping_add(1);
+        *c
+    }
+
     /// The endpoint for `attempt` (0 = first try) of a service target; `None` when the service
     /// has no ready endpoints or every one has been tried.
     pub fn endpoint(&self, service: u32, cursor: u32, attempt: usize) -> Option<SocketAddr> {

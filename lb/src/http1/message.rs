@@ -343,6 +343,7 @@ pub fn response_head(
     client_http10: bool,
     client_keep_alive: bool,
     edits: Option<&ArchivedHeaderEdits>,
+    cors: &[u8],
 ) -> (Encode, bool) {
     let reason = reason_of(buf, head.status);
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -380,6 +381,9 @@ pub fn response_head(
         if edits.is_some_and(|e| edited(e, f.name)) {
             continue;
         }
+        if !cors.is_empty() && crate::cors::OWNED.iter().any(|o| f.name.eq_ignore_ascii_case(o)) {
+            continue;
+        }
         out.extend_from_slice(f.name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(f.value);
@@ -391,6 +395,7 @@ pub fn response_head(
         out.extend_from_slice(f.value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(cors);
     let (encode, mut close) = match head.framing {
         ResponseFraming::None => {
             if let Some(n) = head.declared_length {
@@ -469,6 +474,17 @@ pub fn redirect_response(out: &mut Vec<u8>, status: u16, location: &str, close: 
         "HTTP/1.1 {status} {}\r\nLocation: {location}\r\nContent-Length: 0\r\n",
         status_text(status)
     );
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// lb's answer to an allowed CORS preflight: 200, the policy's header lines, no body.
+pub fn preflight_response(out: &mut Vec<u8>, lines: &[u8], close: bool) {
+    out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    out.extend_from_slice(lines);
+    out.extend_from_slice(b"Content-Length: 0\r\n");
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
@@ -586,7 +602,7 @@ mod tests {
         let mut fields = response_fields();
         let (head, fields) = parse_response(raw, &mut fields, head_req).unwrap().unwrap();
         let mut out = Vec::new();
-        let (enc, close) = response_head(&mut out, raw, &head, fields, http10, keep, None);
+        let (enc, close) = response_head(&mut out, raw, &head, fields, http10, keep, None, b"");
         (String::from_utf8(out).unwrap(), enc, close, head.framing)
     }
 

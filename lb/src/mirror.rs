@@ -1,0 +1,161 @@
+//! HTTPRoute `RequestMirror`: a copy of a sampled request goes to one endpoint of the mirror
+//! service, fire-and-forget. The copy is sent by its own task on the same core; the main
+//! exchange never waits for it, and a mirror that cannot connect, times out or answers badly
+//! only costs a debug line.
+//!
+//! A copy needs the whole request in hand when the main request is routed: requests whose body
+//! has not fully arrived with the head (or is chunked) are not mirrored. Each core caps the
+//! copies in flight ([`MAX_IN_FLIGHT`]); beyond it, copies are dropped rather than queued.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use compio::io::AsyncRead;
+use tracing::debug;
+
+use crate::core::Timeouts;
+use crate::http1::parse::{Framing, Head};
+use crate::io::{connect, write_out};
+use crate::timer::{Deadline, Elapsed, Wheel};
+
+/// Mirror copies one core keeps in flight at most.
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+/// Most bytes of a mirror's response read (and dropped) before the connection is closed.
+const MAX_RESPONSE: usize = 1 << 20;
+
+/// A mirror backend's response is awaited this long at most.
+const RESPONSE_WAIT: Duration = Duration::from_secs(10);
+
+/// Per-core mirror state: copies in flight and the sampling generator.
+#[derive(Debug)]
+pub struct Mirrors {
+    in_flight: Rc<Cell<usize>>,
+    rng: Cell<u64>,
+}
+
+impl Mirrors {
+    /// State for core `id` (each core samples from its own sequence).
+    pub fn new(id: usize) -> Mirrors {
+        let seed = 0x9e37_79b9_7f4a_7c15_u64 ^ ((id as u64 + 1) << 32) ^ clock_seed();
+        Mirrors { in_flight: Rc::new(Cell::new(0)), rng: Cell::new(seed | 1) }
+    }
+
+    /// Whether this request is sampled at `per_million` (xorshift64*).
+    pub fn sampled(&self, per_million: u32) -> bool {
+        if per_million >= 1_000_000 {
+            return true;
+        }
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) % 1_000_000 < u64::from(per_million)
+    }
+
+    /// Sends `bytes` (a complete request) to `addr` on a task of its own, unless the core
+    /// already has [`MAX_IN_FLIGHT`] copies going.
+    pub fn send(&self, wheel: &Rc<Wheel>, timeouts: Timeouts, addr: SocketAddr, bytes: Vec<u8>) {
+        if self.in_flight.get() >= MAX_IN_FLIGHT {
+            debug!(%addr, "mirror dropped: {MAX_IN_FLIGHT} copies already in flight");
+            return;
+        }
+        self.in_flight.set(self.in_flight.get() + 1);
+        let in_flight = Rc::clone(&self.in_flight);
+        let wheel = Rc::clone(wheel);
+        compio::runtime::spawn(async move {
+            if let Err(e) = deliver(&wheel, timeouts, addr, bytes).await {
+                debug!(%addr, "mirror copy failed: {e}");
+            }
+            in_flight.set(in_flight.get() - 1);
+        })
+        .detach();
+    }
+}
+
+fn clock_seed() -> u64 {
+    let (s, ns) = crate::io::monotonic_coarse();
+    (s as u64).wrapping_mul(1_000_000_007) ^ ns as u64
+}
+
+/// The body bytes to copy with the head: `Some(&[])` without a body, `None` when the body is
+/// not all in `buf` yet (or is chunked), so the request cannot be copied whole.
+pub fn whole_body<'b>(buf: &'b [u8], head: &Head) -> Option<&'b [u8]> {
+    match head.framing {
+        Framing::None => Some(&[]),
+        Framing::Length(n) => {
+            let end = head.len.checked_add(usize::try_from(n).ok()?)?;
+            buf.get(head.len..end)
+        }
+        Framing::Chunked => None,
+    }
+}
+
+/// Makes a forwarded request head (ending in the blank line) ask for the connection to close
+/// after the answer, so the mirror task reads to end of stream instead of holding it open.
+pub fn close_after(head: &mut Vec<u8>) {
+    if head.ends_with(b"\r\n\r\n") {
+        let at = head.len() - 2;
+        head.splice(at..at, b"Connection: close\r\n".iter().copied());
+    }
+}
+
+async fn deliver(
+    wheel: &Wheel,
+    t: Timeouts,
+    addr: SocketAddr,
+    mut bytes: Vec<u8>,
+) -> std::io::Result<()> {
+    let deadline = Rc::new(Deadline::default());
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
+    let stream =
+        wheel.timeout(&deadline, t.connect, connect(addr)).await.map_err(|_| timed_out())??;
+    wheel
+        .timeout(&deadline, t.body, write_out(&stream, &mut bytes))
+        .await
+        .map_err(|_| timed_out())??;
+    // Read the answer to its end and drop it: closing with unread bytes would reset the
+    // connection under the backend.
+    let mut buf = bytes;
+    let mut read = 0;
+    while read < MAX_RESPONSE {
+        buf.clear();
+        buf.reserve(16 * 1024);
+        let mut s = &stream;
+        match wheel.timeout(&deadline, RESPONSE_WAIT.min(t.upstream), s.read(buf)).await {
+            Ok(compio::BufResult(Ok(0), _)) => break,
+            Ok(compio::BufResult(Ok(n), b)) => {
+                read += n;
+                buf = b;
+            }
+            Ok(compio::BufResult(Err(e), _)) => return Err(e),
+            Err(Elapsed) => return Err(timed_out()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_follows_the_rate() {
+        let m = Mirrors::new(0);
+        assert!((0..1000).all(|_| m.sampled(1_000_000)));
+        assert!((0..1000).all(|_| !m.sampled(0)));
+        let hits = (0..100_000).filter(|_| m.sampled(200_000)).count();
+        // 20 % of 100,000: 3 binomial standard deviations are ~380.
+        assert!((19_500..20_500).contains(&hits), "{hits}");
+    }
+
+    #[test]
+    fn close_is_added_before_the_blank_line() {
+        let mut head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
+        close_after(&mut head);
+        assert_eq!(head, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    }
+}
