@@ -6,8 +6,10 @@
 //! Contract (a subset of echo-basic, see `../shared/gateway-api/README.md`): `/health` → `OK`;
 //! `/status/NNN` → that status with an empty body; `?delay=<Go duration>` delays the answer;
 //! request header `X-Echo-Set-Header: Name:Value,...` sets response headers; `/ws` is a
-//! WebSocket echo (RFC 6455: text and binary messages echoed, pings answered). Each echoed
-//! request is logged as `Echoing back request made to <uri> to client (<peer>)`.
+//! WebSocket echo (RFC 6455: text and binary messages echoed, pings answered);
+//! `/retry/...?uuid=U&succeedAfter=N[&responseCode=C][&delayRetry=D]` fails the first N
+//! attempts for U (after waiting D: with status C, or by resetting the connection), then echoes.
+//! Each echoed request is logged as `Echoing back request made to <uri> to client (<peer>)`.
 //!
 //! Deliberately simple (blocking sockets, a thread per connection): it is a test and demo
 //! backend, not part of the data path being measured.
@@ -17,9 +19,10 @@
 pub mod ws;
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -41,10 +44,17 @@ pub struct Identity {
 /// Largest request head accepted.
 const MAX_HEAD: usize = 64 * 1024;
 
+/// Retry-simulation ids remembered at most; the map starts over beyond it.
+const MAX_RETRY_IDS: usize = 100_000;
+
+/// Attempts seen per `/retry/` uuid, shared by the server's connections.
+type Attempts = Arc<Mutex<HashMap<String, u32>>>;
+
 /// Serves on `listener` until the process ends.
 pub fn serve(listener: &TcpListener, identity: Identity) -> io::Result<()> {
     let port = listener.local_addr()?.port();
     let identity = Arc::new(identity);
+    let attempts: Attempts = Arc::default();
     info!(addr = %listener.local_addr()?, pod = %identity.pod, "echo backend listening");
     for conn in listener.incoming() {
         let stream = match conn {
@@ -55,9 +65,10 @@ pub fn serve(listener: &TcpListener, identity: Identity) -> io::Result<()> {
             }
         };
         let identity = Arc::clone(&identity);
+        let attempts = Arc::clone(&attempts);
         std::thread::spawn(move || {
             let peer = stream.peer_addr().ok();
-            if let Err(e) = connection(stream, &identity, port, peer) {
+            if let Err(e) = connection(stream, &identity, &attempts, port, peer) {
                 debug!("connection: {e}");
             }
         });
@@ -83,6 +94,7 @@ struct Reply<'a> {
 fn connection(
     stream: TcpStream,
     id: &Identity,
+    attempts: &Attempts,
     port: u16,
     peer: Option<SocketAddr>,
 ) -> io::Result<()> {
@@ -167,7 +179,22 @@ fn connection(
             stream.write_all(&writer)?;
             return ws::echo_frames(&mut reader, &mut stream);
         }
-        if path == "/health" {
+        if path.starts_with("/retry/")
+            && let Some(failure) = retry_failure(query, attempts)
+        {
+            if let Some(d) = failure.delay {
+                std::thread::sleep(d);
+            }
+            let Some(code) = failure.status else {
+                // No status asked for: the attempt fails with a connection reset.
+                socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
+                return Ok(());
+            };
+            write!(
+                writer,
+                "HTTP/1.1 {code} Status\r\nContent-Length: 0\r\n{extra}{connection_header}\r\n"
+            )?;
+        } else if path == "/health" {
             write!(writer, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{connection_header}\r\nOK")?;
         } else if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok())
         {
@@ -207,6 +234,32 @@ fn connection(
             return Ok(());
         }
     }
+}
+
+/// How a simulated failing attempt fails.
+struct Failure {
+    status: Option<u16>,
+    delay: Option<Duration>,
+}
+
+/// Counts this attempt for the query's `uuid`; a failure while the count is within
+/// `succeedAfter`, `None` once the attempt should succeed (or without a uuid).
+fn retry_failure(query: &str, attempts: &Attempts) -> Option<Failure> {
+    let uuid = query_value(query, "uuid")?;
+    let succeed_after: u32 = query_value(query, "succeedAfter")?.parse().ok()?;
+    let count = {
+        let mut seen = attempts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.len() >= MAX_RETRY_IDS && !seen.contains_key(uuid) {
+            seen.clear();
+        }
+        let n = seen.entry(uuid.to_owned()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    (count <= succeed_after).then(|| Failure {
+        status: query_value(query, "responseCode").and_then(|c| c.parse().ok()),
+        delay: query_value(query, "delayRetry").and_then(parse_go_duration),
+    })
 }
 
 /// Reads one request head (through the blank line). `None` at a clean end of stream.
@@ -314,6 +367,28 @@ mod tests {
         assert_eq!(parse_go_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_go_duration("x"), None);
+    }
+
+    #[test]
+    fn retry_simulation_fails_then_echoes() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || serve(&listener, Identity::default()));
+        let get = |q: &str| -> io::Result<String> {
+            let mut s = TcpStream::connect(addr)?;
+            write!(s, "GET /retry/x?{q} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        };
+        let q = "uuid=a&succeedAfter=2&responseCode=503";
+        assert!(get(q).unwrap().starts_with("HTTP/1.1 503 "));
+        assert!(get(q).unwrap().starts_with("HTTP/1.1 503 "));
+        assert!(get(q).unwrap().starts_with("HTTP/1.1 200 OK"));
+        // Another uuid counts on its own; without a status the failure is a reset.
+        let reset = get("uuid=b&succeedAfter=1");
+        assert!(reset.as_ref().map_or(true, String::is_empty), "{reset:?}");
+        assert!(get("uuid=b&succeedAfter=1").unwrap().starts_with("HTTP/1.1 200 OK"));
     }
 
     #[test]
