@@ -29,6 +29,8 @@ pub struct Test {
     /// Status checks, in order.
     #[serde(default)]
     pub status_expectations: Vec<Value>,
+    /// How to check mirrors sampled below 100 % (`total_requests`, `concurrency`, `retries`).
+    pub mirror_distribution: Option<Value>,
 }
 
 /// A Gateway by namespace and name.

@@ -13,6 +13,7 @@ pub mod cases;
 pub mod check;
 pub mod http;
 pub mod manifests;
+pub mod mirror;
 pub mod status;
 pub mod ws;
 
@@ -53,6 +54,13 @@ pub const CLAIMED: &[&str] = &[
     "HTTPRouteQueryParamMatching",
     "HTTPRouteMethodMatching",
     "HTTPRouteBackendProtocolWebSocket",
+    "HTTPRouteRequestMirror",
+    "HTTPRouteRequestMultipleMirrors",
+    "HTTPRouteRequestPercentageMirror",
+    "HTTPRouteCORS",
+    "HTTPRouteRetry",
+    "HTTPRouteRetryBackendTimeout",
+    "HTTPRouteRetryConnectionError",
 ];
 
 /// Where the suite takes the addresses of hand-written EndpointSlices from (its Service-types
@@ -404,7 +412,7 @@ impl Cluster {
                 Ok(()) => {
                     passes += 1;
                     if passes == 3 {
-                        return Ok(());
+                        return self.mirror_distribution(t, gw, c, objects);
                     }
                     continue;
                 }
@@ -440,25 +448,97 @@ impl Cluster {
                 url.split_once("://").and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]));
             return ws::check(addr, &ip, path.unwrap_or("/"), &ws::messages(&lines)?);
         }
-        let headers: Vec<(String, String)> = r
-            .get("headers")
-            .and_then(Value::as_object)
-            .map(|h| {
-                h.iter()
-                    .map(|(n, v)| (n.clone(), v.as_str().unwrap_or_default().to_owned()))
-                    .collect()
-            })
-            .unwrap_or_default();
         let path = str_of(r, "path").unwrap_or("/");
-        let resp = http::send(
-            addr,
-            str_of(r, "method").unwrap_or("GET"),
-            str_of(r, "host"),
-            path,
-            &headers,
-            Duration::from_secs(5),
-        )?;
-        check::response(&c.expect, path, "http", &resp)
+        let mirrors = mirror::targets(&c.expect);
+        if mirrors.is_empty() {
+            let resp = send(addr, r, path)?;
+            return check::response(&c.expect, path, "http", &resp);
+        }
+        // Mirrors: tag the request (and the path the backend must see) with a fresh id, then
+        // look for that id in the mirror backends' logs.
+        let id = mirror::request_id();
+        let tagged = mirror::tag(path, &id);
+        let mut expect = c.expect.clone();
+        if let Some(o) = expect.as_object_mut() {
+            o.remove("mirrored_to");
+            if let Some(seen) = o.get("path_seen_by_backend").and_then(Value::as_str) {
+                let seen = mirror::tag(seen, &id);
+                o.insert("path_seen_by_backend".into(), Value::String(seen));
+            }
+        }
+        let resp = send(addr, r, &tagged)?;
+        check::response(&expect, &tagged, "http", &resp)?;
+        let logs = self.work.join("pods");
+        for m in mirrors.iter().filter(|m| m.percent >= 100.0) {
+            mirror::wait_for(&logs, m, &id, Duration::from_secs(5))?;
+        }
+        Ok(())
+    }
+
+    /// For mirrors sampled below 100 %, the test's `mirror_distribution`: that many tagged
+    /// requests, and the share the mirror backend logged must be within its tolerance (several
+    /// rounds allowed, as the suite does).
+    fn mirror_distribution(
+        &self,
+        t: &Test,
+        gw: &GatewayRef,
+        c: &Case,
+        objects: &[Value],
+    ) -> Result<(), String> {
+        let sampled: Vec<mirror::Target> =
+            mirror::targets(&c.expect).into_iter().filter(|m| m.percent < 100.0).collect();
+        if sampled.is_empty() {
+            return Ok(());
+        }
+        let dist = t.mirror_distribution.as_ref();
+        let number = |field: &str, default: u64| {
+            dist.and_then(|d| d.get(field)).and_then(Value::as_u64).unwrap_or(default) as usize
+        };
+        let (total, concurrency, rounds) =
+            (number("total_requests", 500), number("concurrency", 10).max(1), number("retries", 5));
+        let ip = status::gateway_address(&self.status, &gw.namespace, &gw.name)
+            .ok_or("the Gateway has no address")?;
+        let port = c.gateway_port.or_else(|| self.gateway_port(gw, objects)).ok_or("no port")?;
+        let addr: SocketAddr = format!("{ip}:{port}").parse().map_err(|e| format!("{e}"))?;
+        let path = str_of(&c.request, "path").unwrap_or("/");
+        let logs = self.work.join("pods");
+        let mut last = String::new();
+        for _ in 0..rounds.max(1) {
+            let ids: Vec<String> = (0..total).map(|_| mirror::request_id()).collect();
+            let failed = std::sync::atomic::AtomicUsize::new(0);
+            std::thread::scope(|scope| {
+                for chunk in ids.chunks(total.div_ceil(concurrency).max(1)) {
+                    let failed = &failed;
+                    scope.spawn(move || {
+                        for id in chunk {
+                            let ok = send(addr, &c.request, &mirror::tag(path, id))
+                                .is_ok_and(|r| r.status == 200);
+                            if !ok {
+                                failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+            });
+            let failed = failed.into_inner();
+            if failed > 0 {
+                last = format!("{failed} of {total} requests failed");
+                continue;
+            }
+            // Copies are fire-and-forget: give the last ones a moment to land.
+            std::thread::sleep(Duration::from_millis(500));
+            let verdict = sampled.iter().try_for_each(|m| {
+                let seen = mirror::ids_seen(&logs, m);
+                let count = ids.iter().filter(|id| seen.contains(*id)).count();
+                mirror::within_tolerance(count, total, m.percent)
+                    .map_err(|e| format!("{}/{}: {e}", m.namespace, m.backend))
+            });
+            match verdict {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+        }
+        Err(format!("mirror distribution: {last}"))
     }
 
     fn gateway_port(&self, gw: &GatewayRef, objects: &[Value]) -> Option<u16> {
@@ -490,6 +570,25 @@ impl Cluster {
             }
         }
     }
+}
+
+/// Sends the case's request (method, host, headers) with this path.
+fn send(addr: SocketAddr, r: &Value, path: &str) -> Result<http::Response, String> {
+    let headers: Vec<(String, String)> = r
+        .get("headers")
+        .and_then(Value::as_object)
+        .map(|h| {
+            h.iter().map(|(n, v)| (n.clone(), v.as_str().unwrap_or_default().to_owned())).collect()
+        })
+        .unwrap_or_default();
+    http::send(
+        addr,
+        str_of(r, "method").unwrap_or("GET"),
+        str_of(r, "host"),
+        path,
+        &headers,
+        Duration::from_secs(5),
+    )
 }
 
 fn cluster_ip(next: &mut u32) -> Ipv4Addr {
