@@ -449,6 +449,16 @@ impl Cluster {
             return ws::check(addr, &ip, path.unwrap_or("/"), &ws::messages(&lines)?);
         }
         let path = str_of(r, "path").unwrap_or("/");
+        if let Some(fresh) = with_fresh_uuid(path) {
+            // The retry simulation counts attempts per uuid: every probe needs its own.
+            let mut expect = c.expect.clone();
+            if let Some(seen) = expect.get("path_seen_by_backend").and_then(Value::as_str) {
+                let uuid = query_uuid(&fresh);
+                expect["path_seen_by_backend"] = Value::String(substitute_uuid(seen, uuid));
+            }
+            let resp = send(addr, r, &fresh)?;
+            return check::response(&expect, &fresh, "http", &resp);
+        }
         let mirrors = mirror::targets(&c.expect);
         if mirrors.is_empty() {
             let resp = send(addr, r, path)?;
@@ -570,6 +580,30 @@ impl Cluster {
             }
         }
     }
+}
+
+/// A `/retry/` path (or one with a `{uuid}` / `<uuid>` placeholder) with a fresh uuid in it;
+/// `None` for other paths.
+fn with_fresh_uuid(path: &str) -> Option<String> {
+    let id = mirror::request_id();
+    if path.contains("{uuid}") || path.contains("<uuid>") {
+        return Some(substitute_uuid(path, &id));
+    }
+    if path.starts_with("/retry/") && !path.contains("uuid=") {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        return Some(format!("{path}{sep}uuid={id}"));
+    }
+    None
+}
+
+fn substitute_uuid(s: &str, id: &str) -> String {
+    s.replace("{uuid}", id).replace("<uuid>", id)
+}
+
+/// The `uuid` query value of a path.
+fn query_uuid(path: &str) -> &str {
+    let query = path.split_once('?').map_or("", |(_, q)| q);
+    query.split('&').find_map(|kv| kv.strip_prefix("uuid=")).unwrap_or_default()
 }
 
 /// Sends the case's request (method, host, headers) with this path.
