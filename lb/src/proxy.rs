@@ -392,6 +392,7 @@ impl Exchange<'_> {
             Some(p) if whole => p.attempts.to_native(),
             _ => 0,
         };
+        let has_policy = policy.is_some_and(|p| p.attempts.to_native() > 0);
         let started = self.core.wheel.now();
         let mut attempt = 0;
         let mut fresh_only = false;
@@ -433,7 +434,9 @@ impl Exchange<'_> {
                 },
             };
             let mut up = Upstream { stream, input: InBuf::Empty };
-            let may_retry = reused && whole && req.idempotent;
+            // lb's own resend of a request a stale pooled connection swallowed; with a route
+            // policy, every resend comes out of the policy's attempts instead.
+            let may_retry = reused && whole && req.idempotent && !has_policy;
             // Keep the request bytes until the response starts, in case we must resend them.
             let sent = if whole {
                 self.write_keep(&up.stream).await
@@ -444,6 +447,13 @@ impl Exchange<'_> {
                 // A timed-out write took the bytes with it: no resend then.
                 if e.side == Side::Upstream && may_retry && e.kind != Kind::Timeout {
                     fresh_only = true;
+                    continue;
+                }
+                if e.side == Side::Upstream && whole && retries_left > 0 && e.kind != Kind::Timeout
+                {
+                    retries_left -= 1;
+                    (cursor, attempt, fresh_only) = (cursor.wrapping_add(1), 0, true);
+                    self.backoff(policy).await;
                     continue;
                 }
                 return Err(e);
@@ -460,10 +470,7 @@ impl Exchange<'_> {
                 Err(e)
                     if retries_left > 0
                         && e.side == Side::Upstream
-                        && matches!(
-                            e.kind,
-                            Kind::Timeout | Kind::Closed | Kind::Io(_) | Kind::Status(_)
-                        )
+                        && retriable(e.kind)
                         && !self.request_time_over(table, req, started) =>
                 {
                     debug!(%addr, retries_left, "{e}; retrying (route policy)");
@@ -471,6 +478,11 @@ impl Exchange<'_> {
                     retries_left -= 1;
                     (cursor, attempt, fresh_only) = (cursor.wrapping_add(1), 0, true);
                     self.backoff(policy).await;
+                }
+                Err(e) if retries_left > 0 && e.side == Side::Upstream && retriable(e.kind) => {
+                    // Retriable, but the route's request timeout has run out meanwhile.
+                    up.input.release(&self.core.spare);
+                    return Err(ProxyError::new(Side::Upstream, Kind::Timeout));
                 }
                 Err(e) => {
                     up.input.release(&self.core.spare);
@@ -785,6 +797,12 @@ impl Exchange<'_> {
             Err(Elapsed) => Err(ProxyError::new(Side::Upstream, Kind::Timeout)),
         }
     }
+}
+
+/// Failures a route's retry policy sends again: connection errors, backend-request timeouts
+/// and the statuses it lists.
+fn retriable(kind: Kind) -> bool {
+    matches!(kind, Kind::Timeout | Kind::Closed | Kind::Io(_) | Kind::Status(_))
 }
 
 /// A response head already turned into the client's head (in `out`).
