@@ -480,3 +480,86 @@ fn exhausted_buffer_ring_falls_back_to_heap_buffers() {
         w.join().unwrap();
     }
 }
+
+#[test]
+fn mirrors_never_hold_up_requests_and_retries_never_replay_a_streamed_body() {
+    let mut env = Env::new("mirror-retry");
+    let main = env.echo("default", "main", "main-0");
+    let copy = env.echo("default", "copy", "copy-0");
+    // A mirror backend that accepts connections and never answers.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in hole.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let port = free_port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write(
+        "svc.yaml",
+        &format!(
+            "{}---\n{}---\n{}",
+            service("default", "main", &[main]),
+            service("default", "copy", &[copy]),
+            service("default", "hole", &[hole_addr])
+        ),
+    );
+    env.write(
+        "route.yaml",
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {value: /m}}]
+    filters:
+    - {type: RequestMirror, requestMirror: {backendRef: {name: hole, port: 80}}}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: copy, port: 80}}}
+    backendRefs: [{name: main, port: 80}]
+  - matches: [{path: {value: /retry}}]
+    retry: {attempts: 2}
+    backendRefs: [{name: main, port: 80}]
+"#,
+    );
+    env.config_sync();
+    env.lb(&[]);
+    env.wait_applied(1);
+    let mut c = Client::connect(port).unwrap();
+    for i in 0..5 {
+        let start = Instant::now();
+        let r = c.request("POST", "h", &format!("/m?n={i}"), &[], b"hello").unwrap();
+        assert_eq!((r.status, r.pod()), (200, "main-0".to_owned()));
+        // The hole never answers its copies; the main request must not wait for them (lb gives
+        // a mirror up to 10 s).
+        assert!(start.elapsed() < Duration::from_secs(5), "held up for {:?}", start.elapsed());
+    }
+    let start = Instant::now();
+    while !(0..5).all(|i| env.log("echo-copy-0").contains(&format!("request made to /m?n={i} "))) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "copies missing:\n{}",
+            env.log("echo-copy-0")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The echo backend resets the first attempt of each uuid. A small body is in hand whole
+    // and is sent again; a 1 MiB body streamed past lb and cannot be, so the client gets 502.
+    let small = c.request("POST", "h", "/retry/a?uuid=small&succeedAfter=1", &[], b"x").unwrap();
+    assert_eq!(small.status, 200);
+    let big = vec![b'y'; 1 << 20];
+    let r = Client::connect(port)
+        .unwrap()
+        .request("POST", "h", "/retry/b?uuid=big&succeedAfter=1", &[], &big)
+        .unwrap();
+    assert_eq!(r.status, 502, "a streamed body must not be replayed");
+    // The same request again succeeds (its uuid's one failure is used up): the 502 above was
+    // the first attempt's, not a retry's.
+    let again = Client::connect(port)
+        .unwrap()
+        .request("POST", "h", "/retry/b?uuid=big&succeedAfter=1", &[], &big)
+        .unwrap();
+    assert_eq!(again.status, 200);
+}
