@@ -592,3 +592,69 @@ fn gateway_api_durations() {
         assert_eq!(parse_duration_ms(bad), None, "{bad:?}");
     }
 }
+
+/// The action a request to the `http` listener matches.
+fn matched_action(c: &Compiled2, path: &str, f: impl FnOnce(&table::format::ArchivedAction)) {
+    let p = c.router.port(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080).unwrap();
+    let req = Request { method: b"GET", path: path.as_bytes(), query: b"", host: b"h" };
+    match c.router.route(p, &req, &H(&[]), &mut c.router.scratch()) {
+        Route::Matched { action, .. } => f(action),
+        _ => panic!("{path} matched nothing"),
+    }
+}
+
+#[test]
+fn mirrors_cors_and_retries_compile_and_bad_ones_are_refused() {
+    let parent = "{name: gw, namespace: infra, sectionName: http}";
+    let ok = route(
+        "r",
+        "apps",
+        parent,
+        "",
+        "  - matches: [{path: {value: /m}}]\n    filters:\n    - {type: RequestMirror, requestMirror: {backendRef: {name: svc, port: 80}, fraction: {numerator: 1, denominator: 4}}}\n    - {type: RequestMirror, requestMirror: {backendRef: {name: missing, port: 80}}}\n    - {type: CORS, cors: {allowOrigins: ['https://*.Example.com', 'http://a.test:8080'], allowMethods: [GET], maxAge: 60}}\n    retry: {codes: [503], attempts: 3, backoff: 100ms}\n    backendRefs: [{name: svc, port: 80}]",
+    );
+    let c = build(&ok);
+    assert_eq!(accepted(&c, "apps", "r"), vec!["Accepted".to_owned()]);
+    // The missing mirror is dropped and reported; the rest of the rule still serves.
+    let refs = &route_conditions(&c, "apps", "r")[0];
+    assert!(refs.contains(&("ResolvedRefs".into(), "False".into(), "BackendNotFound".into())));
+    matched_action(&c, "/m", |a| {
+        assert_eq!(a.mirrors.len(), 1);
+        assert_eq!(a.mirrors[0].per_million, 250_000);
+        let cors = a.cors.as_ref().unwrap();
+        let origins: Vec<&str> = cors.origins.iter().map(|o| o.as_str()).collect();
+        assert_eq!(origins, ["https://*.example.com:443", "http://a.test:8080"]);
+        assert_eq!((cors.max_age.to_native(), cors.credentials), (60, false));
+        assert_eq!(a.retry.attempts, 3);
+        assert_eq!(a.retry.backoff_ms, 100);
+        assert_eq!(a.retry.codes.iter().map(|c| c.to_native()).collect::<Vec<_>>(), [503]);
+    });
+    for (name, rule) in [
+        (
+            "both",
+            "  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: svc, port: 80}, percent: 5, fraction: {numerator: 1}}}]",
+        ),
+        (
+            "percent",
+            "  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: svc, port: 80}, percent: 101}}]",
+        ),
+        ("origin", "  - filters: [{type: CORS, cors: {allowOrigins: ['ftp://x.example']}}]"),
+        ("methods", "  - filters: [{type: CORS, cors: {allowMethods: ['*', GET]}}]"),
+        ("code", "  - retry: {codes: [200]}\n    backendRefs: [{name: svc, port: 80}]"),
+        ("backoff", "  - retry: {backoff: soon}\n    backendRefs: [{name: svc, port: 80}]"),
+    ] {
+        let c = build(&route(name, "apps", parent, "", rule));
+        assert_eq!(accepted(&c, "apps", name), vec!["UnsupportedValue".to_owned()], "{name}");
+    }
+}
+
+#[test]
+fn origins_normalise_to_scheme_host_port() {
+    assert_eq!(normalize_origin("*").as_deref(), Some("*"));
+    assert_eq!(normalize_origin("HTTPS://Foo.com").as_deref(), Some("https://foo.com:443"));
+    assert_eq!(normalize_origin("http://foo.com:81").as_deref(), Some("http://foo.com:81"));
+    assert_eq!(normalize_origin("http://*").as_deref(), Some("http://*:80"));
+    for bad in ["foo.com", "ws://foo.com", "http://foo.com:0", "http://a..b", "http://"] {
+        assert_eq!(normalize_origin(bad), None, "{bad}");
+    }
+}
