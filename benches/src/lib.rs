@@ -61,5 +61,6 @@ pub fn settings() -> config_sync::Settings {
         controller_name: "sluice.dev/gateway-controller".into(),
         default_address: None,
         address_pool: None,
+        address_usable: None,
     }
 }

@@ -44,6 +44,15 @@ pub struct Settings {
     /// Gives each Gateway that names no address its own address from this range instead of
     /// `default_address`, so Gateways with the same listener ports do not share sockets.
     pub address_pool: Option<AddressPool>,
+    /// Whether lb can use a static Gateway address on this node (`None`: every address is).
+    /// One it cannot is left out of the table and reported as `Programmed=False`,
+    /// `AddressNotUsable`.
+    pub address_usable: Option<fn(IpAddr) -> bool>,
+}
+
+/// Whether this node can listen on `ip` (it is one of its addresses): a bind to port 0.
+pub fn bindable(ip: IpAddr) -> bool {
+    std::net::TcpListener::bind((ip, 0)).is_ok()
 }
 
 /// An IPv4 range Gateways without `spec.addresses` get their address from: one per Gateway,
@@ -196,6 +205,8 @@ struct Compiler<'m> {
     regex_index: HashMap<String, u32>,
     /// Bind addresses per Gateway (`None`: lb's default).
     gateway_addresses: HashMap<&'m Key, Vec<Option<IpAddr>>>,
+    /// Static addresses of a Gateway this node cannot listen on.
+    unusable_addresses: HashMap<&'m Key, Vec<IpAddr>>,
 }
 
 impl<'m> Compiler<'m> {
@@ -213,6 +224,7 @@ impl<'m> Compiler<'m> {
             regexes: Vec::new(),
             regex_index: HashMap::new(),
             gateway_addresses: HashMap::new(),
+            unusable_addresses: HashMap::new(),
         }
     }
 
@@ -264,6 +276,14 @@ impl<'m> Compiler<'m> {
                     pooled.insert(u32::from(v4));
                 }
                 addresses = vec![Some(ip)];
+            }
+            if let Some(usable) = self.settings.address_usable {
+                let unusable: Vec<IpAddr> =
+                    addresses.iter().flatten().copied().filter(|ip| !usable(*ip)).collect();
+                if !unusable.is_empty() {
+                    addresses.retain(|a| a.is_none_or(|ip| !unusable.contains(&ip)));
+                    self.unusable_addresses.insert(key, unusable);
+                }
             }
             self.gateway_addresses.insert(key, addresses.clone());
             let mut indices = Vec::new();
@@ -898,6 +918,26 @@ impl<'m> Compiler<'m> {
                 ],
                 // The spec's ListenersNotValid: False when no listener is valid, True (with
                 // this reason) when only some are.
+                None if self.unusable_addresses.contains_key(key) => {
+                    let list: Vec<String> =
+                        self.unusable_addresses[key].iter().map(IpAddr::to_string).collect();
+                    let message = format!("this node cannot listen on {}", list.join(", "));
+                    let accepted = if invalid > 0 && !any_usable {
+                        condition(
+                            "Accepted",
+                            false,
+                            "ListenersNotValid",
+                            "no listener is valid",
+                            generation,
+                        )
+                    } else {
+                        condition("Accepted", true, "Accepted", "gateway accepted", generation)
+                    };
+                    vec![
+                        accepted,
+                        condition("Programmed", false, "AddressNotUsable", &message, generation),
+                    ]
+                }
                 None if invalid > 0 && !any_usable => vec![
                     condition(
                         "Accepted",

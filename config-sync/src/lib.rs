@@ -116,6 +116,8 @@ impl Pipeline {
                 controller_name: config.controller_name.clone(),
                 default_address: config.default_address,
                 address_pool: config.address_pool,
+                // lb runs on this node: an address this process cannot bind, lb cannot either.
+                address_usable: Some(compile::bindable),
             },
             loaded: false,
         })

@@ -83,6 +83,7 @@ fn settings() -> Settings {
         controller_name: "sluice.dev/gateway-controller".into(),
         default_address: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         address_pool: None,
+        address_usable: Some(|ip| ip != IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
     }
 }
 
@@ -657,4 +658,39 @@ fn origins_normalise_to_scheme_host_port() {
     for bad in ["foo.com", "ws://foo.com", "http://foo.com:0", "http://a..b", "http://"] {
         assert_eq!(normalize_origin(bad), None, "{bad}");
     }
+}
+
+#[test]
+fn static_addresses_this_node_cannot_use_are_reported_and_left_out() {
+    let gw = |addresses: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: s, namespace: infra}}\nspec:\n  gatewayClassName: sluice\n  addresses: {addresses}\n  listeners: [{{name: http, port: 85, protocol: HTTP}}]\n"
+        )
+    };
+    let condition_of = |c: &Compiled, kind: &str| -> (String, String) {
+        let id = ObjectId { kind: Kind::Gateway, key: Key::new("infra", "s") };
+        match c.status.get(&id) {
+            Some((_, ObjectStatus::Gateway(s))) => s
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == kind)
+                .map(|c| (c.status.clone(), c.reason.clone()))
+                .unwrap(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let pair = |s: &str, r: &str| (s.to_owned(), r.to_owned());
+    // settings() says 192.0.2.1 is not one of this node's addresses.
+    let c = compile(&model(&gw("[{value: 127.0.0.9}, {value: 192.0.2.1}]")), &settings());
+    assert_eq!(condition_of(&c, "Accepted"), pair("True", "Accepted"));
+    assert_eq!(condition_of(&c, "Programmed"), pair("False", "AddressNotUsable"));
+    assert_eq!(gateway_status_addresses(&c.status, "s"), vec!["127.0.0.9"]);
+    let bound: Vec<_> =
+        c.table.ports.iter().filter(|p| p.port == 85).map(|p| p.address.map(|a| a.ip())).collect();
+    assert_eq!(bound, [Some("127.0.0.9".parse().unwrap())], "only the usable address is bound");
+    let c = compile(&model(&gw("[{value: 127.0.0.9}]")), &settings());
+    assert_eq!(condition_of(&c, "Programmed"), pair("True", "Programmed"));
+    let c = compile(&model(&gw("[{type: test/fake, value: x}, {value: 127.0.0.9}]")), &settings());
+    assert_eq!(condition_of(&c, "Accepted"), pair("False", "UnsupportedAddress"));
 }
