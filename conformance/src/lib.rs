@@ -41,6 +41,7 @@ pub const CLAIMED: &[&str] = &[
     "HTTPRoute307RedirectStatusCode",
     "HTTPRoute308RedirectStatusCode",
     "GatewayAddressEmpty",
+    "GatewayStaticAddresses",
     "GatewayHTTPListenerIsolation",
     "GatewayPort8080",
     "HTTPRouteParentRefPort",
@@ -295,6 +296,18 @@ impl Cluster {
 
     /// Why a test cannot run here, from what it needs (features, TLS, other schemes).
     fn skip_reason(&self, t: &Test) -> Option<String> {
+        // The translator marks a step it could not translate with `ERR`: such a vector cannot
+        // be replayed as written (it says so; this is not a pass).
+        if let Some((i, e)) =
+            t.status_expectations.iter().enumerate().find(|(_, e)| e.get("ERR").is_some())
+        {
+            return Some(format!(
+                "vector incomplete: status expectation {} ({}) says ERR {}",
+                i + 1,
+                str_of(e, "check").unwrap_or("?"),
+                e["ERR"]
+            ));
+        }
         if let Some(f) = t.feature.iter().find(|f| !self.opts.features.iter().any(|c| c == *f)) {
             return Some(format!("feature {f} is not supported"));
         }
@@ -356,13 +369,13 @@ impl Cluster {
         if let Err(e) = manifests::write(&file, &written) {
             return Outcome::Fail(e);
         }
-        let outcome = self.replay(t, &objects);
+        let outcome = self.replay(t, &objects, &mut written, &file);
         let _ = std::fs::remove_file(&file);
         self.wait_gone(&objects);
         outcome
     }
 
-    fn replay(&self, t: &Test, objects: &[Value]) -> Outcome {
+    fn replay(&self, t: &Test, objects: &[Value], written: &mut [Value], file: &Path) -> Outcome {
         for (i, c) in t.cases.iter().enumerate() {
             if let Err(why) = self.case(t, c, objects) {
                 return Outcome::Fail(format!(
@@ -390,6 +403,14 @@ impl Cluster {
             }
         }
         for e in &expanded {
+            // `{"check": "Apply", "kind", "object": "ns/name", "merge_patch"}`: change an object
+            // of the test (as the Go tests patch one) before the checks after it.
+            if e.get("check").and_then(Value::as_str) == Some("Apply") {
+                if let Err(why) = apply(e, written, file) {
+                    return Outcome::Fail(format!("Apply: {why}"));
+                }
+                continue;
+            }
             let deadline = Instant::now() + self.opts.timeout;
             loop {
                 match status::check(&self.status, e) {
@@ -586,6 +607,23 @@ impl Cluster {
             }
         }
     }
+}
+
+/// Applies an `Apply` step's merge patch to the object it names and rewrites the manifests.
+fn apply(step: &Value, written: &mut [Value], file: &Path) -> Result<(), String> {
+    let want_kind = str_of(step, "kind").ok_or("no kind")?;
+    let (ns, name) = str_of(step, "object").and_then(|o| o.split_once('/')).ok_or("no object")?;
+    let patch = step.get("merge_patch").ok_or("no merge_patch")?.to_string();
+    let patch = patch
+        .replace("PLACEHOLDER_USABLE_ADDRS", manifests::USABLE_ADDRESS)
+        .replace("PLACEHOLDER_UNUSABLE_ADDRS", manifests::UNUSABLE_ADDRESS);
+    let patch: Value = serde_json::from_str(&patch).map_err(|e| e.to_string())?;
+    let object = written
+        .iter_mut()
+        .find(|o| kind(o) == want_kind && manifests::key(o) == (ns.to_owned(), name.to_owned()))
+        .ok_or_else(|| format!("no {want_kind} {ns}/{name} in the test"))?;
+    manifests::merge_patch(object, &patch);
+    manifests::write(file, written)
 }
 
 /// A `/retry/` path (or one with a `{uuid}` / `<uuid>` placeholder) with a fresh uuid in it;

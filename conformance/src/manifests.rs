@@ -25,11 +25,38 @@ pub struct Pod {
 }
 
 /// Reads a manifest file, substituting the suite's template variables.
+/// The suite's `UsableNetworkAddresses`: a loopback address nothing else here uses.
+pub const USABLE_ADDRESS: &str = "127.3.0.1";
+/// The suite's `UnusableNetworkAddresses`: TEST-NET-1 (RFC 5737), never a local address.
+pub const UNUSABLE_ADDRESS: &str = "192.0.2.1";
+
+/// RFC 7386 JSON merge patch: objects merge, `null` deletes, anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Some(fields) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    if let Some(t) = target.as_object_mut() {
+        for (k, v) in fields {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
 pub fn load(path: &Path, class: &str, controller: &str) -> Result<Vec<Value>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let text = text
         .replace("{GATEWAY_CLASS_NAME}", class)
-        .replace("{GATEWAY_CONTROLLER_NAME}", controller);
+        .replace("{GATEWAY_CONTROLLER_NAME}", controller)
+        .replace("PLACEHOLDER_USABLE_ADDRS", USABLE_ADDRESS)
+        .replace("PLACEHOLDER_UNUSABLE_ADDRS", UNUSABLE_ADDRESS);
     let mut out = Vec::new();
     for de in serde_yaml_ng::Deserializer::from_str(&text) {
         let v = Value::deserialize(de).map_err(|e| format!("{}: {e}", path.display()))?;

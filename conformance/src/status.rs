@@ -74,6 +74,34 @@ pub fn check(dir: &Path, e: &Value) -> Result<(), String> {
             let g = gateway()?;
             address(&g).map(drop)
         }
+        // Exactly these addresses in status (the suite's placeholders stand for the runner's).
+        "GatewayStatusMustHaveAddresses" => {
+            let g = gateway()?;
+            let got: Vec<&str> = g
+                .pointer("/status/addresses")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.get("value").and_then(Value::as_str))
+                .collect();
+            let want: Vec<&str> = e
+                .get("addresses")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(|a| match a {
+                    "PLACEHOLDER_USABLE_ADDRS" => crate::manifests::USABLE_ADDRESS,
+                    "PLACEHOLDER_UNUSABLE_ADDRS" => crate::manifests::UNUSABLE_ADDRESS,
+                    other => other,
+                })
+                .collect();
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("expected addresses {want:?}, got {got:?}"))
+            }
+        }
         "GatewayAndHTTPRoutesMustBeAccepted" | "GatewayAndRoutesMustBeAccepted" => {
             let g = gateway()?;
             address(&g)?;
