@@ -16,7 +16,6 @@ const UNCHECKED: &[&str] = &[
     "tcp_echo",
     "tls_connection_rejected",
     "tls_request_fails",
-    "repeat",
     "invariant",
 ];
 
@@ -112,6 +111,7 @@ fn backend(expect: &Value, resp: &Response) -> Result<(), String> {
         "absent_headers_seen_by_backend",
         "namespace",
         "backend",
+        "backend_from_header",
     ];
     if !fields.iter().any(|f| expect.get(*f).is_some()) {
         return Ok(());
@@ -154,6 +154,26 @@ fn backend(expect: &Value, resp: &Response) -> Result<(), String> {
                 got => {
                     return Err(format!("expected backend to see {name}: {want:?}, got {got:?}"));
                 }
+            }
+        }
+    }
+    // The backend saw this header exactly once, and the answering pod belongs to the Service
+    // it names (per-backend header edits reached the backend that was chosen).
+    if let Some(name) = expect.get("backend_from_header").and_then(Value::as_str) {
+        let headers = echo.get("headers").and_then(Value::as_object);
+        let values: Vec<&str> = headers
+            .into_iter()
+            .flatten()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .flat_map(|(_, v)| v.as_array().into_iter().flatten().filter_map(Value::as_str))
+            .collect();
+        match values.as_slice() {
+            [one] if got("pod").starts_with(one) => {}
+            _ => {
+                return Err(format!(
+                    "expected one {name} header naming the answering pod {:?}, got {values:?}",
+                    got("pod")
+                ));
             }
         }
     }

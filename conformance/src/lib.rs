@@ -41,6 +41,7 @@ pub const CLAIMED: &[&str] = &[
     "HTTPRoute307RedirectStatusCode",
     "HTTPRoute308RedirectStatusCode",
     "GatewayAddressEmpty",
+    "HTTPRouteBackendRequestHeaderModification",
     "GatewayStaticAddresses",
     "GatewayHTTPListenerIsolation",
     "GatewayPort8080",
@@ -296,6 +297,10 @@ impl Cluster {
 
     /// Why a test cannot run here, from what it needs (features, TLS, other schemes).
     fn skip_reason(&self, t: &Test) -> Option<String> {
+        // A check written as prose cannot be replayed by a program (reported, not passed).
+        if let Some(prose) = t.cases.iter().find_map(|c| c.expect.get("invariant")) {
+            return Some(format!("vector states a check in prose only (invariant: {prose})"));
+        }
         // The translator marks a step it could not translate with `ERR`: such a vector cannot
         // be replayed as written (it says so; this is not a pass).
         if let Some((i, e)) =
@@ -476,6 +481,18 @@ impl Cluster {
             return ws::check(addr, &ip, path.unwrap_or("/"), &ws::messages(&lines)?);
         }
         let path = str_of(r, "path").unwrap_or("/");
+        // `repeat: N`: the expectation must hold for N requests in a row.
+        let repeat = c.expect.get("repeat").and_then(Value::as_u64).unwrap_or(1).max(1);
+        if repeat > 1 {
+            let mut once = c.expect.clone();
+            if let Some(o) = once.as_object_mut() {
+                o.remove("repeat");
+            }
+            for _ in 0..repeat {
+                check::response(&once, path, "http", &send(addr, r, path)?)?;
+            }
+            return Ok(());
+        }
         if let Some(fresh) = with_fresh_uuid(path) {
             // The retry simulation counts attempts per uuid: every probe needs its own.
             let mut expect = c.expect.clone();
