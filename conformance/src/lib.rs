@@ -29,41 +29,9 @@ use serde_json::Value;
 use cases::{Case, GatewayRef, Test};
 use manifests::{Pod, kind};
 
-/// Features Sluice claims: a test that needs only these must pass.
-pub const CLAIMED: &[&str] = &[
-    "Gateway",
-    "HTTPRoute",
-    "ReferenceGrant",
-    "HTTPRouteSchemeRedirect",
-    "HTTPRoutePathRedirect",
-    "HTTPRoutePortRedirect",
-    "HTTPRoute303RedirectStatusCode",
-    "HTTPRoute307RedirectStatusCode",
-    "HTTPRoute308RedirectStatusCode",
-    "GatewayAddressEmpty",
-    "HTTPRouteBackendRequestHeaderModification",
-    "GatewayStaticAddresses",
-    "GatewayHTTPListenerIsolation",
-    "GatewayPort8080",
-    "HTTPRouteParentRefPort",
-    "HTTPRouteNamedRouteRule",
-    "HTTPRouteDestinationPortMatching",
-    "HTTPRouteHostRewrite",
-    "HTTPRoutePathRewrite",
-    "HTTPRouteResponseHeaderModification",
-    "HTTPRouteRequestTimeout",
-    "HTTPRouteBackendTimeout",
-    "HTTPRouteQueryParamMatching",
-    "HTTPRouteMethodMatching",
-    "HTTPRouteBackendProtocolWebSocket",
-    "HTTPRouteRequestMirror",
-    "HTTPRouteRequestMultipleMirrors",
-    "HTTPRouteRequestPercentageMirror",
-    "HTTPRouteCORS",
-    "HTTPRouteRetry",
-    "HTTPRouteRetryBackendTimeout",
-    "HTTPRouteRetryConnectionError",
-];
+/// Features Sluice claims: a test that needs only these must pass. The same list config-sync
+/// reports in GatewayClass `status.supportedFeatures`.
+pub const CLAIMED: &[&str] = config_sync::compile::SUPPORTED_FEATURES;
 
 /// Where the suite takes the addresses of hand-written EndpointSlices from (its Service-types
 /// test patches them with these pods' IPs before sending requests).

@@ -22,7 +22,12 @@ use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+#[allow(
+    clippy::disallowed_types,
+    reason = "the echo backend is a test server (a thread per connection), not the data path"
+)]
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -48,6 +53,7 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_RETRY_IDS: usize = 100_000;
 
 /// Attempts seen per `/retry/` uuid, shared by the server's connections.
+#[allow(clippy::disallowed_types, reason = "test server: attempts shared by its threads")]
 type Attempts = Arc<Mutex<HashMap<String, u32>>>;
 
 /// Serves on `listener` until the process ends.

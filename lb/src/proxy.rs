@@ -96,6 +96,9 @@ pub struct Summary {
     pub idempotent: bool,
     /// Index of the matched action in the table (`u32::MAX`: none), for its response edits.
     pub action: u32,
+    /// Wheel time the head was complete, for rules with a `request` timeout (which runs from
+    /// here); 0 otherwise.
+    pub arrived: u64,
 }
 
 impl Summary {
@@ -114,6 +117,7 @@ impl Summary {
                 b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
             ),
             action: u32::MAX,
+            arrived: 0,
         }
     }
 }
@@ -237,7 +241,9 @@ pub fn prepare(
                 };
                 mirror(core, &table, &action.mirrors, mirror::whole_body(buf, &head), copy);
             }
-            let req = Summary { action: matched.action.to_native(), ..req };
+            // The clock is read only for rules with a request timeout.
+            let arrived = if action.timeouts.request_ms == 0 { 0 } else { core.wheel.now() };
+            let req = Summary { action: matched.action.to_native(), arrived, ..req };
             Some(Plan::Forward { table: Rc::clone(&table), service, cursor, cors, req })
         }
     }
@@ -393,7 +399,9 @@ impl Exchange<'_> {
             _ => 0,
         };
         let has_policy = policy.is_some_and(|p| p.attempts.to_native() > 0);
-        let started = self.core.wheel.now();
+        // The rule's `request` timeout counts from the request's arrival (its body upload
+        // included), `backendRequest` from each attempt.
+        let started = req.arrived;
         let mut attempt = 0;
         let mut fresh_only = false;
         loop {
@@ -594,8 +602,7 @@ impl Exchange<'_> {
                                 fields,
                                 req.http10,
                                 req.keep_alive,
-                                edits,
-                                cors,
+                                message::ResponseChanges { edits, cors },
                             );
                             Ok(Ok(Response { head, encode, close_client }))
                         }

@@ -694,3 +694,21 @@ fn static_addresses_this_node_cannot_use_are_reported_and_left_out() {
     let c = compile(&model(&gw("[{type: test/fake, value: x}, {value: 127.0.0.9}]")), &settings());
     assert_eq!(condition_of(&c, "Accepted"), pair("False", "UnsupportedAddress"));
 }
+
+#[test]
+fn gateway_class_reports_version_and_features() {
+    let c = compile(&model(""), &settings());
+    let id = ObjectId { kind: Kind::GatewayClass, key: Key::new("", "sluice") };
+    let Some((_, ObjectStatus::GatewayClass(s))) = c.status.get(&id) else {
+        panic!("no GatewayClass status: {:?}", c.status.keys().collect::<Vec<_>>())
+    };
+    let conditions: Vec<(&str, &str)> =
+        s.conditions.iter().flatten().map(|c| (c.type_.as_str(), c.reason.as_str())).collect();
+    assert_eq!(conditions, [("Accepted", "Accepted"), ("SupportedVersion", "SupportedVersion")]);
+    let features: Vec<&str> =
+        s.supported_features.iter().flatten().map(|f| f.name.as_str()).collect();
+    assert_eq!(features, SUPPORTED_FEATURES);
+    // The other controller's class gets nothing from us.
+    let other = ObjectId { kind: Kind::GatewayClass, key: Key::new("", "other") };
+    assert!(!c.status.contains_key(&other));
+}

@@ -333,6 +333,15 @@ pub fn parse_response<'h, 'b>(
     Ok(Some((head, res.headers)))
 }
 
+/// What a route changes in a response head.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResponseChanges<'a> {
+    /// The rule's `ResponseHeaderModifier` edits.
+    pub edits: Option<&'a ArchivedHeaderEdits>,
+    /// Header lines of the rule's CORS policy (replacing the upstream's own CORS fields).
+    pub cors: &'a [u8],
+}
+
 /// The response head for the client. Returns how to encode the body and whether the client
 /// connection must close after it.
 pub fn response_head(
@@ -342,9 +351,9 @@ pub fn response_head(
     fields: &[httparse::Header<'_>],
     client_http10: bool,
     client_keep_alive: bool,
-    edits: Option<&ArchivedHeaderEdits>,
-    cors: &[u8],
+    changes: ResponseChanges<'_>,
 ) -> (Encode, bool) {
+    let ResponseChanges { edits, cors } = changes;
     let reason = reason_of(buf, head.status);
     out.extend_from_slice(b"HTTP/1.1 ");
     push_decimal(out, u64::from(head.status));
@@ -602,7 +611,8 @@ mod tests {
         let mut fields = response_fields();
         let (head, fields) = parse_response(raw, &mut fields, head_req).unwrap().unwrap();
         let mut out = Vec::new();
-        let (enc, close) = response_head(&mut out, raw, &head, fields, http10, keep, None, b"");
+        let (enc, close) =
+            response_head(&mut out, raw, &head, fields, http10, keep, ResponseChanges::default());
         (String::from_utf8(out).unwrap(), enc, close, head.framing)
     }
 
