@@ -44,8 +44,10 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
         // allocation for the exchange's duration. Inline, it made every connection task 2.8 KB
         // even while idle; boxed, an idle task is a few hundred bytes, for one malloc/free per
         // request (~150 instructions of ~19k).
+        core.busy.set(core.busy.get() + 1);
         let flow = Box::pin(exchange(&core, &stream, &mut input, &deadline, &client, local)).await;
-        if flow == Flow::Close {
+        core.busy.set(core.busy.get() - 1);
+        if flow == Flow::Close || core.draining.get() {
             linger_after = true;
             break;
         }

@@ -2,7 +2,7 @@
 //! this core serves. One `Core` per runtime thread, shared by its tasks through `Rc`; nothing
 //! here is touched by another thread, so there are no locks.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -89,6 +89,10 @@ pub struct Core {
     pub pool: RefCell<Pool>,
     /// Request mirroring (copies in flight, sampling).
     pub mirrors: Mirrors,
+    /// Exchanges in progress on this core.
+    pub busy: Cell<usize>,
+    /// Shutting down: no new connections; each connection closes after its current exchange.
+    pub draining: Cell<bool>,
     table: RefCell<Option<Rc<CoreTable>>>,
 }
 
@@ -102,6 +106,8 @@ impl Core {
             spare: Spare::new(&settings.buffers),
             pool: RefCell::new(Pool::new(settings.pool_max_idle, idle_ticks)),
             mirrors: Mirrors::new(id),
+            busy: Cell::new(0),
+            draining: Cell::new(false),
             settings,
             wheel,
             table: RefCell::new(None),

@@ -32,6 +32,7 @@ pub mod upstream;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_channel::mpsc::{UnboundedReceiver, unbounded};
@@ -51,6 +52,18 @@ pub struct Config {
     pub cpus: Vec<usize>,
     /// Settings shared by all cores.
     pub settings: Settings,
+    /// After SIGTERM or SIGINT: listeners close at once, requests in flight get this long to
+    /// finish, then lb exits.
+    pub drain: Duration,
+}
+
+/// What the main thread and the cores share about shutting down.
+#[derive(Debug)]
+struct Shutdown {
+    /// Set on SIGTERM/SIGINT.
+    draining: Arc<AtomicBool>,
+    /// Exchanges in progress per core, as each core last reported (every 100 ms).
+    busy: Vec<AtomicUsize>,
 }
 
 /// Errors that stop lb at start-up.
@@ -58,9 +71,11 @@ pub struct Config {
 pub enum Error {
     /// io_uring (or its provided-buffer rings) is not available.
     #[error(
-        "io_uring is unavailable ({0}). lb needs Linux 6.x io_uring with provided buffers; in a \
-         container, run with a seccomp profile that allows io_uring_setup, io_uring_enter and \
-         io_uring_register"
+        "io_uring is unavailable ({0}). lb needs Linux 6.x io_uring with provided buffers. In a \
+         container the runtime's default seccomp profile blocks it: run lb under Sluice's \
+         profile (deploy/seccomp/sluice-io-uring.json, also printed by `sluice seccomp-profile`; \
+         the DaemonSet in deploy/kubernetes installs it as Localhost profile \
+         sluice/io-uring.json). Also check that the sysctl kernel.io_uring_disabled is 0"
     )]
     IoUring(std::io::Error),
     /// The applied file cannot be created.
@@ -90,6 +105,14 @@ pub fn run(config: Config) -> Result<(), Error> {
             .map_err(|source| Error::Applied { path: applied_file.clone(), source })?,
     );
     let settings = Arc::new(config.settings);
+    let shutdown = Arc::new(Shutdown {
+        draining: Arc::new(AtomicBool::new(false)),
+        busy: config.cpus.iter().map(|_| AtomicUsize::new(0)).collect(),
+    });
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&shutdown.draining))
+            .map_err(Error::Thread)?;
+    }
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     let mut senders = Vec::new();
     let (started_tx, started_rx) = std::sync::mpsc::channel::<Result<(), std::io::Error>>();
@@ -99,6 +122,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         senders.push(tx);
         let settings = Arc::clone(&settings);
         let applied = Arc::clone(&applied);
+        let shutdown = Arc::clone(&shutdown);
         let started = started_tx.clone();
         let pin = core_ids.iter().copied().find(|c| c.id == cpu);
         let thread = std::thread::Builder::new()
@@ -119,7 +143,7 @@ pub fn run(config: Config) -> Result<(), Error> {
                     }
                 };
                 let core = Rc::new(core::Core::new(index, settings));
-                rt.block_on(core_main(core, rx, applied));
+                rt.block_on(core_main(core, rx, applied, shutdown));
             })
             .map_err(Error::Thread)?;
         threads.push(thread);
@@ -136,12 +160,39 @@ pub fn run(config: Config) -> Result<(), Error> {
     }
     info!(cores = config.cpus.len(), segment = %config.table.display(), "lb started; waiting for a table");
     tables::spawn_watcher(config.table, senders).map_err(Error::Thread)?;
-    for t in threads {
-        if t.join().is_err() {
-            error!("a core thread panicked");
+    while !shutdown.draining.load(Ordering::Relaxed) {
+        if threads.iter().any(std::thread::JoinHandle::is_finished) {
+            error!("a core thread ended unexpectedly; exiting");
+            return Err(Error::Thread(std::io::Error::other("core thread died")));
         }
+        std::thread::sleep(Duration::from_millis(50));
     }
+    drain(&shutdown, config.drain);
     Ok(())
+}
+
+/// Waits until no core has an exchange in progress, or `limit` passed. The cores have closed
+/// their listeners; idle keep-alive connections close when the process exits.
+fn drain(shutdown: &Shutdown, limit: Duration) {
+    info!(
+        limit_s = limit.as_secs_f64(),
+        "draining: listeners closed, finishing requests in flight"
+    );
+    let start = std::time::Instant::now();
+    // Give every core a report after it saw the flag (they report each 100 ms).
+    std::thread::sleep(Duration::from_millis(250));
+    loop {
+        let busy: usize = shutdown.busy.iter().map(|b| b.load(Ordering::Relaxed)).sum();
+        if busy == 0 {
+            info!(after_ms = start.elapsed().as_millis() as u64, "drained; exiting");
+            return;
+        }
+        if start.elapsed() >= limit {
+            warn!(busy, "drain time over; exiting with requests in flight");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A core's control task: takes each new table, swaps it in, brings the listeners in line and
@@ -150,6 +201,7 @@ async fn core_main(
     core: Rc<core::Core>,
     mut tables: UnboundedReceiver<Arc<Router>>,
     applied: Arc<AppliedWriter>,
+    shutdown: Arc<Shutdown>,
 ) {
     compio::runtime::spawn(Rc::clone(&core.wheel).run()).detach();
     let listeners = listener::Listeners::default();
@@ -165,6 +217,18 @@ async fn core_main(
         let next = match futures_util::future::select(tables.next(), tick).await {
             futures_util::future::Either::Left((t, _)) => t,
             futures_util::future::Either::Right(_) => {
+                if let Some(slot) = shutdown.busy.get(core.id) {
+                    slot.store(core.busy.get(), Ordering::Relaxed);
+                }
+                if shutdown.draining.load(Ordering::Relaxed) && !core.draining.get() {
+                    // Stop accepting; connections close after their current exchange.
+                    core.draining.set(true);
+                    listeners.close_all();
+                    continue;
+                }
+                if core.draining.get() {
+                    continue;
+                }
                 idle_ticks += 1;
                 if !(bind_failed && idle_ticks.is_multiple_of(10)) {
                     continue;

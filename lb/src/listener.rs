@@ -24,6 +24,11 @@ pub struct Listeners {
 }
 
 impl Listeners {
+    /// Closes every listener of this core (draining).
+    pub fn close_all(&self) {
+        self.active.borrow_mut().clear();
+    }
+
     /// Opens and closes listeners to match `router`'s ports. Returns `false` when some port
     /// could not be bound (the caller retries later).
     pub async fn reconcile(&self, core: &Rc<Core>, router: &Router) -> bool {

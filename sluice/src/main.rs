@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+mod ops;
 mod up;
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
@@ -39,6 +40,28 @@ enum Command {
     ConfigSync(ConfigSyncArgs),
     /// Run an echo backend.
     Echo(EchoArgs),
+    /// Exit 0 when lb serves a table on every core (`--published`: when config-sync has
+    /// published one); a readiness probe.
+    Ready(ReadyArgs),
+    /// Print lb's seccomp profile (io_uring allowed), or write it where a kubelet loads it.
+    SeccompProfile(SeccompArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct ReadyArgs {
+    /// The table segment.
+    #[arg(long, default_value = DEFAULT_TABLE, env = "SLUICE_TABLE")]
+    table: PathBuf,
+    /// Check config-sync's side: a table is published.
+    #[arg(long)]
+    published: bool,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct SeccompArgs {
+    /// Write the profile to this file instead of printing it.
+    #[arg(long)]
+    write: Option<PathBuf>,
 }
 
 /// Default shared-memory segment.
@@ -82,6 +105,9 @@ struct LbArgs {
     /// Size of each ring buffer, bytes.
     #[arg(long, default_value_t = 16 * 1024)]
     ring_buffer_len: usize,
+    /// Seconds requests in flight get to finish after SIGTERM/SIGINT (listeners close at once).
+    #[arg(long, default_value_t = 30.0)]
+    drain_timeout: f64,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -140,6 +166,8 @@ fn main() -> ExitCode {
         Command::Lb(args) => run_lb(args),
         Command::ConfigSync(args) => run_config_sync(args),
         Command::Echo(args) => run_echo(args),
+        Command::Ready(args) => ops::ready(&args.table, args.published),
+        Command::SeccompProfile(args) => ops::seccomp_profile(args.write.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -169,10 +197,15 @@ fn run_lb(a: LbArgs) -> Result<(), String> {
     settings.limits.max_body = a.max_body;
     settings.buffers.ring_buffers = a.ring_buffers;
     settings.buffers.ring_buffer_len = a.ring_buffer_len;
-    lb::run(lb::Config { table: a.table, cpus, settings }).map_err(|e| e.to_string())
+    let table = a.table.clone();
+    ops::notify_systemd_when(move || ops::ready(&table, false).is_ok());
+    let drain = secs(a.drain_timeout);
+    lb::run(lb::Config { table: a.table, cpus, settings, drain }).map_err(|e| e.to_string())
 }
 
 fn run_config_sync(a: ConfigSyncArgs) -> Result<(), String> {
+    let table = a.table.clone();
+    ops::notify_systemd_when(move || ops::ready(&table, true).is_ok());
     config_sync::run(config_sync::Config {
         manifests: a.manifests,
         table: a.table,

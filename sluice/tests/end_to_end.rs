@@ -563,3 +563,43 @@ spec:
         .unwrap();
     assert_eq!(again.status, 200);
 }
+
+#[test]
+fn sigterm_closes_listeners_finishes_requests_in_flight_and_exits() {
+    let mut env = Env::new("drain");
+    let backend = env.echo("default", "svc", "svc-0");
+    let port = free_port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write("svc.yaml", &service("default", "svc", &[backend]));
+    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n");
+    assert!(!sluice_ready(&env, true), "nothing published yet: not ready");
+    env.config_sync();
+    env.lb(&["--drain-timeout", "10"]);
+    env.wait_applied(1);
+    assert!(sluice_ready(&env, false), "lb serves a table: ready");
+    assert!(sluice_ready(&env, true), "a table is published: ready");
+    // A request that takes 1.5 s is in flight when lb is told to stop.
+    let slow = std::thread::spawn(move || get(port, "h", "/slow?delay=1500ms", &[]));
+    std::thread::sleep(Duration::from_millis(300));
+    env.terminate("lb");
+    // New connections are refused soon after.
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(start.elapsed() < Duration::from_secs(3), "still accepting after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The request in flight still gets its answer, then lb exits cleanly on its own.
+    let r = slow.join().unwrap().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(env.wait_exit("lb", Duration::from_secs(5)), Some(0), "{}", env.log("lb"));
+    assert!(env.log("lb").contains("drained; exiting"), "{}", env.log("lb"));
+}
+
+fn sluice_ready(env: &Env, published: bool) -> bool {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["ready", "--table", env.table.to_str().unwrap()]);
+    if published {
+        cmd.arg("--published");
+    }
+    cmd.status().unwrap().success()
+}

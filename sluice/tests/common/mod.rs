@@ -109,6 +109,35 @@ impl Env {
         self.spawn("lb", &args);
     }
 
+    /// Sends SIGTERM to the process started as `name`.
+    pub fn terminate(&self, name: &str) {
+        for (n, c) in &self.children {
+            if n == name
+                && let Some(pid) = rustix::process::Pid::from_raw(c.id() as i32)
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+        }
+    }
+
+    /// Waits up to `limit` for `name` to exit; its exit code, `None` if it is still running.
+    pub fn wait_exit(&mut self, name: &str, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        loop {
+            for (n, c) in &mut self.children {
+                if n == name
+                    && let Ok(Some(status)) = c.try_wait()
+                {
+                    return Some(status.code().unwrap_or(-1));
+                }
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn kill(&mut self, name: &str) {
         for (n, c) in &mut self.children {
             if n == name {
