@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 
 pub mod compile;
+pub mod kubernetes;
+pub mod lease;
 pub mod model;
 pub mod publish;
 pub mod status;
@@ -80,6 +82,9 @@ pub enum Error {
     /// The async runtime cannot start.
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
+    /// No Kubernetes client could be configured (no in-cluster config, no kubeconfig).
+    #[error("Kubernetes client: {0}")]
+    Kubernetes(String),
 }
 
 /// Runs config-sync in file mode until SIGINT or SIGTERM.
@@ -89,6 +94,16 @@ pub fn run(config: Config) -> Result<(), Error> {
         .build()
         .map_err(Error::Runtime)?;
     rt.block_on(run_files(config))
+}
+
+/// Runs config-sync against the Kubernetes API server (in-cluster config, or `KUBECONFIG` /
+/// `~/.kube/config`) until SIGINT or SIGTERM.
+pub fn run_kubernetes(config: Config, options: kubernetes::KubeOptions) -> Result<(), Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
+    rt.block_on(kubernetes::run(config, options))
 }
 
 /// The file-mode pipeline: the source, the publisher and the status writer.

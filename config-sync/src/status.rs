@@ -17,6 +17,17 @@ use tracing::{info, warn};
 use crate::compile::ObjectStatus;
 use crate::model::ObjectId;
 
+/// One object's status change.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The object.
+    pub id: ObjectId,
+    /// Its `metadata.generation` the status was computed for.
+    pub generation: Option<i64>,
+    /// The new status; `None` when the object is gone or no longer ours.
+    pub status: Option<ObjectStatus>,
+}
+
 /// Remembers the last status of every object and writes changes.
 #[derive(Debug, Default)]
 pub struct StatusWriter {
@@ -31,33 +42,63 @@ impl StatusWriter {
     }
 
     /// Applies a new set of statuses; returns how many objects changed.
-    pub fn apply(&mut self, mut next: BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>) -> usize {
+    pub fn apply(&mut self, next: BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>) -> usize {
+        let changes = self.diff(next);
+        for c in &changes {
+            match &c.status {
+                Some(status) => {
+                    if let Err(e) = self.write(&c.id, c.generation, status) {
+                        warn!(object = %c.id, "cannot write status: {e}");
+                    }
+                }
+                None => {
+                    if let Some(path) = self.path(&c.id)
+                        && let Err(e) = fs::remove_file(&path)
+                        && e.kind() != io::ErrorKind::NotFound
+                    {
+                        warn!(file = %path.display(), "cannot remove status: {e}");
+                    }
+                }
+            }
+        }
+        changes.len()
+    }
+
+    /// Takes a new set of statuses (carrying `lastTransitionTime` over from the last set) and
+    /// returns what changed: new or different statuses, and objects whose status is gone.
+    pub fn diff(
+        &mut self,
+        mut next: BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>,
+    ) -> Vec<Change> {
         let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let mut changes = 0;
+        let mut changes = Vec::new();
         for (id, (generation, status)) in &mut next {
             let previous = self.last.get_mut(id).map(|(_, s)| s);
             carry_times(status, previous, &now);
             if self.last.get(id).is_some_and(|(g, s)| g == generation && s == status) {
                 continue;
             }
-            changes += 1;
             info!(object = %id, "status {}", summary(status));
-            if let Err(e) = self.write(id, *generation, status) {
-                warn!(object = %id, "cannot write status: {e}");
-            }
+            changes.push(Change {
+                id: id.clone(),
+                generation: *generation,
+                status: Some(status.clone()),
+            });
         }
         for id in self.last.keys().filter(|id| !next.contains_key(*id)) {
-            changes += 1;
             info!(object = %id, "status removed (object gone or no longer ours)");
-            if let Some(path) = self.path(id)
-                && let Err(e) = fs::remove_file(&path)
-                && e.kind() != io::ErrorKind::NotFound
-            {
-                warn!(file = %path.display(), "cannot remove status: {e}");
-            }
+            changes.push(Change { id: id.clone(), generation: None, status: None });
         }
         self.last = next;
         changes
+    }
+
+    /// Every current status, as changes (to write them all again, e.g. on becoming leader).
+    pub fn all(&self) -> Vec<Change> {
+        self.last
+            .iter()
+            .map(|(id, (g, s))| Change { id: id.clone(), generation: *g, status: Some(s.clone()) })
+            .collect()
     }
 
     /// The current status of `id`.

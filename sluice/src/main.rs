@@ -113,8 +113,23 @@ struct LbArgs {
 #[derive(clap::Args, Debug, Clone)]
 struct ConfigSyncArgs {
     /// Folder of Gateway API manifests (YAML or JSON, read recursively).
+    #[arg(long, required_unless_present = "kubernetes", conflicts_with = "kubernetes")]
+    manifests: Option<PathBuf>,
+    /// Watch the Kubernetes API instead of a folder (in-cluster config, or KUBECONFIG).
     #[arg(long)]
-    manifests: PathBuf,
+    kubernetes: bool,
+    /// Kubernetes mode: namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "sluice-system")]
+    lease_namespace: String,
+    /// Kubernetes mode: name of the leader-election Lease.
+    #[arg(long, default_value = "sluice-config-sync")]
+    lease_name: String,
+    /// Kubernetes mode: this replica's identity in the Lease (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Kubernetes mode: seconds a Lease holder stays leader without renewing.
+    #[arg(long, default_value_t = 15.0)]
+    lease_duration: f64,
     /// Shared-memory table segment to publish into.
     #[arg(long, default_value = DEFAULT_TABLE, env = "SLUICE_TABLE")]
     table: PathBuf,
@@ -206,8 +221,8 @@ fn run_lb(a: LbArgs) -> Result<(), String> {
 fn run_config_sync(a: ConfigSyncArgs) -> Result<(), String> {
     let table = a.table.clone();
     ops::notify_systemd_when(move || ops::ready(&table, true).is_ok());
-    config_sync::run(config_sync::Config {
-        manifests: a.manifests,
+    let config = config_sync::Config {
+        manifests: a.manifests.clone().unwrap_or_default(),
         table: a.table,
         status_dir: a.status_dir,
         controller_name: a.controller_name,
@@ -215,8 +230,22 @@ fn run_config_sync(a: ConfigSyncArgs) -> Result<(), String> {
         address_pool: a.address_pool,
         debounce: Duration::from_millis(a.debounce_ms.max(1)),
         rescan: Duration::from_secs(5),
-    })
-    .map_err(|e| e.to_string())
+    };
+    if a.kubernetes {
+        let identity = a.identity.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| format!("config-sync-{}", std::process::id()))
+        });
+        let options = config_sync::kubernetes::KubeOptions {
+            lease_namespace: a.lease_namespace,
+            lease_name: a.lease_name,
+            identity,
+            lease_duration: secs(a.lease_duration),
+        };
+        return config_sync::run_kubernetes(config, options).map_err(|e| e.to_string());
+    }
+    config_sync::run(config).map_err(|e| e.to_string())
 }
 
 fn run_echo(a: EchoArgs) -> Result<(), String> {

@@ -1,0 +1,372 @@
+//! Kubernetes source: the same objects as the file source, from the API server. One watcher per
+//! kind (kube-runtime: list, then watch from the list's resourceVersion, with bookmarks, and a
+//! fresh list after `410 Gone` or a dropped connection, with backoff while the server is away).
+//! Objects are trimmed on arrival (no managedFields, no last-applied annotation) and go through
+//! the file source's parser and validation (`model::parse_document`), so everything after
+//! ingestion is one code path: model → compile → publish.
+//!
+//! Nothing is published until every kind has been listed once, and a re-list replaces a kind's
+//! objects only when it completes: a restarted watch never publishes a half-empty table.
+//!
+//! Status goes to the `/status` subresources, from the holder of the Lease only (`lease`),
+//! and only after the local lb serves the generation the status describes. Writes are diffs:
+//! an object whose status did not change is not written. For HTTPRoutes, the entries of other
+//! controllers in `status.parents` are kept as the API server has them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use crate::compile::{ObjectStatus, Settings, compile};
+use crate::model::{GATEWAY_GROUP, Key, Kind, Model, Object, ObjectId, parse_document};
+use crate::status::{Change, StatusWriter, status_value};
+use crate::{Error, lease, publish};
+
+/// What config-sync needs besides the common settings in Kubernetes mode.
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    /// Namespace of the leader-election Lease.
+    pub lease_namespace: String,
+    /// Name of the Lease.
+    pub lease_name: String,
+    /// This replica's identity in the Lease (the pod name).
+    pub identity: String,
+    /// How long a Lease holder stays leader without renewing.
+    pub lease_duration: Duration,
+}
+
+/// The kinds watched: (kind, group, version, plural).
+const WATCHED: [(Kind, &str, &str, &str); 7] = [
+    (Kind::GatewayClass, GATEWAY_GROUP, "v1", "gatewayclasses"),
+    (Kind::Gateway, GATEWAY_GROUP, "v1", "gateways"),
+    (Kind::HttpRoute, GATEWAY_GROUP, "v1", "httproutes"),
+    // v1beta1 is served by every Gateway API release Sluice supports (v1 only since 1.5).
+    (Kind::ReferenceGrant, GATEWAY_GROUP, "v1beta1", "referencegrants"),
+    (Kind::Service, "", "v1", "services"),
+    (Kind::EndpointSlice, "discovery.k8s.io", "v1", "endpointslices"),
+    (Kind::Namespace, "", "v1", "namespaces"),
+];
+
+/// An object as the store keeps it: parsed for the model, raw status for status writes.
+#[derive(Debug, Clone)]
+struct Stored {
+    object: Object,
+    resource_version: Option<String>,
+    status: Value,
+}
+
+/// One kind's objects, and the buffer of a list in progress.
+#[derive(Debug, Default)]
+struct KindStore {
+    objects: BTreeMap<Key, Stored>,
+    relisting: Option<BTreeMap<Key, Stored>>,
+    listed: bool,
+}
+
+fn api_resource(group: &str, version: &str, kind: Kind, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind.as_str()), plural)
+}
+
+/// Drops what config-sync never reads and what makes objects large: managedFields and the
+/// last-applied annotation.
+fn trim(mut o: DynamicObject) -> DynamicObject {
+    o.metadata.managed_fields = None;
+    if let Some(a) = o.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    o
+}
+
+/// Parses a watched object through the file source's parser (list items come without
+/// apiVersion/kind: they are filled in from what was watched).
+fn parse(kind: Kind, group: &str, version: &str, o: &DynamicObject) -> Option<(Key, Stored)> {
+    let resource_version = o.metadata.resource_version.clone();
+    let mut v = match serde_json::to_value(o) {
+        Ok(v) => v,
+        Err(e) => {
+            warn!(%kind, "cannot read a watched object: {e}");
+            return None;
+        }
+    };
+    let api_version =
+        if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
+    v["apiVersion"] = Value::String(api_version);
+    v["kind"] = Value::String(kind.as_str().to_owned());
+    let status = v.get("status").cloned().unwrap_or(Value::Null);
+    match parse_document(v).into_iter().next() {
+        Some(Ok(Some(object))) => {
+            let key = object.id().key;
+            Some((key, Stored { object, resource_version, status }))
+        }
+        Some(Err(e)) => {
+            warn!("{e}; ignored");
+            None
+        }
+        _ => None,
+    }
+}
+
+/// What the watcher tasks send the pipeline.
+#[derive(Debug)]
+struct Update {
+    kind: Kind,
+    event: Event<(Key, Stored)>,
+}
+
+/// Runs config-sync against the API server until SIGINT or SIGTERM.
+pub async fn run(config: crate::Config, options: KubeOptions) -> Result<(), Error> {
+    let client = kube::Client::try_default().await.map_err(|e| Error::Kubernetes(e.to_string()))?;
+    let mut publisher = publish::Publisher::open(&config.table)
+        .map_err(|source| Error::Segment { path: config.table.clone(), source })?;
+    let settings = Settings {
+        controller_name: config.controller_name.clone(),
+        default_address: config.default_address,
+        address_pool: config.address_pool,
+        address_usable: Some(crate::compile::bindable),
+    };
+    info!(
+        table = %config.table.display(),
+        controller = %config.controller_name,
+        identity = %options.identity,
+        "config-sync started (Kubernetes mode)"
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel::<Update>();
+    for (kind, group, version, plural) in WATCHED {
+        let ar = api_resource(group, version, kind, plural);
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut stream =
+                watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
+            while let Some(item) = stream.next().await {
+                let event = match item {
+                    Ok(e) => e,
+                    Err(e) => {
+                        warn!(%kind, "watch: {e}; retrying (lb keeps the current table)");
+                        continue;
+                    }
+                };
+                let event = match event {
+                    Event::Apply(o) => parse(kind, group, version, &trim(o)).map(Event::Apply),
+                    Event::InitApply(o) => {
+                        parse(kind, group, version, &trim(o)).map(Event::InitApply)
+                    }
+                    Event::Delete(o) => parse_deleted(kind, &o).map(Event::Delete),
+                    Event::Init => Some(Event::Init),
+                    Event::InitDone => Some(Event::InitDone),
+                };
+                if let Some(event) = event
+                    && tx.send(Update { kind, event }).is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let leader = Arc::new(AtomicBool::new(false));
+    let lease = lease::Elector::new(client.clone(), &options, Arc::clone(&leader));
+    let lease_task = tokio::spawn(lease.run());
+
+    let mut stores: BTreeMap<Kind, KindStore> = BTreeMap::new();
+    let mut status = StatusWriter::new(None);
+    let mut unwritten: BTreeMap<ObjectId, Change> = BTreeMap::new();
+    let mut was_leader = false;
+    let mut dirty = false;
+    let mut waiting_for: Option<u64> = None;
+    let applied = publisher.applied_path().to_owned();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(Error::Runtime)?;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            update = rx.recv() => {
+                let Some(update) = update else { break };
+                dirty |= apply(&mut stores, update);
+                // Batch: take whatever else arrived meanwhile, then wait for a quiet moment.
+                let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+                while let Ok(Some(more)) = tokio::time::timeout_at(
+                    (tokio::time::Instant::now() + config.debounce.max(Duration::from_millis(20))).min(deadline),
+                    rx.recv(),
+                ).await {
+                    dirty |= apply(&mut stores, more);
+                }
+            }
+            _ = tick.tick() => {}
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+        let all_listed = WATCHED.iter().all(|(k, ..)| stores.get(k).is_some_and(|s| s.listed));
+        if dirty && all_listed {
+            dirty = false;
+            let model = model(&stores);
+            let started = Instant::now();
+            let compiled = compile(&model, &settings);
+            let compile_micros = started.elapsed().as_micros() as u64;
+            match publisher.publish(compiled.table) {
+                Ok(Some(p)) => {
+                    info!(
+                        generation = p.generation,
+                        bytes = p.bytes,
+                        objects = model.len(),
+                        compile_micros,
+                        "published"
+                    );
+                    waiting_for = Some(p.generation);
+                }
+                Ok(None) => {}
+                Err(e) => error!("cannot publish: {e}; lb keeps its current table"),
+            }
+            for c in status.diff(compiled.status) {
+                unwritten.insert(c.id.clone(), c);
+            }
+        }
+        // Status describes what lb serves: write it once lb applied the generation.
+        if let Some(generation) = waiting_for
+            && table::shm::read_applied(&applied)
+                .is_ok_and(|a| !a.cores.is_empty() && a.min() >= generation)
+        {
+            waiting_for = None;
+        }
+        let is_leader = leader.load(Ordering::Relaxed);
+        if is_leader && !was_leader {
+            info!("holding the Lease: writing status");
+            for c in status.all() {
+                unwritten.insert(c.id.clone(), c);
+            }
+        }
+        if !is_leader && was_leader {
+            warn!("lost the Lease: status writes stop");
+        }
+        was_leader = is_leader;
+        if is_leader && waiting_for.is_none() && !unwritten.is_empty() {
+            let batch = std::mem::take(&mut unwritten);
+            for (id, change) in batch {
+                if !leader.load(Ordering::Relaxed) {
+                    unwritten.insert(id, change);
+                    continue;
+                }
+                if let Err(e) =
+                    write_status(&client, &stores, &settings.controller_name, &change).await
+                {
+                    warn!(object = %id, "status write failed: {e}; will retry");
+                    unwritten.insert(id, change);
+                }
+            }
+        }
+    }
+    lease_task.abort();
+    lease::release(&client, &options).await;
+    info!("config-sync stopping; lb keeps serving the last table");
+    Ok(())
+}
+
+/// A deleted object's key (its last state may not parse; only the name matters).
+fn parse_deleted(kind: Kind, o: &DynamicObject) -> Option<(Key, Stored)> {
+    let name = o.metadata.name.clone()?;
+    let namespace = o.metadata.namespace.clone().unwrap_or_default();
+    let key = Key::new(&namespace, &name);
+    // A placeholder object for the event; only the key is used on delete.
+    let v = json!({
+        "apiVersion": kind.api_version(),
+        "kind": kind.as_str(),
+        "metadata": {"name": name, "namespace": if namespace.is_empty() { Value::Null } else { Value::String(namespace) }},
+    });
+    let object = parse_document(v).into_iter().next()?.ok()??;
+    Some((key, Stored { object, resource_version: None, status: Value::Null }))
+}
+
+/// Applies one watch event to the stores; whether the model changed.
+fn apply(stores: &mut BTreeMap<Kind, KindStore>, update: Update) -> bool {
+    let store = stores.entry(update.kind).or_default();
+    match update.event {
+        Event::Init => {
+            store.relisting = Some(BTreeMap::new());
+            false
+        }
+        Event::InitApply((key, stored)) => {
+            store.relisting.get_or_insert_with(BTreeMap::new).insert(key, stored);
+            false
+        }
+        Event::InitDone => {
+            let listed = store.relisting.take().unwrap_or_default();
+            debug!(kind = %update.kind, objects = listed.len(), "listed");
+            store.objects = listed;
+            store.listed = true;
+            true
+        }
+        Event::Apply((key, stored)) => {
+            store.objects.insert(key, stored);
+            true
+        }
+        Event::Delete((key, _)) => store.objects.remove(&key).is_some(),
+    }
+}
+
+fn model(stores: &BTreeMap<Kind, KindStore>) -> Model {
+    let mut model = Model::default();
+    for store in stores.values() {
+        for stored in store.objects.values() {
+            model.insert(stored.object.clone());
+        }
+    }
+    model
+}
+
+/// Writes one object's status through its `/status` subresource.
+async fn write_status(
+    client: &kube::Client,
+    stores: &BTreeMap<Kind, KindStore>,
+    controller: &str,
+    change: &Change,
+) -> Result<(), kube::Error> {
+    let Some(&(kind, group, version, plural)) = WATCHED.iter().find(|(k, ..)| *k == change.id.kind)
+    else {
+        return Ok(());
+    };
+    let ar = api_resource(group, version, kind, plural);
+    let key = &change.id.key;
+    let api: Api<DynamicObject> = if key.namespace.is_empty() {
+        Api::all_with(client.clone(), &ar)
+    } else {
+        Api::namespaced_with(client.clone(), &key.namespace, &ar)
+    };
+    let stored = stores.get(&kind).and_then(|s| s.objects.get(key));
+    let patch = match (&change.status, kind) {
+        // An HTTPRoute's parents are shared: keep the other controllers' entries as they are.
+        (status, Kind::HttpRoute) => {
+            let Some(stored) = stored else { return Ok(()) };
+            let mut parents: Vec<Value> = stored
+                .status
+                .get("parents")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|p| p.get("controllerName").and_then(Value::as_str) != Some(controller))
+                .cloned()
+                .collect();
+            if let Some(ObjectStatus::HttpRoute(s)) = status {
+                parents.extend(s.parents.iter().filter_map(|p| serde_json::to_value(p).ok()));
+            }
+            json!({
+                "metadata": {"resourceVersion": stored.resource_version},
+                "status": {"parents": parents},
+            })
+        }
+        (Some(status), _) => json!({"status": status_value(status)}),
+        // A Gateway or class no longer ours: its status is not ours to clear.
+        (None, _) => return Ok(()),
+    };
+    api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    debug!(object = %change.id, "status written");
+    Ok(())
+}
