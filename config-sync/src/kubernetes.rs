@@ -119,7 +119,22 @@ fn parse(kind: Kind, group: &str, version: &str, o: &DynamicObject) -> Option<(K
 #[derive(Debug)]
 struct Update {
     kind: Kind,
-    event: Event<(Key, Stored)>,
+    event: Seen,
+}
+
+/// A watch event, parsed.
+#[derive(Debug)]
+enum Seen {
+    /// A (re)list starts.
+    Init,
+    /// An object of the list.
+    Listed(Key, Stored),
+    /// The list is complete: it replaces the kind's objects.
+    InitDone,
+    /// Added or changed.
+    Applied(Key, Stored),
+    /// Deleted.
+    Deleted(Key),
 }
 
 /// Runs config-sync against the API server until SIGINT or SIGTERM.
@@ -156,13 +171,17 @@ pub async fn run(config: crate::Config, options: KubeOptions) -> Result<(), Erro
                     }
                 };
                 let event = match event {
-                    Event::Apply(o) => parse(kind, group, version, &trim(o)).map(Event::Apply),
-                    Event::InitApply(o) => {
-                        parse(kind, group, version, &trim(o)).map(Event::InitApply)
+                    Event::Apply(o) => {
+                        parse(kind, group, version, &trim(o)).map(|(k, s)| Seen::Applied(k, s))
                     }
-                    Event::Delete(o) => parse_deleted(kind, &o).map(Event::Delete),
-                    Event::Init => Some(Event::Init),
-                    Event::InitDone => Some(Event::InitDone),
+                    Event::InitApply(o) => {
+                        parse(kind, group, version, &trim(o)).map(|(k, s)| Seen::Listed(k, s))
+                    }
+                    Event::Delete(o) => o.metadata.name.as_deref().map(|name| {
+                        Seen::Deleted(Key::new(o.metadata.namespace.as_deref().unwrap_or(""), name))
+                    }),
+                    Event::Init => Some(Seen::Init),
+                    Event::InitDone => Some(Seen::InitDone),
                 };
                 if let Some(event) = event
                     && tx.send(Update { kind, event }).is_err()
@@ -270,45 +289,30 @@ pub async fn run(config: crate::Config, options: KubeOptions) -> Result<(), Erro
     Ok(())
 }
 
-/// A deleted object's key (its last state may not parse; only the name matters).
-fn parse_deleted(kind: Kind, o: &DynamicObject) -> Option<(Key, Stored)> {
-    let name = o.metadata.name.clone()?;
-    let namespace = o.metadata.namespace.clone().unwrap_or_default();
-    let key = Key::new(&namespace, &name);
-    // A placeholder object for the event; only the key is used on delete.
-    let v = json!({
-        "apiVersion": kind.api_version(),
-        "kind": kind.as_str(),
-        "metadata": {"name": name, "namespace": if namespace.is_empty() { Value::Null } else { Value::String(namespace) }},
-    });
-    let object = parse_document(v).into_iter().next()?.ok()??;
-    Some((key, Stored { object, resource_version: None, status: Value::Null }))
-}
-
 /// Applies one watch event to the stores; whether the model changed.
 fn apply(stores: &mut BTreeMap<Kind, KindStore>, update: Update) -> bool {
     let store = stores.entry(update.kind).or_default();
     match update.event {
-        Event::Init => {
+        Seen::Init => {
             store.relisting = Some(BTreeMap::new());
             false
         }
-        Event::InitApply((key, stored)) => {
+        Seen::Listed(key, stored) => {
             store.relisting.get_or_insert_with(BTreeMap::new).insert(key, stored);
             false
         }
-        Event::InitDone => {
+        Seen::InitDone => {
             let listed = store.relisting.take().unwrap_or_default();
             debug!(kind = %update.kind, objects = listed.len(), "listed");
             store.objects = listed;
             store.listed = true;
             true
         }
-        Event::Apply((key, stored)) => {
+        Seen::Applied(key, stored) => {
             store.objects.insert(key, stored);
             true
         }
-        Event::Delete((key, _)) => store.objects.remove(&key).is_some(),
+        Seen::Deleted(key) => store.objects.remove(&key).is_some(),
     }
 }
 

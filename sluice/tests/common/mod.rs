@@ -4,6 +4,8 @@
 #![allow(dead_code, unreachable_pub, reason = "each test binary uses a different part")]
 #![allow(clippy::unwrap_used, reason = "test harness: a failure is the report")]
 
+pub mod apiserver;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -50,9 +52,14 @@ impl Env {
     }
 
     fn spawn(&mut self, name: &str, args: &[&str]) {
+        self.spawn_env(name, args, &[]);
+    }
+
+    fn spawn_env(&mut self, name: &str, args: &[&str], env: &[(&str, &str)]) {
         let log = std::fs::File::create(self.logs.join(format!("{name}.log"))).unwrap();
         let child = Command::new(BIN)
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -100,6 +107,42 @@ impl Env {
                 "127.0.0.1",
             ],
         );
+    }
+
+    /// config-sync in Kubernetes mode against `kubeconfig`, as process `name`, publishing to
+    /// `table` (the Env's own table when `None`).
+    pub fn config_sync_kube(
+        &mut self,
+        name: &str,
+        kubeconfig: &Path,
+        identity: &str,
+        table: Option<&Path>,
+    ) {
+        let t = table.map_or_else(|| self.table.clone(), Path::to_path_buf);
+        self.spawn_env(
+            name,
+            &[
+                "config-sync",
+                "--kubernetes",
+                "--table",
+                t.to_str().unwrap(),
+                "--default-address",
+                "127.0.0.1",
+                "--identity",
+                identity,
+                "--lease-namespace",
+                "sluice-system",
+                "--lease-duration",
+                "2",
+            ],
+            &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+        );
+    }
+
+    /// lb on another table segment, as process `name`.
+    pub fn lb_on(&mut self, name: &str, table: &Path) {
+        let args = ["lb", "--table", table.to_str().unwrap(), "--bind-address", "127.0.0.1"];
+        self.spawn(name, &args);
     }
 
     pub fn lb(&mut self, extra: &[&str]) {

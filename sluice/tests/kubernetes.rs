@@ -1,0 +1,289 @@
+//! Kubernetes mode: config-sync (`--kubernetes`) against the in-test API server
+//! (`common/apiserver.rs`, real list/watch protocol), with real lb and echo processes.
+
+#![allow(clippy::unwrap_used, reason = "test code: a failure is the report")]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::apiserver::ApiServer;
+use common::*;
+use serde_json::{Value, json};
+
+const CONTROLLER: &str = "sluice.dev/gateway-controller";
+
+/// GatewayClass, Gateway on `port`, a Service with `backend` as its endpoint, and a route.
+fn cluster(api: &ApiServer, port: u16, backend: std::net::SocketAddr) {
+    api.apply_yaml(&format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata: {{name: default, labels: {{kubernetes.io/metadata.name: default}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: sluice}}
+spec: {{controllerName: {CONTROLLER}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: sluice
+  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: svc, namespace: default}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: svc-1, namespace: default, labels: {{kubernetes.io/service-name: svc}}}}
+addressType: IPv4
+ports: [{{name: http, port: {}}}]
+endpoints: [{{addresses: ["{}"]}}]
+"#,
+        backend.port(),
+        backend.ip()
+    ));
+    api.apply(route("r", "/a"));
+}
+
+fn route(name: &str, path: &str) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": "default",
+                     "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{\"big\": true}"}},
+        "spec": {"parentRefs": [{"name": "gw"}],
+                 "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": path}}],
+                            "backendRefs": [{"name": "svc", "port": 80}]}]}
+    })
+}
+
+fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn status_of(api: &ApiServer, kind: &str, ns: &str, name: &str) -> Value {
+    api.get(kind, ns, name).and_then(|o| o.get("status").cloned()).unwrap_or(Value::Null)
+}
+
+fn condition(conditions: &Value, kind: &str) -> Option<(String, String)> {
+    conditions.as_array()?.iter().find(|c| c["type"] == kind).map(|c| {
+        (
+            c["status"].as_str().unwrap_or("").to_owned(),
+            c["reason"].as_str().unwrap_or("").to_owned(),
+        )
+    })
+}
+
+fn code(port: u16, path: &str) -> u16 {
+    get(port, "h", path, &[]).map_or(0, |r| r.status)
+}
+
+#[test]
+fn objects_reach_the_table_and_status_is_written_beside_other_controllers() {
+    let mut env = Env::new("kube-basic");
+    let api = ApiServer::start();
+    let backend = env.echo("default", "svc", "svc-0");
+    let port = free_port();
+    cluster(&api, port, backend);
+    // Another controller already reports on this route: its entry must survive our writes.
+    let foreign = json!({"controllerName": "example.com/other", "parentRef": {"name": "elsewhere"},
+                         "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
+                                         "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
+    api.set_status("HTTPRoute", "default", "r", json!({"parents": [foreign.clone()]}));
+    let kubeconfig = api.kubeconfig(&env.dir);
+    env.config_sync_kube("config-sync", &kubeconfig, "replica-a", None);
+    env.lb(&[]);
+    wait_for("the route to serve", Duration::from_secs(20), || code(port, "/a") == 200);
+    assert_eq!(get(port, "h", "/a", &[]).unwrap().pod(), "svc-0");
+
+    // Status, through /status, once lb serves the generation.
+    wait_for("GatewayClass status", Duration::from_secs(10), || {
+        condition(&status_of(&api, "GatewayClass", "", "sluice")["conditions"], "Accepted")
+            == Some(("True".into(), "Accepted".into()))
+    });
+    wait_for("Gateway status", Duration::from_secs(10), || {
+        !status_of(&api, "Gateway", "default", "gw").is_null()
+    });
+    let gw = status_of(&api, "Gateway", "default", "gw");
+    assert_eq!(
+        condition(&gw["conditions"], "Programmed"),
+        Some(("True".into(), "Programmed".into())),
+        "{gw}"
+    );
+    assert_eq!(gw["listeners"][0]["attachedRoutes"], 1, "{gw}");
+    wait_for("route status", Duration::from_secs(10), || {
+        status_of(&api, "HTTPRoute", "default", "r")["parents"]
+            .as_array()
+            .is_some_and(|p| p.len() == 2)
+    });
+    let parents = status_of(&api, "HTTPRoute", "default", "r")["parents"].clone();
+    assert!(
+        parents.as_array().unwrap().contains(&foreign),
+        "other controller's entry kept: {parents}"
+    );
+    let ours =
+        parents.as_array().unwrap().iter().find(|p| p["controllerName"] == CONTROLLER).unwrap();
+    assert_eq!(
+        condition(&ours["conditions"], "Accepted"),
+        Some(("True".into(), "Accepted".into()))
+    );
+    assert_eq!(ours["conditions"][0]["observedGeneration"], 1);
+
+    // Changed: the new path serves, the old one does not; the status follows the generation.
+    api.apply(route("r", "/b"));
+    wait_for("the changed route", Duration::from_secs(10), || {
+        code(port, "/b") == 200 && code(port, "/a") == 404
+    });
+    wait_for("observedGeneration 2", Duration::from_secs(10), || {
+        status_of(&api, "HTTPRoute", "default", "r")["parents"].as_array().is_some_and(|p| {
+            p.iter().any(|p| {
+                p["controllerName"] == CONTROLLER && p["conditions"][0]["observedGeneration"] == 2
+            })
+        })
+    });
+    // A status write is not a spec change: nothing was written twice for nothing.
+    let writes = api.status_writes().len();
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(api.status_writes().len(), writes, "status rewritten without a change");
+
+    // Deleted: gone from the table.
+    api.delete("HTTPRoute", "default", "r");
+    wait_for("the deleted route to go", Duration::from_secs(10), || code(port, "/b") == 404);
+    // The managed fields and last-applied annotation never reach config-sync's objects; its
+    // log shows no parse problems for them.
+    assert!(!env.log("config-sync").contains("managedFields"), "{}", env.log("config-sync"));
+}
+
+#[test]
+fn dropped_watches_410_and_an_absent_api_server_lose_nothing_and_never_blank_the_table() {
+    let mut env = Env::new("kube-resilience");
+    let api = ApiServer::start();
+    let backend = env.echo("default", "svc", "svc-0");
+    let port = free_port();
+    cluster(&api, port, backend);
+    let kubeconfig = api.kubeconfig(&env.dir);
+    env.config_sync_kube("config-sync", &kubeconfig, "replica-a", None);
+    env.lb(&[]);
+    wait_for("the route to serve", Duration::from_secs(20), || code(port, "/a") == 200);
+    // Steady traffic to the stable route for the whole test: not one failure allowed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (stop, failures, sent) = (Arc::clone(&stop), Arc::clone(&failures), Arc::clone(&sent));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if code(port, "/a") != 200 {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    // 1. Watch connections cut: a change made meanwhile still arrives.
+    api.drop_watches();
+    api.apply(route("r2", "/two"));
+    wait_for("a change across a dropped watch", Duration::from_secs(15), || {
+        code(port, "/two") == 200
+    });
+    // 2. History compacted: resumed watches get 410 and list again; nothing is lost.
+    let (lists_before, _) = api.counts();
+    api.compact();
+    api.apply(route("r3", "/three"));
+    wait_for("a change across a 410", Duration::from_secs(15), || code(port, "/three") == 200);
+    assert!(api.counts().0 > lists_before, "410 must lead to a new list");
+    assert_eq!(code(port, "/two"), 200, "objects from before the relist stay");
+    // 3. The API server away for a while: lb keeps serving; changes made after its return
+    //    arrive.
+    api.set_up(false);
+    std::thread::sleep(Duration::from_secs(3));
+    api.set_up(true);
+    api.apply(route("r4", "/four"));
+    wait_for("a change after the API server returned", Duration::from_secs(30), || {
+        code(port, "/four") == 200
+    });
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert!(sent.load(Ordering::Relaxed) > 100, "too little traffic to mean anything");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed while the source recovered\n{}",
+        env.log("config-sync")
+    );
+}
+
+#[test]
+fn only_the_lease_holder_writes_status_and_another_takes_over() {
+    let mut env = Env::new("kube-lease");
+    let api = ApiServer::start();
+    let backend = env.echo("default", "svc", "svc-0");
+    let port = free_port();
+    cluster(&api, port, backend);
+    let kubeconfig = api.kubeconfig(&env.dir);
+    // Two replicas, each with its own lb (as on two nodes; SO_REUSEPORT lets them share the
+    // port here).
+    let table_b = std::path::PathBuf::from(format!(
+        "/dev/shm/{}-b",
+        env.table.parent().unwrap().file_name().unwrap().to_str().unwrap()
+    ))
+    .join("table");
+    let _ = table_b.parent().map(std::fs::create_dir_all);
+    env.config_sync_kube("config-sync-a", &kubeconfig, "replica-a", None);
+    env.lb(&[]);
+    wait_for("replica-a to lead", Duration::from_secs(15), || {
+        lease_holder(&api).as_deref() == Some("replica-a")
+    });
+    env.config_sync_kube("config-sync-b", &kubeconfig, "replica-b", Some(&table_b));
+    env.lb_on("lb-b", &table_b);
+    wait_for("the route to serve", Duration::from_secs(20), || code(port, "/a") == 200);
+    wait_for("route status", Duration::from_secs(10), || {
+        !status_of(&api, "HTTPRoute", "default", "r").is_null()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    // A change both replicas compile; only the leader may write it: exactly one write.
+    let route_writes = |api: &ApiServer| {
+        api.status_writes().iter().filter(|(p, _)| p.ends_with("/httproutes/r/status")).count()
+    };
+    let before = route_writes(&api);
+    api.apply(route("r", "/changed"));
+    wait_for("the new status", Duration::from_secs(10), || route_writes(&api) > before);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(route_writes(&api), before + 1, "a status change was written more than once");
+    assert!(env.log("config-sync-a").contains("holding the Lease"));
+    assert!(
+        !env.log("config-sync-b").contains("holding the Lease"),
+        "{}",
+        env.log("config-sync-b")
+    );
+    // The leader stops: it releases the Lease and the other replica writes from then on.
+    env.terminate("config-sync-a");
+    wait_for("replica-b to lead", Duration::from_secs(15), || {
+        lease_holder(&api).as_deref() == Some("replica-b")
+    });
+    let before = route_writes(&api);
+    api.apply(route("r", "/after-failover"));
+    wait_for("a status write by the new leader", Duration::from_secs(15), || {
+        route_writes(&api) > before
+    });
+    assert!(env.log("config-sync-b").contains("holding the Lease"), "{}", env.log("config-sync-b"));
+    let _ = std::fs::remove_dir_all(table_b.parent().unwrap());
+}
+
+fn lease_holder(api: &ApiServer) -> Option<String> {
+    api.get("Lease", "sluice-system", "sluice-config-sync")?
+        .pointer("/spec/holderIdentity")?
+        .as_str()
+        .map(str::to_owned)
+}
