@@ -99,7 +99,7 @@ fn objects_reach_the_table_and_status_is_written_beside_other_controllers() {
     let foreign = json!({"controllerName": "example.com/other", "parentRef": {"name": "elsewhere"},
                          "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
                                          "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
-    api.set_status("HTTPRoute", "default", "r", json!({"parents": [foreign.clone()]}));
+    api.set_status("HTTPRoute", "default", "r", json!({"parents": [foreign]}));
     let kubeconfig = api.kubeconfig(&env.dir);
     env.config_sync_kube("config-sync", &kubeconfig, "replica-a", None);
     env.lb(&[]);

@@ -17,6 +17,7 @@
 //! HTTP/2, TLS.
 
 #![allow(clippy::disallowed_types, reason = "a test server shared by its connection threads")]
+#![allow(clippy::expect_used, reason = "test harness: a failure is the report")]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -555,7 +556,7 @@ fn serve(mut stream: TcpStream, shared: &Arc<Shared>) -> std::io::Result<()> {
                          "metadata": {"resourceVersion": st.rv.to_string()}, "items": items}),
             )
         }
-        ("GET", Some(n), _) => match st.objects.get(&(res.plural, ns.clone(), n.clone())) {
+        ("GET", Some(n), _) => match st.objects.get(&(res.plural, ns, n.clone())) {
             Some(o) => (200, o.clone()),
             None => (404, not_found()),
         },
@@ -598,7 +599,7 @@ fn serve(mut stream: TcpStream, shared: &Arc<Shared>) -> std::io::Result<()> {
             }
         }
         ("PATCH", Some(n), true) => {
-            let key = (res.plural, ns.clone(), n.clone());
+            let key = (res.plural, ns, n.clone());
             match st.objects.get(&key).cloned() {
                 None => (404, not_found()),
                 Some(mut o) => {
