@@ -309,11 +309,28 @@ fn apply(stores: &mut BTreeMap<Kind, KindStore>, update: Update) -> bool {
             true
         }
         Seen::Applied(key, stored) => {
+            // A status write (ours or another controller's) changes the resourceVersion and
+            // status but not the generation: keep the new state, but there is nothing to
+            // recompile.
+            let has_status =
+                matches!(update.kind, Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute);
+            let same = has_status
+                && store.objects.get(&key).is_some_and(|old| only_status_changed(old, &stored));
             store.objects.insert(key, stored);
-            true
+            !same
         }
         Seen::Deleted(key) => store.objects.remove(&key).is_some(),
     }
+}
+
+/// Whether `new` differs from `old` only in status (same generation, labels, annotations), for
+/// kinds whose spec changes bump the generation.
+fn only_status_changed(old: &Stored, new: &Stored) -> bool {
+    let (a, b) = (old.object.meta(), new.object.meta());
+    a.generation.is_some()
+        && a.generation == b.generation
+        && a.labels == b.labels
+        && a.annotations == b.annotations
 }
 
 fn model(stores: &BTreeMap<Kind, KindStore>) -> Model {
@@ -373,4 +390,64 @@ async fn write_status(
     api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
     debug!(object = %change.id, "status written");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_are_trimmed_and_parsed_like_files() {
+        let o: DynamicObject = serde_json::from_value(json!({
+            "metadata": {
+                "name": "r", "namespace": "apps", "resourceVersion": "7", "generation": 3,
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}", "keep": "me"}
+            },
+            "spec": {"parentRefs": [{"name": "gw"}]},
+            "status": {"parents": [{"controllerName": "example.com/other"}]}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let trimmed = trim(o);
+        assert!(trimmed.metadata.managed_fields.is_none());
+        let annotations = trimmed.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["keep"]);
+        // A list item carries no apiVersion/kind: they come from what was watched.
+        let (key, stored) = parse(Kind::HttpRoute, GATEWAY_GROUP, "v1", &trimmed)
+            .unwrap_or_else(|| panic!("did not parse"));
+        assert_eq!(key, Key::new("apps", "r"));
+        assert_eq!(stored.resource_version.as_deref(), Some("7"));
+        assert_eq!(stored.object.meta().generation, Some(3));
+        assert_eq!(stored.status["parents"][0]["controllerName"], "example.com/other");
+    }
+
+    #[test]
+    fn a_relist_replaces_a_kind_only_when_complete() {
+        let mut stores = BTreeMap::new();
+        let stored = |name: &str| {
+            let o: DynamicObject = serde_json::from_value(json!({"metadata": {"name": name}}))
+                .unwrap_or_else(|e| panic!("{e}"));
+            parse(Kind::Namespace, "", "v1", &o).unwrap_or_else(|| panic!("did not parse"))
+        };
+        let send = |stores: &mut BTreeMap<Kind, KindStore>, event: Seen| {
+            apply(stores, Update { kind: Kind::Namespace, event })
+        };
+        let (k, s) = stored("a");
+        send(&mut stores, Seen::Init);
+        send(&mut stores, Seen::Listed(k, s));
+        assert!(send(&mut stores, Seen::InitDone));
+        assert_eq!(model(&stores).len(), 1);
+        // A relist in progress leaves the current objects alone...
+        send(&mut stores, Seen::Init);
+        let (k, s) = stored("b");
+        assert!(!send(&mut stores, Seen::Listed(k, s)));
+        assert_eq!(model(&stores).len(), 1);
+        assert!(stores[&Kind::Namespace].objects.contains_key(&Key::new("", "a")));
+        // ...and replaces them when it completes ("a" is gone, "b" is there).
+        assert!(send(&mut stores, Seen::InitDone));
+        let ns = &stores[&Kind::Namespace].objects;
+        assert!(ns.contains_key(&Key::new("", "b")) && !ns.contains_key(&Key::new("", "a")));
+        assert!(send(&mut stores, Seen::Deleted(Key::new("", "b"))));
+        assert_eq!(model(&stores).len(), 0);
+    }
 }

@@ -287,3 +287,46 @@ fn lease_holder(api: &ApiServer) -> Option<String> {
         .as_str()
         .map(str::to_owned)
 }
+
+#[test]
+fn status_waits_for_lb_and_a_burst_of_route_changes_costs_one_write_per_route() {
+    let mut env = Env::new("kube-burst");
+    let api = ApiServer::start();
+    let backend = env.echo("default", "svc", "svc-0");
+    let port = free_port();
+    cluster(&api, port, backend);
+    let kubeconfig = api.kubeconfig(&env.dir);
+    env.config_sync_kube("config-sync", &kubeconfig, "replica-a", None);
+    // Published, but no lb serves it yet: no status may claim Programmed.
+    wait_for("a published table", Duration::from_secs(20), || {
+        env.log("config-sync").contains("published")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        api.status_writes().is_empty(),
+        "status written before lb applied: {:?}",
+        api.status_writes()
+    );
+    env.lb(&[]);
+    wait_for("status once lb serves", Duration::from_secs(15), || !api.status_writes().is_empty());
+    // 1,000 new routes at once.
+    let route_writes = |api: &ApiServer| {
+        api.status_writes().iter().filter(|(p, _)| p.contains("/httproutes/burst-")).count()
+    };
+    for i in 0..1000 {
+        api.apply(route(&format!("burst-{i}"), &format!("/burst/{i}")));
+    }
+    wait_for("every burst route to have status", Duration::from_secs(120), || {
+        (0..1000)
+            .step_by(97)
+            .chain([999])
+            .all(|i| !status_of(&api, "HTTPRoute", "default", &format!("burst-{i}")).is_null())
+            && route_writes(&api) >= 1000
+    });
+    assert_eq!(code(port, "/burst/999"), 200);
+    std::thread::sleep(Duration::from_secs(1));
+    let writes = route_writes(&api);
+    let gateway = api.status_writes().iter().filter(|(p, _)| p.contains("/gateways/")).count();
+    eprintln!("burst of 1,000 routes: {writes} route status writes, {gateway} Gateway writes");
+    assert!(writes <= 1010, "{writes} status writes for 1,000 routes");
+}
