@@ -8,12 +8,17 @@
 //! Nothing is published until every kind has been listed once, and a re-list replaces a kind's
 //! objects only when it completes: a restarted watch never publishes a half-empty table.
 //!
+//! Secrets are never listed or watched: the ones Gateways of our classes reference (listener
+//! TLS `certificateRefs`, across namespaces only with a ReferenceGrant) are read one by one with
+//! GET, again when the references change and every minute (`Secrets`), and kept with their
+//! `data` only. (TLS listeners are the consumer; until they land, nothing else reads them.)
+//!
 //! Status goes to the `/status` subresources, from the holder of the Lease only (`lease`),
 //! and only after the local lb serves the generation the status describes. Writes are diffs:
 //! an object whose status did not change is not written. For HTTPRoutes, the entries of other
 //! controllers in `status.parents` are kept as the API server has them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -30,6 +35,9 @@ use crate::compile::{ObjectStatus, Settings, compile};
 use crate::model::{GATEWAY_GROUP, Key, Kind, Model, Object, ObjectId, parse_document};
 use crate::status::{Change, StatusWriter, status_value};
 use crate::{Error, lease, publish};
+
+/// How often a referenced Secret is read again.
+const SECRET_REFRESH: Duration = Duration::from_secs(60);
 
 /// What config-sync needs besides the common settings in Kubernetes mode.
 #[derive(Debug, Clone)]
@@ -205,6 +213,7 @@ pub async fn run(config: crate::Config, options: KubeOptions) -> Result<(), Erro
     let applied = publisher.applied_path().to_owned();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(Error::Runtime)?;
+    let mut secrets = Secrets::default();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
         tokio::select! {
@@ -248,6 +257,10 @@ pub async fn run(config: crate::Config, options: KubeOptions) -> Result<(), Erro
             for c in status.diff(compiled.status) {
                 unwritten.insert(c.id.clone(), c);
             }
+            secrets.want(referenced_secrets(&stores, &settings.controller_name));
+        }
+        if all_listed {
+            secrets.refresh(&client).await;
         }
         // Status describes what lb serves: write it once lb applied the generation.
         if let Some(generation) = waiting_for
@@ -341,6 +354,98 @@ fn model(stores: &BTreeMap<Kind, KindStore>) -> Model {
         }
     }
     model
+}
+
+/// The Secrets Gateways of our classes may use: listener TLS certificateRefs to core Secrets,
+/// in the Gateway's namespace or granted by a ReferenceGrant in the Secret's.
+fn referenced_secrets(stores: &BTreeMap<Kind, KindStore>, controller: &str) -> BTreeSet<Key> {
+    let objects = |kind: Kind| stores.get(&kind).into_iter().flat_map(|s| s.objects.values());
+    let classes: BTreeSet<&str> = objects(Kind::GatewayClass)
+        .filter_map(|s| match &s.object {
+            Object::GatewayClass(c) if c.spec.controller_name == controller => {
+                c.metadata.name.as_deref()
+            }
+            _ => None,
+        })
+        .collect();
+    let granted = |from_ns: &str, to_ns: &str, name: &str| {
+        objects(Kind::ReferenceGrant).any(|s| match &s.object {
+            Object::ReferenceGrant(g) if g.metadata.namespace.as_deref() == Some(to_ns) => {
+                g.spec.from.iter().any(|f| {
+                    f.group == GATEWAY_GROUP && f.kind == "Gateway" && f.namespace == from_ns
+                }) && g.spec.to.iter().any(|t| {
+                    t.group.is_empty()
+                        && t.kind == "Secret"
+                        && t.name.as_deref().is_none_or(|n| n == name)
+                })
+            }
+            _ => false,
+        })
+    };
+    let mut out = BTreeSet::new();
+    for s in objects(Kind::Gateway) {
+        let Object::Gateway(gw) = &s.object else { continue };
+        if !classes.contains(gw.spec.gateway_class_name.as_str()) {
+            continue;
+        }
+        let gw_ns = gw.metadata.namespace.as_deref().unwrap_or("default");
+        let refs = gw
+            .spec
+            .listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|t| t.certificate_refs.iter().flatten());
+        for r in refs {
+            let core_secret = r.group.as_deref().unwrap_or("").is_empty()
+                && r.kind.as_deref().unwrap_or("Secret") == "Secret";
+            let ns = r.namespace.as_deref().unwrap_or(gw_ns);
+            if core_secret && (ns == gw_ns || granted(gw_ns, ns, &r.name)) {
+                out.insert(Key::new(ns, &r.name));
+            }
+        }
+    }
+    out
+}
+
+/// Referenced Secrets, read by name: `data` only, `None` when missing or not readable.
+#[derive(Debug, Default)]
+struct Secrets {
+    wanted: BTreeSet<Key>,
+    read: BTreeMap<Key, (Instant, Option<BTreeMap<String, k8s_openapi::ByteString>>)>,
+}
+
+impl Secrets {
+    fn want(&mut self, keys: BTreeSet<Key>) {
+        self.read.retain(|k, _| keys.contains(k));
+        self.wanted = keys;
+    }
+
+    /// Reads the wanted Secrets not read yet or read over a minute ago.
+    async fn refresh(&mut self, client: &kube::Client) {
+        let due: Vec<Key> = self
+            .wanted
+            .iter()
+            .filter(|k| self.read.get(*k).is_none_or(|(at, _)| at.elapsed() > SECRET_REFRESH))
+            .cloned()
+            .collect();
+        for key in due {
+            let api: Api<k8s_openapi::api::core::v1::Secret> =
+                Api::namespaced(client.clone(), &key.namespace);
+            let data = match api.get_opt(&key.name).await {
+                Ok(Some(secret)) => secret.data,
+                Ok(None) => {
+                    warn!(secret = %key, "referenced Secret not found");
+                    None
+                }
+                Err(e) => {
+                    warn!(secret = %key, "cannot read referenced Secret: {e}");
+                    None
+                }
+            };
+            debug!(secret = %key, keys = data.as_ref().map_or(0, BTreeMap::len), "read referenced Secret");
+            self.read.insert(key, (Instant::now(), data));
+        }
+    }
 }
 
 /// Writes one object's status through its `/status` subresource.

@@ -603,3 +603,32 @@ fn sluice_ready(env: &Env, published: bool) -> bool {
     }
     cmd.status().unwrap().success()
 }
+
+#[test]
+fn systemd_readiness_is_sent_once_a_table_is_published_and_served() {
+    use std::os::unix::net::UnixDatagram;
+    let mut env = Env::new("sd-notify");
+    let backend = env.echo("default", "svc", "svc-0");
+    let port = free_port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write("svc.yaml", &service("default", "svc", &[backend]));
+    let lb_socket = env.dir.join("lb.notify");
+    let cs_socket = env.dir.join("config-sync.notify");
+    let lb_rx = UnixDatagram::bind(&lb_socket).unwrap();
+    let cs_rx = UnixDatagram::bind(&cs_socket).unwrap();
+    for s in [&lb_rx, &cs_rx] {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    }
+    // lb first: it has no table, so it must not report ready yet.
+    env.lb_env(&[("NOTIFY_SOCKET", lb_socket.to_str().unwrap())]);
+    lb_rx.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(lb_rx.recv(&mut buf).is_err(), "lb reported ready without a table");
+    env.config_sync_env(&[("NOTIFY_SOCKET", cs_socket.to_str().unwrap())]);
+    let n = cs_rx.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    lb_rx.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let n = lb_rx.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(env.applied() >= 1, "READY=1 before every core served the table");
+}

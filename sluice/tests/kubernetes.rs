@@ -330,3 +330,58 @@ fn status_waits_for_lb_and_a_burst_of_route_changes_costs_one_write_per_route() 
     eprintln!("burst of 1,000 routes: {writes} route status writes, {gateway} Gateway writes");
     assert!(writes <= 1010, "{writes} status writes for 1,000 routes");
 }
+
+#[test]
+fn only_secrets_gateways_reference_are_read_one_by_one() {
+    let mut env = Env::new("kube-secrets");
+    let api = ApiServer::start();
+    let backend = env.echo("default", "svc", "svc-0");
+    let port = free_port();
+    cluster(&api, port, backend);
+    let secret = |ns: &str, name: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns},
+               "type": "kubernetes.io/tls", "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"}})
+    };
+    api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "certs"}}));
+    for (ns, name) in [("default", "cert"), ("default", "unrelated"), ("certs", "shared")] {
+        api.apply(secret(ns, name));
+    }
+    // A second listener (HTTPS: not served yet) referencing one local and one cross-namespace
+    // Secret; the cross-namespace one is not granted yet.
+    let mut gw = api.get("Gateway", "default", "gw").unwrap();
+    gw["spec"]["listeners"].as_array_mut().unwrap().push(json!({
+        "name": "https", "port": free_port(), "protocol": "HTTPS", "hostname": "secure.example",
+        "tls": {"mode": "Terminate", "certificateRefs": [{"name": "cert"}, {"name": "shared", "namespace": "certs"}]}
+    }));
+    api.apply(gw);
+    let kubeconfig = api.kubeconfig(&env.dir);
+    env.config_sync_kube("config-sync", &kubeconfig, "replica-a", None);
+    env.lb(&[]);
+    wait_for("the route to serve", Duration::from_secs(20), || code(port, "/a") == 200);
+    let gets = |api: &ApiServer, name: &str| {
+        api.requests()
+            .iter()
+            .filter(|(m, p, _)| m == "GET" && p.ends_with(&format!("/secrets/{name}")))
+            .count()
+    };
+    wait_for("the referenced Secret to be read", Duration::from_secs(10), || {
+        gets(&api, "cert") > 0
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        gets(&api, "shared"),
+        0,
+        "a cross-namespace Secret was read without a ReferenceGrant"
+    );
+    // The grant arrives: now it may be read.
+    api.apply(json!({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+                     "metadata": {"name": "gw-certs", "namespace": "certs"},
+                     "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "default"}],
+                              "to": [{"group": "", "kind": "Secret"}]}}));
+    wait_for("the granted Secret to be read", Duration::from_secs(10), || gets(&api, "shared") > 0);
+    assert_eq!(gets(&api, "unrelated"), 0, "an unreferenced Secret was read");
+    // Never a list or a watch of Secrets.
+    let collection =
+        api.requests().into_iter().filter(|(_, p, _)| p.ends_with("/secrets")).collect::<Vec<_>>();
+    assert!(collection.is_empty(), "Secrets listed or watched: {collection:?}");
+}

@@ -89,6 +89,7 @@ pub const RESOURCES: &[Res] = &[
         kind: "Lease",
         namespaced: true,
     },
+    Res { group: "", version: "v1", plural: "secrets", kind: "Secret", namespaced: true },
 ];
 
 fn res_of_kind(kind: &str) -> Res {
@@ -112,6 +113,8 @@ struct State {
     status_writes: Vec<(String, Value)>,
     lists: usize,
     watches: usize,
+    /// (method, path, query) of every request.
+    requests: Vec<(String, String, String)>,
 }
 
 struct Shared {
@@ -250,6 +253,11 @@ impl ApiServer {
 
     pub fn status_writes(&self) -> Vec<(String, Value)> {
         self.shared.lock().status_writes.clone()
+    }
+
+    /// Every request so far: (method, path, query).
+    pub fn requests(&self) -> Vec<(String, String, String)> {
+        self.shared.lock().requests.clone()
     }
 
     pub fn counts(&self) -> (usize, usize) {
@@ -515,6 +523,10 @@ fn route(path: &str) -> Option<(Res, String, Option<String>, bool)> {
 
 fn serve(mut stream: TcpStream, shared: &Arc<Shared>) -> std::io::Result<()> {
     let Some(req) = read_request(&stream)? else { return Ok(()) };
+    {
+        let query: Vec<String> = req.query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        shared.lock().requests.push((req.method.clone(), req.path.clone(), query.join("&")));
+    }
     let Some((res, ns, name, status)) = route(&req.path) else {
         return respond(&mut stream, 404, &status_error(404, "NotFound", "no such path"));
     };

@@ -139,6 +139,30 @@ impl Env {
         );
     }
 
+    /// lb with extra environment (e.g. `NOTIFY_SOCKET`).
+    pub fn lb_env(&mut self, env: &[(&str, &str)]) {
+        let t = self.table.clone();
+        let args = ["lb", "--table", t.to_str().unwrap(), "--bind-address", "127.0.0.1"];
+        self.spawn_env("lb", &args, env);
+    }
+
+    /// config-sync (file mode) with extra environment.
+    pub fn config_sync_env(&mut self, env: &[(&str, &str)]) {
+        let (m, t, s) = (self.manifests.clone(), self.table.clone(), self.status.clone());
+        let args = [
+            "config-sync",
+            "--manifests",
+            m.to_str().unwrap(),
+            "--table",
+            t.to_str().unwrap(),
+            "--status-dir",
+            s.to_str().unwrap(),
+            "--default-address",
+            "127.0.0.1",
+        ];
+        self.spawn_env("config-sync", &args, env);
+    }
+
     /// lb on another table segment, as process `name`.
     pub fn lb_on(&mut self, name: &str, table: &Path) {
         let args = ["lb", "--table", table.to_str().unwrap(), "--bind-address", "127.0.0.1"];
