@@ -488,7 +488,16 @@ async fn write_status(
                 "status": {"parents": parents},
             })
         }
-        (Some(status), _) => json!({"status": status_value(status)}),
+        (Some(status), _) => {
+            // A merge patch keeps fields it does not name: name the ones that went away.
+            let mut value = status_value(status);
+            if let (Some(map), ObjectStatus::Gateway(_)) = (value.as_object_mut(), status) {
+                for field in ["addresses", "listeners", "conditions"] {
+                    map.entry(field).or_insert(Value::Null);
+                }
+            }
+            json!({"status": value})
+        }
         // A Gateway or class no longer ours: its status is not ours to clear.
         (None, _) => return Ok(()),
     };

@@ -233,10 +233,11 @@ impl ApiServer {
         self.shared.changed.notify_all();
     }
 
-    /// Forgets the event history: a watch resumed from an older resourceVersion gets 410 and
-    /// must list again.
+    /// Forgets the event history up to a new resourceVersion no client has seen: every watch
+    /// resumed from what it had gets 410 and must list again.
     pub fn compact(&self) {
         let mut st = self.shared.lock();
+        st.rv += 1;
         st.compacted = st.rv;
         st.events.clear();
         st.epoch += 1;
