@@ -323,7 +323,10 @@ impl Exchange<'_> {
     async fn answer(&mut self, req: Summary, head: impl FnOnce(&mut Vec<u8>, bool)) -> Flow {
         self.input.consume(req.len, &self.core.spare);
         // An unread body would be parsed as the next request: close instead.
-        let close = !req.keep_alive || !matches!(req.framing, Framing::None | Framing::Length(0));
+        // Draining: say so, so the client does not send another request on this connection.
+        let close = !req.keep_alive
+            || self.core.draining.get()
+            || !matches!(req.framing, Framing::None | Framing::Length(0));
         self.out.clear();
         head(self.out, close);
         if self.write_client().await.is_err() || close {
@@ -601,7 +604,7 @@ impl Exchange<'_> {
                                 &head,
                                 fields,
                                 req.http10,
-                                req.keep_alive,
+                                req.keep_alive && !self.core.draining.get(),
                                 message::ResponseChanges { edits, cors },
                             );
                             Ok(Ok(Response { head, encode, close_client }))

@@ -591,6 +591,7 @@ fn sigterm_closes_listeners_finishes_requests_in_flight_and_exits() {
     // The request in flight still gets its answer, then lb exits cleanly on its own.
     let r = slow.join().unwrap().unwrap();
     assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"), "a draining lb tells the client to go");
     assert_eq!(env.wait_exit("lb", Duration::from_secs(5)), Some(0), "{}", env.log("lb"));
     assert!(env.log("lb").contains("drained; exiting"), "{}", env.log("lb"));
 }
