@@ -385,3 +385,36 @@ fn only_secrets_gateways_reference_are_read_one_by_one() {
         api.requests().into_iter().filter(|(_, p, _)| p.ends_with("/secrets")).collect::<Vec<_>>();
     assert!(collection.is_empty(), "Secrets listed or watched: {collection:?}");
 }
+
+#[test]
+fn a_leader_that_loses_the_lease_stops_writing_status() {
+    let mut env = Env::new("kube-lease-lost");
+    let api = ApiServer::start();
+    let backend = env.echo("default", "svc", "svc-0");
+    let port = free_port();
+    cluster(&api, port, backend);
+    let kubeconfig = api.kubeconfig(&env.dir);
+    env.config_sync_kube("config-sync", &kubeconfig, "replica-a", None);
+    env.lb(&[]);
+    wait_for("replica-a to lead", Duration::from_secs(15), || {
+        lease_holder(&api).as_deref() == Some("replica-a")
+    });
+    wait_for("route status", Duration::from_secs(10), || {
+        !status_of(&api, "HTTPRoute", "default", "r").is_null()
+    });
+    // Someone else holds the Lease now (as after a partition during which it expired).
+    let mut lease = api.get("Lease", "sluice-system", "sluice-config-sync").unwrap();
+    lease["spec"]["holderIdentity"] = json!("intruder");
+    lease["spec"]["renewTime"] = json!(common::apiserver::now());
+    lease["spec"]["leaseDurationSeconds"] = json!(3600);
+    api.apply(lease);
+    wait_for("replica-a to notice", Duration::from_secs(10), || {
+        env.log("config-sync").contains("lost the Lease")
+    });
+    let writes = api.status_writes().len();
+    api.apply(route("r", "/changed"));
+    wait_for("the change to serve", Duration::from_secs(10), || code(port, "/changed") == 200);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(api.status_writes().len(), writes, "status written without the Lease");
+    assert_eq!(lease_holder(&api).as_deref(), Some("intruder"), "the Lease was taken back early");
+}

@@ -267,7 +267,7 @@ impl ApiServer {
     }
 }
 
-fn now() -> String {
+pub fn now() -> String {
     // RFC 3339 seconds, as the API server writes creationTimestamp.
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
