@@ -405,7 +405,7 @@ fn a_leader_that_loses_the_lease_stops_writing_status() {
     // Someone else holds the Lease now (as after a partition during which it expired).
     let mut lease = api.get("Lease", "sluice-system", "sluice-config-sync").unwrap();
     lease["spec"]["holderIdentity"] = json!("intruder");
-    lease["spec"]["renewTime"] = json!(common::apiserver::now());
+    lease["spec"]["renewTime"] = json!(apiserver::now());
     lease["spec"]["leaseDurationSeconds"] = json!(3600);
     api.apply(lease);
     wait_for("replica-a to notice", Duration::from_secs(10), || {
