@@ -156,6 +156,15 @@ fn objects_reach_the_table_and_status_is_written_beside_other_controllers() {
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(api.status_writes().len(), writes, "status rewritten without a change");
 
+    // A restarted config-sync finds every status already right: it writes nothing.
+    env.kill("config-sync");
+    env.config_sync_kube("config-sync", &kubeconfig, "replica-a", None);
+    wait_for("the restarted replica to lead", Duration::from_secs(15), || {
+        env.log("config-sync").contains("holding the Lease")
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(api.status_writes().len(), writes, "a restart rewrote statuses that were right");
+
     // Deleted: gone from the table.
     api.delete("HTTPRoute", "default", "r");
     wait_for("the deleted route to go", Duration::from_secs(10), || code(port, "/b") == 404);
