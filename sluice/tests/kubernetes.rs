@@ -52,6 +52,17 @@ endpoints: [{{addresses: ["{}"]}}]
     api.apply(route("r", "/a"));
 }
 
+/// An in-test API server holding `cluster()`, an echo backend for it, and a kubeconfig.
+fn kube_env(name: &str) -> (Env, ApiServer, u16, std::path::PathBuf) {
+    let mut env = Env::new(name);
+    let api = ApiServer::start();
+    let backend = env.echo("default", "svc", "svc-0");
+    let port = free_port();
+    cluster(&api, port, backend);
+    let kubeconfig = api.kubeconfig(&env.dir);
+    (env, api, port, kubeconfig)
+}
+
 fn route(name: &str, path: &str) -> Value {
     json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
@@ -90,17 +101,12 @@ fn code(port: u16, path: &str) -> u16 {
 
 #[test]
 fn objects_reach_the_table_and_status_is_written_beside_other_controllers() {
-    let mut env = Env::new("kube-basic");
-    let api = ApiServer::start();
-    let backend = env.echo("default", "svc", "svc-0");
-    let port = free_port();
-    cluster(&api, port, backend);
+    let (mut env, api, port, kubeconfig) = kube_env("kube-basic");
     // Another controller already reports on this route: its entry must survive our writes.
     let foreign = json!({"controllerName": "example.com/other", "parentRef": {"name": "elsewhere"},
                          "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
                                          "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
     api.set_status("HTTPRoute", "default", "r", json!({"parents": [foreign]}));
-    let kubeconfig = api.kubeconfig(&env.dir);
     env.config_sync_kube("config-sync", &kubeconfig, "replica-a", None);
     env.lb(&[]);
     wait_for("the route to serve", Duration::from_secs(20), || code(port, "/a") == 200);
@@ -175,12 +181,7 @@ fn objects_reach_the_table_and_status_is_written_beside_other_controllers() {
 
 #[test]
 fn dropped_watches_410_and_an_absent_api_server_lose_nothing_and_never_blank_the_table() {
-    let mut env = Env::new("kube-resilience");
-    let api = ApiServer::start();
-    let backend = env.echo("default", "svc", "svc-0");
-    let port = free_port();
-    cluster(&api, port, backend);
-    let kubeconfig = api.kubeconfig(&env.dir);
+    let (mut env, api, port, kubeconfig) = kube_env("kube-resilience");
     env.config_sync_kube("config-sync", &kubeconfig, "replica-a", None);
     env.lb(&[]);
     wait_for("the route to serve", Duration::from_secs(20), || code(port, "/a") == 200);
@@ -235,12 +236,7 @@ fn dropped_watches_410_and_an_absent_api_server_lose_nothing_and_never_blank_the
 
 #[test]
 fn only_the_lease_holder_writes_status_and_another_takes_over() {
-    let mut env = Env::new("kube-lease");
-    let api = ApiServer::start();
-    let backend = env.echo("default", "svc", "svc-0");
-    let port = free_port();
-    cluster(&api, port, backend);
-    let kubeconfig = api.kubeconfig(&env.dir);
+    let (mut env, api, port, kubeconfig) = kube_env("kube-lease");
     // Two replicas, each with its own lb (as on two nodes; SO_REUSEPORT lets them share the
     // port here).
     let table_b = std::path::PathBuf::from(format!(
@@ -299,12 +295,7 @@ fn lease_holder(api: &ApiServer) -> Option<String> {
 
 #[test]
 fn status_waits_for_lb_and_a_burst_of_route_changes_costs_one_write_per_route() {
-    let mut env = Env::new("kube-burst");
-    let api = ApiServer::start();
-    let backend = env.echo("default", "svc", "svc-0");
-    let port = free_port();
-    cluster(&api, port, backend);
-    let kubeconfig = api.kubeconfig(&env.dir);
+    let (mut env, api, port, kubeconfig) = kube_env("kube-burst");
     env.config_sync_kube("config-sync", &kubeconfig, "replica-a", None);
     // Published, but no lb serves it yet: no status may claim Programmed.
     wait_for("a published table", Duration::from_secs(20), || {
@@ -342,11 +333,7 @@ fn status_waits_for_lb_and_a_burst_of_route_changes_costs_one_write_per_route() 
 
 #[test]
 fn only_secrets_gateways_reference_are_read_one_by_one() {
-    let mut env = Env::new("kube-secrets");
-    let api = ApiServer::start();
-    let backend = env.echo("default", "svc", "svc-0");
-    let port = free_port();
-    cluster(&api, port, backend);
+    let (mut env, api, port, kubeconfig) = kube_env("kube-secrets");
     let secret = |ns: &str, name: &str| {
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns},
                "type": "kubernetes.io/tls", "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"}})
@@ -363,7 +350,6 @@ fn only_secrets_gateways_reference_are_read_one_by_one() {
         "tls": {"mode": "Terminate", "certificateRefs": [{"name": "cert"}, {"name": "shared", "namespace": "certs"}]}
     }));
     api.apply(gw);
-    let kubeconfig = api.kubeconfig(&env.dir);
     env.config_sync_kube("config-sync", &kubeconfig, "replica-a", None);
     env.lb(&[]);
     wait_for("the route to serve", Duration::from_secs(20), || code(port, "/a") == 200);
@@ -397,12 +383,7 @@ fn only_secrets_gateways_reference_are_read_one_by_one() {
 
 #[test]
 fn a_leader_that_loses_the_lease_stops_writing_status() {
-    let mut env = Env::new("kube-lease-lost");
-    let api = ApiServer::start();
-    let backend = env.echo("default", "svc", "svc-0");
-    let port = free_port();
-    cluster(&api, port, backend);
-    let kubeconfig = api.kubeconfig(&env.dir);
+    let (mut env, api, port, kubeconfig) = kube_env("kube-lease-lost");
     env.config_sync_kube("config-sync", &kubeconfig, "replica-a", None);
     env.lb(&[]);
     wait_for("replica-a to lead", Duration::from_secs(15), || {

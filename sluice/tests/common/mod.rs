@@ -92,21 +92,7 @@ impl Env {
     }
 
     pub fn config_sync(&mut self) {
-        let (m, t, s) = (self.manifests.clone(), self.table.clone(), self.status.clone());
-        self.spawn(
-            "config-sync",
-            &[
-                "config-sync",
-                "--manifests",
-                m.to_str().unwrap(),
-                "--table",
-                t.to_str().unwrap(),
-                "--status-dir",
-                s.to_str().unwrap(),
-                "--default-address",
-                "127.0.0.1",
-            ],
-        );
+        self.config_sync_env(&[]);
     }
 
     /// config-sync in Kubernetes mode against `kubeconfig`, as process `name`, publishing to
@@ -142,8 +128,7 @@ impl Env {
     /// lb with extra environment (e.g. `NOTIFY_SOCKET`).
     pub fn lb_env(&mut self, env: &[(&str, &str)]) {
         let t = self.table.clone();
-        let args = ["lb", "--table", t.to_str().unwrap(), "--bind-address", "127.0.0.1"];
-        self.spawn_env("lb", &args, env);
+        self.lb_with("lb", &t, &[], env);
     }
 
     /// config-sync (file mode) with extra environment.
@@ -165,15 +150,19 @@ impl Env {
 
     /// lb on another table segment, as process `name`.
     pub fn lb_on(&mut self, name: &str, table: &Path) {
-        let args = ["lb", "--table", table.to_str().unwrap(), "--bind-address", "127.0.0.1"];
-        self.spawn(name, &args);
+        self.lb_with(name, table, &[], &[]);
     }
 
     pub fn lb(&mut self, extra: &[&str]) {
         let t = self.table.clone();
-        let mut args = vec!["lb", "--table", t.to_str().unwrap(), "--bind-address", "127.0.0.1"];
+        self.lb_with("lb", &t, extra, &[]);
+    }
+
+    fn lb_with(&mut self, name: &str, table: &Path, extra: &[&str], env: &[(&str, &str)]) {
+        let mut args =
+            vec!["lb", "--table", table.to_str().unwrap(), "--bind-address", "127.0.0.1"];
         args.extend_from_slice(extra);
-        self.spawn("lb", &args);
+        self.spawn_env(name, &args, env);
     }
 
     /// Sends SIGTERM to the process started as `name`.
