@@ -1202,67 +1202,40 @@ fn trim_prefix(p: &str) -> String {
 /// `UnsupportedValue`) rather than served without it.
 fn unsupported_rule_fields(rules: &[HttpRouteRules]) -> Option<String> {
     for (i, r) in rules.iter().enumerate() {
+        let matches = r.matches.as_deref().unwrap_or(&[]);
         for (j, f) in r.filters.iter().flatten().enumerate() {
-            if f.r#type == HttpRouteRulesFiltersType::ResponseHeaderModifier {
-                let Some(m) = &f.response_header_modifier else {
+            use HttpRouteRulesFiltersType as F;
+            // Each supported filter: its field, and what is wrong with it (`None`: missing).
+            let (field, problem) = match &f.r#type {
+                F::RequestHeaderModifier => (
+                    "requestHeaderModifier",
+                    f.request_header_modifier.as_ref().map(|m| edits_problem(&header_edits!(m))),
+                ),
+                F::ResponseHeaderModifier => (
+                    "responseHeaderModifier",
+                    f.response_header_modifier.as_ref().map(|m| edits_problem(&header_edits!(m))),
+                ),
+                F::UrlRewrite => {
+                    ("urlRewrite", f.url_rewrite.as_ref().map(|u| url_rewrite_problem(u, matches)))
+                }
+                F::RequestRedirect => (
+                    "requestRedirect",
+                    f.request_redirect.as_ref().map(|d| redirect_problem(d, matches)),
+                ),
+                F::RequestMirror => {
+                    ("requestMirror", f.request_mirror.as_ref().map(mirror_problem))
+                }
+                F::Cors => ("cors", f.cors.as_ref().map(cors_problem)),
+                other => {
                     return Some(format!(
-                        "rules[{i}].filters[{j}].responseHeaderModifier is missing"
+                        "rules[{i}].filters[{j}]: type {other:?} is not supported yet"
                     ));
-                };
-                if let Some(p) = edits_problem(&header_edits!(m)) {
-                    return Some(format!("rules[{i}].filters[{j}]: {p}"));
                 }
-                continue;
-            }
-            if f.r#type == HttpRouteRulesFiltersType::UrlRewrite {
-                let Some(rewrite) = &f.url_rewrite else {
-                    return Some(format!("rules[{i}].filters[{j}].urlRewrite is missing"));
-                };
-                let matches = r.matches.as_deref().unwrap_or(&[]);
-                if let Some(problem) = url_rewrite_problem(rewrite, matches) {
-                    return Some(format!("rules[{i}].filters[{j}].urlRewrite: {problem}"));
-                }
-                continue;
-            }
-            if f.r#type == HttpRouteRulesFiltersType::RequestRedirect {
-                let Some(redirect) = &f.request_redirect else {
-                    return Some(format!("rules[{i}].filters[{j}].requestRedirect is missing"));
-                };
-                let matches = r.matches.as_deref().unwrap_or(&[]);
-                if let Some(problem) = redirect_problem(redirect, matches) {
-                    return Some(format!("rules[{i}].filters[{j}].requestRedirect: {problem}"));
-                }
-                continue;
-            }
-            if f.r#type == HttpRouteRulesFiltersType::RequestMirror {
-                let Some(mirror) = &f.request_mirror else {
-                    return Some(format!("rules[{i}].filters[{j}].requestMirror is missing"));
-                };
-                if let Some(problem) = mirror_problem(mirror) {
-                    return Some(format!("rules[{i}].filters[{j}].requestMirror: {problem}"));
-                }
-                continue;
-            }
-            if f.r#type == HttpRouteRulesFiltersType::Cors {
-                let Some(cors) = &f.cors else {
-                    return Some(format!("rules[{i}].filters[{j}].cors is missing"));
-                };
-                if let Some(problem) = cors_problem(cors) {
-                    return Some(format!("rules[{i}].filters[{j}].cors: {problem}"));
-                }
-                continue;
-            }
-            if f.r#type != HttpRouteRulesFiltersType::RequestHeaderModifier {
-                return Some(format!(
-                    "rules[{i}].filters[{j}]: type {:?} is not supported yet",
-                    f.r#type
-                ));
-            }
-            let Some(m) = &f.request_header_modifier else {
-                return Some(format!("rules[{i}].filters[{j}].requestHeaderModifier is missing"));
             };
-            if let Some(p) = edits_problem(&header_edits!(m)) {
-                return Some(format!("rules[{i}].filters[{j}]: {p}"));
+            match problem {
+                None => return Some(format!("rules[{i}].filters[{j}].{field} is missing")),
+                Some(Some(p)) => return Some(format!("rules[{i}].filters[{j}].{field}: {p}")),
+                Some(None) => {}
             }
         }
         for (k, b) in r.backend_refs.iter().flatten().enumerate() {
