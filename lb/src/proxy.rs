@@ -680,12 +680,16 @@ impl Exchange<'_> {
             }
             ResponseFraming::UntilClose => BodyDecoder::until_close(encode),
         };
+        // Nothing reaches the client before the first body bytes decode: an upstream whose
+        // very first chunk is malformed still gets the client a 502, not an empty reply.
+        let mut head_sent = false;
         let relayed: Result<(), ProxyError> = async {
             loop {
                 let used = body
                     .decode(up.input.bytes(), self.out)
                     .map_err(|e| ProxyError::body(Side::Upstream, e))?;
                 up.input.consume(used, &self.core.spare);
+                head_sent = true;
                 if body.is_done() {
                     return self.write_client().await;
                 }
@@ -710,9 +714,12 @@ impl Exchange<'_> {
         }
         .await;
         if let Err(e) = relayed {
+            up.input.release(&self.core.spare);
+            if !head_sent {
+                return self.fail(e, req_body).await;
+            }
             // The response has started: all we can do is cut the client off.
             debug!(%addr, "response relay failed: {e}");
-            up.input.release(&self.core.spare);
             return Flow::Close;
         }
         // Reuse only after a cleanly framed exchange with nothing left over.

@@ -4,7 +4,9 @@
 //! crate, with this core's counters), then round robin over the chosen Service's endpoints.
 //! `pool`: idle keep-alive connections per endpoint. A connection goes back to the pool only
 //! after a fully framed exchange (request sent whole, response read to its end, nothing
-//! extra), and leaves it after an idle timeout. No locks: everything here is one core's.
+//! extra), and leaves it after an idle timeout or as soon as it is found not silent (a byte or
+//! EOF while idle, checked at each reuse: `io::idle_clean`). No locks: everything here is one
+//! core's.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -132,15 +134,22 @@ impl Pool {
         Pool { idle: HashMap::default(), max_per_endpoint, idle_ticks }
     }
 
-    /// An idle connection to `addr` that has not outlived the idle timeout.
+    /// An idle connection to `addr` that has not outlived the idle timeout and has stayed
+    /// silent since its last exchange. A connection the upstream wrote to while idle (a stray
+    /// response, a body after a HEAD answer) or closed is dropped here: reusing it would hand
+    /// those bytes to the next client as its response.
     pub fn take(&mut self, addr: SocketAddr, now: u64) -> Option<TcpStream> {
         let list = self.idle.get_mut(&addr)?;
         while let Some((stream, since)) = list.pop() {
-            if now.saturating_sub(since) <= self.idle_ticks {
+            if now.saturating_sub(since) > self.idle_ticks {
+                // Too old: the upstream has likely closed it; older ones are further down.
+                list.clear();
+                break;
+            }
+            if crate::io::idle_clean(&stream) {
                 return Some(stream);
             }
-            // Too old: the upstream has likely closed it; older ones are further down.
-            list.clear();
+            tracing::debug!(%addr, "idle upstream connection received bytes or EOF; retired");
         }
         None
     }
