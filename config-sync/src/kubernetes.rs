@@ -210,11 +210,13 @@ pub async fn run(config: crate::Config, options: KubeOptions) -> Result<(), Erro
     let mut was_leader = false;
     let mut dirty = false;
     let mut waiting_for: Option<u64> = None;
+    let mut waiting_since: Option<(u64, Instant)> = None;
     let applied = publisher.applied_path().to_owned();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(Error::Runtime)?;
     let mut secrets = Secrets::default();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut last_check = Instant::now();
     loop {
         tokio::select! {
             update = rx.recv() => {
@@ -229,7 +231,16 @@ pub async fn run(config: crate::Config, options: KubeOptions) -> Result<(), Erro
                     dirty |= apply(&mut stores, more);
                 }
             }
-            _ = tick.tick() => {}
+            _ = tick.tick() => {
+                if last_check.elapsed() >= crate::SEGMENT_CHECK {
+                    last_check = Instant::now();
+                    match publisher.repair() {
+                        Ok(Some(p)) => waiting_for = Some(p.generation),
+                        Ok(None) => {}
+                        Err(e) => error!("cannot repair the table segment: {e}; lb keeps its current table"),
+                    }
+                }
+            }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
@@ -263,11 +274,27 @@ pub async fn run(config: crate::Config, options: KubeOptions) -> Result<(), Erro
             secrets.refresh(&client).await;
         }
         // Status describes what lb serves: write it once lb applied the generation.
-        if let Some(generation) = waiting_for
-            && table::shm::read_applied(&applied)
+        if let Some(generation) = waiting_for {
+            if waiting_since.is_none_or(|(g, _)| g != generation) {
+                waiting_since = Some((generation, Instant::now()));
+            }
+            if table::shm::read_applied(&applied)
                 .is_ok_and(|a| !a.cores.is_empty() && a.min() >= generation)
-        {
-            waiting_for = None;
+            {
+                waiting_for = None;
+                waiting_since = None;
+            } else if let Some((_, since)) = waiting_since
+                && since.elapsed() > publish::APPLY_WARNING
+            {
+                warn!(
+                    generation,
+                    applied = %applied.display(),
+                    "lb has not taken this generation after {:?}; status is held until it does (is lb running?)",
+                    publish::APPLY_WARNING
+                );
+                // Once per generation.
+                waiting_since = Some((generation, Instant::now() + Duration::from_secs(3600)));
+            }
         }
         let is_leader = leader.load(Ordering::Relaxed);
         if is_leader && !was_leader {

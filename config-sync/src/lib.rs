@@ -23,10 +23,16 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 pub use compile::{Compiled, Settings, compile};
+
+/// How often the segment is checked for damage (deleted, replaced, truncated, scribbled on).
+pub const SEGMENT_CHECK: Duration = Duration::from_secs(1);
 
 /// Default `controllerName` of the GatewayClasses Sluice serves.
 pub const DEFAULT_CONTROLLER_NAME: &str = "sluice.dev/gateway-controller";
@@ -192,6 +198,18 @@ impl Pipeline {
         result
     }
 
+    /// Checks the segment and republishes into a fresh one when someone damaged it.
+    pub fn repair(&mut self) -> Option<(u64, Instant)> {
+        match self.publisher.repair() {
+            Ok(Some(p)) => Some((p.generation, Instant::now())),
+            Ok(None) => None,
+            Err(e) => {
+                error!("cannot repair the table segment: {e}; lb keeps its current table");
+                None
+            }
+        }
+    }
+
     /// lb's applied file for this segment.
     pub fn applied_path(&self) -> &Path {
         self.publisher.applied_path()
@@ -227,11 +245,13 @@ async fn run_files(config: Config) -> Result<(), Error> {
         "config-sync started (file mode)"
     );
     let applied = pipeline.applied_path().to_owned();
+    let latest = publish::latest();
     let report = |published: Option<(u64, Instant)>| {
         if let Some((generation, at)) = published {
-            let applied = applied.clone();
+            let (applied, latest) = (applied.clone(), Arc::clone(&latest));
+            latest.fetch_max(generation, Ordering::AcqRel);
             tokio::task::spawn_blocking(move || {
-                publish::wait_applied(&applied, generation, at, Duration::from_secs(5))
+                publish::wait_applied(&applied, generation, at, &latest)
             });
         }
     };
@@ -241,6 +261,8 @@ async fn run_files(config: Config) -> Result<(), Error> {
         .map_err(Error::Runtime)?;
     let mut rescan = tokio::time::interval(config.rescan);
     rescan.tick().await;
+    let mut segment_check = tokio::time::interval(SEGMENT_CHECK);
+    segment_check.tick().await;
     loop {
         tokio::select! {
             paths = rx.recv() => {
@@ -259,6 +281,7 @@ async fn run_files(config: Config) -> Result<(), Error> {
                 report(pipeline.reload(Some(&changed)));
             }
             _ = rescan.tick() => report(pipeline.reload(None)),
+            _ = segment_check.tick() => report(pipeline.repair()),
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }

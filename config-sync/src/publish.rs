@@ -1,14 +1,22 @@
 //! Publishing: the last stage of config-sync. Writes each changed table into the shared-memory
 //! segment under the next generation, then watches lb's applied file to log when every lb
-//! core serves it (the table-pickup latency).
+//! core serves it (the table-pickup latency), or to say loudly that lb does not.
+//!
+//! The segment is a file anyone with access can damage. Before each publication, and every
+//! second from the main loop ([`Publisher::repair`]), the writer checks that the path still
+//! names its file and that the header is intact; a deleted, replaced, truncated or scribbled-on
+//! segment is logged, replaced by a fresh one and the last table republished into it (lb
+//! reopens the new file and takes it).
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use table::shm::{SegmentWriter, applied_path, read_applied};
 use table::{Table, encode};
-use tracing::{debug, info};
+use tracing::{info, warn};
 
 /// Owns the segment and the last table published.
 #[derive(Debug)]
@@ -44,12 +52,44 @@ impl Publisher {
         &self.applied
     }
 
-    /// Publishes `table` unless it equals the last one. Returns the new generation.
+    /// Publishes `table` unless it equals the last one (and the segment is intact). Returns
+    /// the new generation.
     pub fn publish(&mut self, mut table: Table) -> io::Result<Option<Published>> {
         table.generation = 0;
-        if self.last.as_ref() == Some(&table) {
+        let repaired = self.check_segment()?;
+        if self.last.as_ref() == Some(&table) && !repaired {
             return Ok(None);
         }
+        self.write(table).map(Some)
+    }
+
+    /// Checks the segment and, when it was damaged, puts a fresh one in place and republishes
+    /// the last table into it under the next generation.
+    pub fn repair(&mut self) -> io::Result<Option<Published>> {
+        if !self.check_segment()? {
+            return Ok(None);
+        }
+        match self.last.take() {
+            Some(table) => self.write(table).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the segment had to be replaced.
+    fn check_segment(&mut self) -> io::Result<bool> {
+        match self.writer.check()? {
+            None => Ok(false),
+            Some(damage) => {
+                warn!(
+                    generation = self.writer.generation() + 1,
+                    "{damage}; a fresh segment is in place and the current table is republished"
+                );
+                Ok(true)
+            }
+        }
+    }
+
+    fn write(&mut self, mut table: Table) -> io::Result<Published> {
         let generation = self.writer.generation() + 1;
         // Stamped in place and reset after: a clone of a 5,000-route table costs milliseconds.
         table.generation = generation;
@@ -57,36 +97,78 @@ impl Publisher {
         table.generation = 0;
         self.writer.publish(generation, &bytes)?;
         self.last = Some(table);
-        Ok(Some(Published { generation, bytes: bytes.len() }))
+        Ok(Published { generation, bytes: bytes.len() })
     }
 }
 
-/// Polls lb's applied file until every core serves `generation` or `timeout` passes; logs and
-/// returns the time from `published_at`. `None` when no lb reported it in time.
+/// How long lb gets to take a generation on every core before config-sync says it did not.
+pub const APPLY_WARNING: Duration = Duration::from_secs(5);
+
+/// Polls lb's applied file until every core serves `generation`; logs and returns the time from
+/// `published_at`. Polls back off from 50 µs to 10 ms (the pickup time stays measurable to a
+/// few percent; 5 s of waiting costs ~600 reads, not the 250,000 a fixed 20 µs poll made). A
+/// generation lb has not taken after [`APPLY_WARNING`] is logged as a warning naming the cores
+/// that lag (or a missing lb), and then watched once a second until lb takes it (logged too)
+/// or `latest` moves past it. `None` when superseded first.
 pub fn wait_applied(
     applied: &Path,
     generation: u64,
     published_at: Instant,
-    timeout: Duration,
+    latest: &AtomicU64,
 ) -> Option<Duration> {
+    let mut pause = Duration::from_micros(50);
+    let mut warned = false;
     loop {
-        match read_applied(applied) {
+        let state = read_applied(applied);
+        match &state {
             Ok(a) if !a.cores.is_empty() && a.min() >= generation => {
                 let took = published_at.elapsed();
-                info!(
-                    generation,
-                    cores = a.cores.len(),
-                    micros = took.as_micros() as u64,
-                    "generation live on every lb core"
-                );
+                let cores = a.cores.len();
+                let micros = took.as_micros() as u64;
+                if warned {
+                    warn!(generation, cores, micros, "generation live on every lb core, late");
+                } else {
+                    info!(generation, cores, micros, "generation live on every lb core");
+                }
                 return Some(took);
             }
             _ => {}
         }
-        if published_at.elapsed() > timeout {
-            debug!(generation, "no lb reported this generation within {timeout:?}");
+        if latest.load(Ordering::Acquire) > generation {
             return None;
         }
-        std::thread::sleep(Duration::from_micros(20));
+        if !warned && published_at.elapsed() > APPLY_WARNING {
+            warned = true;
+            let why = match state {
+                Ok(a) => {
+                    let lagging: Vec<String> = a
+                        .cores
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, g)| **g < generation)
+                        .map(|(i, g)| format!("core {i} at {g}"))
+                        .collect();
+                    format!("lb (pid {}) has {}", a.pid, lagging.join(", "))
+                }
+                Err(e) => {
+                    format!("no lb reports through {} ({e}); is lb running?", applied.display())
+                }
+            };
+            warn!(
+                generation,
+                "lb has not taken this generation after {APPLY_WARNING:?}: {why}; still watching"
+            );
+        }
+        std::thread::sleep(pause);
+        pause = if warned {
+            Duration::from_secs(1)
+        } else {
+            (pause * 2).min(Duration::from_millis(10))
+        };
     }
+}
+
+/// The newest generation published, shared with the [`wait_applied`] watchers.
+pub fn latest() -> Arc<AtomicU64> {
+    Arc::new(AtomicU64::new(0))
 }

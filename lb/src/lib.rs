@@ -159,7 +159,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         }
     }
     info!(cores = config.cpus.len(), segment = %config.table.display(), "lb started; waiting for a table");
-    tables::spawn_watcher(config.table, senders).map_err(Error::Thread)?;
+    tables::spawn_watcher(config.table, senders, Arc::clone(&applied)).map_err(Error::Thread)?;
     while !shutdown.draining.load(Ordering::Relaxed) {
         if threads.iter().any(std::thread::JoinHandle::is_finished) {
             error!("a core thread ended unexpectedly; exiting");

@@ -5,6 +5,9 @@
 //!
 //! A table that fails any check is logged and refused; cores keep the last good one. A missing
 //! segment (config-sync not started yet, or gone) is waited for; lb keeps serving meanwhile.
+//! A segment whose header became unreadable (truncated, scribbled on) is logged once and
+//! waited out: config-sync repairs it by putting a fresh file in place, which is reopened.
+//! The same thread rewrites the applied file from lb's own copy whenever someone damaged it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures_channel::mpsc::UnboundedSender;
 use table::Router;
-use table::shm::{ReadError, SegmentReader};
+use table::shm::{AppliedWriter, ReadError, SegmentReader};
 use tracing::{error, info, warn};
 
 /// How often the watcher re-checks that the segment file is still the one it has open (its
@@ -23,14 +26,28 @@ const RECHECK: Duration = Duration::from_millis(100);
 pub fn spawn_watcher(
     path: PathBuf,
     cores: Vec<UnboundedSender<Arc<Router>>>,
+    applied: Arc<AppliedWriter>,
 ) -> std::io::Result<()> {
-    std::thread::Builder::new().name("lb-tables".into()).spawn(move || watch(&path, &cores))?;
+    std::thread::Builder::new()
+        .name("lb-tables".into())
+        .spawn(move || watch(&path, &cores, &applied))?;
     Ok(())
 }
 
-fn watch(path: &Path, cores: &[UnboundedSender<Arc<Router>>]) {
+/// Rewrites the applied file when someone damaged it (config-sync would otherwise never see
+/// lb confirm a generation).
+fn repair_applied(applied: &AppliedWriter) {
+    match applied.repair() {
+        Ok(false) => {}
+        Ok(true) => warn!("the applied file was truncated, changed or removed; rewritten"),
+        Err(e) => warn!("the applied file cannot be rewritten: {e}"),
+    }
+}
+
+fn watch(path: &Path, cores: &[UnboundedSender<Arc<Router>>], applied: &AppliedWriter) {
     let mut waiting_logged = false;
     loop {
+        repair_applied(applied);
         let reader = match SegmentReader::open(path) {
             Ok(r) => r,
             Err(e) => {
@@ -47,9 +64,26 @@ fn watch(path: &Path, cores: &[UnboundedSender<Arc<Router>>]) {
         let mut delivered = 0u64;
         let mut last: Option<Arc<Router>> = None;
         let mut refused = 0u64;
+        let mut damaged = false;
         loop {
+            repair_applied(applied);
             let seen = reader.notify_word();
-            let published = reader.published();
+            let published = match reader.published() {
+                Ok(p) => {
+                    damaged = false;
+                    p
+                }
+                Err(e) => {
+                    if !damaged {
+                        error!(
+                            segment = %path.display(),
+                            "table segment unreadable: {e}; keeping generation {delivered} until config-sync repairs it"
+                        );
+                        damaged = true;
+                    }
+                    0
+                }
+            };
             if published != 0 && published != delivered && published != refused {
                 let started = Instant::now();
                 match reader.read() {

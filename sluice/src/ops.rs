@@ -17,8 +17,9 @@ pub(crate) fn ready(table: &Path, published: bool) -> Result<(), String> {
     if published {
         let reader = SegmentReader::open(table).map_err(|e| format!("{}: {e}", table.display()))?;
         return match reader.published() {
-            0 => Err(format!("{}: no table published yet", table.display())),
-            _ => Ok(()),
+            Ok(0) => Err(format!("{}: no table published yet", table.display())),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("{}: {e}", table.display())),
         };
     }
     let path = applied_path(table);

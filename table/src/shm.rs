@@ -12,21 +12,34 @@
 //!
 //! The writer fills the inactive slot under that slot's seqlock (odd while writing), then
 //! switches `active`/`generation` under the header seqlock, bumps the futex word and wakes
-//! waiters. A reader copies the active slot out with `pread` (never by dereferencing the
-//! mapping, so a file that changes size cannot fault it), then re-checks both sequence numbers:
-//! if either moved, the copy may be torn and it retries. A CRC32 of the slot catches what the
-//! protocol cannot (a buggy or hostile writer); the copy then goes through full validation in
-//! `view`. Only the header page is mapped, and only for its atomics.
+//! waiters. A reader copies the header and then the active slot out with `pread`, then re-reads
+//! the header: if either sequence number moved, the copy may be torn and it retries. A CRC32 of
+//! the slot catches what the protocol cannot (a buggy or hostile writer); the copy then goes
+//! through full validation in `view`.
+//!
+//! **No byte of either file is ever dereferenced through a mapping.** Anyone may truncate,
+//! shrink, grow, replace or delete these files while both processes run; a load from a mapped
+//! page past the end of a truncated file is a SIGBUS that kills the process. Every header field
+//! is read with `pread` and written with `pwrite` (a short file is an error value, not a
+//! signal). The header page is still mapped, but only so that `futex(2)` has an address: the
+//! kernel touches it, and a missing page makes the call fail with `EFAULT` instead of
+//! faulting us. The syscall boundaries order the seqlock's reads; the CRC and full validation
+//! remain the backstop for what a torn copy could still let through.
+//!
+//! Two config-syncs on one segment are kept apart by an exclusive `flock` on `<segment>.lock`,
+//! taken before the segment is looked at (a lock on the segment itself left a check-then-lock
+//! window when two started on a fresh path, and a segment replaced by rename would take its
+//! lock with it).
 //!
 //! See `docs/table-format.md` for the byte layout.
 
-#![allow(unsafe_code, reason = "maps the header page as atomics and calls futex(2)")]
+#![allow(unsafe_code, reason = "maps the header page for futex(2) addresses and calls futex")]
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use memmap2::{MmapOptions, MmapRaw};
@@ -49,43 +62,30 @@ const PAGE: u64 = 4096;
 const DATA_ALIGN: u64 = 64;
 const READ_ATTEMPTS: usize = 1000;
 
-#[repr(C)]
-struct Header {
-    magic: AtomicU64,
-    segment_version: AtomicU32,
-    format_version: AtomicU32,
-    /// Futex word: incremented after each publication.
-    notify: AtomicU32,
-    writer_pid: AtomicU32,
-    /// Seqlock over `generation` and `active`.
-    seq: AtomicU64,
-    generation: AtomicU64,
-    active: AtomicU64,
-    slots: [Slot; 2],
+/// Byte offsets of the segment header fields (native-endian; see docs/table-format.md).
+mod at {
+    pub(super) const MAGIC: u64 = 0;
+    pub(super) const SEGMENT_VERSION: u64 = 8;
+    pub(super) const FORMAT_VERSION: u64 = 12;
+    pub(super) const NOTIFY: u64 = 16;
+    pub(super) const WRITER_PID: u64 = 20;
+    pub(super) const SEQ: u64 = 24;
+    pub(super) const GENERATION: u64 = 32;
+    pub(super) const ACTIVE: u64 = 40;
+    /// Slot descriptors: seq, generation, offset, len, checksum (u64 each).
+    pub(super) const SLOTS: u64 = 48;
+    pub(super) const SLOT_LEN: u64 = 40;
+    pub(super) const HEADER_LEN: usize = (SLOTS + 2 * SLOT_LEN) as usize;
+
+    /// Applied file: magic, version, cores, pid, reserved, then one u64 per core.
+    pub(super) const APPLIED_VERSION: u64 = 8;
+    pub(super) const APPLIED_CORES: u64 = 12;
+    pub(super) const APPLIED_PID: u64 = 16;
+    pub(super) const APPLIED_SLOTS: u64 = 24;
 }
 
-#[repr(C)]
-struct Slot {
-    /// Seqlock over the descriptor and the data it points at.
-    seq: AtomicU64,
-    generation: AtomicU64,
-    offset: AtomicU64,
-    len: AtomicU64,
-    checksum: AtomicU64,
-}
-
-#[repr(C)]
-struct AppliedHeader {
-    magic: AtomicU64,
-    version: AtomicU32,
-    cores: AtomicU32,
-    pid: AtomicU32,
-    _reserved: AtomicU32,
-    applied: [AtomicU64; MAX_CORES],
-}
-
-const _: () = assert!(size_of::<Header>() as u64 <= PAGE);
-const _: () = assert!(size_of::<AppliedHeader>() as u64 <= PAGE);
+const _: () = assert!(at::HEADER_LEN as u64 <= PAGE);
+const _: () = assert!(at::APPLIED_SLOTS + 8 * MAX_CORES as u64 <= PAGE);
 
 /// Errors reading a segment.
 #[derive(Debug, thiserror::Error)]
@@ -128,111 +128,265 @@ pub struct Snapshot {
     pub bytes: AlignedVec<16>,
 }
 
-/// The publishing side (config-sync). Holds an exclusive `flock` on the segment so two
+/// A copy of the segment header, read with one `pread`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header([u8; at::HEADER_LEN]);
+
+/// One slot descriptor out of a [`Header`] copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SlotDesc {
+    seq: u64,
+    generation: u64,
+    offset: u64,
+    len: u64,
+    checksum: u64,
+}
+
+impl Header {
+    /// Reads the header; a file too short to hold one is `Header` error, not a fault.
+    fn read(file: &File) -> Result<Header, ReadError> {
+        let mut h = Header([0; at::HEADER_LEN]);
+        match file.read_exact_at(&mut h.0, 0) {
+            Ok(()) => Ok(h),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                Err(ReadError::Header("the file is shorter than a header (truncated?)".into()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn u64(&self, at: u64) -> u64 {
+        let at = at as usize;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.0[at..at + 8]);
+        u64::from_ne_bytes(b)
+    }
+
+    fn u32(&self, at: u64) -> u32 {
+        let at = at as usize;
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&self.0[at..at + 4]);
+        u32::from_ne_bytes(b)
+    }
+
+    fn slot(&self, i: usize) -> SlotDesc {
+        let base = at::SLOTS + i as u64 * at::SLOT_LEN;
+        SlotDesc {
+            seq: self.u64(base),
+            generation: self.u64(base + 8),
+            offset: self.u64(base + 16),
+            len: self.u64(base + 24),
+            checksum: self.u64(base + 32),
+        }
+    }
+
+    /// Magic and versions are this writer's and reader's.
+    fn check(&self) -> Result<(), ReadError> {
+        let magic = self.u64(at::MAGIC);
+        if magic != SEGMENT_MAGIC {
+            return Err(ReadError::Header(format!("bad magic {magic:#018x}")));
+        }
+        let (sv, fv) = (self.u32(at::SEGMENT_VERSION), self.u32(at::FORMAT_VERSION));
+        if sv != SEGMENT_VERSION || fv != FORMAT_VERSION {
+            return Err(ReadError::Header(format!(
+                "segment version {sv}/format {fv}, this reader knows {SEGMENT_VERSION}/{FORMAT_VERSION}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The publishing side (config-sync). Holds an exclusive `flock` on `<segment>.lock` so two
 /// publishers cannot interleave.
 #[derive(Debug)]
 pub struct SegmentWriter {
+    path: PathBuf,
     file: File,
+    /// Only for `futex(2)`'s address; never dereferenced (see the module docs).
     map: MmapRaw,
+    identity: (u64, u64),
+    /// The last generation published (or found on open): a damaged header cannot make
+    /// generations go backwards.
+    generation: u64,
+    /// The generation this writer last put in the header (0 in a fresh segment).
+    written: u64,
+    _lock: File,
+}
+
+/// What [`SegmentWriter::check`] found wrong with the segment, and repaired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Damage {
+    /// The path names no file, or another file than the one being written (deleted, or
+    /// replaced by a rename).
+    Replaced,
+    /// The header is unreadable or not ours (truncated, or scribbled on).
+    Header(String),
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Damage::Replaced => f.write_str("the segment file was deleted or replaced"),
+            Damage::Header(why) => write!(f, "the segment header is damaged: {why}"),
+        }
+    }
 }
 
 impl SegmentWriter {
     /// Opens the segment at `path`, creating it (and its directory) when missing or not a
     /// segment of this version. An existing valid segment is reused so its generation keeps
-    /// counting up across restarts and readers keep their mapping.
+    /// counting up across restarts and readers keep their file.
     pub fn open(path: &Path) -> io::Result<SegmentWriter> {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
+        let lock = lock_exclusive(&sibling(path, ".lock"), path)?;
         if let Ok(file) = OpenOptions::new().read(true).write(true).open(path)
-            && file.metadata()?.len() >= PAGE
+            && let Ok(header) = Header::read(&file)
+            && header.check().is_ok()
         {
+            let meta = file.metadata()?;
             let map = MmapOptions::new().len(PAGE as usize).map_raw(&file)?;
-            let writer = SegmentWriter { file, map };
-            if writer.header().magic.load(Ordering::Acquire) == SEGMENT_MAGIC
-                && writer.header().segment_version.load(Ordering::Acquire) == SEGMENT_VERSION
-                && writer.header().format_version.load(Ordering::Acquire) == FORMAT_VERSION
-            {
-                lock_exclusive(&writer.file, path)?;
-                writer.header().writer_pid.store(std::process::id(), Ordering::Release);
-                return Ok(writer);
-            }
+            let generation = header.u64(at::GENERATION);
+            let writer = SegmentWriter {
+                path: path.to_owned(),
+                file,
+                map,
+                identity: (meta.dev(), meta.ino()),
+                generation,
+                written: generation,
+                _lock: lock,
+            };
+            writer.put_u32(at::WRITER_PID, std::process::id())?;
+            return Ok(writer);
         }
-        // Build a fresh segment beside the old one and rename it into place: readers of the old
-        // inode keep a consistent (if stale) view and notice the new inode on their next check.
-        let (tmp, file, map) = fresh_page(path)?;
-        let writer = SegmentWriter { file, map };
-        let h = writer.header();
-        h.segment_version.store(SEGMENT_VERSION, Ordering::Relaxed);
-        h.format_version.store(FORMAT_VERSION, Ordering::Relaxed);
-        h.writer_pid.store(std::process::id(), Ordering::Relaxed);
-        h.magic.store(SEGMENT_MAGIC, Ordering::Release);
-        lock_exclusive(&writer.file, &tmp)?;
-        fs::rename(&tmp, path)?;
-        Ok(writer)
+        let (file, map, identity) = fresh_segment(path)?;
+        Ok(SegmentWriter {
+            path: path.to_owned(),
+            file,
+            map,
+            identity,
+            generation: 0,
+            written: 0,
+            _lock: lock,
+        })
     }
 
     /// The last published generation (0 when none).
     pub fn generation(&self) -> u64 {
-        self.header().generation.load(Ordering::Acquire)
+        self.generation
+    }
+
+    /// Checks that the path still names this writer's file and that its header is intact;
+    /// when not, puts a fresh segment in place (renamed over the path, so readers reopen it)
+    /// that carries the generation on. Returns what was wrong; the caller republishes.
+    pub fn check(&mut self) -> io::Result<Option<Damage>> {
+        let damage = match fs::metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.identity => {
+                match Header::read(&self.file).and_then(|h| {
+                    h.check()?;
+                    // A header whose seqlocks or generation another process rewrote.
+                    if h.u64(at::GENERATION) != self.written {
+                        return Err(ReadError::Header(format!(
+                            "generation {} where {} was published",
+                            h.u64(at::GENERATION),
+                            self.written
+                        )));
+                    }
+                    Ok(())
+                }) {
+                    Ok(()) => None,
+                    Err(e) => Some(Damage::Header(e.to_string())),
+                }
+            }
+            _ => Some(Damage::Replaced),
+        };
+        if damage.is_some() {
+            let (file, map, identity) = fresh_segment(&self.path)?;
+            (self.file, self.map, self.identity, self.written) = (file, map, identity, 0);
+        }
+        Ok(damage)
     }
 
     /// Publishes `bytes` as `generation`, which must be larger than the current one.
     pub fn publish(&mut self, generation: u64, bytes: &[u8]) -> io::Result<()> {
-        let h = self.header();
-        if generation <= h.generation.load(Ordering::Acquire) {
+        if generation <= self.generation {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("generation {generation} is not after {}", self.generation()),
+                format!("generation {generation} is not after {}", self.generation),
             ));
         }
-        let active = (h.active.load(Ordering::Acquire) & 1) as usize;
+        let h = Header::read(&self.file).map_err(io::Error::other)?;
+        let active = (h.u64(at::ACTIVE) & 1) as usize;
         let target = 1 - active;
-        let (a_off, a_len) = if h.generation.load(Ordering::Acquire) == 0 {
+        let (a_off, a_len) = if h.u64(at::GENERATION) == 0 {
             (PAGE, 0)
         } else {
-            let a = &h.slots[active];
-            (a.offset.load(Ordering::Acquire).max(PAGE), a.len.load(Ordering::Acquire))
+            let a = h.slot(active);
+            (a.offset.max(PAGE), a.len.min(MAX_TABLE_BYTES))
         };
         let len = bytes.len() as u64;
         // Before the active slot if it fits there, else right after it.
         let offset =
             if PAGE + len <= a_off { PAGE } else { align_up(a_off + a_len, DATA_ALIGN).max(PAGE) };
-        let slot = &h.slots[target];
-        let seq = begin_write(&slot.seq);
+        let slot = at::SLOTS + target as u64 * at::SLOT_LEN;
+        let seq = self.begin_write(slot, h.slot(target).seq)?;
         let end = offset + len;
         if self.file.metadata()?.len() < end {
             self.file.set_len(end)?;
         }
         self.file.write_all_at(bytes, offset)?;
-        slot.generation.store(generation, Ordering::Relaxed);
-        slot.offset.store(offset, Ordering::Relaxed);
-        slot.len.store(len, Ordering::Relaxed);
-        slot.checksum.store(u64::from(crc32fast::hash(bytes)), Ordering::Relaxed);
-        slot.seq.store(seq + 1, Ordering::Release);
+        let checksum = u64::from(crc32fast::hash(bytes));
+        let mut desc = [0u8; 32];
+        for (i, v) in [generation, offset, len, checksum].into_iter().enumerate() {
+            desc[i * 8..i * 8 + 8].copy_from_slice(&v.to_ne_bytes());
+        }
+        self.file.write_all_at(&desc, slot + 8)?;
+        self.put_u64(slot, seq + 1)?;
 
-        let hseq = begin_write(&h.seq);
-        h.active.store(target as u64, Ordering::Relaxed);
-        h.generation.store(generation, Ordering::Relaxed);
-        h.seq.store(hseq + 1, Ordering::Release);
+        let hseq = self.begin_write(at::SEQ, h.u64(at::SEQ))?;
+        let mut gen_active = [0u8; 16];
+        gen_active[..8].copy_from_slice(&generation.to_ne_bytes());
+        gen_active[8..].copy_from_slice(&(target as u64).to_ne_bytes());
+        self.file.write_all_at(&gen_active, at::GENERATION)?;
+        self.put_u64(at::SEQ, hseq + 1)?;
+        (self.generation, self.written) = (generation, generation);
 
-        h.notify.fetch_add(1, Ordering::Release);
-        futex_wake(&h.notify);
+        // Only this writer (holding the lock) changes the futex word.
+        self.put_u32(at::NOTIFY, h.u32(at::NOTIFY).wrapping_add(1))?;
+        futex_wake(self.notify_addr());
         Ok(())
     }
 
-    fn header(&self) -> &Header {
-        // SAFETY: `map` is a live shared mapping of at least PAGE bytes, page-aligned, and
-        // `Header` (all atomics, size checked above) is valid for any bit pattern.
-        unsafe { &*(self.map.as_ptr() as *const Header) }
+    /// Marks the start of a seqlock write at `at` whose value was `current`; returns the odd
+    /// value stored (store it + 1 when done).
+    fn begin_write(&self, at: u64, current: u64) -> io::Result<u64> {
+        // A writer that died mid-write left the count odd; step to the next odd value.
+        let odd = if current & 1 == 1 { current + 2 } else { current + 1 };
+        self.put_u64(at, odd)?;
+        Ok(odd)
+    }
+
+    fn put_u64(&self, at: u64, v: u64) -> io::Result<()> {
+        self.file.write_all_at(&v.to_ne_bytes(), at)
+    }
+
+    fn put_u32(&self, at: u64, v: u32) -> io::Result<()> {
+        self.file.write_all_at(&v.to_ne_bytes(), at)
+    }
+
+    fn notify_addr(&self) -> *const u32 {
+        // In bounds: the mapping is PAGE bytes and NOTIFY + 4 <= PAGE. Never dereferenced here.
+        self.map.as_ptr().wrapping_add(at::NOTIFY as usize).cast()
     }
 }
 
-/// The reading side (lb). Cheap to poll: [`published`](Self::published) is one atomic load.
+/// The reading side (lb). Polling it costs one `pread` of the header.
 #[derive(Debug)]
 pub struct SegmentReader {
     path: PathBuf,
     file: File,
+    /// Only for `futex(2)`'s address; never dereferenced (see the module docs).
     map: MmapRaw,
     identity: (u64, u64),
 }
@@ -245,22 +399,9 @@ impl SegmentReader {
         if meta.len() < PAGE {
             return Err(ReadError::Header(format!("{} is shorter than a header", path.display())));
         }
+        Header::read(&file)?.check()?;
         let map = MmapOptions::new().len(PAGE as usize).map_raw_read_only(&file)?;
-        let reader =
-            SegmentReader { path: path.to_owned(), file, map, identity: (meta.dev(), meta.ino()) };
-        let h = reader.header();
-        let magic = h.magic.load(Ordering::Acquire);
-        if magic != SEGMENT_MAGIC {
-            return Err(ReadError::Header(format!("bad magic {magic:#018x}")));
-        }
-        let (sv, fv) =
-            (h.segment_version.load(Ordering::Acquire), h.format_version.load(Ordering::Acquire));
-        if sv != SEGMENT_VERSION || fv != FORMAT_VERSION {
-            return Err(ReadError::Header(format!(
-                "segment version {sv}/format {fv}, this reader knows {SEGMENT_VERSION}/{FORMAT_VERSION}"
-            )));
-        }
-        Ok(reader)
+        Ok(SegmentReader { path: path.to_owned(), file, map, identity: (meta.dev(), meta.ino()) })
     }
 
     /// The segment's path.
@@ -268,59 +409,57 @@ impl SegmentReader {
         &self.path
     }
 
-    /// The published generation (0 when none), without copying anything.
-    pub fn published(&self) -> u64 {
-        self.header().generation.load(Ordering::Acquire)
+    /// The published generation (0 when none), without copying the table. An error when the
+    /// header became unreadable or is no longer a segment's (truncated, scribbled on).
+    pub fn published(&self) -> Result<u64, ReadError> {
+        let h = Header::read(&self.file)?;
+        h.check()?;
+        Ok(h.u64(at::GENERATION))
     }
 
-    /// Current value of the futex word; pass it to [`wait`](Self::wait).
+    /// Current value of the futex word (0 when unreadable); pass it to [`wait`](Self::wait).
     pub fn notify_word(&self) -> u32 {
-        self.header().notify.load(Ordering::Acquire)
+        Header::read(&self.file).map_or(0, |h| h.u32(at::NOTIFY))
     }
 
     /// Sleeps until the writer publishes (the futex word moves away from `seen`) or `timeout`.
     pub fn wait(&self, seen: u32, timeout: Duration) {
-        futex_wait(&self.header().notify, seen, timeout);
+        let addr = self.map.as_ptr().wrapping_add(at::NOTIFY as usize).cast();
+        if !futex_wait(addr, seen, timeout) {
+            // The page is gone (the file was truncated): the kernel refused the wait instead of
+            // sleeping. Sleep here so the caller's loop does not spin.
+            std::thread::sleep(timeout);
+        }
     }
 
-    /// `true` when `path` now names another file (the writer recreated the segment).
+    /// `true` when `path` now names another file (the writer recreated the segment) or none.
     pub fn replaced(&self) -> bool {
         match fs::metadata(&self.path) {
             Ok(m) => (m.dev(), m.ino()) != self.identity,
-            Err(_) => false,
+            Err(_) => true,
         }
     }
 
     /// Copies the published table out of the segment. `Ok(None)` when nothing is published.
     pub fn read(&self) -> Result<Option<Snapshot>, ReadError> {
-        let h = self.header();
         for _ in 0..READ_ATTEMPTS {
-            let hseq = h.seq.load(Ordering::Acquire);
+            let h = Header::read(&self.file)?;
+            h.check()?;
+            let hseq = h.u64(at::SEQ);
             if hseq & 1 == 1 {
                 std::hint::spin_loop();
                 continue;
             }
-            let active = (h.active.load(Ordering::Relaxed) & 1) as usize;
-            let generation = h.generation.load(Ordering::Relaxed);
-            fence(Ordering::Acquire);
-            if h.seq.load(Ordering::Relaxed) != hseq {
-                continue;
-            }
+            let active = (h.u64(at::ACTIVE) & 1) as usize;
+            let generation = h.u64(at::GENERATION);
             if generation == 0 {
                 return Ok(None);
             }
-            let slot = &h.slots[active];
-            let sseq = slot.seq.load(Ordering::Acquire);
-            if sseq & 1 == 1 {
+            let slot = h.slot(active);
+            if slot.seq & 1 == 1 || slot.generation != generation {
                 continue;
             }
-            let slot_generation = slot.generation.load(Ordering::Relaxed);
-            let offset = slot.offset.load(Ordering::Relaxed);
-            let len = slot.len.load(Ordering::Relaxed);
-            let checksum = slot.checksum.load(Ordering::Relaxed);
-            if slot_generation != generation {
-                continue;
-            }
+            let (offset, len) = (slot.offset, slot.len);
             if len > MAX_TABLE_BYTES || offset < PAGE {
                 return Err(ReadError::Descriptor {
                     generation,
@@ -329,13 +468,15 @@ impl SegmentReader {
             }
             let mut bytes = AlignedVec::<16>::with_capacity(len as usize);
             bytes.resize(len as usize, 0);
-            match self.file.read_exact_at(&mut bytes, offset) {
+            let copied = self.file.read_exact_at(&mut bytes, offset);
+            // The header again: the copy is good only if neither seqlock moved meanwhile.
+            let after = Header::read(&self.file)?;
+            let moved = after.u64(at::SEQ) != hseq || after.slot(active).seq != slot.seq;
+            match copied {
+                _ if moved => continue,
                 Ok(()) => {}
-                // The file is shorter than the descriptor says: torn if the slot moved, else bad.
+                // The file is shorter than the descriptor says and the slot did not move: bad.
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    if slot.seq.load(Ordering::Acquire) != sseq {
-                        continue;
-                    }
                     return Err(ReadError::Descriptor {
                         generation,
                         reason: format!("points past the end of the file ({offset}+{len})"),
@@ -343,30 +484,28 @@ impl SegmentReader {
                 }
                 Err(e) => return Err(e.into()),
             }
-            fence(Ordering::Acquire);
-            if slot.seq.load(Ordering::Relaxed) != sseq {
-                continue;
-            }
             let found = crc32fast::hash(&bytes);
-            if u64::from(found) != checksum {
-                return Err(ReadError::Checksum { generation, expected: checksum as u32, found });
+            if u64::from(found) != slot.checksum {
+                return Err(ReadError::Checksum {
+                    generation,
+                    expected: slot.checksum as u32,
+                    found,
+                });
             }
             return Ok(Some(Snapshot { generation, bytes }));
         }
         Err(ReadError::Busy)
     }
-
-    fn header(&self) -> &Header {
-        // SAFETY: as in `SegmentWriter::header`; the mapping is read-only and we only load.
-        unsafe { &*(self.map.as_ptr() as *const Header) }
-    }
 }
 
-/// lb's side of the applied file: one generation per core.
+/// lb's side of the applied file: one generation per core. Written with `pwrite` only, so a
+/// truncated or deleted file costs a repair, never a fault: each core's report goes into the
+/// process's own copy first, and [`repair`](Self::repair) rewrites the file from it.
 #[derive(Debug)]
 pub struct AppliedWriter {
-    map: MmapRaw,
-    _file: File,
+    path: PathBuf,
+    cores: usize,
+    generations: Vec<AtomicU64>,
 }
 
 impl AppliedWriter {
@@ -381,27 +520,78 @@ impl AppliedWriter {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
-        let (tmp, file, map) = fresh_page(path)?;
-        let writer = AppliedWriter { map, _file: file };
-        let h = writer.header();
-        h.version.store(SEGMENT_VERSION, Ordering::Relaxed);
-        h.cores.store(cores as u32, Ordering::Relaxed);
-        h.pid.store(std::process::id(), Ordering::Relaxed);
-        h.magic.store(APPLIED_MAGIC, Ordering::Release);
+        let writer = AppliedWriter {
+            path: path.to_owned(),
+            cores,
+            generations: (0..cores).map(|_| AtomicU64::new(0)).collect(),
+        };
+        let tmp = sibling(path, &format!(".tmp.{}", std::process::id()));
+        let file =
+            OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
+        file.write_all_at(&writer.page(), 0)?;
         fs::rename(&tmp, path)?;
         Ok(writer)
     }
 
-    /// Records that `core` now serves `generation`.
+    /// Records that `core` now serves `generation`: one `pwrite` of its slot (a file that
+    /// was removed meanwhile is created again, whole).
     pub fn set(&self, core: usize, generation: u64) {
-        if let Some(slot) = self.header().applied.get(core) {
-            slot.store(generation, Ordering::Release);
+        let Some(slot) = self.generations.get(core) else { return };
+        slot.store(generation, Ordering::Release);
+        let at = at::APPLIED_SLOTS + 8 * core as u64;
+        let written = OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .and_then(|f| f.write_all_at(&generation.to_ne_bytes(), at));
+        if written.is_err() {
+            let _ = self.rewrite();
         }
     }
 
-    fn header(&self) -> &AppliedHeader {
-        // SAFETY: live shared mapping of PAGE bytes, page-aligned; all-atomic type that fits.
-        unsafe { &*(self.map.as_ptr() as *const AppliedHeader) }
+    /// Checks the file against this process's copy and rewrites it when it differs (truncated,
+    /// scribbled on, deleted, replaced). Returns whether it had to. Called periodically off the
+    /// request path.
+    pub fn repair(&self) -> io::Result<bool> {
+        let page = self.page();
+        let mut current = vec![0u8; page.len()];
+        let intact = File::open(&self.path)
+            .and_then(|f| f.read_exact_at(&mut current, 0))
+            .is_ok_and(|()| current == page);
+        if intact {
+            return Ok(false);
+        }
+        self.rewrite()?;
+        Ok(true)
+    }
+
+    fn rewrite(&self) -> io::Result<()> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(&self.path)?;
+        if file.metadata()?.len() < PAGE {
+            file.set_len(PAGE)?;
+        }
+        file.write_all_at(&self.page(), 0)
+    }
+
+    /// The file's header and slots as this process knows them.
+    fn page(&self) -> Vec<u8> {
+        let mut page = vec![0u8; (at::APPLIED_SLOTS as usize) + 8 * self.cores];
+        page[..8].copy_from_slice(&APPLIED_MAGIC.to_ne_bytes());
+        let put32 = |page: &mut Vec<u8>, at: u64, v: u32| {
+            page[at as usize..at as usize + 4].copy_from_slice(&v.to_ne_bytes());
+        };
+        put32(&mut page, at::APPLIED_VERSION, SEGMENT_VERSION);
+        put32(&mut page, at::APPLIED_CORES, self.cores as u32);
+        put32(&mut page, at::APPLIED_PID, std::process::id());
+        for (i, g) in self.generations.iter().enumerate() {
+            let at = at::APPLIED_SLOTS as usize + 8 * i;
+            page[at..at + 8].copy_from_slice(&g.load(Ordering::Acquire).to_ne_bytes());
+        }
+        page
     }
 }
 
@@ -421,23 +611,26 @@ impl Applied {
     }
 }
 
-/// Reads lb's applied file (config-sync side). Opens the file on each call, which also follows
-/// an lb restart that recreated it.
+/// Reads lb's applied file (config-sync side) with `pread`. Opens the file on each call, which
+/// also follows an lb restart that recreated it.
 pub fn read_applied(path: &Path) -> io::Result<Applied> {
     let file = File::open(path)?;
-    if file.metadata()?.len() < PAGE {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "applied file too short"));
-    }
-    let map = MmapOptions::new().len(PAGE as usize).map_raw_read_only(&file)?;
-    // SAFETY: live mapping of PAGE bytes, page-aligned; all-atomic type; loads only.
-    let h = unsafe { &*(map.as_ptr() as *const AppliedHeader) };
-    if h.magic.load(Ordering::Acquire) != APPLIED_MAGIC {
+    let mut head = [0u8; at::APPLIED_SLOTS as usize];
+    file.read_exact_at(&mut head, 0)?;
+    let word = |at: u64| u32::from_ne_bytes([0, 1, 2, 3].map(|i| head[at as usize + i]));
+    let magic = u64::from_ne_bytes([0, 1, 2, 3, 4, 5, 6, 7].map(|i| head[i]));
+    if magic != APPLIED_MAGIC {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "applied file: bad magic"));
     }
-    let cores = (h.cores.load(Ordering::Acquire) as usize).min(MAX_CORES);
+    let cores = (word(at::APPLIED_CORES) as usize).min(MAX_CORES);
+    let mut slots = vec![0u8; 8 * cores];
+    file.read_exact_at(&mut slots, at::APPLIED_SLOTS)?;
     Ok(Applied {
-        pid: h.pid.load(Ordering::Acquire),
-        cores: h.applied[..cores].iter().map(|a| a.load(Ordering::Acquire)).collect(),
+        pid: word(at::APPLIED_PID),
+        cores: slots
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes([0, 1, 2, 3, 4, 5, 6, 7].map(|i| c[i])))
+            .collect(),
     })
 }
 
@@ -446,8 +639,9 @@ pub fn applied_path(segment: &Path) -> PathBuf {
     sibling(segment, ".applied")
 }
 
-/// A new one-page file beside `path` (to be renamed over it once initialised), mapped shared.
-fn fresh_page(path: &Path) -> io::Result<(PathBuf, File, MmapRaw)> {
+/// A fresh segment (header only, nothing published) renamed over `path`: readers of the old
+/// file notice the new inode and wait for the next publication.
+fn fresh_segment(path: &Path) -> io::Result<(File, MmapRaw, (u64, u64))> {
     let tmp = sibling(path, &format!(".tmp.{}", std::process::id()));
     let file = OpenOptions::new()
         .read(true)
@@ -457,8 +651,16 @@ fn fresh_page(path: &Path) -> io::Result<(PathBuf, File, MmapRaw)> {
         .mode(0o644)
         .open(&tmp)?;
     file.set_len(PAGE)?;
+    let mut h = [0u8; at::HEADER_LEN];
+    h[..8].copy_from_slice(&SEGMENT_MAGIC.to_ne_bytes());
+    h[8..12].copy_from_slice(&SEGMENT_VERSION.to_ne_bytes());
+    h[12..16].copy_from_slice(&FORMAT_VERSION.to_ne_bytes());
+    h[20..24].copy_from_slice(&std::process::id().to_ne_bytes());
+    file.write_all_at(&h, 0)?;
     let map = MmapOptions::new().len(PAGE as usize).map_raw(&file)?;
-    Ok((tmp, file, map))
+    let meta = file.metadata()?;
+    fs::rename(&tmp, path)?;
+    Ok((file, map, (meta.dev(), meta.ino())))
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -467,62 +669,64 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Marks the start of a seqlock write; returns the even value to store (+1) when done.
-fn begin_write(seq: &AtomicU64) -> u64 {
-    // A writer that died mid-write left the count odd; step to the next odd value.
-    let current = seq.load(Ordering::Relaxed);
-    let odd = if current & 1 == 1 { current + 2 } else { current + 1 };
-    seq.store(odd, Ordering::Relaxed);
-    fence(Ordering::Release);
-    odd
-}
-
 fn align_up(v: u64, a: u64) -> u64 {
     v.div_ceil(a) * a
 }
 
-fn lock_exclusive(file: &File, path: &Path) -> io::Result<()> {
+/// Takes the exclusive lock at `lock` (created if missing) for the writer of `segment`.
+fn lock_exclusive(lock: &Path, segment: &Path) -> io::Result<File> {
     use std::os::fd::AsRawFd;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(lock)?;
     // SAFETY: flock on a valid descriptor we own; no memory is passed.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc == 0 {
-        Ok(())
+        Ok(file)
     } else {
         let e = io::Error::last_os_error();
         Err(io::Error::new(
             e.kind(),
-            format!("{}: another config-sync publishes here ({e})", path.display()),
+            format!("{}: another config-sync publishes here ({e})", segment.display()),
         ))
     }
 }
 
-fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+/// `FUTEX_WAIT` on a word of a shared file mapping. `false` when the kernel could not read
+/// the word (`EFAULT`: the page is gone because the file was truncated).
+fn futex_wait(word: *const u32, expected: u32, timeout: Duration) -> bool {
     let ts = libc::timespec {
         tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
         tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
     };
-    // SAFETY: `word` points into a live MAP_SHARED mapping; FUTEX_WAIT (not private) so the
-    // kernel keys it by file and offset and a wake from the writer's process reaches us. The
-    // kernel only reads the word and the timespec.
-    unsafe {
+    // SAFETY: `word` is within a live MAP_SHARED mapping that we never dereference ourselves;
+    // FUTEX_WAIT (not private) so the kernel keys it by file and offset and a wake from the
+    // writer's process reaches us. Only the kernel reads the word (a missing page is EFAULT,
+    // not a signal) and the timespec, which outlives the call.
+    let rc = unsafe {
         libc::syscall(
             libc::SYS_futex,
-            word.as_ptr(),
+            word,
             libc::FUTEX_WAIT,
             expected,
             &ts as *const libc::timespec,
             std::ptr::null::<u32>(),
             0u32,
-        );
-    }
+        )
+    };
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EFAULT)
 }
 
-fn futex_wake(word: &AtomicU32) {
+fn futex_wake(word: *const u32) {
     // SAFETY: as in `futex_wait`; FUTEX_WAKE reads nothing but the address.
     unsafe {
         libc::syscall(
             libc::SYS_futex,
-            word.as_ptr(),
+            word,
             libc::FUTEX_WAKE,
             i32::MAX,
             std::ptr::null::<libc::timespec>(),
@@ -612,7 +816,7 @@ mod tests {
         let t = std::thread::spawn(move || {
             let start = std::time::Instant::now();
             r.wait(seen, Duration::from_secs(10));
-            (start.elapsed(), r.published())
+            (start.elapsed(), r.published().unwrap())
         });
         std::thread::sleep(Duration::from_millis(50));
         w.publish(1, b"one").unwrap();
@@ -652,6 +856,86 @@ mod tests {
             w.publish(generation, &vec![generation as u8; len]).unwrap();
         }
         assert!(reader.join().unwrap() > 0);
+    }
+
+    #[test]
+    fn two_writers_started_together_on_a_fresh_path_never_both_run() {
+        for round in 0..50 {
+            let path = temp_path(&format!("race-{round}"));
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), std::sync::Arc::clone(&barrier));
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        SegmentWriter::open(&path).ok()
+                    })
+                })
+                .collect();
+            let writers: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            assert_eq!(writers.iter().flatten().count(), 1, "round {round}");
+        }
+    }
+
+    #[test]
+    fn truncated_or_scribbled_segment_is_an_error_and_the_writer_repairs_it() {
+        let path = temp_path("truncate");
+        let mut w = SegmentWriter::open(&path).unwrap();
+        w.publish(1, b"one").unwrap();
+        let r = SegmentReader::open(&path).unwrap();
+        assert_eq!(w.check().unwrap(), None);
+
+        // Truncated under both: errors, no fault; a wait does not spin.
+        OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+        assert!(matches!(r.published(), Err(ReadError::Header(_))));
+        assert!(matches!(r.read(), Err(ReadError::Header(_))));
+        let start = std::time::Instant::now();
+        r.wait(r.notify_word(), Duration::from_millis(50));
+        assert!(start.elapsed() >= Duration::from_millis(40), "wait on a truncated file spun");
+        assert!(matches!(w.check().unwrap(), Some(Damage::Header(_))));
+        assert!(r.replaced(), "the repair puts a new file in place");
+        w.publish(2, b"two").unwrap();
+        let r = SegmentReader::open(&path).unwrap();
+        assert_eq!(&r.read().unwrap().unwrap().bytes[..], b"two");
+
+        // Scribbled on: the generation moved under the writer.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&77u64.to_ne_bytes(), at::GENERATION).unwrap();
+        assert!(matches!(w.check().unwrap(), Some(Damage::Header(_))));
+        w.publish(3, b"three").unwrap();
+
+        // Deleted, or replaced by someone's rename.
+        fs::remove_file(&path).unwrap();
+        assert_eq!(w.check().unwrap(), Some(Damage::Replaced));
+        let other = path.with_file_name("other");
+        fs::write(&other, b"not a segment").unwrap();
+        fs::rename(&other, &path).unwrap();
+        assert_eq!(w.check().unwrap(), Some(Damage::Replaced));
+        w.publish(4, b"four").unwrap();
+        let r = SegmentReader::open(&path).unwrap();
+        assert_eq!(r.read().unwrap().unwrap().generation, 4);
+        assert_eq!(w.check().unwrap(), None);
+    }
+
+    #[test]
+    fn truncated_or_deleted_applied_file_is_repaired_from_memory() {
+        let path = temp_path("applied-repair");
+        let a = applied_path(&path);
+        let w = AppliedWriter::create(&a, 2).unwrap();
+        w.set(0, 3);
+        w.set(1, 3);
+        assert!(!w.repair().unwrap());
+        OpenOptions::new().write(true).open(&a).unwrap().set_len(0).unwrap();
+        assert!(read_applied(&a).is_err());
+        w.set(0, 4);
+        assert!(w.repair().unwrap());
+        assert_eq!(read_applied(&a).unwrap().cores, vec![4, 3]);
+        fs::remove_file(&a).unwrap();
+        w.set(1, 5);
+        assert_eq!(read_applied(&a).unwrap().cores, vec![4, 5]);
+        fs::write(&a, vec![0xffu8; 10]).unwrap();
+        assert!(w.repair().unwrap());
+        assert_eq!(read_applied(&a).unwrap().cores, vec![4, 5]);
     }
 
     #[test]
