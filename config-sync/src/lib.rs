@@ -198,6 +198,17 @@ impl Pipeline {
         result
     }
 
+    /// When a file that lost objects in place is due for a re-read (`watch` module docs).
+    pub fn next_recheck(&self) -> Option<Instant> {
+        self.source.next_recheck()
+    }
+
+    /// Re-reads the files that lost objects in place; applies the loss once they are quiet.
+    pub fn recheck(&mut self) -> Option<(u64, Instant)> {
+        let paths = self.source.suspects();
+        self.reload(Some(&paths))
+    }
+
     /// Checks the segment and republishes into a fresh one when someone damaged it.
     pub fn repair(&mut self) -> Option<(u64, Instant)> {
         match self.publisher.repair() {
@@ -264,7 +275,15 @@ async fn run_files(config: Config) -> Result<(), Error> {
     let mut segment_check = tokio::time::interval(SEGMENT_CHECK);
     segment_check.tick().await;
     loop {
+        let recheck = pipeline.next_recheck();
+        let suspects_due = async move {
+            match recheck {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            () = suspects_due => report(pipeline.recheck()),
             paths = rx.recv() => {
                 let Some(paths) = paths else { break };
                 let mut changed: BTreeSet<PathBuf> = paths.into_iter().collect();

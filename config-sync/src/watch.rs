@@ -9,13 +9,29 @@
 //! - a file that is deleted takes its objects with it.
 //!
 //! Every problem is reported with the file, the document, the object and the field.
+//!
+//! The folder is untrusted too. The walk follows symbolic links (Kubernetes ConfigMap volumes
+//! are links) but remembers every directory it entered, so a link back up (`ln -s . loop`) is
+//! named and skipped instead of recursing forever; only regular files are read (a FIFO named
+//! `x.yaml` would block `open` forever, a link to `/dev/zero` would read without end), opened
+//! non-blocking and capped at [`MAX_MANIFEST_BYTES`]. Unreadable entries are named and skipped;
+//! the rest of the folder still loads.
+//!
+//! A file rewritten in place (`cat > f`, `kubectl get -o yaml > f`, editors that save in place)
+//! is truncated first and filled after: read in between, it is empty or short. A re-read that
+//! finds the *same* file (inode) with fewer objects than before is therefore suspect: its
+//! previous objects stay until the file has been quiet (size and mtime unchanged) for
+//! [`QUIET`], and only then is the loss taken as meant. A file replaced by a rename (a new inode:
+//! `kubectl`-style tools, most editors, ConfigMap updates) and a deleted file apply at once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io;
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -23,15 +39,24 @@ use tracing::{info, warn};
 
 use crate::model::{Model, Object, ObjectId, parse_document};
 
+/// Largest manifest file read (a Kubernetes object is at most ~1.5 MB in etcd; a file may
+/// hold many). Larger files are named and skipped, keeping their last good objects.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+
+/// How long a file that lost objects in place must stay unchanged before the loss is applied.
+pub const QUIET: Duration = Duration::from_millis(500);
+
 /// A manifests folder and what was last read from it.
 #[derive(Debug)]
 pub struct FileSource {
     root: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
     generations: HashMap<ObjectId, (String, i64)>,
+    /// Files that lost objects in place, with the stamp seen and since when it is unchanged.
+    suspects: BTreeMap<PathBuf, (Stamp, Instant)>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct FileState {
     stamp: Stamp,
     objects: Vec<Object>,
@@ -67,7 +92,22 @@ impl FileSource {
         // Absolute, as the file watcher reports event paths: with a relative root every event
         // would look like a path outside the folder and wait for the periodic rescan.
         let root = std::path::absolute(root).unwrap_or_else(|_| root.to_owned());
-        FileSource { root, files: BTreeMap::new(), generations: HashMap::new() }
+        FileSource {
+            root,
+            files: BTreeMap::new(),
+            generations: HashMap::new(),
+            suspects: BTreeMap::new(),
+        }
+    }
+
+    /// When the next suspect file (rewritten in place, fewer objects) is due for a re-read.
+    pub fn next_recheck(&self) -> Option<Instant> {
+        self.suspects.values().map(|(_, since)| *since + QUIET).min()
+    }
+
+    /// The suspect files, to re-read when [`next_recheck`](Self::next_recheck) is due.
+    pub fn suspects(&self) -> BTreeSet<PathBuf> {
+        self.suspects.keys().cloned().collect()
     }
 
     /// The folder.
@@ -80,7 +120,9 @@ impl FileSource {
     pub fn scan(&mut self, force: &BTreeSet<PathBuf>) -> io::Result<ScanReport> {
         let mut report = ScanReport::default();
         let mut found = Vec::new();
-        walk(&self.root, &mut found)?;
+        // The root itself must be readable; problems below it are reported and skipped.
+        fs::read_dir(&self.root)?;
+        walk(&self.root, &mut found, &mut BTreeSet::new(), &mut report.problems);
         let present: BTreeSet<&PathBuf> = found.iter().map(|(p, _)| p).collect();
         let gone: Vec<PathBuf> =
             self.files.keys().filter(|p| !present.contains(p)).cloned().collect();
@@ -107,7 +149,7 @@ impl FileSource {
             match fs::metadata(path) {
                 Ok(meta) if meta.is_dir() => {
                     let mut found = Vec::new();
-                    walk(path, &mut found)?;
+                    walk(path, &mut found, &mut BTreeSet::new(), &mut report.problems);
                     for (file, stamp) in found {
                         if self.files.get(&file).is_none_or(|s| s.stamp != stamp) {
                             self.read(file, stamp, &mut report);
@@ -143,6 +185,7 @@ impl FileSource {
     }
 
     fn forget(&mut self, path: &Path, report: &mut ScanReport) {
+        self.suspects.remove(path);
         if self.files.remove(path).is_some() {
             info!(file = %path.display(), "manifest removed");
             report.changed = true;
@@ -152,13 +195,46 @@ impl FileSource {
     fn read(&mut self, path: PathBuf, stamp: Stamp, report: &mut ScanReport) {
         report.read += 1;
         let previous = self.files.remove(&path);
-        if let Some(mut state) = read_file(&path, stamp, previous, &mut report.problems) {
-            for object in &mut state.objects {
-                self.assign_generation(object);
+        let before: Option<(u64, BTreeSet<ObjectId>)> =
+            previous.as_ref().map(|p| (p.stamp.inode, p.objects.iter().map(Object::id).collect()));
+        let Some(mut state) = read_file(&path, stamp, previous.clone(), &mut report.problems)
+        else {
+            report.changed = true;
+            return;
+        };
+        if let (Some((inode, had)), Some(previous)) = (before, previous)
+            && inode == state.stamp.inode
+        {
+            let have: BTreeSet<ObjectId> = state.objects.iter().map(Object::id).collect();
+            let lost = had.difference(&have).count();
+            if lost > 0 && !self.quiet_since(&path, &state.stamp) {
+                info!(
+                    file = %path.display(),
+                    lost,
+                    "manifest lost objects while rewritten in place; keeping its previous objects until it is quiet for {QUIET:?}"
+                );
+                self.files.insert(path, previous);
+                return;
             }
-            self.files.insert(path, state);
         }
+        self.suspects.remove(&path);
+        for object in &mut state.objects {
+            self.assign_generation(object);
+        }
+        self.files.insert(path, state);
         report.changed = true;
+    }
+
+    /// Whether `path` has kept `stamp` for [`QUIET`]; starts (or restarts) the clock when the
+    /// stamp is new.
+    fn quiet_since(&mut self, path: &Path, stamp: &Stamp) -> bool {
+        match self.suspects.get(path) {
+            Some((seen, since)) if seen == stamp => since.elapsed() >= QUIET,
+            _ => {
+                self.suspects.insert(path.to_owned(), (stamp.clone(), Instant::now()));
+                false
+            }
+        }
     }
 
     /// Fills in `metadata.generation` where the manifest left it out: it starts at 1 and goes
@@ -227,7 +303,7 @@ fn read_file(
         warn!("{p}");
         problems.push(p);
     };
-    let text = match fs::read_to_string(path) {
+    let text = match read_regular(path) {
         Ok(t) => t,
         Err(e) => {
             report(format!("{}: cannot read: {e}; keeping its last good objects", path.display()));
@@ -302,8 +378,84 @@ fn documents(path: &Path, text: &str) -> (Vec<Value>, Option<String>) {
     (docs, None)
 }
 
-fn walk(dir: &Path, out: &mut Vec<(PathBuf, Stamp)>) -> io::Result<()> {
-    let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+/// Reads a manifest: a regular file only, opened non-blocking (a FIFO swapped in after the
+/// walk looked cannot block the thread), at most [`MAX_MANIFEST_BYTES`], UTF-8.
+fn read_regular(path: &Path) -> io::Result<String> {
+    let file = fs::OpenOptions::new().read(true).custom_flags(libc_nonblock()).open(path)?;
+    let meta = file.metadata()?;
+    check_regular(&meta)?;
+    let mut bytes = Vec::with_capacity(meta.len().min(MAX_MANIFEST_BYTES) as usize);
+    file.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("not UTF-8: {e}")))
+}
+
+/// `O_NONBLOCK`, spelled out: config-sync forbids unsafe code and does not link libc itself.
+const fn libc_nonblock() -> i32 {
+    0o4000
+}
+
+fn too_large() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("larger than {} MiB; skipped", MAX_MANIFEST_BYTES >> 20),
+    )
+}
+
+/// Only regular files are manifests, and only up to the size cap.
+fn check_regular(meta: &fs::Metadata) -> io::Result<()> {
+    let t = meta.file_type();
+    let what = if t.is_file() {
+        return if meta.len() > MAX_MANIFEST_BYTES { Err(too_large()) } else { Ok(()) };
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{what}, not a regular file; skipped")))
+}
+
+/// Lists the manifests under `dir` (following links), skipping hidden entries. `visited`
+/// holds the (device, inode) of every directory entered, so a link that leads back to one is
+/// a loop: named in `problems` and skipped. Entries that cannot be read are named and skipped.
+fn walk(
+    dir: &Path,
+    out: &mut Vec<(PathBuf, Stamp)>,
+    visited: &mut BTreeSet<(u64, u64)>,
+    problems: &mut Vec<String>,
+) {
+    match fs::metadata(dir) {
+        Ok(m) if !visited.insert((m.dev(), m.ino())) => {
+            problem(
+                problems,
+                format!(
+                    "{}: a symbolic link loop (leads back to a folder already read); skipped",
+                    dir.display()
+                ),
+            );
+            return;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            problem(problems, format!("{}: cannot read the folder: {e}; skipped", dir.display()));
+            return;
+        }
+    }
+    let entries = fs::read_dir(dir).and_then(|it| it.collect::<Result<Vec<_>, _>>());
+    let mut entries = match entries {
+        Ok(e) => e,
+        Err(e) => {
+            problem(problems, format!("{}: cannot read the folder: {e}; skipped", dir.display()));
+            return;
+        }
+    };
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let path = entry.path();
@@ -313,18 +465,35 @@ fn walk(dir: &Path, out: &mut Vec<(PathBuf, Stamp)>) -> io::Result<()> {
         let meta = match fs::metadata(&path) {
             Ok(m) => m,
             // Vanished between listing and stat: it is simply gone.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if fs::symlink_metadata(&path).is_ok() {
+                    problem(
+                        problems,
+                        format!("{}: a symbolic link to nothing; skipped", path.display()),
+                    );
+                }
+                continue;
+            }
+            Err(e) => {
+                problem(problems, format!("{}: {e}; skipped", path.display()));
+                continue;
+            }
         };
         if meta.is_dir() {
-            walk(&path, out)?;
+            walk(&path, out, visited, problems);
         } else if is_manifest(&path) {
-            let stamp =
-                Stamp { len: meta.len(), modified: meta.modified().ok(), inode: meta.ino() };
-            out.push((path, stamp));
+            if let Err(e) = check_regular(&meta) {
+                problem(problems, format!("{}: {e}", path.display()));
+                continue;
+            }
+            out.push((path, Stamp::of(&meta)));
         }
     }
-    Ok(())
+}
+
+fn problem(problems: &mut Vec<String>, p: String) {
+    warn!("{p}");
+    problems.push(p);
 }
 
 /// Hidden files and editor leftovers (.swp, foo~, #foo#) are not manifests.
@@ -486,5 +655,73 @@ mod tests {
         let (model, problems) = src.model();
         assert_eq!(model.http_routes.len(), 1);
         assert!(problems[0].contains("also defined in"), "{problems:?}");
+    }
+
+    #[test]
+    fn symlink_loops_fifos_devices_and_huge_files_are_named_and_skipped() {
+        let d = dir("hostile");
+        fs::write(d.join("good.yaml"), ROUTE).unwrap();
+        std::os::unix::fs::symlink(".", d.join("loop")).unwrap();
+        fs::create_dir_all(d.join("sub")).unwrap();
+        std::os::unix::fs::symlink("..", d.join("sub/up")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", d.join("zero.yaml")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent/x", d.join("dangling.yaml")).unwrap();
+        let fifo = d.join("pipe.yaml");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        let big = fs::File::create(d.join("big.yaml")).unwrap();
+        big.set_len(MAX_MANIFEST_BYTES + 1).unwrap();
+        let mut src = FileSource::new(&d);
+        let report = src.scan(&BTreeSet::new()).unwrap();
+        let all = report.problems.join("\n");
+        for name in ["loop", "sub/up", "zero.yaml", "pipe.yaml", "big.yaml", "dangling.yaml"] {
+            assert!(all.contains(&d.join(name).display().to_string()), "{name} not named:\n{all}");
+        }
+        assert!(all.contains("symbolic link loop") && all.contains("a FIFO"), "{all}");
+        assert!(all.contains("a device") && all.contains("larger than"), "{all}");
+        assert_eq!(src.model().0.http_routes.len(), 1, "the good file still loads");
+        // Event paths take the same checks (a FIFO event must not block).
+        let r = src.scan_paths(&BTreeSet::from([fifo, d.join("zero.yaml")])).unwrap();
+        assert_eq!(src.model().0.http_routes.len(), 1, "{:?}", r.problems);
+    }
+
+    #[test]
+    fn a_file_emptied_in_place_keeps_its_objects_until_quiet() {
+        let d = dir("in-place");
+        let f = d.join("route.yaml");
+        let two = format!("{ROUTE}---\n{}", ROUTE.replace("name: r,", "name: r2,"));
+        fs::write(&f, &two).unwrap();
+        let mut src = FileSource::new(&d);
+        src.scan(&BTreeSet::new()).unwrap();
+        assert_eq!(src.model().0.http_routes.len(), 2);
+        // Truncated in place (same inode): suspect, nothing changes.
+        fs::OpenOptions::new().write(true).truncate(true).open(&f).unwrap();
+        let r = src.scan_paths(&BTreeSet::from([f.clone()])).unwrap();
+        assert!(!r.changed);
+        assert_eq!(src.model().0.http_routes.len(), 2);
+        assert!(src.next_recheck().is_some());
+        // Half written: still suspect.
+        fs::write(&f, ROUTE).unwrap();
+        src.scan_paths(&BTreeSet::from([f.clone()])).unwrap();
+        assert_eq!(src.model().0.http_routes.len(), 2);
+        // Finished: whole again, applied at once, no longer suspect.
+        fs::write(&f, &two).unwrap();
+        let r = src.scan_paths(&BTreeSet::from([f.clone()])).unwrap();
+        assert!(r.changed);
+        assert!(src.next_recheck().is_none());
+        // A loss that stays quiet is meant: applied after QUIET.
+        fs::write(&f, ROUTE).unwrap();
+        src.scan_paths(&BTreeSet::from([f.clone()])).unwrap();
+        assert_eq!(src.model().0.http_routes.len(), 2);
+        std::thread::sleep(QUIET + Duration::from_millis(50));
+        let r = src.scan_paths(&src.suspects()).unwrap();
+        assert!(r.changed);
+        assert_eq!(src.model().0.http_routes.len(), 1);
+        // A file replaced by a rename (new inode) applies at once.
+        let tmp = d.join(".tmp");
+        fs::write(&tmp, "").unwrap();
+        fs::rename(&tmp, &f).unwrap();
+        src.scan_paths(&BTreeSet::from([f])).unwrap();
+        assert_eq!(src.model().0.http_routes.len(), 0);
     }
 }

@@ -301,3 +301,95 @@ fn file_operations_on_the_segment_and_applied_file_never_crash_anything() {
     );
     assert!(env.log("lb").contains("applied file"), "{}", env.log("lb"));
 }
+
+fn rss_kib(env: &Env, name: &str) -> u64 {
+    let pid = env.children.iter().find(|(n, _)| n == name).map(|(_, c)| c.id()).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Defects: a symlink loop in the manifests folder kept config-sync from ever publishing; a
+/// FIFO named `*.yaml` blocked it in open() forever; a link to /dev/zero grew it to 2 GB. With
+/// all three present at start, it publishes, names each, and stays small.
+#[test]
+fn symlink_loops_fifos_and_devices_in_the_folder_never_block_configuration() {
+    let mut env = Env::new("hostile-folder");
+    let a = env.echo("default", "svc", "svc-0");
+    let port = free_port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write("svc.yaml", &service("default", "svc", &[a]));
+    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n");
+    std::os::unix::fs::symlink(".", env.manifests.join("loop")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", env.manifests.join("zero.yaml")).unwrap();
+    let fifo = env.manifests.join("pipe.yaml");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    env.config_sync();
+    env.lb(&[]);
+    env.wait_applied(1);
+    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    assert_eq!(get(port, "h", "/", &[]).unwrap().status, 200);
+    let log = env.log("config-sync");
+    for name in ["loop", "zero.yaml", "pipe.yaml"] {
+        assert!(log.contains(&env.manifests.join(name).display().to_string()), "{name}:\n{log}");
+    }
+    assert!(rss_kib(&env, "config-sync") < 200 * 1024, "config-sync grew past 200 MiB");
+    // A FIFO created while it runs (an event path) does not block it either.
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(env.manifests.join("late.yaml"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - matches: [{path: {value: /late}}]\n    backendRefs: [{name: svc, port: 80}]\n");
+    env.wait_applied(2);
+    assert_eq!(get(port, "h", "/late", &[]).unwrap().status, 200);
+}
+
+/// Defect: a manifest rewritten in place (`cat > file`: truncated first, filled later) was
+/// published in its empty state and the Gateway disappeared until the write finished.
+#[test]
+fn a_manifest_rewritten_in_place_never_publishes_its_empty_version() {
+    let mut env = Env::new("in-place");
+    let a = env.echo("default", "svc", "svc-0");
+    let port = free_port();
+    let all = format!(
+        "{}---\n{}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - backendRefs: [{{name: svc, port: 80}}]\n",
+        gateway(port),
+        service("default", "svc", &[a])
+    );
+    env.write("all.yaml", &all);
+    env.config_sync();
+    env.lb(&[]);
+    env.wait_applied(1);
+    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = background_load(port, "/", Arc::clone(&stop));
+    let path = env.manifests.join("all.yaml");
+    for _ in 0..3 {
+        // Truncate, pause past the debounce, write half, pause, write the rest: same inode.
+        let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(&path).unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        let (first, rest) = all.split_at(all.len() / 2);
+        f.write_all(first.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        f.write_all(rest.as_bytes()).unwrap();
+        drop(f);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    assert!(ok > 100, "only {ok} requests");
+    assert!(
+        failed.is_empty(),
+        "{} requests failed, e.g. {:?}\n{}",
+        failed.len(),
+        &failed[..failed.len().min(3)],
+        env.log("config-sync")
+    );
+    assert!(env.log("config-sync").contains("rewritten in place"), "{}", env.log("config-sync"));
+}
