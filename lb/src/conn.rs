@@ -24,6 +24,7 @@ const LINGER_BYTES: usize = 256 * 1024;
 
 /// Serves one accepted client connection to its end.
 pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
+    let _counted = Counted::new(&core);
     let Ok(local) = stream.local_addr() else { return };
     let deadline = Rc::new(Deadline::default());
     let client = ClientIp::new(peer.ip());
@@ -55,6 +56,22 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
     input.release(&core.spare);
     if linger_after {
         Box::pin(linger(&core, &stream, &deadline)).await;
+    }
+}
+
+/// Counts a client connection on its core for as long as it lives (`--max-connections`).
+struct Counted<'a>(&'a Core);
+
+impl<'a> Counted<'a> {
+    fn new(core: &'a Core) -> Counted<'a> {
+        core.conns.set(core.conns.get() + 1);
+        Counted(core)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.conns.set(self.0.conns.get().saturating_sub(1));
     }
 }
 

@@ -27,6 +27,8 @@ pub struct Timeouts {
     pub upstream: Duration,
     /// Between reads of a request body, and for each write to a peer.
     pub body: Duration,
+    /// An upgraded connection (WebSocket, after a 101) in which neither side sent a byte.
+    pub tunnel: Duration,
 }
 
 impl Default for Timeouts {
@@ -37,6 +39,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(5),
             upstream: Duration::from_secs(60),
             body: Duration::from_secs(60),
+            tunnel: Duration::from_secs(3600),
         }
     }
 }
@@ -58,6 +61,9 @@ pub struct Settings {
     pub pool_idle: Duration,
     /// Buffer ring and free list.
     pub buffers: BufferConfig,
+    /// Most client connections of the process (`None`: derived from the descriptor limit,
+    /// [`crate::io::max_connections`]).
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Settings {
@@ -70,6 +76,7 @@ impl Default for Settings {
             pool_max_idle: 128,
             pool_idle: Duration::from_secs(30),
             buffers: BufferConfig::default(),
+            max_connections: None,
         }
     }
 }
@@ -91,6 +98,13 @@ pub struct Core {
     pub mirrors: Mirrors,
     /// Exchanges in progress on this core.
     pub busy: Cell<usize>,
+    /// Client connections open on this core, and the most it accepts (its share of
+    /// `--max-connections`).
+    pub conns: Cell<usize>,
+    /// This core's connection limit.
+    pub max_conns: Cell<usize>,
+    /// Wheel tick of the last "connection limit reached" log line (0: never).
+    pub full_logged: Cell<u64>,
     /// Shutting down: no new connections; each connection closes after its current exchange.
     pub draining: Cell<bool>,
     table: RefCell<Option<Rc<CoreTable>>>,
@@ -107,6 +121,9 @@ impl Core {
             pool: RefCell::new(Pool::new(settings.pool_max_idle, idle_ticks)),
             mirrors: Mirrors::new(id),
             busy: Cell::new(0),
+            conns: Cell::new(0),
+            max_conns: Cell::new(usize::MAX),
+            full_logged: Cell::new(0),
             draining: Cell::new(false),
             settings,
             wheel,

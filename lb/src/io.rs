@@ -101,7 +101,18 @@ pub struct Spare {
     list: RefCell<Vec<Vec<u8>>>,
     max_count: usize,
     max_capacity: usize,
+    /// Buffers freed to the allocator since the last trim.
+    freed: std::cell::Cell<usize>,
+    /// `freed` at the previous tick, and for how many ticks neither it nor the list changed.
+    settled: std::cell::Cell<(usize, usize, u32)>,
 }
+
+/// Ticks (of a core's 100 ms control loop) a burst must have been over before trimming.
+const SETTLED_TICKS: u32 = 10;
+
+/// Heap buffers a core keeps through a quiet spell (enough for the split heads of a light
+/// load; a burst grows the list again).
+const SPARE_QUIET_KEEP: usize = 16;
 
 impl Spare {
     /// An empty free list.
@@ -110,6 +121,39 @@ impl Spare {
             list: RefCell::new(Vec::new()),
             max_count: config.spare_buffers,
             max_capacity: config.spare_capacity,
+            freed: std::cell::Cell::new(0),
+            settled: std::cell::Cell::new((0, 0, 0)),
+        }
+    }
+
+    /// Called every control-loop tick: once a burst has been over for a second (nothing freed
+    /// and the list unchanged since), [`trim`](Self::trim)s. Connections still open do not
+    /// hold it off: a burst's leftovers are returned even while a few slow clients remain.
+    pub fn tick(&self) {
+        let (freed, len) = (self.freed.get(), self.list.borrow().len());
+        let (last_freed, last_len, ticks) = self.settled.get();
+        let worth = freed > 0 || len > SPARE_QUIET_KEEP;
+        let ticks = if worth && freed == last_freed && len == last_len { ticks + 1 } else { 0 };
+        if ticks >= SETTLED_TICKS {
+            self.trim();
+            self.settled.set((0, self.list.borrow().len(), 0));
+        } else {
+            self.settled.set((freed, len, ticks));
+        }
+    }
+
+    /// Shrinks the list to a few buffers and, when a burst left freed
+    /// buffers in the allocator, gives that memory back to the kernel. Without it a burst of
+    /// 1,000 connections with 60 KB partial heads left lb at 84 MB (from 15) after they closed:
+    /// glibc keeps freed chunks below its mmap threshold in the thread's arena.
+    fn trim(&self) {
+        let mut list = self.list.borrow_mut();
+        let dropped = list.len().saturating_sub(SPARE_QUIET_KEEP);
+        list.truncate(SPARE_QUIET_KEEP);
+        list.shrink_to_fit();
+        drop(list);
+        if dropped + self.freed.replace(0) > 0 {
+            trim_heap();
         }
     }
 
@@ -121,13 +165,15 @@ impl Spare {
     /// Returns a buffer; dropped when the list is full or the buffer grew past the cap, so a
     /// burst does not leave memory behind.
     pub fn give(&self, mut buf: Vec<u8>) {
-        if buf.capacity() == 0 || buf.capacity() > self.max_capacity {
+        if buf.capacity() == 0 {
             return;
         }
         let mut list = self.list.borrow_mut();
-        if list.len() < self.max_count {
+        if buf.capacity() <= self.max_capacity && list.len() < self.max_count {
             buf.clear();
             list.push(buf);
+        } else {
+            self.freed.set(self.freed.get() + 1);
         }
     }
 }
@@ -271,6 +317,45 @@ pub fn idle_clean(stream: &TcpStream) -> bool {
         )
     };
     n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+}
+
+/// Returns freed heap memory to the kernel (glibc's `malloc_trim`, all arenas).
+#[allow(unsafe_code, reason = "one malloc_trim call; no pointers")]
+pub fn trim_heap() {
+    // SAFETY: malloc_trim takes no pointers and is thread-safe (it locks each arena).
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Descriptors kept back from the connection limit: listeners, the table segment and applied
+/// file, the ring, mirrors, logging.
+const FD_RESERVE: u64 = 64;
+
+/// Raises the soft descriptor limit to the hard one (as nginx and HAProxy do) and returns the
+/// resulting soft limit.
+#[allow(unsafe_code, reason = "getrlimit/setrlimit on a local struct")]
+pub fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid, writable rlimit that outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: as above; the kernel only reads `raised`.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return raised.rlim_cur;
+        }
+    }
+    lim.rlim_cur
+}
+
+/// The default connection limit for a descriptor limit: each client connection may hold an
+/// upstream one too, so half of what is left after a reserve (HAProxy derives its maxconn the
+/// same way).
+pub fn max_connections(nofile: u64) -> usize {
+    (nofile.saturating_sub(FD_RESERVE) / 2).max(1).min(usize::MAX as u64) as usize
 }
 
 /// The buffer pool of the current runtime (for tests and diagnostics).

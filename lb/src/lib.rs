@@ -104,6 +104,10 @@ pub fn run(config: Config) -> Result<(), Error> {
         AppliedWriter::create(&applied_file, config.cpus.len())
             .map_err(|source| Error::Applied { path: applied_file.clone(), source })?,
     );
+    let nofile = io::raise_nofile();
+    let max_connections = config.settings.max_connections.unwrap_or(io::max_connections(nofile));
+    let per_core = max_connections.div_ceil(config.cpus.len()).max(1);
+    info!(max_connections, nofile, "connection limit");
     let settings = Arc::new(config.settings);
     let shutdown = Arc::new(Shutdown {
         draining: Arc::new(AtomicBool::new(false)),
@@ -143,6 +147,7 @@ pub fn run(config: Config) -> Result<(), Error> {
                     }
                 };
                 let core = Rc::new(core::Core::new(index, settings));
+                core.max_conns.set(per_core);
                 rt.block_on(core_main(core, rx, applied, shutdown));
             })
             .map_err(Error::Thread)?;
@@ -229,6 +234,8 @@ async fn core_main(
                 if core.draining.get() {
                     continue;
                 }
+                // Give back what a burst left behind once it is over.
+                core.spare.tick();
                 idle_ticks += 1;
                 if !(bind_failed && idle_ticks.is_multiple_of(10)) {
                     continue;

@@ -72,8 +72,30 @@ impl Listeners {
     }
 }
 
+/// How often an accept loop at its connection limit looks again.
+const FULL_RECHECK: Duration = Duration::from_millis(10);
+/// At most one "connection limit reached" line per core this often.
+const FULL_LOG_EVERY: u64 = 1000; // wheel ticks (10 s)
+
 async fn accept(core: Rc<Core>, listener: TcpListener) {
     loop {
+        if core.conns.get() >= core.max_conns.get() {
+            // Leave new connections in the kernel's backlog until some close, instead of
+            // accepting what we cannot serve (and failing upstream connects for want of
+            // descriptors).
+            let now = core.wheel.now();
+            let last = core.full_logged.get();
+            if last == 0 || now.saturating_sub(last) >= FULL_LOG_EVERY {
+                core.full_logged.set(now.max(1));
+                warn!(
+                    core = core.id,
+                    limit = core.max_conns.get(),
+                    "connection limit reached; accepting paused until connections close (--max-connections)"
+                );
+            }
+            compio::time::sleep(FULL_RECHECK).await;
+            continue;
+        }
         match listener.accept().await {
             Ok((stream, peer)) => {
                 // Without TCP_NODELAY small responses wait on delayed ACKs.

@@ -757,7 +757,7 @@ impl Exchange<'_> {
         if write_out(&up.stream, self.out).await.is_err() {
             return Flow::Close;
         }
-        crate::tunnel::copy_both(self.client, &up.stream).await;
+        crate::tunnel::copy_both(self.core, self.client, &up.stream).await;
         Flow::Close
     }
 

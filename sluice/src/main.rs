@@ -78,18 +78,31 @@ struct LbArgs {
     /// Address to bind for Gateways that name no address.
     #[arg(long, default_value = "0.0.0.0")]
     bind_address: IpAddr,
-    /// Seconds from a request's first byte to its complete head.
-    #[arg(long, default_value_t = 10.0)]
-    header_timeout: f64,
-    /// Seconds an idle client connection is kept.
-    #[arg(long, default_value_t = 60.0)]
-    keepalive_timeout: f64,
-    /// Seconds to connect to an upstream.
-    #[arg(long, default_value_t = 5.0)]
-    connect_timeout: f64,
-    /// Seconds to wait for an upstream's response (head, and between body reads).
-    #[arg(long, default_value_t = 60.0)]
-    upstream_timeout: f64,
+    /// From a request's first byte to its complete head. Durations take a unit (`10s`,
+    /// `500ms`, `2m`, `1h`; a bare number is seconds), from 1ms to 7d; 0 is refused (no
+    /// timeout means an unbounded wait).
+    #[arg(long, default_value = "10s", value_parser = timeout)]
+    header_timeout: Duration,
+    /// How long an idle client connection is kept.
+    #[arg(long, default_value = "60s", value_parser = timeout)]
+    keepalive_timeout: Duration,
+    /// To connect to an upstream.
+    #[arg(long, default_value = "5s", value_parser = timeout)]
+    connect_timeout: Duration,
+    /// To wait for an upstream's response (head, and between body reads).
+    #[arg(long, default_value = "60s", value_parser = timeout)]
+    upstream_timeout: Duration,
+    /// Between reads of a request body, and for each write to a client or upstream.
+    #[arg(long, default_value = "60s", value_parser = timeout)]
+    body_timeout: Duration,
+    /// An upgraded connection (WebSocket) in which neither side sent a byte is closed.
+    #[arg(long, default_value = "1h", value_parser = timeout)]
+    tunnel_timeout: Duration,
+    /// Most client connections lb holds open at once (split evenly over the cores); when
+    /// reached, accepting pauses until some close. Default: half the file-descriptor limit
+    /// (less a reserve), since each client may need an upstream connection too.
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Largest request head, bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     max_head: usize,
@@ -105,9 +118,10 @@ struct LbArgs {
     /// Size of each ring buffer, bytes.
     #[arg(long, default_value_t = 16 * 1024)]
     ring_buffer_len: usize,
-    /// Seconds requests in flight get to finish after SIGTERM/SIGINT (listeners close at once).
-    #[arg(long, default_value_t = 30.0)]
-    drain_timeout: f64,
+    /// How long requests in flight get to finish after SIGTERM/SIGINT (listeners close at
+    /// once); 0 exits at once.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    drain_timeout: Duration,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -127,9 +141,9 @@ struct ConfigSyncArgs {
     /// Kubernetes mode: this replica's identity in the Lease (default: the host name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
-    /// Kubernetes mode: seconds a Lease holder stays leader without renewing.
-    #[arg(long, default_value_t = 15.0)]
-    lease_duration: f64,
+    /// Kubernetes mode: how long a Lease holder stays leader without renewing.
+    #[arg(long, default_value = "15s", value_parser = timeout)]
+    lease_duration: Duration,
     /// Shared-memory table segment to publish into.
     #[arg(long, default_value = DEFAULT_TABLE, env = "SLUICE_TABLE")]
     table: PathBuf,
@@ -193,20 +207,55 @@ fn main() -> ExitCode {
     }
 }
 
-fn secs(s: f64) -> Duration {
-    Duration::from_secs_f64(s.max(0.001))
+/// Longest duration any option takes.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Parses a duration: a decimal number and a unit (`ms`, `s`, `m`, `h`, `d`); a bare number is
+/// seconds. Between 0 and 7 days; `inf`, `NaN`, negative and unitless garbage are refused.
+fn duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let scale = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        other => return Err(format!("{text:?}: unknown unit {other:?} (use ms, s, m, h or d)")),
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 10s, 2m, 1h)"))?;
+    let secs = n * scale;
+    if !(0.0..=MAX_DURATION.as_secs_f64()).contains(&secs) {
+        return Err(format!("{text:?}: durations go from 0 to 7d"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A timeout: a [`duration`] of at least 1 ms. 0 is refused rather than read as "none": an
+/// unbounded wait is how connections pile up.
+fn timeout(text: &str) -> Result<Duration, String> {
+    let d = duration(text)?;
+    if d < Duration::from_millis(1) {
+        return Err(format!("{text:?}: a timeout must be at least 1ms (there is no 'never')"));
+    }
+    Ok(d)
 }
 
 fn run_lb(a: LbArgs) -> Result<(), String> {
     let cpus = lb::parse_cpus(&a.cores)?;
     let mut settings = lb::Settings { bind_address: a.bind_address, ..Default::default() };
     settings.timeouts = lb::Timeouts {
-        request_header: secs(a.header_timeout),
-        keep_alive: secs(a.keepalive_timeout),
-        connect: secs(a.connect_timeout),
-        upstream: secs(a.upstream_timeout),
-        ..settings.timeouts
+        request_header: a.header_timeout,
+        keep_alive: a.keepalive_timeout,
+        connect: a.connect_timeout,
+        upstream: a.upstream_timeout,
+        body: a.body_timeout,
+        tunnel: a.tunnel_timeout,
     };
+    settings.max_connections = a.max_connections;
     settings.limits.max_head = a.max_head;
     settings.limits.max_headers = a.max_headers.min(lb::http1::parse::MAX_HEADERS);
     settings.limits.max_body = a.max_body;
@@ -214,7 +263,7 @@ fn run_lb(a: LbArgs) -> Result<(), String> {
     settings.buffers.ring_buffer_len = a.ring_buffer_len;
     let table = a.table.clone();
     ops::notify_systemd_when(move || ops::ready(&table, false).is_ok());
-    let drain = secs(a.drain_timeout);
+    let drain = a.drain_timeout;
     lb::run(lb::Config { table: a.table, cpus, settings, drain }).map_err(|e| e.to_string())
 }
 
@@ -241,7 +290,7 @@ fn run_config_sync(a: ConfigSyncArgs) -> Result<(), String> {
             lease_namespace: a.lease_namespace,
             lease_name: a.lease_name,
             identity,
-            lease_duration: secs(a.lease_duration),
+            lease_duration: a.lease_duration,
         };
         return config_sync::run_kubernetes(config, options).map_err(|e| e.to_string());
     }
@@ -258,4 +307,25 @@ fn run_echo(a: EchoArgs) -> Result<(), String> {
         ingress: String::new(),
     };
     echo::serve(&listener, identity).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_and_refuse_nonsense() {
+        assert_eq!(duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(duration("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(duration("0"), Ok(Duration::ZERO));
+        for bad in ["inf", "NaN", "-1", "-1s", "1e3", "5 parsecs", "", "s", "8d", "1.2.3s"] {
+            assert!(duration(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(timeout("0").unwrap_err().contains("at least 1ms"));
+        assert!(timeout("0.0001").is_err());
+        assert_eq!(timeout("1ms"), Ok(Duration::from_millis(1)));
+    }
 }

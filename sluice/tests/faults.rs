@@ -393,3 +393,213 @@ fn a_manifest_rewritten_in_place_never_publishes_its_empty_version() {
     );
     assert!(env.log("config-sync").contains("rewritten in place"), "{}", env.log("config-sync"));
 }
+
+/// Risk: with a low descriptor limit, accepted clients got 502 (no descriptor left for the
+/// upstream connection) and ~20 warnings a second were logged. lb now derives a connection
+/// limit from the descriptor limit (half, less a reserve) and pauses accepting at it: 400
+/// clients through an lb limited to 256 descriptors all get their answer.
+#[test]
+fn a_low_descriptor_limit_pauses_accepting_instead_of_failing_clients() {
+    let mut env = Env::new("nofile");
+    let a = env.echo("default", "svc", "svc-0");
+    let port = free_port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write("svc.yaml", &service("default", "svc", &[a]));
+    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n");
+    env.config_sync();
+    let table = env.table.to_str().unwrap().to_owned();
+    env.spawn_program(
+        "lb",
+        "prlimit",
+        &[
+            "--nofile=256:256",
+            "--",
+            BIN,
+            "lb",
+            "--table",
+            &table,
+            "--bind-address",
+            "127.0.0.1",
+            "--cores",
+            "0",
+        ],
+        &[],
+    );
+    env.wait_applied(1);
+    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    assert!(env.log("lb").contains("max_connections=96"), "{}", env.log("lb"));
+    let clients: Vec<_> = (0..400)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(port)?;
+                let r = c.get("h", "/", &[])?;
+                // Hold the connection a while, as a keep-alive client would.
+                std::thread::sleep(Duration::from_millis(300));
+                Ok::<u16, std::io::Error>(r.status)
+            })
+        })
+        .collect();
+    let results: Vec<_> = clients.into_iter().map(|t| t.join().unwrap()).collect();
+    let ok = results.iter().filter(|r| matches!(r, Ok(200))).count();
+    let bad: Vec<_> = results.iter().filter(|r| !matches!(r, Ok(200))).take(5).collect();
+    assert_eq!(ok, 400, "failures: {bad:?}\n{}", env.log("lb"));
+    let limit_lines = env.log("lb").matches("connection limit reached").count();
+    assert!(
+        (1..=2).contains(&limit_lines),
+        "{limit_lines} limit lines (rate-limited to one per 10 s)"
+    );
+}
+
+/// A raw upstream that answers any request with a 101 and then does `after` with the socket.
+fn upgrading_upstream(after: impl Fn(std::net::TcpStream) + Send + Sync + 'static) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let after = Arc::new(after);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let after = Arc::clone(&after);
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut chunk = [0u8; 4096];
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = conn.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+                after(conn);
+            });
+        }
+    });
+    addr
+}
+
+/// A client connection upgraded through lb (the 101 head read off, byte by byte).
+fn upgrade(port: u16) -> Client {
+    let mut c = Client::connect(port).unwrap();
+    let s = c.raw();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).unwrap(), 1, "closed before the 101");
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    c
+}
+
+/// Risk: upgraded connections had no idle or write timeout: a silent tunnel, or a peer that
+/// stopped reading, pinned the connection forever.
+#[test]
+fn tunnels_close_when_idle_or_when_a_peer_stops_reading() {
+    // Idle: the upstream says nothing after its 101; nor does the client.
+    let silent = upgrading_upstream(|conn| {
+        let mut conn = conn;
+        let mut sink = [0u8; 1024];
+        while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    let (env, port) = proxy_to("tunnel-idle", silent, &["--tunnel-timeout", "1s"]);
+    let mut c = upgrade(port);
+    let start = Instant::now();
+    let mut byte = [0u8; 1];
+    let end = c.raw().read(&mut byte);
+    assert!(matches!(end, Ok(0)), "idle tunnel not closed: {end:?}");
+    assert!(start.elapsed() < Duration::from_secs(5), "closed after {:?}", start.elapsed());
+    drop(env);
+
+    // Traffic in one direction only keeps a tunnel alive past the idle timeout.
+    let ticking = upgrading_upstream(|mut conn| {
+        for _ in 0..20 {
+            if conn.write_all(b"tick").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let (_env, port) = proxy_to("tunnel-oneway", ticking, &["--tunnel-timeout", "1s"]);
+    let mut c = upgrade(port);
+    let mut got = 0;
+    let mut buf = [0u8; 64];
+    while got < 80 {
+        match c.raw().read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert_eq!(got, 80, "a tunnel with traffic was cut");
+
+    // Stalled: the upstream floods, the client never reads; lb gives up on the write.
+    let cut = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&cut);
+    let flooding = upgrading_upstream(move |mut conn| {
+        conn.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..10_000 {
+            if conn.write_all(&chunk).is_err() {
+                flag.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
+    });
+    let (_env, port) = proxy_to("tunnel-stalled", flooding, &["--body-timeout", "1s"]);
+    let c = upgrade(port);
+    let start = Instant::now();
+    while !cut.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(cut.load(Ordering::Relaxed), "lb kept a tunnel whose client stopped reading");
+    drop(c);
+}
+
+/// Risk: a burst of 1,000 connections with 60 KB partial heads took lb from 15 to 84 MB, and
+/// it stayed at 83 MB after they closed. After a quiet second lb now trims its free lists and
+/// gives freed heap memory back.
+#[test]
+fn memory_of_a_burst_of_partial_heads_is_returned() {
+    let (addr, _) = scripted_upstream(|_, target| Answer { now: ok(target), later: None });
+    let (env, port) = proxy_to("burst", addr, &[]);
+    assert_eq!(get(port, "h", "/", &[]).unwrap().status, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss_kib(&env, "lb");
+    let mut head = b"GET / HTTP/1.1\r\nHost: h\r\n".to_vec();
+    while head.len() < 60_000 {
+        head.extend_from_slice(
+            b"X-Filler: 0123456789012345678901234567890123456789012345678901234567\r\n",
+        );
+    }
+    // In pieces, interleaved over the connections, as slow clients send: each head grows a
+    // heap buffer in steps.
+    let mut conns: Vec<_> =
+        (0..1000).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    for piece in head.chunks(15_000) {
+        for s in &mut conns {
+            s.write_all(piece).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let during = rss_kib(&env, "lb");
+    // One slow client still sending its head: the core is never idle, and its buffer sits
+    // above the freed ones in the heap (which is what kept glibc from trimming on its own).
+    let mut straggler = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    straggler.write_all(&head[..30_000]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(conns);
+    let start = Instant::now();
+    let mut after = rss_kib(&env, "lb");
+    while after > before + 16 * 1024 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(200));
+        after = rss_kib(&env, "lb");
+    }
+    eprintln!("lb RSS: {before} KiB before, {during} KiB with the burst, {after} KiB after");
+    assert!(during > before + 20 * 1024, "the burst did not reach lb ({during} KiB)");
+    assert!(after <= before + 16 * 1024, "lb kept {after} KiB after the burst (from {before})");
+    assert_eq!(get(port, "h", "/", &[]).unwrap().status, 200);
+    drop(straggler);
+}

@@ -56,8 +56,19 @@ impl Env {
     }
 
     fn spawn_env(&mut self, name: &str, args: &[&str], env: &[(&str, &str)]) {
+        self.spawn_program(name, BIN, args, env);
+    }
+
+    /// Runs `program` (e.g. a wrapper such as `prlimit … -- sluice`) as process `name`.
+    pub fn spawn_program(
+        &mut self,
+        name: &str,
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) {
         let log = std::fs::File::create(self.logs.join(format!("{name}.log"))).unwrap();
-        let child = Command::new(BIN)
+        let child = Command::new(program)
             .args(args)
             .envs(env.iter().copied())
             .env("RUST_LOG", std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".into()))
@@ -328,6 +339,11 @@ impl Client {
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         stream.set_nodelay(true)?;
         Ok(Client { stream, buf: Vec::new() })
+    }
+
+    /// The socket itself (for tests that go past HTTP, e.g. after an upgrade).
+    pub fn raw(&mut self) -> &mut TcpStream {
+        &mut self.stream
     }
 
     pub fn send(&mut self, raw: &[u8]) -> std::io::Result<Response> {
