@@ -62,5 +62,6 @@ pub fn settings() -> config_sync::Settings {
         default_address: None,
         address_pool: None,
         address_usable: None,
+        bind_failures: Default::default(),
     }
 }

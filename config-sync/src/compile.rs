@@ -90,6 +90,10 @@ pub struct Settings {
     /// One it cannot is left out of the table and reported as `Programmed=False`,
     /// `AddressNotUsable`.
     pub address_usable: Option<fn(IpAddr) -> bool>,
+    /// Listeners lb reported it could not bind (`<segment>.listeners`): their port stays in
+    /// the table (lb retries) but the listener and its Gateway say `Programmed=False`,
+    /// `Pending`, with lb's error.
+    pub bind_failures: BTreeMap<table::shm::BindKey, String>,
 }
 
 /// Whether this node can listen on `ip` (it is one of its addresses): a bind to port 0.
@@ -197,6 +201,8 @@ struct ListenerInfo<'m> {
     conditions: Vec<Condition>,
     /// Accepts routes and gets programmed.
     usable: bool,
+    /// lb could not bind it: why.
+    bind_failed: Option<String>,
     attached: i32,
     /// Route matches per effective hostname ("" = any).
     vhosts: BTreeMap<String, Vec<Entry<'m>>>,
@@ -349,6 +355,7 @@ impl<'m> Compiler<'m> {
                     supported_kinds: vec!["HTTPRoute"],
                     conditions: Vec::new(),
                     usable: true,
+                    bind_failed: None,
                     attached: 0,
                     vhosts: BTreeMap::new(),
                 };
@@ -431,11 +438,23 @@ impl<'m> Compiler<'m> {
                     }
                 }
                 let programmed = info.usable;
+                if programmed {
+                    info.bind_failed = info.addresses.iter().find_map(|a| {
+                        let error = self.settings.bind_failures.get(&(*a, info.port))?;
+                        let at =
+                            a.map_or_else(|| "its bind address".to_owned(), |ip| ip.to_string());
+                        Some(format!("lb cannot listen on {at} port {}: {error}", info.port))
+                    });
+                }
+                let programmed = match &info.bind_failed {
+                    Some(why) => condition("Programmed", false, "Pending", why, generation),
+                    None => programmed_condition(programmed, "listener", generation),
+                };
                 info.conditions = vec![
                     condition("Accepted", accepted.0, accepted.1, &accepted.2, generation),
                     condition("ResolvedRefs", resolved.0, resolved.1, &resolved.2, generation),
                     condition("Conflicted", conflicted.0, conflicted.1, &conflicted.2, generation),
-                    programmed_condition(programmed, "listener", generation),
+                    programmed,
                 ];
                 indices.push(self.listeners.len());
                 self.listeners.push(info);
@@ -957,6 +976,8 @@ impl<'m> Compiler<'m> {
                 })
                 .collect();
             let any_usable = ids.iter().any(|&i| self.listeners[i].usable);
+            let bind_failed: Vec<&str> =
+                ids.iter().filter_map(|&i| self.listeners[i].bind_failed.as_deref()).collect();
             let invalid = ids.iter().filter(|&&i| !self.listeners[i].usable).count();
             let rejected = address_problem
                 .map(|p| ("UnsupportedAddress", p))
@@ -988,6 +1009,10 @@ impl<'m> Compiler<'m> {
                         condition("Programmed", false, "AddressNotUsable", &message, generation),
                     ]
                 }
+                None if !bind_failed.is_empty() => vec![
+                    condition("Accepted", true, "Accepted", "gateway accepted", generation),
+                    condition("Programmed", false, "Pending", &bind_failed.join("; "), generation),
+                ],
                 None if invalid > 0 && !any_usable => vec![
                     condition(
                         "Accepted",

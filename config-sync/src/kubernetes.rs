@@ -150,11 +150,12 @@ pub async fn run(config: crate::Config, options: KubeOptions) -> Result<(), Erro
     let client = kube::Client::try_default().await.map_err(|e| Error::Kubernetes(e.to_string()))?;
     let mut publisher = publish::Publisher::open(&config.table)
         .map_err(|source| Error::Segment { path: config.table.clone(), source })?;
-    let settings = Settings {
+    let mut settings = Settings {
         controller_name: config.controller_name.clone(),
         default_address: config.default_address,
         address_pool: config.address_pool,
         address_usable: Some(crate::compile::bindable),
+        bind_failures: table::shm::read_bind_failures(&table::shm::listeners_path(&config.table)),
     };
     info!(
         table = %config.table.display(),
@@ -212,6 +213,7 @@ pub async fn run(config: crate::Config, options: KubeOptions) -> Result<(), Erro
     let mut waiting_for: Option<u64> = None;
     let mut waiting_since: Option<(u64, Instant)> = None;
     let applied = publisher.applied_path().to_owned();
+    let listeners = table::shm::listeners_path(&config.table);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(Error::Runtime)?;
     let mut secrets = Secrets::default();
@@ -234,6 +236,11 @@ pub async fn run(config: crate::Config, options: KubeOptions) -> Result<(), Erro
             _ = tick.tick() => {
                 if last_check.elapsed() >= crate::SEGMENT_CHECK {
                     last_check = Instant::now();
+                    let failures = table::shm::read_bind_failures(&listeners);
+                    if failures != settings.bind_failures {
+                        settings.bind_failures = failures;
+                        dirty = true;
+                    }
                     match publisher.repair() {
                         Ok(Some(p)) => waiting_for = Some(p.generation),
                         Ok(None) => {}

@@ -119,6 +119,8 @@ pub struct Pipeline {
     publisher: publish::Publisher,
     status: status::StatusWriter,
     settings: Settings,
+    /// lb's report of listeners it could not bind.
+    listeners: PathBuf,
     loaded: bool,
 }
 
@@ -139,7 +141,11 @@ impl Pipeline {
                 address_pool: config.address_pool,
                 // lb runs on this node: an address this process cannot bind, lb cannot either.
                 address_usable: Some(compile::bindable),
+                bind_failures: table::shm::read_bind_failures(&table::shm::listeners_path(
+                    &config.table,
+                )),
             },
+            listeners: table::shm::listeners_path(&config.table),
             loaded: false,
         })
     }
@@ -160,7 +166,10 @@ impl Pipeline {
                 return None;
             }
         };
-        if !report.changed && self.loaded {
+        let failures = table::shm::read_bind_failures(&self.listeners);
+        let bind_changed = failures != self.settings.bind_failures;
+        self.settings.bind_failures = failures;
+        if !report.changed && !bind_changed && self.loaded {
             return None;
         }
         self.loaded = true;
@@ -209,8 +218,12 @@ impl Pipeline {
         self.reload(Some(&paths))
     }
 
-    /// Checks the segment and republishes into a fresh one when someone damaged it.
+    /// Checks the segment and republishes into a fresh one when someone damaged it; picks up
+    /// a change in the listeners lb could not bind (their status).
     pub fn repair(&mut self) -> Option<(u64, Instant)> {
+        if table::shm::read_bind_failures(&self.listeners) != self.settings.bind_failures {
+            return self.reload(Some(&BTreeSet::new()));
+        }
         match self.publisher.repair() {
             Ok(Some(p)) => Some((p.generation, Instant::now())),
             Ok(None) => None,

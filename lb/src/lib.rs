@@ -104,6 +104,8 @@ pub fn run(config: Config) -> Result<(), Error> {
         AppliedWriter::create(&applied_file, config.cpus.len())
             .map_err(|source| Error::Applied { path: applied_file.clone(), source })?,
     );
+    // A report left by an earlier lb is stale: this one writes its own once it has bound.
+    let _ = std::fs::remove_file(table::shm::listeners_path(&config.table));
     let nofile = io::raise_nofile();
     let max_connections = config.settings.max_connections.unwrap_or(io::max_connections(nofile));
     let per_core = max_connections.div_ceil(config.cpus.len()).max(1);
@@ -127,6 +129,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         let settings = Arc::clone(&settings);
         let applied = Arc::clone(&applied);
         let shutdown = Arc::clone(&shutdown);
+        let segment = config.table.clone();
         let started = started_tx.clone();
         let pin = core_ids.iter().copied().find(|c| c.id == cpu);
         let thread = std::thread::Builder::new()
@@ -148,7 +151,7 @@ pub fn run(config: Config) -> Result<(), Error> {
                 };
                 let core = Rc::new(core::Core::new(index, settings));
                 core.max_conns.set(per_core);
-                rt.block_on(core_main(core, rx, applied, shutdown));
+                rt.block_on(core_main(core, rx, applied, shutdown, segment));
             })
             .map_err(Error::Thread)?;
         threads.push(thread);
@@ -207,11 +210,13 @@ async fn core_main(
     mut tables: UnboundedReceiver<Arc<Router>>,
     applied: Arc<AppliedWriter>,
     shutdown: Arc<Shutdown>,
+    listeners_of: PathBuf,
 ) {
     compio::runtime::spawn(Rc::clone(&core.wheel).run()).detach();
     let listeners = listener::Listeners::default();
     let mut current: Option<Arc<Router>> = None;
     let mut bind_failed = false;
+    let mut reported: Option<std::collections::BTreeMap<table::shm::BindKey, String>> = None;
     let mut idle_ticks: u64 = 0;
     loop {
         // Wake at least every 100 ms even when idle: a failed bind is retried each second, and
@@ -257,7 +262,15 @@ async fn core_main(
                 table.services.iter().any(|s| s.endpoints.iter().any(|e| e.socket_addr() == *addr))
             });
         }
-        bind_failed = !listeners.reconcile(&core, &router).await;
+        let failures = listeners.reconcile(&core, &router).await;
+        bind_failed = !failures.is_empty();
+        if core.id == 0 && reported.as_ref() != Some(&failures) {
+            let path = table::shm::listeners_path(&listeners_of);
+            if let Err(e) = table::shm::write_bind_failures(&path, &failures) {
+                warn!(file = %path.display(), "cannot report listeners: {e}");
+            }
+            reported = Some(failures);
+        }
         applied.set(core.id, generation);
         if core.id == 0 {
             info!(generation, "serving table");

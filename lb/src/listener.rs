@@ -1,10 +1,11 @@
 //! Listening sockets of one core, kept in step with the table: every port of the current
 //! table has a SO_REUSEPORT listener on this core; ports that leave the table are closed, new
 //! ones opened, without a restart. A port that cannot be bound (in use, no permission) is
-//! logged and retried.
+//! logged, retried every second, and reported in `<segment>.listeners` (by core 0; all cores
+//! bind the same ports) so that config-sync can say `Programmed=False` for it.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use compio::net::TcpListener;
 use compio::runtime::JoinHandle;
 use table::Router;
+use table::shm::BindKey;
 use tracing::{info, warn};
 
 use crate::conn;
@@ -29,18 +31,23 @@ impl Listeners {
         self.active.borrow_mut().clear();
     }
 
-    /// Opens and closes listeners to match `router`'s ports. Returns `false` when some port
-    /// could not be bound (the caller retries later).
-    pub async fn reconcile(&self, core: &Rc<Core>, router: &Router) -> bool {
+    /// Opens and closes listeners to match `router`'s ports. Returns the ports that could
+    /// not be bound, keyed as the table names them, with the error (the caller retries later
+    /// and reports them: config-sync turns them into `Programmed=False`).
+    pub async fn reconcile(&self, core: &Rc<Core>, router: &Router) -> BTreeMap<BindKey, String> {
         let bind = core.settings.bind_address;
-        let desired: Vec<SocketAddr> = router
+        let wanted: Vec<(BindKey, SocketAddr)> = router
             .table()
             .ports
             .iter()
             .map(|p| {
-                SocketAddr::new(p.address.as_ref().map_or(bind, |a| a.ip()), p.port.to_native())
+                let table_addr = p.address.as_ref().map(|a| a.ip());
+                let port = p.port.to_native();
+                ((table_addr, port), SocketAddr::new(table_addr.unwrap_or(bind), port))
             })
             .collect();
+        let desired: Vec<SocketAddr> = wanted.iter().map(|(_, a)| *a).collect();
+        let mut failed = BTreeMap::new();
         self.active.borrow_mut().retain(|addr, _| {
             let keep = desired.contains(addr);
             if !keep && core.id == 0 {
@@ -49,8 +56,7 @@ impl Listeners {
             // Dropping the handle cancels the accept task, which closes the socket.
             keep
         });
-        let mut all = true;
-        for addr in desired {
+        for (key, addr) in wanted {
             if self.active.borrow().contains_key(&addr) {
                 continue;
             }
@@ -64,11 +70,11 @@ impl Listeners {
                 }
                 Err(e) => {
                     warn!(core = core.id, %addr, "cannot listen: {e}; will retry");
-                    all = false;
+                    failed.insert(key, e.to_string());
                 }
             }
         }
-        all
+        failed
     }
 }
 

@@ -603,3 +603,48 @@ fn memory_of_a_burst_of_partial_heads_is_returned() {
     assert_eq!(get(port, "h", "/", &[]).unwrap().status, 200);
     drop(straggler);
 }
+
+/// Risk: a Gateway whose port another process holds was reported `Programmed=True`. lb now
+/// reports the listeners it cannot bind and config-sync says `Programmed=False` (reason
+/// `Pending`, lb's error) until lb gets the port.
+#[test]
+fn a_port_held_by_another_process_is_reported_not_programmed() {
+    let mut env = Env::new("port-taken");
+    let a = env.echo("default", "svc", "svc-0");
+    // Held without SO_REUSEPORT: lb's bind fails with "address in use".
+    let blocker = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = blocker.local_addr().unwrap().port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write("svc.yaml", &service("default", "svc", &[a]));
+    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n");
+    env.config_sync();
+    env.lb(&[]);
+    env.wait_applied(1);
+    let wait_status = |env: &Env, want: &str| {
+        let start = Instant::now();
+        loop {
+            let status = env.status_file("gateway", "default", "gw");
+            if status.contains(want) {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "Gateway status never showed {want:?}:\n{status}\n{}",
+                env.log("config-sync")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let status = wait_status(&env, "lb cannot listen");
+    assert!(status.contains("reason: Pending"), "{status}");
+    // The port is freed: lb binds it on its next retry and the status follows.
+    drop(blocker);
+    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    let start = Instant::now();
+    while env.status_file("gateway", "default", "gw").contains("lb cannot listen") {
+        assert!(start.elapsed() < Duration::from_secs(10), "status stayed Pending");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(env.status_file("gateway", "default", "gw").contains("reason: Programmed"));
+    assert_eq!(get(port, "h", "/", &[]).unwrap().status, 200);
+}

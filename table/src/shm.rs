@@ -639,6 +639,55 @@ pub fn applied_path(segment: &Path) -> PathBuf {
     sibling(segment, ".applied")
 }
 
+/// The file in which lb names the listeners it could not bind (`<segment>.listeners`).
+pub fn listeners_path(segment: &Path) -> PathBuf {
+    sibling(segment, ".listeners")
+}
+
+/// A listener lb could not open: the table's address (`None`: lb's bind address) and port.
+pub type BindKey = (Option<std::net::IpAddr>, u16);
+
+/// lb's side: replaces the listeners file with `failures` (one line each: address or `*`,
+/// port, error), atomically.
+pub fn write_bind_failures(
+    path: &Path,
+    failures: &std::collections::BTreeMap<BindKey, String>,
+) -> io::Result<()> {
+    let mut text = String::new();
+    for ((addr, port), error) in failures {
+        let addr = addr.map_or_else(|| "*".to_owned(), |a| a.to_string());
+        let error = error.replace(['\n', '\t'], " ");
+        text.push_str(&format!("{addr}\t{port}\t{error}\n"));
+    }
+    let tmp = sibling(path, &format!(".tmp.{}", std::process::id()));
+    fs::write(&tmp, text)?;
+    fs::rename(&tmp, path)
+}
+
+/// config-sync's side: the listeners lb could not bind (empty when the file is missing; lines
+/// that do not parse are skipped: the file is lb's, but anyone may write it).
+pub fn read_bind_failures(path: &Path) -> std::collections::BTreeMap<BindKey, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(text) = fs::read_to_string(path) else { return out };
+    for line in text.lines().take(4096) {
+        let mut parts = line.splitn(3, '\t');
+        let (Some(addr), Some(port), Some(error)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let addr = match addr {
+            "*" => None,
+            a => match a.parse() {
+                Ok(ip) => Some(ip),
+                Err(_) => continue,
+            },
+        };
+        let Ok(port) = port.parse::<u16>() else { continue };
+        out.insert((addr, port), error.chars().take(200).collect());
+    }
+    out
+}
+
 /// A fresh segment (header only, nothing published) renamed over `path`: readers of the old
 /// file notice the new inode and wait for the next publication.
 fn fresh_segment(path: &Path) -> io::Result<(File, MmapRaw, (u64, u64))> {

@@ -84,6 +84,7 @@ fn settings() -> Settings {
         default_address: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         address_pool: None,
         address_usable: Some(|ip| ip != IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
+        bind_failures: Default::default(),
     }
 }
 
