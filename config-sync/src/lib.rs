@@ -274,9 +274,15 @@ async fn run_files(config: Config) -> Result<(), Error> {
         if let Some((generation, at)) = published {
             let (applied, latest) = (applied.clone(), Arc::clone(&latest));
             latest.fetch_max(generation, Ordering::AcqRel);
-            tokio::task::spawn_blocking(move || {
-                publish::wait_applied(&applied, generation, at, &latest)
-            });
+            // A plain thread, not `spawn_blocking`: a watcher for a generation no lb takes
+            // runs until a newer one supersedes it, and the runtime's shutdown would wait for
+            // it (config-sync hung on SIGTERM with no lb running).
+            let spawned = std::thread::Builder::new()
+                .name("applied-watch".into())
+                .spawn(move || publish::wait_applied(&applied, generation, at, &latest));
+            if let Err(e) = spawned {
+                warn!("cannot watch lb's applied file: {e}");
+            }
         }
     };
     report(pipeline.reload(None));
