@@ -806,7 +806,7 @@ mod tests {
         assert_eq!(flow_too_deep(ROUTE, 64), None);
         let d = dir("deep");
         fs::write(d.join("deep.yaml"), "[".repeat(200_000)).unwrap();
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         let r = FileSource::new(&d).scan(&BTreeSet::new()).unwrap();
         assert!(r.problems[0].contains("nested deeper than 64"), "{:?}", r.problems);
         assert!(start.elapsed() < Duration::from_secs(1), "took {:?}", start.elapsed());
