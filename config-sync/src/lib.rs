@@ -12,6 +12,7 @@
 pub mod compile;
 pub mod kubernetes;
 pub mod lease;
+pub mod limits;
 pub mod model;
 pub mod publish;
 pub mod status;

@@ -309,6 +309,9 @@ fn parse_object(mut doc: Value) -> Result<Option<Object>, ObjectError> {
         // Status in a manifest is not ours to read back.
         map.remove("status");
     }
+    // The CRD schema's size and range limits, as the API server would enforce them.
+    crate::limits::check(kind, &doc)
+        .map_err(|(field, reason)| err(&field, reason, Some(id.clone())))?;
     let object = match kind {
         Kind::GatewayClass => typed(doc).map(|o| Object::GatewayClass(Arc::new(o))),
         Kind::Gateway => typed(doc).map(|o| Object::Gateway(Arc::new(o))),

@@ -811,4 +811,23 @@ mod tests {
         assert!(r.problems[0].contains("nested deeper than 64"), "{:?}", r.problems);
         assert!(start.elapsed() < Duration::from_secs(1), "took {:?}", start.elapsed());
     }
+
+    #[test]
+    fn objects_over_the_crd_limits_are_refused_naming_file_and_field() {
+        let d = dir("limits");
+        let rules = "  - matches: [{path: {value: /x}}]\n".repeat(10_000);
+        let route = ROUTE.replace(
+            "  rules:\n  - matches: [{path: {type: PathPrefix, value: /a}}]\n",
+            &format!("  rules:\n{rules}"),
+        );
+        fs::write(d.join("huge.yaml"), route).unwrap();
+        let mut src = FileSource::new(&d);
+        let r = src.scan(&BTreeSet::new()).unwrap();
+        let p = &r.problems[0];
+        assert!(
+            p.contains("huge.yaml") && p.contains("spec.rules") && p.contains("10000 items"),
+            "{p}"
+        );
+        assert!(src.model().0.http_routes.is_empty());
+    }
 }
