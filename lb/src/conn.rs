@@ -27,7 +27,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
     let _counted = Counted::new(&core);
     let Ok(local) = stream.local_addr() else { return };
     let deadline = Rc::new(Deadline::default());
-    let client = ClientIp::new(peer.ip());
+    let client = ClientIp::new(peer.ip(), core.settings.trusted_hops > 0);
     let mut input = InBuf::Empty;
     let keep_alive = core.settings.timeouts.keep_alive;
     let mut linger_after = false;

@@ -61,6 +61,10 @@ pub struct Settings {
     pub pool_idle: Duration,
     /// Buffer ring and free list.
     pub buffers: BufferConfig,
+    /// Proxies in front of lb whose forwarding fields are trusted (Envoy's
+    /// `xff_num_trusted_hops`): 0 at the edge, where a client's X-Forwarded-* and `Forwarded`
+    /// are replaced; more, and they are kept and extended.
+    pub trusted_hops: u32,
     /// Most client connections of the process (`None`: derived from the descriptor limit,
     /// [`crate::io::max_connections`]).
     pub max_connections: Option<usize>,
@@ -77,6 +81,7 @@ impl Default for Settings {
             pool_idle: Duration::from_secs(30),
             buffers: BufferConfig::default(),
             max_connections: None,
+            trusted_hops: 0,
         }
     }
 }

@@ -103,6 +103,10 @@ struct LbArgs {
     /// (less a reserve), since each client may need an upstream connection too.
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Proxies in front of lb whose X-Forwarded-* and Forwarded fields are trusted. 0 (an
+    /// edge): a client's are replaced by lb's own; more: they are kept and lb appends the peer.
+    #[arg(long, default_value_t = 0)]
+    trusted_hops: u32,
     /// Largest request head, bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     max_head: usize,
@@ -256,6 +260,7 @@ fn run_lb(a: LbArgs) -> Result<(), String> {
         tunnel: a.tunnel_timeout,
     };
     settings.max_connections = a.max_connections;
+    settings.trusted_hops = a.trusted_hops;
     settings.limits.max_head = a.max_head;
     settings.limits.max_headers = a.max_headers.min(lb::http1::parse::MAX_HEADERS);
     settings.limits.max_body = a.max_body;

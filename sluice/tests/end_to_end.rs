@@ -121,7 +121,9 @@ fn routes_by_host_path_header_query_and_method() {
     let j = r.json();
     assert_eq!(j["host"], "main.example");
     assert_eq!(j["path"], "/b/p?x=1");
-    assert_eq!(j["headers"]["X-Forwarded-For"][0], "10.1.1.1, 127.0.0.1");
+    // lb is the edge here (--trusted-hops 0): a client's X-Forwarded-For is replaced.
+    assert_eq!(j["headers"]["X-Forwarded-For"][0], "127.0.0.1");
+    assert_eq!(j["headers"]["Forwarded"][0], "for=127.0.0.1;host=\"main.example\";proto=http");
     assert_eq!(j["headers"]["X-Forwarded-Proto"][0], "http");
     assert_eq!(j["headers"]["X-Forwarded-Host"][0], "main.example");
     // Bodies are streamed through in both framings.

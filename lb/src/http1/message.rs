@@ -19,8 +19,13 @@ enum Field {
     HopByHop,
     /// Written by us (Host, Expect is ours to answer, X-Forwarded-*): dropped here.
     Ours,
-    /// X-Forwarded-For: extended with the client.
+    /// X-Forwarded-For: replaced by the client's address, or extended with it behind trusted
+    /// proxies.
     ForwardedFor,
+    /// X-Forwarded-Proto and -Host: ours, or passed on behind trusted proxies.
+    ForwardedOther,
+    /// `Forwarded` (RFC 7239): like X-Forwarded-For.
+    Forwarded,
 }
 
 /// Classifies a field name. Dispatches on length first: most fields match no candidate
@@ -32,6 +37,7 @@ fn classify(name: &str) -> Field {
         2 if is("te") => Field::HopByHop,
         4 if is("host") => Field::Ours,
         6 if is("expect") => Field::Ours,
+        9 if is("forwarded") => Field::Forwarded,
         7 if is("trailer") || is("upgrade") => Field::HopByHop,
         10 if is("connection") || is("keep-alive") => Field::HopByHop,
         14 if is("content-length") || is("http2-settings") => Field::HopByHop,
@@ -40,14 +46,14 @@ fn classify(name: &str) -> Field {
             if is("proxy-connection") {
                 Field::HopByHop
             } else {
-                Field::Ours
+                Field::ForwardedOther
             }
         }
         17 if is("transfer-encoding") || is("x-forwarded-proto") => {
             if is("transfer-encoding") {
                 Field::HopByHop
             } else {
-                Field::Ours
+                Field::ForwardedOther
             }
         }
         _ => Field::Pass,
@@ -64,16 +70,31 @@ fn hop_by_hop(name: &str) -> bool {
 pub struct ClientIp {
     bytes: [u8; 48],
     len: u8,
+    v6: bool,
+    trusted: bool,
 }
 
 impl ClientIp {
-    /// Formats `ip`.
-    pub fn new(ip: IpAddr) -> ClientIp {
+    /// Formats `ip`. `trusted`: the peer is a proxy we trust (`--trusted-hops` > 0), so the
+    /// forwarding fields it sends are kept and extended rather than replaced.
+    pub fn new(ip: IpAddr, trusted: bool) -> ClientIp {
         let mut bytes = [0u8; 48];
         let mut cursor = std::io::Cursor::new(&mut bytes[..]);
         let _ = write!(cursor, "{ip}");
         let len = cursor.position() as u8;
-        ClientIp { bytes, len }
+        ClientIp { bytes, len, v6: ip.is_ipv6(), trusted }
+    }
+
+    /// Writes a `Forwarded` node for this address: `1.2.3.4`, or `"[2001:db8::1]"` (RFC 7239
+    /// §6: an IPv6 node is bracketed and quoted).
+    fn forwarded_node(&self, out: &mut Vec<u8>) {
+        if self.v6 {
+            out.extend_from_slice(b"\"[");
+            out.extend_from_slice(self.as_bytes());
+            out.extend_from_slice(b"]\"");
+        } else {
+            out.extend_from_slice(self.as_bytes());
+        }
     }
 
     /// The text.
@@ -144,7 +165,8 @@ pub fn request_head(
     out.extend_from_slice(b"Host: ");
     out.extend_from_slice(rewritten.host.unwrap_or(host));
     out.extend_from_slice(b"\r\n");
-    let mut xff_written = false;
+    let (mut xff_written, mut forwarded_written) = (false, false);
+    let (mut proto_kept, mut host_kept) = (false, false);
     for (i, f) in fields.iter().enumerate() {
         let name = f.name;
         if i < 128 && head.connection_nominated & (1u128 << i) != 0 && !is_framing(name) {
@@ -157,20 +179,45 @@ pub fn request_head(
         if edits.iter().flatten().any(|e| edited(e, name)) {
             continue;
         }
-        if class == Field::ForwardedFor {
-            if xff_written {
+        // Forwarding fields (docs/ARCHITECTURE.md, "Forwarding headers"): from an untrusted
+        // peer they are dropped and ours replace them; behind trusted proxies the lists are
+        // extended and the proto/host they set are kept.
+        match class {
+            Field::ForwardedFor | Field::Forwarded | Field::ForwardedOther if !client.trusted => {
                 continue;
             }
-            // Append the client to the existing list, all fields joined in order.
-            out.extend_from_slice(b"X-Forwarded-For: ");
-            for g in fields.iter().filter(|g| g.name.eq_ignore_ascii_case("x-forwarded-for")) {
-                out.extend_from_slice(trim_ows(g.value));
-                out.extend_from_slice(b", ");
+            Field::ForwardedFor if xff_written => continue,
+            Field::ForwardedFor => {
+                // Append the client to the existing list, all fields joined in order.
+                out.extend_from_slice(b"X-Forwarded-For: ");
+                for g in fields.iter().filter(|g| classify(g.name) == Field::ForwardedFor) {
+                    out.extend_from_slice(trim_ows(g.value));
+                    out.extend_from_slice(b", ");
+                }
+                out.extend_from_slice(client.as_bytes());
+                out.extend_from_slice(b"\r\n");
+                xff_written = true;
+                continue;
             }
-            out.extend_from_slice(client.as_bytes());
-            out.extend_from_slice(b"\r\n");
-            xff_written = true;
-            continue;
+            Field::Forwarded if forwarded_written => continue,
+            Field::Forwarded => {
+                out.extend_from_slice(b"Forwarded: ");
+                for g in fields.iter().filter(|g| classify(g.name) == Field::Forwarded) {
+                    out.extend_from_slice(trim_ows(g.value));
+                    out.extend_from_slice(b", ");
+                }
+                forwarded_element(out, client, host);
+                forwarded_written = true;
+                continue;
+            }
+            Field::ForwardedOther => {
+                if f.name.len() == 17 {
+                    proto_kept = true;
+                } else {
+                    host_kept = true;
+                }
+            }
+            _ => {}
         }
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
@@ -188,8 +235,14 @@ pub fn request_head(
         out.extend_from_slice(client.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
-    if !host.is_empty() {
+    if !forwarded_written {
+        out.extend_from_slice(b"Forwarded: ");
+        forwarded_element(out, client, host);
+    }
+    if !proto_kept {
+        out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+    }
+    if !host.is_empty() && !host_kept {
         out.extend_from_slice(b"X-Forwarded-Host: ");
         out.extend_from_slice(host);
         out.extend_from_slice(b"\r\n");
@@ -208,6 +261,20 @@ pub fn request_head(
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// This hop's `Forwarded` element and the line end: `for=…;host=…;proto=http` (the host is
+/// quoted: a port's `:` is not a token character).
+fn forwarded_element(out: &mut Vec<u8>, client: &ClientIp, host: &[u8]) {
+    out.extend_from_slice(b"for=");
+    client.forwarded_node(out);
+    // A Host that would need escaping inside a quoted string is left out, not escaped.
+    if !host.is_empty() && !host.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.extend_from_slice(b";host=\"");
+        out.extend_from_slice(host);
+        out.push(b'"');
+    }
+    out.extend_from_slice(b";proto=http\r\n");
 }
 
 /// Content-Length and Transfer-Encoding stay ours even when Connection nominates them.
@@ -533,7 +600,7 @@ mod tests {
         let mut fields = [httparse::EMPTY_HEADER; 64];
         let head = parse(raw, &mut fields, &Limits::default()).unwrap().unwrap();
         let mut out = Vec::new();
-        let client = ClientIp::new("10.0.0.1".parse().unwrap());
+        let client = ClientIp::new("10.0.0.1".parse().unwrap(), false);
         request_head(
             &mut out,
             raw,
@@ -546,18 +613,42 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    fn forward_from(raw: &[u8], client: ClientIp) -> String {
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let head = parse(raw, &mut fields, &Limits::default()).unwrap().unwrap();
+        let mut out = Vec::new();
+        let fields = &fields[..head.header_count];
+        request_head(&mut out, raw, &head, fields, &client, &[], Rewritten::default());
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn forwarding_fields_are_replaced_at_the_edge_and_extended_behind_trusted_proxies() {
+        let raw = b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: spoof\r\nx-forwarded-for: 7.7.7.7\r\n\r\n";
+        let edge = forward_from(raw, ClientIp::new("10.0.0.1".parse().unwrap(), false));
+        assert_eq!(
+            edge,
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1;host=\"h\";proto=http\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n\r\n"
+        );
+        let behind = forward_from(raw, ClientIp::new("2001:db8::2".parse().unwrap(), true));
+        assert_eq!(
+            behind,
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 6.6.6.6, 7.7.7.7, 2001:db8::2\r\nForwarded: for=6.6.6.6, for=\"[2001:db8::2]\";host=\"h\";proto=http\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: spoof\r\n\r\n"
+        );
+    }
+
     #[test]
     fn rewrite_replaces_host_and_target_but_not_forwarded_host() {
         let raw = b"GET /a?q=1 HTTP/1.1\r\nHost: client.example\r\n\r\n";
         let mut fields = [httparse::EMPTY_HEADER; 8];
         let head = parse(raw, &mut fields, &Limits::default()).unwrap().unwrap();
         let mut out = Vec::new();
-        let client = ClientIp::new("10.0.0.1".parse().unwrap());
+        let client = ClientIp::new("10.0.0.1".parse().unwrap(), false);
         let rewritten = Rewritten { host: Some(b"backend.example"), target: Some(b"/b?q=1") };
         request_head(&mut out, raw, &head, &fields[..head.header_count], &client, &[], rewritten);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "GET /b?q=1 HTTP/1.1\r\nHost: backend.example\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: client.example\r\n\r\n"
+            "GET /b?q=1 HTTP/1.1\r\nHost: backend.example\r\nX-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1;host=\"client.example\";proto=http\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: client.example\r\n\r\n"
         );
     }
 
@@ -576,7 +667,7 @@ mod tests {
         );
         assert_eq!(
             out,
-            "GET / HTTP/1.1\r\nHost: h\r\nx-add: first\r\nKeep: k\r\nX-Set: new\r\nX-Add: more\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n\r\n"
+            "GET / HTTP/1.1\r\nHost: h\r\nx-add: first\r\nKeep: k\r\nX-Set: new\r\nX-Add: more\r\nX-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1;host=\"h\";proto=http\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n\r\n"
         );
     }
 
@@ -585,7 +676,7 @@ mod tests {
         let out = forward(b"POST /p?q HTTP/1.1\r\nHost: Example.com\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\nTransfer-Encoding: ,chunked\r\nTE: trailers\r\nX-Forwarded-For: 1.2.3.4\r\nUser-Agent: t\r\n\r\n");
         assert_eq!(
             out,
-            "POST /p?q HTTP/1.1\r\nHost: Example.com\r\nX-Forwarded-For: 1.2.3.4, 10.0.0.1\r\nUser-Agent: t\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: Example.com\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "POST /p?q HTTP/1.1\r\nHost: Example.com\r\nUser-Agent: t\r\nX-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1;host=\"Example.com\";proto=http\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: Example.com\r\nTransfer-Encoding: chunked\r\n\r\n"
         );
     }
 
@@ -665,7 +756,11 @@ mod tests {
         ] {
             assert_eq!(classify(n), Field::HopByHop, "{n}");
         }
-        for n in ["Host", "expect", "X-Forwarded-Host", "x-forwarded-proto"] {
+        for n in ["X-Forwarded-Host", "x-forwarded-proto"] {
+            assert_eq!(classify(n), Field::ForwardedOther, "{n}");
+        }
+        assert_eq!(classify("Forwarded"), Field::Forwarded);
+        for n in ["Host", "expect"] {
             assert_eq!(classify(n), Field::Ours, "{n}");
         }
         assert_eq!(classify("X-Forwarded-For"), Field::ForwardedFor);
@@ -681,7 +776,7 @@ mod tests {
             push_decimal(&mut out, n);
             assert_eq!(out, n.to_string().as_bytes());
         }
-        assert_eq!(ClientIp::new("2001:db8::1".parse().unwrap()).as_bytes(), b"2001:db8::1");
+        assert_eq!(ClientIp::new("2001:db8::1".parse().unwrap(), false).as_bytes(), b"2001:db8::1");
     }
 
     #[test]
