@@ -161,9 +161,14 @@ pub fn prepare(
     let Some(port) = table.router.port(local.ip(), local.port()) else {
         return Some(Plan::Respond { status: 404, req });
     };
+    // Routing and the backend see the normalised path (`router::normalize_path`); the
+    // common path is not copied.
+    let raw_path = &buf[head.path.clone()];
+    let mut normalized = Vec::new();
+    let normalized_path = crate::router::normalize_path(raw_path, &mut normalized);
     let request = Request {
         method: &buf[head.method.clone()],
-        path: &buf[head.path.clone()],
+        path: if normalized_path { &normalized } else { raw_path },
         query: &buf[head.query.clone()],
         host,
     };
@@ -218,6 +223,14 @@ pub fn prepare(
             let edits = [Some(&action.request_headers), backend_edits];
             let rewrite = &action.rewrite;
             let target = match &rewrite.path {
+                ArchivedPathRewrite::Keep if normalized_path => {
+                    let mut t = String::from_utf8_lossy(request.path).into_owned();
+                    if buf[head.origin_form.clone()].contains(&b'?') {
+                        t.push('?');
+                        t.push_str(std::str::from_utf8(request.query).unwrap_or(""));
+                    }
+                    Some(t)
+                }
                 ArchivedPathRewrite::Keep => None,
                 path => {
                     let original = std::str::from_utf8(request.path).unwrap_or("/");

@@ -15,3 +15,147 @@ impl Headers for FieldHeaders<'_, '_> {
             .map(|h| crate::http1::parse::trim_ows(h.value))
     }
 }
+
+/// Normalises a request path for routing and forwarding (RFC 3986 §6.2.2), writing the result
+/// to `out` and returning `true` when it differs from `path`:
+///
+/// - percent-encoded unreserved characters are decoded (`%61` → `a`, `%2e` → `.`; §6.2.2.2)
+///   and the hex digits of the rest upper-cased (`%2f` → `%2F`; §6.2.2.1);
+/// - dot-segments are removed (`/a/./b/../c` → `/a/c`, never above the root; §6.2.2.3,
+///   §5.2.4), after that decoding, so `%2e%2e` is `..`;
+/// - empty segments are merged (`//a` → `/a`), as nginx's `merge_slashes` does.
+///
+/// Encoded `/` (`%2F`) and `\` (`%5C`) stay encoded: they are data inside a segment, not
+/// separators, and APIs put them in identifiers; decoding them would change the path's
+/// structure. Nothing else is decoded, so `%0D%0A` never becomes a raw CR LF on the wire.
+/// The backend gets the normalised path too, so routing and the backend see the same path:
+/// a `PathPrefix: /admin` rule cannot be dodged with `/%61dmin`, `//admin` or
+/// `/x/../admin`, and a request under it is never sent elsewhere.
+///
+/// The common path (no `%`, no `//`, no `/.`) is one scan with no allocation.
+pub fn normalize_path(path: &[u8], out: &mut Vec<u8>) -> bool {
+    let suspicious = path.windows(2).any(|w| w == b"//" || w == b"/.") || path.contains(&b'%');
+    if !suspicious {
+        return false;
+    }
+    out.clear();
+    // Segments after decoding; `out` holds the result as it is built.
+    let mut decoded = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < path.len() {
+        let b = path[i];
+        if b == b'%'
+            && let (Some(h), Some(l)) = (path.get(i + 1), path.get(i + 2))
+            && let (Some(h), Some(l)) = (hex(*h), hex(*l))
+        {
+            let c = h << 4 | l;
+            if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                decoded.push(c);
+            } else {
+                decoded.push(b'%');
+                decoded.push(path[i + 1].to_ascii_uppercase());
+                decoded.push(path[i + 2].to_ascii_uppercase());
+            }
+            i += 3;
+            continue;
+        }
+        decoded.push(b);
+        i += 1;
+    }
+    // Remove dot-segments and empty segments, keeping a trailing slash.
+    let mut starts: Vec<usize> = Vec::new();
+    let segments: Vec<&[u8]> = decoded.split(|&b| b == b'/').collect();
+    let last = segments.len().saturating_sub(1);
+    for (n, seg) in segments.iter().enumerate() {
+        match *seg {
+            b"" if n == 0 => {}
+            b"" | b"." => {
+                if n == last && !out.ends_with(b"/") {
+                    out.push(b'/');
+                }
+            }
+            b".." => {
+                if let Some(start) = starts.pop() {
+                    out.truncate(start);
+                }
+                if (n == last || out.is_empty()) && !out.ends_with(b"/") {
+                    out.push(b'/');
+                }
+            }
+            seg => {
+                if !out.ends_with(b"/") {
+                    out.push(b'/');
+                }
+                starts.push(out.len() - 1);
+                out.extend_from_slice(seg);
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    out.as_slice() != path
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(p: &str) -> String {
+        let mut out = Vec::new();
+        if normalize_path(p.as_bytes(), &mut out) {
+            String::from_utf8(out).unwrap()
+        } else {
+            p.to_owned()
+        }
+    }
+
+    #[test]
+    fn paths_normalise_per_rfc_3986() {
+        for (input, want) in [
+            ("/", "/"),
+            ("/a/b", "/a/b"),
+            ("/a/b/", "/a/b/"),
+            ("/.well-known/x", "/.well-known/x"),
+            ("/a/./b", "/a/b"),
+            ("/a/../b", "/b"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/..", "/"),
+            ("/../../etc/passwd", "/etc/passwd"),
+            ("//admin", "/admin"),
+            ("/a//b///c", "/a/b/c"),
+            ("/%61dmin", "/admin"),
+            ("/%2e%2e/admin", "/admin"),
+            ("/x/%2E%2E/admin", "/admin"),
+            ("/a/%2e/b", "/a/b"),
+            ("/a%2fb", "/a%2Fb"),
+            ("/a%2Fb/../c", "/c"),
+            ("/a%5cb", "/a%5Cb"),
+            ("/a%0d%0aSet-Cookie:%20x", "/a%0D%0ASet-Cookie:%20x"),
+            ("/%7euser", "/~user"),
+            ("/caf%C3%A9", "/caf%C3%A9"),
+            ("/a/..%2fb", "/a/..%2Fb"),
+        ] {
+            assert_eq!(norm(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn normalising_is_idempotent() {
+        for p in ["/a/../b/./c//d/", "/%2e%2e%2f..", "/x/%2E./y", "/..;/admin", "/a/b/../../.."] {
+            let once = norm(p);
+            assert_eq!(norm(&once), once, "{p}");
+            assert!(once.starts_with('/'));
+        }
+    }
+}

@@ -107,6 +107,10 @@ struct LbArgs {
     /// edge): a client's are replaced by lb's own; more: they are kept and lb appends the peer.
     #[arg(long, default_value_t = 0)]
     trusted_hops: u32,
+    /// Request fields whose name contains `_` (backends that fold `_` into `-` would read
+    /// `X_Forwarded_For` as `X-Forwarded-For`): `reject` (400), `drop`, or `allow`.
+    #[arg(long, default_value = "reject", value_parser = underscores)]
+    underscore_headers: lb::http1::parse::Underscores,
     /// Largest request head, bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     max_head: usize,
@@ -211,6 +215,16 @@ fn main() -> ExitCode {
     }
 }
 
+fn underscores(text: &str) -> Result<lb::http1::parse::Underscores, String> {
+    use lb::http1::parse::Underscores;
+    match text {
+        "reject" => Ok(Underscores::Reject),
+        "drop" => Ok(Underscores::Drop),
+        "allow" => Ok(Underscores::Allow),
+        _ => Err(format!("{text:?}: use reject, drop or allow")),
+    }
+}
+
 /// Longest duration any option takes.
 const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -261,6 +275,7 @@ fn run_lb(a: LbArgs) -> Result<(), String> {
     };
     settings.max_connections = a.max_connections;
     settings.trusted_hops = a.trusted_hops;
+    settings.limits.underscores = a.underscore_headers;
     settings.limits.max_head = a.max_head;
     settings.limits.max_headers = a.max_headers.min(lb::http1::parse::MAX_HEADERS);
     settings.limits.max_body = a.max_body;

@@ -648,3 +648,49 @@ fn a_port_held_by_another_process_is_reported_not_programmed() {
     assert!(env.status_file("gateway", "default", "gw").contains("reason: Programmed"));
     assert_eq!(get(port, "h", "/", &[]).unwrap().status, 200);
 }
+
+/// Risk: `..`, `%2e`, `//` and encoded characters reached routing and the backend unchanged,
+/// so a path could be routed as one thing and read by the backend as another. Routing and
+/// the backend now both see the RFC 3986 normalised path: a prefix rule can be neither dodged
+/// nor escaped.
+#[test]
+fn a_prefix_rule_cannot_be_bypassed_with_dot_segments_or_encoding() {
+    let mut env = Env::new("paths");
+    let admin = env.echo("default", "admin", "admin-0");
+    let public = env.echo("default", "public", "public-0");
+    let port = free_port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write(
+        "svc.yaml",
+        &format!(
+            "{}---\n{}",
+            service("default", "admin", &[admin]),
+            service("default", "public", &[public])
+        ),
+    );
+    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /admin}}]\n    backendRefs: [{name: admin, port: 80}]\n  - backendRefs: [{name: public, port: 80}]\n");
+    env.config_sync();
+    env.lb(&[]);
+    env.wait_applied(1);
+    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    for (target, pod, seen) in [
+        ("/admin/x", "admin-0", "/admin/x"),
+        ("/%61dmin/x", "admin-0", "/admin/x"),
+        ("//admin/x", "admin-0", "/admin/x"),
+        ("/public/../admin/x", "admin-0", "/admin/x"),
+        ("/x/%2e%2e/admin", "admin-0", "/admin"),
+        ("/./admin/./x", "admin-0", "/admin/x"),
+        ("/admin/../public", "public-0", "/public"),
+        ("/admin/%2E%2E/public?q=1", "public-0", "/public?q=1"),
+        ("/adminx", "public-0", "/adminx"),
+        // An encoded slash is data inside a segment, kept as sent (upper-cased hex).
+        ("/admin%2fx", "public-0", "/admin%2Fx"),
+    ] {
+        let r = get(port, "h", target, &[]).unwrap();
+        assert_eq!(r.pod(), pod, "{target}");
+        assert_eq!(r.json()["path"], seen, "{target}: the backend saw another path");
+    }
+    for bad in ["/admin#x", "/a\\admin", "/%zz", "/a|b"] {
+        assert_eq!(get(port, "h", bad, &[]).unwrap().status, 400, "{bad}");
+    }
+}

@@ -199,6 +199,9 @@ enum State {
     DataCr,
     DataLf,
     TrailerLineStart,
+    /// In a trailer field's name (a token).
+    TrailerName,
+    /// In a trailer field's value.
     TrailerLine,
     TrailerLf,
     EndLf,
@@ -282,15 +285,31 @@ impl Chunked {
                     b'\n' => State::SizeStart,
                     _ => return Err(bad("CR without LF after chunk data")),
                 },
+                // A trailer section is field lines (RFC 9112 §7.1.2, §5): a token name, a
+                // colon with no whitespace before it, a value of VCHAR, obs-text, SP and HTAB.
+                // No folding, no empty name. The fields are read and dropped, never forwarded.
                 State::TrailerLineStart => match b {
                     b'\r' => State::EndLf,
                     b'\n' => return Err(bad("bare LF in trailers")),
-                    _ => self.trailer_byte(b)?,
+                    b' ' | b'\t' => return Err(bad("obsolete line folding in trailers")),
+                    b':' => return Err(bad("empty trailer field name")),
+                    _ if crate::http1::parse::is_tchar(b) => {
+                        self.trailer_byte(b, State::TrailerName)?
+                    }
+                    _ => return Err(bad("trailer field name")),
+                },
+                State::TrailerName => match b {
+                    b':' => self.trailer_byte(b, State::TrailerLine)?,
+                    _ if crate::http1::parse::is_tchar(b) => {
+                        self.trailer_byte(b, State::TrailerName)?
+                    }
+                    b'\r' | b'\n' => return Err(bad("trailer field without a colon")),
+                    _ => return Err(bad("trailer field name")),
                 },
                 State::TrailerLine => match b {
                     b'\r' => State::TrailerLf,
                     b'\n' => return Err(bad("bare LF in trailers")),
-                    _ => self.trailer_byte(b)?,
+                    _ => self.trailer_byte(b, State::TrailerLine)?,
                 },
                 State::TrailerLf => match b {
                     b'\n' => State::TrailerLineStart,
@@ -310,7 +329,7 @@ impl Chunked {
         Ok((i, 0..0))
     }
 
-    fn trailer_byte(&mut self, b: u8) -> Result<State, BodyError> {
+    fn trailer_byte(&mut self, b: u8, next: State) -> Result<State, BodyError> {
         self.trailer_len += 1;
         if self.trailer_len > MAX_TRAILERS {
             return Err(BodyError::Chunked("trailers too long"));
@@ -318,7 +337,7 @@ impl Chunked {
         if b < 0x20 && b != b'\t' || b == 0x7f {
             return Err(BodyError::Chunked("control byte in trailers"));
         }
-        Ok(State::TrailerLine)
+        Ok(next)
     }
 }
 

@@ -172,6 +172,9 @@ pub fn request_head(
         if i < 128 && head.connection_nominated & (1u128 << i) != 0 && !is_framing(name) {
             continue;
         }
+        if i < 128 && head.dropped & (1u128 << i) != 0 {
+            continue;
+        }
         let class = classify(name);
         if matches!(class, Field::HopByHop | Field::Ours) {
             continue;

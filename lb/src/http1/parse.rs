@@ -12,6 +12,25 @@
 
 use std::ops::Range;
 
+/// What to do with a field whose name contains `_` (a valid token, but CGI-style backends,
+/// nginx, WSGI and others fold `_` and `-` together, so `Content_Length` or `X_Forwarded_For`
+/// would reach the application as a field lb never saw).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Underscores {
+    /// 400 (the default, as Envoy Gateway's `withUnderscoresAction`).
+    #[default]
+    Reject,
+    /// Forward the request without such fields (nginx's `underscores_in_headers off`).
+    Drop,
+    /// Pass them on.
+    Allow,
+}
+
+/// Empty lines (CRLF) ignored before a request line: RFC 9112 §2.2 asks to ignore "at least
+/// one" (old clients sent a CRLF after a POST body). More is not a client's mistake, and an
+/// unbounded number would let a peer grow the input buffer for the whole header timeout.
+pub const MAX_LEADING_EMPTY_LINES: usize = 2;
+
 /// Limits applied while parsing.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -23,11 +42,19 @@ pub struct Limits {
     pub max_body: u64,
     /// Largest chunk extension, bytes.
     pub max_chunk_ext: usize,
+    /// Fields whose name contains `_`.
+    pub underscores: Underscores,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_head: 64 * 1024, max_headers: 100, max_body: 1 << 30, max_chunk_ext: 4096 }
+        Limits {
+            max_head: 64 * 1024,
+            max_headers: 100,
+            max_body: 1 << 30,
+            max_chunk_ext: 4096,
+            underscores: Underscores::Reject,
+        }
     }
 }
 
@@ -133,6 +160,8 @@ pub struct Head {
     pub connection_nominated: u128,
     /// Method is HEAD (the response has no body).
     pub head_method: bool,
+    /// Fields not to forward (names with `_` under [`Underscores::Drop`]; bit per index).
+    pub dropped: u128,
 }
 
 /// Parses the head at the start of `buf`. `Ok(None)`: incomplete, read more.
@@ -141,10 +170,13 @@ pub fn parse<'b>(
     headers: &mut [httparse::Header<'b>],
     limits: &Limits,
 ) -> Result<Option<Head>, Reject> {
-    // RFC 9112 2.2: ignore empty lines before the request line.
+    // RFC 9112 2.2: ignore empty lines before the request line, a few at most.
     let mut start = 0;
     while buf.get(start..start + 2) == Some(b"\r\n") {
         start += 2;
+        if start / 2 > MAX_LEADING_EMPTY_LINES {
+            return Err(Reject::BadRequest("empty lines before the request line"));
+        }
     }
     if buf.len() > start && buf[start] == b'\n' {
         return Err(Reject::BadRequest("bare LF"));
@@ -195,6 +227,7 @@ pub fn parse<'b>(
         upgrade: false,
         connection_nominated: 0,
         head_method: &buf[rl.method] == b"HEAD",
+        dropped: 0,
     };
     semantics(&mut head, fields, limits)?;
     Ok(Some(head))
@@ -258,6 +291,14 @@ fn request_line(buf: &[u8], line: Range<usize>) -> Result<RequestLine, Reject> {
         return Err(Reject::BadRequest("request target form"));
     };
     let of = &buf[origin_form.clone()];
+    if let Some(auth) = &authority
+        && !valid_host(&buf[auth.clone()])
+    {
+        return Err(Reject::BadRequest("absolute-form authority"));
+    }
+    if of != b"*" {
+        target_grammar(of)?;
+    }
     let (path, query) = match of.iter().position(|&b| b == b'?') {
         Some(q) => {
             (origin_form.start..origin_form.start + q, origin_form.start + q + 1..origin_form.end)
@@ -266,6 +307,53 @@ fn request_line(buf: &[u8], line: Range<usize>) -> Result<RequestLine, Reject> {
     };
     Ok(RequestLine { method: method_range, path, query, origin_form, authority, http10 })
 }
+
+/// RFC 3986 / RFC 9112 §3.2: an origin-form target (or an absolute-form's path and query) is
+/// `pchar`s, `/` and `?` only — unreserved, sub-delims, `:`, `@`, and `%` with two hex digits.
+/// So no fragment (`#`), no `"<>\\^`{|}[]`, no space, control or non-ASCII byte, and no broken
+/// percent-encoding. (HAProxy refuses the same by default; lenient parsers that pass them on
+/// let a backend see a different path than the one routed on.)
+fn target_grammar(target: &[u8]) -> Result<(), Reject> {
+    let mut i = 0;
+    while i < target.len() {
+        let b = target[i];
+        if b == b'%' {
+            match target.get(i + 1..i + 3) {
+                Some([h, l]) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => i += 3,
+                _ => return Err(Reject::BadRequest("broken percent-encoding in the target")),
+            }
+            continue;
+        }
+        if !TARGET_CHAR[usize::from(b)] {
+            return Err(Reject::BadRequest(if b == b'#' {
+                "fragment in the request target"
+            } else {
+                "character not allowed in the request target"
+            }));
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// Bytes allowed as themselves in a request target's path and query.
+const TARGET_CHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let allowed = b"-._~!$&'()*+,;=:@/?";
+    let mut i = 0;
+    while i < allowed.len() {
+        t[allowed[i] as usize] = true;
+        i += 1;
+    }
+    let mut b = 0;
+    while b < 256 {
+        if (b as u8).is_ascii_alphanumeric() {
+            t[b] = true;
+        }
+        b += 1;
+    }
+    t
+};
 
 /// `http://` or `https://` (scheme case-insensitive): the rest of the target.
 fn strip_scheme(target: &[u8]) -> Option<&[u8]> {
@@ -293,6 +381,16 @@ fn semantics(
     for (i, f) in fields.iter().enumerate() {
         let name = f.name.as_bytes();
         let value = trim_ows(f.value);
+        if limits.underscores != Underscores::Allow && name.contains(&b'_') {
+            if limits.underscores == Underscores::Reject {
+                return Err(Reject::BadRequest("underscore in a field name"));
+            }
+            // Dropped: never forwarded (`message::request_head` skips it) nor read here.
+            if i < 128 {
+                head.dropped |= 1u128 << i;
+            }
+            continue;
+        }
         if name.eq_ignore_ascii_case(b"host") {
             if head.host.is_some() {
                 return Err(Reject::BadRequest("more than one Host"));
