@@ -319,6 +319,19 @@ pub fn idle_clean(stream: &TcpStream) -> bool {
     n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
 }
 
+/// `shutdown(fd, SHUT_RDWR)` on a listening socket: a pending accept fails with `EINVAL` and
+/// the backlog is handed to the port's other listeners (`tcp_migrate_req`) or reset.
+#[allow(unsafe_code, reason = "one shutdown(2) call on a descriptor the listener task owns")]
+pub fn shutdown_listener(fd: std::os::fd::RawFd) -> io::Result<()> {
+    // SAFETY: `fd` belongs to a listener whose task is still alive (it is detached only after
+    // this call and closes the socket itself once its accept fails); no memory is passed.
+    if unsafe { libc::shutdown(fd, libc::SHUT_RDWR) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Returns freed heap memory to the kernel (glibc's `malloc_trim`, all arenas).
 #[allow(unsafe_code, reason = "one malloc_trim call; no pointers")]
 pub fn trim_heap() {

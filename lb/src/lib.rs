@@ -104,6 +104,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         AppliedWriter::create(&applied_file, config.cpus.len())
             .map_err(|source| Error::Applied { path: applied_file.clone(), source })?,
     );
+    enable_request_migration();
     // A report left by an earlier lb is stale: this one writes its own once it has bound.
     let _ = std::fs::remove_file(table::shm::listeners_path(&config.table));
     let nofile = io::raise_nofile();
@@ -177,6 +178,29 @@ pub fn run(config: Config) -> Result<(), Error> {
     }
     drain(&shutdown, config.drain);
     Ok(())
+}
+
+/// Turns on `net.ipv4.tcp_migrate_req` (Linux 5.14+, per network namespace) when it is off:
+/// a listener closed while others share its port (SO_REUSEPORT) then hands the connections
+/// queued in its backlog to them instead of resetting them. That is what makes a binary
+/// upgrade lossless: the new lb opens its listeners beside the old one's, the old one closes
+/// its own on SIGTERM and drains, and nothing that was still in its accept queue is lost.
+fn enable_request_migration() {
+    const KNOB: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+    match std::fs::read_to_string(KNOB) {
+        Ok(v) if v.trim() == "1" => {}
+        Ok(_) => match std::fs::write(KNOB, "1") {
+            Ok(()) => info!(
+                "set net.ipv4.tcp_migrate_req=1: queued connections move to the next lb on upgrade"
+            ),
+            Err(e) => warn!(
+                "net.ipv4.tcp_migrate_req is 0 and cannot be set ({e}); during a binary upgrade, \
+                 connections queued on the old lb's listeners will be reset. Set it (sysctl, or \
+                 the pod's securityContext.sysctls) to make upgrades lossless"
+            ),
+        },
+        Err(e) => warn!("{KNOB}: {e}; binary upgrades may reset queued connections"),
+    }
 }
 
 /// Waits until no core has an exchange in progress, or `limit` passed. The cores have closed

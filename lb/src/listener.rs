@@ -7,6 +7,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -22,13 +23,15 @@ use crate::core::Core;
 /// The listeners of one core.
 #[derive(Debug, Default)]
 pub struct Listeners {
-    active: RefCell<HashMap<SocketAddr, JoinHandle<()>>>,
+    active: RefCell<HashMap<SocketAddr, (JoinHandle<()>, RawFd)>>,
 }
 
 impl Listeners {
     /// Closes every listener of this core (draining).
     pub fn close_all(&self) {
-        self.active.borrow_mut().clear();
+        for (_, listener) in self.active.borrow_mut().drain() {
+            close(listener);
+        }
     }
 
     /// Opens and closes listeners to match `router`'s ports. Returns the ports that could
@@ -48,14 +51,16 @@ impl Listeners {
             .collect();
         let desired: Vec<SocketAddr> = wanted.iter().map(|(_, a)| *a).collect();
         let mut failed = BTreeMap::new();
-        self.active.borrow_mut().retain(|addr, _| {
-            let keep = desired.contains(addr);
-            if !keep && core.id == 0 {
+        let gone: Vec<SocketAddr> =
+            self.active.borrow().keys().filter(|a| !desired.contains(a)).copied().collect();
+        for addr in gone {
+            if core.id == 0 {
                 info!(%addr, "closing listener");
             }
-            // Dropping the handle cancels the accept task, which closes the socket.
-            keep
-        });
+            if let Some(listener) = self.active.borrow_mut().remove(&addr) {
+                close(listener);
+            }
+        }
         for (key, addr) in wanted {
             if self.active.borrow().contains_key(&addr) {
                 continue;
@@ -65,8 +70,9 @@ impl Listeners {
                     if core.id == 0 {
                         info!(%addr, "listening");
                     }
+                    let fd = listener.as_raw_fd();
                     let task = compio::runtime::spawn(accept(Rc::clone(core), listener));
-                    self.active.borrow_mut().insert(addr, task);
+                    self.active.borrow_mut().insert(addr, (task, fd));
                 }
                 Err(e) => {
                     warn!(core = core.id, %addr, "cannot listen: {e}; will retry");
@@ -82,6 +88,18 @@ impl Listeners {
 const FULL_RECHECK: Duration = Duration::from_millis(10);
 /// At most one "connection limit reached" line per core this often.
 const FULL_LOG_EVERY: u64 = 1000; // wheel ticks (10 s)
+
+/// Stops a listener without losing a connection: `shutdown(2)` makes the pending accept fail
+/// (so the accept task ends by itself and closes the socket) and hands connections still in
+/// the backlog to the other listeners of the port (`net.ipv4.tcp_migrate_req`). Dropping the
+/// task instead cancelled an accept that the kernel may already have completed, and the
+/// connection it had dequeued was reset (seen in the upgrade test).
+fn close((task, fd): (JoinHandle<()>, RawFd)) {
+    if let Err(e) = crate::io::shutdown_listener(fd) {
+        warn!("closing a listener: {e}");
+    }
+    task.detach();
+}
 
 async fn accept(core: Rc<Core>, listener: TcpListener) {
     loop {
@@ -108,6 +126,8 @@ async fn accept(core: Rc<Core>, listener: TcpListener) {
                 let _ = stream.set_nodelay(true);
                 compio::runtime::spawn(conn::serve(Rc::clone(&core), stream, peer)).detach();
             }
+            // Shut down (draining, or the port left the table): this listener is done.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning.
                 warn!(core = core.id, "accept: {e}");

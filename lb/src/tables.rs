@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures_channel::mpsc::UnboundedSender;
 use table::Router;
-use table::shm::{AppliedWriter, ReadError, SegmentReader};
+use table::shm::{AppliedWriter, ReadError, Repair, SegmentReader};
 use tracing::{error, info, warn};
 
 /// How often the watcher re-checks that the segment file is still the one it has open (its
@@ -36,18 +36,27 @@ pub fn spawn_watcher(
 
 /// Rewrites the applied file when someone damaged it (config-sync would otherwise never see
 /// lb confirm a generation).
-fn repair_applied(applied: &AppliedWriter) {
+fn repair_applied(applied: &AppliedWriter, superseded_logged: &mut bool) {
     match applied.repair() {
-        Ok(false) => {}
-        Ok(true) => warn!("the applied file was truncated, changed or removed; rewritten"),
+        Ok(Repair::Intact) => {}
+        Ok(Repair::Rewritten) => {
+            warn!("the applied file was truncated, changed or removed; rewritten");
+        }
+        Ok(Repair::Superseded(pid)) => {
+            if !*superseded_logged {
+                info!(pid, "another lb took over this segment (an upgrade); no longer reporting");
+                *superseded_logged = true;
+            }
+        }
         Err(e) => warn!("the applied file cannot be rewritten: {e}"),
     }
 }
 
 fn watch(path: &Path, cores: &[UnboundedSender<Arc<Router>>], applied: &AppliedWriter) {
     let mut waiting_logged = false;
+    let mut superseded = false;
     loop {
-        repair_applied(applied);
+        repair_applied(applied, &mut superseded);
         let reader = match SegmentReader::open(path) {
             Ok(r) => r,
             Err(e) => {
@@ -66,7 +75,7 @@ fn watch(path: &Path, cores: &[UnboundedSender<Arc<Router>>], applied: &AppliedW
         let mut refused = 0u64;
         let mut damaged = false;
         loop {
-            repair_applied(applied);
+            repair_applied(applied, &mut superseded);
             let seen = reader.notify_word();
             let published = match reader.published() {
                 Ok(p) => {

@@ -506,6 +506,20 @@ pub struct AppliedWriter {
     path: PathBuf,
     cores: usize,
     generations: Vec<AtomicU64>,
+    /// Another live lb recreated the file (a binary upgrade): this one no longer writes it.
+    superseded: std::sync::atomic::AtomicU32,
+}
+
+/// What [`AppliedWriter::repair`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repair {
+    /// The file says what this lb knows.
+    Intact,
+    /// It did not (truncated, changed, replaced, deleted) and was rewritten.
+    Rewritten,
+    /// Another running lb (this pid) owns the file now: a new lb took over this segment, and
+    /// this one stops writing the file.
+    Superseded(u32),
 }
 
 impl AppliedWriter {
@@ -524,6 +538,7 @@ impl AppliedWriter {
             path: path.to_owned(),
             cores,
             generations: (0..cores).map(|_| AtomicU64::new(0)).collect(),
+            superseded: std::sync::atomic::AtomicU32::new(0),
         };
         let tmp = sibling(path, &format!(".tmp.{}", std::process::id()));
         let file =
@@ -538,6 +553,9 @@ impl AppliedWriter {
     pub fn set(&self, core: usize, generation: u64) {
         let Some(slot) = self.generations.get(core) else { return };
         slot.store(generation, Ordering::Release);
+        if self.owner_elsewhere().is_some() {
+            return;
+        }
         let at = at::APPLIED_SLOTS + 8 * core as u64;
         let written = OpenOptions::new()
             .write(true)
@@ -551,17 +569,40 @@ impl AppliedWriter {
     /// Checks the file against this process's copy and rewrites it when it differs (truncated,
     /// scribbled on, deleted, replaced). Returns whether it had to. Called periodically off the
     /// request path.
-    pub fn repair(&self) -> io::Result<bool> {
+    pub fn repair(&self) -> io::Result<Repair> {
+        if let Some(pid) = self.owner_elsewhere() {
+            return Ok(Repair::Superseded(pid));
+        }
         let page = self.page();
         let mut current = vec![0u8; page.len()];
         let intact = File::open(&self.path)
             .and_then(|f| f.read_exact_at(&mut current, 0))
             .is_ok_and(|()| current == page);
         if intact {
-            return Ok(false);
+            return Ok(Repair::Intact);
         }
         self.rewrite()?;
-        Ok(true)
+        Ok(Repair::Rewritten)
+    }
+
+    /// The pid of another running lb whose intact applied file is at the path, if any (and
+    /// from then on, for good: an lb that was superseded never takes the file back).
+    fn owner_elsewhere(&self) -> Option<u32> {
+        let known = self.superseded.load(Ordering::Acquire);
+        if known != 0 {
+            return Some(known);
+        }
+        let mut head = [0u8; at::APPLIED_SLOTS as usize];
+        File::open(&self.path).and_then(|f| f.read_exact_at(&mut head, 0)).ok()?;
+        let magic = u64::from_ne_bytes([0, 1, 2, 3, 4, 5, 6, 7].map(|i| head[i]));
+        let at = at::APPLIED_PID as usize;
+        let pid = u32::from_ne_bytes([0, 1, 2, 3].map(|i| head[at + i]));
+        let alive = pid != 0 && Path::new(&format!("/proc/{pid}")).exists();
+        if magic != APPLIED_MAGIC || pid == std::process::id() || !alive {
+            return None;
+        }
+        self.superseded.store(pid, Ordering::Release);
+        Some(pid)
     }
 
     fn rewrite(&self) -> io::Result<()> {
@@ -973,17 +1014,26 @@ mod tests {
         let w = AppliedWriter::create(&a, 2).unwrap();
         w.set(0, 3);
         w.set(1, 3);
-        assert!(!w.repair().unwrap());
+        assert_eq!(w.repair().unwrap(), Repair::Intact);
         OpenOptions::new().write(true).open(&a).unwrap().set_len(0).unwrap();
         assert!(read_applied(&a).is_err());
         w.set(0, 4);
-        assert!(w.repair().unwrap());
+        assert_eq!(w.repair().unwrap(), Repair::Rewritten);
         assert_eq!(read_applied(&a).unwrap().cores, vec![4, 3]);
         fs::remove_file(&a).unwrap();
         w.set(1, 5);
         assert_eq!(read_applied(&a).unwrap().cores, vec![4, 5]);
         fs::write(&a, vec![0xffu8; 10]).unwrap();
-        assert!(w.repair().unwrap());
+        assert_eq!(w.repair().unwrap(), Repair::Rewritten);
+        assert_eq!(read_applied(&a).unwrap().cores, vec![4, 5]);
+        // A file of another live process (pid 1 here) is a takeover: left alone from then on.
+        let mut foreign = w.page();
+        foreign[at::APPLIED_PID as usize..at::APPLIED_PID as usize + 4]
+            .copy_from_slice(&1u32.to_ne_bytes());
+        fs::write(&a, &foreign).unwrap();
+        assert_eq!(w.repair().unwrap(), Repair::Superseded(1));
+        w.set(0, 9);
+        assert_eq!(read_applied(&a).unwrap().pid, 1);
         assert_eq!(read_applied(&a).unwrap().cores, vec![4, 5]);
     }
 
