@@ -163,7 +163,11 @@ pub fn prepare(
     };
     // Routing and the backend see the normalised path (`router::normalize_path`); the
     // common path is not copied.
-    let raw_path = &buf[head.path.clone()];
+    // An absolute-form target may have an empty path: it means "/" (RFC 9112 §3.2.1).
+    let raw_path = match &buf[head.path.clone()] {
+        b"" => b"/",
+        p => p,
+    };
     let mut normalized = Vec::new();
     let normalized_path = crate::router::normalize_path(raw_path, &mut normalized);
     let request = Request {

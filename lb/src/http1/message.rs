@@ -154,7 +154,13 @@ pub fn request_head(
     out.extend_from_slice(&buf[head.method.clone()]);
     out.push(b' ');
     let target = rewritten.target.unwrap_or(&buf[head.origin_form.clone()]);
-    out.extend_from_slice(if target.is_empty() { b"/" } else { target });
+    // An absolute-form target with an empty path (`http://h?q`, `http://h`) is sent with "/"
+    // as its path (RFC 9112 §3.2.1); "GET ?q" upstream was found by the request_head fuzz
+    // target.
+    if !target.starts_with(b"/") && target != b"*" {
+        out.push(b'/');
+    }
+    out.extend_from_slice(target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
     // Host: the absolute-form authority wins over the Host field (RFC 9112 3.2.2).
     let host: &[u8] = match (&head.authority, head.host) {
@@ -346,6 +352,11 @@ pub fn parse_response<'h, 'b>(
         Err(_) => return Err(BadResponse("malformed response head")),
     };
     let status = res.code.unwrap_or(0);
+    // RFC 9110 §15: a three-digit code whose first digit is 1-5. httparse reads "004" as 4,
+    // which lb would pass on as "HTTP/1.1 4" (found by the response_head fuzz target).
+    if !(100..=599).contains(&status) {
+        return Err(BadResponse("status code out of range"));
+    }
     let http10 = res.version == Some(0);
     let mut close = http10;
     let mut length: Option<u64> = None;
@@ -623,6 +634,20 @@ mod tests {
         let fields = &fields[..head.header_count];
         request_head(&mut out, raw, &head, fields, &client, &[], Rewritten::default());
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn found_by_fuzzing() {
+        // response_head: a status outside 100-599 ("004" parses as 4) is a bad response.
+        let mut fields = response_fields();
+        assert!(parse_response(b"HTTP/1.1 004 X\r\n\r\n", &mut fields, false).is_err());
+        let mut fields = response_fields();
+        assert!(parse_response(b"HTTP/1.1 600 X\r\n\r\n", &mut fields, false).is_err());
+        // request_head: an absolute-form target with an empty path goes upstream with "/".
+        let out = forward(b"GET http://h.example?q=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(out.starts_with("GET /?q=1 HTTP/1.1\r\nHost: h.example\r\n"), "{out}");
+        let out = forward(b"GET http://h.example HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(out.starts_with("GET / HTTP/1.1\r\n"), "{out}");
     }
 
     #[test]
