@@ -807,3 +807,58 @@ fn a_new_lb_takes_over_from_a_draining_one_without_failing_a_request() {
     assert!(total > before + 50, "the new lb served too little after the old one left");
     assert!(env.log("lb").contains("another lb took over"), "{}", env.log("lb"));
 }
+
+/// 1,000 table swaps under load: a generation published every 2 ms, lb opens, validates and
+/// swaps in each one it sees while requests run, and no request fails.
+#[test]
+fn a_thousand_table_swaps_under_load_fail_no_request() {
+    let mut env = Env::new("swaps");
+    let a = env.echo("default", "svc", "svc-0");
+    let port = free_port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write("svc.yaml", &service("default", "svc", &[a]));
+    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - matches: [{path: {value: /a}}]\n    backendRefs: [{name: svc, port: 80}]\n  - backendRefs: [{name: svc, port: 80}]\n");
+    env.config_sync();
+    env.lb(&[]);
+    env.wait_applied(1);
+    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    // config-sync steps aside; this test publishes itself.
+    env.kill("config-sync");
+    let current = table::shm::SegmentReader::open(&env.table).unwrap().read().unwrap().unwrap();
+    let base = table::decode(&current.bytes).unwrap();
+    let mut writer = table::shm::SegmentWriter::open(&env.table).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loads: Vec<_> = (0..2).map(|_| background_load(port, "/a", Arc::clone(&stop))).collect();
+    let start = Instant::now();
+    let first = writer.generation() + 1;
+    for generation in first..first + 1000 {
+        // A different table each time (its generation is inside it): lb must open, validate
+        // and swap every one it sees.
+        let mut t = base.clone();
+        t.generation = generation;
+        writer.publish(generation, &table::encode(&t).unwrap()).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    env.wait_applied(first + 999);
+    let took = start.elapsed();
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let mut ok = 0;
+    for l in loads {
+        let (n, failed) = l.join().unwrap();
+        assert!(
+            failed.is_empty(),
+            "{} requests failed during the swaps: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+        ok += n;
+    }
+    let swaps = env.log("lb").matches("table validated").count();
+    eprintln!(
+        "1,000 publications in {took:?}; lb validated {swaps} tables; {ok} requests, 0 failed"
+    );
+    assert!(ok > 200, "too little load ({ok})");
+    assert!(swaps > 100, "lb took only {swaps} of 1,000 generations");
+}
