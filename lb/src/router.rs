@@ -3,6 +3,8 @@
 
 use table::Headers;
 
+use crate::http1::body::hex;
+
 /// The request's fields, for header matches.
 #[derive(Debug)]
 pub struct FieldHeaders<'a, 'b>(pub &'a [httparse::Header<'b>]);
@@ -95,15 +97,6 @@ pub fn normalize_path(path: &[u8], out: &mut Vec<u8>) -> bool {
         out.push(b'/');
     }
     out.as_slice() != path
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

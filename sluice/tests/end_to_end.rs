@@ -254,10 +254,7 @@ fn route_edit_under_load_drops_nothing_and_is_live_quickly() {
 fn lb_keeps_serving_when_config_sync_dies_and_refuses_bad_tables() {
     let mut env = Env::new("resilience");
     let a = env.echo("default", "svc", "svc-0");
-    let port = free_port();
-    env.write("gateway.yaml", &gateway(port));
-    env.write("svc.yaml", &service("default", "svc", &[a]));
-    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n");
+    let port = env.one_service(&[a]);
     env.config_sync();
     env.lb(&[]);
     env.wait_applied(1);
@@ -331,7 +328,7 @@ fn listener_ports_open_and_close_with_the_table() {
     let (p1, p2) = (free_port(), free_port());
     env.write("gateway.yaml", &gateway(p1));
     env.write("svc.yaml", &service("default", "svc", &[a]));
-    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n");
+    env.write("route.yaml", &route("r", None, "svc"));
     env.config_sync();
     env.lb(&[]);
     env.wait_applied(1);
@@ -357,7 +354,7 @@ fn dead_endpoints_are_skipped_and_slow_upstreams_time_out() {
     let port = free_port();
     env.write("gateway.yaml", &gateway(port));
     env.write("svc.yaml", &service("default", "svc", &[dead, live]));
-    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n");
+    env.write("route.yaml", &route("r", None, "svc"));
     env.config_sync();
     env.lb(&["--upstream-timeout", "0.5", "--connect-timeout", "1"]);
     env.wait_applied(1);
@@ -444,10 +441,7 @@ fn sluice_up_runs_the_quickstart() {
 fn exhausted_buffer_ring_falls_back_to_heap_buffers() {
     let mut env = Env::new("ring");
     let a = env.echo("default", "svc", "svc-0");
-    let port = free_port();
-    env.write("gateway.yaml", &gateway(port));
-    env.write("svc.yaml", &service("default", "svc", &[a]));
-    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n");
+    let port = env.one_service(&[a]);
     env.config_sync();
     // Two small ring buffers per core: concurrent pipelined clients run the ring dry, so reads
     // must go to heap buffers (ResourceBusy) without losing or mixing bytes.
@@ -570,10 +564,7 @@ spec:
 fn sigterm_closes_listeners_finishes_requests_in_flight_and_exits() {
     let mut env = Env::new("drain");
     let backend = env.echo("default", "svc", "svc-0");
-    let port = free_port();
-    env.write("gateway.yaml", &gateway(port));
-    env.write("svc.yaml", &service("default", "svc", &[backend]));
-    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n");
+    let port = env.one_service(&[backend]);
     assert!(!sluice_ready(&env, true), "nothing published yet: not ready");
     env.config_sync();
     env.lb(&["--drain-timeout", "10"]);

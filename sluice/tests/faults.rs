@@ -75,10 +75,7 @@ fn ok(body: &str) -> Vec<u8> {
 /// lb and config-sync in front of one upstream at `addr`, all requests routed to it.
 fn proxy_to(name: &str, addr: SocketAddr, lb_args: &[&str]) -> (Env, u16) {
     let mut env = Env::new(name);
-    let port = free_port();
-    env.write("gateway.yaml", &gateway(port));
-    env.write("svc.yaml", &service("default", "svc", &[addr]));
-    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n");
+    let port = env.one_service(&[addr]);
     env.config_sync();
     // One core: every request goes through the same pool.
     let mut args = vec!["--cores", "0"];
@@ -208,12 +205,7 @@ fn file_operations_on_the_segment_and_applied_file_never_crash_anything() {
     let port = free_port();
     env.write("gateway.yaml", &gateway(port));
     env.write("svc.yaml", &service("default", "svc", &[a]));
-    let route = |path: &str| {
-        format!(
-            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - matches: [{{path: {{value: {path}}}}}]\n    backendRefs: [{{name: svc, port: 80}}]\n"
-        )
-    };
-    env.write("route.yaml", &route("/"));
+    env.write("route.yaml", &route("r", Some("/"), "svc"));
     env.config_sync();
     env.lb(&[]);
     env.wait_applied(1);
@@ -273,7 +265,7 @@ fn file_operations_on_the_segment_and_applied_file_never_crash_anything() {
         }
     }
     // Both repaired: a change still goes live end to end.
-    env.write("route.yaml", &route("/after"));
+    env.write("route.yaml", &route("r", Some("/after"), "svc"));
     let start = Instant::now();
     while get(port, "h", "/after", &[]).map(|r| r.status).unwrap_or(0) != 200 {
         assert!(
@@ -319,10 +311,7 @@ fn rss_kib(env: &Env, name: &str) -> u64 {
 fn symlink_loops_fifos_and_devices_in_the_folder_never_block_configuration() {
     let mut env = Env::new("hostile-folder");
     let a = env.echo("default", "svc", "svc-0");
-    let port = free_port();
-    env.write("gateway.yaml", &gateway(port));
-    env.write("svc.yaml", &service("default", "svc", &[a]));
-    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n");
+    let port = env.one_service(&[a]);
     std::os::unix::fs::symlink(".", env.manifests.join("loop")).unwrap();
     std::os::unix::fs::symlink("/dev/zero", env.manifests.join("zero.yaml")).unwrap();
     let fifo = env.manifests.join("pipe.yaml");
@@ -345,7 +334,7 @@ fn symlink_loops_fifos_and_devices_in_the_folder_never_block_configuration() {
             .unwrap()
             .success()
     );
-    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - matches: [{path: {value: /late}}]\n    backendRefs: [{name: svc, port: 80}]\n");
+    env.write("route.yaml", &route("r", Some("/late"), "svc"));
     env.wait_applied(2);
     assert_eq!(get(port, "h", "/late", &[]).unwrap().status, 200);
 }
@@ -402,10 +391,7 @@ fn a_manifest_rewritten_in_place_never_publishes_its_empty_version() {
 fn a_low_descriptor_limit_pauses_accepting_instead_of_failing_clients() {
     let mut env = Env::new("nofile");
     let a = env.echo("default", "svc", "svc-0");
-    let port = free_port();
-    env.write("gateway.yaml", &gateway(port));
-    env.write("svc.yaml", &service("default", "svc", &[a]));
-    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n");
+    let port = env.one_service(&[a]);
     env.config_sync();
     let table = env.table.to_str().unwrap().to_owned();
     env.spawn_program(
@@ -616,7 +602,7 @@ fn a_port_held_by_another_process_is_reported_not_programmed() {
     let port = blocker.local_addr().unwrap().port();
     env.write("gateway.yaml", &gateway(port));
     env.write("svc.yaml", &service("default", "svc", &[a]));
-    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n");
+    env.write("route.yaml", &route("r", None, "svc"));
     env.config_sync();
     env.lb(&[]);
     env.wait_applied(1);
@@ -705,10 +691,7 @@ fn a_prefix_rule_cannot_be_bypassed_with_dot_segments_or_encoding() {
 fn a_new_lb_takes_over_from_a_draining_one_without_failing_a_request() {
     let mut env = Env::new("upgrade");
     let a = env.echo("default", "svc", "svc-0");
-    let port = free_port();
-    env.write("gateway.yaml", &gateway(port));
-    env.write("svc.yaml", &service("default", "svc", &[a]));
-    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n");
+    let port = env.one_service(&[a]);
     env.config_sync();
     env.lb(&["--drain-timeout", "10s"]);
     env.wait_applied(1);

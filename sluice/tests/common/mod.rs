@@ -215,6 +215,16 @@ impl Env {
         self.children.retain(|(n, _)| n != name);
     }
 
+    /// The usual single-service setup: Gateway `gw` on a free port (returned), Service
+    /// `default/svc` over `endpoints`, and route `r` sending every request to it.
+    pub fn one_service(&self, endpoints: &[SocketAddr]) -> u16 {
+        let port = free_port();
+        self.write("gateway.yaml", &gateway(port));
+        self.write("svc.yaml", &service("default", "svc", endpoints));
+        self.write("route.yaml", &route("r", None, "svc"));
+        port
+    }
+
     pub fn write(&self, file: &str, content: &str) {
         let path = self.manifests.join(file);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -282,6 +292,17 @@ pub fn gateway(port: u16) -> String {
     format!(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: sluice}}\nspec: {{controllerName: sluice.dev/gateway-controller}}\n---\n\
          apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  gatewayClassName: sluice\n  listeners:\n  - {{name: http, protocol: HTTP, port: {port}, allowedRoutes: {{namespaces: {{from: All}}}}}}\n"
+    )
+}
+
+/// An HTTPRoute `name` in `default` on Gateway `gw`: requests under `prefix` (all when
+/// `None`) go to Service `service` port 80.
+pub fn route(name: &str, prefix: Option<&str>, service: &str) -> String {
+    let matches =
+        prefix.map_or(String::new(), |p| format!("  - matches: [{{path: {{value: {p}}}}}]\n  "));
+    let dash = if prefix.is_some() { "  " } else { "  - " };
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n{matches}{dash}backendRefs: [{{name: {service}, port: 80}}]\n"
     )
 }
 
