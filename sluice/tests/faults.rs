@@ -845,3 +845,123 @@ fn a_thousand_table_swaps_under_load_fail_no_request() {
     assert!(ok > 200, "too little load ({ok})");
     assert!(swaps > 100, "lb took only {swaps} of 1,000 generations");
 }
+
+/// Slow and stalling clients: 100 slowloris connections (a byte every 300 ms, never ending the
+/// head) are answered 408 and closed at the header timeout, a client that stops reading a
+/// large response is cut off at the body timeout, and other clients are served all the
+/// while.
+#[test]
+fn slow_and_stalling_clients_are_cut_off_while_others_are_served() {
+    let big = Arc::new({
+        let mut r = b"HTTP/1.1 200 OK\r\nContent-Length: 67108864\r\n\r\n".to_vec();
+        r.resize(r.len() + (64 << 20), b'x');
+        r
+    });
+    let body = Arc::clone(&big);
+    let (addr, _) = scripted_upstream(move |_, target| Answer {
+        now: if target == "/big" { body.to_vec() } else { ok(target) },
+        later: None,
+    });
+    let (env, port) =
+        proxy_to("slow-clients", addr, &["--header-timeout", "1s", "--body-timeout", "1s"]);
+    let slow: Vec<_> = (0..100)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+                let start = Instant::now();
+                let mut answer = Vec::new();
+                for &b in b"GET / HTTP/1.1\r\nHost: h\r\nX-Slow: 1234567890" {
+                    if s.write_all(&[b]).is_err() {
+                        break;
+                    }
+                    let mut buf = [0u8; 256];
+                    match s.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => answer.extend_from_slice(&buf[..n]),
+                        Err(_) => {}
+                    }
+                    if start.elapsed() > Duration::from_secs(8) {
+                        break;
+                    }
+                }
+                (start.elapsed(), String::from_utf8_lossy(&answer).into_owned())
+            })
+        })
+        .collect();
+    // A client that asks for 64 MiB and never reads.
+    let mut staller = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    staller.write_all(b"GET /big HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+    // Meanwhile others are served promptly.
+    for i in 0..50 {
+        let start = Instant::now();
+        let r = get(port, "h", &format!("/n{i}"), &[]).unwrap();
+        assert_eq!(r.status, 200);
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "a normal request took {:?}",
+            start.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for t in slow {
+        let (took, answer) = t.join().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "a slow client got {answer:?}");
+        assert!(took < Duration::from_secs(4), "a slow client was held {took:?}");
+    }
+    // The staller is cut off: reading now ends well before 64 MiB.
+    staller.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    while let Ok(n) = staller.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    assert!(got < 64 << 20, "the stalled client was never cut off");
+    drop(env);
+}
+
+/// config-sync killed (SIGKILL) at random moments while routes change, ten times, under
+/// load: lb never fails a request, and after each restart the latest files are what it serves.
+#[test]
+fn config_sync_killed_under_churn_loses_no_request_and_no_change() {
+    let mut env = Env::new("churn-kill");
+    let a = env.echo("default", "svc", "svc-0");
+    let b = env.echo("default", "svc2", "svc2-0");
+    let port = env.one_service(&[a]);
+    env.write("svc2.yaml", &service("default", "svc2", &[b]));
+    env.config_sync();
+    env.lb(&[]);
+    env.wait_applied(1);
+    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = background_load(port, "/", Arc::clone(&stop));
+    for round in 0..10u64 {
+        // A change, then a kill somewhere between before and after its publication.
+        env.write("extra.yaml", &route("extra", Some(&format!("/round-{round}")), "svc2"));
+        std::thread::sleep(Duration::from_millis(round * 3 % 17));
+        env.kill("config-sync");
+        env.config_sync();
+        let path = format!("/round-{round}/x");
+        let start = Instant::now();
+        while get(port, "h", &path, &[]).map(|r| r.pod()).unwrap_or_default() != "svc2-0" {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "round {round}: the change never went live"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    assert!(ok > 100, "only {ok} requests");
+    assert!(
+        failed.is_empty(),
+        "{} failed, e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+}
