@@ -297,9 +297,12 @@ fn edits_problem(edits: &ArchivedHeaderEdits) -> Option<String> {
 }
 
 /// Fields lb writes itself or that frame the message: a route may not edit them (a second
-/// Content-Length or Host would make the message ambiguous downstream).
+/// Content-Length or Host would make the message ambiguous downstream). `Expect` is lb's to
+/// answer: a route-set `Expect` would make the backend wait for, or refuse with 417, a
+/// continuation lb never negotiates (found by the `header_edits` fuzz target).
 const NOT_EDITABLE: &[&str] = &[
     "host",
+    "expect",
     "content-length",
     "transfer-encoding",
     "connection",

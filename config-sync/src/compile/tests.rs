@@ -571,6 +571,10 @@ fn header_modifiers_may_not_touch_framing_or_host() {
             "te",
             "{type: RequestHeaderModifier, requestHeaderModifier: {remove: [Transfer-Encoding]}}",
         ),
+        (
+            "expect",
+            "{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: Expect, value: x}]}}",
+        ),
     ] {
         let rules = format!("  - filters: [{filter}]\n    {TO_SVC}");
         let c = build(&route(name, "apps", parent, "", &rules));
