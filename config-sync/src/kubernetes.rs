@@ -210,8 +210,9 @@ pub async fn run(config: crate::Config, options: KubeOptions) -> Result<(), Erro
     let mut unwritten: BTreeMap<ObjectId, Change> = BTreeMap::new();
     let mut was_leader = false;
     let mut dirty = false;
-    let mut waiting_for: Option<u64> = None;
-    let mut waiting_since: Option<(u64, Instant)> = None;
+    // The generation published and not yet served by lb: since when, and whether that was
+    // already said.
+    let mut waiting_for: Option<(u64, Instant, bool)> = None;
     let applied = publisher.applied_path().to_owned();
     let listeners = table::shm::listeners_path(&config.table);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -242,7 +243,7 @@ pub async fn run(config: crate::Config, options: KubeOptions) -> Result<(), Erro
                         dirty = true;
                     }
                     match publisher.repair() {
-                        Ok(Some(p)) => waiting_for = Some(p.generation),
+                        Ok(Some(p)) => waiting_for = Some((p.generation, Instant::now(), false)),
                         Ok(None) => {}
                         Err(e) => error!("cannot repair the table segment: {e}; lb keeps its current table"),
                     }
@@ -267,7 +268,7 @@ pub async fn run(config: crate::Config, options: KubeOptions) -> Result<(), Erro
                         compile_micros,
                         "published"
                     );
-                    waiting_for = Some(p.generation);
+                    waiting_for = Some((p.generation, Instant::now(), false));
                 }
                 Ok(None) => {}
                 Err(e) => error!("cannot publish: {e}; lb keeps its current table"),
@@ -281,26 +282,19 @@ pub async fn run(config: crate::Config, options: KubeOptions) -> Result<(), Erro
             secrets.refresh(&client).await;
         }
         // Status describes what lb serves: write it once lb applied the generation.
-        if let Some(generation) = waiting_for {
-            if waiting_since.is_none_or(|(g, _)| g != generation) {
-                waiting_since = Some((generation, Instant::now()));
-            }
+        if let Some((generation, since, warned)) = &mut waiting_for {
             if table::shm::read_applied(&applied)
-                .is_ok_and(|a| !a.cores.is_empty() && a.min() >= generation)
+                .is_ok_and(|a| !a.cores.is_empty() && a.min() >= *generation)
             {
                 waiting_for = None;
-                waiting_since = None;
-            } else if let Some((_, since)) = waiting_since
-                && since.elapsed() > publish::APPLY_WARNING
-            {
+            } else if !*warned && since.elapsed() > publish::APPLY_WARNING {
                 warn!(
-                    generation,
+                    generation = *generation,
                     applied = %applied.display(),
                     "lb has not taken this generation after {:?}; status is held until it does (is lb running?)",
                     publish::APPLY_WARNING
                 );
-                // Once per generation.
-                waiting_since = Some((generation, Instant::now() + Duration::from_secs(3600)));
+                *warned = true;
             }
         }
         let is_leader = leader.load(Ordering::Relaxed);

@@ -103,11 +103,10 @@ pub struct Core {
     pub mirrors: Mirrors,
     /// Exchanges in progress on this core.
     pub busy: Cell<usize>,
-    /// Client connections open on this core, and the most it accepts (its share of
-    /// `--max-connections`).
+    /// Client connections open on this core.
     pub conns: Cell<usize>,
-    /// This core's connection limit.
-    pub max_conns: Cell<usize>,
+    /// The most it accepts: its share of `--max-connections`.
+    pub max_conns: usize,
     /// Wheel tick of the last "connection limit reached" log line (0: never).
     pub full_logged: Cell<u64>,
     /// Shutting down: no new connections; each connection closes after its current exchange.
@@ -116,8 +115,8 @@ pub struct Core {
 }
 
 impl Core {
-    /// A core without a table yet.
-    pub fn new(id: usize, settings: Arc<Settings>) -> Core {
+    /// A core without a table yet, accepting at most `max_conns` client connections.
+    pub fn new(id: usize, settings: Arc<Settings>, max_conns: usize) -> Core {
         let wheel = Rc::new(Wheel::new());
         let idle_ticks = (settings.pool_idle.as_millis() / 10) as u64;
         Core {
@@ -127,7 +126,7 @@ impl Core {
             mirrors: Mirrors::new(id),
             busy: Cell::new(0),
             conns: Cell::new(0),
-            max_conns: Cell::new(usize::MAX),
+            max_conns,
             full_logged: Cell::new(0),
             draining: Cell::new(false),
             settings,

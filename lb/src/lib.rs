@@ -150,8 +150,7 @@ pub fn run(config: Config) -> Result<(), Error> {
                         return;
                     }
                 };
-                let core = Rc::new(core::Core::new(index, settings));
-                core.max_conns.set(per_core);
+                let core = Rc::new(core::Core::new(index, settings, per_core));
                 rt.block_on(core_main(core, rx, applied, shutdown, segment));
             })
             .map_err(Error::Thread)?;

@@ -103,7 +103,7 @@ fn close((task, fd): (JoinHandle<()>, RawFd)) {
 
 async fn accept(core: Rc<Core>, listener: TcpListener) {
     loop {
-        if core.conns.get() >= core.max_conns.get() {
+        if core.conns.get() >= core.max_conns {
             // Leave new connections in the kernel's backlog until some close, instead of
             // accepting what we cannot serve (and failing upstream connects for want of
             // descriptors).
@@ -113,7 +113,7 @@ async fn accept(core: Rc<Core>, listener: TcpListener) {
                 core.full_logged.set(now.max(1));
                 warn!(
                     core = core.id,
-                    limit = core.max_conns.get(),
+                    limit = core.max_conns,
                     "connection limit reached; accepting paused until connections close (--max-connections)"
                 );
             }

@@ -226,26 +226,22 @@ pub fn prepare(
             };
             let edits = [Some(&action.request_headers), backend_edits];
             let rewrite = &action.rewrite;
+            // The path sent upstream when it is not the client's bytes: rewritten, or
+            // normalised; the query follows it.
+            let path = std::str::from_utf8(request.path).unwrap_or("/");
             let target = match &rewrite.path {
-                ArchivedPathRewrite::Keep if normalized_path => {
-                    let mut t = String::from_utf8_lossy(request.path).into_owned();
-                    if buf[head.origin_form.clone()].contains(&b'?') {
-                        t.push('?');
-                        t.push_str(std::str::from_utf8(request.query).unwrap_or(""));
-                    }
-                    Some(t)
+                ArchivedPathRewrite::Keep if !normalized_path => None,
+                ArchivedPathRewrite::Keep => Some(std::borrow::Cow::Borrowed(path)),
+                rule => Some(redirect::rewrite_path(path, rule, matched)),
+            }
+            .map(|p| {
+                let mut t = p.into_owned();
+                if !request.query.is_empty() {
+                    t.push('?');
+                    t.push_str(std::str::from_utf8(request.query).unwrap_or(""));
                 }
-                ArchivedPathRewrite::Keep => None,
-                path => {
-                    let original = std::str::from_utf8(request.path).unwrap_or("/");
-                    let mut t = redirect::rewrite_path(original, path, matched).into_owned();
-                    if !request.query.is_empty() {
-                        t.push('?');
-                        t.push_str(std::str::from_utf8(request.query).unwrap_or(""));
-                    }
-                    Some(t)
-                }
-            };
+                t
+            });
             let rewritten = message::Rewritten {
                 host: rewrite.host.as_ref().map(|h| h.as_bytes()),
                 target: target.as_ref().map(String::as_bytes),

@@ -37,12 +37,12 @@ impl Headers for FieldHeaders<'_, '_> {
 /// The common path (no `%`, no `//`, no `/.`) is one scan with no allocation.
 pub fn normalize_path(path: &[u8], out: &mut Vec<u8>) -> bool {
     let suspicious = path.windows(2).any(|w| w == b"//" || w == b"/.") || path.contains(&b'%');
-    if !suspicious {
+    // Origin-form paths start with "/"; anything else ("*") is left as it is.
+    if !suspicious || !path.starts_with(b"/") {
         return false;
     }
     out.clear();
-    // Segments after decoding; `out` holds the result as it is built.
-    let mut decoded = Vec::with_capacity(path.len());
+    out.reserve(path.len());
     let mut i = 0;
     while i < path.len() {
         let b = path[i];
@@ -52,47 +52,60 @@ pub fn normalize_path(path: &[u8], out: &mut Vec<u8>) -> bool {
         {
             let c = h << 4 | l;
             if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
-                decoded.push(c);
+                out.push(c);
             } else {
-                decoded.push(b'%');
-                decoded.push(path[i + 1].to_ascii_uppercase());
-                decoded.push(path[i + 2].to_ascii_uppercase());
+                out.extend_from_slice(&[
+                    b'%',
+                    path[i + 1].to_ascii_uppercase(),
+                    path[i + 2].to_ascii_uppercase(),
+                ]);
             }
             i += 3;
             continue;
         }
-        decoded.push(b);
+        out.push(b);
         i += 1;
     }
-    // Remove dot-segments and empty segments, keeping a trailing slash.
-    let mut starts: Vec<usize> = Vec::new();
-    let segments: Vec<&[u8]> = decoded.split(|&b| b == b'/').collect();
-    let last = segments.len().saturating_sub(1);
-    for (n, seg) in segments.iter().enumerate() {
-        match *seg {
-            b"" if n == 0 => {}
+    // Remove dot-segments and empty segments in place, keeping a trailing slash: `w` is the
+    // length written, never past the segment being read (each output segment is at most the
+    // input segment with its leading "/").
+    let len = out.len();
+    let (mut w, mut r) = (0, 0);
+    loop {
+        let end = out[r..].iter().position(|&b| b == b'/').map_or(len, |p| r + p);
+        let last = end == len;
+        let slash_ended = |out: &[u8], w: usize| w > 0 && out[w - 1] == b'/';
+        match &out[r..end] {
+            // The empty segment before the leading "/".
+            b"" if r == 0 => {}
             b"" | b"." => {
-                if n == last && !out.ends_with(b"/") {
-                    out.push(b'/');
+                if last && !slash_ended(out, w) {
+                    out[w] = b'/';
+                    w += 1;
                 }
             }
             b".." => {
-                if let Some(start) = starts.pop() {
-                    out.truncate(start);
-                }
-                if (n == last || out.is_empty()) && !out.ends_with(b"/") {
-                    out.push(b'/');
+                w = out[..w].iter().rposition(|&b| b == b'/').unwrap_or(0);
+                if (last || w == 0) && !slash_ended(out, w) {
+                    out[w] = b'/';
+                    w += 1;
                 }
             }
-            seg => {
-                if !out.ends_with(b"/") {
-                    out.push(b'/');
+            _ => {
+                if !slash_ended(out, w) {
+                    out[w] = b'/';
+                    w += 1;
                 }
-                starts.push(out.len() - 1);
-                out.extend_from_slice(seg);
+                out.copy_within(r..end, w);
+                w += end - r;
             }
         }
+        if last {
+            break;
+        }
+        r = end + 1;
     }
+    out.truncate(w);
     if out.is_empty() {
         out.push(b'/');
     }
@@ -138,6 +151,14 @@ mod tests {
             ("/%7euser", "/~user"),
             ("/caf%C3%A9", "/caf%C3%A9"),
             ("/a/..%2fb", "/a/..%2Fb"),
+            ("/a/..", "/"),
+            ("/..a", "/..a"),
+            ("/a/.b", "/a/.b"),
+            ("/./", "/"),
+            ("//", "/"),
+            ("/a/./", "/a/"),
+            ("/a/b/../../c/", "/c/"),
+            ("/a/b//../c", "/a/c"),
         ] {
             assert_eq!(norm(input), want, "{input}");
         }

@@ -156,17 +156,11 @@ impl Header {
     }
 
     fn u64(&self, at: u64) -> u64 {
-        let at = at as usize;
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&self.0[at..at + 8]);
-        u64::from_ne_bytes(b)
+        get_u64(&self.0, at)
     }
 
     fn u32(&self, at: u64) -> u32 {
-        let at = at as usize;
-        let mut b = [0u8; 4];
-        b.copy_from_slice(&self.0[at..at + 4]);
-        u32::from_ne_bytes(b)
+        get_u32(&self.0, at)
     }
 
     fn slot(&self, i: usize) -> SlotDesc {
@@ -257,7 +251,7 @@ impl SegmentWriter {
                 written: generation,
                 _lock: lock,
             };
-            writer.put_u32(at::WRITER_PID, std::process::id())?;
+            writer.store_u32(at::WRITER_PID, std::process::id())?;
             return Ok(writer);
         }
         let (file, map, identity) = fresh_segment(path)?;
@@ -339,21 +333,21 @@ impl SegmentWriter {
         let checksum = u64::from(crc32fast::hash(bytes));
         let mut desc = [0u8; 32];
         for (i, v) in [generation, offset, len, checksum].into_iter().enumerate() {
-            desc[i * 8..i * 8 + 8].copy_from_slice(&v.to_ne_bytes());
+            put_u64(&mut desc, 8 * i as u64, v);
         }
         self.file.write_all_at(&desc, slot + 8)?;
-        self.put_u64(slot, seq + 1)?;
+        self.store_u64(slot, seq + 1)?;
 
         let hseq = self.begin_write(at::SEQ, h.u64(at::SEQ))?;
         let mut gen_active = [0u8; 16];
-        gen_active[..8].copy_from_slice(&generation.to_ne_bytes());
-        gen_active[8..].copy_from_slice(&(target as u64).to_ne_bytes());
+        put_u64(&mut gen_active, 0, generation);
+        put_u64(&mut gen_active, at::ACTIVE - at::GENERATION, target as u64);
         self.file.write_all_at(&gen_active, at::GENERATION)?;
-        self.put_u64(at::SEQ, hseq + 1)?;
+        self.store_u64(at::SEQ, hseq + 1)?;
         (self.generation, self.written) = (generation, generation);
 
         // Only this writer (holding the lock) changes the futex word.
-        self.put_u32(at::NOTIFY, h.u32(at::NOTIFY).wrapping_add(1))?;
+        self.store_u32(at::NOTIFY, h.u32(at::NOTIFY).wrapping_add(1))?;
         futex_wake(self.notify_addr());
         Ok(())
     }
@@ -363,15 +357,15 @@ impl SegmentWriter {
     fn begin_write(&self, at: u64, current: u64) -> io::Result<u64> {
         // A writer that died mid-write left the count odd; step to the next odd value.
         let odd = if current & 1 == 1 { current + 2 } else { current + 1 };
-        self.put_u64(at, odd)?;
+        self.store_u64(at, odd)?;
         Ok(odd)
     }
 
-    fn put_u64(&self, at: u64, v: u64) -> io::Result<()> {
+    fn store_u64(&self, at: u64, v: u64) -> io::Result<()> {
         self.file.write_all_at(&v.to_ne_bytes(), at)
     }
 
-    fn put_u32(&self, at: u64, v: u32) -> io::Result<()> {
+    fn store_u32(&self, at: u64, v: u32) -> io::Result<()> {
         self.file.write_all_at(&v.to_ne_bytes(), at)
     }
 
@@ -592,13 +586,10 @@ impl AppliedWriter {
         if known != 0 {
             return Some(known);
         }
-        let mut head = [0u8; at::APPLIED_SLOTS as usize];
-        File::open(&self.path).and_then(|f| f.read_exact_at(&mut head, 0)).ok()?;
-        let magic = u64::from_ne_bytes([0, 1, 2, 3, 4, 5, 6, 7].map(|i| head[i]));
-        let at = at::APPLIED_PID as usize;
-        let pid = u32::from_ne_bytes([0, 1, 2, 3].map(|i| head[at + i]));
+        let head = File::open(&self.path).and_then(|f| applied_head(&f)).ok()?;
+        let pid = get_u32(&head, at::APPLIED_PID);
         let alive = pid != 0 && Path::new(&format!("/proc/{pid}")).exists();
-        if magic != APPLIED_MAGIC || pid == std::process::id() || !alive {
+        if pid == std::process::id() || !alive {
             return None;
         }
         self.superseded.store(pid, Ordering::Release);
@@ -621,16 +612,12 @@ impl AppliedWriter {
     /// The file's header and slots as this process knows them.
     fn page(&self) -> Vec<u8> {
         let mut page = vec![0u8; (at::APPLIED_SLOTS as usize) + 8 * self.cores];
-        page[..8].copy_from_slice(&APPLIED_MAGIC.to_ne_bytes());
-        let put32 = |page: &mut Vec<u8>, at: u64, v: u32| {
-            page[at as usize..at as usize + 4].copy_from_slice(&v.to_ne_bytes());
-        };
-        put32(&mut page, at::APPLIED_VERSION, SEGMENT_VERSION);
-        put32(&mut page, at::APPLIED_CORES, self.cores as u32);
-        put32(&mut page, at::APPLIED_PID, std::process::id());
+        put_u64(&mut page, at::MAGIC, APPLIED_MAGIC);
+        put_u32(&mut page, at::APPLIED_VERSION, SEGMENT_VERSION);
+        put_u32(&mut page, at::APPLIED_CORES, self.cores as u32);
+        put_u32(&mut page, at::APPLIED_PID, std::process::id());
         for (i, g) in self.generations.iter().enumerate() {
-            let at = at::APPLIED_SLOTS as usize + 8 * i;
-            page[at..at + 8].copy_from_slice(&g.load(Ordering::Acquire).to_ne_bytes());
+            put_u64(&mut page, at::APPLIED_SLOTS + 8 * i as u64, g.load(Ordering::Acquire));
         }
         page
     }
@@ -656,23 +643,44 @@ impl Applied {
 /// also follows an lb restart that recreated it.
 pub fn read_applied(path: &Path) -> io::Result<Applied> {
     let file = File::open(path)?;
-    let mut head = [0u8; at::APPLIED_SLOTS as usize];
-    file.read_exact_at(&mut head, 0)?;
-    let word = |at: u64| u32::from_ne_bytes([0, 1, 2, 3].map(|i| head[at as usize + i]));
-    let magic = u64::from_ne_bytes([0, 1, 2, 3, 4, 5, 6, 7].map(|i| head[i]));
-    if magic != APPLIED_MAGIC {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "applied file: bad magic"));
-    }
-    let cores = (word(at::APPLIED_CORES) as usize).min(MAX_CORES);
+    let head = applied_head(&file)?;
+    let cores = (get_u32(&head, at::APPLIED_CORES) as usize).min(MAX_CORES);
     let mut slots = vec![0u8; 8 * cores];
     file.read_exact_at(&mut slots, at::APPLIED_SLOTS)?;
     Ok(Applied {
-        pid: word(at::APPLIED_PID),
-        cores: slots
-            .chunks_exact(8)
-            .map(|c| u64::from_ne_bytes([0, 1, 2, 3, 4, 5, 6, 7].map(|i| c[i])))
-            .collect(),
+        pid: get_u32(&head, at::APPLIED_PID),
+        cores: (0..cores).map(|i| get_u64(&slots, 8 * i as u64)).collect(),
     })
+}
+
+/// The applied file's header (magic checked), read with one `pread`.
+fn applied_head(file: &File) -> io::Result<[u8; at::APPLIED_SLOTS as usize]> {
+    let mut head = [0u8; at::APPLIED_SLOTS as usize];
+    file.read_exact_at(&mut head, 0)?;
+    if get_u64(&head, at::MAGIC) != APPLIED_MAGIC {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "applied file: bad magic"));
+    }
+    Ok(head)
+}
+
+/// The native-endian `u64` at byte `at` of `b` (0 past its end).
+fn get_u64(b: &[u8], at: u64) -> u64 {
+    let at = at as usize;
+    b.get(at..at + 8).and_then(|s| s.try_into().ok()).map_or(0, u64::from_ne_bytes)
+}
+
+/// The native-endian `u32` at byte `at` of `b` (0 past its end).
+fn get_u32(b: &[u8], at: u64) -> u32 {
+    let at = at as usize;
+    b.get(at..at + 4).and_then(|s| s.try_into().ok()).map_or(0, u32::from_ne_bytes)
+}
+
+fn put_u64(b: &mut [u8], at: u64, v: u64) {
+    b[at as usize..at as usize + 8].copy_from_slice(&v.to_ne_bytes());
+}
+
+fn put_u32(b: &mut [u8], at: u64, v: u32) {
+    b[at as usize..at as usize + 4].copy_from_slice(&v.to_ne_bytes());
 }
 
 /// The applied file that goes with a segment path.
@@ -742,10 +750,10 @@ fn fresh_segment(path: &Path) -> io::Result<(File, MmapRaw, (u64, u64))> {
         .open(&tmp)?;
     file.set_len(PAGE)?;
     let mut h = [0u8; at::HEADER_LEN];
-    h[..8].copy_from_slice(&SEGMENT_MAGIC.to_ne_bytes());
-    h[8..12].copy_from_slice(&SEGMENT_VERSION.to_ne_bytes());
-    h[12..16].copy_from_slice(&FORMAT_VERSION.to_ne_bytes());
-    h[20..24].copy_from_slice(&std::process::id().to_ne_bytes());
+    put_u64(&mut h, at::MAGIC, SEGMENT_MAGIC);
+    put_u32(&mut h, at::SEGMENT_VERSION, SEGMENT_VERSION);
+    put_u32(&mut h, at::FORMAT_VERSION, FORMAT_VERSION);
+    put_u32(&mut h, at::WRITER_PID, std::process::id());
     file.write_all_at(&h, 0)?;
     let map = MmapOptions::new().len(PAGE as usize).map_raw(&file)?;
     let meta = file.metadata()?;

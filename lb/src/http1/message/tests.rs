@@ -1,0 +1,213 @@
+use super::super::parse::{Limits, parse};
+use super::*;
+
+fn forward(raw: &[u8]) -> String {
+    forward_with(raw, &table::format::HeaderEdits::default())
+}
+
+fn forward_with(raw: &[u8], edits: &table::format::HeaderEdits) -> String {
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(edits).unwrap();
+    let edits = rkyv::access::<ArchivedHeaderEdits, rkyv::rancor::Error>(&bytes).unwrap();
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let head = parse(raw, &mut fields, &Limits::default()).unwrap().unwrap();
+    let mut out = Vec::new();
+    let client = ClientIp::new("10.0.0.1".parse().unwrap(), false);
+    request_head(
+        &mut out,
+        raw,
+        &head,
+        &fields[..head.header_count],
+        &client,
+        &[Some(edits)],
+        Rewritten::default(),
+    );
+    String::from_utf8(out).unwrap()
+}
+
+fn forward_from(raw: &[u8], client: ClientIp) -> String {
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let head = parse(raw, &mut fields, &Limits::default()).unwrap().unwrap();
+    let mut out = Vec::new();
+    let fields = &fields[..head.header_count];
+    request_head(&mut out, raw, &head, fields, &client, &[], Rewritten::default());
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn found_by_fuzzing() {
+    // response_head: a status outside 100-599 ("004" parses as 4) is a bad response.
+    let mut fields = response_fields();
+    assert!(parse_response(b"HTTP/1.1 004 X\r\n\r\n", &mut fields, false).is_err());
+    let mut fields = response_fields();
+    assert!(parse_response(b"HTTP/1.1 600 X\r\n\r\n", &mut fields, false).is_err());
+    // request_head: an absolute-form target with an empty path goes upstream with "/".
+    let out = forward(b"GET http://h.example?q=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(out.starts_with("GET /?q=1 HTTP/1.1\r\nHost: h.example\r\n"), "{out}");
+    let out = forward(b"GET http://h.example HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(out.starts_with("GET / HTTP/1.1\r\n"), "{out}");
+}
+
+#[test]
+fn forwarding_fields_are_replaced_at_the_edge_and_extended_behind_trusted_proxies() {
+    let raw = b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: spoof\r\nx-forwarded-for: 7.7.7.7\r\n\r\n";
+    let edge = forward_from(raw, ClientIp::new("10.0.0.1".parse().unwrap(), false));
+    assert_eq!(
+        edge,
+        "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1;host=\"h\";proto=http\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n\r\n"
+    );
+    let behind = forward_from(raw, ClientIp::new("2001:db8::2".parse().unwrap(), true));
+    assert_eq!(
+        behind,
+        "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: spoof\r\nX-Forwarded-For: 6.6.6.6, 7.7.7.7, 2001:db8::2\r\nForwarded: for=6.6.6.6, for=\"[2001:db8::2]\";host=\"h\";proto=http\r\n\r\n"
+    );
+}
+
+#[test]
+fn rewrite_replaces_host_and_target_but_not_forwarded_host() {
+    let raw = b"GET /a?q=1 HTTP/1.1\r\nHost: client.example\r\n\r\n";
+    let mut fields = [httparse::EMPTY_HEADER; 8];
+    let head = parse(raw, &mut fields, &Limits::default()).unwrap().unwrap();
+    let mut out = Vec::new();
+    let client = ClientIp::new("10.0.0.1".parse().unwrap(), false);
+    let rewritten = Rewritten { host: Some(b"backend.example"), target: Some(b"/b?q=1") };
+    request_head(&mut out, raw, &head, &fields[..head.header_count], &client, &[], rewritten);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "GET /b?q=1 HTTP/1.1\r\nHost: backend.example\r\nX-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1;host=\"client.example\";proto=http\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: client.example\r\n\r\n"
+    );
+}
+
+#[test]
+fn header_edits_remove_set_and_add_case_insensitively() {
+    use table::format::{HeaderEdits, HeaderField};
+    let field = |n: &str, v: &str| HeaderField { name: n.into(), value: v.into() };
+    let edits = HeaderEdits {
+        set: vec![field("X-Set", "new")],
+        add: vec![field("X-Add", "more")],
+        remove: vec!["X-Remove".into()],
+    };
+    let out = forward_with(
+        b"GET / HTTP/1.1\r\nHost: h\r\nx-set: old\r\nX-SET: older\r\nx-add: first\r\nx-remove: gone\r\nKeep: k\r\n\r\n",
+        &edits,
+    );
+    assert_eq!(
+        out,
+        "GET / HTTP/1.1\r\nHost: h\r\nx-add: first\r\nKeep: k\r\nX-Set: new\r\nX-Add: more\r\nX-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1;host=\"h\";proto=http\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n\r\n"
+    );
+}
+
+#[test]
+fn request_head_regenerates_framing_and_drops_hop_by_hop() {
+    let out = forward(b"POST /p?q HTTP/1.1\r\nHost: Example.com\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\nTransfer-Encoding: ,chunked\r\nTE: trailers\r\nX-Forwarded-For: 1.2.3.4\r\nUser-Agent: t\r\n\r\n");
+    assert_eq!(
+        out,
+        "POST /p?q HTTP/1.1\r\nHost: Example.com\r\nUser-Agent: t\r\nX-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1;host=\"Example.com\";proto=http\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: Example.com\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+}
+
+#[test]
+fn absolute_form_replaces_host_and_version() {
+    let out = forward(b"GET http://example.com/x HTTP/1.2\r\nHost: evil.example\r\n\r\n");
+    assert!(out.starts_with("GET /x HTTP/1.1\r\nHost: example.com\r\n"), "{out}");
+    assert!(!out.contains("evil"));
+}
+
+#[test]
+fn nominated_content_length_stays_framing() {
+    let out = forward(
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nConnection: Content-Length\r\n\r\nabc",
+    );
+    assert!(out.ends_with("Content-Length: 3\r\n\r\n"), "{out}");
+}
+
+fn respond(
+    raw: &[u8],
+    head_req: bool,
+    http10: bool,
+    keep: bool,
+) -> (String, Encode, bool, ResponseFraming) {
+    let mut fields = response_fields();
+    let (head, fields) = parse_response(raw, &mut fields, head_req).unwrap().unwrap();
+    let mut out = Vec::new();
+    let (enc, close) =
+        response_head(&mut out, raw, &head, fields, http10, keep, ResponseChanges::default());
+    (String::from_utf8(out).unwrap(), enc, close, head.framing)
+}
+
+#[test]
+fn response_framing() {
+    let (h, enc, close, f) = respond(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok",
+        false,
+        false,
+        true,
+    );
+    assert_eq!(h, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
+    assert_eq!((enc, close, f), (Encode::Raw, false, ResponseFraming::Length(2)));
+    let (h, enc, _, _) =
+        respond(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false, false, true);
+    assert!(h.contains("Transfer-Encoding: chunked\r\n"));
+    assert_eq!(enc, Encode::Chunked);
+    let (h, enc, close, _) = respond(b"HTTP/1.0 200 OK\r\n\r\n", false, true, true);
+    assert_eq!((enc, close), (Encode::Raw, true));
+    assert!(h.contains("Connection: close"));
+    let (h, _, _, f) = respond(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", true, false, true);
+    assert_eq!(f, ResponseFraming::None);
+    assert!(h.contains("Content-Length: 99"));
+    let (_, _, _, f) = respond(b"HTTP/1.1 304 Not Modified\r\n\r\n", false, false, true);
+    assert_eq!(f, ResponseFraming::None);
+    let mut fields = response_fields();
+    assert!(
+        parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &mut fields,
+            false
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn field_classes() {
+    for n in [
+        "TE",
+        "Trailer",
+        "upgrade",
+        "Connection",
+        "keep-alive",
+        "Content-Length",
+        "HTTP2-Settings",
+        "Proxy-Connection",
+        "Transfer-Encoding",
+    ] {
+        assert_eq!(classify(n), Field::HopByHop, "{n}");
+    }
+    for n in ["X-Forwarded-Host", "x-forwarded-proto"] {
+        assert_eq!(classify(n), Field::ForwardedOther, "{n}");
+    }
+    assert_eq!(classify("Forwarded"), Field::Forwarded);
+    for n in ["Host", "expect"] {
+        assert_eq!(classify(n), Field::Ours, "{n}");
+    }
+    assert_eq!(classify("X-Forwarded-For"), Field::ForwardedFor);
+    for n in ["te2", "Accept", "Cookie", "x-forwarded-port", "content-type", "connectio"] {
+        assert_eq!(classify(n), Field::Pass, "{n}");
+    }
+}
+
+#[test]
+fn decimals() {
+    for n in [0u64, 7, 10, 4096, u64::MAX] {
+        let mut out = Vec::new();
+        push_decimal(&mut out, n);
+        assert_eq!(out, n.to_string().as_bytes());
+    }
+    assert_eq!(ClientIp::new("2001:db8::1".parse().unwrap(), false).as_bytes(), b"2001:db8::1");
+}
+
+#[test]
+fn local_responses() {
+    let mut out = Vec::new();
+    local_response(&mut out, 404, false, false);
+    assert_eq!(out, b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n\r\n404 Not Found\n");
+}
