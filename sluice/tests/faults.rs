@@ -190,6 +190,22 @@ fn background_load(
     })
 }
 
+/// Stops a [`background_load`] and checks it: at least `min` requests, none failed
+/// (`context`, e.g. a log, goes into the failure message). Returns how many were answered.
+fn stop_load(
+    stop: &AtomicBool,
+    load: std::thread::JoinHandle<(usize, Vec<String>)>,
+    min: usize,
+    context: &str,
+) -> usize {
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    assert!(ok >= min, "only {ok} requests");
+    let some = &failed[..failed.len().min(5)];
+    assert!(failed.is_empty(), "{} requests failed, e.g. {some:?}\n{context}", failed.len());
+    ok
+}
+
 fn alive(env: &mut Env, name: &str) -> bool {
     env.wait_exit(name, Duration::ZERO).is_none()
 }
@@ -370,16 +386,7 @@ fn a_manifest_rewritten_in_place_never_publishes_its_empty_version() {
         drop(f);
         std::thread::sleep(Duration::from_millis(300));
     }
-    stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = load.join().unwrap();
-    assert!(ok > 100, "only {ok} requests");
-    assert!(
-        failed.is_empty(),
-        "{} requests failed, e.g. {:?}\n{}",
-        failed.len(),
-        &failed[..failed.len().min(3)],
-        env.log("config-sync")
-    );
+    stop_load(&stop, load, 101, &env.log("config-sync"));
     assert!(env.log("config-sync").contains("rewritten in place"), "{}", env.log("config-sync"));
 }
 
@@ -826,18 +833,7 @@ fn a_thousand_table_swaps_under_load_fail_no_request() {
     env.wait_applied(first + 999);
     let took = start.elapsed();
     std::thread::sleep(Duration::from_millis(200));
-    stop.store(true, Ordering::Relaxed);
-    let mut ok = 0;
-    for l in loads {
-        let (n, failed) = l.join().unwrap();
-        assert!(
-            failed.is_empty(),
-            "{} requests failed during the swaps: {:?}",
-            failed.len(),
-            &failed[..failed.len().min(5)]
-        );
-        ok += n;
-    }
+    let ok: usize = loads.into_iter().map(|l| stop_load(&stop, l, 0, "during the swaps")).sum();
     let swaps = env.log("lb").matches("table validated").count();
     eprintln!(
         "1,000 publications in {took:?}; lb validated {swaps} tables; {ok} requests, 0 failed"
@@ -955,13 +951,5 @@ fn config_sync_killed_under_churn_loses_no_request_and_no_change() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = load.join().unwrap();
-    assert!(ok > 100, "only {ok} requests");
-    assert!(
-        failed.is_empty(),
-        "{} failed, e.g. {:?}",
-        failed.len(),
-        &failed[..failed.len().min(3)]
-    );
+    stop_load(&stop, load, 101, &env.log("config-sync"));
 }
