@@ -222,10 +222,7 @@ fn file_operations_on_the_segment_and_applied_file_never_crash_anything() {
     env.write("gateway.yaml", &gateway(port));
     env.write("svc.yaml", &service("default", "svc", &[a]));
     env.write("route.yaml", &route("r", Some("/"), "svc"));
-    env.config_sync();
-    env.lb(&[]);
-    env.wait_applied(1);
-    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    env.start(port, &[]);
     let stop = Arc::new(AtomicBool::new(false));
     let load = background_load(port, "/x", Arc::clone(&stop));
 
@@ -332,10 +329,7 @@ fn symlink_loops_fifos_and_devices_in_the_folder_never_block_configuration() {
     std::os::unix::fs::symlink("/dev/zero", env.manifests.join("zero.yaml")).unwrap();
     let fifo = env.manifests.join("pipe.yaml");
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
-    env.config_sync();
-    env.lb(&[]);
-    env.wait_applied(1);
-    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    env.start(port, &[]);
     assert_eq!(get(port, "h", "/", &[]).unwrap().status, 200);
     let log = env.log("config-sync");
     for name in ["loop", "zero.yaml", "pipe.yaml"] {
@@ -368,10 +362,7 @@ fn a_manifest_rewritten_in_place_never_publishes_its_empty_version() {
         service("default", "svc", &[a])
     );
     env.write("all.yaml", &all);
-    env.config_sync();
-    env.lb(&[]);
-    env.wait_applied(1);
-    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    env.start(port, &[]);
     let stop = Arc::new(AtomicBool::new(false));
     let load = background_load(port, "/", Arc::clone(&stop));
     let path = env.manifests.join("all.yaml");
@@ -662,10 +653,7 @@ fn a_prefix_rule_cannot_be_bypassed_with_dot_segments_or_encoding() {
         ),
     );
     env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /admin}}]\n    backendRefs: [{name: admin, port: 80}]\n  - backendRefs: [{name: public, port: 80}]\n");
-    env.config_sync();
-    env.lb(&[]);
-    env.wait_applied(1);
-    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    env.start(port, &[]);
     for (target, pod, seen) in [
         ("/admin/x", "admin-0", "/admin/x"),
         ("/%61dmin/x", "admin-0", "/admin/x"),
@@ -699,10 +687,7 @@ fn a_new_lb_takes_over_from_a_draining_one_without_failing_a_request() {
     let mut env = Env::new("upgrade");
     let a = env.echo("default", "svc", "svc-0");
     let port = env.one_service(&[a]);
-    env.config_sync();
-    env.lb(&["--drain-timeout", "10s"]);
-    env.wait_applied(1);
-    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    env.start(port, &["--drain-timeout", "10s"]);
 
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicUsize::new(0));
@@ -808,10 +793,7 @@ fn a_thousand_table_swaps_under_load_fail_no_request() {
     env.write("gateway.yaml", &gateway(port));
     env.write("svc.yaml", &service("default", "svc", &[a]));
     env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - matches: [{path: {value: /a}}]\n    backendRefs: [{name: svc, port: 80}]\n  - backendRefs: [{name: svc, port: 80}]\n");
-    env.config_sync();
-    env.lb(&[]);
-    env.wait_applied(1);
-    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    env.start(port, &[]);
     // config-sync steps aside; this test publishes itself.
     env.kill("config-sync");
     let current = table::shm::SegmentReader::open(&env.table).unwrap().read().unwrap().unwrap();
@@ -929,10 +911,7 @@ fn config_sync_killed_under_churn_loses_no_request_and_no_change() {
     let b = env.echo("default", "svc2", "svc2-0");
     let port = env.one_service(&[a]);
     env.write("svc2.yaml", &service("default", "svc2", &[b]));
-    env.config_sync();
-    env.lb(&[]);
-    env.wait_applied(1);
-    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    env.start(port, &[]);
     let stop = Arc::new(AtomicBool::new(false));
     let load = background_load(port, "/", Arc::clone(&stop));
     for round in 0..10u64 {

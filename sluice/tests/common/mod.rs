@@ -225,6 +225,15 @@ impl Env {
         port
     }
 
+    /// Starts config-sync and lb (with `lb_args`) and waits until lb serves the first table on
+    /// `port`.
+    pub fn start(&mut self, port: u16, lb_args: &[&str]) {
+        self.config_sync();
+        self.lb(lb_args);
+        self.wait_applied(1);
+        wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    }
+
     pub fn write(&self, file: &str, content: &str) {
         let path = self.manifests.join(file);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
