@@ -930,5 +930,7 @@ fn config_sync_killed_under_churn_loses_no_request_and_no_change() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    stop_load(&stop, load, 101, &env.log("config-sync"));
+    // The rounds take as long as ten restarts do; with the other tests running beside it the
+    // load makes ~75–200 requests in that time. What matters is that none failed.
+    stop_load(&stop, load, 20, &env.log("config-sync"));
 }
