@@ -1,21 +1,35 @@
-//! A client connection: wait for a request head (keep-alive timeout while idle, header timeout
-//! once the first byte is in), hand it to `proxy`, repeat. Pipelined requests are answered in
-//! order because each exchange finishes before the next head is parsed; their bytes wait in the
-//! input buffer.
+//! A client connection: its transport, speaking HTTP/1. Wait for a request head (keep-alive
+//! timeout while idle, header timeout once the first byte is in), turn it into the exchange's
+//! protocol-neutral [`Request`] (`exchange::decide`), write what was decided — the upstream
+//! head, or a local answer — and hand over to `proxy`; repeat. Pipelined requests are
+//! answered in order because each exchange finishes before the next head is parsed; their
+//! bytes wait in the input buffer.
+//!
+//! The synchronous part ([`prepare`]) holds the parsed fields in an on-stack array and writes
+//! the upstream head into the request's output buffer before the first await, so no parsed
+//! state has to live across I/O.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use compio::io::{AsyncReadManaged, AsyncWrite};
 use compio::net::TcpStream;
+use table::lookup::{MAX_HOST, normalize_host};
+use table::{ActionId, Headers, ServiceId};
 use tracing::debug;
 
 use crate::core::Core;
-use crate::http1::message::{self, ClientIp};
-use crate::io::{InBuf, write_out};
-use crate::proxy::{Exchange, Flow, Plan, prepare};
+use crate::error::{Cause, Phase, ProxyError, Refusal, Side};
+use crate::exchange::{self, Decision, Request};
+use crate::fields::FieldList;
+use crate::filters::mirror;
+use crate::http1::parse::{self, Head, MAX_HEADERS, trim_ows};
+use crate::http1::request::{self, ClientIp, Rewritten};
+use crate::io::InBuf;
+use crate::proxy::{Exchange, Flow, Summary};
 use crate::timer::{Deadline, Elapsed};
+use crate::transport::Transport;
+use crate::upstream::CoreTable;
 
 /// How long a closing connection drains what the client still sends, so our last response is
 /// not destroyed by a reset (the lingering close of nginx and Apache).
@@ -26,6 +40,7 @@ const LINGER_BYTES: usize = 256 * 1024;
 pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
     let _counted = Counted::new(&core);
     let Ok(local) = stream.local_addr() else { return };
+    let transport = Transport::Plain(stream);
     let deadline = Rc::new(Deadline::default());
     let client = ClientIp::new(peer.ip(), core.settings.trusted_hops > 0);
     let mut input = InBuf::Empty;
@@ -34,8 +49,8 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
     loop {
         if input.bytes().is_empty() {
             // Idle: no buffer is held while waiting here, and this task's own state is small.
-            match core.wheel.timeout(&deadline, keep_alive, input.fill(&stream, &core.spare)).await
-            {
+            let read = transport.read(&mut input, &core.spare);
+            match core.wheel.timeout(&deadline, keep_alive, read).await {
                 Ok(Ok(n)) if n > 0 => {}
                 // Closed by the client, reset, or idle too long: nothing left to say.
                 _ => break,
@@ -46,7 +61,8 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
         // even while idle; boxed, an idle task is a few hundred bytes, for one malloc/free per
         // request (~150 instructions of ~19k).
         core.busy.set(core.busy.get() + 1);
-        let flow = Box::pin(exchange(&core, &stream, &mut input, &deadline, &client, local)).await;
+        let flow =
+            Box::pin(exchange(&core, &transport, &mut input, &deadline, &client, local)).await;
         core.busy.set(core.busy.get() - 1);
         if flow == Flow::Close || core.draining.get() {
             linger_after = true;
@@ -55,7 +71,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
     }
     input.release(&core.spare);
     if linger_after {
-        Box::pin(linger(&core, &stream, &deadline)).await;
+        Box::pin(linger(&core, &transport, &deadline)).await;
     }
 }
 
@@ -75,24 +91,68 @@ impl Drop for Counted<'_> {
     }
 }
 
+/// What the head and the exchange's decision lead to.
+#[derive(Debug)]
+enum Plan {
+    /// The head was refused, or never completed: answer the error and close.
+    Fail(ProxyError),
+    /// Answer with the refusal's status.
+    Refuse {
+        /// Why.
+        refusal: Refusal,
+        /// Facts about the request.
+        req: Summary,
+    },
+    /// Answer with a redirect.
+    Redirect {
+        /// 3xx status.
+        status: u16,
+        /// `Location` value.
+        location: String,
+        /// Facts about the request.
+        req: Summary,
+    },
+    /// Answer an allowed CORS preflight with these fields.
+    Preflight {
+        /// The policy's fields.
+        fields: FieldList,
+        /// Facts about the request.
+        req: Summary,
+    },
+    /// Forward; the upstream head is already in the output buffer.
+    Forward {
+        /// The table the request was routed on.
+        table: Rc<CoreTable>,
+        /// The matched rule.
+        id: ActionId,
+        /// The chosen Service.
+        service: ServiceId,
+        /// Endpoint round-robin position.
+        cursor: u32,
+        /// Fields the route's CORS policy adds to the response (usually none).
+        cors: FieldList,
+        /// Facts about the request.
+        req: Summary,
+    },
+}
+
 /// One exchange, from the first buffered byte of a request to its end.
 async fn exchange(
     core: &Core,
-    stream: &TcpStream,
+    transport: &Transport,
     input: &mut InBuf,
     deadline: &Rc<Deadline>,
     client: &ClientIp,
     local: SocketAddr,
 ) -> Flow {
-    let t = core.settings.timeouts;
-    core.wheel.arm(deadline, t.request_header);
+    core.wheel.arm(deadline, core.settings.timeouts.request_header);
     let mut out = core.spare.take();
     let plan = loop {
         out.clear();
         if let Some(plan) = prepare(core, input.bytes(), client, local, &mut out) {
             break plan;
         }
-        match core.wheel.race(deadline, input.fill(stream, &core.spare)).await {
+        match core.wheel.race(deadline, transport.read(input, &core.spare)).await {
             Ok(Ok(n)) if n > 0 => {}
             // End of stream inside a head: nothing to answer (the client is gone).
             Ok(_) => {
@@ -100,47 +160,148 @@ async fn exchange(
                 return Flow::Close;
             }
             Err(Elapsed) => {
-                debug!(client = %String::from_utf8_lossy(client.as_bytes()), "request head timed out");
-                message::local_response(&mut out, 408, true, false);
-                let _ = core.wheel.timeout(deadline, t.body, write_out(stream, &mut out)).await;
-                core.spare.give(out);
-                return Flow::Close;
+                debug!(client = %client.as_bytes().escape_ascii(), "request head timed out");
+                break Plan::Fail(ProxyError::new(
+                    Side::Downstream,
+                    Phase::RequestHead,
+                    Cause::Timeout,
+                ));
             }
         }
     };
     core.wheel.disarm(deadline);
-    let mut ex = Exchange { core, client: stream, input, out: &mut out, deadline };
+    let mut ex = Exchange { core, client: transport, input, out: &mut out, deadline };
     let flow = match plan {
-        Plan::Reject(reject) => {
-            debug!(status = reject.status(), "rejected: {}", reject.reason());
-            ex.out.clear();
-            message::local_response(ex.out, reject.status(), true, false);
-            let _ = core.wheel.timeout(deadline, t.body, write_out(stream, ex.out)).await;
-            Flow::Close
-        }
-        Plan::Respond { status, req } => ex.respond(status, req).await,
+        Plan::Fail(e) => ex.fail_head(e).await,
+        Plan::Refuse { refusal, req } => ex.refuse(refusal, req).await,
         Plan::Redirect { status, location, req } => ex.redirect(status, &location, req).await,
-        Plan::Preflight { headers, req } => ex.preflight(headers, req).await,
-        Plan::Forward { table, service, cursor, cors, req } => {
-            ex.forward(table, service, cursor, &cors, req).await
+        Plan::Preflight { fields, req } => ex.preflight(&fields, req).await,
+        Plan::Forward { table, id, service, cursor, cors, req } => {
+            ex.forward(&table, id, (service, cursor), &cors, req).await
         }
     };
     core.spare.give(out);
     flow
 }
 
+/// The parsed request's fields, as routing and filters read them (in place, no map built).
+#[derive(Debug)]
+struct FieldHeaders<'a, 'b>(&'a [httparse::Header<'b>]);
+
+impl Headers for FieldHeaders<'_, '_> {
+    fn first(&self, name: &str) -> Option<&[u8]> {
+        self.0.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| trim_ows(h.value))
+    }
+}
+
+/// Parses the request at the start of `buf` and asks the exchange what to do with it. `None`:
+/// the head is incomplete. For [`Plan::Forward`], the upstream head has been written to `out`
+/// (and mirror copies sent).
+fn prepare(
+    core: &Core,
+    buf: &[u8],
+    client: &ClientIp,
+    local: SocketAddr,
+    out: &mut Vec<u8>,
+) -> Option<Plan> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let head = match parse::parse(buf, &mut fields, &core.settings.limits) {
+        Ok(Some(h)) => h,
+        Ok(None) => return None,
+        Err(reject) => {
+            debug!(status = reject.status(), "rejected: {}", reject.reason());
+            return Some(Plan::Fail(ProxyError::rejected(reject)));
+        }
+    };
+    let fields = &fields[..head.header_count];
+    let req = Summary::of(&head, buf);
+    let Some(table) = core.table() else {
+        return Some(Plan::Refuse { refusal: Refusal::NoTable, req });
+    };
+    let raw_host: &[u8] = match (&head.authority, head.host) {
+        (Some(a), _) => &buf[a.clone()],
+        (None, Some(i)) => trim_ows(fields[i].value),
+        (None, None) => b"",
+    };
+    let mut host_buf = [0u8; MAX_HOST];
+    let host = normalize_host(raw_host, &mut host_buf).unwrap_or(b"");
+    // An absolute-form target may have an empty path: it means "/" (RFC 9112 §3.2.1).
+    let raw_path = match &buf[head.path.clone()] {
+        b"" => b"/",
+        p => p,
+    };
+    // Routing and the backend see the normalised path; the common path is not copied.
+    let mut normalized = Vec::new();
+    let changed = exchange::path::normalize_path(raw_path, &mut normalized);
+    let request = Request {
+        method: &buf[head.method.clone()],
+        scheme: "http",
+        authority: host,
+        path: if changed { &normalized } else { raw_path },
+        normalized: changed,
+        query: &buf[head.query.clone()],
+        fields: &FieldHeaders(fields),
+        local,
+    };
+    let forward = match exchange::decide(&table, &request) {
+        Decision::Refuse(refusal) => return Some(Plan::Refuse { refusal, req }),
+        Decision::Redirect { status, location } => {
+            return Some(Plan::Redirect { status, location, req });
+        }
+        Decision::Preflight(fields) => return Some(Plan::Preflight { fields, req }),
+        Decision::Forward(f) => f,
+    };
+    let rewritten = Rewritten {
+        host: forward.host.map(str::as_bytes),
+        target: forward.target.as_deref().map(str::as_bytes),
+    };
+    request::request_head(out, buf, &head, fields, client, &forward.edits, rewritten);
+    let action = forward.action;
+    if !action.mirrors.is_empty() && !head.upgrade {
+        let edits = forward.mirror_edits();
+        let copy = |out: &mut Vec<u8>| {
+            request::request_head(out, buf, &head, fields, client, &edits, rewritten);
+            request::close_after(out);
+        };
+        mirror::copy(core, &table, &action.mirrors, head.whole_body(buf), copy);
+    }
+    // The clock is read only for rules with a request timeout (which runs from here).
+    let arrived = if action.timeouts.request_ms == 0 { 0 } else { core.wheel.now() };
+    let req = Summary { arrived, ..req };
+    let (id, service, cursor, cors) = (forward.id, forward.service, forward.cursor, forward.cors);
+    Some(Plan::Forward { table: Rc::clone(&table), id, service, cursor, cors, req })
+}
+
+impl Summary {
+    fn of(head: &Head, buf: &[u8]) -> Summary {
+        let method = &buf[head.method.clone()];
+        Summary {
+            len: head.len,
+            framing: head.framing,
+            keep_alive: head.keep_alive,
+            http10: head.http10,
+            expect_continue: head.expect_continue,
+            upgrade: head.upgrade,
+            head_method: head.head_method,
+            idempotent: matches!(
+                method,
+                b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+            ),
+            arrived: 0,
+        }
+    }
+}
+
 /// Half-closes, then reads and drops what the client still sends for a short while.
-async fn linger(core: &Core, stream: &TcpStream, deadline: &Rc<Deadline>) {
-    let mut w = stream;
-    if w.shutdown().await.is_err() {
+async fn linger(core: &Core, transport: &Transport, deadline: &Rc<Deadline>) {
+    if transport.shutdown().await.is_err() {
         return;
     }
     core.wheel.arm(deadline, LINGER);
     let mut drained = 0;
     while drained < LINGER_BYTES {
-        let mut r = stream;
-        match core.wheel.race(deadline, r.read_managed(0)).await {
-            Ok(Ok(Some(buf))) => drained += buf.len(),
+        match core.wheel.race(deadline, transport.discard()).await {
+            Ok(Ok(n)) => drained += n,
             _ => break,
         }
     }

@@ -20,7 +20,7 @@ use compio::BufResult;
 use compio::driver::ProactorBuilder;
 use compio::io::{AsyncReadExt, AsyncReadManaged, AsyncWriteExt};
 use compio::net::{TcpListener, TcpSocket, TcpStream};
-use compio::runtime::{BufferPool, Runtime};
+use compio::runtime::Runtime;
 
 /// Buffer ring and free-list sizes.
 #[derive(Debug, Clone, Copy)]
@@ -37,11 +37,12 @@ pub struct BufferConfig {
 
 impl Default for BufferConfig {
     fn default() -> Self {
+        use crate::settings::defaults;
         BufferConfig {
-            ring_buffers: 256,
-            ring_buffer_len: 16 * 1024,
-            spare_buffers: 256,
-            spare_capacity: 72 * 1024,
+            ring_buffers: defaults::RING_BUFFERS,
+            ring_buffer_len: defaults::RING_BUFFER_LEN,
+            spare_buffers: defaults::SPARE_BUFFERS,
+            spare_capacity: defaults::SPARE_CAPACITY,
         }
     }
 }
@@ -49,7 +50,7 @@ impl Default for BufferConfig {
 /// Builds the per-core runtime: io_uring only (no readiness fallback), cooperative task
 /// running (without it every completion interrupts the thread: 1.9× CPU per request in our
 /// glommio measurement), and the provided-buffer ring reads draw from.
-pub fn runtime(buffers: &BufferConfig) -> io::Result<Runtime> {
+pub(crate) fn runtime(buffers: &BufferConfig) -> io::Result<Runtime> {
     let mut proactor = ProactorBuilder::new();
     proactor
         .capacity(4096)
@@ -66,7 +67,7 @@ pub fn runtime(buffers: &BufferConfig) -> io::Result<Runtime> {
 
 /// A listening socket bound with SO_REUSEPORT (one per core on the same address, the kernel
 /// spreads connections) and a real backlog (compio's plain bind sets neither).
-pub async fn listen(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+pub(crate) async fn listen(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
     let socket =
         if addr.is_ipv4() { TcpSocket::new_v4().await? } else { TcpSocket::new_v6().await? };
     socket.set_reuseaddr(true)?;
@@ -77,14 +78,14 @@ pub async fn listen(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
 
 /// Connects with TCP_NODELAY (without it small writes wait for ACKs: −17 % CPU per request
 /// measured when missing).
-pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+pub(crate) async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
 }
 
 /// Writes all of `out` and clears it, keeping its allocation.
-pub async fn write_out(stream: &TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
+pub(crate) async fn write_out(stream: &TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
@@ -97,7 +98,7 @@ pub async fn write_out(stream: &TcpStream, out: &mut Vec<u8>) -> io::Result<()> 
 
 /// Per-core free list of heap buffers, capped in count and in the capacity it keeps.
 #[derive(Debug)]
-pub struct Spare {
+pub(crate) struct Spare {
     list: RefCell<Vec<Vec<u8>>>,
     max_count: usize,
     max_capacity: usize,
@@ -116,7 +117,7 @@ const SPARE_QUIET_KEEP: usize = 16;
 
 impl Spare {
     /// An empty free list.
-    pub fn new(config: &BufferConfig) -> Spare {
+    pub(crate) fn new(config: &BufferConfig) -> Spare {
         Spare {
             list: RefCell::new(Vec::new()),
             max_count: config.spare_buffers,
@@ -129,7 +130,7 @@ impl Spare {
     /// Called every control-loop tick: once a burst has been over for a second (nothing freed
     /// and the list unchanged since), [`trim`](Self::trim)s. Connections still open do not
     /// hold it off: a burst's leftovers are returned even while a few slow clients remain.
-    pub fn tick(&self) {
+    pub(crate) fn tick(&self) {
         let (freed, len) = (self.freed.get(), self.list.borrow().len());
         let (last_freed, last_len, ticks) = self.settled.get();
         let worth = freed > 0 || len > SPARE_QUIET_KEEP;
@@ -158,13 +159,13 @@ impl Spare {
     }
 
     /// A cleared buffer, reused when one is free.
-    pub fn take(&self) -> Vec<u8> {
+    pub(crate) fn take(&self) -> Vec<u8> {
         self.list.borrow_mut().pop().unwrap_or_default()
     }
 
     /// Returns a buffer; dropped when the list is full or the buffer grew past the cap, so a
     /// burst does not leave memory behind.
-    pub fn give(&self, mut buf: Vec<u8>) {
+    pub(crate) fn give(&self, mut buf: Vec<u8>) {
         if buf.capacity() == 0 {
             return;
         }
@@ -180,7 +181,7 @@ impl Spare {
 
 /// Bytes received and not yet consumed.
 #[derive(Debug, Default)]
-pub enum InBuf {
+pub(crate) enum InBuf {
     /// Nothing buffered: an idle connection holds no memory for input.
     #[default]
     Empty,
@@ -205,7 +206,7 @@ const HEAP_READ: usize = 16 * 1024;
 
 impl InBuf {
     /// Unconsumed bytes.
-    pub fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             InBuf::Empty => &[],
             InBuf::Ring { buf, start } => buf.get(*start..).unwrap_or(&[]),
@@ -214,7 +215,7 @@ impl InBuf {
     }
 
     /// Marks `n` bytes consumed; an emptied buffer goes back (to the ring or `spare`).
-    pub fn consume(&mut self, n: usize, spare: &Spare) {
+    pub(crate) fn consume(&mut self, n: usize, spare: &Spare) {
         let empty = match self {
             InBuf::Empty => true,
             InBuf::Ring { buf, start } => {
@@ -232,14 +233,14 @@ impl InBuf {
     }
 
     /// Drops whatever is buffered.
-    pub fn release(&mut self, spare: &Spare) {
+    pub(crate) fn release(&mut self, spare: &Spare) {
         if let InBuf::Heap { buf, .. } = std::mem::take(self) {
             spare.give(buf);
         }
     }
 
     /// Reads more bytes after the unconsumed ones. Returns the number read, 0 at end of stream.
-    pub async fn fill(&mut self, stream: &TcpStream, spare: &Spare) -> io::Result<usize> {
+    pub(crate) async fn fill(&mut self, stream: &TcpStream, spare: &Spare) -> io::Result<usize> {
         if let InBuf::Empty = self {
             let mut reader = stream;
             match reader.read_managed(0).await {
@@ -303,7 +304,7 @@ impl InBuf {
 /// or an error means the peer is gone. One non-blocking `recv(MSG_PEEK)` (nothing is consumed;
 /// ~0.3 µs), the check nginx's and HAProxy's idle-connection read events make.
 #[allow(unsafe_code, reason = "one recv(2) with MSG_PEEK into a local byte")]
-pub fn idle_clean(stream: &TcpStream) -> bool {
+pub(crate) fn idle_clean(stream: &TcpStream) -> bool {
     use std::os::fd::AsRawFd;
     let mut byte = 0u8;
     // SAFETY: the descriptor is open for the lifetime of `stream`; the kernel writes at most
@@ -322,7 +323,7 @@ pub fn idle_clean(stream: &TcpStream) -> bool {
 /// `shutdown(fd, SHUT_RDWR)` on a listening socket: a pending accept fails with `EINVAL` and
 /// the backlog is handed to the port's other listeners (`tcp_migrate_req`) or reset.
 #[allow(unsafe_code, reason = "one shutdown(2) call on a descriptor the listener task owns")]
-pub fn shutdown_listener(fd: std::os::fd::RawFd) -> io::Result<()> {
+pub(crate) fn shutdown_listener(fd: std::os::fd::RawFd) -> io::Result<()> {
     // SAFETY: `fd` belongs to a listener whose task is still alive (it is detached only after
     // this call and closes the socket itself once its accept fails); no memory is passed.
     if unsafe { libc::shutdown(fd, libc::SHUT_RDWR) } == 0 {
@@ -334,7 +335,7 @@ pub fn shutdown_listener(fd: std::os::fd::RawFd) -> io::Result<()> {
 
 /// Returns freed heap memory to the kernel (glibc's `malloc_trim`, all arenas).
 #[allow(unsafe_code, reason = "one malloc_trim call; no pointers")]
-pub fn trim_heap() {
+pub(crate) fn trim_heap() {
     // SAFETY: malloc_trim takes no pointers and is thread-safe (it locks each arena).
     unsafe {
         libc::malloc_trim(0);
@@ -348,7 +349,7 @@ const FD_RESERVE: u64 = 64;
 /// Raises the soft descriptor limit to the hard one (as nginx and HAProxy do) and returns the
 /// resulting soft limit.
 #[allow(unsafe_code, reason = "getrlimit/setrlimit on a local struct")]
-pub fn raise_nofile() -> u64 {
+pub(crate) fn raise_nofile() -> u64 {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `lim` is a valid, writable rlimit that outlives the call.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
@@ -367,19 +368,14 @@ pub fn raise_nofile() -> u64 {
 /// The default connection limit for a descriptor limit: each client connection may hold an
 /// upstream one too, so half of what is left after a reserve (HAProxy derives its maxconn the
 /// same way).
-pub fn max_connections(nofile: u64) -> usize {
+pub(crate) fn max_connections(nofile: u64) -> usize {
     (nofile.saturating_sub(FD_RESERVE) / 2).max(1).min(usize::MAX as u64) as usize
-}
-
-/// The buffer pool of the current runtime (for tests and diagnostics).
-pub fn pool() -> io::Result<BufferPool> {
-    Runtime::with_current(|rt| rt.buffer_pool())
 }
 
 /// `CLOCK_MONOTONIC_COARSE` as (seconds, nanoseconds), through glibc's vDSO call (rustix's own
 /// vDSO parser does not survive valgrind, which the benchmarks run lb under).
 #[allow(unsafe_code, reason = "one clock_gettime call into a local timespec")]
-pub fn monotonic_coarse() -> (i64, i64) {
+pub(crate) fn monotonic_coarse() -> (i64, i64) {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec that outlives the call; the clock id is a
     // constant the kernel supports since 2.6.32 (on failure `ts` stays zero, which only makes

@@ -2,9 +2,12 @@
 //! a SO_REUSEPORT listener per core and port, HTTP/1.1 parsed in place, routing by lookup in
 //! an immutable compiled table that a watcher thread swaps in whole.
 //!
-//! Flow of a request: `listener` (accept) → `conn` (read a head) → `http1::parse` → `router`
-//! (table lookup) → `upstream` (select an endpoint, reuse a pooled connection) → `proxy`
-//! (forward, relay) → back to `conn`.
+//! A connection is a **transport** (`transport`: plain TCP today, TLS next) carrying a
+//! **protocol** (`conn` + `http1`: HTTP/1 today, HTTP/2 next), whose requests go through one
+//! protocol-neutral **exchange** (`exchange`: route lookup, `filters`, backend selection) to an
+//! **upstream** (`upstream`: select, pool, connect, retry), over which `proxy` forwards and
+//! relays. Flow of a request: `listener` (accept) → `conn` (read a head) → `http1::parse` →
+//! `exchange` → `upstream` → `proxy` → back to `conn`.
 //!
 //! Why these boundaries: lb never links tokio or kube (config-sync's world), which CI checks;
 //! everything runtime-specific sits in `io` behind a thin layer; per-core state (`core`) is
@@ -13,21 +16,23 @@
 
 #![deny(unsafe_code)]
 
+// In the order a request meets them (rustfmt keeps this order: `reorder_modules = false`).
+mod settings;
+mod io;
+mod timer;
+mod transport;
+mod listener;
 pub mod conn;
-pub mod core;
-pub mod cors;
-pub mod error;
 pub mod http1;
-pub mod io;
-pub mod listener;
-pub mod mirror;
-pub mod proxy;
-pub mod redirect;
-pub mod router;
-pub mod tables;
-pub mod timer;
-pub mod tunnel;
-pub mod upstream;
+mod fields;
+mod exchange;
+mod filters;
+mod upstream;
+mod proxy;
+mod tunnel;
+mod error;
+pub mod core;
+mod tables;
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -41,7 +46,10 @@ use table::Router;
 use table::shm::{AppliedWriter, applied_path};
 use tracing::{error, info, warn};
 
-pub use crate::core::{Settings, Timeouts};
+pub use crate::fields::{Edits, FieldList};
+pub use crate::io::BufferConfig;
+pub use crate::settings::{Settings, Timeouts, defaults};
+pub use crate::timer::{Deadline, Elapsed, Wheel};
 
 /// How lb runs.
 #[derive(Debug, Clone)]

@@ -22,13 +22,13 @@ use crate::core::Core;
 
 /// The listeners of one core.
 #[derive(Debug, Default)]
-pub struct Listeners {
+pub(crate) struct Listeners {
     active: RefCell<HashMap<SocketAddr, (JoinHandle<()>, RawFd)>>,
 }
 
 impl Listeners {
     /// Closes every listener of this core (draining).
-    pub fn close_all(&self) {
+    pub(crate) fn close_all(&self) {
         for (_, listener) in self.active.borrow_mut().drain() {
             close(listener);
         }
@@ -37,7 +37,11 @@ impl Listeners {
     /// Opens and closes listeners to match `router`'s ports. Returns the ports that could
     /// not be bound, keyed as the table names them, with the error (the caller retries later
     /// and reports them: config-sync turns them into `Programmed=False`).
-    pub async fn reconcile(&self, core: &Rc<Core>, router: &Router) -> BTreeMap<BindKey, String> {
+    pub(crate) async fn reconcile(
+        &self,
+        core: &Rc<Core>,
+        router: &Router,
+    ) -> BTreeMap<BindKey, String> {
         let bind = core.settings.bind_address;
         let wanted: Vec<(BindKey, SocketAddr)> = router
             .table()

@@ -23,7 +23,7 @@ use tracing::{error, info, warn};
 const RECHECK: Duration = Duration::from_millis(100);
 
 /// Starts the watcher thread.
-pub fn spawn_watcher(
+pub(crate) fn spawn_watcher(
     path: PathBuf,
     cores: Vec<UnboundedSender<Arc<Router>>>,
     applied: Arc<AppliedWriter>,

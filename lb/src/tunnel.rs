@@ -19,10 +19,12 @@ use futures_util::future::{Either, select};
 
 use crate::core::Core;
 use crate::timer::{Deadline, Elapsed};
+use crate::transport::Transport;
 
 /// Copies `a → b` and `b → a` until both have ended, one fails, a write stalls past the body
 /// timeout, or both sides are silent for the tunnel timeout.
-pub async fn copy_both(core: &Core, a: &TcpStream, b: &TcpStream) {
+pub(crate) async fn copy_both(core: &Core, a: &Transport, b: &Transport) {
+    let (a, b) = (a.tcp(), b.tcp());
     let activity = Cell::new(core.wheel.now());
     let (da, db) = (Rc::new(Deadline::default()), Rc::new(Deadline::default()));
     let both = async {

@@ -139,7 +139,7 @@ pub fn run(plan: &Plan) -> io::Result<Outcome> {
             rt.block_on(async {
                 // lb's timer wheel: a compio timeout per request (a BTreeMap insert and an
                 // allocation) cost ~10 % of throughput against wrk.
-                let wheel = Rc::new(lb::timer::Wheel::new());
+                let wheel = Rc::new(lb::Wheel::new());
                 compio::runtime::spawn(Rc::clone(&wheel).run()).detach();
                 let tasks: Vec<_> = conns
                     .iter()
@@ -207,9 +207,9 @@ async fn connection(
     index: usize,
     start: Instant,
     stats: Rc<RefCell<Stats>>,
-    wheel: Rc<lb::timer::Wheel>,
+    wheel: Rc<lb::Wheel>,
 ) {
-    let deadline = Rc::new(lb::timer::Deadline::default());
+    let deadline = Rc::new(lb::Deadline::default());
     let end = start + plan.duration;
     let warm = start + plan.warmup;
     // Open loop: this connection's share of the rate, phase-shifted so connections interleave.

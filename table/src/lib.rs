@@ -19,7 +19,7 @@ pub mod view;
 
 pub use build::{EncodeError, decode, encode};
 pub use format::{FORMAT_VERSION, Table};
-pub use lookup::{Headers, Request, Route, Scratch};
+pub use lookup::{ActionId, Headers, Request, Route, Scratch, ServiceId};
 pub use rkyv::util::AlignedVec;
 pub use view::{Router, TableError};
 

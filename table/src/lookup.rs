@@ -12,7 +12,7 @@ use regex_automata::{Input, meta};
 
 use crate::format::{
     ArchivedAction, ArchivedHostIndex, ArchivedListener, ArchivedPathMatch, ArchivedPort,
-    ArchivedRouteMatch, ArchivedValueMatch,
+    ArchivedRouteMatch, ArchivedService, ArchivedValueMatch,
 };
 use crate::view::Router;
 
@@ -46,11 +46,35 @@ pub enum Route<'t> {
     Matched {
         /// The listener that took the request.
         listener: &'t ArchivedListener,
+        /// The action's identity, for finding it again in the same [`Router`].
+        id: ActionId,
         /// The matched rule's action.
         action: &'t ArchivedAction,
         /// The match that selected it (its path prefix is what `ReplacePrefixMatch` replaces).
         matched: &'t ArchivedRouteMatch,
     },
+}
+
+/// A rule's action in one table (index into `actions`). Ids found by a lookup stay valid for
+/// as long as the [`Router`] they came from: a request carries its `Rc` of that router with the
+/// id, never an id alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ActionId(pub u32);
+
+/// A Service in one table (index into `services`), as named by a backend or a mirror.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceId(pub u32);
+
+impl Router {
+    /// The action `id` names.
+    pub fn action(&self, id: ActionId) -> Option<&ArchivedAction> {
+        self.table().actions.get(id.0 as usize)
+    }
+
+    /// The Service `id` names.
+    pub fn service(&self, id: ServiceId) -> Option<&ArchivedService> {
+        self.table().services.get(id.0 as usize)
+    }
 }
 
 /// Per-core mutable state for lookups (regex caches), created with [`Router::scratch`].
@@ -103,7 +127,8 @@ impl Router {
                 if self.matches(m, req, headers, scratch)
                     && let Some(action) = table.actions.get(m.action.to_native() as usize)
                 {
-                    return Route::Matched { listener, action, matched: m };
+                    let id = ActionId(m.action.to_native());
+                    return Route::Matched { listener, id, action, matched: m };
                 }
             }
             vhost = v.fallback.as_ref().map(|f| f.to_native());

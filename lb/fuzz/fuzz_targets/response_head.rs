@@ -4,19 +4,19 @@
 
 #![no_main]
 
-use lb::http1::message::{self, ResponseChanges};
+use lb::http1::response;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, data)) = data.split_first() else { return };
     let head_request = flags & 1 == 1;
-    let mut fields = message::response_fields();
-    let Ok(Some((head, parsed))) = message::parse_response(data, &mut fields, head_request) else {
+    let mut fields = response::response_fields();
+    let Ok(Some((head, parsed))) = response::parse_response(data, &mut fields, head_request) else {
         return;
     };
     let mut out = Vec::new();
-    let changes = ResponseChanges { edits: None, cors: b"" };
-    message::response_head(&mut out, data, &head, parsed, flags & 2 == 2, flags & 4 == 4, changes);
+    let edits = lb::Edits::default();
+    response::response_head(&mut out, data, &head, parsed, flags & 2 == 2, flags & 4 == 4, &edits);
     let mut theirs = [httparse::EMPTY_HEADER; 256];
     let mut res = httparse::Response::new(&mut theirs);
     match res.parse(&out) {

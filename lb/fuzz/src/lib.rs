@@ -2,7 +2,7 @@
 //! an error, never a panic; beyond that, each target checks a property a strict proxy owes.
 
 use lb::http1::body::BodyDecoder;
-use lb::http1::message::{self, ClientIp, Rewritten};
+use lb::http1::request::{self, ClientIp, Rewritten};
 use lb::http1::parse::{self, Limits, MAX_HEADERS};
 
 /// Decodes `input` with `make()` in one piece and again split at the cut points derived from
@@ -90,7 +90,8 @@ pub fn request_roundtrip(data: &[u8], edits: &[Option<&table::format::ArchivedHe
     let mut out = Vec::new();
     let client =
         ClientIp::new("192.0.2.7".parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()), false);
-    message::request_head(&mut out, data, &head, fields, &client, edits, Rewritten::default());
+    let edits = lb::Edits::route([edits.first().copied().flatten(), None]);
+    request::request_head(&mut out, data, &head, fields, &client, &edits, Rewritten::default());
     let mut again = [httparse::EMPTY_HEADER; MAX_HEADERS];
     // Routes may add fields with `_` (an operator's choice), so read them back allowing it.
     let relaxed = Limits {

@@ -48,11 +48,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
+        use crate::settings::defaults;
         Limits {
-            max_head: 64 * 1024,
-            max_headers: 100,
-            max_body: 1 << 30,
-            max_chunk_ext: 4096,
+            max_head: defaults::MAX_HEAD,
+            max_headers: defaults::MAX_HEADERS,
+            max_body: defaults::MAX_BODY,
+            max_chunk_ext: defaults::MAX_CHUNK_EXT,
             underscores: Underscores::Reject,
         }
     }
@@ -82,26 +83,6 @@ pub enum Reject {
 }
 
 impl Reject {
-    /// The status code.
-    pub fn status(self) -> u16 {
-        match self {
-            Reject::BadRequest(_) => 400,
-            Reject::PayloadTooLarge => 413,
-            Reject::UriTooLong => 414,
-            Reject::ExpectationFailed => 417,
-            Reject::HeadersTooLarge => 431,
-            Reject::NotImplemented(_) => 501,
-            Reject::VersionNotSupported => 505,
-        }
-    }
-
-    /// Whether the client connection must close after the answer: after a framing problem the
-    /// rest of the stream cannot be trusted. Limits on a well-framed message could keep it, but
-    /// we would have to read the unread body first; closing is simpler and allowed.
-    pub fn closes(self) -> bool {
-        true
-    }
-
     /// Short reason for logs.
     pub fn reason(self) -> &'static str {
         match self {
@@ -162,6 +143,22 @@ pub struct Head {
     pub head_method: bool,
     /// Fields not to forward (names with `_` under [`Underscores::Drop`]; bit per index).
     pub dropped: u128,
+}
+
+impl Head {
+    /// The body bytes that came with the head in `buf`: `Some(&[])` without a body, `None`
+    /// when the body is not all there yet (or is chunked), so the request cannot be copied
+    /// whole (request mirroring).
+    pub fn whole_body<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
+        match self.framing {
+            Framing::None => Some(&[]),
+            Framing::Length(n) => {
+                let end = self.len.checked_add(usize::try_from(n).ok()?)?;
+                buf.get(self.len..end)
+            }
+            Framing::Chunked => None,
+        }
+    }
 }
 
 /// Parses the head at the start of `buf`. `Ok(None)`: incomplete, read more.

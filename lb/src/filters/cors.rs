@@ -5,36 +5,33 @@
 //! origin, also for a `*` policy, with `Vary: Origin`), `-Allow-Credentials` and
 //! `-Expose-Headers`; requests from other origins pass untouched.
 
-use std::io::Write;
-
+use table::Headers;
 use table::format::ArchivedCors;
 
-use crate::http1::parse::trim_ows;
+use crate::fields::FieldList;
 
 /// What the policy makes of a request.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// No `Origin`: not a CORS request.
     NotCors,
-    /// A preflight to answer: the header lines for an allowed origin, `None` for a refused one.
-    Preflight(Option<Vec<u8>>),
-    /// A request to forward; these header lines go on its response (empty: none).
-    Actual(Vec<u8>),
+    /// A preflight to answer: the fields for an allowed origin, `None` for a refused one.
+    Preflight(Option<FieldList>),
+    /// A request to forward; these fields go on its response (empty: none).
+    Actual(FieldList),
 }
 
 /// Response fields the CORS filter owns: the upstream's own values are dropped when lb adds
 /// its.
-pub const OWNED: [&str; 3] = [
+pub(crate) const OWNED: [&str; 3] = [
     "access-control-allow-origin",
     "access-control-allow-credentials",
     "access-control-expose-headers",
 ];
 
 /// Applies `policy` to a request with this method and these fields.
-pub fn evaluate(policy: &ArchivedCors, method: &[u8], fields: &[httparse::Header<'_>]) -> Outcome {
-    let field = |name: &str| {
-        fields.iter().find(|f| f.name.eq_ignore_ascii_case(name)).map(|f| trim_ows(f.value))
-    };
+pub(crate) fn evaluate(policy: &ArchivedCors, method: &[u8], fields: &dyn Headers) -> Outcome {
+    let field = |name: &str| fields.first(name);
     let Some(origin) = field("origin") else { return Outcome::NotCors };
     let request_method = field("access-control-request-method");
     let allowed = origin_allowed(policy, origin);
@@ -48,70 +45,50 @@ pub fn evaluate(policy: &ArchivedCors, method: &[u8], fields: &[httparse::Header
         let methods = policy.methods.iter().map(|m| m.as_str());
         if policy.methods.iter().any(|m| m == "*") {
             // Echoed: `*` is not a wildcard for credentialed requests.
-            line(&mut out, "Access-Control-Allow-Methods", request_method);
+            out.push("Access-Control-Allow-Methods", request_method);
         } else if !policy.methods.is_empty() {
-            list_line(&mut out, "Access-Control-Allow-Methods", methods);
+            out.push_list("Access-Control-Allow-Methods", methods);
         }
         if policy.headers.iter().any(|h| h == "*") {
             if let Some(asked) = field("access-control-request-headers").filter(|h| !h.is_empty()) {
-                line(&mut out, "Access-Control-Allow-Headers", asked);
+                out.push("Access-Control-Allow-Headers", asked);
             }
         } else if !policy.headers.is_empty() {
-            list_line(
-                &mut out,
+            out.push_list(
                 "Access-Control-Allow-Headers",
                 policy.headers.iter().map(|h| h.as_str()),
             );
         }
-        let _ = write!(out, "Access-Control-Max-Age: {}\r\n", policy.max_age);
+        out.push("Access-Control-Max-Age", policy.max_age.to_native().to_string().as_bytes());
         return Outcome::Preflight(Some(out));
     }
     if !allowed {
-        return Outcome::Actual(Vec::new());
+        return Outcome::Actual(FieldList::new());
     }
     Outcome::Actual(common(policy, origin))
 }
 
 /// Allow-Origin, Vary, Allow-Credentials and Expose-Headers.
-fn common(policy: &ArchivedCors, origin: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(160);
-    line(&mut out, "Access-Control-Allow-Origin", origin);
-    out.extend_from_slice(b"Vary: Origin\r\n");
+fn common(policy: &ArchivedCors, origin: &[u8]) -> FieldList {
+    let mut out = FieldList::new();
+    out.push("Access-Control-Allow-Origin", origin);
+    out.push("Vary", b"Origin");
     if policy.credentials {
-        out.extend_from_slice(b"Access-Control-Allow-Credentials: true\r\n");
+        out.push("Access-Control-Allow-Credentials", b"true");
     }
     // With credentials `*` is a literal name to browsers, not "everything": leave it out.
     let expose =
         policy.expose.iter().map(|h| h.as_str()).filter(|h| !policy.credentials || *h != "*");
     if policy.expose.iter().any(|h| !policy.credentials || h != "*") {
-        list_line(&mut out, "Access-Control-Expose-Headers", expose);
+        out.push_list("Access-Control-Expose-Headers", expose);
     }
     out
-}
-
-fn line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn list_line<'a>(out: &mut Vec<u8>, name: &str, values: impl Iterator<Item = &'a str>) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    for (i, v) in values.enumerate() {
-        if i > 0 {
-            out.extend_from_slice(b", ");
-        }
-        out.extend_from_slice(v.as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Whether `origin` (as the client sent it) is one the policy allows. Patterns are stored
 /// normalised (`scheme://host:port`, lower-case); the origin is compared the same way, and a
 /// host pattern `*.example.com` takes any number of labels in front.
-pub fn origin_allowed(policy: &ArchivedCors, origin: &[u8]) -> bool {
+pub(crate) fn origin_allowed(policy: &ArchivedCors, origin: &[u8]) -> bool {
     if policy.origins.iter().any(|o| o == "*") {
         return true;
     }
@@ -168,16 +145,23 @@ mod tests {
     fn eval(c: &Cors, method: &str, headers: &[(&str, &str)]) -> Outcome {
         let bytes = policy(c);
         let p = rkyv::access::<ArchivedCors, rkyv::rancor::Error>(&bytes).unwrap();
-        let fields: Vec<httparse::Header<'_>> = headers
-            .iter()
-            .map(|(n, v)| httparse::Header { name: n, value: v.as_bytes() })
-            .collect();
-        evaluate(p, method.as_bytes(), &fields)
+        evaluate(p, method.as_bytes(), &Fields(headers))
+    }
+
+    struct Fields<'a>(&'a [(&'a str, &'a str)]);
+
+    impl Headers for Fields<'_> {
+        fn first(&self, name: &str) -> Option<&[u8]> {
+            self.0.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_bytes())
+        }
     }
 
     fn text(o: Outcome) -> String {
         match o {
-            Outcome::Preflight(Some(v)) | Outcome::Actual(v) => String::from_utf8(v).unwrap(),
+            Outcome::Preflight(Some(v)) | Outcome::Actual(v) => v
+                .iter()
+                .map(|(n, v)| format!("{}: {}\r\n", n.escape_ascii(), v.escape_ascii()))
+                .collect(),
             other => panic!("{other:?}"),
         }
     }
@@ -226,7 +210,7 @@ mod tests {
             assert_eq!(got, Outcome::Preflight(None), "{origin}");
             assert_eq!(
                 eval(&foo_bar(), "GET", &[("Origin", origin)]),
-                Outcome::Actual(vec![]),
+                Outcome::Actual(FieldList::new()),
                 "{origin}"
             );
         }

@@ -3,6 +3,9 @@
 //! exchange never waits for it, and a mirror that cannot connect, times out or answers badly
 //! only costs a debug line.
 //!
+//! The copy's bytes are written by the protocol's head writer (HTTP/1 today); this module
+//! samples, picks the mirror's endpoint and delivers.
+//!
 //! A copy needs the whole request in hand when the main request is routed: requests whose body
 //! has not fully arrived with the head (or is chunked) are not mirrored. Each core caps the
 //! copies in flight ([`MAX_IN_FLIGHT`]); beyond it, copies are dropped rather than queued.
@@ -15,13 +18,17 @@ use std::time::Duration;
 use compio::io::AsyncRead;
 use tracing::debug;
 
-use crate::core::Timeouts;
-use crate::http1::parse::{Framing, Head};
+use table::format::ArchivedMirror;
+
+use crate::core::Core;
 use crate::io::{connect, write_out};
+use crate::settings::Timeouts;
 use crate::timer::{Deadline, Elapsed, Wheel};
+use crate::upstream::CoreTable;
+use table::ServiceId;
 
 /// Mirror copies one core keeps in flight at most.
-pub const MAX_IN_FLIGHT: usize = 1024;
+pub(crate) const MAX_IN_FLIGHT: usize = 1024;
 
 /// Most bytes of a mirror's response read (and dropped) before the connection is closed.
 const MAX_RESPONSE: usize = 1 << 20;
@@ -29,22 +36,55 @@ const MAX_RESPONSE: usize = 1 << 20;
 /// A mirror backend's response is awaited this long at most.
 const RESPONSE_WAIT: Duration = Duration::from_secs(10);
 
+/// Sends a copy of the request to each sampled mirror of a rule. `body`: the whole request
+/// body when it is all in hand (`None`: not copied); `head` writes the copy's head, asking
+/// the mirror to close after answering (the rule's header edits apply, not a backend's).
+pub(crate) fn copy(
+    core: &Core,
+    table: &CoreTable,
+    mirrors: &[ArchivedMirror],
+    body: Option<&[u8]>,
+    head: impl Fn(&mut Vec<u8>),
+) {
+    for m in mirrors {
+        if !core.mirrors.sampled(m.per_million.to_native()) {
+            continue;
+        }
+        let Some(body) = body else {
+            debug!("request not mirrored: its body has not all arrived with the head");
+            return;
+        };
+        let service = ServiceId(m.service.to_native());
+        let Some(addr) = table.endpoint(service, table.next_cursor(service), 0) else {
+            debug!(
+                service = service.0,
+                "request not mirrored: the mirror service has no endpoints"
+            );
+            continue;
+        };
+        let mut bytes = Vec::with_capacity(512 + body.len());
+        head(&mut bytes);
+        bytes.extend_from_slice(body);
+        core.mirrors.send(&core.wheel, core.settings.timeouts, addr, bytes);
+    }
+}
+
 /// Per-core mirror state: copies in flight and the sampling generator.
 #[derive(Debug)]
-pub struct Mirrors {
+pub(crate) struct Mirrors {
     in_flight: Rc<Cell<usize>>,
     rng: Cell<u64>,
 }
 
 impl Mirrors {
     /// State for core `id` (each core samples from its own sequence).
-    pub fn new(id: usize) -> Mirrors {
+    pub(crate) fn new(id: usize) -> Mirrors {
         let seed = 0x9e37_79b9_7f4a_7c15_u64 ^ ((id as u64 + 1) << 32) ^ clock_seed();
         Mirrors { in_flight: Rc::new(Cell::new(0)), rng: Cell::new(seed | 1) }
     }
 
     /// Whether this request is sampled at `per_million` (xorshift64*).
-    pub fn sampled(&self, per_million: u32) -> bool {
+    pub(crate) fn sampled(&self, per_million: u32) -> bool {
         if per_million >= 1_000_000 {
             return true;
         }
@@ -58,7 +98,13 @@ impl Mirrors {
 
     /// Sends `bytes` (a complete request) to `addr` on a task of its own, unless the core
     /// already has [`MAX_IN_FLIGHT`] copies going.
-    pub fn send(&self, wheel: &Rc<Wheel>, timeouts: Timeouts, addr: SocketAddr, bytes: Vec<u8>) {
+    pub(crate) fn send(
+        &self,
+        wheel: &Rc<Wheel>,
+        timeouts: Timeouts,
+        addr: SocketAddr,
+        bytes: Vec<u8>,
+    ) {
         if self.in_flight.get() >= MAX_IN_FLIGHT {
             debug!(%addr, "mirror dropped: {MAX_IN_FLIGHT} copies already in flight");
             return;
@@ -79,28 +125,6 @@ impl Mirrors {
 fn clock_seed() -> u64 {
     let (s, ns) = crate::io::monotonic_coarse();
     (s as u64).wrapping_mul(1_000_000_007) ^ ns as u64
-}
-
-/// The body bytes to copy with the head: `Some(&[])` without a body, `None` when the body is
-/// not all in `buf` yet (or is chunked), so the request cannot be copied whole.
-pub fn whole_body<'b>(buf: &'b [u8], head: &Head) -> Option<&'b [u8]> {
-    match head.framing {
-        Framing::None => Some(&[]),
-        Framing::Length(n) => {
-            let end = head.len.checked_add(usize::try_from(n).ok()?)?;
-            buf.get(head.len..end)
-        }
-        Framing::Chunked => None,
-    }
-}
-
-/// Makes a forwarded request head (ending in the blank line) ask for the connection to close
-/// after the answer, so the mirror task reads to end of stream instead of holding it open.
-pub fn close_after(head: &mut Vec<u8>) {
-    if head.ends_with(b"\r\n\r\n") {
-        let at = head.len() - 2;
-        head.splice(at..at, b"Connection: close\r\n".iter().copied());
-    }
 }
 
 async fn deliver(
@@ -150,12 +174,5 @@ mod tests {
         let hits = (0..100_000).filter(|_| m.sampled(200_000)).count();
         // 20 % of 100,000: 3 binomial standard deviations are ~380.
         assert!((19_500..20_500).contains(&hits), "{hits}");
-    }
-
-    #[test]
-    fn close_is_added_before_the_blank_line() {
-        let mut head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
-        close_after(&mut head);
-        assert_eq!(head, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
     }
 }

@@ -1,5 +1,14 @@
-use super::super::parse::{Limits, parse};
-use super::*;
+#![allow(clippy::unwrap_used, reason = "test code")]
+
+use table::format::ArchivedHeaderEdits;
+
+use super::body::Encode;
+use super::local::local_response;
+use super::parse::{Limits, parse};
+use super::push_decimal;
+use super::request::{ClientIp, Field, Rewritten, classify, request_head};
+use super::response::{ResponseFraming, parse_response, response_fields, response_head};
+use crate::fields::{Edits, FieldList};
 
 fn forward(raw: &[u8]) -> String {
     forward_with(raw, &table::format::HeaderEdits::default())
@@ -18,7 +27,7 @@ fn forward_with(raw: &[u8], edits: &table::format::HeaderEdits) -> String {
         &head,
         &fields[..head.header_count],
         &client,
-        &[Some(edits)],
+        &Edits::route([Some(edits), None]),
         Rewritten::default(),
     );
     String::from_utf8(out).unwrap()
@@ -29,7 +38,7 @@ fn forward_from(raw: &[u8], client: ClientIp) -> String {
     let head = parse(raw, &mut fields, &Limits::default()).unwrap().unwrap();
     let mut out = Vec::new();
     let fields = &fields[..head.header_count];
-    request_head(&mut out, raw, &head, fields, &client, &[], Rewritten::default());
+    request_head(&mut out, raw, &head, fields, &client, &Edits::default(), Rewritten::default());
     String::from_utf8(out).unwrap()
 }
 
@@ -70,7 +79,15 @@ fn rewrite_replaces_host_and_target_but_not_forwarded_host() {
     let mut out = Vec::new();
     let client = ClientIp::new("10.0.0.1".parse().unwrap(), false);
     let rewritten = Rewritten { host: Some(b"backend.example"), target: Some(b"/b?q=1") };
-    request_head(&mut out, raw, &head, &fields[..head.header_count], &client, &[], rewritten);
+    request_head(
+        &mut out,
+        raw,
+        &head,
+        &fields[..head.header_count],
+        &client,
+        &Edits::default(),
+        rewritten,
+    );
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "GET /b?q=1 HTTP/1.1\r\nHost: backend.example\r\nX-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1;host=\"client.example\";proto=http\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: client.example\r\n\r\n"
@@ -129,8 +146,7 @@ fn respond(
     let mut fields = response_fields();
     let (head, fields) = parse_response(raw, &mut fields, head_req).unwrap().unwrap();
     let mut out = Vec::new();
-    let (enc, close) =
-        response_head(&mut out, raw, &head, fields, http10, keep, ResponseChanges::default());
+    let (enc, close) = response_head(&mut out, raw, &head, fields, http10, keep, &Edits::default());
     (String::from_utf8(out).unwrap(), enc, close, head.framing)
 }
 
@@ -210,4 +226,32 @@ fn local_responses() {
     let mut out = Vec::new();
     local_response(&mut out, 404, false, false);
     assert_eq!(out, b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n\r\n404 Not Found\n");
+}
+
+#[test]
+fn response_edits_and_added_fields_replace_the_upstreams() {
+    use table::format::{HeaderEdits, HeaderField};
+    let edits = HeaderEdits {
+        set: vec![HeaderField { name: "X-Set".into(), value: "ours".into() }],
+        add: vec![],
+        remove: vec!["Server".into()],
+    };
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&edits).unwrap();
+    let edits = rkyv::access::<ArchivedHeaderEdits, rkyv::rancor::Error>(&bytes).unwrap();
+    let mut cors = FieldList::new();
+    cors.push("Access-Control-Allow-Origin", b"https://a.example");
+    let changes = Edits {
+        lists: [Some(edits), None],
+        added: Some(&cors),
+        replaces: &["access-control-allow-origin", "access-control-expose-headers"],
+    };
+    let raw = b"HTTP/1.1 200 OK\r\nServer: x\r\nX-Set: theirs\r\nAccess-Control-Allow-Origin: *\r\nAccess-Control-Expose-Headers: y\r\nContent-Length: 0\r\n\r\n";
+    let mut fields = response_fields();
+    let (head, fields) = parse_response(raw, &mut fields, false).unwrap().unwrap();
+    let mut out = Vec::new();
+    response_head(&mut out, raw, &head, fields, false, true, &changes);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "HTTP/1.1 200 OK\r\nX-Set: ours\r\nAccess-Control-Allow-Origin: https://a.example\r\nContent-Length: 0\r\n\r\n"
+    );
 }

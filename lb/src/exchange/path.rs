@@ -1,22 +1,7 @@
-//! Routing glue: the parsed request fields as seen by the table's lookup (header matches read
-//! the fields in place, no map is built).
-
-use table::Headers;
+//! Request-path normalisation (RFC 3986 §6.2.2), shared by every protocol: the path routed on
+//! is the path the backend gets.
 
 use crate::http1::body::hex;
-
-/// The request's fields, for header matches.
-#[derive(Debug)]
-pub struct FieldHeaders<'a, 'b>(pub &'a [httparse::Header<'b>]);
-
-impl Headers for FieldHeaders<'_, '_> {
-    fn first(&self, name: &str) -> Option<&[u8]> {
-        self.0
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| crate::http1::parse::trim_ows(h.value))
-    }
-}
 
 /// Normalises a request path for routing and forwarding (RFC 3986 §6.2.2), writing the result
 /// to `out` and returning `true` when it differs from `path`:
@@ -35,7 +20,7 @@ impl Headers for FieldHeaders<'_, '_> {
 /// `/x/../admin`, and a request under it is never sent elsewhere.
 ///
 /// The common path (no `%`, no `//`, no `/.`) is one scan with no allocation.
-pub fn normalize_path(path: &[u8], out: &mut Vec<u8>) -> bool {
+pub(crate) fn normalize_path(path: &[u8], out: &mut Vec<u8>) -> bool {
     let suspicious = path.windows(2).any(|w| w == b"//" || w == b"/.") || path.contains(&b'%');
     // Origin-form paths start with "/"; anything else ("*") is left as it is.
     if !suspicious || !path.starts_with(b"/") {

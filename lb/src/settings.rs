@@ -1,0 +1,122 @@
+//! What an lb process is told: timeouts, limits, buffer sizes, trust. Every default is defined
+//! once, in [`defaults`]; `Default` impls and the `sluice lb` command line both read it.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::http1::parse::Limits;
+use crate::io::BufferConfig;
+
+/// Every default value of lb's settings.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// From the first byte of a request to its complete head.
+    pub const REQUEST_HEADER: Duration = Duration::from_secs(10);
+    /// Waiting for the next request on a kept-alive client connection.
+    pub const KEEP_ALIVE: Duration = Duration::from_secs(60);
+    /// Establishing an upstream connection.
+    pub const CONNECT: Duration = Duration::from_secs(5);
+    /// Waiting for the upstream's response head, and between reads of its body.
+    pub const UPSTREAM: Duration = Duration::from_secs(60);
+    /// Between reads of a request body, and for each write to a peer.
+    pub const BODY: Duration = Duration::from_secs(60);
+    /// An upgraded connection in which neither side sent a byte.
+    pub const TUNNEL: Duration = Duration::from_secs(3600);
+    /// How long an idle upstream connection is kept.
+    pub const POOL_IDLE: Duration = Duration::from_secs(30);
+    /// Idle upstream connections kept per endpoint and core.
+    pub const POOL_MAX_IDLE: usize = 128;
+    /// Listen backlog.
+    pub const BACKLOG: i32 = 1024;
+    /// Largest request head, bytes.
+    pub const MAX_HEAD: usize = 64 * 1024;
+    /// Most request field lines.
+    pub const MAX_HEADERS: usize = 100;
+    /// Largest request body, bytes.
+    pub const MAX_BODY: u64 = 1 << 30;
+    /// Largest chunk extension, bytes.
+    pub const MAX_CHUNK_EXT: usize = 4096;
+    /// Buffers in each core's provided-buffer ring.
+    pub const RING_BUFFERS: u16 = 256;
+    /// Size of each ring buffer.
+    pub const RING_BUFFER_LEN: usize = 16 * 1024;
+    /// Heap buffers kept per core for reuse.
+    pub const SPARE_BUFFERS: usize = 256;
+    /// Largest heap buffer kept for reuse.
+    pub const SPARE_CAPACITY: usize = 72 * 1024;
+    /// After SIGTERM: how long requests in flight get to finish.
+    pub const DRAIN: Duration = Duration::from_secs(30);
+}
+
+/// Timeouts of a request's phases.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// From the first byte of a request to its complete head.
+    pub request_header: Duration,
+    /// Waiting for the next request on a kept-alive client connection.
+    pub keep_alive: Duration,
+    /// Establishing an upstream connection.
+    pub connect: Duration,
+    /// Waiting for the upstream's response head, and between reads of its body.
+    pub upstream: Duration,
+    /// Between reads of a request body, and for each write to a peer.
+    pub body: Duration,
+    /// An upgraded connection (WebSocket, after a 101) in which neither side sent a byte.
+    pub tunnel: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            request_header: defaults::REQUEST_HEADER,
+            keep_alive: defaults::KEEP_ALIVE,
+            connect: defaults::CONNECT,
+            upstream: defaults::UPSTREAM,
+            body: defaults::BODY,
+            tunnel: defaults::TUNNEL,
+        }
+    }
+}
+
+/// Settings shared by all cores.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Parsing limits.
+    pub limits: Limits,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Address to bind for table ports that name none.
+    pub bind_address: IpAddr,
+    /// Listen backlog.
+    pub backlog: i32,
+    /// Idle upstream connections kept per endpoint and core.
+    pub pool_max_idle: usize,
+    /// How long an idle upstream connection is kept.
+    pub pool_idle: Duration,
+    /// Buffer ring and free list.
+    pub buffers: BufferConfig,
+    /// Proxies in front of lb whose forwarding fields are trusted (Envoy's
+    /// `xff_num_trusted_hops`): 0 at the edge, where a client's X-Forwarded-* and `Forwarded`
+    /// are replaced; more, and they are kept and extended.
+    pub trusted_hops: u32,
+    /// Most client connections of the process (`None`: derived from the descriptor limit,
+    /// [`crate::io::max_connections`]).
+    pub max_connections: Option<usize>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            bind_address: IpAddr::from([0, 0, 0, 0]),
+            backlog: defaults::BACKLOG,
+            pool_max_idle: defaults::POOL_MAX_IDLE,
+            pool_idle: defaults::POOL_IDLE,
+            buffers: BufferConfig::default(),
+            max_connections: None,
+            trusted_hops: 0,
+        }
+    }
+}

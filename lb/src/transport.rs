@@ -1,0 +1,99 @@
+//! What a connection's bytes travel over. Every read and write of a client or upstream
+//! connection goes through a [`Transport`], so the layers above (HTTP/1, the exchange, the
+//! proxy) never touch a socket.
+//!
+//! Today there is one kind, plain TCP. TLS joins as a second variant that owns a rustls
+//! connection driven by these same reads and writes (sans-I/O): ciphertext arrives through the
+//! provided-buffer ring exactly as plaintext does now, so an idle TLS connection still holds no
+//! receive buffer, and `read` hands the layers above decrypted bytes in an [`InBuf`].
+
+use std::future::Future;
+use std::io;
+
+use compio::BufResult;
+use compio::io::{AsyncReadManaged, AsyncWrite, AsyncWriteExt};
+use compio::net::TcpStream;
+
+use crate::io::{InBuf, Spare, write_out};
+
+/// A connection's byte stream.
+#[derive(Debug)]
+pub(crate) enum Transport {
+    /// Plain TCP.
+    Plain(TcpStream),
+}
+
+impl Transport {
+    /// Reads more bytes after the unconsumed ones in `input`; 0 at end of stream. An empty
+    /// `input` holds no buffer while the read waits.
+    ///
+    /// A plain function returning the read itself (no `async` wrapper): this future sits in
+    /// every idle connection's task, whose size `lb/tests/sizes.rs` guards.
+    pub(crate) fn read<'a>(
+        &'a self,
+        input: &'a mut InBuf,
+        spare: &'a Spare,
+    ) -> impl Future<Output = io::Result<usize>> + 'a {
+        match self {
+            Transport::Plain(s) => input.fill(s, spare),
+        }
+    }
+
+    /// Writes all of `out` and clears it (keeping its allocation).
+    pub(crate) async fn write(&self, out: &mut Vec<u8>) -> io::Result<()> {
+        match self {
+            Transport::Plain(s) => write_out(s, out).await,
+        }
+    }
+
+    /// Writes all of `out` and leaves it as it was (the bytes may be needed for a resend).
+    pub(crate) async fn write_keep(&self, out: &mut Vec<u8>) -> io::Result<()> {
+        match self {
+            Transport::Plain(s) => {
+                let mut w = s;
+                let BufResult(res, bytes) = w.write_all(std::mem::take(out)).await;
+                *out = bytes;
+                res
+            }
+        }
+    }
+
+    /// Reads whatever arrives next and drops it (a closing connection's lingering reads);
+    /// `false` at end of stream or on an error.
+    pub(crate) async fn discard(&self) -> Result<usize, ()> {
+        match self {
+            Transport::Plain(s) => {
+                let mut r = s;
+                match r.read_managed(0).await {
+                    Ok(Some(buf)) => Ok(buf.len()),
+                    _ => Err(()),
+                }
+            }
+        }
+    }
+
+    /// Ends our sending side (TCP FIN).
+    pub(crate) async fn shutdown(&self) -> io::Result<()> {
+        match self {
+            Transport::Plain(s) => {
+                let mut w = s;
+                w.shutdown().await
+            }
+        }
+    }
+
+    /// Whether an idle connection stayed silent (no byte, no EOF): see [`crate::io::idle_clean`].
+    pub(crate) fn idle_clean(&self) -> bool {
+        match self {
+            Transport::Plain(s) => crate::io::idle_clean(s),
+        }
+    }
+
+    /// The TCP connection under it. For the byte tunnel after an upgrade, which copies
+    /// between sockets directly; a TLS transport will tunnel through its own reads and writes.
+    pub(crate) fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(s) => s,
+        }
+    }
+}
