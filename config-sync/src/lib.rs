@@ -38,6 +38,9 @@ pub const SEGMENT_CHECK: Duration = Duration::from_secs(1);
 /// Default `controllerName` of the GatewayClasses Sluice serves.
 pub const DEFAULT_CONTROLLER_NAME: &str = "sluice.dev/gateway-controller";
 
+/// How long a Lease holder stays leader without renewing (client-go's default).
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
+
 /// How config-sync runs.
 #[derive(Debug, Clone)]
 pub struct Config {

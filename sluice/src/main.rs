@@ -11,6 +11,7 @@
 mod ops;
 mod up;
 
+use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,8 +26,28 @@ use clap::{Parser, Subcommand};
     about = "Sluice: a thread-per-core io_uring L7 load balancer and Gateway API implementation"
 )]
 struct Cli {
+    /// Log lines as `text` (coloured only when stderr is a terminal) or `json` (one object
+    /// per line, for journald, `kubectl logs` and log shippers). Children of `up` inherit it.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SLUICE_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    /// The option value that selects it (what `up` passes to its children).
+    fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -81,23 +102,23 @@ struct LbArgs {
     /// From a request's first byte to its complete head. Durations take a unit (`10s`,
     /// `500ms`, `2m`, `1h`; a bare number is seconds), from 1ms to 7d; 0 is refused (no
     /// timeout means an unbounded wait).
-    #[arg(long, default_value = "10s", value_parser = timeout)]
-    header_timeout: Duration,
+    #[arg(long, default_value_t = Span(lb::defaults::REQUEST_HEADER), value_parser = timeout)]
+    header_timeout: Span,
     /// How long an idle client connection is kept.
-    #[arg(long, default_value = "60s", value_parser = timeout)]
-    keepalive_timeout: Duration,
+    #[arg(long, default_value_t = Span(lb::defaults::KEEP_ALIVE), value_parser = timeout)]
+    keepalive_timeout: Span,
     /// To connect to an upstream.
-    #[arg(long, default_value = "5s", value_parser = timeout)]
-    connect_timeout: Duration,
+    #[arg(long, default_value_t = Span(lb::defaults::CONNECT), value_parser = timeout)]
+    connect_timeout: Span,
     /// To wait for an upstream's response (head, and between body reads).
-    #[arg(long, default_value = "60s", value_parser = timeout)]
-    upstream_timeout: Duration,
+    #[arg(long, default_value_t = Span(lb::defaults::UPSTREAM), value_parser = timeout)]
+    upstream_timeout: Span,
     /// Between reads of a request body, and for each write to a client or upstream.
-    #[arg(long, default_value = "60s", value_parser = timeout)]
-    body_timeout: Duration,
+    #[arg(long, default_value_t = Span(lb::defaults::BODY), value_parser = timeout)]
+    body_timeout: Span,
     /// An upgraded connection (WebSocket) in which neither side sent a byte is closed.
-    #[arg(long, default_value = "1h", value_parser = timeout)]
-    tunnel_timeout: Duration,
+    #[arg(long, default_value_t = Span(lb::defaults::TUNNEL), value_parser = timeout)]
+    tunnel_timeout: Span,
     /// Most client connections lb holds open at once (split evenly over the cores); when
     /// reached, accepting pauses until some close. Default: half the file-descriptor limit
     /// (less a reserve), since each client may need an upstream connection too.
@@ -112,24 +133,24 @@ struct LbArgs {
     #[arg(long, default_value = "reject", value_parser = underscores)]
     underscore_headers: lb::http1::parse::Underscores,
     /// Largest request head, bytes.
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[arg(long, default_value_t = lb::defaults::MAX_HEAD)]
     max_head: usize,
     /// Most request header fields.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = lb::defaults::MAX_HEADERS)]
     max_headers: usize,
     /// Largest request body, bytes.
-    #[arg(long, default_value_t = 1 << 30)]
+    #[arg(long, default_value_t = lb::defaults::MAX_BODY)]
     max_body: u64,
     /// Buffers in each core's provided-buffer ring.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = lb::defaults::RING_BUFFERS)]
     ring_buffers: u16,
     /// Size of each ring buffer, bytes.
-    #[arg(long, default_value_t = 16 * 1024)]
+    #[arg(long, default_value_t = lb::defaults::RING_BUFFER_LEN)]
     ring_buffer_len: usize,
     /// How long requests in flight get to finish after SIGTERM/SIGINT (listeners close at
     /// once); 0 exits at once.
-    #[arg(long, default_value = "30s", value_parser = duration)]
-    drain_timeout: Duration,
+    #[arg(long, default_value_t = Span(lb::defaults::DRAIN), value_parser = duration)]
+    drain_timeout: Span,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -150,8 +171,8 @@ struct ConfigSyncArgs {
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
     /// Kubernetes mode: how long a Lease holder stays leader without renewing.
-    #[arg(long, default_value = "15s", value_parser = timeout)]
-    lease_duration: Duration,
+    #[arg(long, default_value_t = Span(config_sync::DEFAULT_LEASE_DURATION), value_parser = timeout)]
+    lease_duration: Span,
     /// Shared-memory table segment to publish into.
     #[arg(long, default_value = DEFAULT_TABLE, env = "SLUICE_TABLE")]
     table: PathBuf,
@@ -191,15 +212,20 @@ struct EchoArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        // Colour codes only for a person at a terminal: in files, journald and `kubectl logs`
+        // they are noise that breaks grep.
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
     let result = match cli.command {
-        Command::Up(args) => up::run(&args),
+        Command::Up(args) => up::run(&args, cli.log_format.name()),
         Command::Lb(args) => run_lb(args),
         Command::ConfigSync(args) => run_config_sync(args),
         Command::Echo(args) => run_echo(args),
@@ -230,7 +256,7 @@ const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Parses a duration: a decimal number and a unit (`ms`, `s`, `m`, `h`, `d`); a bare number is
 /// seconds. Between 0 and 7 days; `inf`, `NaN`, negative and unitless garbage are refused.
-fn duration(text: &str) -> Result<Duration, String> {
+fn duration(text: &str) -> Result<Span, String> {
     let t = text.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
@@ -249,14 +275,32 @@ fn duration(text: &str) -> Result<Duration, String> {
     if !(0.0..=MAX_DURATION.as_secs_f64()).contains(&secs) {
         return Err(format!("{text:?}: durations go from 0 to 7d"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(Span(Duration::from_secs_f64(secs)))
+}
+
+/// A duration option's value: parsed by [`duration`], shown in `--help` in the same syntax, so
+/// the defaults printed are lb's own (`lb::defaults`), not a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span(Duration);
+
+impl std::fmt::Display for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        match ms {
+            0 => write!(f, "0s"),
+            _ if ms.is_multiple_of(3_600_000) => write!(f, "{}h", ms / 3_600_000),
+            _ if ms.is_multiple_of(60_000) => write!(f, "{}m", ms / 60_000),
+            _ if ms.is_multiple_of(1000) => write!(f, "{}s", ms / 1000),
+            _ => write!(f, "{ms}ms"),
+        }
+    }
 }
 
 /// A timeout: a [`duration`] of at least 1 ms. 0 is refused rather than read as "none": an
 /// unbounded wait is how connections pile up.
-fn timeout(text: &str) -> Result<Duration, String> {
+fn timeout(text: &str) -> Result<Span, String> {
     let d = duration(text)?;
-    if d < Duration::from_millis(1) {
+    if d.0 < Duration::from_millis(1) {
         return Err(format!("{text:?}: a timeout must be at least 1ms (there is no 'never')"));
     }
     Ok(d)
@@ -266,12 +310,12 @@ fn run_lb(a: LbArgs) -> Result<(), String> {
     let cpus = lb::parse_cpus(&a.cores)?;
     let mut settings = lb::Settings { bind_address: a.bind_address, ..Default::default() };
     settings.timeouts = lb::Timeouts {
-        request_header: a.header_timeout,
-        keep_alive: a.keepalive_timeout,
-        connect: a.connect_timeout,
-        upstream: a.upstream_timeout,
-        body: a.body_timeout,
-        tunnel: a.tunnel_timeout,
+        request_header: a.header_timeout.0,
+        keep_alive: a.keepalive_timeout.0,
+        connect: a.connect_timeout.0,
+        upstream: a.upstream_timeout.0,
+        body: a.body_timeout.0,
+        tunnel: a.tunnel_timeout.0,
     };
     settings.max_connections = a.max_connections;
     settings.trusted_hops = a.trusted_hops;
@@ -283,7 +327,7 @@ fn run_lb(a: LbArgs) -> Result<(), String> {
     settings.buffers.ring_buffer_len = a.ring_buffer_len;
     let table = a.table.clone();
     ops::notify_systemd_when(move || ops::ready(&table, false).is_ok());
-    let drain = a.drain_timeout;
+    let drain = a.drain_timeout.0;
     lb::run(lb::Config { table: a.table, cpus, settings, drain }).map_err(|e| e.to_string())
 }
 
@@ -310,7 +354,7 @@ fn run_config_sync(a: ConfigSyncArgs) -> Result<(), String> {
             lease_namespace: a.lease_namespace,
             lease_name: a.lease_name,
             identity,
-            lease_duration: a.lease_duration,
+            lease_duration: a.lease_duration.0,
         };
         return config_sync::run_kubernetes(config, options).map_err(|e| e.to_string());
     }
@@ -335,17 +379,28 @@ mod tests {
 
     #[test]
     fn durations_take_units_and_refuse_nonsense() {
-        assert_eq!(duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(duration("0.5"), Ok(Duration::from_millis(500)));
-        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(duration("0"), Ok(Duration::ZERO));
+        let d = |t| duration(t).map(|s| s.0);
+        assert_eq!(d("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(d("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(d("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(d("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(d("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(d("0"), Ok(Duration::ZERO));
         for bad in ["inf", "NaN", "-1", "-1s", "1e3", "5 parsecs", "", "s", "8d", "1.2.3s"] {
             assert!(duration(bad).is_err(), "{bad:?} accepted");
         }
         assert!(timeout("0").unwrap_err().contains("at least 1ms"));
         assert!(timeout("0.0001").is_err());
-        assert_eq!(timeout("1ms"), Ok(Duration::from_millis(1)));
+        assert_eq!(timeout("1ms"), Ok(Span(Duration::from_millis(1))));
+    }
+
+    #[test]
+    fn defaults_print_in_the_syntax_they_parse_in() {
+        for d in [lb::defaults::REQUEST_HEADER, lb::defaults::TUNNEL, lb::defaults::KEEP_ALIVE] {
+            assert_eq!(duration(&Span(d).to_string()), Ok(Span(d)));
+        }
+        assert_eq!(Span(Duration::from_millis(1500)).to_string(), "1500ms");
+        assert_eq!(Span(Duration::from_secs(90)).to_string(), "90s");
+        assert_eq!(Span(Duration::from_secs(120)).to_string(), "2m");
     }
 }

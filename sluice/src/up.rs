@@ -39,7 +39,7 @@ pub(crate) struct UpArgs {
     no_demo_backends: bool,
 }
 
-pub(crate) fn run(args: &UpArgs) -> Result<(), String> {
+pub(crate) fn run(args: &UpArgs, log_format: &str) -> Result<(), String> {
     let manifests = find_manifests(&args.manifests)?;
     let run_dir = std::env::temp_dir().join(format!("sluice-up-{}", std::process::id()));
     let table = args.table.clone().unwrap_or_else(|| {
@@ -61,6 +61,7 @@ pub(crate) fn run(args: &UpArgs) -> Result<(), String> {
         for backend in demo_backends(&model) {
             let child = Command::new(&exe)
                 .arg("echo")
+                .args(["--log-format", log_format])
                 .arg("--listen")
                 .arg(backend.addr.to_string())
                 .args(["--namespace", &backend.namespace, "--service", &backend.service])
@@ -72,6 +73,7 @@ pub(crate) fn run(args: &UpArgs) -> Result<(), String> {
     }
     let child = Command::new(&exe)
         .arg("config-sync")
+        .args(["--log-format", log_format])
         .arg("--manifests")
         .arg(&manifests)
         .arg("--table")
@@ -85,6 +87,7 @@ pub(crate) fn run(args: &UpArgs) -> Result<(), String> {
     children.push("config-sync", child);
     let child = Command::new(&exe)
         .arg("lb")
+        .args(["--log-format", log_format])
         .arg("--table")
         .arg(&table)
         .arg("--bind-address")
@@ -188,66 +191,138 @@ fn demo_backends(model: &Model) -> Vec<DemoBackend> {
     out
 }
 
+/// Prints what to curl, derived from the compiled table — what lb will actually do — rather than
+/// from the manifests: a route that did not attach, a hostname no listener accepts, or a rule
+/// whose backends are invalid shows as it behaves (absent, or answered by lb).
 fn announce(model: &Model, manifests: &Path, status: &Path, listen: IpAddr) {
+    let settings = config_sync::Settings {
+        controller_name: config_sync::DEFAULT_CONTROLLER_NAME.to_owned(),
+        default_address: Some(listen),
+        address_pool: None,
+        address_usable: None,
+        bind_failures: Default::default(),
+    };
+    let compiled = config_sync::compile(model, &settings);
+    let lines = hints(&compiled.table, listen);
+    let tries = if lines.is_empty() {
+        "  (no route is attached to a listener: see the status files for why)".to_owned()
+    } else {
+        lines.join("\n")
+    };
+    eprintln!(
+        "\nSluice is up. Try:\n{tries}\n\nThe reply's \"pod\" field names the backend that served it. Edit the files in\n{} and routing changes within milliseconds, no restart. Status per object: {}\nCtrl-C stops everything.\n",
+        manifests.display(),
+        status.display()
+    );
+}
+
+/// Most hint lines printed (a large folder would otherwise scroll the useful part away).
+const MAX_HINTS: usize = 24;
+
+/// One curl line per (port, effective hostname, rule match) of the table, with the rule's
+/// real outcome.
+fn hints(t: &table::Table, listen: IpAddr) -> Vec<String> {
+    use table::format::{ActionKind, BackendTarget, HostIndex, PathMatch, ValueMatch};
+    let targets = |h: &HostIndex| -> Vec<u32> {
+        let mut v: Vec<u32> =
+            h.exact.iter().chain(&h.wildcard).map(|e| e.target).chain(h.any).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
     let mut lines = Vec::new();
-    for gw in model.gateways.values() {
-        let addr = gw
-            .spec
-            .addresses
-            .iter()
-            .flatten()
-            .find_map(|a| a.value.as_deref().and_then(|v| v.parse::<IpAddr>().ok()))
-            .unwrap_or(listen);
-        for l in &gw.spec.listeners {
-            let gw_name = gw.metadata.name.as_deref().unwrap_or("");
-            for route in model.http_routes.values() {
-                let attached = route.spec.parent_refs.iter().flatten().any(|p| p.name == gw_name);
-                if !attached {
-                    continue;
-                }
-                let host = route
-                    .spec
-                    .hostnames
-                    .iter()
-                    .flatten()
-                    .next()
-                    .cloned()
-                    .or_else(|| l.hostname.clone())
-                    .unwrap_or_else(|| "example.com".into())
-                    .replace('*', "anything");
-                for rule in route.spec.rules.iter().flatten() {
-                    let m = rule.matches.iter().flatten().next();
-                    let path = m
-                        .and_then(|m| m.path.as_ref())
-                        .and_then(|p| p.value.clone())
-                        .unwrap_or_else(|| "/".into());
-                    let headers: String = m
-                        .and_then(|m| m.headers.as_ref())
-                        .into_iter()
-                        .flatten()
-                        .map(|h| format!(" -H '{}: {}'", h.name, h.value))
-                        .collect();
-                    let backends: Vec<String> = rule
-                        .backend_refs
+    let mut seen = BTreeSet::new();
+    for port in &t.ports {
+        let addr = SocketAddr::new(port.address.map_or(listen, |a| a.ip()), port.port);
+        for l in targets(&port.listeners) {
+            let Some(listener) = t.listeners.get(l as usize) else { continue };
+            for v in targets(&listener.vhosts) {
+                let Some(vhost) = t.vhosts.get(v as usize) else { continue };
+                let host = match vhost.hostname.as_str() {
+                    "" => "example.com".to_owned(),
+                    h => h.replacen('*', "anything", 1),
+                };
+                for &m in &vhost.matches {
+                    let Some(m) = t.matches.get(m as usize) else { continue };
+                    let Some(action) = t.actions.get(m.action as usize) else { continue };
+                    let path = match &m.path {
+                        PathMatch::Exact(p) | PathMatch::Prefix(p) => p.clone(),
+                        PathMatch::Regex(_) => continue,
+                    };
+                    let mut args = String::new();
+                    if let Some(method) = &m.method {
+                        args.push_str(&format!(" -X {method}"));
+                    }
+                    for h in &m.headers {
+                        let ValueMatch::Exact(value) = &h.value else { continue };
+                        args.push_str(&format!(" -H '{}: {value}'", h.name));
+                    }
+                    let query: Vec<String> = m
+                        .query
                         .iter()
-                        .flatten()
-                        .map(|b| format!("{} (weight {})", b.name, b.weight.unwrap_or(1)))
+                        .filter_map(|q| match &q.value {
+                            ValueMatch::Exact(v) => Some(format!("{}={v}", q.name)),
+                            ValueMatch::Regex(_) => None,
+                        })
                         .collect();
-                    lines.push(format!(
-                        "  curl -H 'Host: {host}'{headers} http://{}{path}\n      → {}",
-                        SocketAddr::new(addr, l.port as u16),
-                        backends.join(", ")
-                    ));
+                    let query = if query.is_empty() {
+                        String::new()
+                    } else {
+                        format!("?{}", query.join("&"))
+                    };
+                    let outcome = match &action.kind {
+                        ActionKind::Forward { backends, .. } => {
+                            let live: Vec<_> = backends.iter().filter(|b| b.weight > 0).collect();
+                            let weight = |w: u32| {
+                                if live.len() > 1 {
+                                    format!(" (weight {w})")
+                                } else {
+                                    String::new()
+                                }
+                            };
+                            let shares: Vec<String> = live
+                                .iter()
+                                .map(|b| match &b.target {
+                                    BackendTarget::Service(s) => {
+                                        let name = t
+                                            .services
+                                            .get(*s as usize)
+                                            .map_or("?", |s| s.name.as_str());
+                                        format!("{name}{}", weight(b.weight))
+                                    }
+                                    BackendTarget::Status(code) => {
+                                        format!(
+                                            "{code} from lb: invalid backend{}",
+                                            weight(b.weight)
+                                        )
+                                    }
+                                })
+                                .collect();
+                            if shares.is_empty() {
+                                "500 from lb: no backend has weight".to_owned()
+                            } else {
+                                shares.join(", ")
+                            }
+                        }
+                        ActionKind::Respond { status } => format!("{status} from lb"),
+                        ActionKind::Redirect { status, .. } => format!("{status} redirect from lb"),
+                    };
+                    let line = format!(
+                        "  curl -H 'Host: {host}'{args} 'http://{addr}{path}{query}'\n      → {outcome}"
+                    );
+                    if seen.insert(line.clone()) {
+                        lines.push(line);
+                    }
                 }
             }
         }
     }
-    eprintln!(
-        "\nSluice is up. Try:\n{}\n\nThe reply's \"pod\" field names the backend that served it. Edit the files in\n{} and routing changes within milliseconds, no restart. Status per object: {}\nCtrl-C stops everything.\n",
-        lines.join("\n"),
-        manifests.display(),
-        status.display()
-    );
+    if lines.len() > MAX_HINTS {
+        let more = lines.len() - MAX_HINTS;
+        lines.truncate(MAX_HINTS);
+        lines.push(format!("  … and {more} more"));
+    }
+    lines
 }
 
 #[derive(Default)]

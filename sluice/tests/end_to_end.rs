@@ -391,6 +391,12 @@ fn sluice_up_runs_the_quickstart() {
             .replace("9102", &v2_port.to_string());
         env.write(path.file_name().unwrap().to_str().unwrap(), &text);
     }
+    // Hints come from what was compiled: a route that attaches nowhere is not offered, and a
+    // rule whose backend does not exist is shown answered by lb.
+    env.write(
+        "extra.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: ghost, namespace: default}\nspec:\n  parentRefs: [{name: no-such-gateway}]\n  hostnames: [ghost.example]\n  rules: [{backendRefs: [{name: demo-v1, port: 80}]}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: broken, namespace: default}\nspec:\n  parentRefs: [{name: demo}]\n  hostnames: [broken.example]\n  rules: [{backendRefs: [{name: missing-service, port: 80}]}]\n",
+    );
     let table = env.dir.join("shm-table");
     let log = std::fs::File::create(env.logs.join("up.log")).unwrap();
     let mut up = std::process::Command::new(BIN)
@@ -410,12 +416,25 @@ fn sluice_up_runs_the_quickstart() {
         assert!(start.elapsed() < Duration::from_secs(30), "no announcement:\n{}", env.log("up"));
         std::thread::sleep(Duration::from_millis(20));
     }
+    let said = env.log("up");
     assert!(
-        env.log("up")
-            .contains(&format!("curl -H 'Host: demo.example' http://127.0.0.1:{gw_port}/split")),
-        "{}",
-        env.log("up")
+        said.contains(&format!("curl -H 'Host: demo.example' 'http://127.0.0.1:{gw_port}/split'\n      → default/demo-v1:80 (weight 80), default/demo-v2:80 (weight 20)")),
+        "{said}"
     );
+    assert!(
+        said.contains(&format!(
+            "-H 'x-version: v2' 'http://127.0.0.1:{gw_port}/'\n      → default/demo-v2:80\n"
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("ghost.example"), "an unattached route is offered:\n{said}");
+    assert!(
+        said.contains(&format!(
+            "curl -H 'Host: broken.example' 'http://127.0.0.1:{gw_port}/'\n      → 500 from lb"
+        )),
+        "{said}"
+    );
+    assert!(!said.contains('\u{1b}'), "colour codes in a log file:\n{said}");
     let mut pods = std::collections::BTreeMap::new();
     let mut c = Client::connect(gw_port).unwrap();
     for _ in 0..100 {
