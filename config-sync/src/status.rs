@@ -41,8 +41,9 @@ impl StatusWriter {
         StatusWriter { dir, last: BTreeMap::new() }
     }
 
-    /// Applies a new set of statuses; returns how many objects changed.
-    pub fn apply(&mut self, next: BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>) -> usize {
+    /// Applies a new set of statuses (written to the status folder, if any); returns the
+    /// changes.
+    pub fn apply(&mut self, next: BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>) -> Vec<Change> {
         let changes = self.diff(next);
         for c in &changes {
             match &c.status {
@@ -61,7 +62,7 @@ impl StatusWriter {
                 }
             }
         }
-        changes.len()
+        changes
     }
 
     /// Takes a new set of statuses (carrying `lastTransitionTime` over from the last set) and

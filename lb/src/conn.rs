@@ -263,7 +263,8 @@ fn prepare(
             request::request_head(out, buf, &head, fields, client, &edits, rewritten);
             request::close_after(out);
         };
-        mirror::copy(core, &table, &action.mirrors, head.whole_body(buf), copy);
+        let mirrors = (&core.mirrors, &core.wheel, core.settings.timeouts);
+        mirror::copy(mirrors, &table, &action.mirrors, head.whole_body(buf), copy);
     }
     // The clock is read only for rules with a request timeout (which runs from here).
     let arrived = if action.timeouts.request_ms == 0 { 0 } else { core.wheel.now() };

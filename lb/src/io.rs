@@ -22,30 +22,7 @@ use compio::io::{AsyncReadExt, AsyncReadManaged, AsyncWriteExt};
 use compio::net::{TcpListener, TcpSocket, TcpStream};
 use compio::runtime::Runtime;
 
-/// Buffer ring and free-list sizes.
-#[derive(Debug, Clone, Copy)]
-pub struct BufferConfig {
-    /// Buffers in each core's provided-buffer ring (rounded up to a power of two).
-    pub ring_buffers: u16,
-    /// Size of each ring buffer.
-    pub ring_buffer_len: usize,
-    /// Heap buffers kept per core for reuse.
-    pub spare_buffers: usize,
-    /// Largest heap buffer kept for reuse; larger ones are freed.
-    pub spare_capacity: usize,
-}
-
-impl Default for BufferConfig {
-    fn default() -> Self {
-        use crate::settings::defaults;
-        BufferConfig {
-            ring_buffers: defaults::RING_BUFFERS,
-            ring_buffer_len: defaults::RING_BUFFER_LEN,
-            spare_buffers: defaults::SPARE_BUFFERS,
-            spare_capacity: defaults::SPARE_CAPACITY,
-        }
-    }
-}
+use crate::settings::BufferConfig;
 
 /// Builds the per-core runtime: io_uring only (no readiness fallback), cooperative task
 /// running (without it every completion interrupts the thread: 1.9× CPU per request in our

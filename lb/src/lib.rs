@@ -47,7 +47,7 @@ use table::shm::{AppliedWriter, applied_path};
 use tracing::{error, info, warn};
 
 pub use crate::fields::{Edits, FieldList};
-pub use crate::io::BufferConfig;
+pub use crate::settings::{BufferConfig, Limits, Underscores};
 pub use crate::settings::{Settings, Timeouts, defaults};
 pub use crate::timer::{Deadline, Elapsed, Wheel};
 

@@ -258,7 +258,10 @@ impl Exchange<'_> {
         body: &mut BodyDecoder,
     ) -> Result<(Upstream, Response), Failure> {
         let key = Key::plain(addr);
-        let conn = match connect::open(self.core, self.deadline, key, fresh_only).await {
+        let core = self.core;
+        let clock = (&*core.wheel, self.deadline);
+        let limit = core.settings.timeouts.connect;
+        let conn = match connect::open(&core.pool, clock, limit, key, fresh_only).await {
             Ok(c) => c,
             Err(_) => return Err(Failure::Connect),
         };

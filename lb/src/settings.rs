@@ -4,9 +4,6 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::http1::parse::Limits;
-use crate::io::BufferConfig;
-
 /// Every default value of lb's settings.
 pub mod defaults {
     use std::time::Duration;
@@ -117,6 +114,71 @@ impl Default for Settings {
             buffers: BufferConfig::default(),
             max_connections: None,
             trusted_hops: 0,
+        }
+    }
+}
+
+/// What to do with a field whose name contains `_` (a valid token, but CGI-style backends,
+/// nginx, WSGI and others fold `_` and `-` together, so `Content_Length` or `X_Forwarded_For`
+/// would reach the application as a field lb never saw).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Underscores {
+    /// 400 (the default, as Envoy Gateway's `withUnderscoresAction`).
+    #[default]
+    Reject,
+    /// Forward the request without such fields (nginx's `underscores_in_headers off`).
+    Drop,
+    /// Pass them on.
+    Allow,
+}
+
+/// Limits applied while parsing.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request head (request line and fields), bytes.
+    pub max_head: usize,
+    /// Most field lines.
+    pub max_headers: usize,
+    /// Largest declared or streamed request body, bytes.
+    pub max_body: u64,
+    /// Largest chunk extension, bytes.
+    pub max_chunk_ext: usize,
+    /// Fields whose name contains `_`.
+    pub underscores: Underscores,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head: defaults::MAX_HEAD,
+            max_headers: defaults::MAX_HEADERS,
+            max_body: defaults::MAX_BODY,
+            max_chunk_ext: defaults::MAX_CHUNK_EXT,
+            underscores: Underscores::Reject,
+        }
+    }
+}
+
+/// Buffer ring and free-list sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferConfig {
+    /// Buffers in each core's provided-buffer ring (rounded up to a power of two).
+    pub ring_buffers: u16,
+    /// Size of each ring buffer.
+    pub ring_buffer_len: usize,
+    /// Heap buffers kept per core for reuse.
+    pub spare_buffers: usize,
+    /// Largest heap buffer kept for reuse; larger ones are freed.
+    pub spare_capacity: usize,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            ring_buffers: defaults::RING_BUFFERS,
+            ring_buffer_len: defaults::RING_BUFFER_LEN,
+            spare_buffers: defaults::SPARE_BUFFERS,
+            spare_capacity: defaults::SPARE_CAPACITY,
         }
     }
 }

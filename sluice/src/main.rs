@@ -334,8 +334,23 @@ fn run_lb(a: LbArgs) -> Result<(), String> {
 fn run_config_sync(a: ConfigSyncArgs) -> Result<(), String> {
     let table = a.table.clone();
     ops::notify_systemd_when(move || ops::ready(&table, true).is_ok());
+    let source = if a.kubernetes {
+        let identity = a.identity.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| format!("config-sync-{}", std::process::id()))
+        });
+        config_sync::Source::Kubernetes(config_sync::kubernetes::KubeOptions {
+            lease_namespace: a.lease_namespace,
+            lease_name: a.lease_name,
+            identity,
+            lease_duration: a.lease_duration.0,
+        })
+    } else {
+        config_sync::Source::Files { manifests: a.manifests.clone().unwrap_or_default() }
+    };
     let config = config_sync::Config {
-        manifests: a.manifests.clone().unwrap_or_default(),
+        source,
         table: a.table,
         status_dir: a.status_dir,
         controller_name: a.controller_name,
@@ -344,21 +359,7 @@ fn run_config_sync(a: ConfigSyncArgs) -> Result<(), String> {
         debounce: Duration::from_millis(a.debounce_ms.max(1)),
         rescan: Duration::from_secs(5),
     };
-    if a.kubernetes {
-        let identity = a.identity.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| format!("config-sync-{}", std::process::id()))
-        });
-        let options = config_sync::kubernetes::KubeOptions {
-            lease_namespace: a.lease_namespace,
-            lease_name: a.lease_name,
-            identity,
-            lease_duration: a.lease_duration.0,
-        };
-        return config_sync::run_kubernetes(config, options).map_err(|e| e.to_string());
-    }
-    config_sync::run(config).map_err(|e| e.to_string())
+    config_sync::run(&config).map_err(|e| e.to_string())
 }
 
 fn run_echo(a: EchoArgs) -> Result<(), String> {

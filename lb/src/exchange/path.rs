@@ -1,8 +1,6 @@
 //! Request-path normalisation (RFC 3986 §6.2.2), shared by every protocol: the path routed on
 //! is the path the backend gets.
 
-use crate::http1::body::hex;
-
 /// Normalises a request path for routing and forwarding (RFC 3986 §6.2.2), writing the result
 /// to `out` and returning `true` when it differs from `path`:
 ///
@@ -33,9 +31,10 @@ pub(crate) fn normalize_path(path: &[u8], out: &mut Vec<u8>) -> bool {
         let b = path[i];
         if b == b'%'
             && let (Some(h), Some(l)) = (path.get(i + 1), path.get(i + 2))
-            && let (Some(h), Some(l)) = (hex(*h), hex(*l))
+            && let (Some(h), Some(l)) = ((*h as char).to_digit(16), (*l as char).to_digit(16))
         {
-            let c = h << 4 | l;
+            // Two hex digits: below 256.
+            let c = (h << 4 | l) as u8;
             if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
                 out.push(c);
             } else {

@@ -20,7 +20,6 @@ use tracing::debug;
 
 use table::format::ArchivedMirror;
 
-use crate::core::Core;
 use crate::io::{connect, write_out};
 use crate::settings::Timeouts;
 use crate::timer::{Deadline, Elapsed, Wheel};
@@ -40,14 +39,14 @@ const RESPONSE_WAIT: Duration = Duration::from_secs(10);
 /// body when it is all in hand (`None`: not copied); `head` writes the copy's head, asking
 /// the mirror to close after answering (the rule's header edits apply, not a backend's).
 pub(crate) fn copy(
-    core: &Core,
+    (state, wheel, timeouts): (&Mirrors, &Rc<Wheel>, Timeouts),
     table: &CoreTable,
     mirrors: &[ArchivedMirror],
     body: Option<&[u8]>,
     head: impl Fn(&mut Vec<u8>),
 ) {
     for m in mirrors {
-        if !core.mirrors.sampled(m.per_million.to_native()) {
+        if !state.sampled(m.per_million.to_native()) {
             continue;
         }
         let Some(body) = body else {
@@ -65,7 +64,7 @@ pub(crate) fn copy(
         let mut bytes = Vec::with_capacity(512 + body.len());
         head(&mut bytes);
         bytes.extend_from_slice(body);
-        core.mirrors.send(&core.wheel, core.settings.timeouts, addr, bytes);
+        state.send(wheel, timeouts, addr, bytes);
     }
 }
 

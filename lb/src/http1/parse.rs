@@ -12,52 +12,12 @@
 
 use std::ops::Range;
 
-/// What to do with a field whose name contains `_` (a valid token, but CGI-style backends,
-/// nginx, WSGI and others fold `_` and `-` together, so `Content_Length` or `X_Forwarded_For`
-/// would reach the application as a field lb never saw).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Underscores {
-    /// 400 (the default, as Envoy Gateway's `withUnderscoresAction`).
-    #[default]
-    Reject,
-    /// Forward the request without such fields (nginx's `underscores_in_headers off`).
-    Drop,
-    /// Pass them on.
-    Allow,
-}
-
 /// Empty lines (CRLF) ignored before a request line: RFC 9112 §2.2 asks to ignore "at least
 /// one" (old clients sent a CRLF after a POST body). More is not a client's mistake, and an
 /// unbounded number would let a peer grow the input buffer for the whole header timeout.
 pub const MAX_LEADING_EMPTY_LINES: usize = 2;
 
-/// Limits applied while parsing.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Largest request head (request line and fields), bytes.
-    pub max_head: usize,
-    /// Most field lines.
-    pub max_headers: usize,
-    /// Largest declared or streamed request body, bytes.
-    pub max_body: u64,
-    /// Largest chunk extension, bytes.
-    pub max_chunk_ext: usize,
-    /// Fields whose name contains `_`.
-    pub underscores: Underscores,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        use crate::settings::defaults;
-        Limits {
-            max_head: defaults::MAX_HEAD,
-            max_headers: defaults::MAX_HEADERS,
-            max_body: defaults::MAX_BODY,
-            max_chunk_ext: defaults::MAX_CHUNK_EXT,
-            underscores: Underscores::Reject,
-        }
-    }
-}
+pub use crate::settings::{Limits, Underscores};
 
 /// Most field lines any configuration may allow: the size of the on-stack header array, and
 /// the width of [`Head::connection_nominated`].

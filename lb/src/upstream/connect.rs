@@ -2,14 +2,15 @@
 //! opened within the connect timeout. Never loops: the caller's retry budget
 //! (`upstream::retry`) decides what a failure leads to.
 
+use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Duration;
 
 use tracing::debug;
 
-use super::pool::Key;
-use crate::core::Core;
+use super::pool::{Key, Pool};
 use crate::error::{Phase, ProxyError, Side, timed};
-use crate::timer::Deadline;
+use crate::timer::{Deadline, Wheel};
 use crate::transport::Transport;
 
 /// A connection for an attempt, and whether it came from the pool.
@@ -21,19 +22,19 @@ pub(crate) struct Conn {
     pub reused: bool,
 }
 
-/// A connection for `key`: pooled unless `fresh_only`, else connected now.
+/// A connection for `key`: from `pool` unless `fresh_only`, else connected within `limit`.
 pub(crate) async fn open(
-    core: &Core,
-    deadline: &Rc<Deadline>,
+    pool: &RefCell<Pool>,
+    (wheel, deadline): (&Wheel, &Rc<Deadline>),
+    limit: Duration,
     key: Key,
     fresh_only: bool,
 ) -> Result<Conn, ProxyError> {
-    if !fresh_only && let Some(transport) = core.pool.borrow_mut().take(key, core.wheel.now()) {
+    if !fresh_only && let Some(transport) = pool.borrow_mut().take(key, wheel.now()) {
         return Ok(Conn { transport, reused: true });
     }
-    let limit = core.settings.timeouts.connect;
     let side = (Side::Upstream, Phase::Connect);
-    match timed(&core.wheel, deadline, limit, side, crate::io::connect(key.addr)).await {
+    match timed(wheel, deadline, limit, side, crate::io::connect(key.addr)).await {
         Ok(stream) => Ok(Conn { transport: Transport::Plain(stream), reused: false }),
         Err(e) => {
             debug!(addr = %key.addr, "{e}");

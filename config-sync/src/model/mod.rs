@@ -4,6 +4,9 @@
 //!
 //! Sits between `watch` (which finds documents) and `compile` (which resolves them).
 
+pub mod limits;
+pub mod validate;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -310,8 +313,7 @@ fn parse_object(mut doc: Value) -> Result<Option<Object>, ObjectError> {
         map.remove("status");
     }
     // The CRD schema's size and range limits, as the API server would enforce them.
-    crate::limits::check(kind, &doc)
-        .map_err(|(field, reason)| err(&field, reason, Some(id.clone())))?;
+    limits::check(kind, &doc).map_err(|(field, reason)| err(&field, reason, Some(id.clone())))?;
     let object = match kind {
         Kind::GatewayClass => typed(doc).map(|o| Object::GatewayClass(Arc::new(o))),
         Kind::Gateway => typed(doc).map(|o| Object::Gateway(Arc::new(o))),
@@ -322,7 +324,7 @@ fn parse_object(mut doc: Value) -> Result<Option<Object>, ObjectError> {
         Kind::Namespace => typed(doc).map(|o| Object::Namespace(Arc::new(o))),
     }
     .map_err(|(field, reason)| err(&field, reason, Some(id.clone())))?;
-    crate::validate::object(&object).map_err(|(field, reason)| err(&field, reason, Some(id)))?;
+    validate::object(&object).map_err(|(field, reason)| err(&field, reason, Some(id)))?;
     Ok(Some(object))
 }
 

@@ -102,7 +102,7 @@ fn limits_match_the_crds() {
         let out = std::env::temp_dir().join("sluice-limits-table.rs");
         std::fs::write(&out, render(&entries)).unwrap();
         panic!(
-            "config-sync/src/limits/table.rs differs from the CRDs ({} entries there, {} here); \
+            "config-sync/src/model/limits/table.rs differs from the CRDs ({} entries there, {} here); \
              the regenerated table is in {}",
             entries.len(),
             ours.len(),

@@ -17,7 +17,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use tracing::{debug, info, warn};
 
-use crate::kubernetes::KubeOptions;
+use super::KubeOptions;
 
 /// Competes for the Lease and keeps `leader` up to date.
 #[derive(Debug)]

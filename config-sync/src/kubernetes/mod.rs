@@ -18,6 +18,8 @@
 //! an object whose status did not change is not written. For HTTPRoutes, the entries of other
 //! controllers in `status.parents` are kept as the API server has them.
 
+pub mod lease;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,12 +31,13 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
-use crate::compile::{ObjectStatus, Settings, compile};
+use crate::Error;
+use crate::compile::ObjectStatus;
 use crate::model::{GATEWAY_GROUP, Key, Kind, Model, Object, ObjectId, parse_document};
-use crate::status::{Change, StatusWriter, status_value};
-use crate::{Error, lease, publish};
+use crate::pipeline::{Pipeline, Read};
+use crate::status::{Change, status_value};
 
 /// How often a referenced Secret is read again.
 const SECRET_REFRESH: Duration = Duration::from_secs(60);
@@ -146,17 +149,9 @@ enum Seen {
 }
 
 /// Runs config-sync against the API server until SIGINT or SIGTERM.
-pub async fn run(config: crate::Config, options: KubeOptions) -> Result<(), Error> {
+pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result<(), Error> {
     let client = kube::Client::try_default().await.map_err(|e| Error::Kubernetes(e.to_string()))?;
-    let mut publisher = publish::Publisher::open(&config.table)
-        .map_err(|source| Error::Segment { path: config.table.clone(), source })?;
-    let mut settings = Settings {
-        controller_name: config.controller_name.clone(),
-        default_address: config.default_address,
-        address_pool: config.address_pool,
-        address_usable: Some(crate::compile::bindable),
-        bind_failures: table::shm::read_bind_failures(&table::shm::listeners_path(&config.table)),
-    };
+    let mut pipeline = Pipeline::new(config)?;
     info!(
         table = %config.table.display(),
         controller = %config.controller_name,
@@ -202,19 +197,13 @@ pub async fn run(config: crate::Config, options: KubeOptions) -> Result<(), Erro
     }
     drop(tx);
     let leader = Arc::new(AtomicBool::new(false));
-    let lease = lease::Elector::new(client.clone(), &options, Arc::clone(&leader));
+    let lease = lease::Elector::new(client.clone(), options, Arc::clone(&leader));
     let lease_task = tokio::spawn(lease.run());
 
     let mut stores: BTreeMap<Kind, KindStore> = BTreeMap::new();
-    let mut status = StatusWriter::new(None);
     let mut unwritten: BTreeMap<ObjectId, Change> = BTreeMap::new();
     let mut was_leader = false;
     let mut dirty = false;
-    // The generation published and not yet served by lb: since when, and whether that was
-    // already said.
-    let mut waiting_for: Option<(u64, Instant, bool)> = None;
-    let applied = publisher.applied_path().to_owned();
-    let listeners = table::shm::listeners_path(&config.table);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(Error::Runtime)?;
     let mut secrets = Secrets::default();
@@ -237,16 +226,8 @@ pub async fn run(config: crate::Config, options: KubeOptions) -> Result<(), Erro
             _ = tick.tick() => {
                 if last_check.elapsed() >= crate::SEGMENT_CHECK {
                     last_check = Instant::now();
-                    let failures = table::shm::read_bind_failures(&listeners);
-                    if failures != settings.bind_failures {
-                        settings.bind_failures = failures;
-                        dirty = true;
-                    }
-                    match publisher.repair() {
-                        Ok(Some(p)) => waiting_for = Some((p.generation, Instant::now(), false)),
-                        Ok(None) => {}
-                        Err(e) => error!("cannot repair the table segment: {e}; lb keeps its current table"),
-                    }
+                    dirty |= pipeline.bind_failures_changed();
+                    pipeline.repair();
                 }
             }
             _ = tokio::signal::ctrl_c() => break,
@@ -256,51 +237,18 @@ pub async fn run(config: crate::Config, options: KubeOptions) -> Result<(), Erro
         if dirty && all_listed {
             dirty = false;
             let model = model(&stores);
-            let started = Instant::now();
-            let compiled = compile(&model, &settings);
-            let compile_micros = started.elapsed().as_micros() as u64;
-            match publisher.publish(compiled.table) {
-                Ok(Some(p)) => {
-                    info!(
-                        generation = p.generation,
-                        bytes = p.bytes,
-                        objects = model.len(),
-                        compile_micros,
-                        "published"
-                    );
-                    waiting_for = Some((p.generation, Instant::now(), false));
-                }
-                Ok(None) => {}
-                Err(e) => error!("cannot publish: {e}; lb keeps its current table"),
-            }
-            for c in status.diff(compiled.status) {
+            for c in pipeline.run(&model, Read::now()).changes {
                 unwritten.insert(c.id.clone(), c);
             }
-            secrets.want(referenced_secrets(&stores, &settings.controller_name));
+            secrets.want(referenced_secrets(&stores, &pipeline.settings().controller_name));
         }
         if all_listed {
             secrets.refresh(&client).await;
         }
-        // Status describes what lb serves: write it once lb applied the generation.
-        if let Some((generation, since, warned)) = &mut waiting_for {
-            if table::shm::read_applied(&applied)
-                .is_ok_and(|a| !a.cores.is_empty() && a.min() >= *generation)
-            {
-                waiting_for = None;
-            } else if !*warned && since.elapsed() > publish::APPLY_WARNING {
-                warn!(
-                    generation = *generation,
-                    applied = %applied.display(),
-                    "lb has not taken this generation after {:?}; status is held until it does (is lb running?)",
-                    publish::APPLY_WARNING
-                );
-                *warned = true;
-            }
-        }
         let is_leader = leader.load(Ordering::Relaxed);
         if is_leader && !was_leader {
             info!("holding the Lease: writing status");
-            for c in status.all() {
+            for c in pipeline.statuses() {
                 unwritten.insert(c.id.clone(), c);
             }
         }
@@ -308,16 +256,17 @@ pub async fn run(config: crate::Config, options: KubeOptions) -> Result<(), Erro
             warn!("lost the Lease: status writes stop");
         }
         was_leader = is_leader;
-        if is_leader && waiting_for.is_none() && !unwritten.is_empty() {
+        // Status describes what lb serves: it is written once lb serves the generation (the
+        // pipeline's applied watcher warns when lb does not take it).
+        if is_leader && pipeline.served() && !unwritten.is_empty() {
             let batch = std::mem::take(&mut unwritten);
             for (id, change) in batch {
                 if !leader.load(Ordering::Relaxed) {
                     unwritten.insert(id, change);
                     continue;
                 }
-                if let Err(e) =
-                    write_status(&client, &stores, &settings.controller_name, &change).await
-                {
+                let controller = &pipeline.settings().controller_name;
+                if let Err(e) = write_status(&client, &stores, controller, &change).await {
                     warn!(object = %id, "status write failed: {e}; will retry");
                     unwritten.insert(id, change);
                 }
@@ -325,7 +274,7 @@ pub async fn run(config: crate::Config, options: KubeOptions) -> Result<(), Erro
         }
     }
     lease_task.abort();
-    lease::release(&client, &options).await;
+    lease::release(&client, options).await;
     info!("config-sync stopping; lb keeps serving the last table");
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! File source: a folder of YAML/JSON manifests, read recursively, re-read on change.
 //!
-//! First stage of config-sync (`watch → model → compile → publish`). Each file keeps the
+//! First stage of config-sync in file mode (`files → model → compile → publish`). Each file keeps the
 //! objects of its last good read, so a broken edit never blanks what was valid:
 //!
 //! - a file that no longer parses (YAML syntax, read error) keeps its last good objects;

@@ -1,0 +1,194 @@
+//! The one pipeline both sources feed (`files`, `kubernetes`): a [`Model`] in, then compile →
+//! publish → status → wait until lb serves the generation. A source decides *when* to run it
+//! (file events, watch events) and what to do with the status changes (files write them at
+//! once; the Kubernetes source writes them to the API server once lb serves the generation, from
+//! the Lease holder only).
+//!
+//! lb's applied generation is learned one way for both: each publication starts a watcher
+//! thread on lb's applied file (`publish::wait_applied`, backing off from 50 µs to 10 ms, a
+//! warning naming lagging cores after 5 s), which records what lb serves in [`Pipeline::served`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use crate::compile::{Settings, bindable, compile};
+use crate::model::Model;
+use crate::publish::{Published, Publisher};
+use crate::status::{Change, StatusWriter};
+use crate::{Config, Error};
+
+/// Compiler settings, publisher, status memory and lb's applied generation.
+#[derive(Debug)]
+pub struct Pipeline {
+    publisher: Publisher,
+    status: StatusWriter,
+    settings: Settings,
+    /// lb's report of listeners it could not bind (`<segment>.listeners`).
+    listeners: PathBuf,
+    /// The newest generation published, so a watcher of an older one can stop.
+    latest: Arc<AtomicU64>,
+    /// The newest generation every lb core was seen to serve.
+    served: Arc<AtomicU64>,
+    /// The generation this process published last (0: none yet).
+    published: u64,
+}
+
+/// How the source came by the model (for the `published` log line, which the propagation
+/// benchmark reads).
+#[derive(Debug, Clone, Copy)]
+pub struct Read {
+    /// When the source started reading.
+    pub started: Instant,
+    /// Files read (file mode).
+    pub files: usize,
+    /// Reading and parsing.
+    pub scan: Duration,
+    /// Assembling the model.
+    pub model: Duration,
+}
+
+impl Read {
+    /// A model that was at hand (no files read).
+    pub fn now() -> Read {
+        Read { started: Instant::now(), files: 0, scan: Duration::ZERO, model: Duration::ZERO }
+    }
+}
+
+/// What one run did.
+#[derive(Debug)]
+pub struct Run {
+    /// The publication, when the table changed.
+    pub published: Option<Published>,
+    /// Objects whose status changed (already logged, and written to `--status-dir`).
+    pub changes: Vec<Change>,
+}
+
+impl Pipeline {
+    /// Opens the segment; compiles nothing yet.
+    pub fn new(config: &Config) -> Result<Pipeline, Error> {
+        let publisher = Publisher::open(&config.table)
+            .map_err(|source| Error::Segment { path: config.table.clone(), source })?;
+        let listeners = table::shm::listeners_path(&config.table);
+        Ok(Pipeline {
+            publisher,
+            status: StatusWriter::new(config.status_dir.clone()),
+            settings: Settings {
+                controller_name: config.controller_name.clone(),
+                default_address: config.default_address,
+                address_pool: config.address_pool,
+                // lb runs on this node: an address this process cannot bind, lb cannot either.
+                address_usable: Some(bindable),
+                bind_failures: table::shm::read_bind_failures(&listeners),
+            },
+            listeners,
+            latest: Arc::new(AtomicU64::new(0)),
+            served: Arc::new(AtomicU64::new(0)),
+            published: 0,
+        })
+    }
+
+    /// The compiler's settings (the controller name, for the Kubernetes source's status).
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Compiles `model`, publishes the table when it changed, and records the statuses.
+    pub fn run(&mut self, model: &Model, read: Read) -> Run {
+        let started = Instant::now();
+        let compiled = compile(model, &self.settings);
+        let compile_micros = started.elapsed().as_micros() as u64;
+        let micros = read.started.elapsed().as_micros() as u64;
+        let (listeners, matches) = (compiled.table.listeners.len(), compiled.table.matches.len());
+        let published = match self.publisher.publish(compiled.table) {
+            Ok(Some(p)) => {
+                info!(
+                    generation = p.generation,
+                    bytes = p.bytes,
+                    objects = model.len(),
+                    listeners,
+                    matches,
+                    files_read = read.files,
+                    micros,
+                    scan_micros = read.scan.as_micros() as u64,
+                    model_micros = read.model.as_micros() as u64,
+                    compile_micros,
+                    "published"
+                );
+                self.watch_applied(p.generation);
+                Some(p)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                error!("cannot publish: {e}; lb keeps its current table");
+                None
+            }
+        };
+        let changes = self.status.apply(compiled.status);
+        Run { published, changes }
+    }
+
+    /// Re-reads lb's report of listeners it could not bind; `true` when it changed (their
+    /// status changes: run again).
+    pub fn bind_failures_changed(&mut self) -> bool {
+        let failures = table::shm::read_bind_failures(&self.listeners);
+        if failures == self.settings.bind_failures {
+            return false;
+        }
+        self.settings.bind_failures = failures;
+        true
+    }
+
+    /// Checks the segment and republishes into a fresh one when someone damaged it.
+    pub fn repair(&mut self) -> Option<Published> {
+        match self.publisher.repair() {
+            Ok(Some(p)) => {
+                self.watch_applied(p.generation);
+                Some(p)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                error!("cannot repair the table segment: {e}; lb keeps its current table");
+                None
+            }
+        }
+    }
+
+    /// Whether lb serves (on every core) what this process published last.
+    pub fn served(&self) -> bool {
+        self.served.load(Ordering::Acquire) >= self.published
+    }
+
+    /// Every status as it stands (to write them all again, e.g. on becoming leader).
+    pub fn statuses(&self) -> Vec<Change> {
+        self.status.all()
+    }
+
+    /// The status writer.
+    pub fn status(&self) -> &StatusWriter {
+        &self.status
+    }
+
+    /// Starts the watcher that learns when lb serves `generation`.
+    fn watch_applied(&mut self, generation: u64) {
+        self.published = generation;
+        self.latest.fetch_max(generation, Ordering::AcqRel);
+        let applied = self.publisher.applied_path().to_owned();
+        let (latest, served) = (Arc::clone(&self.latest), Arc::clone(&self.served));
+        let at = Instant::now();
+        // A plain thread, not `spawn_blocking`: a watcher for a generation no lb takes runs
+        // until a newer one supersedes it, and the runtime's shutdown would wait for it
+        // (config-sync hung on SIGTERM with no lb running).
+        let spawned = std::thread::Builder::new().name("applied-watch".into()).spawn(move || {
+            if crate::publish::wait_applied(&applied, generation, at, &latest).is_some() {
+                served.fetch_max(generation, Ordering::AcqRel);
+            }
+        });
+        if let Err(e) = spawned {
+            warn!("cannot watch lb's applied file: {e}");
+        }
+    }
+}
