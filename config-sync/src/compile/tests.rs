@@ -7,6 +7,7 @@ use serde::Deserialize;
 use table::format::{ArchivedActionKind, ArchivedBackendTarget};
 use table::{Headers, Request, Route, Router, encode};
 
+use super::attach::intersect;
 use super::*;
 use crate::model::parse_document;
 

@@ -1,0 +1,251 @@
+//! Route attachment: each HTTPRoute parentRef against the listeners it names (sectionName,
+//! port, allowedRoutes namespaces and kinds, hostname intersection), with the spec's reasons
+//! when it fails.
+
+use super::*;
+
+impl<'m> Compiler<'m> {
+    pub(super) fn routes(&mut self) {
+        let mut routes: Vec<(&Key, &HttpRoute)> =
+            self.model.http_routes.iter().map(|(k, r)| (k, &**r)).collect();
+        // Stable sort: the map already iterates in key order, the tie-breaker.
+        routes.sort_by_key(|(_, r)| created(&r.metadata.creation_timestamp));
+        for (key, route) in routes {
+            self.route(key, route);
+        }
+    }
+
+    pub(super) fn route(&mut self, key: &'m Key, route: &'m HttpRoute) {
+        let generation = route.metadata.generation;
+        let hostnames: Vec<&str> =
+            route.spec.hostnames.iter().flatten().map(String::as_str).collect();
+        let rules: &[HttpRouteRules] = route.spec.rules.as_deref().unwrap_or(&[]);
+        let unsupported = unsupported_rule_fields(rules);
+        let mut parents = Vec::new();
+        let mut attach: Vec<(usize, Vec<String>)> = Vec::new();
+        for parent in route.spec.parent_refs.iter().flatten() {
+            let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
+            let kind = parent.kind.as_deref().unwrap_or("Gateway");
+            if group != GATEWAY_GROUP || kind != "Gateway" {
+                continue;
+            }
+            let gw_key = (parent.namespace.as_deref().unwrap_or(&key.namespace), &*parent.name);
+            // Parents that are not ours (or do not exist) get no status from us.
+            let Some((_, listener_ids)) = self.gateway_listeners.get(&gw_key) else { continue };
+            let outcome =
+                self.attach(key, parent, listener_ids, &hostnames, unsupported.as_deref());
+            let accepted = match outcome {
+                Ok(found) => {
+                    attach.extend(found);
+                    condition(Type::Accepted, true, Reason::Accepted, "route accepted", generation)
+                }
+                Err((reason, message)) => {
+                    condition(Type::Accepted, false, reason, &message, generation)
+                }
+            };
+            parents.push(HttpRouteStatusParents {
+                conditions: vec![accepted],
+                controller_name: self.settings.controller_name.clone(),
+                parent_ref: HttpRouteStatusParentsParentRef {
+                    group: parent.group.clone(),
+                    kind: parent.kind.clone(),
+                    name: parent.name.clone(),
+                    namespace: parent.namespace.clone(),
+                    port: parent.port,
+                    section_name: parent.section_name.clone(),
+                },
+            });
+        }
+        if parents.is_empty() {
+            return;
+        }
+        // Backends are resolved once per rule, whichever listeners the route attaches to.
+        let mut resolved: Result<(), Why> = Ok(());
+        let mut rule_actions = Vec::with_capacity(rules.len());
+        if !attach.is_empty() {
+            for (i, rule) in rules.iter().enumerate() {
+                let (action, problem) = self.action(key, i, rule);
+                if let (Ok(()), Some(p)) = (&resolved, problem) {
+                    resolved = Err(p);
+                }
+                rule_actions.push(action);
+            }
+        } else {
+            // Nothing attached: still report reference problems.
+            for rule in rules {
+                let mirrors =
+                    rule.filters.iter().flatten().filter_map(|f| f.request_mirror.as_ref());
+                let refs = rule
+                    .backend_refs
+                    .iter()
+                    .flatten()
+                    .map(|b| backend_ref!(b))
+                    .chain(mirrors.map(|m| backend_ref!(&m.backend_ref)));
+                for b in refs {
+                    if let (Ok(()), Err(p)) = (&resolved, self.resolve_backend(key, b)) {
+                        resolved = Err(p);
+                    }
+                }
+            }
+        }
+        let refs = match resolved {
+            Ok(()) => condition(
+                Type::ResolvedRefs,
+                true,
+                Reason::ResolvedRefs,
+                "all references resolved",
+                generation,
+            ),
+            Err((reason, message)) => {
+                condition(Type::ResolvedRefs, false, reason, &message, generation)
+            }
+        };
+        for p in &mut parents {
+            p.conditions.push(refs.clone());
+        }
+        for (listener, effective) in attach {
+            self.listeners[listener].attached += 1;
+            for (rule_index, rule) in rules.iter().enumerate() {
+                let action = rule_actions[rule_index];
+                let default_match = [HttpRouteRulesMatches::default()];
+                let matches = match rule.matches.as_deref() {
+                    Some(m) if !m.is_empty() => m,
+                    _ => &default_match,
+                };
+                for (index, m) in matches.iter().enumerate() {
+                    let entry = self.entry(key, route, rule_index, index, m, action);
+                    let vhosts = &mut self.listeners[listener].vhosts;
+                    if let Some((last, others)) = effective.split_last() {
+                        for host in others {
+                            let copy = Entry { key: entry.key.clone(), m: entry.m.clone() };
+                            vhosts.entry(host.clone()).or_default().push(copy);
+                        }
+                        vhosts.entry(last.clone()).or_default().push(entry);
+                    }
+                }
+            }
+        }
+        self.status.insert(
+            ObjectId { kind: Kind::HttpRoute, key: key.clone() },
+            (generation, ObjectStatus::HttpRoute(HttpRouteStatus { parents })),
+        );
+    }
+
+    /// The listeners a parentRef attaches to with their effective hostnames, or the reason it
+    /// attaches to none.
+    pub(super) fn attach(
+        &self,
+        route_key: &Key,
+        parent: &HttpRouteParentRefs,
+        listener_ids: &[usize],
+        hostnames: &[&str],
+        unsupported: Option<&str>,
+    ) -> Result<Vec<(usize, Vec<String>)>, Why> {
+        if let Some(what) = unsupported {
+            return Err((Reason::UnsupportedValue, what.to_owned()));
+        }
+        let candidates: Vec<usize> = listener_ids
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let l = &self.listeners[i];
+                parent.section_name.as_deref().is_none_or(|s| s == l.name)
+                    && parent.port.is_none_or(|p| p == i32::from(l.port))
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Err((Reason::NoMatchingParent, "no listener matches sectionName/port".into()));
+        }
+        let allowed: Vec<usize> = candidates
+            .into_iter()
+            .filter(|&i| {
+                let l = &self.listeners[i];
+                l.usable && l.http_route_allowed && self.namespace_allowed(l, &route_key.namespace)
+            })
+            .collect();
+        if allowed.is_empty() {
+            return Err((Reason::NotAllowedByListeners, "no listener allows this route".into()));
+        }
+        let found: Vec<(usize, Vec<String>)> = allowed
+            .into_iter()
+            .filter_map(|i| {
+                let effective = intersect(self.listeners[i].hostname, hostnames);
+                (!effective.is_empty()).then_some((i, effective))
+            })
+            .collect();
+        if found.is_empty() {
+            return Err((
+                Reason::NoMatchingListenerHostname,
+                "no listener hostname intersects the route's hostnames".into(),
+            ));
+        }
+        Ok(found)
+    }
+
+    pub(super) fn namespace_allowed(&self, l: &ListenerInfo<'_>, route_ns: &str) -> bool {
+        match &l.allowed {
+            AllowedNamespaces::All => true,
+            AllowedNamespaces::Same => l.gateway.namespace == route_ns,
+            AllowedNamespaces::Selector(sel) => {
+                let labels = namespace_labels(self.model, route_ns);
+                let labels_ok = sel
+                    .match_labels
+                    .iter()
+                    .flatten()
+                    .all(|(k, v)| labels.get(k.as_str()) == Some(&v.as_str()));
+                let exprs_ok = sel.match_expressions.iter().flatten().all(|e| {
+                    let value = labels.get(e.key.as_str());
+                    let values = e.values.as_deref().unwrap_or(&[]);
+                    match e.operator.as_str() {
+                        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+                        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
+                        "Exists" => value.is_some(),
+                        "DoesNotExist" => value.is_none(),
+                        _ => false,
+                    }
+                });
+                labels_ok && exprs_ok
+            }
+        }
+    }
+}
+
+/// Effective hostnames of a route on a listener (`""` = any host). Empty: no intersection.
+pub(crate) fn intersect(listener: Option<&str>, route: &[&str]) -> Vec<String> {
+    if route.is_empty() {
+        return vec![listener.unwrap_or("").to_owned()];
+    }
+    let mut out: Vec<String> = Vec::new();
+    for r in route {
+        let hit = match listener {
+            None => Some(*r),
+            Some(l) => intersect_one(l, r),
+        };
+        if let Some(h) = hit
+            && !out.iter().any(|o| o == h)
+        {
+            out.push(h.to_owned());
+        }
+    }
+    out
+}
+
+pub(super) fn intersect_one<'a>(l: &'a str, r: &'a str) -> Option<&'a str> {
+    if l == r {
+        return Some(r);
+    }
+    match (l.strip_prefix('*'), r.strip_prefix('*')) {
+        (None, None) => None,
+        (Some(ls), None) => (r.len() > ls.len() && r.ends_with(ls)).then_some(r),
+        (None, Some(rs)) => (l.len() > rs.len() && l.ends_with(rs)).then_some(l),
+        (Some(ls), Some(rs)) => {
+            if rs.len() > ls.len() && rs.ends_with(ls) {
+                Some(r)
+            } else if ls.len() > rs.len() && ls.ends_with(rs) {
+                Some(l)
+            } else {
+                None
+            }
+        }
+    }
+}

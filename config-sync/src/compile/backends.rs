@@ -1,0 +1,133 @@
+//! Backend resolution: kinds, ReferenceGrants, Services and their ports, ready endpoints
+//! (EndpointSlices); a reference that cannot be resolved becomes the spec's 500 share.
+
+use super::*;
+
+impl<'m> Compiler<'m> {
+    pub(super) fn resolve_backend(
+        &mut self,
+        route_key: &Key,
+        b: BackendRef<'_>,
+    ) -> Result<u32, Why> {
+        let group = b.group.unwrap_or("");
+        let kind = b.kind.unwrap_or("Service");
+        if !group.is_empty() || kind != "Service" {
+            return Err((
+                Reason::InvalidKind,
+                format!("backend kind {group}/{kind} is not supported"),
+            ));
+        }
+        let namespace = b.namespace.unwrap_or(&route_key.namespace);
+        if namespace != route_key.namespace
+            && !self.grant_allows(&route_key.namespace, namespace, b.name)
+        {
+            return Err((
+                Reason::RefNotPermitted,
+                format!(
+                    "no ReferenceGrant in {namespace} allows HTTPRoutes from {} to Service {}",
+                    route_key.namespace, b.name
+                ),
+            ));
+        }
+        let service_key = Key::new(namespace, b.name);
+        let Some(service) = self.model.services.get(&service_key) else {
+            return Err((Reason::BackendNotFound, format!("Service {service_key} not found")));
+        };
+        let port = b.port.unwrap_or(0);
+        let Some(service_port) =
+            service.spec.iter().flat_map(|s| s.ports.iter().flatten()).find(|p| p.port == port)
+        else {
+            return Err((
+                Reason::BackendNotFound,
+                format!("Service {service_key} has no port {port}"),
+            ));
+        };
+        let cache_key = (namespace.to_owned(), b.name.to_owned(), port);
+        if let Some(&index) = self.service_index.get(&cache_key) {
+            return Ok(index);
+        }
+        let port_name = service_port.name.as_deref().unwrap_or("");
+        let mut endpoints = Vec::new();
+        for slice in self.model.endpoint_slices.values().filter(|s| {
+            s.metadata.namespace.as_deref() == Some(namespace)
+                && s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("kubernetes.io/service-name"))
+                    .is_some_and(|n| n == b.name)
+        }) {
+            let Some(slice_port) = slice.ports.iter().flatten().find(|p| {
+                p.name.as_deref().unwrap_or("") == port_name
+                    && p.protocol.as_deref().unwrap_or("TCP") == "TCP"
+            }) else {
+                continue;
+            };
+            let Some(target_port) = slice_port.port.and_then(|p| u16::try_from(p).ok()) else {
+                continue;
+            };
+            for e in &slice.endpoints {
+                if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                    continue;
+                }
+                for a in &e.addresses {
+                    if let Ok(ip) = a.parse::<IpAddr>() {
+                        let ep = t::Endpoint { address: ip.into(), port: target_port };
+                        if !endpoints.contains(&ep) {
+                            endpoints.push(ep);
+                        }
+                    }
+                }
+            }
+        }
+        let index = self.services.len() as u32;
+        self.services.push(t::Service { name: format!("{service_key}:{port}"), endpoints });
+        self.service_index.insert(cache_key, index);
+        Ok(index)
+    }
+
+    pub(super) fn grant_allows(&self, from_ns: &str, to_ns: &str, service: &str) -> bool {
+        self.model.reference_grants.iter().filter(|(k, _)| k.namespace == to_ns).any(|(_, g)| {
+            g.spec.from.iter().any(|f| {
+                f.group == GATEWAY_GROUP && f.kind == "HTTPRoute" && f.namespace == from_ns
+            }) && g.spec.to.iter().any(|to| {
+                to.group.is_empty()
+                    && to.kind == "Service"
+                    && to.name.as_deref().is_none_or(|n| n == service)
+            })
+        })
+    }
+}
+
+/// A backend reference, whichever field it came from (backendRefs, a mirror filter).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BackendRef<'a> {
+    pub(super) group: Option<&'a str>,
+    pub(super) kind: Option<&'a str>,
+    pub(super) name: &'a str,
+    pub(super) namespace: Option<&'a str>,
+    pub(super) port: Option<i32>,
+}
+
+macro_rules! backend_ref {
+    ($b:expr) => {{
+        let b = $b;
+        BackendRef {
+            group: b.group.as_deref(),
+            kind: b.kind.as_deref(),
+            name: &b.name,
+            namespace: b.namespace.as_deref(),
+            port: b.port,
+        }
+    }};
+}
+pub(super) use backend_ref;
+
+/// A mirror's sampling rate in parts per million (`percent`, or `fraction`; neither: all).
+pub(super) fn mirror_share(m: &HttpRouteRulesFiltersRequestMirror) -> u32 {
+    if let Some(f) = &m.fraction {
+        let denominator = i64::from(f.denominator.unwrap_or(100).max(1));
+        let numerator = i64::from(f.numerator).clamp(0, denominator);
+        return (numerator * 1_000_000 / denominator) as u32;
+    }
+    m.percent.map_or(1_000_000, |p| p.clamp(0, 100) as u32 * 10_000)
+}
