@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use config_sync::model::{Model, parse_document};
+use config_sync::{Model, parse_document};
 use serde::Deserialize;
 
 /// A model with `routes` HTTPRoutes spread over `namespaces` namespaces, mixing exact hosts,

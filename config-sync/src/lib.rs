@@ -14,19 +14,23 @@
 
 // In flow order (rustfmt keeps it: `reorder_modules = false`): the two sources, then the one
 // pipeline and its stages.
-pub mod files;
-pub mod kubernetes;
-pub mod model;
-pub mod pipeline;
-pub mod compile;
-pub mod publish;
-pub mod status;
+mod files;
+mod kubernetes;
+mod model;
+mod pipeline;
+mod compile;
+mod publish;
+mod status;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use compile::{Compiled, Settings, compile};
+// What other crates use (sluice's `up`, the benchmarks, the conformance runner).
+pub use compile::{AddressPool, Compiled, SUPPORTED_FEATURES, Settings, compile};
+pub use files::FileSource;
+pub use kubernetes::KubeOptions;
+pub use model::{Model, parse_document};
 
 /// How often the segment is checked for damage (deleted, replaced, truncated, scribbled on).
 pub const SEGMENT_CHECK: Duration = Duration::from_secs(1);
@@ -46,7 +50,7 @@ pub enum Source {
         manifests: PathBuf,
     },
     /// The Kubernetes API server (in-cluster config, or `KUBECONFIG` / `~/.kube/config`).
-    Kubernetes(kubernetes::KubeOptions),
+    Kubernetes(KubeOptions),
 }
 
 /// How config-sync runs.
@@ -63,7 +67,7 @@ pub struct Config {
     /// The address lb binds when a Gateway names none (reported in Gateway status).
     pub default_address: Option<IpAddr>,
     /// Each Gateway without addresses gets its own address from this range.
-    pub address_pool: Option<compile::AddressPool>,
+    pub address_pool: Option<AddressPool>,
     /// Quiet time after a file event before reloading.
     pub debounce: Duration,
     /// Full rescan interval, a safety net under inotify.

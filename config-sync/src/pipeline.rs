@@ -23,7 +23,7 @@ use crate::{Config, Error};
 
 /// Compiler settings, publisher, status memory and lb's applied generation.
 #[derive(Debug)]
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     publisher: Publisher,
     status: StatusWriter,
     settings: Settings,
@@ -40,7 +40,7 @@ pub struct Pipeline {
 /// How the source came by the model (for the `published` log line, which the propagation
 /// benchmark reads).
 #[derive(Debug, Clone, Copy)]
-pub struct Read {
+pub(crate) struct Read {
     /// When the source started reading.
     pub started: Instant,
     /// Files read (file mode).
@@ -53,23 +53,14 @@ pub struct Read {
 
 impl Read {
     /// A model that was at hand (no files read).
-    pub fn now() -> Read {
+    pub(crate) fn now() -> Read {
         Read { started: Instant::now(), files: 0, scan: Duration::ZERO, model: Duration::ZERO }
     }
 }
 
-/// What one run did.
-#[derive(Debug)]
-pub struct Run {
-    /// The publication, when the table changed.
-    pub published: Option<Published>,
-    /// Objects whose status changed (already logged, and written to `--status-dir`).
-    pub changes: Vec<Change>,
-}
-
 impl Pipeline {
     /// Opens the segment; compiles nothing yet.
-    pub fn new(config: &Config) -> Result<Pipeline, Error> {
+    pub(crate) fn new(config: &Config) -> Result<Pipeline, Error> {
         let publisher = Publisher::open(&config.table)
             .map_err(|source| Error::Segment { path: config.table.clone(), source })?;
         let listeners = table::shm::listeners_path(&config.table);
@@ -92,18 +83,19 @@ impl Pipeline {
     }
 
     /// The compiler's settings (the controller name, for the Kubernetes source's status).
-    pub fn settings(&self) -> &Settings {
+    pub(crate) fn settings(&self) -> &Settings {
         &self.settings
     }
 
-    /// Compiles `model`, publishes the table when it changed, and records the statuses.
-    pub fn run(&mut self, model: &Model, read: Read) -> Run {
+    /// Compiles `model`, publishes the table when it changed, and records the statuses (logged,
+    /// and written to `--status-dir`). Returns the objects whose status changed.
+    pub(crate) fn run(&mut self, model: &Model, read: Read) -> Vec<Change> {
         let started = Instant::now();
         let compiled = compile(model, &self.settings);
         let compile_micros = started.elapsed().as_micros() as u64;
         let micros = read.started.elapsed().as_micros() as u64;
         let (listeners, matches) = (compiled.table.listeners.len(), compiled.table.matches.len());
-        let published = match self.publisher.publish(compiled.table) {
+        match self.publisher.publish(compiled.table) {
             Ok(Some(p)) => {
                 info!(
                     generation = p.generation,
@@ -119,21 +111,16 @@ impl Pipeline {
                     "published"
                 );
                 self.watch_applied(p.generation);
-                Some(p)
             }
-            Ok(None) => None,
-            Err(e) => {
-                error!("cannot publish: {e}; lb keeps its current table");
-                None
-            }
-        };
-        let changes = self.status.apply(compiled.status);
-        Run { published, changes }
+            Ok(None) => {}
+            Err(e) => error!("cannot publish: {e}; lb keeps its current table"),
+        }
+        self.status.apply(compiled.status)
     }
 
     /// Re-reads lb's report of listeners it could not bind; `true` when it changed (their
     /// status changes: run again).
-    pub fn bind_failures_changed(&mut self) -> bool {
+    pub(crate) fn bind_failures_changed(&mut self) -> bool {
         let failures = table::shm::read_bind_failures(&self.listeners);
         if failures == self.settings.bind_failures {
             return false;
@@ -143,7 +130,7 @@ impl Pipeline {
     }
 
     /// Checks the segment and republishes into a fresh one when someone damaged it.
-    pub fn repair(&mut self) -> Option<Published> {
+    pub(crate) fn repair(&mut self) -> Option<Published> {
         match self.publisher.repair() {
             Ok(Some(p)) => {
                 self.watch_applied(p.generation);
@@ -158,18 +145,13 @@ impl Pipeline {
     }
 
     /// Whether lb serves (on every core) what this process published last.
-    pub fn served(&self) -> bool {
+    pub(crate) fn served(&self) -> bool {
         self.served.load(Ordering::Acquire) >= self.published
     }
 
     /// Every status as it stands (to write them all again, e.g. on becoming leader).
-    pub fn statuses(&self) -> Vec<Change> {
+    pub(crate) fn statuses(&self) -> Vec<Change> {
         self.status.all()
-    }
-
-    /// The status writer.
-    pub fn status(&self) -> &StatusWriter {
-        &self.status
     }
 
     /// Starts the watcher that learns when lb serves `generation`.

@@ -10,7 +10,6 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,7 @@ use tracing::{info, warn};
 
 /// Owns the segment and the last table published.
 #[derive(Debug)]
-pub struct Publisher {
+pub(crate) struct Publisher {
     writer: SegmentWriter,
     applied: PathBuf,
     last: Option<Table>,
@@ -28,7 +27,7 @@ pub struct Publisher {
 
 /// What one publication did.
 #[derive(Debug, Clone, Copy)]
-pub struct Published {
+pub(crate) struct Published {
     /// The new generation.
     pub generation: u64,
     /// Table size in bytes.
@@ -37,24 +36,19 @@ pub struct Published {
 
 impl Publisher {
     /// Opens (or creates) the segment at `segment`.
-    pub fn open(segment: &Path) -> io::Result<Publisher> {
+    pub(crate) fn open(segment: &Path) -> io::Result<Publisher> {
         let writer = SegmentWriter::open(segment)?;
         Ok(Publisher { writer, applied: applied_path(segment), last: None })
     }
 
-    /// The last published generation.
-    pub fn generation(&self) -> u64 {
-        self.writer.generation()
-    }
-
     /// Path of lb's applied file.
-    pub fn applied_path(&self) -> &Path {
+    pub(crate) fn applied_path(&self) -> &Path {
         &self.applied
     }
 
     /// Publishes `table` unless it equals the last one (and the segment is intact). Returns
     /// the new generation.
-    pub fn publish(&mut self, mut table: Table) -> io::Result<Option<Published>> {
+    pub(crate) fn publish(&mut self, mut table: Table) -> io::Result<Option<Published>> {
         table.generation = 0;
         let repaired = self.check_segment()?;
         if self.last.as_ref() == Some(&table) && !repaired {
@@ -65,7 +59,7 @@ impl Publisher {
 
     /// Checks the segment and, when it was damaged, puts a fresh one in place and republishes
     /// the last table into it under the next generation.
-    pub fn repair(&mut self) -> io::Result<Option<Published>> {
+    pub(crate) fn repair(&mut self) -> io::Result<Option<Published>> {
         if !self.check_segment()? {
             return Ok(None);
         }
@@ -102,7 +96,7 @@ impl Publisher {
 }
 
 /// How long lb gets to take a generation on every core before config-sync says it did not.
-pub const APPLY_WARNING: Duration = Duration::from_secs(5);
+pub(crate) const APPLY_WARNING: Duration = Duration::from_secs(5);
 
 /// Polls lb's applied file until every core serves `generation`; logs and returns the time from
 /// `published_at`. Polls back off from 50 µs to 10 ms (the pickup time stays measurable to a
@@ -110,7 +104,7 @@ pub const APPLY_WARNING: Duration = Duration::from_secs(5);
 /// generation lb has not taken after [`APPLY_WARNING`] is logged as a warning naming the cores
 /// that lag (or a missing lb), and then watched once a second until lb takes it (logged too)
 /// or `latest` moves past it. `None` when superseded first.
-pub fn wait_applied(
+pub(crate) fn wait_applied(
     applied: &Path,
     generation: u64,
     published_at: Instant,
@@ -168,7 +162,80 @@ pub fn wait_applied(
     }
 }
 
-/// The newest generation published, shared with the [`wait_applied`] watchers.
-pub fn latest() -> Arc<AtomicU64> {
-    Arc::new(AtomicU64::new(0))
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use table::shm::{AppliedWriter, SegmentReader};
+
+    use super::*;
+
+    fn segment(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("sluice-publish-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("table")
+    }
+
+    fn read(path: &Path) -> (u64, Table) {
+        let snapshot = SegmentReader::open(path).unwrap().read().unwrap().unwrap();
+        (snapshot.generation, table::decode(&snapshot.bytes).unwrap())
+    }
+
+    #[test]
+    fn only_a_changed_table_is_published_under_the_next_generation() {
+        let path = segment("changed");
+        let mut p = Publisher::open(&path).unwrap();
+        let t = table::fixtures::sample();
+        assert_eq!(p.publish(t.clone()).unwrap().map(|p| p.generation), Some(1));
+        // The same table again: nothing written; the generation a table carries is ignored.
+        assert!(p.publish(Table { generation: 77, ..t.clone() }).unwrap().is_none());
+        let mut changed = t.clone();
+        changed.regexes.push("x+".into());
+        let published = p.publish(changed.clone()).unwrap().unwrap();
+        assert_eq!(published.generation, 2);
+        let (generation, got) = read(&path);
+        assert_eq!((generation, got.generation), (2, 2));
+        assert_eq!(Table { generation: 0, ..got }, Table { generation: 0, ..changed });
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_damaged_segment_is_replaced_and_the_table_republished() {
+        let path = segment("damaged");
+        let mut p = Publisher::open(&path).unwrap();
+        assert!(p.repair().unwrap().is_none(), "nothing to repair before the first table");
+        p.publish(table::fixtures::sample()).unwrap();
+        assert!(p.repair().unwrap().is_none(), "an intact segment is left alone");
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+        let republished = p.repair().unwrap().unwrap();
+        assert_eq!(republished.generation, 2);
+        assert_eq!(read(&path).0, 2);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(p.repair().unwrap().map(|p| p.generation), Some(3));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn waiting_for_lb_ends_when_every_core_serves_it_or_a_newer_one_is_out() {
+        let path = segment("applied");
+        let applied_file = applied_path(&path);
+        let applied = AppliedWriter::create(&applied_file, 2).unwrap();
+        let latest = AtomicU64::new(3);
+        applied.set(0, 3);
+        applied.set(1, 2);
+        let watcher = {
+            let applied_file = applied_file.clone();
+            std::thread::spawn(move || wait_applied(&applied_file, 3, Instant::now(), &latest))
+        };
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!watcher.is_finished(), "core 1 still serves generation 2");
+        applied.set(1, 3);
+        assert!(watcher.join().unwrap().is_some());
+        // Superseded: a watcher for 4 stops once 5 is out, without lb ever serving 4.
+        let newer = AtomicU64::new(5);
+        assert_eq!(wait_applied(&applied_file, 4, Instant::now(), &newer), None);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
 }

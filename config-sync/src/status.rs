@@ -19,7 +19,7 @@ use crate::model::ObjectId;
 
 /// One object's status change.
 #[derive(Debug, Clone)]
-pub struct Change {
+pub(crate) struct Change {
     /// The object.
     pub id: ObjectId,
     /// Its `metadata.generation` the status was computed for.
@@ -30,20 +30,23 @@ pub struct Change {
 
 /// Remembers the last status of every object and writes changes.
 #[derive(Debug, Default)]
-pub struct StatusWriter {
+pub(crate) struct StatusWriter {
     dir: Option<PathBuf>,
     last: BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>,
 }
 
 impl StatusWriter {
     /// A writer that logs changes and, with `dir`, writes files there.
-    pub fn new(dir: Option<PathBuf>) -> StatusWriter {
+    pub(crate) fn new(dir: Option<PathBuf>) -> StatusWriter {
         StatusWriter { dir, last: BTreeMap::new() }
     }
 
     /// Applies a new set of statuses (written to the status folder, if any); returns the
     /// changes.
-    pub fn apply(&mut self, next: BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>) -> Vec<Change> {
+    pub(crate) fn apply(
+        &mut self,
+        next: BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>,
+    ) -> Vec<Change> {
         let changes = self.diff(next);
         for c in &changes {
             match &c.status {
@@ -67,7 +70,7 @@ impl StatusWriter {
 
     /// Takes a new set of statuses (carrying `lastTransitionTime` over from the last set) and
     /// returns what changed: new or different statuses, and objects whose status is gone.
-    pub fn diff(
+    pub(crate) fn diff(
         &mut self,
         mut next: BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>,
     ) -> Vec<Change> {
@@ -95,16 +98,11 @@ impl StatusWriter {
     }
 
     /// Every current status, as changes (to write them all again, e.g. on becoming leader).
-    pub fn all(&self) -> Vec<Change> {
+    pub(crate) fn all(&self) -> Vec<Change> {
         self.last
             .iter()
             .map(|(id, (g, s))| Change { id: id.clone(), generation: *g, status: Some(s.clone()) })
             .collect()
-    }
-
-    /// The current status of `id`.
-    pub fn get(&self, id: &ObjectId) -> Option<&ObjectStatus> {
-        self.last.get(id).map(|(_, s)| s)
     }
 
     fn path(&self, id: &ObjectId) -> Option<PathBuf> {
@@ -143,7 +141,7 @@ impl StatusWriter {
 }
 
 /// The status as JSON.
-pub fn status_value(status: &ObjectStatus) -> Value {
+pub(crate) fn status_value(status: &ObjectStatus) -> Value {
     let v = match status {
         ObjectStatus::GatewayClass(s) => serde_json::to_value(s),
         ObjectStatus::Gateway(s) => serde_json::to_value(s),
@@ -211,7 +209,7 @@ fn summary(status: &ObjectStatus) -> String {
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)?;
     }
@@ -219,4 +217,84 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     tmp.push(format!(".tmp.{}", std::process::id()));
     fs::write(&tmp, bytes)?;
     fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use gateway_api::apis::experimental::gatewayclasses::GatewayClassStatus;
+
+    use super::*;
+    use crate::compile::conditions::{Reason, Type, condition};
+    use crate::model::{Key, Kind};
+
+    fn class(accepted: bool, reason: Reason) -> ObjectStatus {
+        ObjectStatus::GatewayClass(GatewayClassStatus {
+            conditions: Some(vec![
+                condition(Type::Accepted, accepted, reason, "m", Some(2)),
+                condition(Type::SupportedVersion, true, Reason::SupportedVersion, "v", Some(2)),
+            ]),
+            ..GatewayClassStatus::default()
+        })
+    }
+
+    fn id(name: &str) -> ObjectId {
+        ObjectId { kind: Kind::GatewayClass, key: Key::new("", name) }
+    }
+
+    fn times(s: &ObjectStatus) -> Vec<Time> {
+        let ObjectStatus::GatewayClass(c) = s else { panic!() };
+        c.conditions.iter().flatten().map(|c| c.last_transition_time.clone()).collect()
+    }
+
+    #[test]
+    fn only_changes_are_reported_and_times_move_only_when_a_condition_flips() {
+        let mut w = StatusWriter::new(None);
+        let first = w.diff(BTreeMap::from([(id("a"), (Some(2), class(true, Reason::Accepted)))]));
+        assert_eq!(first.len(), 1);
+        let t0 = times(first[0].status.as_ref().unwrap());
+        assert_ne!(t0[0], Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH), "a real time is set");
+        // The same status again: nothing to write.
+        let same = w.diff(BTreeMap::from([(id("a"), (Some(2), class(true, Reason::Accepted)))]));
+        assert!(same.is_empty());
+        // Accepted flips: its time moves, SupportedVersion's stays.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let flipped =
+            w.diff(BTreeMap::from([(id("a"), (Some(3), class(false, Reason::UnsupportedValue)))]));
+        let t1 = times(flipped[0].status.as_ref().unwrap());
+        assert_ne!(t1[0], t0[0]);
+        assert_eq!(t1[1], t0[1]);
+        // The object is gone: a removal.
+        let gone = w.diff(BTreeMap::new());
+        assert_eq!((gone.len(), gone[0].id.clone(), gone[0].status.is_none()), (1, id("a"), true));
+    }
+
+    #[test]
+    fn status_files_are_written_per_object_and_removed_with_it() {
+        let dir = std::env::temp_dir().join(format!("sluice-status-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut w = StatusWriter::new(Some(dir.clone()));
+        w.apply(BTreeMap::from([(
+            id("sluice"),
+            (Some(2), class(false, Reason::InvalidParameters)),
+        )]));
+        let file = dir.join("gatewayclass").join("sluice.yaml");
+        let doc: Value = serde_yaml_ng::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(doc["kind"], "GatewayClass");
+        assert_eq!(doc["metadata"]["generation"], 2);
+        let cond = &doc["status"]["conditions"][0];
+        assert_eq!((&cond["type"], &cond["status"]), (&json!("Accepted"), &json!("False")));
+        assert_eq!(
+            (&cond["reason"], &cond["observedGeneration"]),
+            (&json!("InvalidParameters"), &json!(2))
+        );
+        assert_eq!(
+            summary(&class(false, Reason::InvalidParameters)),
+            "Accepted=False(InvalidParameters) SupportedVersion=True"
+        );
+        w.apply(BTreeMap::new());
+        assert!(!file.exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
 }

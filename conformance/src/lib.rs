@@ -31,7 +31,7 @@ use manifests::{Pod, kind};
 
 /// Features Sluice claims: a test that needs only these must pass. The same list config-sync
 /// reports in GatewayClass `status.supportedFeatures`.
-pub const CLAIMED: &[&str] = config_sync::compile::SUPPORTED_FEATURES;
+pub const CLAIMED: &[&str] = config_sync::SUPPORTED_FEATURES;
 
 /// Where the suite takes the addresses of hand-written EndpointSlices from (its Service-types
 /// test patches them with these pods' IPs before sending requests).

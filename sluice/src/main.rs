@@ -187,8 +187,8 @@ struct ConfigSyncArgs {
     default_address: Option<IpAddr>,
     /// Give each Gateway without addresses its own address from this IPv4 range (e.g.
     /// `127.10.0.0/16`), reported in its status, so Gateways can reuse listener ports.
-    #[arg(long, value_parser = config_sync::compile::AddressPool::parse)]
-    address_pool: Option<config_sync::compile::AddressPool>,
+    #[arg(long, value_parser = config_sync::AddressPool::parse)]
+    address_pool: Option<config_sync::AddressPool>,
     /// Milliseconds of quiet after a file change before reloading.
     #[arg(long, default_value_t = 2)]
     debounce_ms: u64,
@@ -340,7 +340,7 @@ fn run_config_sync(a: ConfigSyncArgs) -> Result<(), String> {
                 .map(|h| h.trim().to_owned())
                 .unwrap_or_else(|_| format!("config-sync-{}", std::process::id()))
         });
-        config_sync::Source::Kubernetes(config_sync::kubernetes::KubeOptions {
+        config_sync::Source::Kubernetes(config_sync::KubeOptions {
             lease_namespace: a.lease_namespace,
             lease_name: a.lease_name,
             identity,

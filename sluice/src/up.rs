@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use config_sync::files::FileSource;
-use config_sync::model::Model;
+use config_sync::FileSource;
+use config_sync::Model;
 
 /// Label that asks `sluice up` to start echo backends for an EndpointSlice's endpoints.
 pub(crate) const DEMO_LABEL: &str = "sluice.dev/demo-backend";

@@ -17,7 +17,7 @@ mod backends;
 mod filters;
 mod checks;
 mod assemble;
-mod conditions;
+pub(crate) mod conditions;
 
 use self::{assemble::*, backends::*, checks::*, conditions::*, filters::*, gateways::*};
 
@@ -85,7 +85,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
 ];
 
 /// The Gateway API release whose semantics Sluice implements.
-pub const GATEWAY_API_VERSION: &str = "v1.6.1";
+pub(crate) const GATEWAY_API_VERSION: &str = "v1.6.1";
 
 /// What compilation needs besides the objects.
 #[derive(Debug, Clone)]
@@ -108,7 +108,7 @@ pub struct Settings {
 }
 
 /// Whether this node can listen on `ip` (it is one of its addresses): a bind to port 0.
-pub fn bindable(ip: IpAddr) -> bool {
+pub(crate) fn bindable(ip: IpAddr) -> bool {
     std::net::TcpListener::bind((ip, 0)).is_ok()
 }
 

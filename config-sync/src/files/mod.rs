@@ -12,7 +12,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-pub use scan::{FileSource, MAX_FLOW_DEPTH, MAX_MANIFEST_BYTES, QUIET, ScanReport, is_manifest};
+pub use scan::FileSource;
 
 use crate::pipeline::{Pipeline, Read};
 use crate::{Config, Error, SEGMENT_CHECK};

@@ -41,10 +41,10 @@ use crate::model::{Model, Object, ObjectId, parse_document};
 
 /// Largest manifest file read (a Kubernetes object is at most ~1.5 MB in etcd; a file may
 /// hold many). Larger files are named and skipped, keeping their last good objects.
-pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+pub(super) const MAX_MANIFEST_BYTES: u64 = 64 << 20;
 
 /// How long a file that lost objects in place must stay unchanged before the loss is applied.
-pub const QUIET: Duration = Duration::from_millis(500);
+pub(super) const QUIET: Duration = Duration::from_millis(500);
 
 /// A manifests folder and what was last read from it.
 #[derive(Debug)]
@@ -389,7 +389,7 @@ fn documents(path: &Path, text: &str) -> (Vec<Value>, Option<String>) {
 }
 
 /// Deepest nesting of YAML flow collections accepted (Gateway API objects need ~10).
-pub const MAX_FLOW_DEPTH: usize = 64;
+pub(super) const MAX_FLOW_DEPTH: usize = 64;
 
 /// Where YAML flow collections first nest deeper than `limit`, as (line, column), 1-based.
 /// One pass, no allocation. A `[` or `{` opens a collection only where a value may start
@@ -568,7 +568,7 @@ fn hidden(path: &Path) -> bool {
 }
 
 /// Files the source reads.
-pub fn is_manifest(path: &Path) -> bool {
+pub(super) fn is_manifest(path: &Path) -> bool {
     matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
 }
 

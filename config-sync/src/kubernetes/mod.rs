@@ -18,7 +18,8 @@
 //! an object whose status did not change is not written. For HTTPRoutes, the entries of other
 //! controllers in `status.parents` are kept as the API server has them.
 
-pub mod lease;
+pub(crate) mod lease;
+mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use self::status::write_status;
 use crate::Error;
 use crate::compile::ObjectStatus;
 use crate::model::{GATEWAY_GROUP, Key, Kind, Model, Object, ObjectId, parse_document};
@@ -237,7 +239,7 @@ pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result
         if dirty && all_listed {
             dirty = false;
             let model = model(&stores);
-            for c in pipeline.run(&model, Read::now()).changes {
+            for c in pipeline.run(&model, Read::now()) {
                 unwritten.insert(c.id.clone(), c);
             }
             secrets.want(referenced_secrets(&stores, &pipeline.settings().controller_name));
@@ -425,228 +427,5 @@ impl Secrets {
     }
 }
 
-/// Keeps `lastTransitionTime` of every condition whose status did not flip from what the API
-/// server has (`current`), so a restarted or newly elected config-sync neither moves the times
-/// nor rewrites statuses that are already right. Conditions match by `type` within the same
-/// place: top level, the listener of the same `name`, the parent of the same `parentRef` and
-/// `controllerName`.
-fn carry_transition_times(desired: &mut Value, current: &Value) {
-    match (desired, current) {
-        (Value::Object(d), Value::Object(c)) => {
-            for (k, v) in d.iter_mut() {
-                if let Some(cv) = c.get(k) {
-                    carry_transition_times(v, cv);
-                }
-            }
-        }
-        (Value::Array(d), Value::Array(c)) => {
-            for item in d.iter_mut() {
-                let twin = c.iter().find(|ci| {
-                    let same =
-                        |field: &str| item.get(field).is_some_and(|v| ci.get(field) == Some(v));
-                    if item.get("lastTransitionTime").is_some() {
-                        same("type") && same("status")
-                    } else if item.get("parentRef").is_some() {
-                        same("parentRef") && same("controllerName")
-                    } else {
-                        same("name")
-                    }
-                });
-                let Some(twin) = twin else { continue };
-                if let (Some(t), Value::Object(m)) = (twin.get("lastTransitionTime"), &mut *item)
-                    && m.contains_key("lastTransitionTime")
-                {
-                    m.insert("lastTransitionTime".into(), t.clone());
-                }
-                carry_transition_times(item, twin);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Whether the route's parents on the API server already are `desired` (the others' entries
-/// first, then ours) as far as ours go.
-fn same_parents(desired: &Value, current: &Value, controller: &str, others: usize) -> bool {
-    let ours = |v: &Value| -> Vec<Value> {
-        v.get("parents")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter(|p| p.get("controllerName").and_then(Value::as_str) == Some(controller))
-            .cloned()
-            .collect()
-    };
-    let theirs = current.get("parents").and_then(Value::as_array).map_or(0, |p| {
-        p.iter()
-            .filter(|p| p.get("controllerName").and_then(Value::as_str) != Some(controller))
-            .count()
-    });
-    theirs == others && ours(desired) == ours(current)
-}
-
-/// Writes one object's status through its `/status` subresource.
-async fn write_status(
-    client: &kube::Client,
-    stores: &BTreeMap<Kind, KindStore>,
-    controller: &str,
-    change: &Change,
-) -> Result<(), kube::Error> {
-    let Some(&(kind, group, version, plural)) = WATCHED.iter().find(|(k, ..)| *k == change.id.kind)
-    else {
-        return Ok(());
-    };
-    let ar = api_resource(group, version, kind, plural);
-    let key = &change.id.key;
-    let api: Api<DynamicObject> = if key.namespace.is_empty() {
-        Api::all_with(client.clone(), &ar)
-    } else {
-        Api::namespaced_with(client.clone(), &key.namespace, &ar)
-    };
-    let stored = stores.get(&kind).and_then(|s| s.objects.get(key));
-    let current = stored.map_or(&Value::Null, |s| &s.status);
-    let patch = match (&change.status, kind) {
-        // An HTTPRoute's parents are shared: keep the other controllers' entries as they are.
-        (status, Kind::HttpRoute) => {
-            let Some(stored) = stored else { return Ok(()) };
-            let mut parents: Vec<Value> = stored
-                .status
-                .get("parents")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter(|p| p.get("controllerName").and_then(Value::as_str) != Some(controller))
-                .cloned()
-                .collect();
-            let others = parents.len();
-            if let Some(ObjectStatus::HttpRoute(s)) = status {
-                parents.extend(s.parents.iter().filter_map(|p| serde_json::to_value(p).ok()));
-            }
-            let mut desired = json!({"parents": parents});
-            carry_transition_times(&mut desired, current);
-            if same_parents(&desired, current, controller, others) {
-                debug!(object = %change.id, "status already as computed; not written");
-                return Ok(());
-            }
-            let parents = desired["parents"].take();
-            json!({
-                "metadata": {"resourceVersion": stored.resource_version},
-                "status": {"parents": parents},
-            })
-        }
-        (Some(status), _) => {
-            // A merge patch keeps fields it does not name: name the ones that went away.
-            let mut value = status_value(status);
-            carry_transition_times(&mut value, current);
-            if value == *current {
-                debug!(object = %change.id, "status already as computed; not written");
-                return Ok(());
-            }
-            if let (Some(map), ObjectStatus::Gateway(_)) = (value.as_object_mut(), status) {
-                for field in ["addresses", "listeners", "conditions"] {
-                    map.entry(field).or_insert(Value::Null);
-                }
-            }
-            json!({"status": value})
-        }
-        // A Gateway or class no longer ours: its status is not ours to clear.
-        (None, _) => return Ok(()),
-    };
-    api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    debug!(object = %change.id, "status written");
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn objects_are_trimmed_and_parsed_like_files() {
-        let o: DynamicObject = serde_json::from_value(json!({
-            "metadata": {
-                "name": "r", "namespace": "apps", "resourceVersion": "7", "generation": 3,
-                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
-                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}", "keep": "me"}
-            },
-            "spec": {"parentRefs": [{"name": "gw"}]},
-            "status": {"parents": [{"controllerName": "example.com/other"}]}
-        }))
-        .unwrap_or_else(|e| panic!("{e}"));
-        let trimmed = trim(o);
-        assert!(trimmed.metadata.managed_fields.is_none());
-        let annotations = trimmed.metadata.annotations.clone().unwrap_or_default();
-        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["keep"]);
-        // A list item carries no apiVersion/kind: they come from what was watched.
-        let (key, stored) = parse(Kind::HttpRoute, GATEWAY_GROUP, "v1", &trimmed)
-            .unwrap_or_else(|| panic!("did not parse"));
-        assert_eq!(key, Key::new("apps", "r"));
-        assert_eq!(stored.resource_version.as_deref(), Some("7"));
-        assert_eq!(stored.object.meta().generation, Some(3));
-        assert_eq!(stored.status["parents"][0]["controllerName"], "example.com/other");
-    }
-
-    #[test]
-    fn transition_times_carry_over_unless_a_condition_flips() {
-        let cond = |t: &str, s: &str, at: &str| json!({"type": t, "status": s, "reason": t, "message": "", "lastTransitionTime": at, "observedGeneration": 1});
-        let current = json!({
-            "conditions": [cond("Accepted", "True", "old"), cond("Programmed", "True", "old")],
-            "listeners": [{"name": "http", "conditions": [cond("Accepted", "True", "old")]}]
-        });
-        let mut desired = json!({
-            "conditions": [cond("Accepted", "True", "now"), cond("Programmed", "False", "now")],
-            "listeners": [{"name": "http", "conditions": [cond("Accepted", "True", "now")]}]
-        });
-        carry_transition_times(&mut desired, &current);
-        assert_eq!(desired["conditions"][0]["lastTransitionTime"], "old");
-        assert_eq!(desired["conditions"][1]["lastTransitionTime"], "now", "flipped: time moves");
-        assert_eq!(desired["listeners"][0]["conditions"][0]["lastTransitionTime"], "old");
-        // Equal after carrying: nothing to write.
-        let mut again = current.clone();
-        again["conditions"][0]["lastTransitionTime"] = json!("now");
-        carry_transition_times(&mut again, &current);
-        assert_eq!(again, current);
-    }
-
-    #[test]
-    fn route_parents_compare_our_entries_and_count_the_others() {
-        let ours = json!({"controllerName": "us", "parentRef": {"name": "gw"}, "conditions": []});
-        let theirs =
-            json!({"controllerName": "them", "parentRef": {"name": "x"}, "conditions": []});
-        let current = json!({"parents": [theirs, ours]});
-        assert!(same_parents(&json!({"parents": [theirs, ours]}), &current, "us", 1));
-        assert!(!same_parents(&json!({"parents": [theirs]}), &current, "us", 1));
-        // The other controller's entry went away meanwhile: write (keeping what is there now).
-        assert!(!same_parents(&json!({"parents": [ours]}), &json!({"parents": [theirs]}), "us", 0));
-    }
-
-    #[test]
-    fn a_relist_replaces_a_kind_only_when_complete() {
-        let mut stores = BTreeMap::new();
-        let stored = |name: &str| {
-            let o: DynamicObject = serde_json::from_value(json!({"metadata": {"name": name}}))
-                .unwrap_or_else(|e| panic!("{e}"));
-            parse(Kind::Namespace, "", "v1", &o).unwrap_or_else(|| panic!("did not parse"))
-        };
-        let send = |stores: &mut BTreeMap<Kind, KindStore>, event: Seen| {
-            apply(stores, Update { kind: Kind::Namespace, event })
-        };
-        let (k, s) = stored("a");
-        send(&mut stores, Seen::Init);
-        send(&mut stores, Seen::Listed(k, s));
-        assert!(send(&mut stores, Seen::InitDone));
-        assert_eq!(model(&stores).len(), 1);
-        // A relist in progress leaves the current objects alone...
-        send(&mut stores, Seen::Init);
-        let (k, s) = stored("b");
-        assert!(!send(&mut stores, Seen::Listed(k, s)));
-        assert_eq!(model(&stores).len(), 1);
-        assert!(stores[&Kind::Namespace].objects.contains_key(&Key::new("", "a")));
-        // ...and replaces them when it completes ("a" is gone, "b" is there).
-        assert!(send(&mut stores, Seen::InitDone));
-        let ns = &stores[&Kind::Namespace].objects;
-        assert!(ns.contains_key(&Key::new("", "b")) && !ns.contains_key(&Key::new("", "a")));
-        assert!(send(&mut stores, Seen::Deleted(Key::new("", "b"))));
-        assert_eq!(model(&stores).len(), 0);
-    }
-}
+mod tests;

@@ -18,7 +18,7 @@ use crate::model::Kind;
 
 /// One schema node's limits (absent: none).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Limit {
+pub(crate) struct Limit {
     /// `maxItems`.
     pub max_items: Option<u64>,
     /// `minItems`.
@@ -38,7 +38,7 @@ mod table;
 
 /// Checks `doc` (an object of `kind`) against the CRD limits. `Err((field, reason))` names the
 /// first field over a limit, in the spec's path notation (`spec.rules[3].matches`).
-pub fn check(kind: Kind, doc: &Value) -> Result<(), (String, String)> {
+pub(crate) fn check(kind: Kind, doc: &Value) -> Result<(), (String, String)> {
     let Some(tree) = trees().get(kind.as_str()) else { return Ok(()) };
     let mut path = String::new();
     walk(tree, doc, &mut path)

@@ -4,8 +4,8 @@
 //!
 //! Sits between `watch` (which finds documents) and `compile` (which resolves them).
 
-pub mod limits;
-pub mod validate;
+pub(crate) mod limits;
+pub(crate) mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// Gateway API group.
-pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+pub(crate) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
 /// Kinds config-sync reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -337,7 +337,7 @@ fn typed<T: DeserializeOwned>(doc: Value) -> Result<T, (String, String)> {
 }
 
 /// RFC 1123 subdomain, as Kubernetes requires of most names.
-pub fn check_dns_subdomain(s: &str) -> Result<(), String> {
+pub(crate) fn check_dns_subdomain(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 253
         && s.split('.').all(|l| check_dns_label(l).is_ok())
@@ -347,7 +347,7 @@ pub fn check_dns_subdomain(s: &str) -> Result<(), String> {
 }
 
 /// RFC 1123 label (namespaces).
-pub fn check_dns_label(s: &str) -> Result<(), String> {
+pub(crate) fn check_dns_label(s: &str) -> Result<(), String> {
     let b = s.as_bytes();
     let ok = !b.is_empty()
         && b.len() <= 63

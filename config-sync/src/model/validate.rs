@@ -10,7 +10,7 @@ use crate::model::Object;
 type Problem = (String, String);
 
 /// Checks one parsed object.
-pub fn object(object: &Object) -> Result<(), Problem> {
+pub(crate) fn object(object: &Object) -> Result<(), Problem> {
     match object {
         Object::GatewayClass(c) => {
             let name = &c.spec.controller_name;
@@ -132,7 +132,7 @@ fn field(path: &str, reason: String) -> Problem {
 }
 
 /// Gateway API `Hostname`: RFC 1123 name, optionally with a leading `*.` label, no IP address.
-pub fn hostname(h: &str) -> Result<(), String> {
+pub(crate) fn hostname(h: &str) -> Result<(), String> {
     let rest = h.strip_prefix("*.").unwrap_or(h);
     let labels_ok = !rest.is_empty()
         && h.len() <= 253
@@ -176,7 +176,7 @@ fn path_value(p: &str) -> Result<(), String> {
 }
 
 /// RFC 9110 token (header field names).
-pub fn is_token(s: &str) -> bool {
+pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
