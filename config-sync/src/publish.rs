@@ -191,7 +191,7 @@ mod tests {
         assert_eq!(p.publish(t.clone()).unwrap().map(|p| p.generation), Some(1));
         // The same table again: nothing written; the generation a table carries is ignored.
         assert!(p.publish(Table { generation: 77, ..t.clone() }).unwrap().is_none());
-        let mut changed = t.clone();
+        let mut changed = t;
         changed.regexes.push("x+".into());
         let published = p.publish(changed.clone()).unwrap().unwrap();
         assert_eq!(published.generation, 2);
