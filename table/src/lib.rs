@@ -16,6 +16,7 @@ pub mod lookup;
 pub mod select;
 pub mod shm;
 pub mod view;
+pub mod wire;
 
 pub use build::{EncodeError, decode, encode};
 pub use format::{FORMAT_VERSION, Table};

@@ -18,6 +18,7 @@ use crate::format::{
     ArchivedActionKind, ArchivedBackendTarget, ArchivedHeaderEdits, ArchivedHostIndex,
     ArchivedPathMatch, ArchivedPathRewrite, ArchivedTable, ArchivedValueMatch,
 };
+use crate::wire::{is_editable, is_field_value, is_token};
 
 /// A table that passed validation, ready for lookups.
 pub struct Router {
@@ -238,8 +239,9 @@ fn check_indices(t: &ArchivedTable) -> Result<(), TableError> {
         }
         if let Some(cors) = action.cors.as_ref() {
             let tokens = cors.methods.iter().chain(cors.headers.iter()).chain(cors.expose.iter());
-            let origins_ok = cors.origins.iter().all(|o| is_field_value(o) && !o.contains(','));
-            if !origins_ok || !tokens.into_iter().all(|t| is_token(t)) {
+            let origins_ok =
+                cors.origins.iter().all(|o| is_field_value(o.as_bytes()) && !o.contains(','));
+            if !origins_ok || !tokens.into_iter().all(|t| is_token(t.as_bytes())) {
                 return bad(format!("action {i}: CORS policy cannot be written into a head"));
             }
         }
@@ -276,9 +278,11 @@ fn host_ok(h: &str) -> bool {
 fn path_ok(path: &ArchivedPathRewrite) -> bool {
     match path {
         ArchivedPathRewrite::Keep => true,
-        ArchivedPathRewrite::Full(p) => p.starts_with('/') && is_field_value(p) && !p.contains(' '),
+        ArchivedPathRewrite::Full(p) => {
+            p.starts_with('/') && is_field_value(p.as_bytes()) && !p.contains(' ')
+        }
         ArchivedPathRewrite::Prefix(p) => {
-            (p.is_empty() || p.starts_with('/')) && is_field_value(p) && !p.contains(' ')
+            (p.is_empty() || p.starts_with('/')) && is_field_value(p.as_bytes()) && !p.contains(' ')
         }
     }
 }
@@ -288,44 +292,12 @@ fn edits_problem(edits: &ArchivedHeaderEdits) -> Option<String> {
     let fields = || edits.set.iter().chain(edits.add.iter());
     let mut names =
         fields().map(|f| f.name.as_str()).chain(edits.remove.iter().map(|n| n.as_str()));
-    if let Some(name) = names.find(|n| !is_token(n) || !is_editable(n)) {
+    if let Some(name) = names.find(|n| !is_token(n.as_bytes()) || !is_editable(n)) {
         return Some(format!("header name {name:?} is not a token or is one lb owns"));
     }
     fields()
-        .find(|f| !is_field_value(&f.value))
+        .find(|f| !is_field_value(f.value.as_bytes()))
         .map(|f| format!("header {:?} has a value lb cannot send", f.name.as_str()))
-}
-
-/// Fields lb writes itself or that frame the message: a route may not edit them (a second
-/// Content-Length or Host would make the message ambiguous downstream). `Expect` is lb's to
-/// answer: a route-set `Expect` would make the backend wait for, or refuse with 417, a
-/// continuation lb never negotiates (found by the `header_edits` fuzz target).
-const NOT_EDITABLE: &[&str] = &[
-    "host",
-    "expect",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-];
-
-/// Whether a route may set, add or remove this header.
-pub fn is_editable(name: &str) -> bool {
-    !NOT_EDITABLE.iter().any(|n| n.eq_ignore_ascii_case(name))
-}
-
-/// An HTTP token (RFC 9110 5.6.2): a header name lb may write.
-pub fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// A field value lb may write verbatim: visible characters, spaces and tabs, no CR, LF or NUL.
-pub fn is_field_value(s: &str) -> bool {
-    s.bytes().all(|b| b == b'\t' || b == b' ' || (b >= 0x21 && b != 0x7f))
 }
 
 fn incons(s: String) -> TableError {

@@ -151,17 +151,17 @@ pub(super) fn check_regex(pattern: &str) -> Result<(), String> {
 pub(super) fn edits_problem(e: &t::HeaderEdits) -> Option<String> {
     let fields = || e.set.iter().chain(&e.add);
     let mut names = fields().map(|f| f.name.as_str()).chain(e.remove.iter().map(String::as_str));
-    if let Some(n) = names.find(|n| !table::view::is_token(n)) {
+    if let Some(n) = names.find(|n| !table::wire::is_token(n.as_bytes())) {
         return Some(format!("header name {n:?} is not valid"));
     }
     let mut names = fields().map(|f| f.name.as_str()).chain(e.remove.iter().map(String::as_str));
-    if let Some(n) = names.find(|n| !table::view::is_editable(n)) {
+    if let Some(n) = names.find(|n| !table::wire::is_editable(n)) {
         return Some(format!(
             "header {n:?} frames the message or is set by the gateway; it cannot be modified"
         ));
     }
     fields()
-        .find(|f| !table::view::is_field_value(&f.value))
+        .find(|f| !table::wire::is_field_value(f.value.as_bytes()))
         .map(|f| format!("the value of header {:?} holds characters a header cannot carry", f.name))
 }
 
@@ -191,7 +191,7 @@ pub(super) fn path_rewrite_problem(
     if !v.starts_with('/') && !v.is_empty() {
         return Some(format!("path {v:?} does not start with /"));
     }
-    if !table::view::is_field_value(v) || v.contains(' ') {
+    if !table::wire::is_field_value(v.as_bytes()) || v.contains(' ') {
         return Some(format!("path {v:?} holds characters a URL cannot carry"));
     }
     None
@@ -203,7 +203,7 @@ pub(super) fn url_rewrite_problem(
     matches: &[HttpRouteRulesMatches],
 ) -> Option<String> {
     if let Some(h) = &r.hostname
-        && !host_name_ok(h)
+        && !table::wire::is_host_name(h)
     {
         return Some(format!("hostname {h:?} is not a host name"));
     }
@@ -213,17 +213,13 @@ pub(super) fn url_rewrite_problem(
     }
 }
 
-pub(super) fn host_name_ok(h: &str) -> bool {
-    !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
-}
-
 /// What makes a `RequestRedirect` unusable (checked where the CRD's validation would).
 pub(super) fn redirect_problem(
     r: &HttpRouteRulesFiltersRequestRedirect,
     matches: &[HttpRouteRulesMatches],
 ) -> Option<String> {
     if let Some(h) = &r.hostname
-        && !host_name_ok(h)
+        && !table::wire::is_host_name(h)
     {
         return Some(format!("hostname {h:?} is not a host name"));
     }
@@ -275,7 +271,7 @@ pub(super) fn cors_problem(c: &HttpRouteRulesFiltersCors) -> Option<String> {
     let lists = [("allowMethods", &c.allow_methods), ("allowHeaders", &c.allow_headers)];
     for (field, list) in lists.into_iter().chain([("exposeHeaders", &c.expose_headers)]) {
         let list = list.as_deref().unwrap_or(&[]);
-        if let Some(bad) = list.iter().find(|v| !table::view::is_token(v)) {
+        if let Some(bad) = list.iter().find(|v| !table::wire::is_token(v.as_bytes())) {
             return Some(format!("{field} entry {bad:?} is not a token"));
         }
         if list.len() > 1 && list.iter().any(|v| v == "*") && field != "exposeHeaders" {

@@ -336,25 +336,22 @@ fn typed<T: DeserializeOwned>(doc: Value) -> Result<T, (String, String)> {
     })
 }
 
-/// RFC 1123 subdomain, as Kubernetes requires of most names.
+/// RFC 1123 subdomain, as Kubernetes requires of most names (`table::wire`).
 pub(crate) fn check_dns_subdomain(s: &str) -> Result<(), String> {
-    let ok = !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| check_dns_label(l).is_ok())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-    if ok { Ok(()) } else { Err(format!("{s:?} is not a lower-case RFC 1123 subdomain")) }
+    if table::wire::is_dns_subdomain(s) {
+        Ok(())
+    } else {
+        Err(format!("{s:?} is not a lower-case RFC 1123 subdomain"))
+    }
 }
 
-/// RFC 1123 label (namespaces).
+/// RFC 1123 label (namespaces; `table::wire`).
 pub(crate) fn check_dns_label(s: &str) -> Result<(), String> {
-    let b = s.as_bytes();
-    let ok = !b.is_empty()
-        && b.len() <= 63
-        && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-';
-    if ok { Ok(()) } else { Err(format!("{s:?} is not a lower-case RFC 1123 label")) }
+    if table::wire::is_dns_label(s) {
+        Ok(())
+    } else {
+        Err(format!("{s:?} is not a lower-case RFC 1123 label"))
+    }
 }
 
 /// All objects of one source, by kind, keyed by namespace/name.

@@ -92,7 +92,7 @@ fn http_route(r: &gateway_api::apis::experimental::httproutes::HttpRoute) -> Res
                 }
             }
             for (k, h) in m.headers.iter().flatten().enumerate() {
-                if !is_token(&h.name) {
+                if !table::wire::is_token(h.name.as_bytes()) {
                     return Err(field(&at(&format!("headers[{k}].name")), "not a token".into()));
                 }
             }
@@ -157,27 +157,10 @@ fn section_name(s: &str) -> Result<(), String> {
     crate::model::check_dns_subdomain(s)
 }
 
-/// The CRD's rules for Exact and PathPrefix values.
+/// The CRD's rules for Exact and PathPrefix values (`table::wire`, which the table view
+/// applies too).
 fn path_value(p: &str) -> Result<(), String> {
-    if !p.starts_with('/') {
-        return Err(format!("{p:?} must start with /"));
-    }
-    let bad = ["//", "/./", "/../", "%2f", "%2F", "#"];
-    if let Some(b) = bad.iter().find(|b| p.contains(*b)) {
-        return Err(format!("{p:?} must not contain {b:?}"));
-    }
-    if p.ends_with("/..") || p.ends_with("/.") {
-        return Err(format!("{p:?} must not end with /. or /.."));
-    }
-    if p.len() > 1024 {
-        return Err("longer than 1024 bytes".into());
-    }
-    Ok(())
-}
-
-/// RFC 9110 token (header field names).
-pub(crate) fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    table::wire::path_value_problem(p).map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

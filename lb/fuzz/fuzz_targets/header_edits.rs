@@ -21,7 +21,7 @@ fn edits_from(spec: &[u8]) -> HeaderEdits {
             .map(|&b| b as char)
             .collect();
         // What config-sync and the table's `view` let through: tokens lb does not own.
-        if name.is_empty() || !table::view::is_editable(&name) {
+        if name.is_empty() || !table::wire::is_editable(&name) {
             continue;
         }
         let value: String = value

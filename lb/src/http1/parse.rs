@@ -12,6 +12,9 @@
 
 use std::ops::Range;
 
+use table::wire::is_host_field;
+pub use table::wire::is_tchar;
+
 /// Empty lines (CRLF) ignored before a request line: RFC 9112 §2.2 asks to ignore "at least
 /// one" (old clients sent a CRLF after a POST body). More is not a client's mistake, and an
 /// unbounded number would let a peer grow the input buffer for the whole header timeout.
@@ -249,7 +252,7 @@ fn request_line(buf: &[u8], line: Range<usize>) -> Result<RequestLine, Reject> {
     };
     let of = &buf[origin_form.clone()];
     if let Some(auth) = &authority
-        && !valid_host(&buf[auth.clone()])
+        && !is_host_field(&buf[auth.clone()])
     {
         return Err(Reject::BadRequest("absolute-form authority"));
     }
@@ -352,7 +355,7 @@ fn semantics(
             if head.host.is_some() {
                 return Err(Reject::BadRequest("more than one Host"));
             }
-            if !valid_host(value) {
+            if !is_host_field(value) {
                 return Err(Reject::BadRequest("Host value"));
             }
             head.host = Some(i);
@@ -461,34 +464,6 @@ fn parse_length(value: &[u8], limits: &Limits) -> Result<u64, Reject> {
     Ok(n)
 }
 
-/// Host = uri-host [ ":" port ]; uri-host is an IP literal in brackets or a reg-name.
-fn valid_host(v: &[u8]) -> bool {
-    let (host, port) = if let Some(rest) = v.strip_prefix(b"[") {
-        let Some(close) = rest.iter().position(|&b| b == b']') else { return false };
-        let literal = &rest[..close];
-        if literal.is_empty()
-            || !literal.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        {
-            return false;
-        }
-        let after = &rest[close + 1..];
-        match after {
-            [] => (&b""[..], None),
-            [b':', port @ ..] => (&b""[..], Some(port)),
-            _ => return false,
-        }
-    } else {
-        match v.iter().position(|&b| b == b':') {
-            Some(c) => (&v[..c], Some(&v[c + 1..])),
-            None => (v, None),
-        }
-    };
-    let host_ok =
-        host.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b));
-    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
-    host_ok && port_ok
-}
-
 /// Finds the blank line ending the field section, checking that every line ends in CRLF and
 /// that no CR stands alone. `Ok(None)` when the blank line has not arrived.
 fn head_end(fields: &[u8]) -> Result<Option<usize>, Reject> {
@@ -526,11 +501,6 @@ fn check_partial(b: &[u8]) -> Result<(), Reject> {
         Some(i) if b[i] == b'\r' && i + 1 == b.len() => Ok(()),
         Some(_) => Err(Reject::BadRequest("bare CR or LF")),
     }
-}
-
-/// RFC 9110 tchar.
-pub fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Trims optional whitespace (SP and HTAB only).
