@@ -37,6 +37,9 @@ pub struct Options {
     pub idle: usize,
     /// Requests counted under callgrind (0: skip).
     pub callgrind_requests: u64,
+    /// Another `sluice` binary (e.g. the commit before a change), measured in the same rounds
+    /// as a fourth proxy, "Sluice (baseline)".
+    pub baseline: Option<PathBuf>,
 }
 
 /// The proxies compared.
@@ -48,16 +51,27 @@ pub enum Proxy {
     Haproxy,
     /// Sluice: lb on one core, config-sync beside it.
     Sluice,
+    /// The same, from the `--baseline` binary.
+    Baseline,
 }
 
 impl Proxy {
-    const ALL: [Proxy; 3] = [Proxy::Nginx, Proxy::Haproxy, Proxy::Sluice];
-
     fn name(self) -> &'static str {
         match self {
             Proxy::Nginx => "nginx",
             Proxy::Haproxy => "HAProxy",
             Proxy::Sluice => "Sluice",
+            Proxy::Baseline => "Sluice (baseline)",
+        }
+    }
+
+    /// Its folder name under the work directory.
+    fn slug(self) -> &'static str {
+        match self {
+            Proxy::Nginx => "nginx",
+            Proxy::Haproxy => "haproxy",
+            Proxy::Sluice => "sluice",
+            Proxy::Baseline => "baseline",
         }
     }
 }
@@ -111,6 +125,13 @@ const FELL_BEHIND_P50_US: f64 = 10_000.0;
 struct Figures {
     rps: Vec<f64>,
     cpu_us: Vec<f64>,
+    /// The same closed loop driven by wrk (`-t1`), interleaved with sluice-perf's rounds.
+    wrk_rps: Vec<f64>,
+    wrk_cpu_us: Vec<f64>,
+    /// Voluntary context switches of the proxy (it went to sleep waiting for I/O) per 100
+    /// requests, under each load generator: how many requests one wake-up serves.
+    sleeps: Vec<f64>,
+    wrk_sleeps: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
     p999: Vec<f64>,
@@ -128,6 +149,7 @@ pub fn compare(opts: &Options) -> Result<String, String> {
         ("haproxy", "haproxy"),
         ("valgrind", "valgrind"),
         ("taskset", "util-linux"),
+        ("wrk", "wrk"),
     ])?;
     raise_fd_limit();
     let work = std::env::temp_dir().join(format!("sluice-compare-{}", std::process::id()));
@@ -137,13 +159,19 @@ pub fn compare(opts: &Options) -> Result<String, String> {
     let upstream = start_upstream(&work, upstream_port)?;
     let bench =
         Bench { opts: opts.clone(), work: work.clone(), upstream_port, _upstream: upstream };
-    let mut figures: Vec<(Proxy, Figures)> =
-        Proxy::ALL.iter().map(|p| (*p, Figures::default())).collect();
+    let mut figures: Vec<(Proxy, Figures)> = [Proxy::Nginx, Proxy::Haproxy, Proxy::Sluice]
+        .into_iter()
+        .chain(opts.baseline.as_ref().map(|_| Proxy::Baseline))
+        .map(|p| (p, Figures::default()))
+        .collect();
 
     for round in 0..opts.rounds {
         for (proxy, f) in &mut figures {
             let r = bench.start(*proxy, false)?;
+            let before = sleeps(&r.pids);
             let (rps, cpu, errors) = bench.closed_loop(&r)?;
+            f.sleeps
+                .push((sleeps(&r.pids) - before) as f64 * 100.0 / (rps * opts.seconds).max(1.0));
             eprintln!(
                 "round {} {:>8}: {rps:>8.0} req/s, {cpu:>6.2} µs CPU/request, errors {errors}",
                 round + 1,
@@ -151,6 +179,19 @@ pub fn compare(opts: &Options) -> Result<String, String> {
             );
             f.rps.push(rps);
             f.cpu_us.push(cpu);
+            f.closed_errors += errors;
+            let r = bench.start(*proxy, false)?;
+            let before = sleeps(&r.pids);
+            let (rps, cpu, errors) = bench.closed_loop_wrk(&r)?;
+            f.wrk_sleeps
+                .push((sleeps(&r.pids) - before) as f64 * 100.0 / (rps * opts.seconds).max(1.0));
+            eprintln!(
+                "round {} {:>8}: {rps:>8.0} req/s, {cpu:>6.2} µs CPU/request (wrk), errors {errors}",
+                round + 1,
+                proxy.name()
+            );
+            f.wrk_rps.push(rps);
+            f.wrk_cpu_us.push(cpu);
             f.closed_errors += errors;
         }
     }
@@ -210,7 +251,7 @@ pub fn compare(opts: &Options) -> Result<String, String> {
 impl Bench {
     fn start(&self, proxy: Proxy, callgrind: bool) -> Result<Running, String> {
         let port = free_port();
-        let dir = self.work.join(format!("{}-{port}", proxy.name().to_lowercase()));
+        let dir = self.work.join(format!("{}-{port}", proxy.slug()));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let mut cmd_prefix: Vec<String> = vec!["taskset".into(), "-c".into(), PROXY_CPU.into()];
         if callgrind {
@@ -261,7 +302,7 @@ impl Bench {
                     port,
                 }
             }
-            Proxy::Sluice => {
+            Proxy::Sluice | Proxy::Baseline => {
                 let manifests = dir.join("manifests");
                 std::fs::create_dir_all(&manifests).map_err(|e| e.to_string())?;
                 std::fs::write(
@@ -273,7 +314,11 @@ impl Bench {
                     "/dev/shm/sluice-compare-{}-{port}/table",
                     std::process::id()
                 ));
-                let sluice = self.opts.sluice.to_str().unwrap_or_default().to_owned();
+                let binary = match (proxy, &self.opts.baseline) {
+                    (Proxy::Baseline, Some(b)) => b,
+                    _ => &self.opts.sluice,
+                };
+                let sluice = binary.to_str().unwrap_or_default().to_owned();
                 let cs = spawn(
                     &["taskset".into(), "-c".into(), LOAD_CPU.to_string()],
                     &[
@@ -335,16 +380,45 @@ impl Bench {
         }
     }
 
-    /// req/s, CPU µs per request, errors.
-    fn closed_loop(&self, r: &Running) -> Result<(f64, f64, u64), String> {
+    /// req/s, CPU µs per request, errors, proxy sleeps per 100 requests.
+    fn closed_loop(&self, r: &Running) -> Result<(f64, f64, u64, f64), String> {
         // Warm-up run, not measured: connections and pools are established.
         run(&self.plan(r.port, None, 2.0, self.opts.connections)).map_err(|e| e.to_string())?;
-        let before = cpu_seconds(&r.pids);
+        let (before, slept) = (cpu_seconds(&r.pids), sleeps(&r.pids));
         let o = run(&self.plan(r.port, None, self.opts.seconds, self.opts.connections))
             .map_err(|e| e.to_string())?;
         let cpu = cpu_seconds(&r.pids) - before;
+        let n = o.completed.max(1) as f64;
+        let slept = (sleeps(&r.pids) - slept) as f64 * 100.0 / n;
         let s = Summary::of(&o);
-        Ok((s.requests_per_second, cpu * 1e6 / (o.completed.max(1) as f64), o.errors.total()))
+        Ok((s.requests_per_second, cpu * 1e6 / n, o.errors.total(), slept))
+    }
+
+    /// The closed loop driven by wrk instead: one thread, the same connections, the same CPU.
+    /// req/s, CPU µs per request, errors (non-2xx responses and socket errors), proxy sleeps
+    /// per 100 requests.
+    fn closed_loop_wrk(&self, r: &Running) -> Result<(f64, f64, u64, f64), String> {
+        self.wrk(r.port, 2.0)?;
+        let (before, slept) = (cpu_seconds(&r.pids), sleeps(&r.pids));
+        let (requests, seconds, errors) = self.wrk(r.port, self.opts.seconds)?;
+        let cpu = cpu_seconds(&r.pids) - before;
+        let n = requests.max(1) as f64;
+        let slept = (sleeps(&r.pids) - slept) as f64 * 100.0 / n;
+        Ok((requests as f64 / seconds, cpu * 1e6 / n, errors, slept))
+    }
+
+    /// Runs wrk against `port`: requests completed, seconds, errors.
+    fn wrk(&self, port: u16, seconds: f64) -> Result<(u64, f64, u64), String> {
+        let out = Command::new("taskset")
+            .args(["-c", &LOAD_CPU.to_string(), "wrk", "-t1"])
+            .arg(format!("-c{}", self.opts.connections))
+            .arg(format!("-d{}s", seconds.ceil() as u64))
+            .args(["-H", "Host: bench.example"])
+            .arg(format!("http://127.0.0.1:{port}/"))
+            .output()
+            .map_err(|e| format!("wrk: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        parse_wrk(&text).ok_or_else(|| format!("cannot read wrk's output:\n{text}"))
     }
 
     fn open_loop(&self, r: &Running, rate: f64) -> Result<(Summary, Histogram<u64>), String> {
@@ -396,7 +470,7 @@ impl Bench {
         callgrind_control("-d", pid)?;
         std::thread::sleep(Duration::from_millis(500));
         // The dump after zeroing is the newest `callgrind.out.<pid>.N` file.
-        let dir = self.work.join(format!("{}-{}", proxy.name().to_lowercase(), r.port));
+        let dir = self.work.join(format!("{}-{}", proxy.slug(), r.port));
         let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
         for e in std::fs::read_dir(&dir).map_err(|e| e.to_string())?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -429,18 +503,32 @@ impl Bench {
             utc_now(),
             self.opts.rounds
         );
-        let _ =
-            writeln!(md, "| | nginx | HAProxy | Sluice | Sluice / nginx |\n|---|---|---|---|---|");
-        let row =
-            |name: &str, get: &dyn Fn(&Figures) -> Option<f64>, fmt: &dyn Fn(f64) -> String| {
-                let cells: Vec<String> =
-                    figures.iter().map(|(_, f)| get(f).map_or("–".into(), fmt)).collect();
-                let r = match (get(&figures[2].1), get(base)) {
-                    (Some(s), Some(b)) => ratio(s, b),
-                    _ => "–".into(),
-                };
-                format!("| {name} | {} | {} | {} | {r} |\n", cells[0], cells[1], cells[2])
+        let baseline = figures.get(3).map(|(_, f)| f);
+        let names: Vec<&str> = figures.iter().map(|(p, _)| p.name()).collect();
+        let (extra_head, extra_rule) =
+            if baseline.is_some() { (" Sluice / baseline |", "---|") } else { ("", "") };
+        let _ = writeln!(
+            md,
+            "| | {} | Sluice / nginx |{extra_head}\n|---|{}---|{extra_rule}",
+            names.join(" | "),
+            "---|".repeat(names.len())
+        );
+        let row = |name: &str,
+                   get: &dyn Fn(&Figures) -> Option<f64>,
+                   fmt: &dyn Fn(f64) -> String| {
+            let cells: Vec<String> =
+                figures.iter().map(|(_, f)| get(f).map_or("–".into(), fmt)).collect();
+            let against = |b: Option<&Figures>| match (get(&figures[2].1), b.and_then(get)) {
+                (Some(s), Some(b)) => ratio(s, b),
+                _ => "–".into(),
             };
+            let mut line = format!("| {name} | {} | {} |", cells.join(" | "), against(Some(base)));
+            if baseline.is_some() {
+                line.push_str(&format!(" {} |", against(baseline)));
+            }
+            line.push('\n');
+            line
+        };
         md.push_str(&row(
             &format!("req/s, closed loop, {} connections", self.opts.connections),
             &|f| Some(median(&f.rps)),
@@ -449,6 +537,16 @@ impl Bench {
         md.push_str(&row("proxy CPU µs per request", &|f| Some(median(&f.cpu_us)), &|v| {
             format!("{v:.2}")
         }));
+        md.push_str(&row(
+            &format!("req/s, closed loop, {} connections, wrk -t1", self.opts.connections),
+            &|f| Some(median(&f.wrk_rps)),
+            &|v| format!("{v:.0}"),
+        ));
+        md.push_str(&row(
+            "proxy CPU µs per request, wrk -t1",
+            &|f| Some(median(&f.wrk_cpu_us)),
+            &|v| format!("{v:.2}"),
+        ));
         md.push_str(&row(&format!("p50 at {rate:.0} req/s"), &|f| Some(median(&f.p50)), &fmt_us));
         md.push_str(&row(&format!("p99 at {rate:.0} req/s"), &|f| Some(median(&f.p99)), &fmt_us));
         md.push_str(&row(
@@ -495,7 +593,7 @@ impl Bench {
         }
         let _ = writeln!(
             md,
-            "All rounds:\n\n| proxy | req/s | CPU µs/request | p50 µs | p99 µs | p99.9 µs |\n|---|---|---|---|---|---|"
+            "All rounds:\n\n| proxy | req/s | CPU µs/request | req/s (wrk) | CPU µs/request (wrk) | p50 µs | p99 µs | p99.9 µs |\n|---|---|---|---|---|---|---|---|"
         );
         for (p, f) in figures {
             let list = |v: &[f64], d: usize| {
@@ -503,10 +601,12 @@ impl Bench {
             };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 p.name(),
                 list(&f.rps, 0),
                 list(&f.cpu_us, 2),
+                list(&f.wrk_rps, 0),
+                list(&f.wrk_cpu_us, 2),
                 list(&f.p50, 0),
                 list(&f.p99, 0),
                 list(&f.p999, 0)
@@ -535,7 +635,7 @@ impl Bench {
         );
         let _ = writeln!(
             md,
-            "- req/s and CPU: closed loop, {} keep-alive connections, 2 s warm-up then {} s measured; CPU is utime+stime of every proxy process and thread (from `/proc/<pid>/stat`, io_uring workers included) over the measured run, divided by completed requests.",
+            "- req/s and CPU: closed loop, {} keep-alive connections, 2 s warm-up then {} s measured; CPU is utime+stime of every proxy process and thread (from `/proc/<pid>/stat`, io_uring workers included) over the measured run, divided by completed requests. Each round measures every proxy twice, once driven by `sluice-perf` (one io_uring thread) and once by `wrk -t1` (epoll), the proxy started afresh for each; the two load generators differ in how requests arrive, which changes CPU per request — see \"Two load generators\" below.",
             self.opts.connections, self.opts.seconds
         );
         let _ = writeln!(
@@ -571,6 +671,32 @@ impl Bench {
         std::fs::write(self.opts.out.join("benchmarks.md"), &md).map_err(|e| e.to_string())?;
         Ok(md)
     }
+}
+
+/// wrk's summary: `N requests in 8.00s, …`, plus `Non-2xx or 3xx responses: N` and
+/// `Socket errors: connect a, read b, write c, timeout d` when there were any.
+fn parse_wrk(text: &str) -> Option<(u64, f64, u64)> {
+    let line = text.lines().find(|l| l.contains(" requests in "))?;
+    let mut words = line.split_whitespace();
+    let requests: u64 = words.next()?.parse().ok()?;
+    let seconds = words.nth(2)?.trim_end_matches(',');
+    let seconds: f64 = match seconds.strip_suffix("ms") {
+        Some(ms) => ms.parse::<f64>().ok()? / 1000.0,
+        None => seconds.strip_suffix('s')?.parse().ok()?,
+    };
+    let mut errors = 0;
+    for l in text.lines().map(str::trim) {
+        if let Some(n) = l.strip_prefix("Non-2xx or 3xx responses:") {
+            errors += n.trim().parse::<u64>().unwrap_or(0);
+        }
+        if let Some(list) = l.strip_prefix("Socket errors:") {
+            errors += list
+                .split(',')
+                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    Some((requests, seconds, errors))
 }
 
 fn fmt_us(v: f64) -> String {
@@ -690,6 +816,24 @@ fn cpu_seconds(pids: &[u32]) -> f64 {
         .sum()
 }
 
+/// Voluntary context switches of every thread of `pids` (times a thread blocked: in
+/// io_uring_enter, epoll_wait, a read).
+fn sleeps(pids: &[u32]) -> u64 {
+    let mut total = 0;
+    for p in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
+        for t in tasks.flatten() {
+            let Ok(status) = std::fs::read_to_string(t.path().join("status")) else { continue };
+            total += status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
 fn rss_bytes(pids: &[u32]) -> u64 {
     pids.iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
@@ -803,4 +947,17 @@ fn versions(sluice: &Path) -> String {
 
 fn utc_now() -> String {
     first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_summaries_parse() {
+        let text = "Running 8s test @ http://127.0.0.1:1/\n  1 threads and 64 connections\n  Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency     2.01ms  300.00us   9.00ms   90.00%\n    Req/Sec    31.9k     1.2k   34.0k    70.00%\n  254321 requests in 8.00s, 30.12MB read\n  Socket errors: connect 0, read 2, write 0, timeout 1\n  Non-2xx or 3xx responses: 4\nRequests/sec:  31790.12\nTransfer/sec:      3.76MB\n";
+        assert_eq!(parse_wrk(text), Some((254321, 8.0, 7)));
+        assert_eq!(parse_wrk("  10 requests in 500.00ms, 1KB read\n"), Some((10, 0.5, 0)));
+        assert_eq!(parse_wrk("connection refused"), None);
+    }
 }

@@ -71,6 +71,9 @@ struct CompareArgs {
     /// Requests counted under callgrind (0 skips it).
     #[arg(long, default_value_t = 2000)]
     callgrind_requests: u64,
+    /// Another sluice binary (the commit before a change) measured in the same rounds.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -127,6 +130,7 @@ fn main() -> ExitCode {
             connections: a.connections.max(1),
             idle: a.idle,
             callgrind_requests: a.callgrind_requests,
+            baseline: a.baseline,
         })
         .map(|report| println!("{report}")),
         Command::Propagation(a) => perf::propagation::run(&perf::propagation::Options {
