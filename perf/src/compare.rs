@@ -168,10 +168,8 @@ pub fn compare(opts: &Options) -> Result<String, String> {
     for round in 0..opts.rounds {
         for (proxy, f) in &mut figures {
             let r = bench.start(*proxy, false)?;
-            let before = sleeps(&r.pids);
-            let (rps, cpu, errors) = bench.closed_loop(&r)?;
-            f.sleeps
-                .push((sleeps(&r.pids) - before) as f64 * 100.0 / (rps * opts.seconds).max(1.0));
+            let (rps, cpu, errors, slept) = bench.closed_loop(&r)?;
+            f.sleeps.push(slept);
             eprintln!(
                 "round {} {:>8}: {rps:>8.0} req/s, {cpu:>6.2} µs CPU/request, errors {errors}",
                 round + 1,
@@ -181,10 +179,8 @@ pub fn compare(opts: &Options) -> Result<String, String> {
             f.cpu_us.push(cpu);
             f.closed_errors += errors;
             let r = bench.start(*proxy, false)?;
-            let before = sleeps(&r.pids);
-            let (rps, cpu, errors) = bench.closed_loop_wrk(&r)?;
-            f.wrk_sleeps
-                .push((sleeps(&r.pids) - before) as f64 * 100.0 / (rps * opts.seconds).max(1.0));
+            let (rps, cpu, errors, slept) = bench.closed_loop_wrk(&r)?;
+            f.wrk_sleeps.push(slept);
             eprintln!(
                 "round {} {:>8}: {rps:>8.0} req/s, {cpu:>6.2} µs CPU/request (wrk), errors {errors}",
                 round + 1,
