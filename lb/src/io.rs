@@ -8,7 +8,7 @@
 //! head split across reads (or a ring that ran dry, `ResourceBusy`) moves the bytes to a heap
 //! buffer, taken from a capped per-core free list and given back when emptied.
 //!
-//! Everything runtime-specific lives here, so a runtime change (DEVELOPERS.md: re-measure
+//! Everything runtime-specific lives here, so a runtime change (docs/runtime.md: re-measure
 //! first) touches this file and little else.
 
 use std::cell::RefCell;
