@@ -114,6 +114,23 @@ impl Rule<'_> {
     }
 }
 
+/// How long to wait for more of a response head: lb's `upstream` timeout, cut to what is left
+/// of the rule's `request` timeout (counted from the request's arrival, across retries) and its
+/// `backendRequest` timeout (from this attempt), each given as (limit, elapsed). `None`: one of
+/// them has run out (→ 504, or a retry when the budget allows).
+fn head_wait(
+    upstream: Duration,
+    request: Option<(Duration, Duration)>,
+    attempt: Option<(Duration, Duration)>,
+) -> Option<Duration> {
+    let mut limit = upstream;
+    for (route, elapsed) in [request, attempt].into_iter().flatten() {
+        let left = route.checked_sub(elapsed).filter(|l| !l.is_zero())?;
+        limit = limit.min(left);
+    }
+    Some(limit)
+}
+
 fn ms(v: u32) -> Option<Duration> {
     (v > 0).then(|| Duration::from_millis(u64::from(v)))
 }
@@ -397,18 +414,14 @@ impl Exchange<'_> {
                     }
                 }
             }
-            // The rule's timeouts bound the wait: `request` from the request's arrival (across
-            // retries), `backendRequest` from this attempt; both within lb's upstream timeout.
-            let mut limit = self.core.settings.timeouts.upstream;
-            for (route, since) in
-                [(rule.request_timeout(), req.arrived), (rule.attempt_timeout(), attempt_started)]
-            {
-                let Some(route) = route else { continue };
-                match route.checked_sub(self.core.wheel.elapsed_since(since)) {
-                    Some(left) if !left.is_zero() => limit = limit.min(left),
-                    _ => return Err(head_error(Cause::Timeout)),
-                }
-            }
+            let wheel = &self.core.wheel;
+            let Some(limit) = head_wait(
+                self.core.settings.timeouts.upstream,
+                rule.request_timeout().map(|t| (t, wheel.elapsed_since(req.arrived))),
+                rule.attempt_timeout().map(|t| (t, wheel.elapsed_since(attempt_started))),
+            ) else {
+                return Err(head_error(Cause::Timeout));
+            };
             let read = up.conn.read(&mut up.input, &self.core.spare);
             let side = (Side::Upstream, Phase::ResponseHead);
             let e = match timed(&self.core.wheel, self.deadline, limit, side, read).await {
@@ -544,5 +557,26 @@ impl Exchange<'_> {
         let limit = self.core.settings.timeouts.body;
         let side = (Side::Downstream, Phase::ResponseBody);
         timed(&self.core.wheel, self.deadline, limit, side, self.client.write(self.out)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_for_a_response_head_is_the_tightest_timeout_left() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        assert_eq!(head_wait(s(60), None, None), Some(s(60)));
+        // `request` counts from arrival: 10 s rule, 4 s gone (body upload, earlier attempts).
+        assert_eq!(head_wait(s(60), Some((s(10), s(4))), None), Some(s(6)));
+        // `backendRequest` counts from this attempt, and the tighter one wins.
+        assert_eq!(head_wait(s(60), Some((s(10), s(4))), Some((s(2), ms(500)))), Some(ms(1500)));
+        // lb's own upstream timeout still bounds a generous rule.
+        assert_eq!(head_wait(s(5), Some((s(30), s(1))), None), Some(s(5)));
+        // Run out (or exactly used up): time out now.
+        assert_eq!(head_wait(s(60), Some((s(10), s(10))), None), None);
+        assert_eq!(head_wait(s(60), None, Some((s(1), s(2)))), None);
     }
 }
