@@ -167,28 +167,26 @@ pub fn compare(opts: &Options) -> Result<String, String> {
 
     for round in 0..opts.rounds {
         for (proxy, f) in &mut figures {
-            let r = bench.start(*proxy, false)?;
-            let (rps, cpu, errors, slept) = bench.closed_loop(&r)?;
-            f.sleeps.push(slept);
-            eprintln!(
-                "round {} {:>8}: {rps:>8.0} req/s, {cpu:>6.2} µs CPU/request, errors {errors}",
-                round + 1,
-                proxy.name()
-            );
-            f.rps.push(rps);
-            f.cpu_us.push(cpu);
-            f.closed_errors += errors;
-            let r = bench.start(*proxy, false)?;
-            let (rps, cpu, errors, slept) = bench.closed_loop_wrk(&r)?;
-            f.wrk_sleeps.push(slept);
-            eprintln!(
-                "round {} {:>8}: {rps:>8.0} req/s, {cpu:>6.2} µs CPU/request (wrk), errors {errors}",
-                round + 1,
-                proxy.name()
-            );
-            f.wrk_rps.push(rps);
-            f.wrk_cpu_us.push(cpu);
-            f.closed_errors += errors;
+            for wrk in [false, true] {
+                let r = bench.start(*proxy, false)?;
+                let (rps, cpu, errors, slept) =
+                    if wrk { bench.closed_loop_wrk(&r)? } else { bench.closed_loop(&r)? };
+                eprintln!(
+                    "round {} {:>8}: {rps:>8.0} req/s, {cpu:>6.2} µs CPU/request{}, errors {errors}",
+                    round + 1,
+                    proxy.name(),
+                    if wrk { " (wrk)" } else { "" }
+                );
+                let (rps_v, cpu_v, sleeps_v) = if wrk {
+                    (&mut f.wrk_rps, &mut f.wrk_cpu_us, &mut f.wrk_sleeps)
+                } else {
+                    (&mut f.rps, &mut f.cpu_us, &mut f.sleeps)
+                };
+                rps_v.push(rps);
+                cpu_v.push(cpu);
+                sleeps_v.push(slept);
+                f.closed_errors += errors;
+            }
         }
     }
     let nginx_rps = median(&figures[0].1.rps);

@@ -134,16 +134,8 @@ fn field(path: &str, reason: String) -> Problem {
 /// Gateway API `Hostname`: RFC 1123 name, optionally with a leading `*.` label, no IP address.
 pub(crate) fn hostname(h: &str) -> Result<(), String> {
     let rest = h.strip_prefix("*.").unwrap_or(h);
-    let labels_ok = !rest.is_empty()
-        && h.len() <= 253
-        && rest.split('.').all(|l| {
-            let b = l.as_bytes();
-            !b.is_empty()
-                && b.len() <= 63
-                && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-                && b[0] != b'-'
-                && b[b.len() - 1] != b'-'
-        });
+    let labels_ok =
+        !rest.is_empty() && h.len() <= 253 && rest.split('.').all(table::wire::is_dns_label);
     if !labels_ok {
         return Err(format!("{h:?} is not a lower-case hostname (optionally with a leading *.)"));
     }
