@@ -14,6 +14,8 @@ use std::io;
 use std::rc::Rc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+
 use crate::http1::body::BodyError;
 use crate::http1::parse::Reject;
 use crate::timer::{Deadline, Wheel};
@@ -181,18 +183,22 @@ impl Refusal {
 /// Runs an I/O future under the connection's deadline armed for `limit`, turning its failure
 /// or the deadline into a [`ProxyError`] on `side` in `phase`. The one way timed I/O of an
 /// exchange reports errors.
-pub(crate) async fn timed<T>(
-    wheel: &Wheel,
-    deadline: &Rc<Deadline>,
+///
+/// A plain function returning the timer's future mapped, not an `async fn`: an `async fn`
+/// would hold `fut` twice in its state (argument and pinned local), and the I/O futures it
+/// wraps are the largest part of an exchange's state.
+pub(crate) fn timed<'a, T: 'a>(
+    wheel: &'a Wheel,
+    deadline: &'a Rc<Deadline>,
     limit: Duration,
     (side, phase): (Side, Phase),
-    fut: impl Future<Output = io::Result<T>>,
-) -> Result<T, ProxyError> {
-    match wheel.timeout(deadline, limit, fut).await {
+    fut: impl Future<Output = io::Result<T>> + 'a,
+) -> impl Future<Output = Result<T, ProxyError>> + 'a {
+    wheel.timeout(deadline, limit, fut).map(move |r| match r {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(ProxyError::io(side, phase, &e)),
         Err(_) => Err(ProxyError::new(side, phase, Cause::Timeout)),
-    }
+    })
 }
 
 impl fmt::Display for ProxyError {

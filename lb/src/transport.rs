@@ -39,10 +39,14 @@ impl Transport {
         }
     }
 
-    /// Writes all of `out` and clears it (keeping its allocation).
-    pub(crate) async fn write(&self, out: &mut Vec<u8>) -> io::Result<()> {
+    /// Writes all of `out` and clears it (keeping its allocation). Returns the write itself
+    /// (no `async` wrapper holding it a second time).
+    pub(crate) fn write<'a>(
+        &'a self,
+        out: &'a mut Vec<u8>,
+    ) -> impl Future<Output = io::Result<()>> + 'a {
         match self {
-            Transport::Plain(s) => write_out(s, out).await,
+            Transport::Plain(s) => write_out(s, out),
         }
     }
 
