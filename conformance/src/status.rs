@@ -172,6 +172,43 @@ pub fn check(dir: &Path, e: &Value) -> Result<(), String> {
                 Err(format!("expected condition {want}, got {}", describe(&have)))
             }
         }
+        // The route's status lists exactly these parents (any order): each with the same
+        // parentRef (group, kind, name, namespace — which must be written out when
+        // `namespace_required`), our controller name, and each expected condition.
+        "HTTPRouteMustHaveParents" => {
+            let st = route()?;
+            let have: Vec<&Value> = st
+                .pointer("/status/parents")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().collect())
+                .unwrap_or_default();
+            let want: Vec<&Value> = e
+                .get("parents")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().collect())
+                .unwrap_or_default();
+            let namespace_required =
+                e.get("namespace_required").and_then(Value::as_bool).unwrap_or(false);
+            let (route_ns, _) = object_ref(s("route"));
+            if have.len() != want.len() {
+                return Err(format!(
+                    "expected {} parent(s), got {}: {}",
+                    want.len(),
+                    have.len(),
+                    st["status"]["parents"]
+                ));
+            }
+            for w in &want {
+                let found = have.iter().any(|h| same_parent(h, w, &route_ns, namespace_required));
+                if !found {
+                    return Err(format!(
+                        "no parent status matching {w}; have {}",
+                        st["status"]["parents"]
+                    ));
+                }
+            }
+            Ok(())
+        }
         "HTTPRouteMustHaveNoAcceptedParents" => {
             let (ns, n) = object_ref(s("route"));
             let Some(st) = read(dir, "httproute", &ns, &n) else { return Ok(()) };
@@ -372,10 +409,67 @@ fn listener<'a>(g: &'a Value, name: &str) -> Result<&'a Value, String> {
         .ok_or_else(|| format!("no status for listener {name}"))
 }
 
+/// Whether a route status parent `have` is the expected `want` (vector keys are the Go field
+/// names: `Group`, `Kind`, `Name`, `Namespace`; `controllerName` "(suite controller)" is ours).
+fn same_parent(have: &Value, want: &Value, route_ns: &str, namespace_required: bool) -> bool {
+    let h = |k: &str| have.get("parentRef").and_then(|r| r.get(k)).and_then(Value::as_str);
+    let w = |k: &str| want.get("parentRef").and_then(|r| r.get(k)).and_then(Value::as_str);
+    let group = h("group").unwrap_or("gateway.networking.k8s.io");
+    let kind = h("kind").unwrap_or("Gateway");
+    let namespace = match h("namespace") {
+        Some(ns) => ns,
+        None if namespace_required => return false,
+        None => route_ns,
+    };
+    let controller = match want.get("controllerName").and_then(Value::as_str) {
+        Some("(suite controller)") | None => crate::CONTROLLER,
+        Some(c) => c,
+    };
+    let conds = conditions(have.get("conditions"));
+    w("Group").is_none_or(|g| g == group)
+        && w("Kind").is_none_or(|k| k == kind)
+        && w("Name") == h("name")
+        && w("Namespace").is_none_or(|n| n == namespace)
+        && have.get("controllerName").and_then(Value::as_str) == Some(controller)
+        && conditions(want.get("conditions")).iter().all(|c| has_condition(&conds, c))
+}
+
 fn parent_for<'a>(st: &'a Value, gns: &str, gname: &str, route_ns: &str) -> Option<&'a Value> {
     st.pointer("/status/parents").and_then(Value::as_array)?.iter().find(|p| {
         let r = p.get("parentRef");
         let f = |k: &str| r.and_then(|r| r.get(k)).and_then(Value::as_str);
         f("name") == Some(gname) && f("namespace").unwrap_or(route_ns) == gns
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn route_parents_compare_as_a_set_with_namespaces_when_required() {
+        let have = json!({
+            "parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw", "namespace": "infra"},
+            "controllerName": crate::CONTROLLER,
+            "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted"}]
+        });
+        let want = json!({
+            "parentRef": {"Group": "gateway.networking.k8s.io", "Kind": "Gateway", "Name": "gw", "Namespace": "infra"},
+            "controllerName": "(suite controller)",
+            "conditions": [{"type": "Accepted", "status": "True", "reason": "(any)"}]
+        });
+        assert!(same_parent(&have, &want, "apps", true));
+        let mut implicit = have.clone();
+        implicit["parentRef"].as_object_mut().unwrap().remove("namespace");
+        assert!(!same_parent(&implicit, &want, "infra", true), "namespace must be written out");
+        assert!(same_parent(&implicit, &want, "infra", false));
+        let mut refused = have.clone();
+        refused["conditions"][0]["status"] = json!("False");
+        assert!(!same_parent(&refused, &want, "apps", true));
+        let mut other = have;
+        other["controllerName"] = json!("example.com/other");
+        assert!(!same_parent(&other, &want, "apps", true));
+    }
 }
