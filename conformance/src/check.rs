@@ -19,6 +19,42 @@ const UNCHECKED: &[&str] = &[
     "invariant",
 ];
 
+/// Every expectation field this runner checks (or, for `note` and `note_unchecked`, knows to be
+/// prose). A field outside this list and [`UNCHECKED`] fails the case with the field named: a
+/// vector format that grows must never pass unchecked.
+const CHECKED: &[&str] = &[
+    "status",
+    "not_status",
+    "backend",
+    "backend_from_header",
+    "namespace",
+    "path_seen_by_backend",
+    "host_seen_by_backend",
+    "method_seen_by_backend",
+    "headers_seen_by_backend",
+    "absent_headers_seen_by_backend",
+    "response_headers",
+    "response_header_any_of",
+    "response_headers_ignore_whitespace",
+    "absent_response_headers",
+    "answered_by_gateway",
+    "redirect",
+    "repeat",
+    "mirrored_to",
+    "websocket_echo",
+    "note",
+    "note_unchecked",
+];
+
+/// The first field of `expect` the runner does not know, if any.
+pub fn unknown_field(expect: &Value) -> Option<&str> {
+    expect
+        .as_object()?
+        .keys()
+        .map(String::as_str)
+        .find(|k| !CHECKED.contains(k) && !UNCHECKED.contains(k))
+}
+
 /// `Ok` when `resp` meets `expect`; otherwise the first mismatch as "expected …, got …".
 pub fn response(
     expect: &Value,
@@ -28,6 +64,9 @@ pub fn response(
 ) -> Result<(), String> {
     if let Some(field) = UNCHECKED.iter().find(|f| expect.get(**f).is_some()) {
         return Err(format!("the runner cannot check `{field}` yet"));
+    }
+    if let Some(field) = unknown_field(expect) {
+        return Err(format!("the runner does not know the expectation field `{field}`"));
     }
     if let Some(not) = expect.get("not_status").and_then(Value::as_u64) {
         if u64::from(resp.status) == not {
@@ -241,4 +280,21 @@ fn redirect_matches(
         return Err(format!("expected redirect path {want_path}, got {location}"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn an_unknown_expectation_field_is_named_not_ignored() {
+        assert_eq!(unknown_field(&json!({"status": 200, "backend": "b", "note": "x"})), None);
+        assert_eq!(
+            unknown_field(&json!({"status": 200, "trailers_seen": {}})),
+            Some("trailers_seen")
+        );
+        assert_eq!(unknown_field(&json!({"grpc_code": 0})), None, "known, reported as unchecked");
+    }
 }
