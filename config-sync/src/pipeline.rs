@@ -29,12 +29,11 @@ pub(crate) struct Pipeline {
     settings: Settings,
     /// lb's report of listeners it could not bind (`<segment>.listeners`).
     listeners: PathBuf,
-    /// The newest generation published, so a watcher of an older one can stop.
+    /// The newest generation this process published (0: none yet); watchers of older ones
+    /// stop when it moves past theirs.
     latest: Arc<AtomicU64>,
     /// The newest generation every lb core was seen to serve.
     served: Arc<AtomicU64>,
-    /// The generation this process published last (0: none yet).
-    published: u64,
 }
 
 /// How the source came by the model (for the `published` log line, which the propagation
@@ -78,7 +77,6 @@ impl Pipeline {
             listeners,
             latest: Arc::new(AtomicU64::new(0)),
             served: Arc::new(AtomicU64::new(0)),
-            published: 0,
         })
     }
 
@@ -146,7 +144,7 @@ impl Pipeline {
 
     /// Whether lb serves (on every core) what this process published last.
     pub(crate) fn served(&self) -> bool {
-        self.served.load(Ordering::Acquire) >= self.published
+        self.served.load(Ordering::Acquire) >= self.latest.load(Ordering::Acquire)
     }
 
     /// Every status as it stands (to write them all again, e.g. on becoming leader).
@@ -156,7 +154,6 @@ impl Pipeline {
 
     /// Starts the watcher that learns when lb serves `generation`.
     fn watch_applied(&mut self, generation: u64) {
-        self.published = generation;
         self.latest.fetch_max(generation, Ordering::AcqRel);
         let applied = self.publisher.applied_path().to_owned();
         let (latest, served) = (Arc::clone(&self.latest), Arc::clone(&self.served));

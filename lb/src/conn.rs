@@ -270,7 +270,7 @@ fn prepare(
     let arrived = if action.timeouts.request_ms == 0 { 0 } else { core.wheel.now() };
     let req = Summary { arrived, ..req };
     let (id, service, cursor, cors) = (forward.id, forward.service, forward.cursor, forward.cors);
-    Some(Plan::Forward { table: Rc::clone(&table), id, service, cursor, cors, req })
+    Some(Plan::Forward { table, id, service, cursor, cors, req })
 }
 
 impl Summary {

@@ -214,8 +214,7 @@ impl Exchange<'_> {
         if req.expect_continue && !body.is_done() && self.input.bytes().is_empty() && !req.http10 {
             // The client waits for permission before sending its body; we own that decision
             // (Expect is not forwarded).
-            let mut continue_100 = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
-            if self.client.write(&mut continue_100).await.is_err() {
+            if self.client.write_static(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
                 return Flow::Close;
             }
         }

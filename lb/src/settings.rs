@@ -26,6 +26,9 @@ pub mod defaults {
     pub const POOL_MAX_IDLE: usize = 128;
     /// Listen backlog.
     pub const BACKLOG: i32 = 1024;
+    /// Address bound for table ports that name none.
+    pub const BIND_ADDRESS: std::net::IpAddr =
+        std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
     /// Largest request head, bytes.
     pub const MAX_HEAD: usize = 64 * 1024;
     /// Most request field lines.
@@ -107,7 +110,7 @@ impl Default for Settings {
         Settings {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
-            bind_address: IpAddr::from([0, 0, 0, 0]),
+            bind_address: defaults::BIND_ADDRESS,
             backlog: defaults::BACKLOG,
             pool_max_idle: defaults::POOL_MAX_IDLE,
             pool_idle: defaults::POOL_IDLE,

@@ -50,6 +50,16 @@ impl Transport {
         }
     }
 
+    /// Writes a constant (an interim response), without copying it into a buffer first.
+    pub(crate) async fn write_static(&self, bytes: &'static [u8]) -> io::Result<()> {
+        match self {
+            Transport::Plain(s) => {
+                let mut w = s;
+                w.write_all(bytes).await.0
+            }
+        }
+    }
+
     /// Writes all of `out` and leaves it as it was (the bytes may be needed for a resend).
     pub(crate) async fn write_keep(&self, out: &mut Vec<u8>) -> io::Result<()> {
         match self {
@@ -62,8 +72,8 @@ impl Transport {
         }
     }
 
-    /// Reads whatever arrives next and drops it (a closing connection's lingering reads);
-    /// `false` at end of stream or on an error.
+    /// Reads whatever arrives next and drops it (a closing connection's lingering reads):
+    /// the number of bytes, or `Err` at end of stream or on an error.
     pub(crate) async fn discard(&self) -> Result<usize, ()> {
         match self {
             Transport::Plain(s) => {

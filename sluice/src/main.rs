@@ -97,7 +97,7 @@ struct LbArgs {
     #[arg(long, default_value = "all")]
     cores: String,
     /// Address to bind for Gateways that name no address.
-    #[arg(long, default_value = "0.0.0.0")]
+    #[arg(long, default_value_t = lb::defaults::BIND_ADDRESS)]
     bind_address: IpAddr,
     /// From a request's first byte to its complete head. Durations take a unit (`10s`,
     /// `500ms`, `2m`, `1h`; a bare number is seconds), from 1ms to 7d; 0 is refused (no

@@ -18,7 +18,7 @@ use crate::format::{
     ArchivedActionKind, ArchivedBackendTarget, ArchivedHeaderEdits, ArchivedHostIndex,
     ArchivedPathMatch, ArchivedPathRewrite, ArchivedTable, ArchivedValueMatch,
 };
-use crate::wire::{is_editable, is_field_value, is_token};
+use crate::wire::{is_editable, is_field_value, is_host_name, is_token};
 
 /// A table that passed validation, ready for lookups.
 pub struct Router {
@@ -222,14 +222,14 @@ fn check_indices(t: &ArchivedTable) -> Result<(), TableError> {
         if let ArchivedActionKind::Redirect { status, scheme, host, path, .. } = &action.kind {
             let status = status.to_native();
             let scheme_ok = scheme.as_ref().is_none_or(|s| matches!(s.as_str(), "http" | "https"));
-            let host_ok = host.as_ref().is_none_or(|h| host_ok(h));
+            let host_ok = host.as_ref().is_none_or(|h| is_host_name(h));
             let path_ok = path_ok(path);
             if !(300..400).contains(&status) || !scheme_ok || !host_ok || !path_ok {
                 return bad(format!("action {i}: redirect cannot be written into a Location"));
             }
         }
         let rewrite = &action.rewrite;
-        if !rewrite.host.as_ref().is_none_or(|h| host_ok(h)) || !path_ok(&rewrite.path) {
+        if !rewrite.host.as_ref().is_none_or(|h| is_host_name(h)) || !path_ok(&rewrite.path) {
             return bad(format!("action {i}: rewrite cannot be written into a request head"));
         }
         if action.mirrors.iter().any(|m| {
@@ -267,11 +267,6 @@ fn check_indices(t: &ArchivedTable) -> Result<(), TableError> {
         return bad(format!("wrr_slots {} but actions hold {wrr_total}", t.wrr_slots));
     }
     Ok(())
-}
-
-/// A host name lb may write into `Host` or `Location`.
-fn host_ok(h: &str) -> bool {
-    !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.*".contains(&b))
 }
 
 /// A path lb may write into a request line or `Location`.

@@ -126,8 +126,6 @@ pub(crate) fn decide<'t>(table: &'t CoreTable, req: &Request<'_>) -> Decision<'t
             cors::Outcome::NotCors => {}
         }
     }
-    let path = std::str::from_utf8(req.path).unwrap_or("/");
-    let query = std::str::from_utf8(req.query).unwrap_or("");
     if let ArchivedActionKind::Redirect { status, scheme, host, port, path: to_path } = &action.kind
     {
         let local_ip = req.local.ip().to_string();
@@ -138,8 +136,8 @@ pub(crate) fn decide<'t>(table: &'t CoreTable, req: &Request<'_>) -> Decision<'t
                 .filter(|h| !h.is_empty())
                 .unwrap_or(&local_ip),
             listener_port: req.local.port(),
-            path,
-            query,
+            path: std::str::from_utf8(req.path).unwrap_or("/"),
+            query: std::str::from_utf8(req.query).unwrap_or(""),
         };
         let target = redirect::Target {
             scheme: scheme.as_ref().map(|s| s.as_str()),
@@ -171,7 +169,7 @@ pub(crate) fn decide<'t>(table: &'t CoreTable, req: &Request<'_>) -> Decision<'t
         cursor,
         edits: Edits::route([Some(&action.request_headers), backend_edits]),
         host: rewrite.host.as_ref().map(|h| h.as_str()),
-        target: rewrite::target(path, query, req.normalized, &rewrite.path, matched),
+        target: rewrite::target(req.path, req.query, req.normalized, &rewrite.path, matched),
         cors,
     })
 }

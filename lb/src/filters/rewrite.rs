@@ -7,23 +7,23 @@ use table::format::{ArchivedPathMatch, ArchivedPathRewrite, ArchivedRouteMatch};
 
 /// The request target (path and query) to send upstream when it is not the client's bytes:
 /// the rewritten path, or the normalised one (`normalized`: normalisation changed it). `None`:
-/// the client's target goes as it came.
+/// the client's target goes as it came — the common case, which reads neither slice. (The
+/// parser admits only ASCII in a target, so the text conversions below never fail.)
 pub(crate) fn target(
-    path: &str,
-    query: &str,
+    path: &[u8],
+    query: &[u8],
     normalized: bool,
     rule: &ArchivedPathRewrite,
     matched: &ArchivedRouteMatch,
 ) -> Option<String> {
-    let path = match rule {
-        ArchivedPathRewrite::Keep if !normalized => return None,
-        ArchivedPathRewrite::Keep => Cow::Borrowed(path),
-        rule => rewrite_path(path, rule, matched),
-    };
-    let mut t = path.into_owned();
+    if matches!(rule, ArchivedPathRewrite::Keep) && !normalized {
+        return None;
+    }
+    let path = std::str::from_utf8(path).unwrap_or("/");
+    let mut t = rewrite_path(path, rule, matched).into_owned();
     if !query.is_empty() {
         t.push('?');
-        t.push_str(query);
+        t.push_str(std::str::from_utf8(query).unwrap_or(""));
     }
     Some(t)
 }

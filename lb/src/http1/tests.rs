@@ -17,28 +17,25 @@ fn forward(raw: &[u8]) -> String {
 fn forward_with(raw: &[u8], edits: &table::format::HeaderEdits) -> String {
     let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(edits).unwrap();
     let edits = rkyv::access::<ArchivedHeaderEdits, rkyv::rancor::Error>(&bytes).unwrap();
-    let mut fields = [httparse::EMPTY_HEADER; 64];
-    let head = parse(raw, &mut fields, &Limits::default()).unwrap().unwrap();
-    let mut out = Vec::new();
     let client = ClientIp::new("10.0.0.1".parse().unwrap(), false);
-    request_head(
-        &mut out,
-        raw,
-        &head,
-        &fields[..head.header_count],
-        &client,
-        &Edits::route([Some(edits), None]),
-        Rewritten::default(),
-    );
-    String::from_utf8(out).unwrap()
+    upstream_head(raw, client, &Edits::route([Some(edits), None]), Rewritten::default())
 }
 
 fn forward_from(raw: &[u8], client: ClientIp) -> String {
+    upstream_head(raw, client, &Edits::default(), Rewritten::default())
+}
+
+/// Parses `raw` and writes the upstream head lb sends for it.
+fn upstream_head(
+    raw: &[u8],
+    client: ClientIp,
+    edits: &Edits<'_>,
+    rewritten: Rewritten<'_>,
+) -> String {
     let mut fields = [httparse::EMPTY_HEADER; 64];
     let head = parse(raw, &mut fields, &Limits::default()).unwrap().unwrap();
     let mut out = Vec::new();
-    let fields = &fields[..head.header_count];
-    request_head(&mut out, raw, &head, fields, &client, &Edits::default(), Rewritten::default());
+    request_head(&mut out, raw, &head, &fields[..head.header_count], &client, edits, rewritten);
     String::from_utf8(out).unwrap()
 }
 
@@ -74,22 +71,11 @@ fn forwarding_fields_are_replaced_at_the_edge_and_extended_behind_trusted_proxie
 #[test]
 fn rewrite_replaces_host_and_target_but_not_forwarded_host() {
     let raw = b"GET /a?q=1 HTTP/1.1\r\nHost: client.example\r\n\r\n";
-    let mut fields = [httparse::EMPTY_HEADER; 8];
-    let head = parse(raw, &mut fields, &Limits::default()).unwrap().unwrap();
-    let mut out = Vec::new();
     let client = ClientIp::new("10.0.0.1".parse().unwrap(), false);
     let rewritten = Rewritten { host: Some(b"backend.example"), target: Some(b"/b?q=1") };
-    request_head(
-        &mut out,
-        raw,
-        &head,
-        &fields[..head.header_count],
-        &client,
-        &Edits::default(),
-        rewritten,
-    );
+    let out = upstream_head(raw, client, &Edits::default(), rewritten);
     assert_eq!(
-        String::from_utf8(out).unwrap(),
+        out,
         "GET /b?q=1 HTTP/1.1\r\nHost: backend.example\r\nX-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1;host=\"client.example\";proto=http\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: client.example\r\n\r\n"
     );
 }
