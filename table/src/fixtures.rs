@@ -84,6 +84,7 @@ pub fn sample() -> Table {
             address: None,
             port: 8080,
             listeners: HostIndex { any: Some(0), ..HostIndex::default() },
+            tls: None,
         }],
         listeners: vec![Listener {
             name: "default/gw/http".into(),
@@ -92,6 +93,7 @@ pub fn sample() -> Table {
                 wildcard: vec![entry(".example.com", 1)],
                 any: Some(2),
             },
+            certificates: Vec::new(),
         }],
         vhosts: vec![
             VirtualHost {
@@ -111,5 +113,6 @@ pub fn sample() -> Table {
         services,
         regexes: vec!["(whale|dolphin)".into(), "/img/[0-9]+\\.png".into()],
         wrr_slots: 6,
+        certificates: Vec::new(),
     }
 }

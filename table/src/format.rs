@@ -10,7 +10,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// Version of this layout. Stored in the segment header and checked by readers.
-pub const FORMAT_VERSION: u32 = 8;
+pub const FORMAT_VERSION: u32 = 9;
 
 /// One compiled generation of the whole data-plane configuration.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
@@ -32,6 +32,9 @@ pub struct Table {
     pub services: Vec<Service>,
     /// Regular expressions referenced by index, compiled once when the table is opened.
     pub regexes: Vec<String>,
+    /// Certificates with their private keys, for the listeners of TLS ports. Key material:
+    /// docs/table-format.md says who may read a table and why.
+    pub certificates: Vec<Certificate>,
     /// Total number of weighted backends over all actions: the size of each core's
     /// weighted-round-robin state. Must equal the sum, so a corrupted count cannot make a reader
     /// allocate without bound.
@@ -69,8 +72,77 @@ pub struct Port {
     pub address: Option<Address>,
     /// TCP port.
     pub port: u16,
-    /// Picks a listener by the request's Host (Gateway API listener isolation).
+    /// Picks a listener by the request's Host (Gateway API listener isolation), and on a TLS
+    /// port by the ClientHello's server name too.
     pub listeners: HostIndex,
+    /// `Some`: the port terminates TLS (HTTPS listeners).
+    pub tls: Option<PortTls>,
+}
+
+/// How a TLS port handshakes.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct PortTls {
+    /// Client certificate validation (Gateway `spec.tls.frontend`); `None`: no client
+    /// certificate is asked for.
+    pub client: Option<ClientValidation>,
+}
+
+/// Frontend client-certificate validation of one port.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct ClientValidation {
+    /// Trusted CA certificates, DER.
+    pub roots: Vec<Vec<u8>>,
+    /// `AllowInsecureFallback`: a client without a valid certificate is still served (its
+    /// certificate, if any, is not passed on); otherwise the handshake fails.
+    pub insecure_fallback: bool,
+}
+
+/// A certificate chain and its private key (from a `kubernetes.io/tls` Secret).
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq)]
+pub struct Certificate {
+    /// `namespace/name` of the Secret, for logs.
+    pub name: String,
+    /// The chain, leaf first, DER.
+    pub chain: Vec<Vec<u8>>,
+    /// The private key, DER, in the form `key_format` names.
+    pub key: Vec<u8>,
+    /// Encoding of `key`.
+    pub key_format: KeyFormat,
+}
+
+impl std::fmt::Debug for Certificate {
+    // Never the key: tables are logged and dumped in tests and tools.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate")
+            .field("name", &self.name)
+            .field("chain", &self.chain.len())
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ArchivedCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate")
+            .field("name", &self.name.as_str())
+            .field("chain", &self.chain.len())
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Private key encodings.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum KeyFormat {
+    /// PKCS#8 `PrivateKeyInfo`.
+    Pkcs8,
+    /// PKCS#1 `RSAPrivateKey`.
+    Pkcs1,
+    /// SEC1 `ECPrivateKey`.
+    Sec1,
 }
 
 /// Host → target lookup with the Gateway API's precedence: exact name, then the longest
@@ -106,6 +178,10 @@ pub struct Listener {
     pub name: String,
     /// Picks the virtual host by Host.
     pub vhosts: HostIndex,
+    /// Indices into [`Table::certificates`] (on a TLS port; one per key type at most, the
+    /// handshake picks by the client's signature schemes). Empty on a TLS port: a handshake
+    /// for this listener's names fails.
+    pub certificates: Vec<u32>,
 }
 
 /// The ordered rules for one effective hostname of a listener.

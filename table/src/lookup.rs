@@ -105,6 +105,15 @@ impl Router {
         fallback
     }
 
+    /// The listener of `port` that `host` (lower-case, without port; empty: none) selects:
+    /// exact name, longest wildcard, else the listener without hostname. The same choice picks
+    /// a TLS port's certificate by server name and a request's listener by Host, so a request
+    /// whose Host selects another listener than its connection's server name did is
+    /// misdirected (421).
+    pub fn listener_for(&self, port: &ArchivedPort, host: &[u8]) -> Option<u32> {
+        find_host(&port.listeners, host)
+    }
+
     /// Finds the rule for `req` arriving on `port`.
     pub fn route<'t, H: Headers + ?Sized>(
         &'t self,

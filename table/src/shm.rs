@@ -55,6 +55,9 @@ pub const SEGMENT_VERSION: u32 = 1;
 pub const APPLIED_MAGIC: u64 = u64::from_le_bytes(*b"SLUICEak");
 /// Most cores the applied file has room for.
 pub const MAX_CORES: usize = 256;
+/// Permissions of the segment, the applied file and the lock: a table carries private keys
+/// (docs/table-format.md, "Key material").
+pub const FILE_MODE: u32 = 0o600;
 /// Largest table a reader accepts, so a corrupted length cannot make it allocate without bound.
 pub const MAX_TABLE_BYTES: u64 = 1 << 30;
 
@@ -93,6 +96,9 @@ pub enum ReadError {
     /// I/O on the segment file failed.
     #[error("segment I/O: {0}")]
     Io(#[from] io::Error),
+    /// Others than the owner may read or write the segment (it carries private keys).
+    #[error("{0}")]
+    Exposed(String),
     /// The header is not a Sluice segment of a version this reader knows.
     #[error("segment header: {0}")]
     Header(String),
@@ -232,7 +238,7 @@ impl SegmentWriter {
     /// counting up across restarts and readers keep their file.
     pub fn open(path: &Path) -> io::Result<SegmentWriter> {
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
+            create_private_dir(dir)?;
         }
         let lock = lock_exclusive(&sibling(path, ".lock"), path)?;
         if let Ok(file) = OpenOptions::new().read(true).write(true).open(path)
@@ -240,6 +246,11 @@ impl SegmentWriter {
             && header.check().is_ok()
         {
             let meta = file.metadata()?;
+            if meta.mode() & 0o077 != 0 {
+                // A segment from before tables carried keys: readers now refuse it as it is.
+                use std::os::unix::fs::PermissionsExt;
+                file.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
+            }
             let map = MmapOptions::new().len(PAGE as usize).map_raw(&file)?;
             let generation = header.u64(at::GENERATION);
             let writer = SegmentWriter {
@@ -390,6 +401,7 @@ impl SegmentReader {
     pub fn open(path: &Path) -> Result<SegmentReader, ReadError> {
         let file = File::open(path)?;
         let meta = file.metadata()?;
+        check_private(path, &meta)?;
         if meta.len() < PAGE {
             return Err(ReadError::Header(format!("{} is shorter than a header", path.display())));
         }
@@ -436,6 +448,8 @@ impl SegmentReader {
 
     /// Copies the published table out of the segment. `Ok(None)` when nothing is published.
     pub fn read(&self) -> Result<Option<Snapshot>, ReadError> {
+        // Checked at every intake too: a chmod after lb opened the file counts.
+        check_private(&self.path, &self.file.metadata()?)?;
         for _ in 0..READ_ATTEMPTS {
             let h = Header::read(&self.file)?;
             h.check()?;
@@ -536,7 +550,7 @@ impl AppliedWriter {
         };
         let tmp = sibling(path, &format!(".tmp.{}", std::process::id()));
         let file =
-            OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
+            OpenOptions::new().write(true).create(true).truncate(true).mode(FILE_MODE).open(&tmp)?;
         file.write_all_at(&writer.page(), 0)?;
         fs::rename(&tmp, path)?;
         Ok(writer)
@@ -601,7 +615,7 @@ impl AppliedWriter {
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o644)
+            .mode(FILE_MODE)
             .open(&self.path)?;
         if file.metadata()?.len() < PAGE {
             file.set_len(PAGE)?;
@@ -746,7 +760,7 @@ fn fresh_segment(path: &Path) -> io::Result<(File, MmapRaw, (u64, u64))> {
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o644)
+        .mode(FILE_MODE)
         .open(&tmp)?;
     file.set_len(PAGE)?;
     let mut h = [0u8; at::HEADER_LEN];
@@ -759,6 +773,28 @@ fn fresh_segment(path: &Path) -> io::Result<(File, MmapRaw, (u64, u64))> {
     let meta = file.metadata()?;
     fs::rename(&tmp, path)?;
     Ok((file, map, (meta.dev(), meta.ino())))
+}
+
+/// Refuses a segment that anyone but its owner may read or write: it carries private keys, and
+/// a file others can write is a table anyone could have published.
+fn check_private(path: &Path, meta: &fs::Metadata) -> Result<(), ReadError> {
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    Err(ReadError::Exposed(format!(
+        "{} has mode {mode:03o}: a table carries private keys, so lb reads only a segment its owner alone can read and write (0600, as config-sync creates it)",
+        path.display()
+    )))
+}
+
+/// Creates `dir` (and its parents) if missing; a directory this creates is 0700.
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -779,7 +815,7 @@ fn lock_exclusive(lock: &Path, segment: &Path) -> io::Result<File> {
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o644)
+        .mode(FILE_MODE)
         .open(lock)?;
     // SAFETY: flock on a valid descriptor we own; no memory is passed.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -875,6 +911,30 @@ mod tests {
     }
 
     #[test]
+    fn segment_is_private_and_an_exposed_one_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = temp_path("mode");
+        let mut w = SegmentWriter::open(&path).unwrap();
+        w.publish(1, b"one").unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        let r = SegmentReader::open(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = r.read().unwrap_err();
+        assert!(matches!(err, ReadError::Exposed(_)), "{err}");
+        assert!(err.to_string().contains("mode 644"), "{err}");
+        assert!(matches!(SegmentReader::open(&path), Err(ReadError::Exposed(_))));
+        // The writer puts it right when it opens the file again.
+        drop(w);
+        let _w = SegmentWriter::open(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert!(SegmentReader::open(&path).unwrap().read().unwrap().is_some());
+        let applied = applied_path(&path);
+        let _a = AppliedWriter::create(&applied, 2).unwrap();
+        assert_eq!(mode(&applied), 0o600);
+    }
+
+    #[test]
     fn second_writer_is_refused() {
         let path = temp_path("lock");
         let _w = SegmentWriter::open(&path).unwrap();
@@ -898,6 +958,8 @@ mod tests {
         let path = temp_path("foreign");
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(&path, vec![0u8; 8192]).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(SegmentReader::open(&path), Err(ReadError::Header(_))));
         // The writer replaces it with a fresh segment.
         let w = SegmentWriter::open(&path).unwrap();

@@ -7,7 +7,7 @@
 //! own. Bytes come from shared memory, which we treat as untrusted: any failure is an error
 //! value, never a panic.
 
-#![allow(unsafe_code, reason = "one access_unchecked of an archive validated in `open`")]
+#![allow(unsafe_code, reason = "access_unchecked of an archive validated in `open`; volatile key zeroing")]
 
 use std::collections::HashMap;
 
@@ -134,6 +134,30 @@ impl Router {
     }
 }
 
+impl Drop for Router {
+    /// Zeroes the private keys in the table's bytes, so a dropped generation does not leave
+    /// them in freed memory (the TLS library's parsed copies are its own to clear: aws-lc
+    /// cleanses a key when it is freed).
+    fn drop(&mut self) {
+        let base = self.bytes.as_ptr() as usize;
+        let ranges: Vec<(usize, usize)> = self
+            .table()
+            .certificates
+            .iter()
+            .map(|c| (c.key.as_ptr() as usize - base, c.key.len()))
+            .collect();
+        let bytes = self.bytes.as_mut_slice();
+        for (start, len) in ranges {
+            for b in bytes.iter_mut().skip(start).take(len) {
+                // SAFETY: `b` is a valid, aligned, exclusive reference into our own buffer;
+                // a volatile store is not elided although the buffer is freed next.
+                unsafe { std::ptr::write_volatile(b, 0) };
+            }
+        }
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Router")
@@ -175,6 +199,18 @@ fn check_indices(t: &ArchivedTable) -> Result<(), TableError> {
     for (i, listener) in t.listeners.iter().enumerate() {
         check_host_index(&listener.vhosts, vhosts)
             .map_err(|e| incons(format!("listener {i}: {e}")))?;
+        if let Some(c) =
+            listener.certificates.iter().find(|c| c.to_native() as usize >= t.certificates.len())
+        {
+            return bad(format!("listener {i}: certificate {c} out of range"));
+        }
+    }
+    for (i, cert) in t.certificates.iter().enumerate() {
+        // Whether the DER parses is the TLS library's check when lb loads the key; here only
+        // what every reader relies on.
+        if cert.chain.is_empty() || cert.key.is_empty() {
+            return bad(format!("certificate {i}: empty chain or key"));
+        }
     }
     for (i, vhost) in t.vhosts.iter().enumerate() {
         if let Some(fallback) = vhost.fallback.as_ref() {

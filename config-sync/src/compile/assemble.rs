@@ -245,7 +245,11 @@ impl<'m> Compiler<'m> {
             let listener_index = table.listeners.len() as u32;
             let vhosts =
                 build_vhosts(std::mem::take(&mut l.vhosts), &mut table.vhosts, &mut table.matches);
-            table.listeners.push(t::Listener { name: format!("{}/{}", l.gateway, l.name), vhosts });
+            table.listeners.push(t::Listener {
+                name: format!("{}/{}", l.gateway, l.name),
+                vhosts,
+                certificates: Vec::new(),
+            });
             for a in &l.addresses {
                 let index = ports.entry((l.port, a.map(t::Address::from))).or_default();
                 match l.hostname {
@@ -256,7 +260,7 @@ impl<'m> Compiler<'m> {
         }
         for ((port, address), mut listeners) in ports {
             sort_host_index(&mut listeners);
-            table.ports.push(t::Port { address, port, listeners });
+            table.ports.push(t::Port { address, port, listeners, tls: None });
         }
         let mut wrr = 0u32;
         for a in &mut self.actions {
