@@ -11,9 +11,11 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use compio::net::TcpStream;
+use rustls::ServerConfig;
 use table::lookup::{MAX_HOST, normalize_host};
 use table::{ActionId, Headers, ServiceId};
 use tracing::debug;
@@ -28,6 +30,7 @@ use crate::http1::request::{self, ClientIp, Rewritten};
 use crate::io::InBuf;
 use crate::proxy::{Exchange, Flow, Summary};
 use crate::timer::{Deadline, Elapsed};
+use crate::tls::{self, TlsStream};
 use crate::transport::Transport;
 use crate::upstream::CoreTable;
 
@@ -40,10 +43,23 @@ const LINGER_BYTES: usize = 256 * 1024;
 pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
     let _counted = Counted::new(&core);
     let Ok(local) = stream.local_addr() else { return };
-    let transport = Transport::Plain(stream);
     let deadline = Rc::new(Deadline::default());
-    let client = ClientIp::new(peer.ip(), core.settings.trusted_hops > 0);
     let mut input = InBuf::Empty;
+    let transport = match tls_config(&core, local) {
+        None => Transport::Plain(stream),
+        Some(config) => {
+            let tls = Box::pin(handshake(&core, stream, config, peer, &deadline, &mut input));
+            match tls.await {
+                Some(t) => t,
+                None => {
+                    input.release(&core.spare);
+                    return;
+                }
+            }
+        }
+    };
+    let client = ClientIp::new(peer.ip(), core.settings.trusted_hops > 0)
+        .over_tls(transport.server_name().is_some());
     let keep_alive = core.settings.timeouts.keep_alive;
     let mut linger_after = false;
     loop {
@@ -72,6 +88,66 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
     input.release(&core.spare);
     if linger_after {
         Box::pin(linger(&core, &transport, &deadline)).await;
+    }
+}
+
+/// `Some` when the port a connection was accepted on terminates TLS, with its server config
+/// (`Some(None)`: a TLS port whose configuration could not be built; [`handshake`] closes its
+/// connections). `None`: plain.
+fn tls_config(core: &Core, local: SocketAddr) -> Option<Option<Arc<ServerConfig>>> {
+    let table = core.table()?;
+    let index = table.router.port_index(local.ip(), local.port())?;
+    table.router.table().ports.get(index)?.tls.as_ref()?;
+    Some(table.tls.config(index).cloned())
+}
+
+/// Runs the TLS handshake under the handshake timeout and the core's cap on handshakes in
+/// flight. `None`: the connection is to be closed (refused, failed, timed out — each a debug
+/// line, never more: a scan must not flood the log).
+async fn handshake(
+    core: &Core,
+    stream: TcpStream,
+    config: Option<Arc<ServerConfig>>,
+    peer: SocketAddr,
+    deadline: &Rc<Deadline>,
+    input: &mut InBuf,
+) -> Option<Transport> {
+    let Some(config) = config else {
+        debug!(%peer, "TLS port without a usable configuration; connection closed");
+        return None;
+    };
+    if core.handshakes.get() >= core.settings.max_handshakes {
+        debug!(%peer, limit = core.settings.max_handshakes, "TLS handshakes at the limit; connection closed");
+        return None;
+    }
+    let _in_flight = InFlight::new(&core.handshakes);
+    let accept = TlsStream::accept(stream, config, Rc::clone(&core.spare), input);
+    match core.wheel.timeout(deadline, core.settings.timeouts.handshake, accept).await {
+        Ok(Ok(stream)) => Some(Transport::Tls(Box::new(stream))),
+        Ok(Err(e)) => {
+            tls::handshake_failed(peer, &e);
+            None
+        }
+        Err(Elapsed) => {
+            debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Counts one unit in `cell` for as long as it lives.
+struct InFlight<'a>(&'a std::cell::Cell<usize>);
+
+impl<'a> InFlight<'a> {
+    fn new(cell: &'a std::cell::Cell<usize>) -> InFlight<'a> {
+        cell.set(cell.get() + 1);
+        InFlight(cell)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
     }
 }
 
@@ -149,7 +225,8 @@ async fn exchange(
     let mut out = core.spare.take();
     let plan = loop {
         out.clear();
-        if let Some(plan) = prepare(core, input.bytes(), client, local, &mut out) {
+        let on = Accepted { client, local, server_name: transport.server_name() };
+        if let Some(plan) = prepare(core, input.bytes(), &on, &mut out) {
             break plan;
         }
         match core.wheel.race(deadline, transport.read(input, &core.spare)).await {
@@ -184,6 +261,17 @@ async fn exchange(
     flow
 }
 
+/// The connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+struct Accepted<'a> {
+    /// The client's address, formatted.
+    client: &'a ClientIp,
+    /// Where it was accepted.
+    local: SocketAddr,
+    /// On TLS: the server name the client asked for (empty: none).
+    server_name: Option<&'a [u8]>,
+}
+
 /// The parsed request's fields, as routing and filters read them (in place, no map built).
 #[derive(Debug)]
 struct FieldHeaders<'a, 'b>(&'a [httparse::Header<'b>]);
@@ -197,13 +285,8 @@ impl Headers for FieldHeaders<'_, '_> {
 /// Parses the request at the start of `buf` and asks the exchange what to do with it. `None`:
 /// the head is incomplete. For [`Plan::Forward`], the upstream head has been written to `out`
 /// (and mirror copies sent).
-fn prepare(
-    core: &Core,
-    buf: &[u8],
-    client: &ClientIp,
-    local: SocketAddr,
-    out: &mut Vec<u8>,
-) -> Option<Plan> {
+fn prepare(core: &Core, buf: &[u8], on: &Accepted<'_>, out: &mut Vec<u8>) -> Option<Plan> {
+    let Accepted { client, local, server_name } = *on;
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let head = match parse::parse(buf, &mut fields, &core.settings.limits) {
         Ok(Some(h)) => h,
@@ -235,7 +318,8 @@ fn prepare(
     let changed = exchange::path::normalize_path(raw_path, &mut normalized);
     let request = Request {
         method: &buf[head.method.clone()],
-        scheme: "http",
+        scheme: if server_name.is_some() { "https" } else { "http" },
+        server_name,
         authority: host,
         path: if changed { &normalized } else { raw_path },
         normalized: changed,

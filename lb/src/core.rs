@@ -22,8 +22,9 @@ pub struct Core {
     pub(crate) settings: Arc<Settings>,
     /// Timer wheel.
     pub(crate) wheel: Rc<Wheel>,
-    /// Heap buffer free list.
-    pub(crate) spare: Spare,
+    /// Heap buffer free list (shared with this core's TLS connections, which take their
+    /// output buffers from it).
+    pub(crate) spare: Rc<Spare>,
     /// Idle upstream connections.
     pub(crate) pool: RefCell<Pool>,
     /// Request mirroring (copies in flight, sampling).
@@ -32,6 +33,8 @@ pub struct Core {
     pub(crate) busy: Cell<usize>,
     /// Client connections open on this core.
     pub(crate) conns: Cell<usize>,
+    /// TLS handshakes in progress on this core (`--max-handshakes` caps them).
+    pub(crate) handshakes: Cell<usize>,
     /// The most it accepts: its share of `--max-connections`.
     pub(crate) max_conns: usize,
     /// Wheel tick of the last "connection limit reached" log line (0: never).
@@ -48,11 +51,12 @@ impl Core {
         let idle_ticks = (settings.pool_idle.as_millis() / 10) as u64;
         Core {
             id,
-            spare: Spare::new(&settings.buffers),
+            spare: Rc::new(Spare::new(&settings.buffers)),
             pool: RefCell::new(Pool::new(settings.pool_max_idle, idle_ticks)),
             mirrors: Mirrors::new(id),
             busy: Cell::new(0),
             conns: Cell::new(0),
+            handshakes: Cell::new(0),
             max_conns,
             full_logged: Cell::new(0),
             draining: Cell::new(false),

@@ -166,6 +166,9 @@ pub(crate) enum Refusal {
     Status(u16),
     /// A CORS preflight from an origin the policy does not allow.
     CorsOrigin,
+    /// On TLS: the Host selects another listener than the server name the connection's
+    /// certificate was chosen for.
+    Misdirected,
 }
 
 impl Refusal {
@@ -176,6 +179,7 @@ impl Refusal {
             Refusal::NoRoute => 404,
             Refusal::Status(s) => s,
             Refusal::CorsOrigin => 403,
+            Refusal::Misdirected => 421,
         }
     }
 }

@@ -191,6 +191,39 @@ impl InBuf {
         }
     }
 
+    /// Unconsumed bytes, writable (TLS records are decrypted in place).
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            InBuf::Empty => &mut [],
+            InBuf::Ring { buf, start } => buf.get_mut(*start..).unwrap_or(&mut []),
+            InBuf::Heap { buf, start } => buf.get_mut(*start..).unwrap_or(&mut []),
+        }
+    }
+
+    /// Appends `bytes` after the unconsumed ones (decrypted TLS records), in a heap buffer
+    /// from `spare`.
+    pub(crate) fn append(&mut self, bytes: &[u8], spare: &Spare) {
+        let mut heap = match std::mem::take(self) {
+            InBuf::Heap { mut buf, start } => {
+                buf.drain(..start);
+                buf
+            }
+            InBuf::Ring { buf, start } => {
+                let mut heap = spare.take();
+                heap.extend_from_slice(buf.get(start..).unwrap_or(&[]));
+                heap
+            }
+            InBuf::Empty => spare.take(),
+        };
+        heap.extend_from_slice(bytes);
+        *self = if heap.is_empty() {
+            spare.give(heap);
+            InBuf::Empty
+        } else {
+            InBuf::Heap { buf: heap, start: 0 }
+        };
+    }
+
     /// Marks `n` bytes consumed; an emptied buffer goes back (to the ring or `spare`).
     pub(crate) fn consume(&mut self, n: usize, spare: &Spare) {
         let empty = match self {

@@ -21,6 +21,7 @@ mod settings;
 mod io;
 mod timer;
 mod transport;
+mod tls;
 mod listener;
 pub mod conn;
 pub mod http1;
@@ -42,7 +43,6 @@ use std::time::Duration;
 
 use futures_channel::mpsc::{UnboundedReceiver, unbounded};
 use futures_util::StreamExt;
-use table::Router;
 use table::shm::{AppliedWriter, applied_path};
 use tracing::{error, info, warn};
 
@@ -133,7 +133,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     let (started_tx, started_rx) = std::sync::mpsc::channel::<Result<(), std::io::Error>>();
     let mut threads = Vec::new();
     for (index, &cpu) in config.cpus.iter().enumerate() {
-        let (tx, rx) = unbounded::<Arc<Router>>();
+        let (tx, rx) = unbounded::<tables::Generation>();
         senders.push(tx);
         let settings = Arc::clone(&settings);
         let applied = Arc::clone(&applied);
@@ -175,7 +175,9 @@ pub fn run(config: Config) -> Result<(), Error> {
         }
     }
     info!(cores = config.cpus.len(), segment = %config.table.display(), "lb started; waiting for a table");
-    tables::spawn_watcher(config.table, senders, Arc::clone(&applied)).map_err(Error::Thread)?;
+    let tls = tls::Shared::new().map_err(|e| Error::Thread(std::io::Error::other(e)))?;
+    tables::spawn_watcher(config.table, senders, Arc::clone(&applied), tls)
+        .map_err(Error::Thread)?;
     while !shutdown.draining.load(Ordering::Relaxed) {
         if threads.iter().any(std::thread::JoinHandle::is_finished) {
             error!("a core thread ended unexpectedly; exiting");
@@ -238,14 +240,14 @@ fn drain(shutdown: &Shutdown, limit: Duration) {
 /// reports the generation. Requests run in their own tasks meanwhile.
 async fn core_main(
     core: Rc<core::Core>,
-    mut tables: UnboundedReceiver<Arc<Router>>,
+    mut tables: UnboundedReceiver<tables::Generation>,
     applied: Arc<AppliedWriter>,
     shutdown: Arc<Shutdown>,
     listeners_of: PathBuf,
 ) {
     compio::runtime::spawn(Rc::clone(&core.wheel).run()).detach();
     let listeners = listener::Listeners::default();
-    let mut current: Option<Arc<Router>> = None;
+    let mut current: Option<tables::Generation> = None;
     let mut bind_failed = false;
     let mut reported: Option<std::collections::BTreeMap<table::shm::BindKey, String>> = None;
     let mut idle_ticks: u64 = 0;
@@ -279,14 +281,16 @@ async fn core_main(
                 current.clone()
             }
         };
-        let Some(mut router) = next else { return };
+        let Some(mut next) = next else { return };
         // Several tables queued: only the newest matters.
         while let Ok(newer) = tables.try_recv() {
-            router = newer;
+            next = newer;
         }
+        let router = Arc::clone(&next.router);
         let generation = router.generation();
-        if current.as_ref().is_none_or(|c| !Arc::ptr_eq(c, &router)) {
-            core.swap(Rc::new(upstream::CoreTable::new(Arc::clone(&router))));
+        if current.as_ref().is_none_or(|c| !Arc::ptr_eq(&c.router, &router)) {
+            let tls = Arc::clone(&next.tls);
+            core.swap(Rc::new(upstream::CoreTable::new(Arc::clone(&router), tls)));
             let table = router.table();
             let now = core.wheel.now();
             core.pool.borrow_mut().prune(now, |addr| {
@@ -306,7 +310,7 @@ async fn core_main(
         if core.id == 0 {
             info!(generation, "serving table");
         }
-        current = Some(router);
+        current = Some(next);
     }
 }
 

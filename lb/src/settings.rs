@@ -45,6 +45,11 @@ pub mod defaults {
     pub const SPARE_BUFFERS: usize = 256;
     /// Largest heap buffer kept for reuse.
     pub const SPARE_CAPACITY: usize = 72 * 1024;
+    /// A TLS handshake, from accept to the client's Finished.
+    pub const HANDSHAKE: Duration = Duration::from_secs(10);
+    /// TLS handshakes in progress per core; connections beyond are closed at once, so a
+    /// handshake flood costs bounded CPU and memory.
+    pub const MAX_HANDSHAKES: usize = 256;
     /// After SIGTERM: how long requests in flight get to finish.
     pub const DRAIN: Duration = Duration::from_secs(30);
 }
@@ -64,6 +69,8 @@ pub struct Timeouts {
     pub body: Duration,
     /// An upgraded connection (WebSocket, after a 101) in which neither side sent a byte.
     pub tunnel: Duration,
+    /// A TLS handshake, from accept to the client's Finished.
+    pub handshake: Duration,
 }
 
 impl Default for Timeouts {
@@ -75,6 +82,7 @@ impl Default for Timeouts {
             upstream: defaults::UPSTREAM,
             body: defaults::BODY,
             tunnel: defaults::TUNNEL,
+            handshake: defaults::HANDSHAKE,
         }
     }
 }
@@ -103,6 +111,8 @@ pub struct Settings {
     /// Most client connections of the process (`None`: derived from the descriptor limit,
     /// [`crate::io::max_connections`]).
     pub max_connections: Option<usize>,
+    /// TLS handshakes in progress per core.
+    pub max_handshakes: usize,
 }
 
 impl Default for Settings {
@@ -116,6 +126,7 @@ impl Default for Settings {
             pool_idle: defaults::POOL_IDLE,
             buffers: BufferConfig::default(),
             max_connections: None,
+            max_handshakes: defaults::MAX_HANDSHAKES,
             trusted_hops: 0,
         }
     }

@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_channel::mpsc::UnboundedSender;
+
+use crate::tls;
 use table::Router;
 use table::shm::{AppliedWriter, ReadError, Repair, SegmentReader};
 use tracing::{error, info, warn};
@@ -22,15 +24,26 @@ use tracing::{error, info, warn};
 /// futex wait times out at this interval; publications wake it at once).
 const RECHECK: Duration = Duration::from_millis(100);
 
+/// A validated table and what was built from it for every core: the TLS configuration of
+/// its ports (certificates parsed once per process, not per core).
+#[derive(Debug, Clone)]
+pub(crate) struct Generation {
+    /// The table.
+    pub router: Arc<Router>,
+    /// Server configs of its TLS ports.
+    pub tls: Arc<tls::Ports>,
+}
+
 /// Starts the watcher thread.
 pub(crate) fn spawn_watcher(
     path: PathBuf,
-    cores: Vec<UnboundedSender<Arc<Router>>>,
+    cores: Vec<UnboundedSender<Generation>>,
     applied: Arc<AppliedWriter>,
+    shared: tls::Shared,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("lb-tables".into())
-        .spawn(move || watch(&path, &cores, &applied))?;
+        .spawn(move || watch(&path, &cores, &applied, &shared))?;
     Ok(())
 }
 
@@ -52,8 +65,14 @@ fn repair_applied(applied: &AppliedWriter, superseded_logged: &mut bool) {
     }
 }
 
-fn watch(path: &Path, cores: &[UnboundedSender<Arc<Router>>], applied: &AppliedWriter) {
+fn watch(
+    path: &Path,
+    cores: &[UnboundedSender<Generation>],
+    applied: &AppliedWriter,
+    shared: &tls::Shared,
+) {
     let mut waiting_logged = false;
+    let mut keys = tls::KeyCache::default();
     let mut superseded = false;
     loop {
         repair_applied(applied, &mut superseded);
@@ -103,8 +122,10 @@ fn watch(path: &Path, cores: &[UnboundedSender<Arc<Router>>], applied: &AppliedW
                             Ok(router) => {
                                 let router = Arc::new(router);
                                 last = Some(Arc::clone(&router));
+                                let tls = Arc::new(tls::build(&router, shared, &mut keys));
+                                let generation_of = Generation { router, tls };
                                 for core in cores {
-                                    let _ = core.unbounded_send(Arc::clone(&router));
+                                    let _ = core.unbounded_send(generation_of.clone());
                                 }
                                 info!(
                                     generation,

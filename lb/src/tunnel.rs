@@ -18,13 +18,13 @@ use compio::net::TcpStream;
 use futures_util::future::{Either, select};
 
 use crate::core::Core;
+use crate::io::InBuf;
 use crate::timer::{Deadline, Elapsed};
 use crate::transport::Transport;
 
 /// Copies `a → b` and `b → a` until both have ended, one fails, a write stalls past the body
 /// timeout, or both sides are silent for the tunnel timeout.
 pub(crate) async fn copy_both(core: &Core, a: &Transport, b: &Transport) {
-    let (a, b) = (a.tcp(), b.tcp());
     let activity = Cell::new(core.wheel.now());
     let (da, db) = (Rc::new(Deadline::default()), Rc::new(Deadline::default()));
     let both = async {
@@ -57,6 +57,55 @@ async fn watch_idle(core: &Core, activity: &Cell<u64>) {
 }
 
 async fn copy(
+    core: &Core,
+    d: &Rc<Deadline>,
+    activity: &Cell<u64>,
+    from: &Transport,
+    to: &Transport,
+) -> io::Result<()> {
+    match (from.plain(), to.plain()) {
+        (Some(from), Some(to)) => copy_plain(core, d, activity, from, to).await,
+        _ => Box::pin(copy_through(core, d, activity, from, to)).await,
+    }
+}
+
+/// Copies through the transports' own reads and writes (a TLS side decrypts and encrypts).
+async fn copy_through(
+    core: &Core,
+    d: &Rc<Deadline>,
+    activity: &Cell<u64>,
+    from: &Transport,
+    to: &Transport,
+) -> io::Result<()> {
+    let mut input = InBuf::Empty;
+    let mut out = Vec::new();
+    let result = loop {
+        match from.read(&mut input, &core.spare).await {
+            Ok(0) => break Ok(()),
+            Ok(_) => {}
+            Err(e) => break Err(e),
+        }
+        activity.set(core.wheel.now());
+        let bytes = input.bytes();
+        out.extend_from_slice(bytes);
+        let n = bytes.len();
+        input.consume(n, &core.spare);
+        match core.wheel.timeout(d, core.settings.timeouts.body, to.write(&mut out)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => break Err(e),
+            Err(Elapsed) => {
+                break Err(io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading"));
+            }
+        }
+        activity.set(core.wheel.now());
+    };
+    input.release(&core.spare);
+    result?;
+    to.shutdown().await
+}
+
+/// Copies between plain sockets, writing each ring buffer as it was read (no copy).
+async fn copy_plain(
     core: &Core,
     d: &Rc<Deadline>,
     activity: &Cell<u64>,

@@ -119,6 +119,14 @@ struct LbArgs {
     /// An upgraded connection (WebSocket) in which neither side sent a byte is closed.
     #[arg(long, default_value_t = Span(lb::defaults::TUNNEL), value_parser = timeout)]
     tunnel_timeout: Span,
+    /// A TLS handshake, from accept to its end.
+    #[arg(long, default_value_t = Span(lb::defaults::HANDSHAKE), value_parser = timeout)]
+    handshake_timeout: Span,
+    /// TLS handshakes in progress per core; a connection beyond is closed at once (a
+    /// handshake flood costs bounded CPU and memory; established connections are not
+    /// affected).
+    #[arg(long, default_value_t = lb::defaults::MAX_HANDSHAKES)]
+    max_handshakes: usize,
     /// Most client connections lb holds open at once (split evenly over the cores); when
     /// reached, accepting pauses until some close. Default: half the file-descriptor limit
     /// (less a reserve), since each client may need an upstream connection too.
@@ -316,7 +324,9 @@ fn run_lb(a: LbArgs) -> Result<(), String> {
         upstream: a.upstream_timeout.0,
         body: a.body_timeout.0,
         tunnel: a.tunnel_timeout.0,
+        handshake: a.handshake_timeout.0,
     };
+    settings.max_handshakes = a.max_handshakes.max(1);
     settings.max_connections = a.max_connections;
     settings.trusted_hops = a.trusted_hops;
     settings.limits.underscores = a.underscore_headers;

@@ -94,12 +94,20 @@ impl Router {
     /// The port entry for a connection accepted on `local`:`port`: an entry for exactly that
     /// address wins over one without an address.
     pub fn port(&self, local: IpAddr, port: u16) -> Option<&ArchivedPort> {
+        self.port_index(local, port).and_then(|i| self.table().ports.get(i))
+    }
+
+    /// The index in `ports` of [`port`](Self::port)'s entry.
+    pub fn port_index(&self, local: IpAddr, port: u16) -> Option<usize> {
         let mut fallback = None;
-        for p in self.table().ports.iter().filter(|p| p.port.to_native() == port) {
+        for (i, p) in self.table().ports.iter().enumerate() {
+            if p.port.to_native() != port {
+                continue;
+            }
             match p.address.as_ref() {
-                Some(a) if a.ip() == local => return Some(p),
+                Some(a) if a.ip() == local => return Some(i),
                 Some(_) => {}
-                None => fallback = Some(p),
+                None => fallback = Some(i),
             }
         }
         fallback

@@ -26,8 +26,10 @@ use crate::upstream::{CoreTable, Target};
 pub(crate) struct Request<'a> {
     /// Method token.
     pub method: &'a [u8],
-    /// `http` (`https` once TLS terminates here).
+    /// `http`, or `https` on a connection whose TLS lb terminated.
     pub scheme: &'a str,
+    /// On TLS: the server name the client asked for, lower-case (empty: none).
+    pub server_name: Option<&'a [u8]>,
     /// Host, lower-case, without port (empty: none).
     pub authority: &'a [u8],
     /// The normalised path (`path::normalize_path`).
@@ -103,6 +105,13 @@ pub(crate) fn decide<'t>(table: &'t CoreTable, req: &Request<'_>) -> Decision<'t
     let Some(port) = table.router.port(req.local.ip(), req.local.port()) else {
         return Decision::Refuse(Refusal::NoRoute);
     };
+    // The certificate was chosen for the listener the server name selects; a Host of another
+    // listener would reach its routes through a certificate not issued for them.
+    if let Some(name) = req.server_name
+        && table.router.listener_for(port, name) != table.router.listener_for(port, req.authority)
+    {
+        return Decision::Refuse(Refusal::Misdirected);
+    }
     let lookup = table::Request {
         method: req.method,
         path: req.path,

@@ -74,6 +74,7 @@ pub struct ClientIp {
     len: u8,
     v6: bool,
     trusted: bool,
+    tls: bool,
 }
 
 impl ClientIp {
@@ -84,7 +85,17 @@ impl ClientIp {
         let mut cursor = std::io::Cursor::new(&mut bytes[..]);
         let _ = write!(cursor, "{ip}");
         let len = cursor.position() as u8;
-        ClientIp { bytes, len, v6: ip.is_ipv6(), trusted }
+        ClientIp { bytes, len, v6: ip.is_ipv6(), trusted, tls: false }
+    }
+
+    /// Marks the connection as TLS (lb terminated it): the forwarding fields say `https`.
+    pub fn over_tls(self, tls: bool) -> ClientIp {
+        ClientIp { tls, ..self }
+    }
+
+    /// The scheme the client used.
+    fn proto(&self) -> &'static [u8] {
+        if self.tls { b"https" } else { b"http" }
     }
 
     /// Writes a `Forwarded` node for this address: `1.2.3.4`, or `"[2001:db8::1]"` (RFC 7239
@@ -186,7 +197,9 @@ pub fn request_head(
     let fwd = kept("forwarded");
     forwarding_list(out, "Forwarded", fields, fwd, |out| forwarded_element(out, client, host));
     if !proto_kept {
-        out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+        out.extend_from_slice(b"X-Forwarded-Proto: ");
+        out.extend_from_slice(client.proto());
+        out.extend_from_slice(b"\r\n");
     }
     if !host.is_empty() && !host_kept {
         out.extend_from_slice(b"X-Forwarded-Host: ");
@@ -239,7 +252,8 @@ fn forwarded_element(out: &mut Vec<u8>, client: &ClientIp, host: &[u8]) {
         out.extend_from_slice(host);
         out.push(b'"');
     }
-    out.extend_from_slice(b";proto=http");
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(client.proto());
 }
 
 /// Makes a written request head (ending in the blank line) ask for the connection to close

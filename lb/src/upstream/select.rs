@@ -14,6 +14,8 @@ use table::{Router, Scratch, ServiceId};
 pub(crate) struct CoreTable {
     /// The validated table, shared read-only by all cores.
     pub router: Arc<Router>,
+    /// Its TLS configuration (server configs of its TLS ports), shared read-only too.
+    pub tls: Arc<crate::tls::Ports>,
     /// Weighted-round-robin counters (one per weighted backend of the table).
     wrr: RefCell<Vec<i64>>,
     /// Round-robin cursor per service.
@@ -40,13 +42,14 @@ pub(crate) enum Target {
 
 impl CoreTable {
     /// This core's state for `router`.
-    pub(crate) fn new(router: Arc<Router>) -> CoreTable {
+    pub(crate) fn new(router: Arc<Router>, tls: Arc<crate::tls::Ports>) -> CoreTable {
         let t = router.table();
         let wrr = vec![0; t.wrr_slots.to_native() as usize];
         let rr = vec![0; t.services.len()];
         let scratch = router.scratch();
         CoreTable {
             router,
+            tls,
             wrr: RefCell::new(wrr),
             rr: RefCell::new(rr),
             scratch: RefCell::new(scratch),
@@ -174,7 +177,7 @@ mod tests {
         }
         t.wrr_slots = 9;
         let bytes = table::encode(&t).unwrap();
-        CoreTable::new(Arc::new(Router::open(&bytes, None).unwrap()))
+        CoreTable::new(Arc::new(Router::open(&bytes, None).unwrap()), Arc::default())
     }
 
     #[test]

@@ -1,0 +1,712 @@
+//! TLS termination: rustls (aws-lc-rs provider) driven sans-I/O from lb's own reads and writes
+//! on each core's runtime — no TLS stream adapter, no second runtime.
+//!
+//! - **Configuration.** The table watcher builds one rustls `ServerConfig` per TLS port of each
+//!   generation ([`Ports`]), off the request path; cores share it read-only like the table.
+//!   Certificates are chosen by server name with the table's own host index ([`Sni`]): the
+//!   same exact → longest wildcard → no-hostname order that picks a listener by Host, so the
+//!   listener a connection's certificate came from is the one its requests must belong to
+//!   (else 421, `exchange`). Parsed keys are carried from one generation to the next
+//!   ([`KeyCache`]), so a route change does not parse every key again.
+//! - **Resumption.** One ticketer per lb process ([`Shared`]; rustls rotates its key every six
+//!   hours and accepts the previous one meanwhile), so a ticket issued on one core resumes on
+//!   any other, across table generations too. TLS 1.2 clients without ticket support resume
+//!   from a process-wide session-ID cache. Nothing survives an lb restart: the ticket keys are
+//!   random per process and never written anywhere (a key file shared by restarts would be
+//!   one more secret at rest, for a one-round-trip saving once per client after a restart).
+//!   0-RTT is off (replayable requests).
+//! - **Records.** Ciphertext arrives through the provided-buffer ring like plaintext does; a
+//!   record split across reads is carried over in a heap buffer from the core's free list, the
+//!   way a split request head is, so an idle TLS connection holds no receive buffer. rustls
+//!   decrypts each record in place in that buffer and hands the plaintext over as its own
+//!   `Vec` (rustls 0.23.x's unbuffered API copies it out: `ReadTraffic::next_record`), which
+//!   lb appends to the connection's input buffer. Writes encrypt into a buffer from the free
+//!   list and give it back after the send.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use compio::io::{AsyncReadManaged, AsyncWrite};
+use compio::net::TcpStream;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{
+    CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer,
+};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{
+    ClientHello, ProducesTickets, ResolvesServerCert, ServerConfig, ServerConnectionData,
+    ServerSessionMemoryCache, StoresServerSessions, UnbufferedServerConnection,
+    WebPkiClientVerifier,
+};
+use rustls::sign::CertifiedKey;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncodeTlsData, EncryptError, WriteTraffic};
+use table::Router;
+use table::format::{ArchivedCertificate, ArchivedKeyFormat, ArchivedPortTls};
+use table::lookup::MAX_HOST;
+use tracing::error;
+
+use crate::io::{InBuf, Spare, write_out};
+
+/// TLS 1.2 sessions remembered for session-ID resumption, per lb process.
+const SESSION_CACHE: usize = 4096;
+
+/// Process-wide TLS state, made once at start.
+pub(crate) struct Shared {
+    provider: Arc<CryptoProvider>,
+    ticketer: Arc<dyn ProducesTickets>,
+    sessions: Arc<dyn StoresServerSessions>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// The provider (aws-lc-rs: TLS 1.3 and 1.2 ECDHE-AEAD suites; X25519MLKEM768, X25519,
+    /// P-256, P-384), a rotating ticketer and a session cache.
+    pub(crate) fn new() -> Result<Shared, rustls::Error> {
+        Ok(Shared {
+            provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new()?,
+            sessions: ServerSessionMemoryCache::new(SESSION_CACHE),
+        })
+    }
+}
+
+/// One generation's TLS configuration: a server config per TLS port (by table port index).
+#[derive(Debug, Default)]
+pub(crate) struct Ports {
+    configs: Vec<Option<Arc<ServerConfig>>>,
+}
+
+impl Ports {
+    /// The server config of table port `index`; `None` for a plain port, or a TLS port whose
+    /// configuration could not be built (its connections are closed).
+    pub(crate) fn config(&self, index: usize) -> Option<&Arc<ServerConfig>> {
+        self.configs.get(index).and_then(Option::as_ref)
+    }
+}
+
+/// Parsed certificates and keys of the previous generation, by certificate chain. A chain
+/// carries its public key, and a key is kept only if it matches it, so the chain identifies
+/// the pair.
+#[derive(Default)]
+pub(crate) struct KeyCache {
+    keys: HashMap<Vec<Vec<u8>>, Arc<CertifiedKey>>,
+}
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCache").field("keys", &self.keys.len()).finish()
+    }
+}
+
+/// Builds `router`'s TLS configuration. A certificate that cannot be loaded is logged by
+/// name and left out (handshakes for its listeners fail); config-sync checks them first, so
+/// this is a backstop.
+pub(crate) fn build(router: &Arc<Router>, shared: &Shared, cache: &mut KeyCache) -> Ports {
+    let table = router.table();
+    if table.ports.iter().all(|p| p.tls.is_none()) {
+        cache.keys.clear();
+        return Ports::default();
+    }
+    let mut kept = HashMap::new();
+    let keys: Vec<Option<Arc<CertifiedKey>>> = table
+        .certificates
+        .iter()
+        .map(|c| {
+            let chain: Vec<Vec<u8>> = c.chain.iter().map(|d| d.as_slice().to_vec()).collect();
+            if let Some(k) = cache.keys.get(&chain).or_else(|| kept.get(&chain)) {
+                let k = Arc::clone(k);
+                kept.insert(chain, Arc::clone(&k));
+                return Some(k);
+            }
+            match load(c, &shared.provider) {
+                Ok(k) => {
+                    let k = Arc::new(k);
+                    kept.insert(chain, Arc::clone(&k));
+                    Some(k)
+                }
+                Err(e) => {
+                    error!(certificate = c.name.as_str(), "cannot load certificate: {e}");
+                    None
+                }
+            }
+        })
+        .collect();
+    cache.keys = kept;
+    let keys = Arc::new(keys);
+    let configs = table
+        .ports
+        .iter()
+        .enumerate()
+        .map(|(index, port)| {
+            let tls = port.tls.as_ref()?;
+            match server_config(router, index, tls, &keys, shared) {
+                Ok(config) => Some(Arc::new(config)),
+                Err(e) => {
+                    error!(port = port.port.to_native(), "TLS configuration refused: {e}");
+                    None
+                }
+            }
+        })
+        .collect();
+    Ports { configs }
+}
+
+fn load(c: &ArchivedCertificate, provider: &CryptoProvider) -> Result<CertifiedKey, rustls::Error> {
+    let chain = c.chain.iter().map(|d| CertificateDer::from(d.as_slice().to_vec())).collect();
+    let der = c.key.as_slice().to_vec();
+    let key = match c.key_format {
+        ArchivedKeyFormat::Pkcs8 => PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der)),
+        ArchivedKeyFormat::Pkcs1 => PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(der)),
+        ArchivedKeyFormat::Sec1 => PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(der)),
+    };
+    let signing = provider.key_provider.load_private_key(key)?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match()?;
+    Ok(certified)
+}
+
+fn server_config(
+    router: &Arc<Router>,
+    port: usize,
+    tls: &ArchivedPortTls,
+    keys: &Arc<Vec<Option<Arc<CertifiedKey>>>>,
+    shared: &Shared,
+) -> Result<ServerConfig, rustls::Error> {
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&shared.provider))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match tls.client.as_ref() {
+        None => builder.with_no_client_auth(),
+        Some(validation) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for der in validation.roots.iter() {
+                roots.add(CertificateDer::from(der.as_slice().to_vec()))?;
+            }
+            let mut verifier = WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                Arc::clone(&shared.provider),
+            );
+            if validation.insecure_fallback {
+                verifier = verifier.allow_unauthenticated();
+            }
+            let verifier: Arc<dyn ClientCertVerifier> =
+                verifier.build().map_err(|e| rustls::Error::General(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let resolver = Sni { router: Arc::clone(router), port, keys: Arc::clone(keys) };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.ticketer = Arc::clone(&shared.ticketer);
+    config.session_storage = Arc::clone(&shared.sessions);
+    config.max_early_data_size = 0;
+    Ok(config)
+}
+
+/// Picks a port's certificate by server name, with the table's host index.
+struct Sni {
+    router: Arc<Router>,
+    port: usize,
+    keys: Arc<Vec<Option<Arc<CertifiedKey>>>>,
+}
+
+impl std::fmt::Debug for Sni {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sni").field("port", &self.port).finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    /// The server name the last certificate was resolved for on this thread. rustls 0.23's
+    /// unbuffered server connection does not expose the name, but it always resolves a
+    /// certificate (resumption too) inside the `process_tls_records` call that handles the
+    /// ClientHello, on the core that runs the handshake: [`TlsStream::accept`] takes it from
+    /// here right after that call.
+    static RESOLVED_NAME: RefCell<Option<Box<[u8]>>> = const { RefCell::new(None) };
+}
+
+impl ResolvesServerCert for Sni {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let table = self.router.table();
+        let port = table.ports.get(self.port)?;
+        let mut buf = [0u8; MAX_HOST];
+        let name = lower(hello.server_name().unwrap_or("").as_bytes(), &mut buf);
+        RESOLVED_NAME.with(|r| *r.borrow_mut() = Some(name.into()));
+        let listener = self.router.listener_for(port, name)?;
+        let listener = table.listeners.get(listener as usize)?;
+        let schemes = hello.signature_schemes();
+        // The listener's certificates in order (RSA and ECDSA for the same names): the first
+        // whose key can sign with a scheme the client offers.
+        listener
+            .certificates
+            .iter()
+            .filter_map(|i| self.keys.get(i.to_native() as usize)?.as_ref())
+            .find(|k| k.key.choose_scheme(schemes).is_some())
+            .cloned()
+    }
+}
+
+/// `name` in lower case (server names are ASCII); a name longer than a DNS name is empty,
+/// which selects only a listener without hostname.
+pub(crate) fn lower<'b>(name: &[u8], buf: &'b mut [u8; MAX_HOST]) -> &'b [u8] {
+    let Some(out) = buf.get_mut(..name.len()) else { return &[] };
+    for (o, b) in out.iter_mut().zip(name) {
+        *o = b.to_ascii_lowercase();
+    }
+    out
+}
+
+/// Why a handshake did not complete.
+#[derive(Debug)]
+pub(crate) enum HandshakeError {
+    /// The peer broke the protocol, or offered nothing we accept (an alert was sent).
+    Tls(rustls::Error),
+    /// The connection failed or ended.
+    Io(io::Error),
+    /// The client spoke plain HTTP (answered with a 400 that says so).
+    PlainHttp,
+}
+
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandshakeError::Tls(e) => write!(f, "{e}"),
+            HandshakeError::Io(e) => write!(f, "{e}"),
+            HandshakeError::PlainHttp => f.write_str("plain HTTP sent to a TLS port"),
+        }
+    }
+}
+
+/// What a plain-HTTP request to a TLS port is answered with.
+const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 61\r\nConnection: close\r\n\r\nThis port speaks HTTPS: a plain HTTP request was sent to it.\n";
+
+/// Whether the first bytes of a connection are an HTTP/1 request line rather than a TLS
+/// record (which starts with content type 22, handshake): a method is upper-case letters.
+fn plain_http(bytes: &[u8]) -> bool {
+    let method = bytes.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    method >= 3 && bytes.get(method) == Some(&b' ')
+}
+
+/// A TLS server connection over TCP.
+pub(crate) struct TlsStream {
+    tcp: TcpStream,
+    state: RefCell<State>,
+    /// Ciphertext received and not yet processed: a partial record, held only while one is
+    /// split across reads.
+    cipher: RefCell<InBuf>,
+    /// A write is in flight (TLS output produced by reads then waits for the next write).
+    writing: Cell<bool>,
+    /// The server name the client sent, lower-case (empty: none).
+    server_name: Box<[u8]>,
+    spare: Rc<Spare>,
+}
+
+impl std::fmt::Debug for TlsStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsStream").finish_non_exhaustive()
+    }
+}
+
+struct State {
+    conn: UnbufferedServerConnection,
+    /// TLS records to send (handshake messages, tickets, alerts, key updates) that no write
+    /// has carried yet.
+    pending: Vec<u8>,
+    /// The peer closed (close_notify) or the connection failed: reads return end of stream.
+    ended: bool,
+}
+
+/// What processing the received records asks for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// More ciphertext.
+    Read,
+    /// `pending` must go out before the handshake can go on.
+    Write,
+    /// The peer closed.
+    Closed,
+}
+
+impl State {
+    /// Processes the received records: plaintext is appended to `input`, TLS output to
+    /// `pending`. Returns the plaintext byte count and what to do next. `defer`: established
+    /// connections leave TLS output for the next write instead of asking to send it now.
+    fn advance(
+        &mut self,
+        cipher: &mut InBuf,
+        input: &mut InBuf,
+        spare: &Spare,
+        defer: bool,
+    ) -> Result<(usize, Want), rustls::Error> {
+        let mut plain = 0;
+        loop {
+            let status = self.conn.process_tls_records(cipher.bytes_mut());
+            let discard = status.discard;
+            let outcome = match status.state {
+                Err(e) => Err(e),
+                Ok(ConnectionState::ReadTraffic(mut records)) => {
+                    let mut result = Ok(None);
+                    while let Some(record) = records.next_record() {
+                        match record {
+                            Ok(record) => {
+                                plain += record.payload.len();
+                                input.append(record.payload, spare);
+                            }
+                            Err(e) => {
+                                result = Err(e);
+                                break;
+                            }
+                        }
+                    }
+                    result
+                }
+                Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                    encode(&mut e, &mut self.pending).map(|()| None)
+                }
+                Ok(ConnectionState::TransmitTlsData(t)) => {
+                    if self.pending.is_empty() || defer {
+                        // Sent already, or left for the next write.
+                        t.done();
+                        Ok(None)
+                    } else {
+                        Ok(Some(Want::Write))
+                    }
+                }
+                Ok(ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_)) => {
+                    Ok(Some(Want::Read))
+                }
+                Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => {
+                    Ok(Some(Want::Closed))
+                }
+                Ok(other) => {
+                    Err(rustls::Error::General(format!("unexpected TLS state {other:?}")))
+                }
+            };
+            cipher.consume(discard, spare);
+            match outcome {
+                Ok(None) => {}
+                Ok(Some(want)) => {
+                    if want == Want::Closed {
+                        self.ended = true;
+                    }
+                    return Ok((plain, want));
+                }
+                Err(e) => {
+                    self.ended = true;
+                    // The alert rustls queued for this error goes out with `pending`.
+                    self.queue_alert();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Moves records rustls queued (an alert after an error) into `pending`.
+    fn queue_alert(&mut self) {
+        for _ in 0..4 {
+            match self.conn.process_tls_records(&mut []).state {
+                Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                    if encode(&mut e, &mut self.pending).is_err() {
+                        return;
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                _ => return,
+            }
+        }
+    }
+
+    /// Appends to `out` the pending TLS records, then `plain` encrypted.
+    fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        out.extend_from_slice(&self.pending);
+        self.pending = Vec::new();
+        if plain.is_empty() {
+            return Ok(());
+        }
+        loop {
+            match self.conn.process_tls_records(&mut []).state.map_err(tls_io)? {
+                ConnectionState::EncodeTlsData(mut e) => encode(&mut e, out).map_err(tls_io)?,
+                ConnectionState::TransmitTlsData(mut t) => {
+                    if let Some(mut w) = t.may_encrypt_app_data() {
+                        encrypt(&mut w, plain, out)?;
+                        t.done();
+                        return Ok(());
+                    }
+                    t.done();
+                }
+                ConnectionState::WriteTraffic(mut w) => return encrypt(&mut w, plain, out),
+                ConnectionState::PeerClosed => {}
+                other => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        format!("TLS connection cannot send ({other:?})"),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Appends a close_notify alert to `out`.
+    fn close_notify(&mut self, out: &mut Vec<u8>) {
+        for _ in 0..4 {
+            match self.conn.process_tls_records(&mut []).state {
+                Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                    if encode(&mut e, out).is_err() {
+                        return;
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                Ok(ConnectionState::WriteTraffic(mut w)) => {
+                    let start = out.len();
+                    out.resize(start + 64, 0);
+                    let n = w.queue_close_notify(&mut out[start..]).unwrap_or(0);
+                    out.truncate(start + n);
+                    return;
+                }
+                Ok(ConnectionState::PeerClosed) => {}
+                _ => return,
+            }
+        }
+    }
+}
+
+fn tls_io(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Appends a handshake record rustls has ready.
+fn encode(
+    e: &mut EncodeTlsData<'_, ServerConnectionData>,
+    out: &mut Vec<u8>,
+) -> Result<(), rustls::Error> {
+    let start = out.len();
+    let mut room = 2048;
+    loop {
+        out.resize(start + room, 0);
+        match e.encode(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncodeError::InsufficientSize(s)) if s.required_size > room => {
+                room = s.required_size;
+            }
+            Err(err) => {
+                out.truncate(start);
+                return Err(rustls::Error::General(format!("encoding a TLS record: {err}")));
+            }
+        }
+    }
+}
+
+/// Appends `plain` as application-data records.
+fn encrypt(
+    w: &mut WriteTraffic<'_, ServerConnectionData>,
+    plain: &[u8],
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    let start = out.len();
+    // Record overhead: header, content type, AEAD tag (and a TLS 1.2 explicit nonce), per
+    // 16 KiB record. rustls says how much it needs if this guess is short.
+    let mut room = plain.len() + (plain.len() / 16384 + 1) * 48;
+    loop {
+        out.resize(start + room, 0);
+        match w.encrypt(plain, &mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncryptError::InsufficientSize(s)) if s.required_size > room => {
+                room = s.required_size;
+            }
+            Err(e) => {
+                out.truncate(start);
+                return Err(io::Error::other(format!("encrypting: {e}")));
+            }
+        }
+    }
+}
+
+impl TlsStream {
+    /// Runs the server handshake on `tcp`. Application data that arrived with the client's
+    /// last handshake flight is left in `input`.
+    pub(crate) async fn accept(
+        tcp: TcpStream,
+        config: Arc<ServerConfig>,
+        spare: Rc<Spare>,
+        input: &mut InBuf,
+    ) -> Result<TlsStream, HandshakeError> {
+        let conn = UnbufferedServerConnection::new(config).map_err(HandshakeError::Tls)?;
+        let mut stream = TlsStream {
+            tcp,
+            state: RefCell::new(State { conn, pending: Vec::new(), ended: false }),
+            cipher: RefCell::new(InBuf::Empty),
+            writing: Cell::new(false),
+            server_name: Box::default(),
+            spare,
+        };
+        let mut handshaken = false;
+        loop {
+            let step = {
+                let mut state = stream.state.borrow_mut();
+                let mut cipher = stream.cipher.borrow_mut();
+                state.advance(&mut cipher, input, &stream.spare, false)
+            };
+            if let Some(name) = RESOLVED_NAME.with(|r| r.borrow_mut().take()) {
+                stream.server_name = name;
+            }
+            let want = match step {
+                Ok((_, want)) => want,
+                Err(e) => {
+                    // Best effort: tell the client why (the alert), then give up.
+                    let _ = stream.flush_pending().await;
+                    return Err(HandshakeError::Tls(e));
+                }
+            };
+            stream.flush_pending().await.map_err(HandshakeError::Io)?;
+            let handshaking = stream.state.borrow().conn.is_handshaking();
+            match want {
+                Want::Write => {}
+                Want::Read if !handshaking => break,
+                Want::Read => {
+                    let first = stream.cipher.borrow().bytes().is_empty() && !handshaken;
+                    let n = stream.fill().await.map_err(HandshakeError::Io)?;
+                    if n == 0 {
+                        return Err(HandshakeError::Io(io::ErrorKind::UnexpectedEof.into()));
+                    }
+                    if first && plain_http(stream.cipher.borrow().bytes()) {
+                        // nginx's answer to the same mistake: a 400 that says what happened.
+                        let mut out = PLAIN_HTTP_ANSWER.to_vec();
+                        let _ = write_out(&stream.tcp, &mut out).await;
+                        let mut w = &stream.tcp;
+                        let _ = w.shutdown().await;
+                        return Err(HandshakeError::PlainHttp);
+                    }
+                    handshaken = true;
+                }
+                Want::Closed => {
+                    return Err(HandshakeError::Io(io::ErrorKind::UnexpectedEof.into()));
+                }
+            }
+        }
+        Ok(stream)
+    }
+
+    /// The server name the client asked for, lower-case; empty when it sent none.
+    pub(crate) fn server_name(&self) -> &[u8] {
+        &self.server_name
+    }
+
+    /// Reads ciphertext after what is buffered.
+    async fn fill(&self) -> io::Result<usize> {
+        let mut cipher = self.cipher.borrow_mut();
+        cipher.fill(&self.tcp, &self.spare).await
+    }
+
+    /// Sends the TLS records waiting in `pending`.
+    async fn flush_pending(&self) -> io::Result<()> {
+        let mut out = std::mem::take(&mut self.state.borrow_mut().pending);
+        write_out(&self.tcp, &mut out).await
+    }
+
+    /// Reads more plaintext after the unconsumed bytes of `input`; 0 at end of stream.
+    pub(crate) async fn read(&self, input: &mut InBuf, spare: &Spare) -> io::Result<usize> {
+        loop {
+            let step = {
+                let mut state = self.state.borrow_mut();
+                if state.ended {
+                    return Ok(0);
+                }
+                let mut cipher = self.cipher.borrow_mut();
+                state.advance(&mut cipher, input, spare, true)
+            };
+            match step {
+                Ok((0, Want::Read | Want::Write)) => {}
+                Ok((n, Want::Read | Want::Write)) => return Ok(n),
+                Ok((n, Want::Closed)) => return Ok(n),
+                Err(e) => {
+                    if !self.writing.get() {
+                        // Boxed: the error path should not grow every idle read's state.
+                        let _ = Box::pin(self.flush_pending()).await;
+                    }
+                    return Err(tls_io(e));
+                }
+            }
+            if self.fill().await? == 0 {
+                // End of stream without close_notify: what was received is all there is (an
+                // HTTP/1 message framed by length or chunks knows whether it is complete).
+                self.state.borrow_mut().ended = true;
+                return Ok(0);
+            }
+        }
+    }
+
+    /// Encrypts and sends `plain`, then clears it.
+    pub(crate) async fn write(&self, plain: &mut Vec<u8>) -> io::Result<()> {
+        self.send(plain).await?;
+        plain.clear();
+        Ok(())
+    }
+
+    /// Encrypts and sends `plain`, leaving it as it was.
+    pub(crate) async fn send(&self, plain: &[u8]) -> io::Result<()> {
+        let mut out = self.spare.take();
+        let sealed = self.state.borrow_mut().seal(plain, &mut out);
+        if let Err(e) = sealed {
+            self.spare.give(out);
+            return Err(e);
+        }
+        self.writing.set(true);
+        let res = write_out(&self.tcp, &mut out).await;
+        self.writing.set(false);
+        self.spare.give(out);
+        res
+    }
+
+    /// Sends close_notify, then ends the TCP sending side.
+    pub(crate) async fn shutdown(&self) -> io::Result<()> {
+        let mut out = Vec::new();
+        {
+            let mut state = self.state.borrow_mut();
+            out.extend_from_slice(&std::mem::take(&mut state.pending));
+            state.close_notify(&mut out);
+        }
+        write_out(&self.tcp, &mut out).await?;
+        let mut w = &self.tcp;
+        w.shutdown().await
+    }
+
+    /// Reads and drops raw bytes (a closing connection's lingering reads).
+    pub(crate) fn discard(&self) -> impl Future<Output = Result<usize, ()>> + '_ {
+        async move {
+            let mut r = &self.tcp;
+            match r.read_managed(0).await {
+                Ok(Some(buf)) => Ok(buf.len()),
+                _ => Err(()),
+            }
+        }
+    }
+
+    /// The TCP connection under it.
+    pub(crate) fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+}
+
+/// Writes `bytes` (a constant) through `stream`.
+pub(crate) async fn write_static(stream: &TlsStream, bytes: &'static [u8]) -> io::Result<()> {
+    stream.send(bytes).await
+}
+
+/// Logs a handshake that failed, at debug level only: a scan or a flood must not flood the log.
+pub(crate) fn handshake_failed(peer: std::net::SocketAddr, e: &HandshakeError) {
+    tracing::debug!(%peer, "TLS handshake failed: {e}");
+}
