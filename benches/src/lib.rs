@@ -63,5 +63,6 @@ pub fn settings() -> config_sync::Settings {
         address_pool: None,
         address_usable: None,
         bind_failures: Default::default(),
+        last_good: Default::default(),
     }
 }

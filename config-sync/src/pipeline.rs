@@ -73,6 +73,7 @@ impl Pipeline {
                 // lb runs on this node: an address this process cannot bind, lb cannot either.
                 address_usable: Some(bindable),
                 bind_failures: table::shm::read_bind_failures(&listeners),
+                last_good: Default::default(),
             },
             listeners,
             latest: Arc::new(AtomicU64::new(0)),
@@ -89,7 +90,8 @@ impl Pipeline {
     /// and written to `--status-dir`). Returns the objects whose status changed.
     pub(crate) fn run(&mut self, model: &Model, read: Read) -> Vec<Change> {
         let started = Instant::now();
-        let compiled = compile(model, &self.settings);
+        let mut compiled = compile(model, &self.settings);
+        self.settings.last_good = std::mem::take(&mut compiled.last_good);
         let compile_micros = started.elapsed().as_micros() as u64;
         let micros = read.started.elapsed().as_micros() as u64;
         let (listeners, matches) = (compiled.table.listeners.len(), compiled.table.matches.len());

@@ -383,12 +383,8 @@ impl State {
                 Ok(ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_)) => {
                     Ok(Some(Want::Read))
                 }
-                Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => {
-                    Ok(Some(Want::Closed))
-                }
-                Ok(other) => {
-                    Err(rustls::Error::General(format!("unexpected TLS state {other:?}")))
-                }
+                Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => Ok(Some(Want::Closed)),
+                Ok(other) => Err(rustls::Error::General(format!("unexpected TLS state {other:?}"))),
             };
             cipher.consume(discard, spare);
             match outcome {

@@ -201,6 +201,7 @@ fn announce(model: &Model, manifests: &Path, status: &Path, listen: IpAddr) {
         address_pool: None,
         address_usable: None,
         bind_failures: Default::default(),
+        last_good: Default::default(),
     };
     let compiled = config_sync::compile(model, &settings);
     let lines = hints(&compiled.table, listen);

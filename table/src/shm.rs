@@ -549,8 +549,12 @@ impl AppliedWriter {
             superseded: std::sync::atomic::AtomicU32::new(0),
         };
         let tmp = sibling(path, &format!(".tmp.{}", std::process::id()));
-        let file =
-            OpenOptions::new().write(true).create(true).truncate(true).mode(FILE_MODE).open(&tmp)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(FILE_MODE)
+            .open(&tmp)?;
         file.write_all_at(&writer.page(), 0)?;
         fs::rename(&tmp, path)?;
         Ok(writer)

@@ -7,7 +7,10 @@
 //! own. Bytes come from shared memory, which we treat as untrusted: any failure is an error
 //! value, never a panic.
 
-#![allow(unsafe_code, reason = "access_unchecked of an archive validated in `open`; volatile key zeroing")]
+#![allow(
+    unsafe_code,
+    reason = "access_unchecked of an archive validated in `open`; volatile key zeroing"
+)]
 
 use std::collections::HashMap;
 

@@ -239,8 +239,9 @@ impl<'m> Compiler<'m> {
                 ),
             );
         }
-        // Ports: every usable listener on each of its addresses.
-        let mut ports: BTreeMap<(u16, Option<t::Address>), t::HostIndex> = BTreeMap::new();
+        // Ports: every usable listener on each of its addresses (listeners of one port agree on
+        // TLS: `gateways` made the others conflicted).
+        let mut ports: BTreeMap<(u16, Option<t::Address>), (t::HostIndex, bool)> = BTreeMap::new();
         for l in self.listeners.iter_mut().filter(|l| l.usable) {
             let listener_index = table.listeners.len() as u32;
             let vhosts =
@@ -248,19 +249,21 @@ impl<'m> Compiler<'m> {
             table.listeners.push(t::Listener {
                 name: format!("{}/{}", l.gateway, l.name),
                 vhosts,
-                certificates: Vec::new(),
+                certificates: std::mem::take(&mut l.certificates),
             });
             for a in &l.addresses {
-                let index = ports.entry((l.port, a.map(t::Address::from))).or_default();
+                let (index, tls) = ports.entry((l.port, a.map(t::Address::from))).or_default();
+                *tls |= l.tls;
                 match l.hostname {
                     None => index.any = Some(listener_index),
                     Some(h) => add_host(index, h, listener_index),
                 }
             }
         }
-        for ((port, address), mut listeners) in ports {
+        for ((port, address), (mut listeners, tls)) in ports {
             sort_host_index(&mut listeners);
-            table.ports.push(t::Port { address, port, listeners, tls: None });
+            let tls = tls.then(t::PortTls::default);
+            table.ports.push(t::Port { address, port, listeners, tls });
         }
         let mut wrr = 0u32;
         for a in &mut self.actions {
@@ -273,7 +276,8 @@ impl<'m> Compiler<'m> {
         table.services = self.services;
         table.regexes = self.regexes;
         table.wrr_slots = wrr;
-        Compiled { table, status: self.status }
+        table.certificates = self.certificates;
+        Compiled { table, status: self.status, last_good: self.last_good }
     }
 }
 

@@ -30,6 +30,8 @@ pub(crate) enum Reason {
     UnsupportedProtocol,
     InvalidRouteKinds,
     HostnameConflict,
+    ProtocolConflict,
+    InvalidCertificateRef,
     Pending,
     Invalid,
     // Route problems.
@@ -71,6 +73,8 @@ impl Reason {
             Reason::UnsupportedProtocol => "UnsupportedProtocol",
             Reason::InvalidRouteKinds => "InvalidRouteKinds",
             Reason::HostnameConflict => "HostnameConflict",
+            Reason::ProtocolConflict => "ProtocolConflict",
+            Reason::InvalidCertificateRef => "InvalidCertificateRef",
             Reason::Pending => "Pending",
             Reason::Invalid => "Invalid",
             Reason::NoMatchingParent => "NoMatchingParent",

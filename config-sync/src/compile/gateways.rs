@@ -54,6 +54,8 @@ impl<'m> Compiler<'m> {
         gateways.sort_by_key(|(_, g)| created(&g.metadata.creation_timestamp));
         // (address, port, hostname) → first listener that claimed it.
         let mut claimed: HashMap<(Option<IpAddr>, u16, Option<&str>), usize> = HashMap::new();
+        // (address, port) → whether the first listener there terminates TLS.
+        let mut port_tls: HashMap<(Option<IpAddr>, u16), (bool, usize)> = HashMap::new();
         let mut pooled = BTreeSet::new();
         for (key, gw) in gateways {
             let generation = gw.metadata.generation;
@@ -82,6 +84,8 @@ impl<'m> Compiler<'m> {
                     gateway: key,
                     name: &l.name,
                     port: l.port as u16,
+                    tls: l.protocol == "HTTPS",
+                    certificates: Vec::new(),
                     hostname: l.hostname.as_deref(),
                     addresses: addresses.clone(),
                     allowed: AllowedNamespaces::Same,
@@ -126,14 +130,43 @@ impl<'m> Compiler<'m> {
                         }
                     }
                 }
-                if l.protocol != "HTTP" {
-                    accepted = (
-                        false,
-                        Reason::UnsupportedProtocol,
-                        format!("protocol {} is not supported yet (HTTP only)", l.protocol),
-                    );
-                    info.supported_kinds.clear();
-                    info.usable = false;
+                let mut certified = true;
+                match l.protocol.as_str() {
+                    "HTTP" => {}
+                    "HTTPS" => {
+                        let tls = l.tls.as_ref();
+                        if tls.and_then(|t| t.mode.as_ref())
+                            == Some(&GatewayListenersTlsMode::Passthrough)
+                        {
+                            accepted = (
+                                false,
+                                Reason::UnsupportedValue,
+                                "an HTTPS listener terminates TLS: tls.mode Passthrough needs protocol TLS"
+                                    .to_owned(),
+                            );
+                            info.usable = false;
+                        } else {
+                            let refs =
+                                tls.and_then(|t| t.certificate_refs.as_deref()).unwrap_or(&[]);
+                            let certs = self.listener_certificates(&key.namespace, refs);
+                            if let Some((reason, message)) = certs.problem
+                                && resolved.0
+                            {
+                                resolved = (false, reason, message);
+                            }
+                            certified = !certs.indices.is_empty();
+                            info.certificates = certs.indices;
+                        }
+                    }
+                    other => {
+                        accepted = (
+                            false,
+                            Reason::UnsupportedProtocol,
+                            format!("protocol {other} is not supported yet (HTTP and HTTPS)"),
+                        );
+                        info.supported_kinds.clear();
+                        info.usable = false;
+                    }
                 }
                 if let Some(problem) = &address_problem {
                     accepted = (false, Reason::UnsupportedAddress, problem.clone());
@@ -146,6 +179,23 @@ impl<'m> Compiler<'m> {
                 if info.usable {
                     let index = self.listeners.len();
                     for a in &info.addresses {
+                        let first = *port_tls.entry((*a, info.port)).or_insert((info.tls, index));
+                        if first.0 != info.tls {
+                            let other = &self.listeners[first.1];
+                            let (mine, theirs) =
+                                if info.tls { ("HTTPS", "HTTP") } else { ("HTTP", "HTTPS") };
+                            conflicted = (
+                                true,
+                                Reason::ProtocolConflict,
+                                format!(
+                                    "port {} serves {theirs} ({}/{}); this listener is {mine}",
+                                    info.port, other.gateway, other.name
+                                ),
+                            );
+                        }
+                    }
+                    let protocol_conflict = conflicted.0;
+                    for a in info.addresses.iter().filter(|_| !protocol_conflict) {
                         let slot = (*a, info.port, info.hostname);
                         if let Some(&first) = claimed.get(&slot)
                             && first != index
@@ -172,7 +222,7 @@ impl<'m> Compiler<'m> {
                         }
                     }
                 }
-                let programmed = info.usable;
+                let programmed = info.usable && certified;
                 if programmed {
                     info.bind_failed = info.addresses.iter().find_map(|a| {
                         let error = self.settings.bind_failures.get(&(*a, info.port))?;
@@ -185,6 +235,13 @@ impl<'m> Compiler<'m> {
                     Some(why) => {
                         condition(Type::Programmed, false, Reason::Pending, why, generation)
                     }
+                    None if info.usable && !certified => condition(
+                        Type::Programmed,
+                        false,
+                        Reason::Invalid,
+                        "no usable certificate: TLS handshakes for this listener fail",
+                        generation,
+                    ),
                     None => programmed_condition(programmed, "listener", generation),
                 };
                 info.conditions = vec![

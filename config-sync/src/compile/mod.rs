@@ -12,6 +12,7 @@
 
 // In the order compilation runs (rustfmt keeps it: `reorder_modules = false`).
 mod gateways;
+mod certificates;
 mod attach;
 mod backends;
 mod filters;
@@ -29,7 +30,8 @@ use gateway_api::apis::experimental::gatewayclasses::{
     GatewayClassStatus, GatewayClassStatusSupportedFeatures,
 };
 use gateway_api::apis::experimental::gateways::{
-    Gateway, GatewayListenersAllowedRoutesNamespacesFrom as From, GatewayStatus,
+    Gateway, GatewayListenersAllowedRoutesNamespacesFrom as From,
+    GatewayListenersTlsCertificateRefs, GatewayListenersTlsMode, GatewayStatus,
     GatewayStatusAddresses, GatewayStatusListeners, GatewayStatusListenersSupportedKinds,
 };
 use gateway_api::apis::experimental::httproutes::{
@@ -105,6 +107,9 @@ pub struct Settings {
     /// the table (lb retries) but the listener and its Gateway say `Programmed=False`,
     /// `Pending`, with lb's error.
     pub bind_failures: BTreeMap<table::shm::BindKey, String>,
+    /// The last valid certificate of each Secret an HTTPS listener used, from the previous
+    /// compilation: served while the Secret is malformed (`certificates`).
+    pub last_good: BTreeMap<Key, t::Certificate>,
 }
 
 /// Whether this node can listen on `ip` (it is one of its addresses): a bind to port 0.
@@ -159,6 +164,9 @@ pub struct Compiled {
     pub table: t::Table,
     /// Status per owned object, with the object's generation.
     pub status: BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>,
+    /// The certificates this table serves, by Secret: the next compilation's
+    /// [`Settings::last_good`].
+    pub last_good: BTreeMap<Key, t::Certificate>,
 }
 
 /// The status an object gets.
@@ -200,6 +208,10 @@ struct ListenerInfo<'m> {
     gateway: &'m Key,
     name: &'m str,
     port: u16,
+    /// HTTPS: the port terminates TLS.
+    tls: bool,
+    /// Table indices of its certificates (HTTPS).
+    certificates: Vec<u32>,
     hostname: Option<&'m str>,
     addresses: Vec<Option<IpAddr>>,
     allowed: AllowedNamespaces<'m>,
@@ -263,6 +275,14 @@ struct Compiler<'m> {
     gateway_addresses: HashMap<&'m Key, Vec<Option<IpAddr>>>,
     /// Static addresses of a Gateway this node cannot listen on.
     unusable_addresses: HashMap<&'m Key, Vec<IpAddr>>,
+    /// Certificates for the table, one per Secret.
+    certificates: Vec<t::Certificate>,
+    /// Secret → (index in `certificates`, its key is ECDSA).
+    certificate_index: HashMap<Key, (u32, bool)>,
+    /// Secrets served from their last valid version, and why.
+    certificate_problems: HashMap<Key, Why>,
+    /// What [`Compiled::last_good`] will say.
+    last_good: BTreeMap<Key, t::Certificate>,
 }
 
 impl<'m> Compiler<'m> {
@@ -281,6 +301,10 @@ impl<'m> Compiler<'m> {
             regex_index: HashMap::new(),
             gateway_addresses: HashMap::new(),
             unusable_addresses: HashMap::new(),
+            certificates: Vec::new(),
+            certificate_index: HashMap::new(),
+            certificate_problems: HashMap::new(),
+            last_good: BTreeMap::new(),
         }
     }
 }

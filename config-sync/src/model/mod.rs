@@ -15,7 +15,7 @@ use gateway_api::apis::experimental::{
     gatewayclasses::GatewayClass, gateways::Gateway, httproutes::HttpRoute,
     referencegrants::ReferenceGrant,
 };
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
@@ -41,6 +41,10 @@ pub enum Kind {
     EndpointSlice,
     /// core/v1 Namespace (cluster-scoped; read for its labels).
     Namespace,
+    /// core/v1 Secret (TLS certificates and keys of HTTPS listeners).
+    Secret,
+    /// core/v1 ConfigMap (CA bundles for client-certificate validation).
+    ConfigMap,
 }
 
 impl Kind {
@@ -54,6 +58,8 @@ impl Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Namespace => "Namespace",
+            Kind::Secret => "Secret",
+            Kind::ConfigMap => "ConfigMap",
         }
     }
 
@@ -63,7 +69,7 @@ impl Kind {
             Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute | Kind::ReferenceGrant => {
                 "gateway.networking.k8s.io/v1"
             }
-            Kind::Service | Kind::Namespace => "v1",
+            Kind::Service | Kind::Namespace | Kind::Secret | Kind::ConfigMap => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
         }
     }
@@ -83,6 +89,8 @@ impl Kind {
             ("", "Service") => Kind::Service,
             ("discovery.k8s.io", "EndpointSlice") => Kind::EndpointSlice,
             ("", "Namespace") => Kind::Namespace,
+            ("", "Secret") => Kind::Secret,
+            ("", "ConfigMap") => Kind::ConfigMap,
             _ => return None,
         };
         Some(k)
@@ -153,6 +161,10 @@ pub enum Object {
     EndpointSlice(Arc<EndpointSlice>),
     /// A Namespace.
     Namespace(Arc<Namespace>),
+    /// A Secret (its data never appears in a log, a status or an error).
+    Secret(Arc<Secret>),
+    /// A ConfigMap.
+    ConfigMap(Arc<ConfigMap>),
 }
 
 impl Object {
@@ -166,6 +178,8 @@ impl Object {
             Object::Service(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
             Object::Namespace(o) => &o.metadata,
+            Object::Secret(o) => &o.metadata,
+            Object::ConfigMap(o) => &o.metadata,
         }
     }
 
@@ -179,6 +193,8 @@ impl Object {
             Object::Service(o) => &mut Arc::make_mut(o).metadata,
             Object::EndpointSlice(o) => &mut Arc::make_mut(o).metadata,
             Object::Namespace(o) => &mut Arc::make_mut(o).metadata,
+            Object::Secret(o) => &mut Arc::make_mut(o).metadata,
+            Object::ConfigMap(o) => &mut Arc::make_mut(o).metadata,
         }
     }
 
@@ -192,6 +208,8 @@ impl Object {
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::Namespace(_) => Kind::Namespace,
+            Object::Secret(_) => Kind::Secret,
+            Object::ConfigMap(_) => Kind::ConfigMap,
         }
     }
 
@@ -219,6 +237,9 @@ impl Object {
             Object::Service(o) => serde_json::to_string(&o.spec),
             Object::EndpointSlice(o) => serde_json::to_string(&(&o.endpoints, &o.ports)),
             Object::Namespace(o) => serde_json::to_string(&o.metadata.labels),
+            // A digest, not the data: fingerprints are compared and may be kept, never a key.
+            Object::Secret(o) => Ok(digest(&(&o.type_, &o.data, &o.string_data))),
+            Object::ConfigMap(o) => serde_json::to_string(&(&o.data, &o.binary_data)),
         };
         v.unwrap_or_default()
     }
@@ -322,10 +343,26 @@ fn parse_object(mut doc: Value) -> Result<Option<Object>, ObjectError> {
         Kind::Service => typed(doc).map(|o| Object::Service(Arc::new(o))),
         Kind::EndpointSlice => typed(doc).map(|o| Object::EndpointSlice(Arc::new(o))),
         Kind::Namespace => typed(doc).map(|o| Object::Namespace(Arc::new(o))),
+        Kind::Secret => typed(doc)
+            .map(|o| Object::Secret(Arc::new(o)))
+            // serde's message may quote the value it could not read: say only where.
+            .map_err(|(field, _)| (field, "not a valid Secret field (value not shown)".to_owned())),
+        Kind::ConfigMap => typed(doc).map(|o| Object::ConfigMap(Arc::new(o))),
     }
     .map_err(|(field, reason)| err(&field, reason, Some(id.clone())))?;
     validate::object(&object).map_err(|(field, reason)| err(&field, reason, Some(id)))?;
     Ok(Some(object))
+}
+
+/// A stable 64-bit digest (FNV-1a over the JSON form) that tells contents apart without
+/// carrying them.
+fn digest<T: serde::Serialize>(value: &T) -> String {
+    let json = serde_json::to_vec(value).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in json {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 fn typed<T: DeserializeOwned>(doc: Value) -> Result<T, (String, String)> {
@@ -371,6 +408,10 @@ pub struct Model {
     pub endpoint_slices: BTreeMap<Key, Arc<EndpointSlice>>,
     /// Namespaces (key namespace empty).
     pub namespaces: BTreeMap<Key, Arc<Namespace>>,
+    /// Secrets (in Kubernetes mode only those listeners reference).
+    pub secrets: BTreeMap<Key, Arc<Secret>>,
+    /// ConfigMaps (in Kubernetes mode only those listeners reference).
+    pub config_maps: BTreeMap<Key, Arc<ConfigMap>>,
 }
 
 impl Model {
@@ -385,6 +426,8 @@ impl Model {
             Object::Service(o) => drop(self.services.insert(key, o)),
             Object::EndpointSlice(o) => drop(self.endpoint_slices.insert(key, o)),
             Object::Namespace(o) => drop(self.namespaces.insert(key, o)),
+            Object::Secret(o) => drop(self.secrets.insert(key, o)),
+            Object::ConfigMap(o) => drop(self.config_maps.insert(key, o)),
         }
     }
 
@@ -409,6 +452,8 @@ impl Model {
             Object::Service(o) => put(&mut self.services, key, o),
             Object::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
             Object::Namespace(o) => put(&mut self.namespaces, key, o),
+            Object::Secret(o) => put(&mut self.secrets, key, o),
+            Object::ConfigMap(o) => put(&mut self.config_maps, key, o),
         }
     }
 
@@ -422,6 +467,8 @@ impl Model {
             Kind::Service => self.services.contains_key(&id.key),
             Kind::EndpointSlice => self.endpoint_slices.contains_key(&id.key),
             Kind::Namespace => self.namespaces.contains_key(&id.key),
+            Kind::Secret => self.secrets.contains_key(&id.key),
+            Kind::ConfigMap => self.config_maps.contains_key(&id.key),
         }
     }
 
@@ -434,6 +481,8 @@ impl Model {
             + self.services.len()
             + self.endpoint_slices.len()
             + self.namespaces.len()
+            + self.secrets.len()
+            + self.config_maps.len()
     }
 
     /// `true` when there are no objects.

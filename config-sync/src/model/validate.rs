@@ -37,7 +37,9 @@ pub(crate) fn object(object: &Object) -> Result<(), Problem> {
             }
             Ok(())
         }
-        Object::Service(_) | Object::Namespace(_) => Ok(()),
+        Object::Service(_) | Object::Namespace(_) | Object::Secret(_) | Object::ConfigMap(_) => {
+            Ok(())
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use super::*;
 use crate::model::parse_document;
 
 mod filters;
+mod tls;
 
 const BASE: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1
@@ -88,6 +89,7 @@ fn settings() -> Settings {
         address_pool: None,
         address_usable: Some(|ip| ip != IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
         bind_failures: Default::default(),
+        last_good: Default::default(),
     }
 }
 
