@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, reason = "test harness: a failure is the report")]
 
 pub mod apiserver;
+pub mod pki;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
