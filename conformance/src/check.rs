@@ -14,8 +14,6 @@ const UNCHECKED: &[&str] = &[
     "grpc_code",
     "fully_qualified_method_seen_by_backend",
     "tcp_echo",
-    "tls_connection_rejected",
-    "tls_request_fails",
     "invariant",
 ];
 
@@ -42,6 +40,8 @@ const CHECKED: &[&str] = &[
     "repeat",
     "mirrored_to",
     "websocket_echo",
+    "tls_request_fails",
+    "tls_connection_rejected",
     "note",
     "note_unchecked",
 ];

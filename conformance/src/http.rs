@@ -1,9 +1,22 @@
-//! A plain HTTP/1.1 client for the cases: one connection per request (`Connection: close`),
-//! bounded in time, tolerant of any framing the gateway chooses.
+//! An HTTP/1.1 client for the cases, plain or over TLS (rustls, trusting the runner's CA,
+//! with the vector's server name and optional client certificate): one connection per request
+//! (`Connection: close`), bounded in time, tolerant of any framing the gateway chooses.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+
+/// How to speak TLS to the gateway.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// Client configuration (roots, ALPN, client certificate).
+    pub config: Arc<rustls::ClientConfig>,
+    /// Server name to send.
+    pub sni: String,
+}
 
 /// What came back.
 #[derive(Debug, Clone)]
@@ -37,11 +50,27 @@ pub fn send(
     path: &str,
     headers: &[(String, String)],
     timeout: Duration,
+    tls: Option<&Tls>,
 ) -> Result<Response, String> {
-    let mut stream =
+    let tcp =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
-    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    tcp.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let mut stream: Box<dyn ReadWrite> = match tls {
+        None => Box::new(tcp),
+        Some(tls) => {
+            let name = ServerName::try_from(tls.sni.clone())
+                .map_err(|e| format!("server name {:?}: {e}", tls.sni))?;
+            let conn = rustls::ClientConnection::new(Arc::clone(&tls.config), name)
+                .map_err(|e| format!("TLS: {e}"))?;
+            let mut s = rustls::StreamOwned::new(conn, tcp);
+            // Finish the handshake first, so its failure is reported as one.
+            while s.conn.is_handshaking() {
+                s.conn.complete_io(&mut s.sock).map_err(|e| format!("TLS handshake: {e}"))?;
+            }
+            Box::new(s)
+        }
+    };
     let mut req = format!("{method} {path} HTTP/1.1\r\n");
     let host = host.map_or_else(|| addr.to_string(), str::to_owned);
     req.push_str(&format!("Host: {host}\r\n"));
@@ -66,6 +95,9 @@ pub fn send(
     }
     parse(&raw, method)
 }
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 /// Length of a complete response at the start of `raw`, when it is complete.
 fn complete(raw: &[u8], method: &str) -> Option<usize> {

@@ -14,6 +14,7 @@ pub mod check;
 pub mod http;
 pub mod manifests;
 pub mod mirror;
+pub mod pki;
 pub mod status;
 pub mod ws;
 
@@ -95,6 +96,7 @@ struct Cluster {
     base: Vec<Value>,
     base_pods: Vec<Pod>,
     next_ip: u32,
+    pki: pki::Pki,
     _procs: Procs,
 }
 
@@ -186,6 +188,9 @@ impl Cluster {
             PathBuf::from(format!("/dev/shm/sluice-conformance-{}/table", std::process::id()));
         let mut base =
             manifests::load(&conformance.join("base/manifests.yaml"), CLASS, CONTROLLER)?;
+        // The suite creates its TLS Secrets and CA ConfigMaps at run time; so does the runner.
+        let pki = pki::Pki::new()?;
+        base.extend(pki.objects.iter().cloned());
         // The suite creates the GatewayClass it is run with; so does the runner.
         base.push(serde_json::json!({
             "apiVersion": "gateway.networking.k8s.io/v1",
@@ -201,6 +206,7 @@ impl Cluster {
             base,
             base_pods: Vec::new(),
             next_ip: u32::from(Ipv4Addr::new(127, 1, 0, 1)),
+            pki,
             _procs: Procs(Vec::new()),
             work,
         };
@@ -284,25 +290,20 @@ impl Cluster {
         if let Some(f) = t.feature.iter().find(|f| !self.opts.features.iter().any(|c| c == *f)) {
             return Some(format!("feature {f} is not supported"));
         }
-        if let Some(c) =
-            t.cases.iter().find(|c| str_of(&c.request, "scheme").is_some_and(|s| s != "http"))
+        if let Some(c) = t
+            .cases
+            .iter()
+            .find(|c| str_of(&c.request, "scheme").is_some_and(|s| s != "http" && s != "https"))
         {
             return Some(format!(
-                "needs {} requests (TLS is a later issue)",
+                "needs {} connections (TLS passthrough is a later issue)",
                 str_of(&c.request, "scheme").unwrap_or_default()
             ));
         }
         if t.cases.iter().any(|c| c.request.get("protocol").is_some()) {
             return Some("needs HTTP/2 (a later issue)".into());
         }
-        let objects = self.test_objects(t).ok()?;
-        let tls =
-            objects.iter().filter(|o| kind(o) == "Gateway").any(|g| {
-                g.pointer("/spec/listeners").and_then(Value::as_array).into_iter().flatten().any(
-                    |l| matches!(l.get("protocol").and_then(Value::as_str), Some("HTTPS" | "TLS")),
-                )
-            });
-        tls.then(|| "needs HTTPS/TLS listeners (a later issue)".into())
+        None
     }
 
     fn test_objects(&self, t: &Test) -> Result<Vec<Value>, String> {
@@ -429,13 +430,25 @@ impl Cluster {
     fn attempt(&self, gw: &GatewayRef, c: &Case, objects: &[Value]) -> Result<(), String> {
         let ip = status::gateway_address(&self.status, &gw.namespace, &gw.name)
             .ok_or_else(|| format!("Gateway {}/{} has no address yet", gw.namespace, gw.name))?;
+        let r = &c.request;
+        let scheme = str_of(r, "scheme").unwrap_or("http");
         let port = match c.gateway_port {
             Some(p) => p,
-            None => self.gateway_port(gw, objects).ok_or("the Gateway has no HTTP listener")?,
+            None => self
+                .gateway_port(gw, objects, scheme)
+                .ok_or_else(|| format!("the Gateway has no {scheme} listener"))?,
         };
         let addr: SocketAddr =
             format!("{ip}:{port}").parse().map_err(|e| format!("{ip}:{port}: {e}"))?;
-        let r = &c.request;
+        let tls = self.tls_for(r)?;
+        let send = |r: &Value, path: &str| send(addr, r, path, tls.as_ref());
+        let fails = ["tls_request_fails", "tls_connection_rejected"];
+        if let Some(field) = fails.iter().find(|f| c.expect.get(**f) == Some(&Value::Bool(true))) {
+            return match send(r, str_of(r, "path").unwrap_or("/")) {
+                Err(_) => Ok(()),
+                Ok(resp) => Err(format!("expected {field}, got status {}", resp.status)),
+            };
+        }
         if r.get("websocket").and_then(Value::as_bool) == Some(true) {
             let lines: Vec<&str> = c
                 .expect
@@ -457,7 +470,7 @@ impl Cluster {
                 o.remove("repeat");
             }
             for _ in 0..repeat {
-                check::response(&once, path, "http", &send(addr, r, path)?)?;
+                check::response(&once, path, scheme, &send(r, path)?)?;
             }
             return Ok(());
         }
@@ -468,13 +481,13 @@ impl Cluster {
                 let uuid = query_uuid(&fresh);
                 expect["path_seen_by_backend"] = Value::String(substitute_uuid(seen, uuid));
             }
-            let resp = send(addr, r, &fresh)?;
-            return check::response(&expect, &fresh, "http", &resp);
+            let resp = send(r, &fresh)?;
+            return check::response(&expect, &fresh, scheme, &resp);
         }
         let mirrors = mirror::targets(&c.expect);
         if mirrors.is_empty() {
-            let resp = send(addr, r, path)?;
-            return check::response(&c.expect, path, "http", &resp);
+            let resp = send(r, path)?;
+            return check::response(&c.expect, path, scheme, &resp);
         }
         // Mirrors: tag the request (and the path the backend must see) with a fresh id, then
         // look for that id in the mirror backends' logs.
@@ -488,8 +501,8 @@ impl Cluster {
                 o.insert("path_seen_by_backend".into(), Value::String(seen));
             }
         }
-        let resp = send(addr, r, &tagged)?;
-        check::response(&expect, &tagged, "http", &resp)?;
+        let resp = send(r, &tagged)?;
+        check::response(&expect, &tagged, scheme, &resp)?;
         let logs = self.work.join("pods");
         for m in mirrors.iter().filter(|m| m.percent >= 100.0) {
             mirror::wait_for(&logs, m, &id, Duration::from_secs(5))?;
@@ -520,7 +533,10 @@ impl Cluster {
             (number("total_requests", 500), number("concurrency", 10).max(1), number("retries", 5));
         let ip = status::gateway_address(&self.status, &gw.namespace, &gw.name)
             .ok_or("the Gateway has no address")?;
-        let port = c.gateway_port.or_else(|| self.gateway_port(gw, objects)).ok_or("no port")?;
+        let scheme = str_of(&c.request, "scheme").unwrap_or("http");
+        let port =
+            c.gateway_port.or_else(|| self.gateway_port(gw, objects, scheme)).ok_or("no port")?;
+        let tls = self.tls_for(&c.request)?;
         let addr: SocketAddr = format!("{ip}:{port}").parse().map_err(|e| format!("{e}"))?;
         let path = str_of(&c.request, "path").unwrap_or("/");
         let logs = self.work.join("pods");
@@ -531,9 +547,10 @@ impl Cluster {
             std::thread::scope(|scope| {
                 for chunk in ids.chunks(total.div_ceil(concurrency).max(1)) {
                     let failed = &failed;
+                    let tls = &tls;
                     scope.spawn(move || {
                         for id in chunk {
-                            let ok = send(addr, &c.request, &mirror::tag(path, id))
+                            let ok = send(addr, &c.request, &mirror::tag(path, id), tls.as_ref())
                                 .is_ok_and(|r| r.status == 200);
                             if !ok {
                                 failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -563,14 +580,38 @@ impl Cluster {
         Err(format!("mirror distribution: {last}"))
     }
 
-    fn gateway_port(&self, gw: &GatewayRef, objects: &[Value]) -> Option<u16> {
+    /// The TLS client for a request: `None` for `http`; for `https`, the vector's server
+    /// name (else its host) and client certificate (`Secret <name>` in the infra namespace).
+    fn tls_for(&self, r: &Value) -> Result<Option<http::Tls>, String> {
+        if str_of(r, "scheme") != Some("https") {
+            return Ok(None);
+        }
+        let sni = str_of(r, "sni").or_else(|| str_of(r, "host")).unwrap_or("example.org");
+        let client = match r.get("client_certificate") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => {
+                let name = s.strip_prefix("Secret ").unwrap_or(s);
+                Some(if name.contains('/') {
+                    name.to_owned()
+                } else {
+                    format!("{INFRA_NAMESPACE}/{name}")
+                })
+            }
+            Some(other) => return Err(format!("client_certificate {other} is not understood")),
+        };
+        let config = self.pki.client(client.as_deref())?;
+        Ok(Some(http::Tls { config, sni: sni.to_owned() }))
+    }
+
+    fn gateway_port(&self, gw: &GatewayRef, objects: &[Value], scheme: &str) -> Option<u16> {
         let g = objects.iter().chain(&self.base).find(|o| {
             kind(o) == "Gateway" && manifests::key(o) == (gw.namespace.clone(), gw.name.clone())
         })?;
+        let protocol = if scheme == "https" { "HTTPS" } else { "HTTP" };
         g.pointer("/spec/listeners")?
             .as_array()?
             .iter()
-            .find(|l| l.get("protocol").and_then(Value::as_str) == Some("HTTP"))?
+            .find(|l| l.get("protocol").and_then(Value::as_str) == Some(protocol))?
             .get("port")?
             .as_u64()
             .map(|p| p as u16)
@@ -636,7 +677,12 @@ fn query_uuid(path: &str) -> &str {
 }
 
 /// Sends the case's request (method, host, headers) with this path.
-fn send(addr: SocketAddr, r: &Value, path: &str) -> Result<http::Response, String> {
+fn send(
+    addr: SocketAddr,
+    r: &Value,
+    path: &str,
+    tls: Option<&http::Tls>,
+) -> Result<http::Response, String> {
     let headers: Vec<(String, String)> = r
         .get("headers")
         .and_then(Value::as_object)
@@ -651,6 +697,7 @@ fn send(addr: SocketAddr, r: &Value, path: &str) -> Result<http::Response, Strin
         path,
         &headers,
         Duration::from_secs(5),
+        tls,
     )
 }
 

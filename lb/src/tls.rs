@@ -25,7 +25,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::future::Future;
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -168,10 +167,8 @@ fn load(c: &ArchivedCertificate, provider: &CryptoProvider) -> Result<CertifiedK
         ArchivedKeyFormat::Pkcs1 => PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(der)),
         ArchivedKeyFormat::Sec1 => PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(der)),
     };
-    let signing = provider.key_provider.load_private_key(key)?;
-    let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match()?;
-    Ok(certified)
+    // Checks that the key matches the leaf where the provider can tell.
+    CertifiedKey::from_der(chain, key, provider)
 }
 
 fn server_config(
@@ -601,9 +598,17 @@ impl TlsStream {
         &self.server_name
     }
 
-    /// Reads ciphertext after what is buffered.
+    /// Reads ciphertext after what is buffered. The buffer stays borrowed across the read, so
+    /// a read that is dropped midway leaves the partial record where it was; a second reader
+    /// at the same time (lb never has one) gets an error, not a panic.
+    #[allow(
+        clippy::await_holding_refcell_ref,
+        reason = "one reader per connection; try_borrow_mut turns a second one into an error"
+    )]
     async fn fill(&self) -> io::Result<usize> {
-        let mut cipher = self.cipher.borrow_mut();
+        let Ok(mut cipher) = self.cipher.try_borrow_mut() else {
+            return Err(io::Error::other("two reads at once on one TLS connection"));
+        };
         cipher.fill(&self.tcp, &self.spare).await
     }
 
@@ -621,7 +626,9 @@ impl TlsStream {
                 if state.ended {
                     return Ok(0);
                 }
-                let mut cipher = self.cipher.borrow_mut();
+                let Ok(mut cipher) = self.cipher.try_borrow_mut() else {
+                    return Err(io::Error::other("two reads at once on one TLS connection"));
+                };
                 state.advance(&mut cipher, input, spare, true)
             };
             match step {
@@ -681,13 +688,11 @@ impl TlsStream {
     }
 
     /// Reads and drops raw bytes (a closing connection's lingering reads).
-    pub(crate) fn discard(&self) -> impl Future<Output = Result<usize, ()>> + '_ {
-        async move {
-            let mut r = &self.tcp;
-            match r.read_managed(0).await {
-                Ok(Some(buf)) => Ok(buf.len()),
-                _ => Err(()),
-            }
+    pub(crate) async fn discard(&self) -> Result<usize, ()> {
+        let mut r = &self.tcp;
+        match r.read_managed(0).await {
+            Ok(Some(buf)) => Ok(buf.len()),
+            _ => Err(()),
         }
     }
 

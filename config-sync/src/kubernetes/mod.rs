@@ -8,10 +8,14 @@
 //! Nothing is published until every kind has been listed once, and a re-list replaces a kind's
 //! objects only when it completes: a restarted watch never publishes a half-empty table.
 //!
-//! Secrets are never listed or watched: the ones Gateways of our classes reference (listener
-//! TLS `certificateRefs`, across namespaces only with a ReferenceGrant) are read one by one with
-//! GET, again when the references change and every minute (`Secrets`), and kept with their
-//! `data` only. (TLS listeners are the consumer; until they land, nothing else reads them.)
+//! Secrets and ConfigMaps are never listed or watched cluster-wide (a cache of every Secret in
+//! the cluster is a liability no gateway needs): the ones Gateways of our classes reference
+//! (listener TLS `certificateRefs`; frontend validation `caCertificateRefs`; across namespaces
+//! only with a ReferenceGrant) are watched one by one, by name (`fieldSelector=metadata.name`,
+//! [`Named`]), so a rotation (cert-manager renewing a Secret) reaches lb as fast as a route
+//! change. A watch starts when a reference appears and stops when it goes; a change waits for
+//! newly referenced objects' first answer (up to [`NAMED_SYNC`]) so a listener does not flap to
+//! "not found" while its Secret is being fetched.
 //!
 //! Status goes to the `/status` subresources, from the holder of the Lease only (`lease`),
 //! and only after the local lb serves the generation the status describes. Writes are diffs:
@@ -41,8 +45,8 @@ use crate::model::{GATEWAY_GROUP, Key, Kind, Model, Object, ObjectId, parse_docu
 use crate::pipeline::{Pipeline, Read};
 use crate::status::{Change, status_value};
 
-/// How often a referenced Secret is read again.
-const SECRET_REFRESH: Duration = Duration::from_secs(60);
+/// How long a compilation waits for newly referenced Secrets and ConfigMaps to be read.
+const NAMED_SYNC: Duration = Duration::from_secs(5);
 
 /// What config-sync needs besides the common settings in Kubernetes mode.
 #[derive(Debug, Clone)]
@@ -135,6 +139,111 @@ struct Update {
     event: Seen,
 }
 
+/// Watches of single objects by name (referenced Secrets and ConfigMaps).
+#[derive(Debug, Default)]
+struct Named {
+    /// (kind, key) → the watch task, when it started, and whether it answered once.
+    watches: BTreeMap<(Kind, Key), (tokio::task::JoinHandle<()>, Instant, bool)>,
+}
+
+impl Named {
+    /// Starts watches for `wanted` objects not watched yet, and stops the others (their
+    /// objects leave the store).
+    fn want(
+        &mut self,
+        wanted: BTreeSet<(Kind, Key)>,
+        client: &kube::Client,
+        tx: &mpsc::UnboundedSender<Update>,
+        stores: &mut BTreeMap<Kind, KindStore>,
+    ) {
+        let gone: Vec<(Kind, Key)> =
+            self.watches.keys().filter(|k| !wanted.contains(*k)).cloned().collect();
+        for (kind, key) in gone {
+            if let Some((task, ..)) = self.watches.remove(&(kind, key.clone())) {
+                task.abort();
+            }
+            if let Some(store) = stores.get_mut(&kind) {
+                store.objects.remove(&key);
+            }
+        }
+        for (kind, key) in wanted {
+            if self.watches.contains_key(&(kind, key.clone())) {
+                continue;
+            }
+            debug!(%kind, object = %key, "watching a referenced object");
+            let task = tokio::spawn(watch_named(client.clone(), kind, key.clone(), tx.clone()));
+            self.watches.insert((kind, key), (task, Instant::now(), false));
+        }
+    }
+
+    /// Notes that a named watch answered.
+    fn answered(&mut self, update: &Update) {
+        if let Seen::Applied(key, _) | Seen::Deleted(key) = &update.event
+            && let Some(w) = self.watches.get_mut(&(update.kind, key.clone()))
+        {
+            w.2 = true;
+        }
+    }
+
+    /// Every watch answered once, or waited [`NAMED_SYNC`].
+    fn synced(&self) -> bool {
+        self.watches
+            .values()
+            .all(|(_, started, answered)| *answered || started.elapsed() > NAMED_SYNC)
+    }
+}
+
+/// Watches one Secret or ConfigMap by name: `Seen::Applied` after each list and change,
+/// `Seen::Deleted` when it is absent.
+async fn watch_named(
+    client: kube::Client,
+    kind: Kind,
+    key: Key,
+    tx: mpsc::UnboundedSender<Update>,
+) {
+    let plural = match kind {
+        Kind::Secret => "secrets",
+        Kind::ConfigMap => "configmaps",
+        _ => return,
+    };
+    let ar = api_resource("", "v1", kind, plural);
+    let api: Api<DynamicObject> = Api::namespaced_with(client, &key.namespace, &ar);
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", key.name));
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let mut listed: Option<Stored> = None;
+    while let Some(item) = stream.next().await {
+        let event = match item {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(%kind, object = %key, "watch: {e}; retrying");
+                continue;
+            }
+        };
+        let seen = match event {
+            Event::Init => {
+                listed = None;
+                continue;
+            }
+            Event::InitApply(o) => {
+                listed = parse(kind, "", "v1", &trim(o)).map(|(_, s)| s);
+                continue;
+            }
+            Event::InitDone => match listed.take() {
+                Some(s) => Seen::Applied(key.clone(), s),
+                None => Seen::Deleted(key.clone()),
+            },
+            Event::Apply(o) => match parse(kind, "", "v1", &trim(o)) {
+                Some((_, s)) => Seen::Applied(key.clone(), s),
+                None => Seen::Deleted(key.clone()),
+            },
+            Event::Delete(_) => Seen::Deleted(key.clone()),
+        };
+        if tx.send(Update { kind, event: seen }).is_err() {
+            return;
+        }
+    }
+}
+
 /// A watch event, parsed.
 #[derive(Debug)]
 enum Seen {
@@ -152,6 +261,9 @@ enum Seen {
 
 /// Runs config-sync against the API server until SIGINT or SIGTERM.
 pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result<(), Error> {
+    // One TLS provider for the whole process (aws-lc-rs, as lb's): set explicitly, so a
+    // dependency that enables a second provider cannot leave kube's client without one.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let client = kube::Client::try_default().await.map_err(|e| Error::Kubernetes(e.to_string()))?;
     let mut pipeline = Pipeline::new(config)?;
     info!(
@@ -197,7 +309,8 @@ pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result
             }
         });
     }
-    drop(tx);
+    // Kept for the named watches started later (the kind watchers hold their own clones).
+    let tx_named = tx;
     let leader = Arc::new(AtomicBool::new(false));
     let lease = lease::Elector::new(client.clone(), options, Arc::clone(&leader));
     let lease_task = tokio::spawn(lease.run());
@@ -208,13 +321,14 @@ pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result
     let mut dirty = false;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(Error::Runtime)?;
-    let mut secrets = Secrets::default();
+    let mut named = Named::default();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut last_check = Instant::now();
     loop {
         tokio::select! {
             update = rx.recv() => {
                 let Some(update) = update else { break };
+                named.answered(&update);
                 dirty |= apply(&mut stores, update);
                 // Batch: take whatever else arrived meanwhile, then wait for a quiet moment.
                 let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
@@ -222,6 +336,7 @@ pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result
                     (tokio::time::Instant::now() + config.debounce.max(Duration::from_millis(20))).min(deadline),
                     rx.recv(),
                 ).await {
+                    named.answered(&more);
                     dirty |= apply(&mut stores, more);
                 }
             }
@@ -237,15 +352,15 @@ pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result
         }
         let all_listed = WATCHED.iter().all(|(k, ..)| stores.get(k).is_some_and(|s| s.listed));
         if dirty && all_listed {
+            let wanted = referenced(&stores, &pipeline.settings().controller_name);
+            named.want(wanted, &client, &tx_named, &mut stores);
+        }
+        if dirty && all_listed && named.synced() {
             dirty = false;
             let model = model(&stores);
             for c in pipeline.run(&model, Read::now()) {
                 unwritten.insert(c.id.clone(), c);
             }
-            secrets.want(referenced_secrets(&stores, &pipeline.settings().controller_name));
-        }
-        if all_listed {
-            secrets.refresh(&client).await;
         }
         let is_leader = leader.load(Ordering::Relaxed);
         if is_leader && !was_leader {
@@ -335,9 +450,10 @@ fn model(stores: &BTreeMap<Kind, KindStore>) -> Model {
     model
 }
 
-/// The Secrets Gateways of our classes may use: listener TLS certificateRefs to core Secrets,
-/// in the Gateway's namespace or granted by a ReferenceGrant in the Secret's.
-fn referenced_secrets(stores: &BTreeMap<Kind, KindStore>, controller: &str) -> BTreeSet<Key> {
+/// The Secrets and ConfigMaps Gateways of our classes may use: listener TLS certificateRefs
+/// (core Secrets) and frontend validation caCertificateRefs (core ConfigMaps), in the
+/// Gateway's namespace or granted by a ReferenceGrant in theirs.
+fn referenced(stores: &BTreeMap<Kind, KindStore>, controller: &str) -> BTreeSet<(Kind, Key)> {
     let objects = |kind: Kind| stores.get(&kind).into_iter().flat_map(|s| s.objects.values());
     let classes: BTreeSet<&str> = objects(Kind::GatewayClass)
         .filter_map(|s| match &s.object {
@@ -347,14 +463,14 @@ fn referenced_secrets(stores: &BTreeMap<Kind, KindStore>, controller: &str) -> B
             _ => None,
         })
         .collect();
-    let granted = |from_ns: &str, to_ns: &str, name: &str| {
+    let granted = |from_ns: &str, to_ns: &str, kind: Kind, name: &str| {
         objects(Kind::ReferenceGrant).any(|s| match &s.object {
             Object::ReferenceGrant(g) if g.metadata.namespace.as_deref() == Some(to_ns) => {
                 g.spec.from.iter().any(|f| {
                     f.group == GATEWAY_GROUP && f.kind == "Gateway" && f.namespace == from_ns
                 }) && g.spec.to.iter().any(|t| {
                     t.group.is_empty()
-                        && t.kind == "Secret"
+                        && t.kind == kind.as_str()
                         && t.name.as_deref().is_none_or(|n| n == name)
                 })
             }
@@ -368,63 +484,49 @@ fn referenced_secrets(stores: &BTreeMap<Kind, KindStore>, controller: &str) -> B
             continue;
         }
         let gw_ns = gw.metadata.namespace.as_deref().unwrap_or("default");
-        let refs = gw
+        let mut refer =
+            |kind: Kind, group: Option<&str>, k: Option<&str>, ns: Option<&str>, name: &str| {
+                let core =
+                    group.unwrap_or("").is_empty() && k.unwrap_or(kind.as_str()) == kind.as_str();
+                let ns = ns.unwrap_or(gw_ns);
+                if core && (ns == gw_ns || granted(gw_ns, ns, kind, name)) {
+                    out.insert((kind, Key::new(ns, name)));
+                }
+            };
+        let certificates = gw
             .spec
             .listeners
             .iter()
             .filter_map(|l| l.tls.as_ref())
             .flat_map(|t| t.certificate_refs.iter().flatten());
-        for r in refs {
-            let core_secret = r.group.as_deref().unwrap_or("").is_empty()
-                && r.kind.as_deref().unwrap_or("Secret") == "Secret";
-            let ns = r.namespace.as_deref().unwrap_or(gw_ns);
-            if core_secret && (ns == gw_ns || granted(gw_ns, ns, &r.name)) {
-                out.insert(Key::new(ns, &r.name));
-            }
+        for r in certificates {
+            refer(
+                Kind::Secret,
+                r.group.as_deref(),
+                r.kind.as_deref(),
+                r.namespace.as_deref(),
+                &r.name,
+            );
+        }
+        let frontend = gw.spec.tls.as_ref().and_then(|t| t.frontend.as_ref());
+        let default = frontend.and_then(|f| f.default.validation.as_ref());
+        let per_port = frontend
+            .into_iter()
+            .flat_map(|f| f.per_port.iter().flatten())
+            .filter_map(|p| p.tls.validation.as_ref());
+        let cas = default
+            .into_iter()
+            .flat_map(|v| v.ca_certificate_refs.iter())
+            .map(|r| (r.group.as_str(), r.kind.as_str(), r.namespace.as_deref(), r.name.as_str()))
+            .chain(per_port.flat_map(|v| v.ca_certificate_refs.iter()).map(|r| {
+                (r.group.as_str(), r.kind.as_str(), r.namespace.as_deref(), r.name.as_str())
+            }))
+            .collect::<Vec<_>>();
+        for (group, kind, ns, name) in cas {
+            refer(Kind::ConfigMap, Some(group), Some(kind), ns, name);
         }
     }
     out
-}
-
-/// Referenced Secrets, read by name: `data` only, `None` when missing or not readable.
-#[derive(Debug, Default)]
-struct Secrets {
-    wanted: BTreeSet<Key>,
-    read: BTreeMap<Key, (Instant, Option<BTreeMap<String, k8s_openapi::ByteString>>)>,
-}
-
-impl Secrets {
-    fn want(&mut self, keys: BTreeSet<Key>) {
-        self.read.retain(|k, _| keys.contains(k));
-        self.wanted = keys;
-    }
-
-    /// Reads the wanted Secrets not read yet or read over a minute ago.
-    async fn refresh(&mut self, client: &kube::Client) {
-        let due: Vec<Key> = self
-            .wanted
-            .iter()
-            .filter(|k| self.read.get(*k).is_none_or(|(at, _)| at.elapsed() > SECRET_REFRESH))
-            .cloned()
-            .collect();
-        for key in due {
-            let api: Api<k8s_openapi::api::core::v1::Secret> =
-                Api::namespaced(client.clone(), &key.namespace);
-            let data = match api.get_opt(&key.name).await {
-                Ok(Some(secret)) => secret.data,
-                Ok(None) => {
-                    warn!(secret = %key, "referenced Secret not found");
-                    None
-                }
-                Err(e) => {
-                    warn!(secret = %key, "cannot read referenced Secret: {e}");
-                    None
-                }
-            };
-            debug!(secret = %key, keys = data.as_ref().map_or(0, BTreeMap::len), "read referenced Secret");
-            self.read.insert(key, (Instant::now(), data));
-        }
-    }
 }
 
 #[cfg(test)]

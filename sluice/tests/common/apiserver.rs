@@ -90,6 +90,7 @@ pub const RESOURCES: &[Res] = &[
         namespaced: true,
     },
     Res { group: "", version: "v1", plural: "secrets", kind: "Secret", namespaced: true },
+    Res { group: "", version: "v1", plural: "configmaps", kind: "ConfigMap", namespaced: true },
 ];
 
 fn res_of_kind(kind: &str) -> Res {
@@ -483,7 +484,7 @@ fn read_request(stream: &TcpStream) -> std::io::Result<Option<Request>> {
     let query = q
         .split('&')
         .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.replace("%2F", "/").replace("%3A", ":")))
+        .map(|(k, v)| (k.to_owned(), v.replace("%2F", "/").replace("%3A", ":").replace("%3D", "=")))
         .collect();
     Ok(Some(Request {
         method: req.method.unwrap_or("GET").to_owned(),
@@ -548,10 +549,15 @@ fn serve(mut stream: TcpStream, shared: &Arc<Shared>) -> std::io::Result<()> {
     let (code, body) = match (req.method.as_str(), &name, status) {
         ("GET", None, _) => {
             st.lists += 1;
+            let only = name_selector(&req);
             let items: Vec<Value> = st
                 .objects
                 .iter()
-                .filter(|((p, n, _), _)| *p == res.plural && (ns.is_empty() || *n == ns))
+                .filter(|((p, n, name), _)| {
+                    *p == res.plural
+                        && (ns.is_empty() || *n == ns)
+                        && only.as_deref().is_none_or(|o| o == name)
+                })
                 .map(|(_, o)| {
                     let mut o = o.clone();
                     if !res.custom()
@@ -654,6 +660,11 @@ fn chunk(stream: &mut TcpStream, line: &Value) -> std::io::Result<()> {
     stream.flush()
 }
 
+/// `fieldSelector=metadata.name=<name>` (the only field selector served).
+fn name_selector(req: &Request) -> Option<String> {
+    req.query.get("fieldSelector")?.strip_prefix("metadata.name=").map(str::to_owned)
+}
+
 fn watch(
     mut stream: TcpStream,
     shared: &Arc<Shared>,
@@ -662,6 +673,7 @@ fn watch(
     req: &Request,
 ) -> std::io::Result<()> {
     let from: u64 = req.query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let only = name_selector(req);
     let bookmarks = req.query.get("allowWatchBookmarks").map(String::as_str) == Some("true");
     let timeout = req
         .query
@@ -707,6 +719,9 @@ fn watch(
                         && *p == res.plural
                         && (ns.is_empty()
                             || o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns))
+                        && only.as_deref().is_none_or(|n| {
+                            o.pointer("/metadata/name").and_then(Value::as_str) == Some(n)
+                        })
                 })
                 .map(|(rv, _, t, o)| (*rv, *t, o.clone()))
                 .collect();

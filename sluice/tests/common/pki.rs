@@ -31,15 +31,15 @@ impl Ca {
     /// An ECDSA P-256 leaf for `names` (the first is its common name too).
     pub fn leaf(&self, names: &[&str]) -> Leaf {
         let key = KeyPair::generate().unwrap();
-        self.sign(names, key)
+        self.sign(names, &key)
     }
 
     /// A leaf for `names` with the given key.
-    pub fn sign(&self, names: &[&str], key: KeyPair) -> Leaf {
+    pub fn sign(&self, names: &[&str], key: &KeyPair) -> Leaf {
         let owned: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let mut params = CertificateParams::new(owned).unwrap();
         params.distinguished_name.push(DnType::CommonName, names[0]);
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let cert = params.signed_by(key, &self.cert, &self.key).unwrap();
         Leaf { cert: cert.pem(), key: key.serialize_pem() }
     }
 

@@ -72,10 +72,8 @@ fn bad_references_get_the_spec_reasons() {
     let pem = cert(&["example.com"]);
     let malformed = "apiVersion: v1\nkind: Secret\nmetadata: {name: malformed, namespace: infra}\ntype: kubernetes.io/tls\ndata: {tls.crt: SGVsbG8gd29ybGQK, tls.key: SGVsbG8gd29ybGQK}\n---\n";
     let other = cert(&["other.example"]);
-    let mismatched = secret("infra", "mismatched", &(pem.0.clone(), other.1.clone()));
-    let opaque = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: opaque, namespace: infra}}\ntype: Opaque\nstringData: {{tls.crt: x, tls.key: y}}\n---\n"
-    );
+    let mismatched = secret("infra", "mismatched", &(pem.0.clone(), other.1));
+    let opaque = "apiVersion: v1\nkind: Secret\nmetadata: {name: opaque, namespace: infra}\ntype: Opaque\nstringData: {tls.crt: x, tls.key: y}\n---\n";
     let cases = [
         ("missing", "{name: nonexistent}", "InvalidCertificateRef", "not found"),
         (
@@ -92,7 +90,7 @@ fn bad_references_get_the_spec_reasons() {
     ];
     let mut extra = secret("infra", "site", &pem) + &secret("apps", "site", &pem) + malformed;
     extra += &mismatched;
-    extra += &opaque;
+    extra += opaque;
     for (i, (name, refs, _, _)) in cases.iter().enumerate() {
         extra += &https_gateway(name, 9000 + i as u16, refs);
     }
