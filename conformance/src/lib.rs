@@ -39,6 +39,13 @@ pub const CLAIMED: &[&str] = config_sync::SUPPORTED_FEATURES;
 const INFRA_NAMESPACE: &str = "gateway-conformance-infra";
 const MANUAL_SLICE_BACKEND: &str = "infra-backend-v1-";
 
+/// Public vectors that cannot pass as written, with the upstream source that shows why; each
+/// is reported as a skip that says so, and run corrected from `conformance/cases/sluice.json`.
+const VECTOR_ERRATA: &[(&str, &str)] = &[(
+    "GatewayModifyListeners",
+    "the vector lost the two Patch steps of upstream gateway-modify-listeners.go (add listener `http` :80 to gateway-add-listener, then drop `https` from gateway-remove-listener), so its second check expects a listener the manifest never has; run corrected as SluiceGatewayModifyListeners",
+)];
+
 /// GatewayClass name the manifests are filled in with.
 pub const CLASS: &str = "sluice";
 /// Controller name config-sync serves.
@@ -271,6 +278,9 @@ impl Cluster {
 
     /// Why a test cannot run here, from what it needs (features, TLS, other schemes).
     fn skip_reason(&self, t: &Test) -> Option<String> {
+        if let Some((_, why)) = VECTOR_ERRATA.iter().find(|(name, _)| *name == t.test) {
+            return Some(format!("vector incomplete: {why}"));
+        }
         // A check written as prose cannot be replayed by a program (reported, not passed).
         if let Some(prose) = t.cases.iter().find_map(|c| c.expect.get("invariant")) {
             return Some(format!("vector states a check in prose only (invariant: {prose})"));

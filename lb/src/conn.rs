@@ -59,7 +59,8 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
         }
     };
     let client = ClientIp::new(peer.ip(), core.settings.trusted_hops > 0)
-        .over_tls(transport.server_name().is_some());
+        .over_tls(transport.server_name().is_some())
+        .with_client_cert(transport.client_cert().cloned());
     let keep_alive = core.settings.timeouts.keep_alive;
     let mut linger_after = false;
     loop {

@@ -187,16 +187,14 @@ fn server_config(
             for der in validation.roots.iter() {
                 roots.add(CertificateDer::from(der.as_slice().to_vec()))?;
             }
-            let mut verifier = WebPkiClientVerifier::builder_with_provider(
+            let inner = WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 Arc::clone(&shared.provider),
-            );
-            if validation.insecure_fallback {
-                verifier = verifier.allow_unauthenticated();
-            }
-            let verifier: Arc<dyn ClientCertVerifier> =
-                verifier.build().map_err(|e| rustls::Error::General(e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
+            )
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+            let verifier = Recording { inner, fallback: validation.insecure_fallback };
+            builder.with_client_cert_verifier(Arc::new(verifier))
         }
     };
     let resolver = Sni { router: Arc::clone(router), port, keys: Arc::clone(keys) };
@@ -221,7 +219,102 @@ impl std::fmt::Debug for Sni {
     }
 }
 
+/// Verifies client certificates against a port's CA bundle and records the outcome for the
+/// handshake running on this thread ([`CLIENT_VERIFIED`]). `fallback` (the spec's
+/// `AllowInsecureFallback`): a certificate is asked for but not required, and one that does not
+/// verify is let through unverified (it is then not passed on); otherwise a missing or invalid
+/// certificate fails the handshake (`certificate_required` / `bad_certificate` alerts).
+#[derive(Debug)]
+struct Recording {
+    inner: Arc<dyn ClientCertVerifier>,
+    fallback: bool,
+}
+
+impl ClientCertVerifier for Recording {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        !self.fallback
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verdict = self.inner.verify_client_cert(end_entity, intermediates, now);
+        CLIENT_VERIFIED.with(|c| c.set(Some(verdict.is_ok())));
+        match verdict {
+            Err(_) if self.fallback => Ok(rustls::server::danger::ClientCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    // Proof of possession is checked in every mode: a client cannot present someone else's
+    // certificate, verified or not.
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// `X-Forwarded-Client-Cert` for a verified client certificate, in Envoy's format:
+/// `Hash=<SHA-256 of the DER, hex>;Subject="<RFC 4514 subject>"` (quotes and backslashes in
+/// the subject escaped; a subject that does not parse is left out).
+pub(crate) fn client_cert_field(der: &[u8]) -> String {
+    use std::fmt::Write;
+    use x509_cert::der::Decode;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    let mut out = String::from("Hash=");
+    for b in digest.as_ref() {
+        let _ = write!(out, "{b:02x}");
+    }
+    if let Ok(cert) = x509_cert::Certificate::from_der(der) {
+        let subject = cert.tbs_certificate.subject.to_string();
+        if subject.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            out.push_str(";Subject=\"");
+            for c in subject.chars() {
+                if c == '"' || c == '\\' {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out.push('"');
+        }
+    }
+    out
+}
+
 thread_local! {
+    /// Whether the client certificate of the handshake running on this thread verified
+    /// (`None`: none was presented). Set by [`Recording`] inside `process_tls_records`, taken
+    /// by [`TlsStream::accept`] right after.
+    static CLIENT_VERIFIED: Cell<Option<bool>> = const { Cell::new(None) };
+
     /// The server name the last certificate was resolved for on this thread. rustls 0.23's
     /// unbuffered server connection does not expose the name, but it always resolves a
     /// certificate (resumption too) inside the `process_tls_records` call that handles the
@@ -303,6 +396,9 @@ pub(crate) struct TlsStream {
     writing: Cell<bool>,
     /// The server name the client sent, lower-case (empty: none).
     server_name: Box<[u8]>,
+    /// `X-Forwarded-Client-Cert` for the client's certificate, when one was presented and
+    /// verified.
+    client_cert: Option<Rc<str>>,
     spare: Rc<Spare>,
 }
 
@@ -544,9 +640,12 @@ impl TlsStream {
             cipher: RefCell::new(InBuf::Empty),
             writing: Cell::new(false),
             server_name: Box::default(),
+            client_cert: None,
             spare,
         };
         let mut handshaken = false;
+        let mut verified = None;
+        CLIENT_VERIFIED.with(|c| c.set(None));
         loop {
             let step = {
                 let mut state = stream.state.borrow_mut();
@@ -555,6 +654,9 @@ impl TlsStream {
             };
             if let Some(name) = RESOLVED_NAME.with(|r| r.borrow_mut().take()) {
                 stream.server_name = name;
+            }
+            if let Some(v) = CLIENT_VERIFIED.with(Cell::take) {
+                verified = Some(v);
             }
             let want = match step {
                 Ok((_, want)) => want,
@@ -590,7 +692,17 @@ impl TlsStream {
                 }
             }
         }
+        if verified == Some(true) {
+            let state = stream.state.borrow();
+            let leaf = state.conn.peer_certificates().and_then(<[CertificateDer<'_>]>::first);
+            stream.client_cert = leaf.map(|c| Rc::from(client_cert_field(c.as_ref())));
+        }
         Ok(stream)
+    }
+
+    /// `X-Forwarded-Client-Cert` for the verified client certificate, if any.
+    pub(crate) fn client_cert(&self) -> Option<&Rc<str>> {
+        self.client_cert.as_ref()
     }
 
     /// The server name the client asked for, lower-case; empty when it sent none.

@@ -127,6 +127,14 @@ impl Transport {
         }
     }
 
+    /// `X-Forwarded-Client-Cert` for a TLS client's verified certificate.
+    pub(crate) fn client_cert(&self) -> Option<&std::rc::Rc<str>> {
+        match self {
+            Transport::Plain(_) => None,
+            Transport::Tls(t) => t.client_cert(),
+        }
+    }
+
     /// The server name a TLS client asked for (`Some(b"")`: TLS without one); `None` for
     /// plain connections.
     pub(crate) fn server_name(&self) -> Option<&[u8]> {

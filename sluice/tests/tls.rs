@@ -451,3 +451,85 @@ for _ in sys.stdin:
     f.read(length)
     print(status, flush=True)
 "#;
+
+#[test]
+fn client_certificates_are_verified_and_passed_on_as_x_forwarded_client_cert() {
+    let mut env = Env::new("tls-mtls");
+    let a = env.echo("default", "svc-a", "svc-a-0");
+    let server_ca = Ca::new("Sluice server CA");
+    let ca_file = server_ca.write(&env.dir, "ca.pem");
+    let client_ca = Ca::new("Sluice client CA");
+    let other_ca = Ca::new("Some other CA");
+    let (strict, fallback) = (free_port(), free_port());
+    let indent = |pem: &str| -> String { pem.lines().map(|l| format!("    {l}\n")).collect() };
+    env.write(
+        "gateway.yaml",
+        &format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: sluice}}\nspec: {{controllerName: sluice.dev/gateway-controller}}\n---\n\
+             apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: client-ca, namespace: default}}\ndata:\n  ca.crt: |\n{}---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  gatewayClassName: sluice\n  tls:\n    frontend:\n      default:\n        validation:\n          caCertificateRefs: [{{group: '', kind: ConfigMap, name: client-ca}}]\n      perPort:\n      - port: {fallback}\n        tls:\n          validation:\n            mode: AllowInsecureFallback\n            caCertificateRefs: [{{group: '', kind: ConfigMap, name: client-ca}}]\n  listeners:\n  - {{name: strict, protocol: HTTPS, port: {strict}, allowedRoutes: {{namespaces: {{from: All}}}}, tls: {{certificateRefs: [{{name: site}}]}}}}\n  - {{name: fallback, protocol: HTTPS, port: {fallback}, allowedRoutes: {{namespaces: {{from: All}}}}, tls: {{certificateRefs: [{{name: site}}]}}}}\n",
+            indent(&client_ca.pem)
+        ),
+    );
+    env.write("secrets.yaml", &secret("default", "site", &server_ca.leaf(&["example.org"])));
+    env.write("svc.yaml", &service("default", "svc-a", &[a]));
+    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: a}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc-a, port: 80}]\n");
+    env.start(strict, &[]);
+    wait_listening(format!("127.0.0.1:{fallback}").parse().unwrap());
+    let write_pair = |name: &str, leaf: &common::pki::Leaf| -> (PathBuf, PathBuf) {
+        let (c, k) = (env.dir.join(format!("{name}.crt")), env.dir.join(format!("{name}.key")));
+        std::fs::write(&c, &leaf.cert).unwrap();
+        std::fs::write(&k, &leaf.key).unwrap();
+        (c, k)
+    };
+    let good = write_pair("good", &client_ca.leaf(&["alice.example"]));
+    let bad = write_pair("bad", &other_ca.leaf(&["mallory.example"]));
+    let request = |port: u16, cert: Option<&(PathBuf, PathBuf)>| -> (bool, serde_json::Value) {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--resolve",
+            &format!("example.org:{port}:127.0.0.1"),
+            "--cacert",
+        ])
+        .arg(&ca_file)
+        // A client that tries to claim a certificate it does not have.
+        .args(["-H", "X-Forwarded-Client-Cert: Hash=forged;Subject=\"CN=admin\""]);
+        if let Some((c, k)) = cert {
+            cmd.arg("--cert").arg(c).arg("--key").arg(k);
+        }
+        let out = cmd.arg(format!("https://example.org:{port}/")).output().unwrap();
+        (
+            out.status.success(),
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+        )
+    };
+    let xfcc = |json: &serde_json::Value| {
+        json["headers"]["X-Forwarded-Client-Cert"][0].as_str().map(str::to_owned)
+    };
+    // Strict: a certificate from the CA is required; its identity reaches the backend.
+    let (ok, json) = request(strict, Some(&good));
+    assert!(ok, "{}", env.log("lb"));
+    let field = xfcc(&json).expect("X-Forwarded-Client-Cert");
+    assert!(
+        field.starts_with("Hash=") && field.contains("Subject=\"CN=alice.example\""),
+        "{field}"
+    );
+    assert!(!field.contains("forged"), "{field}");
+    assert!(!request(strict, None).0, "no client certificate must fail on a strict port");
+    assert!(!request(strict, Some(&bad)).0, "a certificate from another CA must fail");
+    // Insecure fallback: everyone is served; only a verified certificate is passed on, and the
+    // client's own field never is.
+    let (ok, json) = request(fallback, Some(&good));
+    assert!(ok);
+    assert!(xfcc(&json).is_some_and(|f| f.contains("CN=alice.example")), "{json}");
+    for cert in [None, Some(&bad)] {
+        let (ok, json) = request(fallback, cert);
+        assert!(ok, "fallback serves clients without a valid certificate");
+        assert_eq!(xfcc(&json), None, "{json}");
+    }
+    let status = env.status_file("gateway", "default", "gw");
+    assert!(status.contains("InsecureFrontendValidationMode"), "{status}");
+}

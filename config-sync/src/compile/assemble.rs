@@ -140,7 +140,7 @@ impl<'m> Compiler<'m> {
             let rejected = address_problem
                 .map(|p| (Reason::UnsupportedAddress, p))
                 .or_else(|| parameters_problem(gw).map(|p| (Reason::InvalidParameters, p)));
-            let conditions = match rejected {
+            let mut conditions = match rejected {
                 Some((reason, p)) => vec![
                     condition(Type::Accepted, false, reason, &p, generation),
                     condition(Type::Programmed, false, Reason::Invalid, &p, generation),
@@ -226,6 +226,15 @@ impl<'m> Compiler<'m> {
                     programmed_condition(any_usable, "gateway", generation),
                 ],
             };
+            if self.insecure_frontend.contains(*key) {
+                conditions.push(condition(
+                    Type::InsecureFrontendValidationMode,
+                    true,
+                    Reason::ConfigurationChanged,
+                    "AllowInsecureFallback: clients without a valid certificate are served too",
+                    generation,
+                ));
+            }
             self.status.insert(
                 ObjectId { kind: Kind::Gateway, key: (*key).clone() },
                 (
@@ -241,7 +250,8 @@ impl<'m> Compiler<'m> {
         }
         // Ports: every usable listener on each of its addresses (listeners of one port agree on
         // TLS: `gateways` made the others conflicted).
-        let mut ports: BTreeMap<(u16, Option<t::Address>), (t::HostIndex, bool)> = BTreeMap::new();
+        type PortEntry = (t::HostIndex, bool, Option<t::ClientValidation>);
+        let mut ports: BTreeMap<(u16, Option<t::Address>), PortEntry> = BTreeMap::new();
         for l in self.listeners.iter_mut().filter(|l| l.usable) {
             let listener_index = table.listeners.len() as u32;
             let vhosts =
@@ -252,17 +262,21 @@ impl<'m> Compiler<'m> {
                 certificates: std::mem::take(&mut l.certificates),
             });
             for a in &l.addresses {
-                let (index, tls) = ports.entry((l.port, a.map(t::Address::from))).or_default();
+                let (index, tls, client) =
+                    ports.entry((l.port, a.map(t::Address::from))).or_default();
                 *tls |= l.tls;
+                if client.is_none() {
+                    client.clone_from(&l.client_validation);
+                }
                 match l.hostname {
                     None => index.any = Some(listener_index),
                     Some(h) => add_host(index, h, listener_index),
                 }
             }
         }
-        for ((port, address), (mut listeners, tls)) in ports {
+        for ((port, address), (mut listeners, tls, client)) in ports {
             sort_host_index(&mut listeners);
-            let tls = tls.then(t::PortTls::default);
+            let tls = tls.then_some(t::PortTls { client });
             table.ports.push(t::Port { address, port, listeners, tls });
         }
         let mut wrr = 0u32;

@@ -86,7 +86,7 @@ impl<'m> Compiler<'m> {
                 format!("certificateRef {key}: {what} is not supported (core Secret only)"),
             ));
         }
-        if namespace != gateway_ns && !self.secret_grant_allows(gateway_ns, namespace, &r.name) {
+        if namespace != gateway_ns && !self.grant_to(gateway_ns, namespace, "Secret", &r.name) {
             return Err((
                 Reason::RefNotPermitted,
                 format!(
@@ -124,21 +124,6 @@ impl<'m> Compiler<'m> {
             self.certificate_problems.insert(key, p.clone());
         }
         Ok((index, ecdsa, problem))
-    }
-
-    /// Whether a ReferenceGrant in `to_ns` lets Gateways of `from_ns` use Secret `name`.
-    fn secret_grant_allows(&self, from_ns: &str, to_ns: &str, name: &str) -> bool {
-        self.model.reference_grants.iter().filter(|(k, _)| k.namespace == to_ns).any(|(_, g)| {
-            g.spec
-                .from
-                .iter()
-                .any(|f| f.group == GATEWAY_GROUP && f.kind == "Gateway" && f.namespace == from_ns)
-                && g.spec.to.iter().any(|to| {
-                    to.group.is_empty()
-                        && to.kind == "Secret"
-                        && to.name.as_deref().is_none_or(|n| n == name)
-                })
-        })
     }
 }
 
@@ -193,4 +178,131 @@ fn is_ecdsa(cert: &t::Certificate) -> bool {
     const EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
     cert.key_format == t::KeyFormat::Pkcs8
         && cert.key.windows(EC_PUBLIC_KEY.len()).take(32).any(|w| w == EC_PUBLIC_KEY)
+}
+
+/// A Gateway's client-certificate validation for one port (`spec.tls.frontend`: the
+/// `perPort` entry for it, else `default`), resolved: `None` when none is asked for.
+pub(super) type Frontend = Option<Result<t::ClientValidation, Why>>;
+
+impl<'m> Compiler<'m> {
+    /// Resolves the frontend validation `gw` asks for on `port`: CA bundles from ConfigMaps
+    /// (`ca.crt`, PEM), across namespaces only with a ReferenceGrant.
+    pub(super) fn frontend_validation(&self, gw: &Gateway, port: u16) -> Frontend {
+        let frontend = gw.spec.tls.as_ref()?.frontend.as_ref()?;
+        let per_port = frontend
+            .per_port
+            .iter()
+            .flatten()
+            .find(|p| p.port == i32::from(port))
+            .and_then(|p| p.tls.validation.as_ref());
+        type Ref<'a> = (&'a str, &'a str, Option<&'a str>, &'a str);
+        let (refs, insecure): (Vec<Ref<'_>>, bool) = match per_port {
+            Some(v) => (
+                v.ca_certificate_refs
+                    .iter()
+                    .map(|r| {
+                        (r.group.as_str(), r.kind.as_str(), r.namespace.as_deref(), r.name.as_str())
+                    })
+                    .collect(),
+                v.mode == Some(GatewayTlsFrontendPerPortTlsValidationMode::AllowInsecureFallback),
+            ),
+            None => {
+                let v = frontend.default.validation.as_ref()?;
+                (
+                    v.ca_certificate_refs
+                        .iter()
+                        .map(|r| {
+                            (
+                                r.group.as_str(),
+                                r.kind.as_str(),
+                                r.namespace.as_deref(),
+                                r.name.as_str(),
+                            )
+                        })
+                        .collect(),
+                    v.mode == Some(GatewayTlsFrontendDefaultValidationMode::AllowInsecureFallback),
+                )
+            }
+        };
+        let gw_ns = gw.metadata.namespace.as_deref().unwrap_or("default");
+        let mut roots = Vec::new();
+        for (group, kind, namespace, name) in refs {
+            let namespace = namespace.unwrap_or(gw_ns);
+            let key = Key::new(namespace, name);
+            if !group.is_empty() || kind != "ConfigMap" {
+                let what =
+                    if group.is_empty() { kind.to_owned() } else { format!("{group}/{kind}") };
+                return Some(Err((
+                    Reason::InvalidCACertificateKind,
+                    format!(
+                        "caCertificateRef {key}: {what} is not supported (core ConfigMap only)"
+                    ),
+                )));
+            }
+            if namespace != gw_ns && !self.grant_to(gw_ns, namespace, "ConfigMap", name) {
+                return Some(Err((
+                    Reason::RefNotPermitted,
+                    format!(
+                        "no ReferenceGrant in {namespace} allows Gateways from {gw_ns} to ConfigMap {name}"
+                    ),
+                )));
+            }
+            let Some(map) = self.model.config_maps.get(&key) else {
+                return Some(Err((
+                    Reason::InvalidCACertificateRef,
+                    format!("ConfigMap {key} not found"),
+                )));
+            };
+            let pem = map.data.as_ref().and_then(|d| d.get("ca.crt"));
+            let Some(pem) = pem else {
+                return Some(Err((
+                    Reason::InvalidCACertificateRef,
+                    format!("ConfigMap {key} has no ca.crt"),
+                )));
+            };
+            let certs: Result<Vec<CertificateDer<'static>>, _> =
+                CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+            let mut store = rustls::RootCertStore::empty();
+            match certs {
+                Ok(certs) if !certs.is_empty() => {
+                    for c in certs {
+                        if store.add(c.clone()).is_err() {
+                            return Some(Err((
+                                Reason::InvalidCACertificateRef,
+                                format!(
+                                    "ConfigMap {key}: ca.crt holds a certificate that is not a usable CA"
+                                ),
+                            )));
+                        }
+                        roots.push(c.as_ref().to_vec());
+                    }
+                }
+                _ => {
+                    return Some(Err((
+                        Reason::InvalidCACertificateRef,
+                        format!("ConfigMap {key}: ca.crt is not PEM certificates"),
+                    )));
+                }
+            }
+        }
+        if roots.is_empty() {
+            return Some(Err((Reason::InvalidCACertificateRef, "no caCertificateRefs".to_owned())));
+        }
+        Some(Ok(t::ClientValidation { roots, insecure_fallback: insecure }))
+    }
+
+    /// Whether a ReferenceGrant in `to_ns` lets Gateways of `from_ns` use core `kind` `name`.
+    fn grant_to(&self, from_ns: &str, to_ns: &str, kind: &str, name: &str) -> bool {
+        self.model.reference_grants.iter().filter(|(k, _)| k.namespace == to_ns).any(|(_, g)| {
+            g.spec
+                .from
+                .iter()
+                .any(|f| f.group == GATEWAY_GROUP && f.kind == "Gateway" && f.namespace == from_ns)
+                && g.spec.to.iter().any(|to| {
+                    to.group.is_empty()
+                        && to.kind == kind
+                        && to.name.as_deref().is_none_or(|n| n == name)
+                })
+        })
+    }
 }

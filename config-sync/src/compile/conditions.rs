@@ -11,6 +11,7 @@ pub(crate) enum Type {
     ResolvedRefs,
     Conflicted,
     SupportedVersion,
+    InsecureFrontendValidationMode,
 }
 
 /// A condition reason.
@@ -32,6 +33,10 @@ pub(crate) enum Reason {
     HostnameConflict,
     ProtocolConflict,
     InvalidCertificateRef,
+    InvalidCACertificateRef,
+    InvalidCACertificateKind,
+    NoValidCACertificate,
+    ConfigurationChanged,
     Pending,
     Invalid,
     // Route problems.
@@ -53,6 +58,7 @@ impl Type {
             Type::ResolvedRefs => "ResolvedRefs",
             Type::Conflicted => "Conflicted",
             Type::SupportedVersion => "SupportedVersion",
+            Type::InsecureFrontendValidationMode => "InsecureFrontendValidationMode",
         }
     }
 }
@@ -75,6 +81,10 @@ impl Reason {
             Reason::HostnameConflict => "HostnameConflict",
             Reason::ProtocolConflict => "ProtocolConflict",
             Reason::InvalidCertificateRef => "InvalidCertificateRef",
+            Reason::InvalidCACertificateRef => "InvalidCACertificateRef",
+            Reason::InvalidCACertificateKind => "InvalidCACertificateKind",
+            Reason::NoValidCACertificate => "NoValidCACertificate",
+            Reason::ConfigurationChanged => "ConfigurationChanged",
             Reason::Pending => "Pending",
             Reason::Invalid => "Invalid",
             Reason::NoMatchingParent => "NoMatchingParent",

@@ -86,6 +86,7 @@ impl<'m> Compiler<'m> {
                     port: l.port as u16,
                     tls: l.protocol == "HTTPS",
                     certificates: Vec::new(),
+                    client_validation: None,
                     hostname: l.hostname.as_deref(),
                     addresses: addresses.clone(),
                     allowed: AllowedNamespaces::Same,
@@ -156,6 +157,24 @@ impl<'m> Compiler<'m> {
                             }
                             certified = !certs.indices.is_empty();
                             info.certificates = certs.indices;
+                            match self.frontend_validation(gw, info.port) {
+                                None => {}
+                                Some(Ok(v)) => {
+                                    if v.insecure_fallback {
+                                        self.insecure_frontend.insert(key);
+                                    }
+                                    info.client_validation = Some(v);
+                                }
+                                Some(Err((reason, message))) => {
+                                    accepted = (
+                                        false,
+                                        Reason::NoValidCACertificate,
+                                        format!("client certificate validation: {message}"),
+                                    );
+                                    resolved = (false, reason, message);
+                                    info.usable = false;
+                                }
+                            }
                         }
                     }
                     other => {

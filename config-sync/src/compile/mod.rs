@@ -33,6 +33,7 @@ use gateway_api::apis::experimental::gateways::{
     Gateway, GatewayListenersAllowedRoutesNamespacesFrom as From,
     GatewayListenersTlsCertificateRefs, GatewayListenersTlsMode, GatewayStatus,
     GatewayStatusAddresses, GatewayStatusListeners, GatewayStatusListenersSupportedKinds,
+    GatewayTlsFrontendDefaultValidationMode, GatewayTlsFrontendPerPortTlsValidationMode,
 };
 use gateway_api::apis::experimental::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefsFiltersType,
@@ -54,6 +55,8 @@ use crate::model::{GATEWAY_GROUP, Key, Kind, Model, ObjectId};
 pub const SUPPORTED_FEATURES: &[&str] = &[
     "Gateway",
     "GatewayAddressEmpty",
+    "GatewayFrontendClientCertificateValidation",
+    "GatewayFrontendClientCertificateValidationInsecureFallback",
     "GatewayHTTPListenerIsolation",
     "GatewayPort8080",
     "GatewayStaticAddresses",
@@ -212,6 +215,8 @@ struct ListenerInfo<'m> {
     tls: bool,
     /// Table indices of its certificates (HTTPS).
     certificates: Vec<u32>,
+    /// Client-certificate validation of its port (HTTPS, Gateway `spec.tls.frontend`).
+    client_validation: Option<t::ClientValidation>,
     hostname: Option<&'m str>,
     addresses: Vec<Option<IpAddr>>,
     allowed: AllowedNamespaces<'m>,
@@ -283,6 +288,8 @@ struct Compiler<'m> {
     certificate_problems: HashMap<Key, Why>,
     /// What [`Compiled::last_good`] will say.
     last_good: BTreeMap<Key, t::Certificate>,
+    /// Gateways whose frontend validation lets clients without a valid certificate in.
+    insecure_frontend: BTreeSet<&'m Key>,
 }
 
 impl<'m> Compiler<'m> {
@@ -305,6 +312,7 @@ impl<'m> Compiler<'m> {
             certificate_index: HashMap::new(),
             certificate_problems: HashMap::new(),
             last_good: BTreeMap::new(),
+            insecure_frontend: BTreeSet::new(),
         }
     }
 }

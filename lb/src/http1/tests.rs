@@ -18,24 +18,24 @@ fn forward_with(raw: &[u8], edits: &table::format::HeaderEdits) -> String {
     let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(edits).unwrap();
     let edits = rkyv::access::<ArchivedHeaderEdits, rkyv::rancor::Error>(&bytes).unwrap();
     let client = ClientIp::new("10.0.0.1".parse().unwrap(), false);
-    upstream_head(raw, client, &Edits::route([Some(edits), None]), Rewritten::default())
+    upstream_head(raw, &client, &Edits::route([Some(edits), None]), Rewritten::default())
 }
 
 fn forward_from(raw: &[u8], client: ClientIp) -> String {
-    upstream_head(raw, client, &Edits::default(), Rewritten::default())
+    upstream_head(raw, &client, &Edits::default(), Rewritten::default())
 }
 
 /// Parses `raw` and writes the upstream head lb sends for it.
 fn upstream_head(
     raw: &[u8],
-    client: ClientIp,
+    client: &ClientIp,
     edits: &Edits<'_>,
     rewritten: Rewritten<'_>,
 ) -> String {
     let mut fields = [httparse::EMPTY_HEADER; 64];
     let head = parse(raw, &mut fields, &Limits::default()).unwrap().unwrap();
     let mut out = Vec::new();
-    request_head(&mut out, raw, &head, &fields[..head.header_count], &client, edits, rewritten);
+    request_head(&mut out, raw, &head, &fields[..head.header_count], client, edits, rewritten);
     String::from_utf8(out).unwrap()
 }
 
@@ -73,7 +73,7 @@ fn rewrite_replaces_host_and_target_but_not_forwarded_host() {
     let raw = b"GET /a?q=1 HTTP/1.1\r\nHost: client.example\r\n\r\n";
     let client = ClientIp::new("10.0.0.1".parse().unwrap(), false);
     let rewritten = Rewritten { host: Some(b"backend.example"), target: Some(b"/b?q=1") };
-    let out = upstream_head(raw, client, &Edits::default(), rewritten);
+    let out = upstream_head(raw, &client, &Edits::default(), rewritten);
     assert_eq!(
         out,
         "GET /b?q=1 HTTP/1.1\r\nHost: backend.example\r\nX-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1;host=\"client.example\";proto=http\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: client.example\r\n\r\n"
@@ -240,4 +240,25 @@ fn response_edits_and_added_fields_replace_the_upstreams() {
         String::from_utf8(out).unwrap(),
         "HTTP/1.1 200 OK\r\nX-Set: ours\r\nAccess-Control-Allow-Origin: https://a.example\r\nContent-Length: 0\r\n\r\n"
     );
+}
+
+#[test]
+fn tls_connections_say_https_and_only_lb_writes_the_client_certificate_field() {
+    let raw = b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Client-Cert: Hash=forged\r\nx-forwarded-client-cert: Subject=\"CN=admin\"\r\n\r\n";
+    let plain = forward_from(raw, ClientIp::new("10.0.0.1".parse().unwrap(), false));
+    assert!(!plain.to_ascii_lowercase().contains("x-forwarded-client-cert"), "{plain}");
+    assert!(
+        plain.contains("X-Forwarded-Proto: http\r\n") && plain.contains(";proto=http\r\n"),
+        "{plain}"
+    );
+    let tls = ClientIp::new("10.0.0.1".parse().unwrap(), false).over_tls(true);
+    let anonymous = forward_from(raw, tls.clone());
+    assert!(anonymous.contains("X-Forwarded-Proto: https\r\n"), "{anonymous}");
+    assert!(anonymous.contains(";proto=https\r\n"), "{anonymous}");
+    assert!(!anonymous.to_ascii_lowercase().contains("x-forwarded-client-cert"), "{anonymous}");
+    let verified = tls.with_client_cert(Some("Hash=abc;Subject=\"CN=client\"".into()));
+    let out = forward_from(raw, verified);
+    assert_eq!(out.matches("X-Forwarded-Client-Cert").count(), 1, "{out}");
+    assert!(out.contains("X-Forwarded-Client-Cert: Hash=abc;Subject=\"CN=client\"\r\n"), "{out}");
+    assert!(!out.contains("forged") && !out.contains("admin"), "{out}");
 }
