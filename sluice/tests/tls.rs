@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::pki::{Ca, secret};
+use common::pki::{Ca, Leaf, secret};
 use common::*;
 
 /// An HTTPS Gateway on `port`: listener `default` (no hostname, certificate `site`) and
@@ -476,7 +476,7 @@ fn client_certificates_are_verified_and_passed_on_as_x_forwarded_client_cert() {
     env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: a}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc-a, port: 80}]\n");
     env.start(strict, &[]);
     wait_listening(format!("127.0.0.1:{fallback}").parse().unwrap());
-    let write_pair = |name: &str, leaf: &common::pki::Leaf| -> (PathBuf, PathBuf) {
+    let write_pair = |name: &str, leaf: &Leaf| -> (PathBuf, PathBuf) {
         let (c, k) = (env.dir.join(format!("{name}.crt")), env.dir.join(format!("{name}.key")));
         std::fs::write(&c, &leaf.cert).unwrap();
         std::fs::write(&k, &leaf.key).unwrap();
