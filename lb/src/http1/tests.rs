@@ -21,8 +21,8 @@ fn forward_with(raw: &[u8], edits: &table::format::HeaderEdits) -> String {
     upstream_head(raw, &client, &Edits::route([Some(edits), None]), Rewritten::default())
 }
 
-fn forward_from(raw: &[u8], client: ClientIp) -> String {
-    upstream_head(raw, &client, &Edits::default(), Rewritten::default())
+fn forward_from(raw: &[u8], client: &ClientIp) -> String {
+    upstream_head(raw, client, &Edits::default(), Rewritten::default())
 }
 
 /// Parses `raw` and writes the upstream head lb sends for it.
@@ -56,12 +56,12 @@ fn found_by_fuzzing() {
 #[test]
 fn forwarding_fields_are_replaced_at_the_edge_and_extended_behind_trusted_proxies() {
     let raw = b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: spoof\r\nx-forwarded-for: 7.7.7.7\r\n\r\n";
-    let edge = forward_from(raw, ClientIp::new("10.0.0.1".parse().unwrap(), false));
+    let edge = forward_from(raw, &ClientIp::new("10.0.0.1".parse().unwrap(), false));
     assert_eq!(
         edge,
         "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.1;host=\"h\";proto=http\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n\r\n"
     );
-    let behind = forward_from(raw, ClientIp::new("2001:db8::2".parse().unwrap(), true));
+    let behind = forward_from(raw, &ClientIp::new("2001:db8::2".parse().unwrap(), true));
     assert_eq!(
         behind,
         "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: spoof\r\nX-Forwarded-For: 6.6.6.6, 7.7.7.7, 2001:db8::2\r\nForwarded: for=6.6.6.6, for=\"[2001:db8::2]\";host=\"h\";proto=http\r\n\r\n"
@@ -245,19 +245,19 @@ fn response_edits_and_added_fields_replace_the_upstreams() {
 #[test]
 fn tls_connections_say_https_and_only_lb_writes_the_client_certificate_field() {
     let raw = b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Client-Cert: Hash=forged\r\nx-forwarded-client-cert: Subject=\"CN=admin\"\r\n\r\n";
-    let plain = forward_from(raw, ClientIp::new("10.0.0.1".parse().unwrap(), false));
+    let plain = forward_from(raw, &ClientIp::new("10.0.0.1".parse().unwrap(), false));
     assert!(!plain.to_ascii_lowercase().contains("x-forwarded-client-cert"), "{plain}");
     assert!(
         plain.contains("X-Forwarded-Proto: http\r\n") && plain.contains(";proto=http\r\n"),
         "{plain}"
     );
     let tls = ClientIp::new("10.0.0.1".parse().unwrap(), false).over_tls(true);
-    let anonymous = forward_from(raw, tls.clone());
+    let anonymous = forward_from(raw, &tls);
     assert!(anonymous.contains("X-Forwarded-Proto: https\r\n"), "{anonymous}");
     assert!(anonymous.contains(";proto=https\r\n"), "{anonymous}");
     assert!(!anonymous.to_ascii_lowercase().contains("x-forwarded-client-cert"), "{anonymous}");
     let verified = tls.with_client_cert(Some("Hash=abc;Subject=\"CN=client\"".into()));
-    let out = forward_from(raw, verified);
+    let out = forward_from(raw, &verified);
     assert_eq!(out.matches("X-Forwarded-Client-Cert").count(), 1, "{out}");
     assert!(out.contains("X-Forwarded-Client-Cert: Hash=abc;Subject=\"CN=client\"\r\n"), "{out}");
     assert!(!out.contains("forged") && !out.contains("admin"), "{out}");
