@@ -37,6 +37,11 @@ pub(crate) struct UpArgs {
     /// Do not start echo backends.
     #[arg(long)]
     no_demo_backends: bool,
+    /// A `kubernetes.io/tls` Secret (`namespace/name`) that HTTPS listeners reference and the
+    /// folder lacks gets a self-signed demo certificate, made now (never stored in the
+    /// repository), written to `generated/` in the folder (0600) and removed on exit.
+    #[arg(long, default_value = "default/demo-tls")]
+    demo_certificate: String,
 }
 
 pub(crate) fn run(args: &UpArgs, log_format: &str) -> Result<(), String> {
@@ -51,6 +56,15 @@ pub(crate) fn run(args: &UpArgs, log_format: &str) -> Result<(), String> {
     let mut source = FileSource::new(&manifests);
     source.scan(&BTreeSet::new()).map_err(|e| format!("{}: {e}", manifests.display()))?;
     let (model, _) = source.model();
+    let demo_tls = demo_certificate(&model, &manifests, &run_dir, &args.demo_certificate)?;
+    let (model, ca) = match &demo_tls {
+        Some(d) => {
+            let mut source = FileSource::new(&manifests);
+            source.scan(&BTreeSet::new()).map_err(|e| format!("{}: {e}", manifests.display()))?;
+            (source.model().0, Some(d.ca.clone()))
+        }
+        None => (model, None),
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -111,7 +125,7 @@ pub(crate) fn run(args: &UpArgs, log_format: &str) -> Result<(), String> {
         if !announced {
             let ready = table::shm::read_applied(&applied).is_ok_and(|a| a.min() > 0);
             if ready {
-                announce(&model, &manifests, &status_dir, args.listen_address);
+                announce(&model, &manifests, &status_dir, args.listen_address, ca.as_deref());
                 announced = true;
             } else if started.elapsed() > Duration::from_secs(30) {
                 eprintln!("sluice: lb has not applied a table after 30 s; see the logs above");
@@ -121,6 +135,10 @@ pub(crate) fn run(args: &UpArgs, log_format: &str) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(50));
     };
     children.stop();
+    if let Some(d) = &demo_tls {
+        let _ = std::fs::remove_file(&d.secret);
+        let _ = std::fs::remove_dir(d.secret.parent().unwrap_or(Path::new("/nonexistent")));
+    }
     let _ = std::fs::remove_dir_all(&run_dir);
     if args.table.is_none()
         && let Some(dir) = table.parent()
@@ -141,6 +159,86 @@ fn find_manifests(given: &Path) -> Result<PathBuf, String> {
         return Ok(beside_sources);
     }
     Err(format!("manifests folder {} not found", given.display()))
+}
+
+/// The demo certificate `up` made: the Secret file it wrote and the CA to trust.
+#[derive(Debug)]
+struct DemoTls {
+    secret: PathBuf,
+    ca: PathBuf,
+}
+
+/// Makes the demo certificate when an HTTPS listener references `wanted` (`namespace/name`)
+/// and the folder has no such Secret: a CA (its certificate in `run_dir`, for curl) and a
+/// leaf for every hostname the folder's listeners and routes name, plus `localhost`.
+fn demo_certificate(
+    model: &Model,
+    manifests: &Path,
+    run_dir: &Path,
+    wanted: &str,
+) -> Result<Option<DemoTls>, String> {
+    let Some((ns, name)) = wanted.split_once('/') else {
+        return Err(format!("--demo-certificate {wanted:?}: expected namespace/name"));
+    };
+    let referenced = model.gateways.values().any(|gw| {
+        let gw_ns = gw.metadata.namespace.as_deref().unwrap_or("default");
+        gw.spec.listeners.iter().filter_map(|l| l.tls.as_ref()).any(|t| {
+            t.certificate_refs
+                .iter()
+                .flatten()
+                .any(|r| r.name == name && r.namespace.as_deref().unwrap_or(gw_ns) == ns)
+        })
+    });
+    let present = model.secrets.keys().any(|k| k.namespace == ns && k.name == name);
+    if !referenced || present {
+        return Ok(None);
+    }
+    let mut names: BTreeSet<String> = BTreeSet::from(["localhost".to_owned()]);
+    for gw in model.gateways.values() {
+        names.extend(gw.spec.listeners.iter().filter_map(|l| l.hostname.clone()));
+    }
+    for r in model.http_routes.values() {
+        names.extend(r.spec.hostnames.iter().flatten().cloned());
+    }
+    let err = |e: rcgen::Error| format!("making the demo certificate: {e}");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Sluice demo CA (sluice up)");
+    let ca_key = rcgen::KeyPair::generate().map_err(err)?;
+    let ca = ca_params.self_signed(&ca_key).map_err(err)?;
+    let mut leaf =
+        rcgen::CertificateParams::new(names.into_iter().collect::<Vec<_>>()).map_err(err)?;
+    leaf.distinguished_name.push(rcgen::DnType::CommonName, "Sluice demo (sluice up)");
+    let key = rcgen::KeyPair::generate().map_err(err)?;
+    let cert = leaf.signed_by(&key, &ca, &ca_key).map_err(err)?;
+    std::fs::create_dir_all(run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
+    let ca_path = run_dir.join("demo-ca.pem");
+    std::fs::write(&ca_path, ca.pem()).map_err(|e| format!("{}: {e}", ca_path.display()))?;
+    let indent = |pem: &str| -> String { pem.lines().map(|l| format!("    {l}\n")).collect() };
+    let secret = format!(
+        "# Made by `sluice up` for this run (a self-signed demo certificate); removed when it stops.\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        indent(&cert.pem()),
+        indent(&key.serialize_pem())
+    );
+    let dir = manifests.join("generated");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join(format!("{name}.yaml"));
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    file.write_all(secret.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
+    eprintln!(
+        "sluice: made a self-signed demo certificate for Secret {ns}/{name} ({}; trust {} to verify it)",
+        path.display(),
+        ca_path.display()
+    );
+    Ok(Some(DemoTls { secret: path, ca: ca_path }))
 }
 
 #[derive(Debug)]
@@ -194,7 +292,7 @@ fn demo_backends(model: &Model) -> Vec<DemoBackend> {
 /// Prints what to curl, derived from the compiled table — what lb will actually do — rather than
 /// from the manifests: a route that did not attach, a hostname no listener accepts, or a rule
 /// whose backends are invalid shows as it behaves (absent, or answered by lb).
-fn announce(model: &Model, manifests: &Path, status: &Path, listen: IpAddr) {
+fn announce(model: &Model, manifests: &Path, status: &Path, listen: IpAddr, ca: Option<&Path>) {
     let settings = config_sync::Settings {
         controller_name: config_sync::DEFAULT_CONTROLLER_NAME.to_owned(),
         default_address: Some(listen),
@@ -204,7 +302,7 @@ fn announce(model: &Model, manifests: &Path, status: &Path, listen: IpAddr) {
         last_good: Default::default(),
     };
     let compiled = config_sync::compile(model, &settings);
-    let lines = hints(&compiled.table, listen);
+    let lines = hints(&compiled.table, listen, ca);
     let tries = if lines.is_empty() {
         "  (no route is attached to a listener: see the status files for why)".to_owned()
     } else {
@@ -222,7 +320,7 @@ const MAX_HINTS: usize = 24;
 
 /// One curl line per (port, effective hostname, rule match) of the table, with the rule's
 /// real outcome.
-fn hints(t: &table::Table, listen: IpAddr) -> Vec<String> {
+fn hints(t: &table::Table, listen: IpAddr, ca: Option<&Path>) -> Vec<String> {
     use table::format::{ActionKind, BackendTarget, HostIndex, PathMatch, ValueMatch};
     let targets = |h: &HostIndex| -> Vec<u32> {
         let mut v: Vec<u32> =
@@ -308,9 +406,24 @@ fn hints(t: &table::Table, listen: IpAddr) -> Vec<String> {
                         ActionKind::Respond { status } => format!("{status} from lb"),
                         ActionKind::Redirect { status, .. } => format!("{status} redirect from lb"),
                     };
-                    let line = format!(
-                        "  curl -H 'Host: {host}'{args} 'http://{addr}{path}{query}'\n      → {outcome}"
-                    );
+                    let line = match (&port.tls, ca) {
+                        (Some(_), Some(ca)) => format!(
+                            "  curl --cacert {} --resolve '{host}:{}:{}'{args} 'https://{host}:{}{path}{query}'\n      → {outcome}",
+                            ca.display(),
+                            addr.port(),
+                            addr.ip(),
+                            addr.port()
+                        ),
+                        (Some(_), None) => format!(
+                            "  curl -k --resolve '{host}:{}:{}'{args} 'https://{host}:{}{path}{query}'\n      → {outcome}",
+                            addr.port(),
+                            addr.ip(),
+                            addr.port()
+                        ),
+                        (None, _) => format!(
+                            "  curl -H 'Host: {host}'{args} 'http://{addr}{path}{query}'\n      → {outcome}"
+                        ),
+                    };
                     if seen.insert(line.clone()) {
                         lines.push(line);
                     }

@@ -382,11 +382,16 @@ fn sluice_up_runs_the_quickstart() {
     let quickstart =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/quickstart");
     let (gw_port, v1_port, v2_port) = (free_port(), free_port(), free_port());
+    let tls_port = free_port();
     for entry in std::fs::read_dir(&quickstart).unwrap() {
         let path = entry.unwrap().path();
+        if path.is_dir() {
+            continue;
+        }
         let text = std::fs::read_to_string(&path).unwrap();
         let text = text
             .replace("port: 8080", &format!("port: {gw_port}"))
+            .replace("port: 8443", &format!("port: {tls_port}"))
             .replace("9101", &v1_port.to_string())
             .replace("9102", &v2_port.to_string());
         env.write(path.file_name().unwrap().to_str().unwrap(), &text);
@@ -443,6 +448,30 @@ fn sluice_up_runs_the_quickstart() {
     let v2 = pods.get("demo-v2-a").copied().unwrap_or(0);
     assert!((15..=25).contains(&v2), "80/20 split: {pods:?}");
     assert_eq!(c.get("demo.example", "/", &[("X-Version", "v2")]).unwrap().pod(), "demo-v2-a");
+    // HTTPS with the demo certificate made for this run: the printed curl line works as is.
+    let line = said
+        .lines()
+        .find(|l| {
+            l.contains("curl --cacert")
+                && l.contains(&format!("https://demo.example:{tls_port}/split"))
+        })
+        .unwrap_or_else(|| panic!("no HTTPS hint:\n{said}"));
+    let words: Vec<String> =
+        line.trim().split_whitespace().skip(1).map(|w| w.trim_matches('\'').to_owned()).collect();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(&words)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{line}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"pod\""),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let generated = env.manifests.join("generated/demo-tls.yaml");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&generated).unwrap().permissions().mode() & 0o777, 0o600);
     // Ctrl-C equivalent: everything stops.
     rustix::process::kill_process(
         rustix::process::Pid::from_child(&up),
@@ -454,6 +483,7 @@ fn sluice_up_runs_the_quickstart() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(std::net::TcpStream::connect(("127.0.0.1", gw_port)).is_err(), "lb stopped with up");
     assert!(std::net::TcpStream::connect(("127.0.0.1", v1_port)).is_err(), "echo stopped with up");
+    assert!(!generated.exists(), "the demo key is removed when up stops");
 }
 
 #[test]
