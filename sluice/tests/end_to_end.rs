@@ -457,7 +457,7 @@ fn sluice_up_runs_the_quickstart() {
         })
         .unwrap_or_else(|| panic!("no HTTPS hint:\n{said}"));
     let words: Vec<String> =
-        line.trim().split_whitespace().skip(1).map(|w| w.trim_matches('\'').to_owned()).collect();
+        line.split_whitespace().skip(1).map(|w| w.trim_matches('\'').to_owned()).collect();
     let out = std::process::Command::new("curl")
         .args(["-sS", "--max-time", "10"])
         .args(&words)
