@@ -40,6 +40,9 @@ pub struct Options {
     /// Another `sluice` binary (e.g. the commit before a change), measured in the same rounds
     /// as a fourth proxy, "Sluice (baseline)".
     pub baseline: Option<PathBuf>,
+    /// Run the TLS comparison instead (handshakes, resumption, HTTPS keep-alive, idle TLS
+    /// connections); its section of `benchmarks.md` is replaced, the rest kept.
+    pub tls: bool,
 }
 
 /// The proxies compared.
@@ -114,6 +117,9 @@ struct Bench {
     opts: Options,
     work: PathBuf,
     upstream_port: u16,
+    /// The server certificate every proxy serves in the TLS comparison (ECDSA P-256, made at
+    /// start): (certificate PEM, key PEM).
+    cert: Option<(String, String)>,
     _upstream: Running,
 }
 
@@ -157,8 +163,25 @@ pub fn compare(opts: &Options) -> Result<String, String> {
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
     let upstream_port = free_port();
     let upstream = start_upstream(&work, upstream_port)?;
-    let bench =
-        Bench { opts: opts.clone(), work: work.clone(), upstream_port, _upstream: upstream };
+    if opts.tls {
+        let bench = Bench {
+            opts: opts.clone(),
+            work: work.clone(),
+            upstream_port,
+            cert: Some(bench_certificate()?),
+            _upstream: upstream,
+        };
+        let report = bench.compare_tls();
+        let _ = std::fs::remove_dir_all(&work);
+        return report;
+    }
+    let bench = Bench {
+        opts: opts.clone(),
+        work: work.clone(),
+        upstream_port,
+        cert: None,
+        _upstream: upstream,
+    };
     let mut figures: Vec<(Proxy, Figures)> = [Proxy::Nginx, Proxy::Haproxy, Proxy::Sluice]
         .into_iter()
         .chain(opts.baseline.as_ref().map(|_| Proxy::Baseline))
@@ -258,8 +281,20 @@ impl Bench {
         let running = match proxy {
             Proxy::Nginx => {
                 let conf = dir.join("nginx.conf");
-                std::fs::write(&conf, nginx_proxy_conf(&dir, port, self.upstream_port, callgrind))
-                    .map_err(|e| e.to_string())?;
+                let tls = self.write_cert(&dir)?;
+                let conf_text = nginx_proxy_conf(&dir, port, self.upstream_port, callgrind);
+                let conf_text = match &tls {
+                    Some((crt, key, _)) => conf_text.replace(
+                        &format!("listen 127.0.0.1:{port};"),
+                        &format!(
+                            "listen 127.0.0.1:{port} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.2 TLSv1.3;",
+                            crt.display(),
+                            key.display()
+                        ),
+                    ),
+                    None => conf_text,
+                };
+                std::fs::write(&conf, conf_text).map_err(|e| e.to_string())?;
                 let child = spawn(
                     &cmd_prefix,
                     &[
@@ -281,8 +316,19 @@ impl Bench {
             }
             Proxy::Haproxy => {
                 let conf = dir.join("haproxy.cfg");
-                std::fs::write(&conf, haproxy_conf(port, self.upstream_port))
-                    .map_err(|e| e.to_string())?;
+                let tls = self.write_cert(&dir)?;
+                let conf_text = haproxy_conf(port, self.upstream_port);
+                let conf_text = match &tls {
+                    Some((_, _, combined)) => conf_text.replace(
+                        &format!("bind 127.0.0.1:{port}\n"),
+                        &format!(
+                            "bind 127.0.0.1:{port} ssl crt {} alpn http/1.1\n",
+                            combined.display()
+                        ),
+                    ),
+                    None => conf_text,
+                };
+                std::fs::write(&conf, conf_text).map_err(|e| e.to_string())?;
                 let child = spawn(
                     &cmd_prefix,
                     &["haproxy", "-db", "-f", conf.to_str().unwrap_or_default()],
@@ -299,11 +345,24 @@ impl Bench {
             Proxy::Sluice | Proxy::Baseline => {
                 let manifests = dir.join("manifests");
                 std::fs::create_dir_all(&manifests).map_err(|e| e.to_string())?;
-                std::fs::write(
-                    manifests.join("bench.yaml"),
-                    sluice_manifests(port, self.upstream_port),
-                )
-                .map_err(|e| e.to_string())?;
+                let text = sluice_manifests(port, self.upstream_port);
+                let text = match &self.cert {
+                    Some((crt, key)) => {
+                        let indent = |pem: &str| -> String {
+                            pem.lines().map(|l| format!("    {l}\n")).collect()
+                        };
+                        text.replace(
+                            &format!("listeners: [{{name: http, port: {port}, protocol: HTTP}}]"),
+                            &format!("listeners: [{{name: https, port: {port}, protocol: HTTPS, tls: {{certificateRefs: [{{name: bench-tls}}]}}}}]"),
+                        ) + &format!(
+                            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: bench-tls, namespace: default}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+                            indent(crt),
+                            indent(key)
+                        )
+                    }
+                    None => text,
+                };
+                std::fs::write(manifests.join("bench.yaml"), text).map_err(|e| e.to_string())?;
                 let table = PathBuf::from(format!(
                     "/dev/shm/sluice-compare-{}-{port}/table",
                     std::process::id()
@@ -349,7 +408,12 @@ impl Bench {
             }
         };
         let mut running = running;
-        wait_ready(running.port, if callgrind { 120 } else { 20 }).map_err(|e| {
+        let ready = if self.cert.is_some() {
+            wait_ready_tls(running.port, 20)
+        } else {
+            wait_ready(running.port, if callgrind { 120 } else { 20 })
+        };
+        ready.map_err(|e| {
             format!("{} did not come up: {e} (logs in {})", proxy.name(), dir.display())
         })?;
         if proxy == Proxy::Nginx && !callgrind {
@@ -357,6 +421,19 @@ impl Bench {
             running.pids.extend(children_of(running.pids[0]));
         }
         Ok(running)
+    }
+
+    /// Writes the TLS certificate for nginx and HAProxy into `dir`: (certificate, key,
+    /// certificate and key in one file); `None` outside the TLS comparison.
+    fn write_cert(&self, dir: &Path) -> Result<Option<(PathBuf, PathBuf, PathBuf)>, String> {
+        let Some((crt, key)) = &self.cert else { return Ok(None) };
+        let paths = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("combined.pem"));
+        for (path, text) in
+            [(&paths.0, crt.clone()), (&paths.1, key.clone()), (&paths.2, format!("{crt}{key}"))]
+        {
+            std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        Ok(Some(paths))
     }
 
     fn plan(&self, port: u16, rate: Option<f64>, seconds: f64, connections: usize) -> Plan {
@@ -371,6 +448,8 @@ impl Bench {
             max_requests: None,
             rate,
             timeout: Duration::from_secs(5),
+            tls: None,
+            fresh_connections: false,
         }
     }
 
@@ -687,7 +766,14 @@ impl Bench {
             haproxy_conf(8080, 9000),
             sluice_manifests(8080, 9000)
         );
-        std::fs::write(self.opts.out.join("benchmarks.md"), &md).map_err(|e| e.to_string())?;
+        // The TLS section (`--tls`) is measured on its own: keep it.
+        let path = self.opts.out.join("benchmarks.md");
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        let kept = match (old.find(TLS_BEGIN), old.find(TLS_END)) {
+            (Some(a), Some(b)) if b > a => format!("\n{}\n", &old[a..b + TLS_END.len()]),
+            _ => String::new(),
+        };
+        std::fs::write(&path, format!("{md}{kept}")).map_err(|e| e.to_string())?;
         Ok(md)
     }
 }
@@ -978,5 +1064,327 @@ mod tests {
         assert_eq!(parse_wrk(text), Some((254321, 8.0, 7)));
         assert_eq!(parse_wrk("  10 requests in 500.00ms, 1KB read\n"), Some((10, 0.5, 0)));
         assert_eq!(parse_wrk("connection refused"), None);
+    }
+}
+
+/// The TLS comparison's figures for one proxy.
+#[derive(Debug, Default, Clone)]
+struct TlsFigures {
+    /// New connection per request, no resumption: connections/s and proxy CPU µs each.
+    full_rate: Vec<f64>,
+    full_cpu_us: Vec<f64>,
+    /// The same with session resumption (tickets).
+    resumed_rate: Vec<f64>,
+    resumed_cpu_us: Vec<f64>,
+    /// Share of the resumed runs' handshakes that did resume.
+    resumed_share: Vec<f64>,
+    /// HTTPS keep-alive: req/s and proxy CPU µs per request.
+    keepalive_rps: Vec<f64>,
+    keepalive_cpu_us: Vec<f64>,
+    errors: u64,
+    idle_bytes: Option<f64>,
+}
+
+/// Connections for the handshake runs: enough to keep one proxy core busy.
+const HANDSHAKE_CONNECTIONS: usize = 16;
+
+/// An ECDSA P-256 certificate for `bench.example` (self-signed, made per run).
+fn bench_certificate() -> Result<(String, String), String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let params = rcgen::CertificateParams::new(vec!["bench.example".to_owned()])
+        .map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Waits until `port` answers one HTTPS request with a 200.
+fn wait_ready_tls(port: u16, seconds: u64) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let config = crate::tls::client_config(false)?;
+    loop {
+        let plan = Plan {
+            target: SocketAddr::from(([127, 0, 0, 1], port)),
+            request: crate::request("GET", "bench.example", "/", &[], b""),
+            head_request: false,
+            connections: 1,
+            cpus: vec![LOAD_CPU],
+            duration: Duration::from_secs(2),
+            warmup: Duration::ZERO,
+            max_requests: Some(1),
+            rate: None,
+            timeout: Duration::from_secs(2),
+            tls: Some((std::sync::Arc::clone(&config), "bench.example".into())),
+            fresh_connections: true,
+        };
+        if run(&plan).is_ok_and(|o| o.statuses.get(&200) == Some(&1)) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no HTTPS 200 on port {port} within {seconds} s"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Bench {
+    fn tls_plan(
+        &self,
+        port: u16,
+        connections: usize,
+        resume: bool,
+        fresh: bool,
+    ) -> Result<Plan, String> {
+        let mut plan = self.plan(port, None, self.opts.seconds, connections);
+        plan.tls = Some((crate::tls::client_config(resume)?, "bench.example".into()));
+        plan.fresh_connections = fresh;
+        Ok(plan)
+    }
+
+    /// One measured closed-loop run: (rate per second, proxy CPU µs per request, errors,
+    /// resumed share of handshakes).
+    fn tls_run(
+        &self,
+        r: &Running,
+        connections: usize,
+        resume: bool,
+        fresh: bool,
+    ) -> Result<(f64, f64, u64, f64), String> {
+        let mut warm = self.tls_plan(r.port, connections, resume, fresh)?;
+        warm.duration = Duration::from_secs(2);
+        run(&warm).map_err(|e| e.to_string())?;
+        let plan = self.tls_plan(r.port, connections, resume, fresh)?;
+        let before = cpu_seconds(&r.pids);
+        let o = run(&plan).map_err(|e| e.to_string())?;
+        let cpu = cpu_seconds(&r.pids) - before;
+        let n = o.completed.max(1) as f64;
+        let (all, resumed) = o.handshakes;
+        let share = if all == 0 { 0.0 } else { resumed as f64 / all as f64 };
+        Ok((Summary::of(&o).requests_per_second, cpu * 1e6 / n, o.errors.total(), share))
+    }
+
+    /// Bytes of proxy RSS per idle TLS keep-alive connection (each made one request).
+    fn tls_idle_memory(&self, r: &Running) -> Result<f64, String> {
+        self.tls_run(r, 16, false, false)?;
+        std::thread::sleep(Duration::from_millis(2500));
+        let config = crate::tls::client_config(false)?;
+        let before = rss_bytes(&r.pids);
+        let mut conns = Vec::with_capacity(self.opts.idle);
+        for _ in 0..self.opts.idle {
+            let tcp = TcpStream::connect(("127.0.0.1", r.port)).map_err(|e| e.to_string())?;
+            let name = rustls::pki_types::ServerName::try_from("bench.example")
+                .map_err(|e| e.to_string())?;
+            let conn = rustls::ClientConnection::new(std::sync::Arc::clone(&config), name)
+                .map_err(|e| e.to_string())?;
+            let mut s = rustls::StreamOwned::new(conn, tcp);
+            s.write_all(b"GET / HTTP/1.1\r\nHost: bench.example\r\n\r\n")
+                .map_err(|e| e.to_string())?;
+            let _ = s.sock.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !(buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.ends_with(b"ok")) {
+                let n = s.read(&mut chunk).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    return Err("closed".into());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            conns.push(s);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let after = rss_bytes(&r.pids);
+        drop(conns);
+        Ok((after as f64 - before as f64) / self.opts.idle as f64)
+    }
+
+    fn compare_tls(&self) -> Result<String, String> {
+        let proxies = [Proxy::Nginx, Proxy::Haproxy, Proxy::Sluice];
+        let mut figures: Vec<(Proxy, TlsFigures)> =
+            proxies.iter().map(|p| (*p, TlsFigures::default())).collect();
+        for round in 0..self.opts.rounds {
+            for (proxy, f) in &mut figures {
+                for (kind, connections, resume, fresh) in [
+                    ("full handshakes", HANDSHAKE_CONNECTIONS, false, true),
+                    ("resumed", HANDSHAKE_CONNECTIONS, true, true),
+                    ("keep-alive", self.opts.connections, false, false),
+                ] {
+                    let r = self.start(*proxy, false)?;
+                    let (rate, cpu, errors, share) =
+                        self.tls_run(&r, connections, resume, fresh)?;
+                    eprintln!(
+                        "round {} {:>8} {kind:>15}: {rate:>8.0}/s, {cpu:>7.2} µs CPU each, errors {errors}{}",
+                        round + 1,
+                        proxy.name(),
+                        if resume {
+                            format!(", {:.0} % resumed", share * 100.0)
+                        } else {
+                            String::new()
+                        }
+                    );
+                    f.errors += errors;
+                    match (resume, fresh) {
+                        (false, true) => {
+                            f.full_rate.push(rate);
+                            f.full_cpu_us.push(cpu);
+                        }
+                        (true, _) => {
+                            f.resumed_rate.push(rate);
+                            f.resumed_cpu_us.push(cpu);
+                            f.resumed_share.push(share);
+                        }
+                        (false, false) => {
+                            f.keepalive_rps.push(rate);
+                            f.keepalive_cpu_us.push(cpu);
+                        }
+                    }
+                }
+            }
+        }
+        for (proxy, f) in &mut figures {
+            let r = self.start(*proxy, false)?;
+            f.idle_bytes = Some(self.tls_idle_memory(&r)?);
+            eprintln!(
+                "{:>8}: {:.0} bytes per idle TLS connection",
+                proxy.name(),
+                f.idle_bytes.unwrap_or(0.0)
+            );
+        }
+        let section = self.tls_report(&figures);
+        let path = self.opts.out.join("benchmarks.md");
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        std::fs::write(&path, splice_tls(&old, &section)).map_err(|e| e.to_string())?;
+        Ok(section)
+    }
+
+    fn tls_report(&self, figures: &[(Proxy, TlsFigures)]) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "{TLS_BEGIN}\n## TLS\n");
+        let _ = writeln!(
+            md,
+            "Written by `sluice-perf compare --tls` ({}). Medians of {} interleaved rounds, ratios against nginx in the same run. Same certificate for every proxy: ECDSA P-256, self-signed for `bench.example`, made for the run. The client (sluice-perf, rustls, one io_uring thread on CPU 1 beside the upstream) speaks TLS 1.3 with X25519 only and skips certificate verification, so its own cost stays low and every proxy does the same work: X25519 + ECDSA P-256 signature per full handshake.\n",
+            utc_now(),
+            self.opts.rounds
+        );
+        let nginx = &figures[0].1;
+        let sluice = &figures[2].1;
+        let ratio = |s: f64, b: f64| if b > 0.0 { format!("{:.2}×", s / b) } else { "–".into() };
+        let _ =
+            writeln!(md, "| | nginx | HAProxy | Sluice | Sluice / nginx |\n|---|---|---|---|---|");
+        let row = |md: &mut String,
+                   name: &str,
+                   get: &dyn Fn(&TlsFigures) -> Option<f64>,
+                   fmt: &dyn Fn(f64) -> String,
+                   invert: bool| {
+            let cells: Vec<String> =
+                figures.iter().map(|(_, f)| get(f).map_or("–".into(), fmt)).collect();
+            let r = match (get(sluice), get(nginx)) {
+                (Some(s), Some(n)) if invert => ratio(n, s),
+                (Some(s), Some(n)) => ratio(s, n),
+                _ => "–".into(),
+            };
+            let _ = writeln!(md, "| {name} | {} | {r} |", cells.join(" | "));
+        };
+        let per_core =
+            |cpu: &[f64]| -> Option<f64> { (!cpu.is_empty()).then(|| 1e6 / median(cpu)) };
+        row(
+            &mut md,
+            "full TLS 1.3 handshakes per second per core (1e6 / CPU µs per new connection)",
+            &|f| per_core(&f.full_cpu_us),
+            &|v| format!("{v:.0}"),
+            false,
+        );
+        row(
+            &mut md,
+            "proxy CPU µs per new connection (full handshake + one request)",
+            &|f| (!f.full_cpu_us.is_empty()).then(|| median(&f.full_cpu_us)),
+            &|v| format!("{v:.1}"),
+            false,
+        );
+        row(
+            &mut md,
+            &format!("new connections per second, {HANDSHAKE_CONNECTIONS} clients (load-bound)"),
+            &|f| (!f.full_rate.is_empty()).then(|| median(&f.full_rate)),
+            &|v| format!("{v:.0}"),
+            false,
+        );
+        row(
+            &mut md,
+            "resumed handshakes per second per core",
+            &|f| per_core(&f.resumed_cpu_us),
+            &|v| format!("{v:.0}"),
+            false,
+        );
+        row(
+            &mut md,
+            "proxy CPU µs per resumed connection",
+            &|f| (!f.resumed_cpu_us.is_empty()).then(|| median(&f.resumed_cpu_us)),
+            &|v| format!("{v:.1}"),
+            false,
+        );
+        row(
+            &mut md,
+            "share of handshakes that resumed",
+            &|f| (!f.resumed_share.is_empty()).then(|| median(&f.resumed_share) * 100.0),
+            &|v| format!("{v:.0} %"),
+            false,
+        );
+        row(
+            &mut md,
+            &format!("HTTPS keep-alive req/s, {} connections", self.opts.connections),
+            &|f| (!f.keepalive_rps.is_empty()).then(|| median(&f.keepalive_rps)),
+            &|v| format!("{v:.0}"),
+            false,
+        );
+        row(
+            &mut md,
+            "HTTPS keep-alive proxy CPU µs per request",
+            &|f| (!f.keepalive_cpu_us.is_empty()).then(|| median(&f.keepalive_cpu_us)),
+            &|v| format!("{v:.2}"),
+            false,
+        );
+        row(
+            &mut md,
+            &format!("memory per idle TLS keep-alive connection ({} connections)", self.opts.idle),
+            &|f| f.idle_bytes,
+            &|v| format!("{:.2} KiB", v / 1024.0),
+            false,
+        );
+        let errs: Vec<String> =
+            figures.iter().map(|(p, f)| format!("{} {}", p.name(), f.errors)).collect();
+        let _ = writeln!(md, "\nErrors (all TLS runs): {}.\n", errs.join(", "));
+        let _ = writeln!(
+            md,
+            "All rounds (full handshake CPU µs · resumed CPU µs · keep-alive CPU µs):\n"
+        );
+        for (p, f) in figures {
+            let list =
+                |v: &[f64]| v.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(", ");
+            let _ = writeln!(
+                md,
+                "- {}: {} · {} · {}",
+                p.name(),
+                list(&f.full_cpu_us),
+                list(&f.resumed_cpu_us),
+                list(&f.keepalive_cpu_us)
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nMethod: for each proxy and round, the proxy is started afresh with TLS on its listener (nginx `listen … ssl` with `ssl_protocols TLSv1.2 TLSv1.3`, session tickets on by default; HAProxy `bind … ssl crt … alpn http/1.1`; Sluice an HTTPS Gateway listener with the certificate in a Secret); upstream plain HTTP as in the table above. Handshake runs: {HANDSHAKE_CONNECTIONS} client connections, each request on a new TCP+TLS connection (2 s warm-up, then {} s); per-core rates are 1e6 divided by the proxy's CPU µs per connection, which includes the one proxied request. Resumed runs keep each client's tickets (TLS 1.3 PSK with ECDHE). Keep-alive: {} connections. Idle memory: RSS delta over {} TLS connections that each completed one request.\n\nRerun: `target/release/sluice-perf compare --tls --sluice target/release/sluice --out docs`.\n{TLS_END}",
+            self.opts.seconds, self.opts.connections, self.opts.idle
+        );
+        md
+    }
+}
+
+const TLS_BEGIN: &str = "<!-- tls: written by sluice-perf compare --tls -->";
+const TLS_END: &str = "<!-- /tls -->";
+
+/// `old` with its TLS section replaced by `section` (appended when it has none).
+fn splice_tls(old: &str, section: &str) -> String {
+    match (old.find(TLS_BEGIN), old.find(TLS_END)) {
+        (Some(a), Some(b)) if b > a => {
+            format!("{}{}{}", &old[..a], section.trim_end(), &old[b + TLS_END.len()..])
+        }
+        _ => format!("{}\n\n{}\n", old.trim_end(), section.trim_end()),
     }
 }

@@ -9,24 +9,33 @@ pub mod compare;
 pub mod load;
 pub mod propagation;
 pub mod report;
+pub mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
 /// Splits `http://host:port/path` into the address, the Host value and the path.
-pub fn parse_url(url: &str) -> Result<(SocketAddr, String, String), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url}: only http:// URLs"))?;
+pub fn parse_url(url: &str) -> Result<(SocketAddr, String, String, bool), String> {
+    let (rest, https) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(r), _) => (r, false),
+        (_, Some(r)) => (r, true),
+        _ => return Err(format!("{url}: only http:// and https:// URLs")),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let with_port =
-        if authority.contains(':') { authority.to_owned() } else { format!("{authority}:80") };
+    let default_port = if https { 443 } else { 80 };
+    let with_port = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:{default_port}")
+    };
     let addr = with_port
         .to_socket_addrs()
         .map_err(|e| format!("{authority}: {e}"))?
         .next()
         .ok_or_else(|| format!("{authority}: no address"))?;
-    Ok((addr, authority.to_owned(), path.to_owned()))
+    Ok((addr, authority.to_owned(), path.to_owned(), https))
 }
 
 /// Encodes a request.

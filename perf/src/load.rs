@@ -46,6 +46,17 @@ pub struct Plan {
     pub rate: Option<f64>,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// Speak TLS (HTTPS) with this client configuration and server name.
+    pub tls: Option<(std::sync::Arc<rustls::ClientConfig>, String)>,
+    /// Open a new connection for every request (handshake benchmarks) instead of keeping
+    /// connections alive.
+    pub fresh_connections: bool,
+}
+
+/// A client connection: plain or TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<crate::tls::Tls>),
 }
 
 /// Errors by kind.
@@ -91,6 +102,8 @@ pub struct Outcome {
     pub statuses: BTreeMap<u16, u64>,
     /// Length of the recorded window.
     pub measured: Duration,
+    /// TLS handshakes completed (all of the run), and how many of them resumed a session.
+    pub handshakes: (u64, u64),
     /// The plan that ran.
     pub plan: Plan,
 }
@@ -101,6 +114,7 @@ struct Stats {
     errors: Errors,
     statuses: BTreeMap<u16, u64>,
     budget: Option<u64>,
+    handshakes: (u64, u64),
 }
 
 /// Latencies up to an hour, three significant digits.
@@ -134,6 +148,7 @@ pub fn run(plan: &Plan) -> io::Result<Outcome> {
                 errors: Errors::default(),
                 statuses: BTreeMap::new(),
                 budget: budget_per_thread,
+                handshakes: (0, 0),
             }));
             let plan = Rc::new(plan);
             rt.block_on(async {
@@ -168,11 +183,14 @@ pub fn run(plan: &Plan) -> io::Result<Outcome> {
         errors: Errors::default(),
         statuses: BTreeMap::new(),
         budget: None,
+        handshakes: (0, 0),
     };
     for h in handles {
         let s = h.join().map_err(|_| io::Error::other("load thread panicked"))??;
         merged.histogram.add(&s.histogram).map_err(|e| io::Error::other(e.to_string()))?;
         merged.completed += s.completed;
+        merged.handshakes.0 += s.handshakes.0;
+        merged.handshakes.1 += s.handshakes.1;
         merged.errors.add(&s.errors);
         for (k, v) in s.statuses {
             *merged.statuses.entry(k).or_insert(0) += v;
@@ -192,6 +210,7 @@ pub fn run(plan: &Plan) -> io::Result<Outcome> {
         errors: merged.errors,
         statuses: merged.statuses,
         measured,
+        handshakes: merged.handshakes,
         plan: plan.clone(),
     })
 }
@@ -223,7 +242,7 @@ async fn connection(
     if start > now {
         compio::time::sleep(start - now).await;
     }
-    let mut stream: Option<TcpStream> = None;
+    let mut stream: Option<Conn> = None;
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut request = plan.request.clone();
     loop {
@@ -251,28 +270,29 @@ async fn connection(
                 None => {}
             }
         }
-        let conn = match stream.take() {
+        let mut conn = match stream.take() {
             Some(c) => c,
-            None => {
-                match wheel.timeout(&deadline, plan.timeout, TcpStream::connect(plan.target)).await
-                {
-                    Ok(Ok(c)) => {
-                        let _ = c.set_nodelay(true);
-                        c
+            None => match wheel.timeout(&deadline, plan.timeout, open(&plan)).await {
+                Ok(Ok(c)) => {
+                    if let Conn::Tls(t) = &c {
+                        let mut s = stats.borrow_mut();
+                        s.handshakes.0 += 1;
+                        s.handshakes.1 += u64::from(t.resumed());
                     }
-                    _ => {
-                        if recording {
-                            stats.borrow_mut().errors.connect += 1;
-                        }
-                        compio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
+                    c
                 }
-            }
+                _ => {
+                    if recording {
+                        stats.borrow_mut().errors.connect += 1;
+                    }
+                    compio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
         };
         buf.clear();
         let exchange = wheel
-            .timeout(&deadline, plan.timeout, exchange(&conn, request, buf, plan.head_request))
+            .timeout(&deadline, plan.timeout, exchange(&mut conn, request, buf, plan.head_request))
             .await;
         let result = match exchange {
             Ok((result, req, b)) => {
@@ -299,7 +319,7 @@ async fn connection(
                         s.errors.non_2xx += 1;
                     }
                 }
-                if keep {
+                if keep && !plan.fresh_connections {
                     stream = Some(conn);
                 }
             }
@@ -317,20 +337,51 @@ async fn connection(
     }
 }
 
+/// Connects (and handshakes, for TLS).
+async fn open(plan: &Plan) -> io::Result<Conn> {
+    let tcp = TcpStream::connect(plan.target).await?;
+    let _ = tcp.set_nodelay(true);
+    match &plan.tls {
+        None => Ok(Conn::Plain(tcp)),
+        Some((config, name)) => {
+            Ok(Conn::Tls(Box::new(crate::tls::Tls::handshake(tcp, config, name).await?)))
+        }
+    }
+}
+
 /// Sends the request and reads one whole response. Returns (status, keep-alive) and the
 /// buffers back.
 async fn exchange(
-    conn: &TcpStream,
+    conn: &mut Conn,
     request: Vec<u8>,
     mut buf: Vec<u8>,
     head_request: bool,
 ) -> (Result<(u16, bool), Failure>, Vec<u8>, Vec<u8>) {
-    let mut w = conn;
+    let conn = match conn {
+        Conn::Plain(c) => c,
+        Conn::Tls(t) => {
+            if t.write_all(&request).await.is_err() {
+                return (Err(Failure::Reset), request, buf);
+            }
+            loop {
+                match response_end(&buf, head_request) {
+                    Ok(Some(done)) => return (Ok(done), request, buf),
+                    Ok(None) => {}
+                    Err(()) => return (Err(Failure::Protocol), request, buf),
+                }
+                match t.read_into(&mut buf).await {
+                    Ok(0) | Err(_) => return (Err(Failure::Reset), request, buf),
+                    Ok(_) => {}
+                }
+            }
+        }
+    };
+    let mut w = &*conn;
     let BufResult(res, request) = w.write_all(request).await;
     if res.is_err() {
         return (Err(Failure::Reset), request, buf);
     }
-    let mut r = conn;
+    let mut r = &*conn;
     loop {
         match response_end(&buf, head_request) {
             Ok(Some(done)) => return (Ok(done), request, buf),

@@ -74,12 +74,23 @@ struct CompareArgs {
     /// Another sluice binary (the commit before a change) measured in the same rounds.
     #[arg(long)]
     baseline: Option<PathBuf>,
+    /// Run the TLS comparison (handshakes, resumption, HTTPS keep-alive, idle TLS
+    /// connections) instead; it replaces only the TLS section of benchmarks.md.
+    #[arg(long)]
+    tls: bool,
 }
 
 #[derive(clap::Args, Debug)]
 struct LoadArgs {
-    /// Target, `http://host:port/path`.
+    /// Target, `http://host:port/path` or `https://…` (TLS 1.3, X25519, the host as server
+    /// name, no certificate verification).
     url: String,
+    /// HTTPS: resume sessions (tickets) on new connections.
+    #[arg(long)]
+    resume: bool,
+    /// A new connection for every request (handshake benchmarks).
+    #[arg(long)]
+    new_connections: bool,
     /// Keep-alive connections.
     #[arg(short, long, default_value_t = 64)]
     connections: usize,
@@ -131,6 +142,7 @@ fn main() -> ExitCode {
             idle: a.idle,
             callgrind_requests: a.callgrind_requests,
             baseline: a.baseline,
+            tls: a.tls,
         })
         .map(|report| println!("{report}")),
         Command::Propagation(a) => perf::propagation::run(&perf::propagation::Options {
@@ -152,7 +164,9 @@ fn main() -> ExitCode {
 }
 
 fn load(a: &LoadArgs) -> Result<(), String> {
-    let (target, mut host, path) = perf::parse_url(&a.url)?;
+    let (target, mut host, path, https) = perf::parse_url(&a.url)?;
+    let server_name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h).to_owned();
+    let tls = if https { Some((perf::tls::client_config(a.resume)?, server_name)) } else { None };
     let mut headers = Vec::new();
     for h in &a.headers {
         let (k, v) = h.split_once(':').ok_or_else(|| format!("header {h:?} is not Name: value"))?;
@@ -173,10 +187,16 @@ fn load(a: &LoadArgs) -> Result<(), String> {
         max_requests: a.requests,
         rate: a.rate,
         timeout: Duration::from_secs_f64(a.timeout),
+        tls,
+        fresh_connections: a.new_connections,
     };
     let outcome = run(&plan).map_err(|e| e.to_string())?;
     let summary = Summary::of(&outcome);
     print!("{}", summary.text());
+    if plan.tls.is_some() {
+        let (all, resumed) = outcome.handshakes;
+        println!("  TLS handshakes {all} ({resumed} resumed)");
+    }
     if let Some(p) = &a.json {
         let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
         std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display()))?;

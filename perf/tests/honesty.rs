@@ -101,6 +101,8 @@ fn plan(target: SocketAddr, connections: usize, seconds: f64, rate: Option<f64>)
         max_requests: None,
         rate,
         timeout: Duration::from_secs(5),
+        tls: None,
+        fresh_connections: false,
     }
 }
 
