@@ -1,7 +1,9 @@
 //! Replays `../shared/http-cases/requests.json` (or the file named by `SLUICE_HTTP_CASES`)
 //! against a real lb exactly as that folder's README describes: one route sending every host
 //! to a recording stub upstream, a fresh client connection per case, the raw bytes in one
-//! write, and the judging rules for `reject_NNN`, `forward_normalized` and `close`.
+//! write, and the judging rules for `reject_NNN`, `forward_normalized` and `close`. Both case
+//! files are replayed twice: over plain TCP, and over TLS to an HTTPS listener (the same cases,
+//! judged the same way: TLS is a transport under the same HTTP/1 codec).
 
 #![allow(clippy::disallowed_types, reason = "the stub upstream is a plain threaded test server")]
 #![allow(clippy::unwrap_used, reason = "test code: a failure is the report")]
@@ -107,6 +109,61 @@ fn parse_request(buf: &[u8]) -> Result<Option<(String, Vec<u8>, usize)>, String>
     Ok(Some((head, Vec::new(), head_len)))
 }
 
+/// The client's connection: plain, or TLS (rustls) to an HTTPS listener.
+enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl ClientStream {
+    fn connect(port: u16, tls: Option<&Arc<rustls::ClientConfig>>) -> ClientStream {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_nodelay(true).unwrap();
+        match tls {
+            None => ClientStream::Plain(s),
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from("cases.example").unwrap();
+                let conn = rustls::ClientConnection::new(Arc::clone(config), name).unwrap();
+                ClientStream::Tls(Box::new(rustls::StreamOwned::new(conn, s)))
+            }
+        }
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            ClientStream::Plain(s) => s,
+            ClientStream::Tls(t) => &t.sock,
+        }
+    }
+
+    fn write_all(&mut self, raw: &[u8]) -> std::io::Result<()> {
+        match self {
+            ClientStream::Plain(s) => s.write_all(raw),
+            ClientStream::Tls(t) => t.write_all(raw).and_then(|()| t.flush()),
+        }
+    }
+
+    /// Ends the sending side: TCP FIN, after close_notify on TLS.
+    fn shutdown_write(&mut self) {
+        if let ClientStream::Tls(t) = self {
+            t.conn.send_close_notify();
+            let _ = t.flush();
+        }
+        let _ = self.tcp().shutdown(Shutdown::Write);
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            ClientStream::Plain(s) => s.read(buf),
+            // The peer closing without close_notify is the end of the stream here, as TCP EOF.
+            ClientStream::Tls(t) => match t.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
+                other => other,
+            },
+        }
+    }
+}
+
 struct ClientResult {
     finals: Vec<u16>,
     closed: bool,
@@ -116,16 +173,16 @@ struct ClientResult {
 /// expected responses are in, 300 ms pass with nothing more).
 fn run_client(
     port: u16,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     raw: &[u8],
     half_close: bool,
     expected_finals: usize,
     head_request: bool,
 ) -> ClientResult {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_nodelay(true).unwrap();
+    let mut s = ClientStream::connect(port, tls);
     let _ = s.write_all(raw);
     if half_close {
-        let _ = s.shutdown(Shutdown::Write);
+        s.shutdown_write();
     }
     let mut buf = Vec::new();
     let mut finals = Vec::new();
@@ -142,7 +199,7 @@ fn run_client(
         if left.is_zero() {
             break;
         }
-        s.set_read_timeout(Some(left)).unwrap();
+        s.tcp().set_read_timeout(Some(left)).unwrap();
         match s.read(&mut chunk) {
             Ok(0) => {
                 closed = true;
@@ -185,7 +242,13 @@ fn cases_file() -> Option<PathBuf> {
 #[test]
 fn http_cases_replay() {
     let Some(file) = cases_file() else { return };
-    replay(&file);
+    replay(&file, false);
+}
+
+#[test]
+fn http_cases_replay_over_tls() {
+    let Some(file) = cases_file() else { return };
+    replay(&file, true);
 }
 
 /// Sluice's own cases (same format; `raw` may hold the bytes as a string, each character one
@@ -193,7 +256,12 @@ fn http_cases_replay() {
 /// grammar, trailer grammar, `_` in field names, leniency before the request line.
 #[test]
 fn own_http_cases_replay() {
-    replay(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/http-cases/sluice.json"));
+    replay(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/http-cases/sluice.json"), false);
+}
+
+#[test]
+fn own_http_cases_replay_over_tls() {
+    replay(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/http-cases/sluice.json"), true);
 }
 
 fn raw_bytes(case: &serde_json::Value) -> Vec<u8> {
@@ -208,14 +276,36 @@ fn raw_bytes(case: &serde_json::Value) -> Vec<u8> {
     }
 }
 
-fn replay(file: &std::path::Path) {
+fn replay(file: &std::path::Path, over_tls: bool) {
     let cases: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
     let log = Arc::new(Mutex::new(StubLog::default()));
     let stub_port = stub(Arc::clone(&log));
-    let mut env = Env::new("http-cases");
+    let mut env = Env::new(if over_tls { "http-cases-tls" } else { "http-cases" });
     let port = free_port();
-    env.write("gateway.yaml", &gateway(port));
+    let tls = if over_tls {
+        let ca = pki::Ca::new("Sluice test CA");
+        let https = gateway(port).replace(
+            "protocol: HTTP,",
+            "protocol: HTTPS, tls: {certificateRefs: [{name: cases}]},",
+        );
+        env.write("gateway.yaml", &https);
+        env.write("secret.yaml", &pki::secret("default", "cases", &ca.leaf(&["cases.example"])));
+        let mut roots = rustls::RootCertStore::empty();
+        let der = rustls::pki_types::pem::PemObject::from_pem_slice(ca.pem.as_bytes()).unwrap();
+        roots.add(der).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Some(Arc::new(config))
+    } else {
+        env.write("gateway.yaml", &gateway(port));
+        None
+    };
     env.write(
         "stub.yaml",
         &service("default", "stub", &[format!("127.0.0.1:{stub_port}").parse().unwrap()]),
@@ -240,7 +330,14 @@ fn replay(file: &std::path::Path) {
             let mut l = log.lock().unwrap();
             *l = StubLog::default();
         }
-        let result = run_client(port, &raw, half_close, finals_expected, raw.starts_with(b"HEAD "));
+        let result = run_client(
+            port,
+            tls.as_ref(),
+            &raw,
+            half_close,
+            finals_expected,
+            raw.starts_with(b"HEAD "),
+        );
         std::thread::sleep(Duration::from_millis(30));
         let l = log.lock().unwrap();
         let mut problems = Vec::new();
@@ -323,6 +420,7 @@ fn replay(file: &std::path::Path) {
             failures.push(format!("{id} ({expect}): {}", problems.join("; ")));
         }
     }
-    eprintln!("{} cases, {} failed", cases.len(), failures.len());
+    let over = if over_tls { " over TLS" } else { "" };
+    eprintln!("{} cases{over}, {} failed", cases.len(), failures.len());
     assert!(failures.is_empty(), "http-cases failures:\n{}", failures.join("\n"));
 }

@@ -331,6 +331,16 @@ fn certificate_rotation_under_load_fails_no_request() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
+    // A keep-alive connection opened before the rotation.
+    let mut established = Command::new("python3")
+        .arg("-c")
+        .arg(KEEPALIVE)
+        .args([&site.port.to_string(), site.ca.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(ask(&mut established), "200");
     let before = openssl(site.port, &["-servername", "example.org", "-showcerts"]);
     let generation = site.env.applied();
     let rotated = site.ca_pki.leaf(&["example.org", "*.wild.org", "rotated.example.org"]);
@@ -355,6 +365,8 @@ fn certificate_rotation_under_load_fails_no_request() {
         text[start..start + end].to_owned()
     };
     assert_ne!(leaf_of(&before), leaf_of(&after), "new handshakes use the new certificate");
+    assert_eq!(ask(&mut established), "200", "an established connection keeps going");
+    let _ = established.kill();
     let rotated_body: String = rotated.cert.lines().filter(|l| !l.starts_with("-----")).collect();
     let after_body: String = leaf_of(&after).lines().filter(|l| !l.starts_with("-----")).collect();
     assert_eq!(after_body, rotated_body);
@@ -383,18 +395,6 @@ fn a_handshake_flood_leaves_established_and_plaintext_clients_served() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let ask = |child: &mut std::process::Child| -> String {
-        let stdin = child.stdin.as_mut().unwrap();
-        stdin.write_all(b"go\n").unwrap();
-        stdin.flush().unwrap();
-        let mut line = Vec::new();
-        let out = child.stdout.as_mut().unwrap();
-        let mut byte = [0u8];
-        while out.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
-            line.push(byte[0]);
-        }
-        String::from_utf8(line).unwrap()
-    };
     assert_eq!(ask(&mut established), "200");
     // The flood: connections that start a handshake (a partial ClientHello) and stall, far
     // more than the cap.
@@ -428,6 +428,20 @@ fn a_handshake_flood_leaves_established_and_plaintext_clients_served() {
     }
     assert_eq!(ask(&mut established), "200");
     let _ = established.kill();
+}
+
+/// Asks a [`KEEPALIVE`] client for one request; its status code.
+fn ask(child: &mut std::process::Child) -> String {
+    let stdin = child.stdin.as_mut().unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    stdin.flush().unwrap();
+    let mut line = Vec::new();
+    let out = child.stdout.as_mut().unwrap();
+    let mut byte = [0u8];
+    while out.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    String::from_utf8(line).unwrap()
 }
 
 /// A TLS keep-alive client: one request per line on stdin, prints each status code.
