@@ -16,6 +16,7 @@ pub mod manifests;
 pub mod mirror;
 pub mod pki;
 pub mod status;
+pub mod upstream_report;
 pub mod ws;
 
 use std::collections::BTreeMap;
@@ -70,7 +71,12 @@ pub struct Options {
     pub keep: bool,
     /// Also write the report as Markdown here.
     pub markdown: Option<PathBuf>,
+    /// Also write a Gateway API `ConformanceReport` (YAML) here.
+    pub report: Option<PathBuf>,
 }
+
+/// The Gateway API release the vectors were translated from.
+pub const GATEWAY_API_VERSION: &str = "v1.6.1";
 
 /// How one test ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +149,15 @@ pub fn run(opts: &Options) -> Result<(String, bool), String> {
         let _ = std::fs::remove_dir_all(&cluster.work);
     }
     let (summary, ok) = report(&results);
+    if let Some(path) = &opts.report {
+        let date = Command::new("date")
+            .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        let yaml = upstream_report::yaml(&results, &opts.features, &date);
+        std::fs::write(path, yaml).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     if let Some(path) = &opts.markdown {
         let mut md = String::from("# Gateway API conformance\n\n");
         let _ = writeln!(

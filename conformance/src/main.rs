@@ -33,6 +33,9 @@ struct Args {
     /// Also write the report as Markdown (e.g. docs/conformance.md).
     #[arg(long)]
     markdown: Option<PathBuf>,
+    /// Also write a Gateway API ConformanceReport (YAML, the upstream format) here.
+    #[arg(long)]
+    report: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         timeout: Duration::from_secs(a.timeout),
         keep: a.keep,
         markdown: a.markdown,
+        report: a.report,
     };
     match conformance::run(&opts) {
         Ok((report, ok)) => {
