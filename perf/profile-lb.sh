@@ -4,6 +4,9 @@
 # CPU 1 for everything else.
 #
 #   cargo build --release -p sluice -p perf && perf/profile-lb.sh [requests] [connections]
+#
+# TLS=1 profiles HTTPS keep-alive instead (a self-signed ECDSA certificate made by openssl for
+# the run; the load generator speaks TLS 1.3).
 set -euo pipefail
 requests=${1:-2000}
 connections=${2:-4}
@@ -20,6 +23,18 @@ http { access_log off; keepalive_requests 10000000;
   server { listen 127.0.0.1:$up; location / { return 200 "ok"; } } }
 CONF
 mkdir -p "$work/m"
+scheme=http
+listener="{name: http, port: $px, protocol: HTTP}"
+if [ -n "${TLS:-}" ]; then
+  scheme=https
+  listener="{name: https, port: $px, protocol: HTTPS, tls: {certificateRefs: [{name: bench-tls}]}}"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+    -subj /CN=bench.example -addext subjectAltName=DNS:bench.example \
+    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+  { echo "apiVersion: v1"; echo "kind: Secret"; echo "metadata: {name: bench-tls, namespace: default}";
+    echo "type: kubernetes.io/tls"; echo "stringData:"; echo "  tls.crt: |"; sed 's/^/    /' "$work/cert.pem";
+    echo "  tls.key: |"; sed 's/^/    /' "$work/key.pem"; } > "$work/m/secret.yaml"
+fi
 cat > "$work/m/bench.yaml" <<YAML
 apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
@@ -29,7 +44,7 @@ spec: {controllerName: sluice.dev/gateway-controller}
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {name: bench, namespace: default}
-spec: {gatewayClassName: sluice, listeners: [{name: http, port: $px, protocol: HTTP}]}
+spec: {gatewayClassName: sluice, listeners: [$listener]}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -54,8 +69,8 @@ taskset -c 1 "$bin/sluice" config-sync --manifests "$work/m" --table "$table" 2>
 taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
   "$bin/sluice" lb --table "$table" --cores 0 --bind-address 127.0.0.1 2> "$work/lb.log" &
 vg=$!
-for _ in $(seq 120); do curl -sf -m 2 -H 'Host: bench.example' "http://127.0.0.1:$px/" >/dev/null && break; sleep 1; done
-load() { "$bin/sluice-perf" load "http://127.0.0.1:$px/" -H 'Host: bench.example' -c "$connections" -n "$1" -d 600 --warmup 0 --cpus 1 | grep requests; }
+for _ in $(seq 120); do curl -skf -m 2 --resolve "bench.example:$px:127.0.0.1" "$scheme://bench.example:$px/" >/dev/null && break; sleep 1; done
+load() { "$bin/sluice-perf" load "$scheme://127.0.0.1:$px/" -H 'Host: bench.example' -c "$connections" -n "$1" -d 600 --warmup 0 --cpus 1 | grep requests; }
 load 200 >/dev/null
 [ -n "${NOZERO:-}" ] || callgrind_control -z "$vg" >/dev/null
 load "$requests"
