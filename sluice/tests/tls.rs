@@ -547,3 +547,35 @@ fn client_certificates_are_verified_and_passed_on_as_x_forwarded_client_cert() {
     let status = env.status_file("gateway", "default", "gw");
     assert!(status.contains("InsecureFrontendValidationMode"), "{status}");
 }
+
+#[test]
+fn rsa_and_ecdsa_certificates_for_one_name_are_chosen_by_the_clients_signature_schemes() {
+    let mut env = Env::new("tls-rsa-ecdsa");
+    let a = env.echo("default", "svc-a", "svc-a-0");
+    let ca = Ca::new("Sluice test CA");
+    let ecdsa = ca.leaf(&["dual.example"]);
+    let rsa_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let rsa = ca.sign(&["dual.example"], &rsa_key);
+    let port = free_port();
+    env.write(
+        "gateway.yaml",
+        &https_gateway(port, "  - {name: dual, protocol: HTTPS, port: PORT, allowedRoutes: {namespaces: {from: All}}, tls: {certificateRefs: [{name: rsa}, {name: ecdsa}]}}\n"),
+    );
+    env.write(
+        "secrets.yaml",
+        &format!("{}---\n{}", secret("default", "rsa", &rsa), secret("default", "ecdsa", &ecdsa)),
+    );
+    env.write("svc.yaml", &service("default", "svc-a", &[a]));
+    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: a}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc-a, port: 80}]\n");
+    env.start(port, &[]);
+    // A client that can verify both gets ECDSA (listed second, preferred: cheaper handshakes).
+    let both = openssl(port, &["-servername", "dual.example"]);
+    assert!(both.contains("Server public key is 256 bit"), "{both}");
+    // Only RSA signatures: the RSA certificate.
+    let rsa_only =
+        openssl(port, &["-servername", "dual.example", "-sigalgs", "rsa_pss_rsae_sha256"]);
+    assert!(rsa_only.contains("Server public key is 2048 bit"), "{rsa_only}");
+    let ecdsa_only =
+        openssl(port, &["-servername", "dual.example", "-sigalgs", "ecdsa_secp256r1_sha256"]);
+    assert!(ecdsa_only.contains("Server public key is 256 bit"), "{ecdsa_only}");
+}
