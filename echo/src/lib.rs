@@ -10,6 +10,9 @@
 //! `/retry/...?uuid=U&succeedAfter=N[&responseCode=C][&delayRetry=D]` fails the first N
 //! attempts for U (after waiting D: with status C, or by resetting the connection), then echoes.
 //! Each echoed request is logged as `Echoing back request made to <uri> to client (<peer>)`.
+//! With `serve_tls` (the `sluice echo --tls-listen` port, like the upstream echo's 8443) the
+//! same answers come over TLS and carry the connection's `tls` facts (version, server name,
+//! ALPN, cipher suite; client certificates are not asked for yet).
 //!
 //! Deliberately simple (blocking sockets, a thread per connection): it is a test and demo
 //! backend, not part of the data path being measured.
@@ -18,10 +21,12 @@
 
 pub mod ws;
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::rc::Rc;
 use std::sync::Arc;
 #[allow(
     clippy::disallowed_types,
@@ -95,6 +100,8 @@ struct Reply<'a> {
     pod: &'a str,
     #[serde(rename = "httpPort")]
     http_port: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<&'a TlsFacts>,
 }
 
 fn connection(
@@ -105,8 +112,161 @@ fn connection(
     peer: Option<SocketAddr>,
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let mut reader = BufReader::with_capacity(16 * 1024, stream.try_clone()?);
-    let mut stream = stream;
+    let reader = BufReader::with_capacity(16 * 1024, stream.try_clone()?);
+    let tcp = stream.try_clone()?;
+    exchanges(reader, stream, &tcp, None, id, attempts, port, peer)
+}
+
+/// What a TLS connection negotiated, as the upstream echo reports it (`tls` in the reply).
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsFacts {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: String,
+    /// The server name the client sent.
+    #[serde(rename = "serverName")]
+    pub server_name: String,
+    /// The ALPN protocol agreed (empty: none).
+    #[serde(rename = "negotiatedProtocol")]
+    pub negotiated_protocol: String,
+    /// IANA name of the cipher suite.
+    #[serde(rename = "cipherSuite")]
+    pub cipher_suite: String,
+    /// The client's certificates, PEM (left out when it sent none).
+    #[serde(rename = "peerCertificates", skip_serializing_if = "Vec::is_empty")]
+    pub peer_certificates: Vec<String>,
+}
+
+/// Serves HTTPS on `listener` with `config` until the process ends (the upstream echo's
+/// port 8443): the same answers, plus the `tls` facts of each connection.
+pub fn serve_tls(
+    listener: &TcpListener,
+    identity: Identity,
+    config: &Arc<rustls::ServerConfig>,
+) -> io::Result<()> {
+    let port = listener.local_addr()?.port();
+    let identity = Arc::new(identity);
+    let attempts: Attempts = Arc::default();
+    info!(addr = %listener.local_addr()?, pod = %identity.pod, "echo backend listening (HTTPS)");
+    for conn in listener.incoming() {
+        let Ok(stream) = conn else { continue };
+        let (identity, attempts, config) =
+            (Arc::clone(&identity), Arc::clone(&attempts), Arc::clone(config));
+        std::thread::spawn(move || {
+            let peer = stream.peer_addr().ok();
+            if let Err(e) = tls_connection(stream, config, &identity, &attempts, port, peer) {
+                debug!("TLS connection: {e}");
+            }
+        });
+    }
+    Ok(())
+}
+
+fn tls_connection(
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    id: &Identity,
+    attempts: &Attempts,
+    port: u16,
+    peer: Option<SocketAddr>,
+) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let tcp = stream.try_clone()?;
+    let conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+    let mut tls = rustls::StreamOwned::new(conn, stream);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    let c = &tls.conn;
+    let facts = TlsFacts {
+        version: match c.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".into(),
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".into(),
+            other => format!("{other:?}"),
+        },
+        server_name: c.server_name().unwrap_or_default().to_owned(),
+        negotiated_protocol: c
+            .alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default(),
+        // IANA names, as Go reports them (rustls says `TLS13_AES_…` for `TLS_AES_…`).
+        cipher_suite: c
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .map(|n| n.strip_prefix("TLS13_").map_or_else(|| n.to_owned(), |r| format!("TLS_{r}")))
+            .unwrap_or_default(),
+        peer_certificates: c
+            .peer_certificates()
+            .unwrap_or_default()
+            .iter()
+            .map(|d| pem(d))
+            .collect(),
+    };
+    let shared = Shared(Rc::new(RefCell::new(tls)));
+    let reader = BufReader::with_capacity(16 * 1024, shared.clone());
+    exchanges(reader, shared, &tcp, Some(&facts), id, attempts, port, peer)
+}
+
+fn pem(der: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for chunk in der.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(char::from(TABLE[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// A TLS stream shared by the reading and the writing side of one connection's thread (they
+/// take turns: the echo reads a request, then writes its answer).
+struct Shared<S>(Rc<RefCell<S>>);
+
+impl<S> Clone for Shared<S> {
+    fn clone(&self) -> Self {
+        Shared(Rc::clone(&self.0))
+    }
+}
+
+impl<S: Read> Read for Shared<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.borrow_mut().read(buf)
+    }
+}
+
+impl<S: Write> Write for Shared<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.borrow_mut().write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.borrow_mut().flush()
+    }
+}
+
+/// Answers the requests of one connection: `reader` and `stream` are its two directions,
+/// `tcp` the socket under them (to reset it for the retry simulation).
+#[allow(clippy::too_many_arguments, reason = "one connection's facts, passed once")]
+fn exchanges<R: Read, W: Write>(
+    mut reader: BufReader<R>,
+    mut stream: W,
+    tcp: &TcpStream,
+    tls: Option<&TlsFacts>,
+    id: &Identity,
+    attempts: &Attempts,
+    port: u16,
+    peer: Option<SocketAddr>,
+) -> io::Result<()> {
     // Each response is built whole and written once, like a real server's buffered writer.
     let mut writer: Vec<u8> = Vec::with_capacity(4096);
     loop {
@@ -193,7 +353,7 @@ fn connection(
             }
             let Some(code) = failure.status else {
                 // No status asked for: the attempt fails with a connection reset.
-                socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
+                socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO))?;
                 return Ok(());
             };
             write!(
@@ -221,6 +381,7 @@ fn connection(
                 service: &id.service,
                 pod: &id.pod,
                 http_port: port.to_string(),
+                tls,
             };
             let body = pretty(&reply);
             let peer = peer.map(|p| p.to_string()).unwrap_or_default();
@@ -235,6 +396,7 @@ fn connection(
             }
         }
         stream.write_all(&writer)?;
+        stream.flush()?;
         writer.clear();
         if close {
             return Ok(());
@@ -269,7 +431,7 @@ fn retry_failure(query: &str, attempts: &Attempts) -> Option<Failure> {
 }
 
 /// Reads one request head (through the blank line). `None` at a clean end of stream.
-fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Vec<u8>>> {
+fn read_head<R: Read>(reader: &mut BufReader<R>) -> io::Result<Option<Vec<u8>>> {
     let mut head = Vec::new();
     loop {
         let n = reader.read_until(b'\n', &mut head)?;
@@ -293,7 +455,7 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
-fn discard_chunked(reader: &mut BufReader<TcpStream>) -> io::Result<()> {
+fn discard_chunked<R: Read>(reader: &mut BufReader<R>) -> io::Result<()> {
     let mut line = String::new();
     loop {
         line.clear();

@@ -13,8 +13,9 @@ mod up;
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -216,6 +217,16 @@ struct EchoArgs {
     /// Pod reported in replies.
     #[arg(long, env = "POD_NAME", default_value = "")]
     pod: String,
+    /// Also serve HTTPS here (the upstream echo's port 8443), with `--tls-cert` and
+    /// `--tls-key`; replies then carry the connection's `tls` facts.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_listen: Option<SocketAddr>,
+    /// Certificate chain (PEM) for `--tls-listen`.
+    #[arg(long, env = "TLS_SERVER_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for `--tls-listen`.
+    #[arg(long, env = "TLS_SERVER_PRIVKEY")]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -381,7 +392,38 @@ fn run_echo(a: EchoArgs) -> Result<(), String> {
         pod: a.pod,
         ingress: String::new(),
     };
+    if let (Some(addr), Some(cert), Some(key)) = (a.tls_listen, &a.tls_cert, &a.tls_key) {
+        let config = echo_tls_config(cert, key)?;
+        let tls = TcpListener::bind(addr).map_err(|e| format!("echo: bind {addr}: {e}"))?;
+        let identity = identity.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = echo::serve_tls(&tls, identity, &config) {
+                tracing::error!("echo HTTPS: {e}");
+            }
+        });
+    }
     echo::serve(&listener, identity).map_err(|e| e.to_string())
+}
+
+/// The echo's HTTPS configuration: the certificate and key from PEM files, TLS 1.3 and 1.2,
+/// ALPN `http/1.1`.
+fn echo_tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(Iterator::collect)
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| format!("echo certificate: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 #[cfg(test)]

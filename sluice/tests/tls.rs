@@ -579,3 +579,48 @@ fn rsa_and_ecdsa_certificates_for_one_name_are_chosen_by_the_clients_signature_s
         openssl(port, &["-servername", "dual.example", "-sigalgs", "ecdsa_secp256r1_sha256"]);
     assert!(ecdsa_only.contains("Server public key is 256 bit"), "{ecdsa_only}");
 }
+
+#[test]
+fn the_echo_backend_serves_https_and_reports_the_connection() {
+    let env = Env::new("echo-tls");
+    let ca = Ca::new("Sluice test CA");
+    let leaf = ca.leaf(&["backend.example"]);
+    let (crt, key) = (env.dir.join("echo.crt"), env.dir.join("echo.key"));
+    std::fs::write(&crt, &leaf.cert).unwrap();
+    std::fs::write(&key, &leaf.key).unwrap();
+    let ca_file = ca.write(&env.dir, "ca.pem");
+    let (plain, tls) = (free_port(), free_port());
+    let mut child = Command::new(BIN)
+        .args(["echo", "--listen", &format!("127.0.0.1:{plain}"), "--pod", "echo-0"])
+        .args(["--tls-listen", &format!("127.0.0.1:{tls}"), "--tls-cert"])
+        .arg(&crt)
+        .arg("--tls-key")
+        .arg(&key)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(format!("127.0.0.1:{tls}").parse().unwrap());
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--resolve",
+            &format!("backend.example:{tls}:127.0.0.1"),
+            "--cacert",
+        ])
+        .arg(&ca_file)
+        .arg(format!("https://backend.example:{tls}/x"))
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["pod"], "echo-0");
+    assert_eq!(json["path"], "/x");
+    assert_eq!(json["tls"]["version"], "TLSv1.3", "{json}");
+    assert_eq!(json["tls"]["serverName"], "backend.example", "{json}");
+    assert_eq!(json["tls"]["negotiatedProtocol"], "http/1.1", "{json}");
+    assert!(json["tls"]["cipherSuite"].as_str().unwrap().starts_with("TLS_AES_"), "{json}");
+}
