@@ -415,6 +415,9 @@ struct State {
     pending: Vec<u8>,
     /// The peer closed (close_notify) or the connection failed: reads return end of stream.
     ended: bool,
+    /// The last pass consumed every received byte and wants more: until bytes arrive, another
+    /// pass has nothing to do (the next read goes straight to the socket).
+    drained: bool,
 }
 
 /// What processing the received records asks for next.
@@ -486,6 +489,7 @@ impl State {
                     if want == Want::Closed {
                         self.ended = true;
                     }
+                    self.drained = want == Want::Read && cipher.bytes().is_empty();
                     return Ok((plain, want));
                 }
                 Err(e) => {
@@ -636,7 +640,7 @@ impl TlsStream {
         let conn = UnbufferedServerConnection::new(config).map_err(HandshakeError::Tls)?;
         let mut stream = TlsStream {
             tcp,
-            state: RefCell::new(State { conn, pending: Vec::new(), ended: false }),
+            state: RefCell::new(State { conn, pending: Vec::new(), ended: false, drained: false }),
             cipher: RefCell::new(InBuf::Empty),
             writing: Cell::new(false),
             server_name: Box::default(),
@@ -741,7 +745,13 @@ impl TlsStream {
                 let Ok(mut cipher) = self.cipher.try_borrow_mut() else {
                     return Err(io::Error::other("two reads at once on one TLS connection"));
                 };
-                state.advance(&mut cipher, input, spare, true)
+                if state.drained && cipher.bytes().is_empty() {
+                    // Nothing received since the last pass: skip a pass of rustls's state
+                    // machine that could only say "read more".
+                    Ok((0, Want::Read))
+                } else {
+                    state.advance(&mut cipher, input, spare, true)
+                }
             };
             match step {
                 Ok((0, Want::Read | Want::Write)) => {}
@@ -755,7 +765,9 @@ impl TlsStream {
                     return Err(tls_io(e));
                 }
             }
-            if self.fill().await? == 0 {
+            let n = self.fill().await?;
+            self.state.borrow_mut().drained = false;
+            if n == 0 {
                 // End of stream without close_notify: what was received is all there is (an
                 // HTTP/1 message framed by length or chunks knows whether it is complete).
                 self.state.borrow_mut().ended = true;
