@@ -63,10 +63,30 @@ type Attempts = Arc<Mutex<HashMap<String, u32>>>;
 
 /// Serves on `listener` until the process ends.
 pub fn serve(listener: &TcpListener, identity: Identity) -> io::Result<()> {
+    accept_loop(listener, identity, None)
+}
+
+/// Serves HTTPS on `listener` with `config` until the process ends (the upstream echo's
+/// port 8443): the same answers, plus the `tls` facts of each connection.
+pub fn serve_tls(
+    listener: &TcpListener,
+    identity: Identity,
+    config: &Arc<rustls::ServerConfig>,
+) -> io::Result<()> {
+    accept_loop(listener, identity, Some(config))
+}
+
+/// A thread per accepted connection, plain or TLS.
+fn accept_loop(
+    listener: &TcpListener,
+    identity: Identity,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+) -> io::Result<()> {
     let port = listener.local_addr()?.port();
     let identity = Arc::new(identity);
     let attempts: Attempts = Arc::default();
-    info!(addr = %listener.local_addr()?, pod = %identity.pod, "echo backend listening");
+    let kind = if tls.is_some() { "HTTPS" } else { "HTTP" };
+    info!(addr = %listener.local_addr()?, pod = %identity.pod, "echo backend listening ({kind})");
     for conn in listener.incoming() {
         let stream = match conn {
             Ok(s) => s,
@@ -77,9 +97,14 @@ pub fn serve(listener: &TcpListener, identity: Identity) -> io::Result<()> {
         };
         let identity = Arc::clone(&identity);
         let attempts = Arc::clone(&attempts);
+        let tls = tls.map(Arc::clone);
         std::thread::spawn(move || {
             let peer = stream.peer_addr().ok();
-            if let Err(e) = connection(stream, &identity, &attempts, port, peer) {
+            let served = match tls {
+                None => connection(stream, &identity, &attempts, port, peer),
+                Some(config) => tls_connection(stream, config, &identity, &attempts, port, peer),
+            };
+            if let Err(e) = served {
                 debug!("connection: {e}");
             }
         });
@@ -134,31 +159,6 @@ pub struct TlsFacts {
     /// The client's certificates, PEM (left out when it sent none).
     #[serde(rename = "peerCertificates", skip_serializing_if = "Vec::is_empty")]
     pub peer_certificates: Vec<String>,
-}
-
-/// Serves HTTPS on `listener` with `config` until the process ends (the upstream echo's
-/// port 8443): the same answers, plus the `tls` facts of each connection.
-pub fn serve_tls(
-    listener: &TcpListener,
-    identity: Identity,
-    config: &Arc<rustls::ServerConfig>,
-) -> io::Result<()> {
-    let port = listener.local_addr()?.port();
-    let identity = Arc::new(identity);
-    let attempts: Attempts = Arc::default();
-    info!(addr = %listener.local_addr()?, pod = %identity.pod, "echo backend listening (HTTPS)");
-    for conn in listener.incoming() {
-        let Ok(stream) = conn else { continue };
-        let (identity, attempts, config) =
-            (Arc::clone(&identity), Arc::clone(&attempts), Arc::clone(config));
-        std::thread::spawn(move || {
-            let peer = stream.peer_addr().ok();
-            if let Err(e) = tls_connection(stream, config, &identity, &attempts, port, peer) {
-                debug!("TLS connection: {e}");
-            }
-        });
-    }
-    Ok(())
 }
 
 fn tls_connection(

@@ -203,7 +203,20 @@ impl InBuf {
     /// Appends `bytes` after the unconsumed ones (decrypted TLS records), in a heap buffer
     /// from `spare`.
     pub(crate) fn append(&mut self, bytes: &[u8], spare: &Spare) {
-        let mut heap = match std::mem::take(self) {
+        let mut heap = self.take_heap(spare);
+        heap.extend_from_slice(bytes);
+        *self = if heap.is_empty() {
+            spare.give(heap);
+            InBuf::Empty
+        } else {
+            InBuf::Heap { buf: heap, start: 0 }
+        };
+    }
+
+    /// The unconsumed bytes at the front of a heap buffer (from `spare` unless there is one
+    /// already); `self` is left empty and a ring buffer goes back to the ring.
+    fn take_heap(&mut self, spare: &Spare) -> Vec<u8> {
+        match std::mem::take(self) {
             InBuf::Heap { mut buf, start } => {
                 buf.drain(..start);
                 buf
@@ -214,14 +227,7 @@ impl InBuf {
                 heap
             }
             InBuf::Empty => spare.take(),
-        };
-        heap.extend_from_slice(bytes);
-        *self = if heap.is_empty() {
-            spare.give(heap);
-            InBuf::Empty
-        } else {
-            InBuf::Heap { buf: heap, start: 0 }
-        };
+        }
     }
 
     /// Marks `n` bytes consumed; an emptied buffer goes back (to the ring or `spare`).
@@ -274,18 +280,7 @@ impl InBuf {
 
     /// Appends a read into a heap buffer, moving what is left there first.
     async fn fill_heap(&mut self, stream: &TcpStream, spare: &Spare) -> io::Result<usize> {
-        let mut heap = match std::mem::take(self) {
-            InBuf::Heap { mut buf, start } => {
-                buf.drain(..start);
-                buf
-            }
-            InBuf::Ring { buf, start } => {
-                let mut heap = spare.take();
-                heap.extend_from_slice(buf.get(start..).unwrap_or(&[]));
-                heap
-            }
-            InBuf::Empty => spare.take(),
-        };
+        let mut heap = self.take_heap(spare);
         heap.reserve(HEAP_READ);
         let mut reader = stream;
         // `append` reads into the spare capacity; `read` would overwrite from the start.

@@ -332,14 +332,7 @@ fn certificate_rotation_under_load_fails_no_request() {
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     // A keep-alive connection opened before the rotation.
-    let mut established = Command::new("python3")
-        .arg("-c")
-        .arg(KEEPALIVE)
-        .args([&site.port.to_string(), site.ca.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut established = keepalive_client(&site);
     assert_eq!(ask(&mut established), "200");
     let before = openssl(site.port, &["-servername", "example.org", "-showcerts"]);
     let generation = site.env.applied();
@@ -387,14 +380,7 @@ fn a_handshake_flood_leaves_established_and_plaintext_clients_served() {
     );
     wait_listening(format!("127.0.0.1:{plain_port}").parse().unwrap());
     // An established TLS keep-alive client (Python), asked to make a request per line.
-    let mut established = Command::new("python3")
-        .arg("-c")
-        .arg(KEEPALIVE)
-        .args([&site.port.to_string(), site.ca.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut established = keepalive_client(&site);
     assert_eq!(ask(&mut established), "200");
     // The flood: connections that start a handshake (a partial ClientHello) and stall, far
     // more than the cap.
@@ -428,6 +414,18 @@ fn a_handshake_flood_leaves_established_and_plaintext_clients_served() {
     }
     assert_eq!(ask(&mut established), "200");
     let _ = established.kill();
+}
+
+/// Starts a [`KEEPALIVE`] client on `site` (one TLS connection, kept open).
+fn keepalive_client(site: &Site) -> std::process::Child {
+    Command::new("python3")
+        .arg("-c")
+        .arg(KEEPALIVE)
+        .args([&site.port.to_string(), site.ca.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 /// Asks a [`KEEPALIVE`] client for one request; its status code.
