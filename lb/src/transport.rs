@@ -66,7 +66,7 @@ impl Transport {
                 let mut w = s;
                 w.write_all(bytes).await.0
             }
-            Transport::Tls(t) => crate::tls::write_static(t, bytes).await,
+            Transport::Tls(t) => t.send(bytes).await,
         }
     }
 

@@ -19,7 +19,8 @@ impl<'m> Compiler<'m> {
         }
         let namespace = b.namespace.unwrap_or(&route_key.namespace);
         if namespace != route_key.namespace
-            && !self.grant_allows(&route_key.namespace, namespace, b.name)
+            && !self
+                .grant_allows(("HTTPRoute", &route_key.namespace), (namespace, "Service", b.name))
         {
             return Err((
                 Reason::RefNotPermitted,
@@ -85,16 +86,18 @@ impl<'m> Compiler<'m> {
         Ok(index)
     }
 
-    pub(super) fn grant_allows(&self, from_ns: &str, to_ns: &str, service: &str) -> bool {
-        self.model.reference_grants.iter().filter(|(k, _)| k.namespace == to_ns).any(|(_, g)| {
-            g.spec.from.iter().any(|f| {
-                f.group == GATEWAY_GROUP && f.kind == "HTTPRoute" && f.namespace == from_ns
-            }) && g.spec.to.iter().any(|to| {
-                to.group.is_empty()
-                    && to.kind == "Service"
-                    && to.name.as_deref().is_none_or(|n| n == service)
-            })
-        })
+    /// Whether a ReferenceGrant in `to_ns` lets `from_kind` objects of `from_ns` refer to the
+    /// core `to_kind` object `name`.
+    pub(super) fn grant_allows(
+        &self,
+        (from_kind, from_ns): (&str, &str),
+        (to_ns, to_kind, name): (&str, &str, &str),
+    ) -> bool {
+        self.model
+            .reference_grants
+            .iter()
+            .filter(|(k, _)| k.namespace == to_ns)
+            .any(|(_, g)| grant_permits(g, from_kind, from_ns, to_kind, name))
     }
 }
 

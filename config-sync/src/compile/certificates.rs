@@ -86,7 +86,9 @@ impl<'m> Compiler<'m> {
                 format!("certificateRef {key}: {what} is not supported (core Secret only)"),
             ));
         }
-        if namespace != gateway_ns && !self.grant_to(gateway_ns, namespace, "Secret", &r.name) {
+        if namespace != gateway_ns
+            && !self.grant_allows(("Gateway", gateway_ns), (namespace, "Secret", &r.name))
+        {
             return Err((
                 Reason::RefNotPermitted,
                 format!(
@@ -239,7 +241,9 @@ impl<'m> Compiler<'m> {
                     ),
                 )));
             }
-            if namespace != gw_ns && !self.grant_to(gw_ns, namespace, "ConfigMap", name) {
+            if namespace != gw_ns
+                && !self.grant_allows(("Gateway", gw_ns), (namespace, "ConfigMap", name))
+            {
                 return Some(Err((
                     Reason::RefNotPermitted,
                     format!(
@@ -289,20 +293,5 @@ impl<'m> Compiler<'m> {
             return Some(Err((Reason::InvalidCACertificateRef, "no caCertificateRefs".to_owned())));
         }
         Some(Ok(t::ClientValidation { roots, insecure_fallback: insecure }))
-    }
-
-    /// Whether a ReferenceGrant in `to_ns` lets Gateways of `from_ns` use core `kind` `name`.
-    fn grant_to(&self, from_ns: &str, to_ns: &str, kind: &str, name: &str) -> bool {
-        self.model.reference_grants.iter().filter(|(k, _)| k.namespace == to_ns).any(|(_, g)| {
-            g.spec
-                .from
-                .iter()
-                .any(|f| f.group == GATEWAY_GROUP && f.kind == "Gateway" && f.namespace == from_ns)
-                && g.spec.to.iter().any(|to| {
-                    to.group.is_empty()
-                        && to.kind == kind
-                        && to.name.as_deref().is_none_or(|n| n == name)
-                })
-        })
     }
 }

@@ -41,7 +41,9 @@ use tracing::{debug, info, warn};
 use self::status::write_status;
 use crate::Error;
 use crate::compile::ObjectStatus;
-use crate::model::{GATEWAY_GROUP, Key, Kind, Model, Object, ObjectId, parse_document};
+use crate::model::{
+    GATEWAY_GROUP, Key, Kind, Model, Object, ObjectId, grant_permits, parse_document,
+};
 use crate::pipeline::{Pipeline, Read};
 use crate::status::{Change, status_value};
 
@@ -466,13 +468,7 @@ fn referenced(stores: &BTreeMap<Kind, KindStore>, controller: &str) -> BTreeSet<
     let granted = |from_ns: &str, to_ns: &str, kind: Kind, name: &str| {
         objects(Kind::ReferenceGrant).any(|s| match &s.object {
             Object::ReferenceGrant(g) if g.metadata.namespace.as_deref() == Some(to_ns) => {
-                g.spec.from.iter().any(|f| {
-                    f.group == GATEWAY_GROUP && f.kind == "Gateway" && f.namespace == from_ns
-                }) && g.spec.to.iter().any(|t| {
-                    t.group.is_empty()
-                        && t.kind == kind.as_str()
-                        && t.name.as_deref().is_none_or(|n| n == name)
-                })
+                grant_permits(g, "Gateway", from_ns, kind.as_str(), name)
             }
             _ => false,
         })

@@ -373,6 +373,26 @@ fn typed<T: DeserializeOwned>(doc: Value) -> Result<T, (String, String)> {
     })
 }
 
+/// Whether ReferenceGrant `g` (which must be in the target's namespace) lets `from_kind`
+/// objects (Gateway API group) of namespace `from_ns` refer to the core `to_kind` object
+/// `name`. The one reading of a grant: routes to Services, Gateways to Secrets and ConfigMaps,
+/// in compilation and in what the Kubernetes source watches.
+pub(crate) fn grant_permits(
+    g: &ReferenceGrant,
+    from_kind: &str,
+    from_ns: &str,
+    to_kind: &str,
+    name: &str,
+) -> bool {
+    g.spec
+        .from
+        .iter()
+        .any(|f| f.group == GATEWAY_GROUP && f.kind == from_kind && f.namespace == from_ns)
+        && g.spec.to.iter().any(|t| {
+            t.group.is_empty() && t.kind == to_kind && t.name.as_deref().is_none_or(|n| n == name)
+        })
+}
+
 /// RFC 1123 subdomain, as Kubernetes requires of most names (`table::wire`).
 pub(crate) fn check_dns_subdomain(s: &str) -> Result<(), String> {
     if table::wire::is_dns_subdomain(s) {
