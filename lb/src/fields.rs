@@ -2,7 +2,7 @@
 //! makes to a message ([`Edits`]) and fields lb adds ([`FieldList`]). The HTTP/1 head writers
 //! apply them; an HTTP/2 encoder will apply the same values, so filters are written once.
 
-use table::format::ArchivedHeaderEdits;
+use table::format::{ArchivedClientCertHeader, ArchivedHeaderEdits};
 
 /// Name/value pairs kept in one buffer (one allocation however many fields): each entry is
 /// the name's length (1 byte), the name, the value's length (2 bytes, little-endian), the
@@ -88,6 +88,9 @@ pub struct Edits<'a> {
     pub added: Option<&'a FieldList>,
     /// Names whose values in the message are dropped because `added` owns them.
     pub replaces: &'a [&'a str],
+    /// Request only: the fields the rule chose for a TLS client's verified certificate
+    /// (empty: `X-Forwarded-Client-Cert`).
+    pub client_cert: &'a [ArchivedClientCertHeader],
 }
 
 impl<'a> Edits<'a> {
@@ -160,6 +163,7 @@ mod tests {
             lists: [Some(e), None],
             added: Some(&cors),
             replaces: &["access-control-allow-origin"],
+            client_cert: &[],
         };
         assert!(edits.drops("x-set") && edits.drops("X-GONE") && !edits.drops("x-add"));
         assert!(edits.drops("Access-Control-Allow-Origin"));

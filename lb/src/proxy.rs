@@ -363,6 +363,7 @@ impl Exchange<'_> {
             lists: [Some(&rule.action.response_headers), None],
             added: Some(rule.cors),
             replaces: &cors::OWNED,
+            client_cert: &[],
         };
         let attempt_started = self.core.wheel.now();
         let head_error = |cause| ProxyError::new(Side::Upstream, Phase::ResponseHead, cause);

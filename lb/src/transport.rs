@@ -127,8 +127,8 @@ impl Transport {
         }
     }
 
-    /// `X-Forwarded-Client-Cert` for a TLS client's verified certificate.
-    pub(crate) fn client_cert(&self) -> Option<&std::rc::Rc<str>> {
+    /// A TLS client's verified certificate.
+    pub(crate) fn client_cert(&self) -> Option<&std::rc::Rc<crate::http1::request::ClientCert>> {
         match self {
             Transport::Plain(_) => None,
             Transport::Tls(t) => t.client_cert(),

@@ -419,6 +419,43 @@ fn only_referenced_secrets_are_watched_by_name_and_a_rotation_reaches_lb_in_seco
     eprintln!("rotation reached lb in {:?}", started.elapsed());
 }
 
+#[test]
+fn a_sluice_filter_a_route_names_is_watched_by_name_and_resolves_the_route() {
+    let (mut env, api, port, kubeconfig) = kube_env("kube-filter");
+    let mut r = route("r", "/");
+    r["spec"]["rules"][0]["filters"] = json!([{"type": "ExtensionRef", "extensionRef":
+        {"group": "gateway.sluice.dev", "kind": "ClientCertificateHeader", "name": "subject"}}]);
+    api.apply(r);
+    env.config_sync_kube("config-sync", &kubeconfig, "replica-a", None);
+    env.lb(&[]);
+    let resolved = |api: &ApiServer| {
+        let status = status_of(api, "HTTPRoute", "default", "r");
+        condition(&status["parents"][0]["conditions"], "ResolvedRefs")
+    };
+    // Not there yet: the rule is not served without its filter (a 500), and status says why.
+    wait_for("FilterNotFound", Duration::from_secs(20), || {
+        resolved(&api).is_some_and(|(s, why)| s == "False" && why == "FilterNotFound")
+    });
+    assert_eq!(code(port, "/"), 500);
+    api.apply(json!({"apiVersion": "gateway.sluice.dev/v1alpha1", "kind": "ClientCertificateHeader",
+                     "metadata": {"name": "subject", "namespace": "default"},
+                     "spec": {"header": "X-Client-Subject", "value": "Subject"}}));
+    wait_for("the filter to resolve", Duration::from_secs(10), || {
+        resolved(&api).is_some_and(|(s, _)| s == "True")
+    });
+    wait_for("the rule to be served", Duration::from_secs(5), || code(port, "/") == 200);
+    // Read by name, never listed.
+    let reads: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|(_, p, _)| p.contains("/clientcertificateheaders"))
+        .collect();
+    assert!(!reads.is_empty());
+    for (_, path, query) in reads {
+        assert!(query.contains("fieldSelector=metadata.name=subject"), "unscoped: {path}?{query}");
+    }
+}
+
 fn b64(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(text)

@@ -98,6 +98,9 @@ fn openssl(port: u16, args: &[&str]) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
+/// Route `a`: everything on Gateway `gw` to svc-a.
+const ROUTE_A: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: a}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc-a, port: 80}]\n";
+
 /// One request over Python's `ssl` with this SNI and Host; prints the status line.
 const ONE_REQUEST: &str = r#"
 import socket, ssl, sys
@@ -222,7 +225,7 @@ fn no_server_name_without_a_default_listener_fails_the_handshake() {
     );
     env.write("secrets.yaml", &secret("default", "only", &ca.leaf(&["only.example.org"])));
     env.write("svc.yaml", &service("default", "svc-a", &[a]));
-    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: a}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc-a, port: 80}]\n");
+    env.write("route.yaml", ROUTE_A);
     env.start(port, &[]);
     let ok = openssl(port, &["-servername", "only.example.org"]);
     assert!(ok.contains("CN = only.example.org") || ok.contains("CN=only.example.org"), "{ok}");
@@ -465,7 +468,7 @@ for _ in sys.stdin:
 "#;
 
 #[test]
-fn client_certificates_are_verified_and_passed_on_as_x_forwarded_client_cert() {
+fn client_certificates_are_verified_and_passed_on_in_xfcc_or_the_fields_a_rule_chooses() {
     let mut env = Env::new("tls-mtls");
     let a = env.echo("default", "svc-a", "svc-a-0");
     let server_ca = Ca::new("Sluice server CA");
@@ -485,7 +488,10 @@ fn client_certificates_are_verified_and_passed_on_as_x_forwarded_client_cert() {
     );
     env.write("secrets.yaml", &secret("default", "site", &server_ca.leaf(&["example.org"])));
     env.write("svc.yaml", &service("default", "svc-a", &[a]));
-    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: a}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc-a, port: 80}]\n");
+    // Rule /chosen picks its own fields (two ClientCertificateHeader filters) instead of XFCC.
+    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: a}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc-a, port: 80}]\n  - matches: [{path: {value: /chosen}}]\n    filters:\n    - {type: ExtensionRef, extensionRef: {group: gateway.sluice.dev, kind: ClientCertificateHeader, name: subject}}\n    - {type: ExtensionRef, extensionRef: {group: gateway.sluice.dev, kind: ClientCertificateHeader, name: rfc9440}}\n    backendRefs: [{name: svc-a, port: 80}]\n---\n\
+         apiVersion: gateway.sluice.dev/v1alpha1\nkind: ClientCertificateHeader\nmetadata: {name: subject}\nspec: {header: X-Client-Subject, value: Subject}\n---\n\
+         apiVersion: gateway.sluice.dev/v1alpha1\nkind: ClientCertificateHeader\nmetadata: {name: rfc9440}\nspec: {header: Client-Cert, value: Certificate}\n");
     env.start(strict, &[]);
     wait_listening(format!("127.0.0.1:{fallback}").parse().unwrap());
     let write_pair = |name: &str, leaf: &Leaf| -> (PathBuf, PathBuf) {
@@ -496,7 +502,7 @@ fn client_certificates_are_verified_and_passed_on_as_x_forwarded_client_cert() {
     };
     let good = write_pair("good", &client_ca.leaf(&["alice.example"]));
     let bad = write_pair("bad", &other_ca.leaf(&["mallory.example"]));
-    let request = |port: u16, cert: Option<&(PathBuf, PathBuf)>| -> (bool, serde_json::Value) {
+    let request_at = |port: u16, path: &str, cert: Option<&(PathBuf, PathBuf)>| {
         let mut cmd = Command::new("curl");
         cmd.args([
             "-sS",
@@ -508,16 +514,19 @@ fn client_certificates_are_verified_and_passed_on_as_x_forwarded_client_cert() {
         ])
         .arg(&ca_file)
         // A client that tries to claim a certificate it does not have.
-        .args(["-H", "X-Forwarded-Client-Cert: Hash=forged;Subject=\"CN=admin\""]);
+        .args(["-H", "X-Forwarded-Client-Cert: Hash=forged;Subject=\"CN=admin\""])
+        .args(["-H", "X-Client-Subject: CN=admin", "-H", "Client-Cert: :Zm9yZ2Vk:"]);
         if let Some((c, k)) = cert {
             cmd.arg("--cert").arg(c).arg("--key").arg(k);
         }
-        let out = cmd.arg(format!("https://example.org:{port}/")).output().unwrap();
+        let out = cmd.arg(format!("https://example.org:{port}{path}")).output().unwrap();
         (
             out.status.success(),
-            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .unwrap_or(serde_json::Value::Null),
         )
     };
+    let request = |port: u16, cert: Option<&(PathBuf, PathBuf)>| request_at(port, "/", cert);
     let xfcc = |json: &serde_json::Value| {
         json["headers"]["X-Forwarded-Client-Cert"][0].as_str().map(str::to_owned)
     };
@@ -544,6 +553,24 @@ fn client_certificates_are_verified_and_passed_on_as_x_forwarded_client_cert() {
     }
     let status = env.status_file("gateway", "default", "gw");
     assert!(status.contains("InsecureFrontendValidationMode"), "{status}");
+    // The rule's own fields: the subject, and the certificate as RFC 9440 says (the PEM body
+    // is the DER in base64); no XFCC there, and never the client's values.
+    let header = |json: &serde_json::Value, name: &str| {
+        json["headers"][name].as_array().map(|v| v.iter().map(|x| x.to_string()).collect::<Vec<_>>())
+    };
+    let (ok, json) = request_at(strict, "/chosen", Some(&good));
+    assert!(ok, "{}", env.log("lb"));
+    assert_eq!(header(&json, "X-Client-Subject"), Some(vec!["\"CN=alice.example\"".into()]), "{json}");
+    let pem = std::fs::read_to_string(&good.0).unwrap();
+    let der_base64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert_eq!(header(&json, "Client-Cert"), Some(vec![format!("\":{der_base64}:\"")]), "{json}");
+    assert_eq!(xfcc(&json), None, "{json}");
+    for cert in [None, Some(&bad)] {
+        let (ok, json) = request_at(fallback, "/chosen", cert);
+        assert!(ok);
+        assert_eq!(header(&json, "X-Client-Subject"), None, "{json}");
+        assert_eq!(header(&json, "Client-Cert"), None, "{json}");
+    }
 }
 
 #[test]
@@ -564,7 +591,7 @@ fn rsa_and_ecdsa_certificates_for_one_name_are_chosen_by_the_clients_signature_s
         &format!("{}---\n{}", secret("default", "rsa", &rsa), secret("default", "ecdsa", &ecdsa)),
     );
     env.write("svc.yaml", &service("default", "svc-a", &[a]));
-    env.write("route.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: a}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: svc-a, port: 80}]\n");
+    env.write("route.yaml", ROUTE_A);
     env.start(port, &[]);
     // A client that can verify both gets ECDSA (listed second, preferred: cheaper handshakes).
     let both = openssl(port, &["-servername", "dual.example"]);

@@ -27,6 +27,7 @@ pub fn forward(route: &str, service: u32, wrr_offset: u32) -> Action {
         mirrors: vec![],
         cors: None,
         retry: Retry::default(),
+        client_cert_headers: vec![],
     }
 }
 

@@ -10,7 +10,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// Version of this layout. Stored in the segment header and checked by readers.
-pub const FORMAT_VERSION: u32 = 9;
+pub const FORMAT_VERSION: u32 = 10;
 
 /// One compiled generation of the whole data-plane configuration.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
@@ -280,6 +280,34 @@ pub struct Action {
     pub cors: Option<Cors>,
     /// Rule `retry` (attempts 0: never retried beyond lb's own safe resend).
     pub retry: Retry,
+    /// Fields that carry a TLS client's verified certificate to the backend (Sluice's
+    /// `ClientCertificateHeader` filters). Empty: `X-Forwarded-Client-Cert`, the default.
+    pub client_cert_headers: Vec<ClientCertHeader>,
+}
+
+/// A field the rule chose for the verified client certificate.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ClientCertHeader {
+    /// Field name, as configured (a token).
+    pub name: String,
+    /// What the field says.
+    pub value: ClientCertValue,
+}
+
+/// What a client-certificate field says.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum ClientCertValue {
+    /// Envoy's `X-Forwarded-Client-Cert` element: `Hash=<sha256 hex>;Subject="<RFC 4514>"`.
+    Xfcc,
+    /// The subject distinguished name (RFC 4514), as nginx's `$ssl_client_s_dn`.
+    Subject,
+    /// SHA-256 of the certificate's DER, lower-case hex.
+    Hash,
+    /// The certificate's DER as an RFC 8941 byte sequence (`:base64:`), RFC 9440's
+    /// `Client-Cert` value.
+    Certificate,
 }
 
 /// One `RequestMirror`: a copy of each sampled request goes to one endpoint of a service.

@@ -163,6 +163,15 @@ fn open_refuses_out_of_range_indices() {
             "header name not a token",
             Box::new(|t| t.actions[0].request_headers.remove.push("Bad Name".into())),
         ),
+        (
+            "client-certificate field lb owns",
+            Box::new(|t| {
+                t.actions[0].client_cert_headers.push(ClientCertHeader {
+                    name: "Transfer-Encoding".into(),
+                    value: ClientCertValue::Subject,
+                })
+            }),
+        ),
     ];
     for (what, mutate) in cases {
         let mut t = sample();

@@ -267,6 +267,13 @@ fn check_indices(t: &ArchivedTable) -> Result<(), TableError> {
                 return bad(format!("action {i}: redirect cannot be written into a Location"));
             }
         }
+        if let Some(h) = action
+            .client_cert_headers
+            .iter()
+            .find(|h| !is_token(h.name.as_bytes()) || !is_editable(&h.name))
+        {
+            return bad(format!("action {i}: client-certificate field {:?} cannot be written", h.name.as_str()));
+        }
         let rewrite = &action.rewrite;
         if !rewrite.host.as_ref().is_none_or(|h| is_host_name(h)) || !path_ok(&rewrite.path) {
             return bad(format!("action {i}: rewrite cannot be written into a request head"));

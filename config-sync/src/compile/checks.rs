@@ -32,6 +32,7 @@ pub(super) fn unsupported_rule_fields(rules: &[HttpRouteRules]) -> Option<String
                     ("requestMirror", f.request_mirror.as_ref().map(mirror_problem))
                 }
                 F::Cors => ("cors", f.cors.as_ref().map(cors_problem)),
+                F::ExtensionRef => ("extensionRef", f.extension_ref.as_ref().map(extension_problem)),
                 other => {
                     return Some(format!(
                         "rules[{i}].filters[{j}]: type {other:?} is not supported yet"
@@ -259,6 +260,18 @@ pub(super) fn mirror_problem(m: &HttpRouteRulesFiltersRequestMirror) -> Option<S
         }
     }
     None
+}
+
+/// Why an `ExtensionRef` filter cannot be served: Sluice knows one kind of its own.
+fn extension_problem(e: &HttpRouteRulesFiltersExtensionRef) -> Option<String> {
+    if e.group == SLUICE_GROUP && e.kind == "ClientCertificateHeader" {
+        None
+    } else {
+        Some(format!(
+            "{}/{} is not a filter kind Sluice knows (it knows {SLUICE_GROUP}/ClientCertificateHeader)",
+            e.group, e.kind
+        ))
+    }
 }
 
 /// Why a CORS filter cannot be served.

@@ -47,6 +47,9 @@ pub(crate) enum Reason {
     InvalidKind,
     RefNotPermitted,
     BackendNotFound,
+    /// An `ExtensionRef` filter names an object that does not exist (Sluice's reason: the
+    /// spec defines none for filters).
+    FilterNotFound,
 }
 
 impl Type {
@@ -94,6 +97,7 @@ impl Reason {
             Reason::InvalidKind => "InvalidKind",
             Reason::RefNotPermitted => "RefNotPermitted",
             Reason::BackendNotFound => "BackendNotFound",
+            Reason::FilterNotFound => "FilterNotFound",
         }
     }
 }

@@ -28,8 +28,35 @@ impl<'m> Compiler<'m> {
             }
             backends.push(t::WeightedBackend { weight, target, request_headers });
         }
+        let mut request_headers = t::HeaderEdits::default();
+        let mut client_cert_headers = Vec::new();
+        let mut filter_missing = false;
+        for e in rule.filters.iter().flatten().filter_map(|f| f.extension_ref.as_ref()) {
+            // `checks` refused every other kind: this is a ClientCertificateHeader.
+            let filter_key = Key::new(&key.namespace, &e.name);
+            let Some(h) = self.model.client_cert_headers.get(&filter_key) else {
+                filter_missing = true;
+                let why = format!("ClientCertificateHeader {filter_key} not found");
+                problem.get_or_insert((Reason::FilterNotFound, why));
+                continue;
+            };
+            use crate::model::ClientCertificateValue as V;
+            let value = match h.spec.value {
+                V::Xfcc => t::ClientCertValue::Xfcc,
+                V::Subject => t::ClientCertValue::Subject,
+                V::Hash => t::ClientCertValue::Hash,
+                V::Certificate => t::ClientCertValue::Certificate,
+            };
+            client_cert_headers.push(t::ClientCertHeader { name: h.spec.header.clone(), value });
+            // Only lb writes it: a field of that name from the client is dropped.
+            request_headers.remove.push(h.spec.header.clone());
+        }
         let redirect = rule.filters.iter().flatten().find_map(|f| f.request_redirect.as_ref());
-        let kind = if let Some(r) = redirect {
+        let kind = if filter_missing {
+            // The spec: a filter that cannot be resolved is not skipped; requests it would
+            // have processed get an error.
+            t::ActionKind::Respond { status: 500 }
+        } else if let Some(r) = redirect {
             // A redirect answers the request itself; backends are not used.
             redirect_action(r)
         } else if backends.is_empty() {
@@ -38,7 +65,6 @@ impl<'m> Compiler<'m> {
         } else {
             t::ActionKind::Forward { backends, wrr_offset: 0 }
         };
-        let mut request_headers = t::HeaderEdits::default();
         for m in rule.filters.iter().flatten().filter_map(|f| f.request_header_modifier.as_ref()) {
             merge_edits(&mut request_headers, header_edits!(m));
         }
@@ -93,6 +119,7 @@ impl<'m> Compiler<'m> {
             mirrors,
             cors,
             retry,
+            client_cert_headers,
         });
         (index, problem)
     }

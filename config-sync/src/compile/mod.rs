@@ -37,7 +37,7 @@ use gateway_api::apis::experimental::gateways::{
 };
 use gateway_api::apis::experimental::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefsFiltersType,
-    HttpRouteRulesFiltersCors, HttpRouteRulesFiltersRequestMirror,
+    HttpRouteRulesFiltersCors, HttpRouteRulesFiltersExtensionRef, HttpRouteRulesFiltersRequestMirror,
     HttpRouteRulesFiltersRequestRedirect, HttpRouteRulesFiltersRequestRedirectPathType,
     HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersType,
     HttpRouteRulesFiltersUrlRewrite, HttpRouteRulesFiltersUrlRewritePathType,
@@ -48,7 +48,7 @@ use gateway_api::apis::experimental::httproutes::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use table::format as t;
 
-use crate::model::{GATEWAY_GROUP, Key, Kind, Model, ObjectId, grant_permits};
+use crate::model::{GATEWAY_GROUP, Key, Kind, Model, ObjectId, SLUICE_GROUP, grant_permits};
 
 /// Gateway API features Sluice implements, as GatewayClass `status.supportedFeatures` reports
 /// them (sorted, as the spec asks). The conformance runner claims exactly these.

@@ -42,7 +42,8 @@ use self::status::write_status;
 use crate::Error;
 use crate::compile::ObjectStatus;
 use crate::model::{
-    GATEWAY_GROUP, Key, Kind, Model, Object, ObjectId, grant_permits, parse_document,
+    GATEWAY_GROUP, Key, Kind, Model, Object, ObjectId, SLUICE_GROUP, grant_permits,
+    parse_document,
 };
 use crate::pipeline::{Pipeline, Read};
 use crate::status::{Change, status_value};
@@ -141,7 +142,7 @@ struct Update {
     event: Seen,
 }
 
-/// Watches of single objects by name (referenced Secrets and ConfigMaps).
+/// Watches of single objects by name (referenced Secrets, ConfigMaps and Sluice filters).
 #[derive(Debug, Default)]
 struct Named {
     /// (kind, key) → the watch task, when it started, and whether it answered once.
@@ -195,7 +196,7 @@ impl Named {
     }
 }
 
-/// Watches one Secret or ConfigMap by name: `Seen::Applied` after each list and change,
+/// Watches one Secret, ConfigMap or Sluice filter by name: `Seen::Applied` after each list and change,
 /// `Seen::Deleted` when it is absent.
 async fn watch_named(
     client: kube::Client,
@@ -203,12 +204,13 @@ async fn watch_named(
     key: Key,
     tx: mpsc::UnboundedSender<Update>,
 ) {
-    let plural = match kind {
-        Kind::Secret => "secrets",
-        Kind::ConfigMap => "configmaps",
+    let (group, version, plural) = match kind {
+        Kind::Secret => ("", "v1", "secrets"),
+        Kind::ConfigMap => ("", "v1", "configmaps"),
+        Kind::ClientCertificateHeader => (SLUICE_GROUP, "v1alpha1", "clientcertificateheaders"),
         _ => return,
     };
-    let ar = api_resource("", "v1", kind, plural);
+    let ar = api_resource(group, version, kind, plural);
     let api: Api<DynamicObject> = Api::namespaced_with(client, &key.namespace, &ar);
     let config = watcher::Config::default().fields(&format!("metadata.name={}", key.name));
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
@@ -227,14 +229,14 @@ async fn watch_named(
                 continue;
             }
             Event::InitApply(o) => {
-                listed = parse(kind, "", "v1", &trim(o)).map(|(_, s)| s);
+                listed = parse(kind, group, version, &trim(o)).map(|(_, s)| s);
                 continue;
             }
             Event::InitDone => match listed.take() {
                 Some(s) => Seen::Applied(key.clone(), s),
                 None => Seen::Deleted(key.clone()),
             },
-            Event::Apply(o) => match parse(kind, "", "v1", &trim(o)) {
+            Event::Apply(o) => match parse(kind, group, version, &trim(o)) {
                 Some((_, s)) => Seen::Applied(key.clone(), s),
                 None => Seen::Deleted(key.clone()),
             },
@@ -454,7 +456,8 @@ fn model(stores: &BTreeMap<Kind, KindStore>) -> Model {
 
 /// The Secrets and ConfigMaps Gateways of our classes may use: listener TLS certificateRefs
 /// (core Secrets) and frontend validation caCertificateRefs (core ConfigMaps), in the
-/// Gateway's namespace or granted by a ReferenceGrant in theirs.
+/// Gateway's namespace or granted by a ReferenceGrant in theirs; and the ClientCertificateHeader
+/// filters HTTPRoutes name.
 fn referenced(stores: &BTreeMap<Kind, KindStore>, controller: &str) -> BTreeSet<(Kind, Key)> {
     let objects = |kind: Kind| stores.get(&kind).into_iter().flat_map(|s| s.objects.values());
     let classes: BTreeSet<&str> = objects(Kind::GatewayClass)
@@ -520,6 +523,19 @@ fn referenced(stores: &BTreeMap<Kind, KindStore>, controller: &str) -> BTreeSet<
             .collect::<Vec<_>>();
         for (group, kind, ns, name) in cas {
             refer(Kind::ConfigMap, Some(group), Some(kind), ns, name);
+        }
+    }
+    // Sluice filters HTTPRoutes name (always in the route's own namespace). Few and small,
+    // but watched by name too: no cluster-wide list, and no failing watch where the CRD is
+    // not installed.
+    for s in objects(Kind::HttpRoute) {
+        let Object::HttpRoute(r) = &s.object else { continue };
+        let ns = r.metadata.namespace.as_deref().unwrap_or("default");
+        let filters = r.spec.rules.iter().flatten().flat_map(|r| r.filters.iter().flatten());
+        for e in filters.filter_map(|f| f.extension_ref.as_ref()) {
+            if e.group == SLUICE_GROUP && e.kind == Kind::ClientCertificateHeader.as_str() {
+                out.insert((Kind::ClientCertificateHeader, Key::new(ns, &e.name)));
+            }
         }
     }
     out

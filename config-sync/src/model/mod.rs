@@ -24,6 +24,46 @@ use serde_json::Value;
 /// Gateway API group.
 pub(crate) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
+/// Sluice's own API group (filters an HTTPRoute names through `extensionRef`).
+pub(crate) const SLUICE_GROUP: &str = "gateway.sluice.dev";
+
+/// A Sluice filter (`gateway.sluice.dev/v1alpha1`, kind `ClientCertificateHeader`) that an
+/// HTTPRoute rule names through an `ExtensionRef` filter: the field that carries the TLS
+/// client's verified certificate to the backend instead of `X-Forwarded-Client-Cert`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClientCertificateHeader {
+    /// Metadata.
+    pub metadata: ObjectMeta,
+    /// What to send.
+    pub spec: ClientCertificateHeaderSpec,
+}
+
+/// `ClientCertificateHeader.spec`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientCertificateHeaderSpec {
+    /// The field name (a token lb does not own, e.g. `X-Client-Subject`).
+    pub header: String,
+    /// What the field says; `XFCC` when omitted.
+    #[serde(default)]
+    pub value: ClientCertificateValue,
+}
+
+/// `ClientCertificateHeader.spec.value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum ClientCertificateValue {
+    /// `Hash=<sha256 hex>;Subject="<RFC 4514>"` (Envoy's `X-Forwarded-Client-Cert` element).
+    #[default]
+    #[serde(rename = "XFCC")]
+    Xfcc,
+    /// The subject distinguished name (RFC 4514).
+    Subject,
+    /// SHA-256 of the certificate, lower-case hex.
+    Hash,
+    /// The DER certificate as `:base64:` (RFC 9440 `Client-Cert`).
+    Certificate,
+}
+
 /// Kinds config-sync reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
@@ -45,6 +85,8 @@ pub enum Kind {
     Secret,
     /// core/v1 ConfigMap (CA bundles for client-certificate validation).
     ConfigMap,
+    /// gateway.sluice.dev ClientCertificateHeader (an HTTPRoute `ExtensionRef` filter).
+    ClientCertificateHeader,
 }
 
 impl Kind {
@@ -60,6 +102,7 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::Secret => "Secret",
             Kind::ConfigMap => "ConfigMap",
+            Kind::ClientCertificateHeader => "ClientCertificateHeader",
         }
     }
 
@@ -71,6 +114,7 @@ impl Kind {
             }
             Kind::Service | Kind::Namespace | Kind::Secret | Kind::ConfigMap => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::ClientCertificateHeader => "gateway.sluice.dev/v1alpha1",
         }
     }
 
@@ -91,6 +135,7 @@ impl Kind {
             ("", "Namespace") => Kind::Namespace,
             ("", "Secret") => Kind::Secret,
             ("", "ConfigMap") => Kind::ConfigMap,
+            (SLUICE_GROUP, "ClientCertificateHeader") => Kind::ClientCertificateHeader,
             _ => return None,
         };
         Some(k)
@@ -165,6 +210,8 @@ pub enum Object {
     Secret(Arc<Secret>),
     /// A ConfigMap.
     ConfigMap(Arc<ConfigMap>),
+    /// A Sluice ClientCertificateHeader filter.
+    ClientCertificateHeader(Arc<ClientCertificateHeader>),
 }
 
 impl Object {
@@ -180,6 +227,7 @@ impl Object {
             Object::Namespace(o) => &o.metadata,
             Object::Secret(o) => &o.metadata,
             Object::ConfigMap(o) => &o.metadata,
+            Object::ClientCertificateHeader(o) => &o.metadata,
         }
     }
 
@@ -195,6 +243,7 @@ impl Object {
             Object::Namespace(o) => &mut Arc::make_mut(o).metadata,
             Object::Secret(o) => &mut Arc::make_mut(o).metadata,
             Object::ConfigMap(o) => &mut Arc::make_mut(o).metadata,
+            Object::ClientCertificateHeader(o) => &mut Arc::make_mut(o).metadata,
         }
     }
 
@@ -210,6 +259,7 @@ impl Object {
             Object::Namespace(_) => Kind::Namespace,
             Object::Secret(_) => Kind::Secret,
             Object::ConfigMap(_) => Kind::ConfigMap,
+            Object::ClientCertificateHeader(_) => Kind::ClientCertificateHeader,
         }
     }
 
@@ -240,6 +290,7 @@ impl Object {
             // A digest, not the data: fingerprints are compared and may be kept, never a key.
             Object::Secret(o) => Ok(digest(&(&o.type_, &o.data, &o.string_data))),
             Object::ConfigMap(o) => serde_json::to_string(&(&o.data, &o.binary_data)),
+            Object::ClientCertificateHeader(o) => serde_json::to_string(&o.spec),
         };
         v.unwrap_or_default()
     }
@@ -348,6 +399,9 @@ fn parse_object(mut doc: Value) -> Result<Option<Object>, ObjectError> {
             // serde's message may quote the value it could not read: say only where.
             .map_err(|(field, _)| (field, "not a valid Secret field (value not shown)".to_owned())),
         Kind::ConfigMap => typed(doc).map(|o| Object::ConfigMap(Arc::new(o))),
+        Kind::ClientCertificateHeader => {
+            typed(doc).map(|o| Object::ClientCertificateHeader(Arc::new(o)))
+        }
     }
     .map_err(|(field, reason)| err(&field, reason, Some(id.clone())))?;
     validate::object(&object).map_err(|(field, reason)| err(&field, reason, Some(id)))?;
@@ -432,6 +486,8 @@ pub struct Model {
     pub secrets: BTreeMap<Key, Arc<Secret>>,
     /// ConfigMaps (in Kubernetes mode only those listeners reference).
     pub config_maps: BTreeMap<Key, Arc<ConfigMap>>,
+    /// ClientCertificateHeader filters (in Kubernetes mode only those routes reference).
+    pub client_cert_headers: BTreeMap<Key, Arc<ClientCertificateHeader>>,
 }
 
 impl Model {
@@ -448,6 +504,7 @@ impl Model {
             Object::Namespace(o) => drop(self.namespaces.insert(key, o)),
             Object::Secret(o) => drop(self.secrets.insert(key, o)),
             Object::ConfigMap(o) => drop(self.config_maps.insert(key, o)),
+            Object::ClientCertificateHeader(o) => drop(self.client_cert_headers.insert(key, o)),
         }
     }
 
@@ -474,6 +531,7 @@ impl Model {
             Object::Namespace(o) => put(&mut self.namespaces, key, o),
             Object::Secret(o) => put(&mut self.secrets, key, o),
             Object::ConfigMap(o) => put(&mut self.config_maps, key, o),
+            Object::ClientCertificateHeader(o) => put(&mut self.client_cert_headers, key, o),
         }
     }
 
@@ -489,6 +547,7 @@ impl Model {
             Kind::Namespace => self.namespaces.contains_key(&id.key),
             Kind::Secret => self.secrets.contains_key(&id.key),
             Kind::ConfigMap => self.config_maps.contains_key(&id.key),
+            Kind::ClientCertificateHeader => self.client_cert_headers.contains_key(&id.key),
         }
     }
 
@@ -503,6 +562,7 @@ impl Model {
             + self.namespaces.len()
             + self.secrets.len()
             + self.config_maps.len()
+            + self.client_cert_headers.len()
     }
 
     /// `true` when there are no objects.

@@ -37,6 +37,16 @@ pub(crate) fn object(object: &Object) -> Result<(), Problem> {
             }
             Ok(())
         }
+        Object::ClientCertificateHeader(h) => {
+            let name = h.spec.header.as_str();
+            if !table::wire::is_token(name.as_bytes()) || name.len() > 256 {
+                return Err(field("spec.header", format!("{name:?} is not a field name")));
+            }
+            if !table::wire::is_editable(name) {
+                return Err(field("spec.header", format!("{name:?} is a field lb writes itself")));
+            }
+            Ok(())
+        }
         Object::Service(_) | Object::Namespace(_) | Object::Secret(_) | Object::ConfigMap(_) => {
             Ok(())
         }

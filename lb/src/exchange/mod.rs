@@ -96,7 +96,10 @@ pub(crate) struct Forward<'t> {
 impl Forward<'_> {
     /// Field edits for a mirror copy: the rule's, not the chosen backend's.
     pub(crate) fn mirror_edits(&self) -> Edits<'_> {
-        Edits::route([Some(&self.action.request_headers), None])
+        Edits {
+            client_cert: &self.action.client_cert_headers,
+            ..Edits::route([Some(&self.action.request_headers), None])
+        }
     }
 }
 
@@ -176,7 +179,10 @@ pub(crate) fn decide<'t>(table: &'t CoreTable, req: &Request<'_>) -> Decision<'t
         action,
         service,
         cursor,
-        edits: Edits::route([Some(&action.request_headers), backend_edits]),
+        edits: Edits {
+            client_cert: &action.client_cert_headers,
+            ..Edits::route([Some(&action.request_headers), backend_edits])
+        },
         host: rewrite.host.as_ref().map(|h| h.as_str()),
         target: rewrite::target(req.path, req.query, req.normalized, &rewrite.path, matched),
         cors,

@@ -9,6 +9,8 @@ use std::net::IpAddr;
 
 use super::parse::{Framing, Head, trim_ows};
 use super::{content_length, is_framing};
+use table::format::ArchivedClientCertValue;
+
 use crate::fields::Edits;
 
 /// How a request field is treated when the upstream head is written.
@@ -78,8 +80,36 @@ pub struct ClientIp {
     v6: bool,
     trusted: bool,
     tls: bool,
-    /// `X-Forwarded-Client-Cert` for the connection's verified client certificate.
-    cert: Option<std::rc::Rc<str>>,
+    /// The connection's verified client certificate.
+    cert: Option<std::rc::Rc<ClientCert>>,
+}
+
+/// A TLS client's verified certificate in each form a rule may send it, made once per
+/// connection (at the handshake), so a request only copies bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// SHA-256 of the DER certificate, lower-case hex.
+    pub hash: Box<str>,
+    /// The subject distinguished name (RFC 4514); empty when it is not printable ASCII.
+    pub subject: Box<str>,
+    /// `Hash=<hash>;Subject="<subject>"` (Envoy's `X-Forwarded-Client-Cert` element; no
+    /// Subject part when the subject is empty).
+    pub xfcc: Box<str>,
+    /// The DER certificate as an RFC 8941 byte sequence, `:base64:` (RFC 9440 `Client-Cert`).
+    pub certificate: Box<str>,
+}
+
+impl ClientCert {
+    /// The form `value` names; empty when there is nothing to say (a subject that is not
+    /// printable).
+    pub fn value(&self, value: &ArchivedClientCertValue) -> &str {
+        match value {
+            ArchivedClientCertValue::Xfcc => &self.xfcc,
+            ArchivedClientCertValue::Subject => &self.subject,
+            ArchivedClientCertValue::Hash => &self.hash,
+            ArchivedClientCertValue::Certificate => &self.certificate,
+        }
+    }
 }
 
 impl ClientIp {
@@ -93,8 +123,8 @@ impl ClientIp {
         ClientIp { bytes, len, v6: ip.is_ipv6(), trusted, tls: false, cert: None }
     }
 
-    /// The connection's verified client certificate, as `X-Forwarded-Client-Cert` says it.
-    pub fn with_client_cert(self, cert: Option<std::rc::Rc<str>>) -> ClientIp {
+    /// The connection's verified client certificate.
+    pub fn with_client_cert(self, cert: Option<std::rc::Rc<ClientCert>>) -> ClientIp {
         ClientIp { cert, ..self }
     }
 
@@ -212,9 +242,19 @@ pub fn request_head(
         out.extend_from_slice(b"\r\n");
     }
     if let Some(cert) = &client.cert {
-        out.extend_from_slice(b"X-Forwarded-Client-Cert: ");
-        out.extend_from_slice(cert.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        // The rule's fields (a client's fields of those names were dropped as removals), or
+        // the default.
+        if edits.client_cert.is_empty() {
+            out.extend_from_slice(b"X-Forwarded-Client-Cert: ");
+            out.extend_from_slice(cert.xfcc.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        for h in edits.client_cert {
+            let value = cert.value(&h.value);
+            if !value.is_empty() {
+                super::field(out, h.name.as_bytes(), value.as_bytes());
+            }
+        }
     }
     if !host.is_empty() && !host_kept {
         out.extend_from_slice(b"X-Forwarded-Host: ");

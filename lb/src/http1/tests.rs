@@ -6,7 +6,7 @@ use super::body::Encode;
 use super::local::local_response;
 use super::parse::{Limits, parse};
 use super::push_decimal;
-use super::request::{ClientIp, Field, Rewritten, classify, request_head};
+use super::request::{ClientCert, ClientIp, Field, Rewritten, classify, request_head};
 use super::response::{ResponseFraming, parse_response, response_fields, response_head};
 use crate::fields::{Edits, FieldList};
 
@@ -230,6 +230,7 @@ fn response_edits_and_added_fields_replace_the_upstreams() {
         lists: [Some(edits), None],
         added: Some(&cors),
         replaces: &["access-control-allow-origin", "access-control-expose-headers"],
+        client_cert: &[],
     };
     let raw = b"HTTP/1.1 200 OK\r\nServer: x\r\nX-Set: theirs\r\nAccess-Control-Allow-Origin: *\r\nAccess-Control-Expose-Headers: y\r\nContent-Length: 0\r\n\r\n";
     let mut fields = response_fields();
@@ -256,9 +257,54 @@ fn tls_connections_say_https_and_only_lb_writes_the_client_certificate_field() {
     assert!(anonymous.contains("X-Forwarded-Proto: https\r\n"), "{anonymous}");
     assert!(anonymous.contains(";proto=https\r\n"), "{anonymous}");
     assert!(!anonymous.to_ascii_lowercase().contains("x-forwarded-client-cert"), "{anonymous}");
-    let verified = tls.with_client_cert(Some("Hash=abc;Subject=\"CN=client\"".into()));
+    let verified = tls.with_client_cert(Some(std::rc::Rc::new(client_cert())));
     let out = forward_from(raw, &verified);
     assert_eq!(out.matches("X-Forwarded-Client-Cert").count(), 1, "{out}");
     assert!(out.contains("X-Forwarded-Client-Cert: Hash=abc;Subject=\"CN=client\"\r\n"), "{out}");
     assert!(!out.contains("forged") && !out.contains("admin"), "{out}");
+}
+
+fn client_cert() -> ClientCert {
+    ClientCert {
+        hash: "abc".into(),
+        subject: "CN=client".into(),
+        xfcc: "Hash=abc;Subject=\"CN=client\"".into(),
+        certificate: ":MIIB:".into(),
+    }
+}
+
+#[test]
+fn a_rule_chooses_the_client_certificate_fields_and_the_client_cannot_send_them() {
+    use table::format::{ClientCertHeader, ClientCertValue, HeaderEdits};
+    // What config-sync compiles for a rule with two ClientCertificateHeader filters: the
+    // fields, and their names among the rule's removals.
+    let chosen = vec![
+        ClientCertHeader { name: "X-Client-Subject".into(), value: ClientCertValue::Subject },
+        ClientCertHeader { name: "Client-Cert".into(), value: ClientCertValue::Certificate },
+    ];
+    let removals = HeaderEdits {
+        remove: vec!["X-Client-Subject".into(), "Client-Cert".into()],
+        ..HeaderEdits::default()
+    };
+    let chosen_bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&chosen).unwrap();
+    let chosen = rkyv::access::<rkyv::Archived<Vec<ClientCertHeader>>, rkyv::rancor::Error>(
+        &chosen_bytes,
+    )
+    .unwrap();
+    let removal_bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&removals).unwrap();
+    let removals =
+        rkyv::access::<ArchivedHeaderEdits, rkyv::rancor::Error>(&removal_bytes).unwrap();
+    let edits = Edits { client_cert: chosen, ..Edits::route([Some(removals), None]) };
+    let raw = b"GET / HTTP/1.1\r\nHost: h\r\nx-client-subject: CN=admin\r\nClient-Cert: :Zm9yZ2Vk:\r\n\r\n";
+    let tls = ClientIp::new("10.0.0.1".parse().unwrap(), false).over_tls(true);
+    let verified = tls.clone().with_client_cert(Some(std::rc::Rc::new(client_cert())));
+    let out = upstream_head(raw, &verified, &edits, Rewritten::default());
+    assert!(out.contains("X-Client-Subject: CN=client\r\nClient-Cert: :MIIB:\r\n"), "{out}");
+    assert!(!out.contains("admin") && !out.contains("Zm9yZ2Vk"), "{out}");
+    // The rule's choice replaces the default field.
+    assert!(!out.to_ascii_lowercase().contains("x-forwarded-client-cert"), "{out}");
+    // Without a verified certificate, the fields are absent, never the client's.
+    let out = upstream_head(raw, &tls, &edits, Rewritten::default());
+    assert!(!out.to_ascii_lowercase().contains("x-client-subject"), "{out}");
+    assert!(!out.to_ascii_lowercase().contains("client-cert"), "{out}");
 }

@@ -42,6 +42,8 @@ use rustls::server::{
 use rustls::sign::CertifiedKey;
 use table::Router;
 use table::format::{ArchivedCertificate, ArchivedKeyFormat, ArchivedPortTls};
+
+use crate::http1::request::ClientCert;
 use table::lookup::MAX_HOST;
 use tracing::error;
 
@@ -281,31 +283,42 @@ impl ClientCertVerifier for Recording {
     }
 }
 
-/// `X-Forwarded-Client-Cert` for a verified client certificate, in Envoy's format:
-/// `Hash=<SHA-256 of the DER, hex>;Subject="<RFC 4514 subject>"` (quotes and backslashes in
-/// the subject escaped; a subject that does not parse is left out).
-pub(crate) fn client_cert_field(der: &[u8]) -> String {
+/// The verified client certificate `der` in the forms a rule may send to the backend
+/// (`X-Forwarded-Client-Cert` by default: Envoy's `Hash=<sha256 hex>;Subject="<RFC 4514>"`).
+/// A subject that is not printable ASCII is left out rather than escaped into something a
+/// backend might misread.
+pub(crate) fn client_cert(der: &[u8]) -> ClientCert {
     use std::fmt::Write;
+    use base64::Engine;
     use x509_cert::der::Decode;
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
-    let mut out = String::from("Hash=");
+    let mut hash = String::with_capacity(64);
     for b in digest.as_ref() {
-        let _ = write!(out, "{b:02x}");
+        let _ = write!(hash, "{b:02x}");
     }
-    if let Ok(cert) = x509_cert::Certificate::from_der(der) {
-        let subject = cert.tbs_certificate.subject.to_string();
-        if subject.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-            out.push_str(";Subject=\"");
-            for c in subject.chars() {
-                if c == '"' || c == '\\' {
-                    out.push('\\');
-                }
-                out.push(c);
+    let subject = x509_cert::Certificate::from_der(der)
+        .map(|c| c.tbs_certificate.subject.to_string())
+        .ok()
+        .filter(|s| s.bytes().all(|b| (0x20..0x7f).contains(&b)))
+        .unwrap_or_default();
+    let mut xfcc = format!("Hash={hash}");
+    if !subject.is_empty() {
+        xfcc.push_str(";Subject=\"");
+        for c in subject.chars() {
+            if c == '"' || c == '\\' {
+                xfcc.push('\\');
             }
-            out.push('"');
+            xfcc.push(c);
         }
+        xfcc.push('"');
     }
-    out
+    let certificate = format!(":{}:", base64::engine::general_purpose::STANDARD.encode(der));
+    ClientCert {
+        hash: hash.into(),
+        subject: subject.into(),
+        xfcc: xfcc.into(),
+        certificate: certificate.into(),
+    }
 }
 
 thread_local! {

@@ -12,7 +12,8 @@ use rustls::pki_types::CertificateDer;
 use rustls::server::{ServerConfig, ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, EncodeTlsData, EncryptError, WriteTraffic};
 
-use super::{CLIENT_VERIFIED, RESOLVED_NAME, client_cert_field};
+use super::{CLIENT_VERIFIED, RESOLVED_NAME, client_cert};
+use crate::http1::request::ClientCert;
 use crate::io::{InBuf, Spare, write_out};
 
 /// Why a handshake did not complete.
@@ -57,9 +58,8 @@ pub(crate) struct TlsStream {
     writing: Cell<bool>,
     /// The server name the client sent, lower-case (empty: none).
     server_name: Box<[u8]>,
-    /// `X-Forwarded-Client-Cert` for the client's certificate, when one was presented and
-    /// verified.
-    client_cert: Option<Rc<str>>,
+    /// The client's certificate, when one was presented and verified.
+    client_cert: Option<Rc<ClientCert>>,
     spare: Rc<Spare>,
 }
 
@@ -360,13 +360,13 @@ impl TlsStream {
         if verified == Some(true) {
             let state = stream.state.borrow();
             let leaf = state.conn.peer_certificates().and_then(<[CertificateDer<'_>]>::first);
-            stream.client_cert = leaf.map(|c| Rc::from(client_cert_field(c.as_ref())));
+            stream.client_cert = leaf.map(|c| Rc::new(client_cert(c.as_ref())));
         }
         Ok(stream)
     }
 
-    /// `X-Forwarded-Client-Cert` for the verified client certificate, if any.
-    pub(crate) fn client_cert(&self) -> Option<&Rc<str>> {
+    /// The verified client certificate, if any.
+    pub(crate) fn client_cert(&self) -> Option<&Rc<ClientCert>> {
         self.client_cert.as_ref()
     }
 

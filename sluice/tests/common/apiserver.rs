@@ -50,7 +50,7 @@ impl Res {
 
     /// Custom resources carry apiVersion/kind in list items; built-in kinds do not.
     fn custom(&self) -> bool {
-        self.group == "gateway.networking.k8s.io"
+        self.group == "gateway.networking.k8s.io" || self.group == "gateway.sluice.dev"
     }
 }
 
@@ -91,6 +91,13 @@ pub const RESOURCES: &[Res] = &[
     },
     Res { group: "", version: "v1", plural: "secrets", kind: "Secret", namespaced: true },
     Res { group: "", version: "v1", plural: "configmaps", kind: "ConfigMap", namespaced: true },
+    Res {
+        group: "gateway.sluice.dev",
+        version: "v1alpha1",
+        plural: "clientcertificateheaders",
+        kind: "ClientCertificateHeader",
+        namespaced: true,
+    },
 ];
 
 fn res_of_kind(kind: &str) -> Res {

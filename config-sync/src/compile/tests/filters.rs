@@ -134,3 +134,64 @@ fn origins_normalise_to_scheme_host_port() {
         assert_eq!(normalize_origin(bad), None, "{bad}");
     }
 }
+
+#[test]
+fn client_certificate_header_filters_choose_the_field_and_unresolved_ones_answer_500() {
+    let parent = "{name: gw, namespace: infra, sectionName: http}";
+    let filter = "apiVersion: gateway.sluice.dev/v1alpha1\nkind: ClientCertificateHeader\nmetadata: {name: subject, namespace: apps}\nspec: {header: X-Client-Subject, value: Subject}\n---\n";
+    let ext = |name: &str| {
+        format!(
+            "  - matches: [{{path: {{type: PathPrefix, value: /{name}}}}}]\n    filters: [{{type: ExtensionRef, extensionRef: {{group: gateway.sluice.dev, kind: ClientCertificateHeader, name: {name}}}}}]\n    {TO_SVC}"
+        )
+    };
+    let rules = format!("{}\n{}", ext("subject"), ext("missing"));
+    let c = build(&(filter.to_owned() + &route("r", "apps", parent, "", &rules)));
+    // Accepted (the kind is known), ResolvedRefs False for the missing object.
+    assert_eq!(accepted(&c, "apps", "r"), vec!["Accepted".to_owned()]);
+    let conds = &route_conditions(&c, "apps", "r")[0];
+    let resolved = conds.iter().find(|c| c.0 == "ResolvedRefs").unwrap();
+    assert_eq!((resolved.1.as_str(), resolved.2.as_str()), ("False", "FilterNotFound"));
+    // The resolved rule forwards, with its field, and removes a client's field of that name.
+    assert_eq!(action_targets(&c, 8080, "/subject")[0].1, "apps/svc:80 127.0.0.1:3000");
+    let p = c.router.port(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080).unwrap();
+    let req = Request { method: b"GET", path: b"/subject", query: b"", host: b"x" };
+    let Route::Matched { action, .. } = c.router.route(p, &req, &H(&[]), &mut c.router.scratch())
+    else {
+        panic!("no match")
+    };
+    let chosen = &action.client_cert_headers;
+    assert_eq!(chosen.len(), 1);
+    assert_eq!(chosen[0].name.as_str(), "X-Client-Subject");
+    assert!(matches!(chosen[0].value, table::format::ArchivedClientCertValue::Subject));
+    assert!(action.request_headers.remove.iter().any(|n| n.as_str() == "X-Client-Subject"));
+    // The unresolved filter is not skipped: its requests get a 500.
+    assert_eq!(action_targets(&c, 8080, "/missing"), vec![(0, "respond 500".to_owned())]);
+    // Another group's kind is not something Sluice can run.
+    let foreign = "  - filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: Auth, name: a}}]\n    backendRefs: [{name: svc, port: 80}]";
+    let c = build(&route("f", "apps", parent, "", foreign));
+    assert_eq!(accepted(&c, "apps", "f"), vec!["UnsupportedValue".to_owned()]);
+}
+
+#[test]
+fn client_certificate_header_objects_are_checked_at_admission() {
+    let doc = |spec: &str| {
+        let text = format!(
+            "apiVersion: gateway.sluice.dev/v1alpha1\nkind: ClientCertificateHeader\nmetadata: {{name: h, namespace: apps}}\nspec: {spec}\n"
+        );
+        let v: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+        parse_document(v).into_iter().next().unwrap()
+    };
+    let ok = doc("{header: Client-Cert, value: Certificate}").unwrap().unwrap();
+    assert_eq!(ok.id().to_string(), "ClientCertificateHeader apps/h");
+    assert!(doc("{header: X-Cert}").is_ok(), "value defaults to XFCC");
+    for (spec, field) in [
+        ("{header: 'Bad Name'}", " field spec.header"),
+        ("{header: Content-Length}", " field spec.header"),
+        ("{header: X-A, value: Pem}", " field spec.value"),
+        ("{header: X-A, valeu: Subject}", " field spec"),
+        ("{}", " field spec"),
+    ] {
+        let e = doc(spec).unwrap_err();
+        assert!(e.field.starts_with(field), "{spec}: {e}");
+    }
+}
