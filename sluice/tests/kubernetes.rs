@@ -437,9 +437,11 @@ fn a_sluice_filter_a_route_names_is_watched_by_name_and_resolves_the_route() {
         resolved(&api).is_some_and(|(s, why)| s == "False" && why == "FilterNotFound")
     });
     assert_eq!(code(port, "/"), 500);
-    api.apply(json!({"apiVersion": "gateway.sluice.dev/v1alpha1", "kind": "ClientCertificateHeader",
+    api.apply(
+        json!({"apiVersion": "gateway.sluice.dev/v1alpha1", "kind": "ClientCertificateHeader",
                      "metadata": {"name": "subject", "namespace": "default"},
-                     "spec": {"header": "X-Client-Subject", "value": "Subject"}}));
+                     "spec": {"header": "X-Client-Subject", "value": "Subject"}}),
+    );
     wait_for("the filter to resolve", Duration::from_secs(10), || {
         resolved(&api).is_some_and(|(s, _)| s == "True")
     });

@@ -556,11 +556,17 @@ fn client_certificates_are_verified_and_passed_on_in_xfcc_or_the_fields_a_rule_c
     // The rule's own fields: the subject, and the certificate as RFC 9440 says (the PEM body
     // is the DER in base64); no XFCC there, and never the client's values.
     let header = |json: &serde_json::Value, name: &str| {
-        json["headers"][name].as_array().map(|v| v.iter().map(|x| x.to_string()).collect::<Vec<_>>())
+        json["headers"][name]
+            .as_array()
+            .map(|v| v.iter().map(|x| x.to_string()).collect::<Vec<_>>())
     };
     let (ok, json) = request_at(strict, "/chosen", Some(&good));
     assert!(ok, "{}", env.log("lb"));
-    assert_eq!(header(&json, "X-Client-Subject"), Some(vec!["\"CN=alice.example\"".into()]), "{json}");
+    assert_eq!(
+        header(&json, "X-Client-Subject"),
+        Some(vec!["\"CN=alice.example\"".into()]),
+        "{json}"
+    );
     let pem = std::fs::read_to_string(&good.0).unwrap();
     let der_base64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     assert_eq!(header(&json, "Client-Cert"), Some(vec![format!("\":{der_base64}:\"")]), "{json}");

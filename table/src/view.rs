@@ -272,7 +272,10 @@ fn check_indices(t: &ArchivedTable) -> Result<(), TableError> {
             .iter()
             .find(|h| !is_token(h.name.as_bytes()) || !is_editable(&h.name))
         {
-            return bad(format!("action {i}: client-certificate field {:?} cannot be written", h.name.as_str()));
+            return bad(format!(
+                "action {i}: client-certificate field {:?} cannot be written",
+                h.name.as_str()
+            ));
         }
         let rewrite = &action.rewrite;
         if !rewrite.host.as_ref().is_none_or(|h| is_host_name(h)) || !path_ok(&rewrite.path) {

@@ -32,7 +32,9 @@ pub(super) fn unsupported_rule_fields(rules: &[HttpRouteRules]) -> Option<String
                     ("requestMirror", f.request_mirror.as_ref().map(mirror_problem))
                 }
                 F::Cors => ("cors", f.cors.as_ref().map(cors_problem)),
-                F::ExtensionRef => ("extensionRef", f.extension_ref.as_ref().map(extension_problem)),
+                F::ExtensionRef => {
+                    ("extensionRef", f.extension_ref.as_ref().map(extension_problem))
+                }
                 other => {
                     return Some(format!(
                         "rules[{i}].filters[{j}]: type {other:?} is not supported yet"

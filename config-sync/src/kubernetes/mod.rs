@@ -42,8 +42,7 @@ use self::status::write_status;
 use crate::Error;
 use crate::compile::ObjectStatus;
 use crate::model::{
-    GATEWAY_GROUP, Key, Kind, Model, Object, ObjectId, SLUICE_GROUP, grant_permits,
-    parse_document,
+    GATEWAY_GROUP, Key, Kind, Model, Object, ObjectId, SLUICE_GROUP, grant_permits, parse_document,
 };
 use crate::pipeline::{Pipeline, Read};
 use crate::status::{Change, status_value};

@@ -287,10 +287,9 @@ fn a_rule_chooses_the_client_certificate_fields_and_the_client_cannot_send_them(
         ..HeaderEdits::default()
     };
     let chosen_bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&chosen).unwrap();
-    let chosen = rkyv::access::<rkyv::Archived<Vec<ClientCertHeader>>, rkyv::rancor::Error>(
-        &chosen_bytes,
-    )
-    .unwrap();
+    let chosen =
+        rkyv::access::<rkyv::Archived<Vec<ClientCertHeader>>, rkyv::rancor::Error>(&chosen_bytes)
+            .unwrap();
     let removal_bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&removals).unwrap();
     let removals =
         rkyv::access::<ArchivedHeaderEdits, rkyv::rancor::Error>(&removal_bytes).unwrap();

@@ -288,8 +288,8 @@ impl ClientCertVerifier for Recording {
 /// A subject that is not printable ASCII is left out rather than escaped into something a
 /// backend might misread.
 pub(crate) fn client_cert(der: &[u8]) -> ClientCert {
-    use std::fmt::Write;
     use base64::Engine;
+    use std::fmt::Write;
     use x509_cert::der::Decode;
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
     let mut hash = String::with_capacity(64);

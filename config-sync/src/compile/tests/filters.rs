@@ -179,7 +179,7 @@ fn client_certificate_header_objects_are_checked_at_admission() {
             "apiVersion: gateway.sluice.dev/v1alpha1\nkind: ClientCertificateHeader\nmetadata: {{name: h, namespace: apps}}\nspec: {spec}\n"
         );
         let v: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
-        parse_document(v).into_iter().next().unwrap()
+        parse_document(v).into_iter().next().unwrap().map_err(Box::new)
     };
     let ok = doc("{header: Client-Cert, value: Certificate}").unwrap().unwrap();
     assert_eq!(ok.id().to_string(), "ClientCertificateHeader apps/h");
