@@ -12,7 +12,7 @@
 //! Each echoed request is logged as `Echoing back request made to <uri> to client (<peer>)`.
 //! With `serve_tls` (the `sluice echo --tls-listen` port, like the upstream echo's 8443) the
 //! same answers come over TLS and carry the connection's `tls` facts (version, server name,
-//! ALPN, cipher suite; client certificates are not asked for yet).
+//! ALPN, cipher suite, and the client's certificates when `--tls-client-ca` asks for them).
 //!
 //! Deliberately simple (blocking sockets, a thread per connection): it is a test and demo
 //! backend, not part of the data path being measured.

@@ -227,6 +227,10 @@ struct EchoArgs {
     /// Private key (PEM) for `--tls-listen`.
     #[arg(long, env = "TLS_SERVER_PRIVKEY")]
     tls_key: Option<PathBuf>,
+    /// CA bundle (PEM) for client certificates on `--tls-listen`: asked for and verified if
+    /// given (a client without one is still served), reported in `tls.peerCertificates`.
+    #[arg(long, env = "TLS_CLIENT_CACERTS", requires = "tls_listen")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -393,7 +397,7 @@ fn run_echo(a: EchoArgs) -> Result<(), String> {
         ingress: String::new(),
     };
     if let (Some(addr), Some(cert), Some(key)) = (a.tls_listen, &a.tls_cert, &a.tls_key) {
-        let config = echo_tls_config(cert, key)?;
+        let config = echo_tls_config(cert, key, a.tls_client_ca.as_deref())?;
         let tls = TcpListener::bind(addr).map_err(|e| format!("echo: bind {addr}: {e}"))?;
         let identity = identity.clone();
         std::thread::spawn(move || {
@@ -406,22 +410,44 @@ fn run_echo(a: EchoArgs) -> Result<(), String> {
 }
 
 /// The echo's HTTPS configuration: the certificate and key from PEM files, TLS 1.3 and 1.2,
-/// ALPN `http/1.1`.
-fn echo_tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+/// ALPN `http/1.1`; with `client_ca`, client certificates verified if given.
+fn echo_tls_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(Iterator::collect)
         .map_err(|e| format!("{}: {e}", cert.display()))?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .map_err(|e| format!("echo certificate: {e}"))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in
+                CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?
+            {
+                let c = c.map_err(|e| format!("{}: {e}", ca.display()))?;
+                roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config =
+        builder.with_single_cert(chain, key).map_err(|e| format!("echo certificate: {e}"))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

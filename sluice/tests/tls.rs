@@ -616,10 +616,17 @@ fn the_echo_backend_serves_https_and_reports_the_connection() {
     let env = Env::new("echo-tls");
     let ca = Ca::new("Sluice test CA");
     let leaf = ca.leaf(&["backend.example"]);
-    let (crt, key) = (env.dir.join("echo.crt"), env.dir.join("echo.key"));
-    std::fs::write(&crt, &leaf.cert).unwrap();
-    std::fs::write(&key, &leaf.key).unwrap();
+    let write_pair = |name: &str, leaf: &Leaf| -> (PathBuf, PathBuf) {
+        let (c, k) = (env.dir.join(format!("{name}.crt")), env.dir.join(format!("{name}.key")));
+        std::fs::write(&c, &leaf.cert).unwrap();
+        std::fs::write(&k, &leaf.key).unwrap();
+        (c, k)
+    };
+    let (crt, key) = write_pair("echo", &leaf);
     let ca_file = ca.write(&env.dir, "ca.pem");
+    let client_ca = Ca::new("Sluice client CA");
+    let client_ca_file = client_ca.write(&env.dir, "client-ca.pem");
+    let client = write_pair("client", &client_ca.leaf(&["lb.example"]));
     let (plain, tls) = (free_port(), free_port());
     let mut child = Command::new(BIN)
         .args(["echo", "--listen", &format!("127.0.0.1:{plain}"), "--pod", "echo-0"])
@@ -627,12 +634,15 @@ fn the_echo_backend_serves_https_and_reports_the_connection() {
         .arg(&crt)
         .arg("--tls-key")
         .arg(&key)
+        .arg("--tls-client-ca")
+        .arg(&client_ca_file)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     wait_listening(format!("127.0.0.1:{tls}").parse().unwrap());
-    let out = Command::new("curl")
-        .args([
+    let get = |cert: Option<&(PathBuf, PathBuf)>| {
+        let mut cmd = Command::new("curl");
+        cmd.args([
             "-sS",
             "--max-time",
             "10",
@@ -640,18 +650,29 @@ fn the_echo_backend_serves_https_and_reports_the_connection() {
             &format!("backend.example:{tls}:127.0.0.1"),
             "--cacert",
         ])
-        .arg(&ca_file)
-        .arg(format!("https://backend.example:{tls}/x"))
-        .output()
-        .unwrap();
+        .arg(&ca_file);
+        if let Some((c, k)) = cert {
+            cmd.arg("--cert").arg(c).arg("--key").arg(k);
+        }
+        cmd.arg(format!("https://backend.example:{tls}/x")).output().unwrap()
+    };
+    let (anonymous, with_cert) = (get(None), get(Some(&client)));
     let _ = child.kill();
     let _ = child.wait();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(anonymous.status.success(), "{}", String::from_utf8_lossy(&anonymous.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&anonymous.stdout).unwrap();
     assert_eq!(json["pod"], "echo-0");
     assert_eq!(json["path"], "/x");
     assert_eq!(json["tls"]["version"], "TLSv1.3", "{json}");
     assert_eq!(json["tls"]["serverName"], "backend.example", "{json}");
     assert_eq!(json["tls"]["negotiatedProtocol"], "http/1.1", "{json}");
     assert!(json["tls"]["cipherSuite"].as_str().unwrap().starts_with("TLS_AES_"), "{json}");
+    assert!(json["tls"].get("peerCertificates").is_none(), "{json}");
+    // A client certificate from the CA given: verified, and reported as the upstream echo does.
+    assert!(with_cert.status.success(), "{}", String::from_utf8_lossy(&with_cert.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&with_cert.stdout).unwrap();
+    let sent = std::fs::read_to_string(&client.0).unwrap();
+    let reported = json["tls"]["peerCertificates"][0].as_str().unwrap_or_default();
+    let body = |pem: &str| pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>();
+    assert_eq!(body(reported), body(&sent), "{json}");
 }
