@@ -81,6 +81,16 @@ struct State {
     drained: bool,
 }
 
+/// What a TLS read does next.
+enum Step {
+    /// Return this many plaintext bytes (0: end of stream).
+    Done(usize),
+    /// Read more ciphertext.
+    Fill,
+    /// The connection failed.
+    Failed(rustls::Error),
+}
+
 /// What processing the received records asks for next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Want {
@@ -145,6 +155,13 @@ impl State {
             };
             cipher.consume(discard, spare);
             match outcome {
+                Ok(None) if defer && plain > 0 && cipher.bytes().is_empty() => {
+                    // Every received byte became plaintext: the pass after this one could only
+                    // say "read more" (anything rustls wants to send goes out with the next
+                    // write, as `defer` asks).
+                    self.drained = true;
+                    return Ok((plain, Want::Read));
+                }
                 Ok(None) => {}
                 Ok(Some(want)) => {
                     if want == Want::Closed {
@@ -396,45 +413,66 @@ impl TlsStream {
     }
 
     /// Reads more plaintext after the unconsumed bytes of `input`; 0 at end of stream.
+    ///
+    /// Synchronous steps ([`TlsStream::process`], [`TlsStream::received`]) around one
+    /// ciphertext read.
     pub(crate) async fn read(&self, input: &mut InBuf, spare: &Spare) -> io::Result<usize> {
         loop {
-            let step = {
-                let mut state = self.state.borrow_mut();
-                if state.ended {
-                    return Ok(0);
-                }
-                let Ok(mut cipher) = self.cipher.try_borrow_mut() else {
-                    return Err(io::Error::other("two reads at once on one TLS connection"));
-                };
-                if state.drained && cipher.bytes().is_empty() {
-                    // Nothing received since the last pass: skip a pass of rustls's state
-                    // machine that could only say "read more".
-                    Ok((0, Want::Read))
-                } else {
-                    state.advance(&mut cipher, input, spare, true)
-                }
-            };
-            match step {
-                Ok((0, Want::Read | Want::Write)) => {}
-                Ok((n, Want::Read | Want::Write)) => return Ok(n),
-                Ok((n, Want::Closed)) => return Ok(n),
-                Err(e) => {
-                    if !self.writing.get() {
-                        // Boxed: the error path should not grow every idle read's state.
-                        let _ = Box::pin(self.flush_pending()).await;
-                    }
-                    return Err(tls_io(e));
-                }
+            match self.process(input, spare) {
+                Step::Done(n) => return Ok(n),
+                // Boxed: the error path should not grow every idle read's state.
+                Step::Failed(e) => return Err(Box::pin(self.failed(e)).await),
+                Step::Fill => {}
             }
             let n = self.fill().await?;
-            self.state.borrow_mut().drained = false;
-            if n == 0 {
-                // End of stream without close_notify: what was received is all there is (an
-                // HTTP/1 message framed by length or chunks knows whether it is complete).
-                self.state.borrow_mut().ended = true;
-                return Ok(0);
+            if let Some(end) = self.received(n) {
+                return Ok(end);
             }
         }
+    }
+
+    /// Processes what was received: plaintext appended to `input`, or what the read must do.
+    fn process(&self, input: &mut InBuf, spare: &Spare) -> Step {
+        let mut state = self.state.borrow_mut();
+        if state.ended {
+            return Step::Done(0);
+        }
+        let Ok(mut cipher) = self.cipher.try_borrow_mut() else {
+            return Step::Failed(rustls::Error::General("two reads at once".into()));
+        };
+        if state.drained && cipher.bytes().is_empty() {
+            // Nothing received since the last pass: skip a pass of rustls's state machine
+            // that could only say "read more".
+            return Step::Fill;
+        }
+        match state.advance(&mut cipher, input, spare, true) {
+            Ok((0, Want::Read | Want::Write)) => Step::Fill,
+            Ok((n, _)) => Step::Done(n),
+            Err(e) => Step::Failed(e),
+        }
+    }
+
+    /// After a ciphertext read of `n` bytes: `Some(0)` at end of stream, else `None` (process
+    /// again).
+    fn received(&self, n: usize) -> Option<usize> {
+        let mut state = self.state.borrow_mut();
+        state.drained = false;
+        if n == 0 {
+            // End of stream without close_notify: what was received is all there is (an
+            // HTTP/1 message framed by length or chunks knows whether it is complete).
+            state.ended = true;
+            return Some(0);
+        }
+        None
+    }
+
+    /// After a TLS error: the alert rustls queued goes out (unless a write is in flight, which
+    /// carries it), and the error for the reader.
+    async fn failed(&self, e: rustls::Error) -> io::Error {
+        if !self.writing.get() {
+            let _ = self.flush_pending().await;
+        }
+        tls_io(e)
     }
 
     /// Encrypts and sends `plain`, then clears it.
