@@ -8,14 +8,8 @@ use crate::http::Response;
 
 /// Fields of an expectation this runner does not check yet; a case using one fails with the
 /// field named rather than passing unchecked.
-const UNCHECKED: &[&str] = &[
-    "sni_seen_by_backend",
-    "client_cert_seen_by_backend",
-    "grpc_code",
-    "fully_qualified_method_seen_by_backend",
-    "tcp_echo",
-    "invariant",
-];
+const UNCHECKED: &[&str] =
+    &["grpc_code", "fully_qualified_method_seen_by_backend", "tcp_echo", "invariant"];
 
 /// Every expectation field this runner checks (or, for `note` and `note_unchecked`, knows to be
 /// prose). A field outside this list and [`UNCHECKED`] fails the case with the field named: a
@@ -31,6 +25,8 @@ const CHECKED: &[&str] = &[
     "method_seen_by_backend",
     "headers_seen_by_backend",
     "absent_headers_seen_by_backend",
+    "sni_seen_by_backend",
+    "client_cert_seen_by_backend",
     "response_headers",
     "response_header_any_of",
     "response_headers_ignore_whitespace",
@@ -151,6 +147,8 @@ fn backend(expect: &Value, resp: &Response) -> Result<(), String> {
         "namespace",
         "backend",
         "backend_from_header",
+        "sni_seen_by_backend",
+        "client_cert_seen_by_backend",
     ];
     if !fields.iter().any(|f| expect.get(*f).is_some()) {
         return Ok(());
@@ -221,7 +219,67 @@ fn backend(expect: &Value, resp: &Response) -> Result<(), String> {
             return Err(format!("expected backend not to see {name}, got {got:?}"));
         }
     }
+    backend_tls(expect, &echo)
+}
+
+/// What the backend's TLS connection saw (the echo's `tls` block; absent on plain HTTP):
+/// `sni_seen_by_backend` is the server name the gateway sent upstream;
+/// `client_cert_seen_by_backend` is `true`/`false` (whether the gateway presented a client
+/// certificate) or a PEM certificate that must be the one it presented.
+fn backend_tls(expect: &Value, echo: &Value) -> Result<(), String> {
+    let tls = echo.get("tls");
+    if let Some(want) = expect.get("sni_seen_by_backend") {
+        let Some(want) = want.as_str() else {
+            return Err(format!("sni_seen_by_backend must be a string, got {want}"));
+        };
+        let got = tls.and_then(|t| t.get("serverName")).and_then(Value::as_str);
+        if tls.is_none() {
+            return Err(format!(
+                "expected the backend to see SNI {want:?} over TLS, got plain HTTP"
+            ));
+        }
+        if got != Some(want) {
+            return Err(format!("expected the backend to see SNI {want:?}, got {got:?}"));
+        }
+    }
+    if let Some(want) = expect.get("client_cert_seen_by_backend") {
+        let presented: Vec<String> = tls
+            .and_then(|t| t.get("peerCertificates"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(pem_body)
+            .collect();
+        match want {
+            Value::Bool(b) if *b != presented.is_empty() => {}
+            Value::Bool(b) => {
+                return Err(format!(
+                    "expected the backend {} a client certificate, got {} certificate(s)",
+                    if *b { "to see" } else { "not to see" },
+                    presented.len()
+                ));
+            }
+            Value::String(pem) if presented.first() == Some(&pem_body(pem)) => {}
+            Value::String(_) => {
+                return Err(format!(
+                    "expected the backend to see the given client certificate, got {} certificate(s) that differ",
+                    presented.len()
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "client_cert_seen_by_backend must be a bool or a PEM string, got {other}"
+                ));
+            }
+        }
+    }
     Ok(())
+}
+
+/// The base64 body of a PEM certificate, whatever its line breaks.
+fn pem_body(pem: &str) -> String {
+    pem.lines().filter(|l| !l.starts_with("-----")).flat_map(|l| l.trim().chars()).collect()
 }
 
 fn redirect_matches(
@@ -296,5 +354,39 @@ mod tests {
             Some("trailers_seen")
         );
         assert_eq!(unknown_field(&json!({"grpc_code": 0})), None, "known, reported as unchecked");
+    }
+
+    #[test]
+    fn backend_tls_fields_are_checked_against_the_echo_tls_block() {
+        let reply = |tls: Value| Response {
+            status: 200,
+            headers: vec![],
+            body: serde_json::to_vec(&json!({"path": "/", "pod": "b-0", "tls": tls})).unwrap(),
+        };
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\nAAAA\n-----END CERTIFICATE-----\n";
+        let tls = reply(json!({"serverName": "abc.example.com", "peerCertificates": [pem]}));
+        let ok = |expect: Value, resp: &Response| response(&expect, "/", "https", resp);
+        assert_eq!(
+            ok(json!({"status": 200, "sni_seen_by_backend": "abc.example.com"}), &tls),
+            Ok(())
+        );
+        assert!(ok(json!({"status": 200, "sni_seen_by_backend": "other"}), &tls).is_err());
+        assert_eq!(ok(json!({"status": 200, "client_cert_seen_by_backend": true}), &tls), Ok(()));
+        let same = "-----BEGIN CERTIFICATE-----\nMIIBAAAA\n-----END CERTIFICATE-----";
+        assert_eq!(ok(json!({"status": 200, "client_cert_seen_by_backend": same}), &tls), Ok(()));
+        assert!(ok(json!({"status": 200, "client_cert_seen_by_backend": false}), &tls).is_err());
+        // A plain backend connection saw no SNI and no certificate.
+        let plain = Response {
+            status: 200,
+            headers: vec![],
+            body: serde_json::to_vec(&json!({"path": "/", "pod": "b-0"})).unwrap(),
+        };
+        let e = ok(json!({"status": 200, "sni_seen_by_backend": "abc.example.com"}), &plain);
+        assert!(e.unwrap_err().contains("plain HTTP"));
+        assert_eq!(
+            ok(json!({"status": 200, "client_cert_seen_by_backend": false}), &plain),
+            Ok(())
+        );
+        assert!(ok(json!({"status": 200, "client_cert_seen_by_backend": 3}), &plain).is_err());
     }
 }
