@@ -27,6 +27,7 @@ use crate::fields::FieldList;
 use crate::filters::mirror;
 use crate::http1::parse::{self, Head, MAX_HEADERS, trim_ows};
 use crate::http1::request::{self, ClientIp, Rewritten};
+use crate::http2;
 use crate::io::InBuf;
 use crate::proxy::{Exchange, Flow, Summary};
 use crate::timer::{Deadline, Elapsed};
@@ -63,6 +64,12 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
         .with_client_cert(transport.client_cert().cloned());
     let keep_alive = core.settings.timeouts.keep_alive;
     let mut linger_after = false;
+    // HTTP/2: chosen by ALPN on TLS, by the client preface (prior knowledge) in cleartext.
+    let mut first = core.settings.h2.enabled;
+    if first && let Transport::Tls(t) = &transport && t.alpn_h2() {
+        // Boxed: an HTTP/1 connection's task should not carry an HTTP/2 connection's state.
+        return Box::pin(http2::serve(Rc::clone(&core), transport, input, client, local)).await;
+    }
     loop {
         if input.bytes().is_empty() {
             // Idle: no buffer is held while waiting here, and this task's own state is small.
@@ -71,6 +78,24 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
                 Ok(Ok(n)) if n > 0 => {}
                 // Closed by the client, reset, or idle too long: nothing left to say.
                 _ => break,
+            }
+        }
+        if first && transport.plain().is_some() {
+            match http2::starts_h2(input.bytes()) {
+                Some(true) => {
+                    let h2 = http2::serve(Rc::clone(&core), transport, input, client, local);
+                    return Box::pin(h2).await;
+                }
+                Some(false) => first = false,
+                // A prefix of the preface: read on (under the header timeout) to decide.
+                None => {
+                    let read = transport.read(&mut input, &core.spare);
+                    let limit = core.settings.timeouts.request_header;
+                    match core.wheel.timeout(&deadline, limit, read).await {
+                        Ok(Ok(n)) if n > 0 => continue,
+                        _ => break,
+                    }
+                }
             }
         }
         // A request is in flight: its state (parsed head, upstream I/O, bodies) lives in one
@@ -214,7 +239,7 @@ enum Plan {
 }
 
 /// One exchange, from the first buffered byte of a request to its end.
-async fn exchange(
+pub(crate) async fn exchange(
     core: &Core,
     transport: &Transport,
     input: &mut InBuf,

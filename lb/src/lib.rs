@@ -25,6 +25,7 @@ mod tls;
 mod listener;
 pub mod conn;
 pub mod http1;
+mod http2;
 mod fields;
 mod exchange;
 mod filters;
@@ -48,7 +49,7 @@ use tracing::{error, info, warn};
 
 pub use crate::fields::{Edits, FieldList};
 pub use crate::settings::{BufferConfig, Limits, Underscores};
-pub use crate::settings::{Settings, Timeouts, defaults};
+pub use crate::settings::{H2Limits, Settings, Timeouts, defaults};
 pub use crate::timer::{Deadline, Elapsed, Wheel};
 
 /// How lb runs.
@@ -175,7 +176,8 @@ pub fn run(config: Config) -> Result<(), Error> {
         }
     }
     info!(cores = config.cpus.len(), segment = %config.table.display(), "lb started; waiting for a table");
-    let tls = tls::Shared::new().map_err(|e| Error::Thread(std::io::Error::other(e)))?;
+    let tls = tls::Shared::new(settings.h2.enabled)
+        .map_err(|e| Error::Thread(std::io::Error::other(e)))?;
     tables::spawn_watcher(config.table, senders, Arc::clone(&applied), tls)
         .map_err(Error::Thread)?;
     while !shutdown.draining.load(Ordering::Relaxed) {

@@ -113,6 +113,9 @@ pub struct Settings {
     pub max_connections: Option<usize>,
     /// TLS handshakes in progress per core.
     pub max_handshakes: usize,
+    /// HTTP/2 from clients: whether it is offered (ALPN `h2`, cleartext prior knowledge), and
+    /// its limits.
+    pub h2: H2Limits,
 }
 
 impl Default for Settings {
@@ -128,9 +131,49 @@ impl Default for Settings {
             max_connections: None,
             max_handshakes: defaults::MAX_HANDSHAKES,
             trusted_hops: 0,
+            h2: H2Limits::default(),
         }
     }
 }
+
+/// Limits every HTTP/2 connection gets.
+#[derive(Debug, Clone, Copy)]
+pub struct H2Limits {
+    /// Offer HTTP/2 (ALPN `h2` on TLS ports, the h2c preface on cleartext ones).
+    pub enabled: bool,
+    /// Streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_streams: u32,
+    /// Per-stream receive window, bytes (what one stream may send us unread).
+    pub stream_window: u32,
+    /// Connection receive window, bytes.
+    pub connection_window: u32,
+    /// Largest header list, bytes (SETTINGS_MAX_HEADER_LIST_SIZE; HPACK-decoded size).
+    pub max_header_list: u32,
+    /// Largest frame payload we accept (SETTINGS_MAX_FRAME_SIZE).
+    pub max_frame: u32,
+    /// Response bytes buffered per stream before the client's window lets them go.
+    pub max_send_buffer: usize,
+    /// Streams a client may open and reset before we answer them, then GOAWAY (the rapid
+    /// reset attack, CVE-2023-44487).
+    pub max_pending_resets: usize,
+}
+
+impl Default for H2Limits {
+    fn default() -> H2Limits {
+        H2Limits {
+            enabled: true,
+            max_streams: 128,
+            stream_window: 256 * 1024,
+            connection_window: 1024 * 1024,
+            max_header_list: 16 * 1024,
+            max_frame: 16 * 1024,
+            max_send_buffer: 64 * 1024,
+            max_pending_resets: 20,
+        }
+    }
+}
+
+
 
 /// What to do with a field whose name contains `_` (a valid token, but CGI-style backends,
 /// nginx, WSGI and others fold `_` and `-` together, so `Content_Length` or `X_Forwarded_For`

@@ -15,6 +15,7 @@ use compio::io::{AsyncReadManaged, AsyncWrite, AsyncWriteExt};
 use compio::net::TcpStream;
 use futures_util::future::Either;
 
+use crate::http2::H2Stream;
 use crate::io::{InBuf, Spare, write_out};
 use crate::tls::TlsStream;
 
@@ -25,6 +26,9 @@ pub(crate) enum Transport {
     Plain(TcpStream),
     /// TLS over TCP (boxed: a plain connection should not carry the TLS state's size).
     Tls(Box<TlsStream>),
+    /// One HTTP/2 stream, as the client side of its exchange (`http2`): reads are its request
+    /// body, writes the HTTP/1 response lb made, sent on as HEADERS and DATA.
+    H2(Box<H2Stream>),
 }
 
 impl Transport {
@@ -43,7 +47,8 @@ impl Transport {
             // Boxed (one allocation per TLS read, ~150 instructions): inline, the TLS read's
             // state made every connection's idle task 88 bytes larger (664 → 752), plain
             // ones included. Measured 2026-11-30; reconsider if that trade changes.
-            Transport::Tls(t) => Either::Right(Box::pin(t.read(input, spare))),
+            Transport::Tls(t) => Either::Right(Either::Left(Box::pin(t.read(input, spare)))),
+            Transport::H2(s) => Either::Right(Either::Right(Box::pin(s.read(input, spare)))),
         }
     }
 
@@ -55,7 +60,12 @@ impl Transport {
     ) -> impl Future<Output = io::Result<()>> + 'a {
         match self {
             Transport::Plain(s) => Either::Left(write_out(s, out)),
-            Transport::Tls(t) => Either::Right(t.write(out)),
+            Transport::Tls(t) => Either::Right(Either::Left(t.write(out))),
+            Transport::H2(s) => Either::Right(Either::Right(Box::pin(async move {
+                let sent = s.send(out).await;
+                out.clear();
+                sent
+            }))),
         }
     }
 
@@ -67,6 +77,7 @@ impl Transport {
                 w.write_all(bytes).await.0
             }
             Transport::Tls(t) => t.send(bytes).await,
+            Transport::H2(s) => s.send(bytes).await,
         }
     }
 
@@ -80,6 +91,7 @@ impl Transport {
                 res
             }
             Transport::Tls(t) => t.send(out).await,
+            Transport::H2(s) => s.send(out).await,
         }
     }
 
@@ -95,6 +107,8 @@ impl Transport {
                 }
             }
             Transport::Tls(t) => t.discard().await,
+            // A stream's end is its own (END_STREAM or a reset), nothing to drain.
+            Transport::H2(_) => Err(()),
         }
     }
 
@@ -106,6 +120,7 @@ impl Transport {
                 w.shutdown().await
             }
             Transport::Tls(t) => t.shutdown().await,
+            Transport::H2(_) => Ok(()),
         }
     }
 
@@ -114,6 +129,7 @@ impl Transport {
         match self {
             Transport::Plain(s) => crate::io::idle_clean(s),
             Transport::Tls(t) => crate::io::idle_clean(t.tcp()),
+            Transport::H2(_) => false,
         }
     }
 
@@ -123,7 +139,7 @@ impl Transport {
     pub(crate) fn plain(&self) -> Option<&TcpStream> {
         match self {
             Transport::Plain(s) => Some(s),
-            Transport::Tls(_) => None,
+            Transport::Tls(_) | Transport::H2(_) => None,
         }
     }
 
@@ -132,6 +148,7 @@ impl Transport {
         match self {
             Transport::Plain(_) => None,
             Transport::Tls(t) => t.client_cert(),
+            Transport::H2(s) => s.client_cert(),
         }
     }
 
@@ -141,6 +158,7 @@ impl Transport {
         match self {
             Transport::Plain(_) => None,
             Transport::Tls(t) => Some(t.server_name()),
+            Transport::H2(s) => s.server_name(),
         }
     }
 }

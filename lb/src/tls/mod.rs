@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     provider: Arc<CryptoProvider>,
     ticketer: Arc<dyn ProducesTickets>,
     sessions: Arc<dyn StoresServerSessions>,
+    /// ALPN protocols offered, preferred first (`h2` when HTTP/2 is on, then `http/1.1`).
+    alpn: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -70,11 +72,16 @@ impl std::fmt::Debug for Shared {
 impl Shared {
     /// The provider (aws-lc-rs: TLS 1.3 and 1.2 ECDHE-AEAD suites; X25519MLKEM768, X25519,
     /// P-256, P-384), a rotating ticketer and a session cache.
-    pub(crate) fn new() -> Result<Shared, rustls::Error> {
+    pub(crate) fn new(h2: bool) -> Result<Shared, rustls::Error> {
+        let mut alpn = vec![b"http/1.1".to_vec()];
+        if h2 {
+            alpn.insert(0, b"h2".to_vec());
+        }
         Ok(Shared {
             provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
             ticketer: rustls::crypto::aws_lc_rs::Ticketer::new()?,
             sessions: ServerSessionMemoryCache::new(SESSION_CACHE),
+            alpn,
         })
     }
 }
@@ -200,7 +207,7 @@ fn server_config(
     };
     let resolver = Sni { router: Arc::clone(router), port, keys: Arc::clone(keys) };
     let mut config = builder.with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = shared.alpn.clone();
     config.ticketer = Arc::clone(&shared.ticketer);
     config.session_storage = Arc::clone(&shared.sessions);
     config.max_early_data_size = 0;

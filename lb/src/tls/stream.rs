@@ -60,6 +60,8 @@ pub(crate) struct TlsStream {
     server_name: Box<[u8]>,
     /// The client's certificate, when one was presented and verified.
     client_cert: Option<Rc<ClientCert>>,
+    /// ALPN chose `h2`.
+    h2: bool,
     spare: Rc<Spare>,
 }
 
@@ -323,6 +325,7 @@ impl TlsStream {
             writing: Cell::new(false),
             server_name: Box::default(),
             client_cert: None,
+            h2: false,
             spare,
         };
         let mut handshaken = false;
@@ -374,12 +377,18 @@ impl TlsStream {
                 }
             }
         }
+        stream.h2 = stream.state.borrow().conn.alpn_protocol() == Some(b"h2");
         if verified == Some(true) {
             let state = stream.state.borrow();
             let leaf = state.conn.peer_certificates().and_then(<[CertificateDer<'_>]>::first);
             stream.client_cert = leaf.map(|c| Rc::new(client_cert(c.as_ref())));
         }
         Ok(stream)
+    }
+
+    /// Whether ALPN chose HTTP/2.
+    pub(crate) fn alpn_h2(&self) -> bool {
+        self.h2
     }
 
     /// The verified client certificate, if any.

@@ -1,0 +1,140 @@
+//! HTTP/2 from clients (RFC 9113): over TLS when ALPN chose `h2`, and cleartext with prior
+//! knowledge (h2c: the connection starts with the client preface). The `h2` crate's server
+//! codec runs on this core's runtime over [`io::H2Io`] (lb's own reads and writes; tokio's I/O
+//! traits only, no tokio runtime, no `Send`).
+//!
+//! Each stream is one exchange: its HEADERS become an HTTP/1.1 request head (RFC 9113 §8.3
+//! checked and translated: pseudo-headers to the request line and `Host`, cookies joined,
+//! connection-specific fields refused), and the same `conn::exchange` an HTTP/1 connection
+//! runs carries it out — routing, every filter, timeouts, retries, mirrors, CORS and lb's own
+//! answers are the HTTP/1 code, not a copy of it. The stream itself is the exchange's client
+//! transport ([`stream::H2Stream`]): its reads are the request's DATA (chunked when no
+//! content-length was given), its writes the HTTP/1 response lb produced, sent on as HEADERS
+//! and DATA under the stream's flow control. See docs/ARCHITECTURE.md, "HTTP/2".
+
+pub(crate) mod io;
+mod stream;
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tracing::debug;
+
+use crate::core::Core;
+use crate::http1::request::ClientIp;
+use crate::io::InBuf;
+use crate::timer::Deadline;
+use crate::transport::Transport;
+
+pub(crate) use stream::H2Stream;
+
+/// The client connection preface (RFC 9113 §3.4); its first line is what an HTTP/1 parser
+/// would see as a request line.
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether received bytes start an HTTP/2 connection: `Some(true)` for the preface,
+/// `Some(false)` for anything else, `None` while they are a shorter prefix of it.
+pub(crate) fn starts_h2(bytes: &[u8]) -> Option<bool> {
+    let n = bytes.len().min(PREFACE.len());
+    if bytes[..n] != PREFACE[..n] {
+        Some(false)
+    } else if n == PREFACE.len() {
+        Some(true)
+    } else {
+        None
+    }
+}
+
+/// What every stream of a connection shares.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    /// The client's address (forwarding fields) and TLS facts.
+    pub client: ClientIp,
+    /// Where the connection was accepted.
+    pub local: SocketAddr,
+    /// On TLS: the server name the client asked for.
+    pub server_name: Option<Rc<[u8]>>,
+    /// The verified client certificate, if any.
+    pub client_cert: Option<Rc<crate::http1::request::ClientCert>>,
+    /// Streams being served.
+    pub active: Cell<usize>,
+}
+
+/// Serves an HTTP/2 client connection to its end. `input`: bytes already read (the preface
+/// that chose h2c, or application data that came with the TLS handshake).
+pub(crate) async fn serve(core: Rc<Core>, transport: Transport, input: InBuf, client: ClientIp, local: SocketAddr) {
+    let limits = core.settings.h2;
+    let conn = Rc::new(Connection {
+        client,
+        local,
+        server_name: transport.server_name().map(Rc::from),
+        client_cert: transport.client_cert().cloned(),
+        active: Cell::new(0),
+    });
+    let io = io::H2Io::new(Rc::new(transport), Rc::clone(&core.spare), input);
+    let mut builder = h2::server::Builder::new();
+    builder
+        .max_concurrent_streams(limits.max_streams)
+        .initial_window_size(limits.stream_window)
+        .initial_connection_window_size(limits.connection_window)
+        .max_header_list_size(limits.max_header_list)
+        .max_frame_size(limits.max_frame)
+        .max_send_buffer_size(limits.max_send_buffer)
+        .max_pending_accept_reset_streams(limits.max_pending_resets);
+    let deadline = Rc::new(Deadline::default());
+    let timeouts = core.settings.timeouts;
+    // The preface and SETTINGS exchange, under the header timeout (a client that connects and
+    // says nothing costs a slot for that long only).
+    let handshake = builder.handshake::<_, Bytes>(io);
+    let mut h2 = match core.wheel.timeout(&deadline, timeouts.request_header, handshake).await {
+        Ok(Ok(h2)) => h2,
+        Ok(Err(e)) => {
+            debug!("HTTP/2 handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            debug!("HTTP/2 handshake timed out");
+            return;
+        }
+    };
+    let mut closing = false;
+    loop {
+        if !closing && core.draining.get() {
+            // GOAWAY with the last stream id: streams in flight finish, new ones go elsewhere.
+            h2.graceful_shutdown();
+            closing = true;
+        }
+        // Idle (no stream in flight): the keep-alive timeout applies, then GOAWAY.
+        let idle = conn.active.get() == 0;
+        let wait = if idle { timeouts.keep_alive } else { Duration::from_secs(3600) };
+        let next = match core.wheel.timeout(&deadline, wait, h2.accept()).await {
+            Ok(next) => next,
+            Err(_) if idle && !closing => {
+                h2.graceful_shutdown();
+                closing = true;
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let Some(next) = next else { break };
+        let (request, respond) = match next {
+            Ok(r) => r,
+            Err(e) => {
+                debug!("HTTP/2 connection ended: {e}");
+                break;
+            }
+        };
+        conn.active.set(conn.active.get() + 1);
+        let (core, conn) = (Rc::clone(&core), Rc::clone(&conn));
+        compio::runtime::spawn(async move {
+            core.busy.set(core.busy.get() + 1);
+            stream::serve(&core, &conn, request, respond).await;
+            core.busy.set(core.busy.get() - 1);
+            conn.active.set(conn.active.get() - 1);
+        })
+        .detach();
+    }
+}

@@ -1,0 +1,390 @@
+//! One HTTP/2 stream as an HTTP/1 exchange: the request HEADERS translated into an HTTP/1.1
+//! head (RFC 9113 §8.3 → RFC 9112), and [`H2Stream`], the stream seen as the exchange's client
+//! transport.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::io;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+use http::{HeaderMap, Request, Response, StatusCode};
+use tracing::debug;
+
+use super::Connection;
+use crate::core::Core;
+use crate::http1::body::{BodyDecoder, Encode};
+use crate::http1::request::ClientCert;
+use crate::http1::response::{self, ResponseFraming};
+use crate::io::{InBuf, Spare};
+use crate::timer::Deadline;
+use crate::transport::Transport;
+
+/// Serves one stream: translate, run the exchange, end the stream.
+pub(super) async fn serve(
+    core: &Rc<Core>,
+    conn: &Rc<Connection>,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    let mut head = core.spare.take();
+    let chunked = match http1_head(&request, &mut head) {
+        Ok(chunked) => chunked,
+        Err(why) => {
+            // Malformed (RFC 9113 §8.1.1): a stream error, never forwarded.
+            debug!("HTTP/2 request refused: {why}");
+            core.spare.give(head);
+            respond.send_reset(Reason::PROTOCOL_ERROR);
+            return;
+        }
+    };
+    let head_method = request.method() == http::Method::HEAD;
+    let body = request.into_body();
+    let request_done = body.is_end_stream();
+    let mut input = InBuf::Heap { buf: head, start: 0 };
+    let stream = H2Stream {
+        recv: RefCell::new(body),
+        chunked,
+        request_done: Cell::new(request_done),
+        respond: RefCell::new(Some(respond)),
+        send: RefCell::new(None),
+        response: RefCell::new(ResponseState::Head(Vec::new())),
+        head_method,
+        server_name: conn.server_name.clone(),
+        client_cert: conn.client_cert.clone(),
+    };
+    let transport = Transport::H2(Box::new(stream));
+    let deadline = Rc::new(Deadline::default());
+    let exchange = crate::conn::exchange(core, &transport, &mut input, &deadline, &conn.client, conn.local);
+    Box::pin(exchange).await;
+    input.release(&core.spare);
+    if let Transport::H2(stream) = transport {
+        stream.finish();
+    }
+}
+
+/// Writes the HTTP/1.1 head for an HTTP/2 request into `out`; `Ok(true)` when the body is
+/// sent chunked (no content-length given and DATA may follow). `Err`: the request is malformed.
+fn http1_head(request: &Request<RecvStream>, out: &mut Vec<u8>) -> Result<bool, String> {
+    let method = request.method();
+    if method == http::Method::CONNECT {
+        return Err("CONNECT is not supported".into());
+    }
+    let uri = request.uri();
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    if target.is_empty() {
+        return Err("empty :path".into());
+    }
+    let headers = request.headers();
+    // :authority, or Host when the client sent none (RFC 9113 §8.3.1); both: they must agree.
+    let host = headers.get(http::header::HOST);
+    let authority = match (uri.authority(), host) {
+        (Some(a), Some(h)) if a.as_str().as_bytes() != h.as_bytes() => {
+            return Err(":authority and host differ".into());
+        }
+        (Some(a), _) => a.as_str().as_bytes(),
+        (None, Some(h)) => h.as_bytes(),
+        (None, None) => return Err("no :authority and no host".into()),
+    };
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    out.extend_from_slice(authority);
+    out.extend_from_slice(b"\r\n");
+    check_fields(headers)?;
+    let mut cookies = 0;
+    for (name, value) in headers {
+        match name.as_str() {
+            "host" => continue,
+            // Joined into one field below (RFC 9113 §8.2.3).
+            "cookie" => {
+                cookies += 1;
+                continue;
+            }
+            _ => {}
+        }
+        crate::http1::field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if cookies > 0 {
+        out.extend_from_slice(b"Cookie: ");
+        for (i, v) in headers.get_all(http::header::COOKIE).iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b"; ");
+            }
+            out.extend_from_slice(v.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    let length = headers.contains_key(http::header::CONTENT_LENGTH);
+    let chunked = !length && !request.body().is_end_stream();
+    if chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(chunked)
+}
+
+/// RFC 9113 §8.2: lower-case names, values without NUL/CR/LF or edge whitespace, no
+/// connection-specific fields, `te` only as `trailers`. (The h2 crate enforces some of this;
+/// the translation into HTTP/1 bytes must not depend on it.)
+fn check_fields(headers: &HeaderMap) -> Result<(), String> {
+    for (name, value) in headers {
+        let n = name.as_str();
+        if n.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(format!("upper-case field name {n:?}"));
+        }
+        if matches!(n, "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade")
+        {
+            return Err(format!("connection-specific field {n:?}"));
+        }
+        let v = value.as_bytes();
+        if n == "te" && !v.eq_ignore_ascii_case(b"trailers") {
+            return Err("te other than trailers".into());
+        }
+        if v.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
+            return Err(format!("field {n:?} has NUL, CR or LF in its value"));
+        }
+        if v.first().is_some_and(|&b| b == b' ' || b == b'\t')
+            || v.last().is_some_and(|&b| b == b' ' || b == b'\t')
+        {
+            return Err(format!("field {n:?} has leading or trailing whitespace"));
+        }
+    }
+    Ok(())
+}
+
+/// Where the HTTP/1 response lb writes to the stream stands.
+enum ResponseState {
+    /// Collecting the head.
+    Head(Vec<u8>),
+    /// Sending the body, decoding lb's framing.
+    Body(BodyDecoder),
+    /// The stream is ended.
+    Done,
+}
+
+/// An HTTP/2 stream as the exchange's client transport.
+pub(crate) struct H2Stream {
+    recv: RefCell<RecvStream>,
+    /// The request body goes to the exchange chunk-encoded (no content-length was given).
+    chunked: bool,
+    /// END_STREAM was received (and, chunked, the last chunk handed over).
+    request_done: Cell<bool>,
+    respond: RefCell<Option<SendResponse<Bytes>>>,
+    send: RefCell<Option<SendStream<Bytes>>>,
+    response: RefCell<ResponseState>,
+    head_method: bool,
+    server_name: Option<Rc<[u8]>>,
+    client_cert: Option<Rc<ClientCert>>,
+}
+
+impl std::fmt::Debug for H2Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Stream").finish_non_exhaustive()
+    }
+}
+
+fn h2_io(e: h2::Error) -> io::Error {
+    io::Error::other(e)
+}
+
+impl H2Stream {
+    /// The next request body bytes (DATA, chunk-encoded when `chunked`), appended to `input`;
+    /// 0 at the end of the body.
+    #[allow(clippy::await_holding_refcell_ref, reason = "one reader per stream")]
+    pub(crate) async fn read(&self, input: &mut InBuf, spare: &Spare) -> io::Result<usize> {
+        if self.request_done.get() {
+            return Ok(0);
+        }
+        let mut recv = self.recv.borrow_mut();
+        let next = loop {
+            match recv.data().await {
+                // An empty DATA frame (without END_STREAM): nothing to hand over.
+                Some(Ok(data)) if data.is_empty() => {}
+                other => break other,
+            }
+        };
+        match next {
+            Some(Ok(data)) => {
+                let _ = recv.flow_control().release_capacity(data.len());
+                if self.chunked {
+                    let mut framed = Vec::with_capacity(data.len() + 12);
+                    framed.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    framed.extend_from_slice(&data);
+                    framed.extend_from_slice(b"\r\n");
+                    input.append(&framed, spare);
+                    Ok(framed.len())
+                } else {
+                    input.append(&data, spare);
+                    Ok(data.len())
+                }
+            }
+            Some(Err(e)) => Err(h2_io(e)),
+            None => {
+                self.request_done.set(true);
+                if !self.chunked {
+                    return Ok(0);
+                }
+                // Trailers, if any, end the chunked body (RFC 9112 §7.1.2).
+                let mut last = b"0\r\n".to_vec();
+                if let Ok(Some(trailers)) = recv.trailers().await {
+                    check_fields(&trailers).map_err(io::Error::other)?;
+                    for (name, value) in &trailers {
+                        crate::http1::field(&mut last, name.as_str().as_bytes(), value.as_bytes());
+                    }
+                }
+                last.extend_from_slice(b"\r\n");
+                input.append(&last, spare);
+                Ok(last.len())
+            }
+        }
+    }
+
+    /// Takes HTTP/1 response bytes lb wrote and sends them on: the head as HEADERS (1xx as
+    /// informational HEADERS), the body as DATA within the client's flow-control window.
+    pub(crate) async fn send(&self, bytes: &[u8]) -> io::Result<()> {
+        match self.take(bytes)? {
+            Some((data, end)) => self.send_data(data, end).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The synchronous part of [`H2Stream::send`]: heads are parsed and sent here; body bytes
+    /// come back decoded (with whether they end the body) for DATA.
+    fn take(&self, bytes: &[u8]) -> io::Result<Option<(Bytes, bool)>> {
+        let mut state = self.response.borrow_mut();
+        let rest;
+        let body_bytes: &[u8] = match &mut *state {
+            ResponseState::Done => return Ok(None),
+            ResponseState::Body(_) => bytes,
+            ResponseState::Head(buf) => {
+                buf.extend_from_slice(bytes);
+                loop {
+                    let mut fields = response::response_fields();
+                    let (head, fields) =
+                        match response::parse_response(buf, &mut fields, self.head_method) {
+                            Ok(Some(parsed)) => parsed,
+                            Ok(None) => return Ok(None),
+                            Err(e) => return Err(io::Error::other(e.0)),
+                        };
+                    let status = StatusCode::from_u16(head.status).map_err(io::Error::other)?;
+                    let mut builder = Response::builder().status(status);
+                    for f in fields {
+                        let name = f.name.to_ascii_lowercase();
+                        // Connection-specific fields have no place in HTTP/2 (RFC 9113 §8.2.2).
+                        if !matches!(
+                            name.as_str(),
+                            "connection"
+                                | "keep-alive"
+                                | "proxy-connection"
+                                | "transfer-encoding"
+                                | "upgrade"
+                        ) {
+                            builder = builder.header(name, f.value);
+                        }
+                    }
+                    let response = builder.body(()).map_err(io::Error::other)?;
+                    let mut respond = self.respond.borrow_mut();
+                    let Some(sender) = respond.as_mut() else {
+                        return Err(io::ErrorKind::BrokenPipe.into());
+                    };
+                    if status.is_informational() {
+                        sender.send_informational(response).map_err(h2_io)?;
+                        buf.drain(..head.len);
+                        continue;
+                    }
+                    let body = match head.framing {
+                        ResponseFraming::None | ResponseFraming::Length(0) => None,
+                        ResponseFraming::Length(n) => Some(BodyDecoder::length(n, Encode::Raw)),
+                        ResponseFraming::Chunked => {
+                            Some(BodyDecoder::chunked(Encode::Raw, u64::MAX, 4096))
+                        }
+                        ResponseFraming::UntilClose => Some(BodyDecoder::until_close(Encode::Raw)),
+                    };
+                    let send = sender.send_response(response, body.is_none()).map_err(h2_io)?;
+                    *respond = None;
+                    rest = buf.split_off(head.len);
+                    match body {
+                        None => {
+                            *state = ResponseState::Done;
+                            return Ok(None);
+                        }
+                        Some(decoder) => {
+                            *self.send.borrow_mut() = Some(send);
+                            *state = ResponseState::Body(decoder);
+                        }
+                    }
+                    break &rest;
+                }
+            }
+        };
+        let ResponseState::Body(decoder) = &mut *state else { return Ok(None) };
+        if body_bytes.is_empty() {
+            return Ok(None);
+        }
+        let mut data = Vec::with_capacity(body_bytes.len());
+        decoder
+            .decode(body_bytes, &mut data)
+            .map_err(|e| io::Error::other(format!("response body: {e:?}")))?;
+        let end = decoder.is_done();
+        if end {
+            *state = ResponseState::Done;
+        }
+        Ok(Some((Bytes::from(data), end)))
+    }
+
+    /// Sends body bytes as DATA, waiting for window as the client grants it (a client that
+    /// never reads stalls this stream until the exchange's body timeout, nothing more).
+    #[allow(clippy::await_holding_refcell_ref, reason = "one writer per stream")]
+    async fn send_data(&self, mut data: Bytes, end: bool) -> io::Result<()> {
+        let mut send = self.send.borrow_mut();
+        let Some(send) = send.as_mut() else { return Err(io::ErrorKind::BrokenPipe.into()) };
+        while !data.is_empty() {
+            send.reserve_capacity(data.len());
+            let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
+                Some(Ok(n)) => n,
+                Some(Err(e)) => return Err(h2_io(e)),
+                None => return Err(io::ErrorKind::BrokenPipe.into()),
+            };
+            if granted == 0 {
+                continue;
+            }
+            let chunk = data.split_to(granted.min(data.len()));
+            let last = end && data.is_empty();
+            send.send_data(chunk, last).map_err(h2_io)?;
+            if last {
+                return Ok(());
+            }
+        }
+        if end {
+            send.send_data(Bytes::new(), true).map_err(h2_io)?;
+        }
+        Ok(())
+    }
+
+    /// After the exchange: a response that did not end cleanly resets the stream (the client
+    /// must not take a cut-off body for a whole one).
+    pub(crate) fn finish(&self) {
+        if matches!(*self.response.borrow(), ResponseState::Done) {
+            return;
+        }
+        if let Some(send) = self.send.borrow_mut().as_mut() {
+            send.send_reset(Reason::INTERNAL_ERROR);
+        } else if let Some(respond) = self.respond.borrow_mut().as_mut() {
+            respond.send_reset(Reason::INTERNAL_ERROR);
+        }
+    }
+
+    /// The server name of the connection, on TLS.
+    pub(crate) fn server_name(&self) -> Option<&[u8]> {
+        self.server_name.as_deref()
+    }
+
+    /// The connection's verified client certificate.
+    pub(crate) fn client_cert(&self) -> Option<&Rc<ClientCert>> {
+        self.client_cert.as_ref()
+    }
+}
