@@ -66,7 +66,10 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
     let mut linger_after = false;
     // HTTP/2: chosen by ALPN on TLS, by the client preface (prior knowledge) in cleartext.
     let mut first = core.settings.h2.enabled;
-    if first && let Transport::Tls(t) = &transport && t.alpn_h2() {
+    if first
+        && let Transport::Tls(t) = &transport
+        && t.alpn_h2()
+    {
         // Boxed: an HTTP/1 connection's task should not carry an HTTP/2 connection's state.
         return Box::pin(http2::serve(Rc::clone(&core), transport, input, client, local)).await;
     }

@@ -173,8 +173,6 @@ impl Default for H2Limits {
     }
 }
 
-
-
 /// What to do with a field whose name contains `_` (a valid token, but CGI-style backends,
 /// nginx, WSGI and others fold `_` and `-` together, so `Content_Length` or `X_Forwarded_For`
 /// would reach the application as a field lb never saw).

@@ -130,12 +130,16 @@ fn curl_gets_https_with_the_certificate_its_sni_selects() {
         String::from_utf8_lossy(&out.stderr),
         site.env.log("lb")
     );
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    // curl offers h2 first over TLS; HTTP/1.1 is checked with --http1.1 below.
+    assert!(text.starts_with("HTTP/2 200"), "{text}");
     let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
     let json: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(json["pod"], "svc-a-0");
     assert_eq!(json["headers"]["X-Forwarded-Proto"][0], "https", "{json}");
     assert!(json["headers"]["Forwarded"][0].as_str().unwrap().ends_with("proto=https"), "{json}");
+    let out = curl(&site, "example.org", "/hello", &["-i", "--http1.1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     // The other listener's hostname, its own certificate and routes.
     let out = curl(&site, "second.example.org", "/", &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -181,12 +185,15 @@ fn host_of_another_listener_is_misdirected_and_redirects_know_https() {
 #[test]
 fn alpn_versions_and_alerts() {
     let site = site(&[]);
-    let both = openssl(site.port, &["-servername", "example.org", "-alpn", "h2,http/1.1"]);
-    assert!(both.contains("ALPN protocol: http/1.1"), "{both}");
-    let h2_only = openssl(site.port, &["-servername", "example.org", "-alpn", "h2"]);
+    // h2 preferred, http/1.1 kept; a protocol we do not speak is refused (alert 120).
+    let both = openssl(site.port, &["-servername", "example.org", "-alpn", "http/1.1,h2"]);
+    assert!(both.contains("ALPN protocol: h2"), "{both}");
+    let h1_only = openssl(site.port, &["-servername", "example.org", "-alpn", "http/1.1"]);
+    assert!(h1_only.contains("ALPN protocol: http/1.1"), "{h1_only}");
+    let other = openssl(site.port, &["-servername", "example.org", "-alpn", "spdy/3"]);
     assert!(
-        h2_only.contains("no application protocol") || h2_only.contains("alert number 120"),
-        "{h2_only}"
+        other.contains("no application protocol") || other.contains("alert number 120"),
+        "{other}"
     );
     let tls12 = openssl(site.port, &["-servername", "example.org", "-tls1_2"]);
     assert!(tls12.contains("Protocol  : TLSv1.2") || tls12.contains("TLSv1.2"), "{tls12}");

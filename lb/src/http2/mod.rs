@@ -65,7 +65,13 @@ pub(crate) struct Connection {
 
 /// Serves an HTTP/2 client connection to its end. `input`: bytes already read (the preface
 /// that chose h2c, or application data that came with the TLS handshake).
-pub(crate) async fn serve(core: Rc<Core>, transport: Transport, input: InBuf, client: ClientIp, local: SocketAddr) {
+pub(crate) async fn serve(
+    core: Rc<Core>,
+    transport: Transport,
+    input: InBuf,
+    client: ClientIp,
+    local: SocketAddr,
+) {
     let limits = core.settings.h2;
     let conn = Rc::new(Connection {
         client,

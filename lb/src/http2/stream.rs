@@ -57,7 +57,8 @@ pub(super) async fn serve(
     };
     let transport = Transport::H2(Box::new(stream));
     let deadline = Rc::new(Deadline::default());
-    let exchange = crate::conn::exchange(core, &transport, &mut input, &deadline, &conn.client, conn.local);
+    let exchange =
+        crate::conn::exchange(core, &transport, &mut input, &deadline, &conn.client, conn.local);
     Box::pin(exchange).await;
     input.release(&core.spare);
     if let Transport::H2(stream) = transport {
@@ -136,8 +137,10 @@ fn check_fields(headers: &HeaderMap) -> Result<(), String> {
         if n.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(format!("upper-case field name {n:?}"));
         }
-        if matches!(n, "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade")
-        {
+        if matches!(
+            n,
+            "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade"
+        ) {
             return Err(format!("connection-specific field {n:?}"));
         }
         let v = value.as_bytes();
