@@ -8,7 +8,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::pki::Ca;
+use common::pki::{Ca, secret};
 use common::*;
 
 fn curl(args: &[&str], url: &str) -> Output {
@@ -135,7 +135,7 @@ print(json.dumps({"goaway": goaway, "error": error}))
 fn h2_client(
     port: u16,
     tls: Option<(&std::path::Path, &str)>,
-    requests: serde_json::Value,
+    requests: &serde_json::Value,
 ) -> Vec<serde_json::Value> {
     let (ca, sni) = tls.map_or((String::new(), String::new()), |(ca, sni)| {
         (ca.to_str().unwrap().to_owned(), sni.to_owned())
@@ -178,7 +178,7 @@ fn malformed_requests_are_stream_errors_and_never_reach_the_backend() {
         with(&[("host", "other.example")]),
         get("h2.example", "/still-ok"),
     ]);
-    let results = h2_client(port, None, cases);
+    let results = h2_client(port, None, &cases);
     assert_eq!(results[0]["status"], 200, "{results:?}\n{}", env.log("lb"));
     for (i, r) in results[1..8].iter().enumerate() {
         // PROTOCOL_ERROR (1), from lb's checks or the h2 codec's own.
@@ -194,11 +194,104 @@ fn malformed_requests_are_stream_errors_and_never_reach_the_backend() {
     // HPACK, a connection error (GOAWAY PROTOCOL_ERROR) — stricter than RFC 9113's stream
     // error; lb's own check would catch them too. Never forwarded.
     for bad in [("X-Upper", "1"), ("x-inject", "a\r\nx-smuggled: 1"), ("x-nul", "a\u{0}b")] {
-        let out = h2_client(port, None, serde_json::json!([with(&[bad])]));
+        let out = h2_client(port, None, &serde_json::json!([with(&[bad])]));
         assert_eq!(out[0]["status"], serde_json::Value::Null, "{bad:?}: {out:?}");
         assert_eq!(out[1]["goaway"], 1, "{bad:?}: {out:?}");
     }
     // None of them reached the backend: the echo logs every request it answers.
     let echoed = env.log("echo-svc-a-0").matches("Echoing back request").count();
     assert_eq!(echoed, 2, "{}", env.log("echo-svc-a-0"));
+}
+
+/// An HTTPS Gateway: listener `a` (a.example, certificate for a.example) and listener `b`
+/// (b.example, its own certificate), a route on each to its own echo.
+fn tls_site() -> (Env, u16, std::path::PathBuf) {
+    let mut env = Env::new("h2-tls");
+    let a = env.echo("default", "svc-a", "svc-a-0");
+    let b = env.echo("default", "svc-b", "svc-b-0");
+    let ca = Ca::new("Sluice test CA");
+    let ca_file = ca.write(&env.dir, "ca.pem");
+    let port = free_port();
+    env.write(
+        "gateway.yaml",
+        &format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: sluice}}\nspec: {{controllerName: sluice.dev/gateway-controller}}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  gatewayClassName: sluice\n  listeners:\n\
+             \x20 - {{name: a, protocol: HTTPS, port: {port}, hostname: a.example, tls: {{certificateRefs: [{{name: a}}]}}}}\n\
+             \x20 - {{name: b, protocol: HTTPS, port: {port}, hostname: b.example, tls: {{certificateRefs: [{{name: b}}]}}}}\n"
+        ),
+    );
+    env.write(
+        "secrets.yaml",
+        &format!(
+            "{}---\n{}",
+            secret("default", "a", &ca.leaf(&["a.example"])),
+            secret("default", "b", &ca.leaf(&["b.example"]))
+        ),
+    );
+    env.write(
+        "svc.yaml",
+        &format!("{}---\n{}", service("default", "svc-a", &[a]), service("default", "svc-b", &[b])),
+    );
+    env.write(
+        "routes.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: a}\nspec:\n  parentRefs: [{name: gw, sectionName: a}]\n  rules:\n  - backendRefs: [{name: svc-a, port: 80}]\n  - matches: [{path: {value: /moved}}]\n    filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: /new}, statusCode: 301}}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: b}\nspec:\n  parentRefs: [{name: gw, sectionName: b}]\n  rules:\n  - backendRefs: [{name: svc-b, port: 80}]\n",
+    );
+    env.start(port, &[]);
+    (env, port, ca_file)
+}
+
+fn https_get(authority: &str, path: &str) -> serde_json::Value {
+    serde_json::json!({"headers": [[":method", "GET"], [":scheme", "https"], [":authority", authority], [":path", path]]})
+}
+
+#[test]
+fn h2_over_tls_by_alpn_with_misdirected_requests_refused_per_stream() {
+    let (env, port, ca) = tls_site();
+    // curl negotiates h2 by ALPN.
+    let out = curl(
+        &[
+            "-i",
+            "--http2",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--resolve",
+            &format!("a.example:{port}:127.0.0.1"),
+        ],
+        &format!("https://a.example:{port}/x"),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.starts_with("HTTP/2 200"), "{text}\n{}", env.log("lb"));
+    let json: serde_json::Value =
+        serde_json::from_str(&text[text.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(json["pod"], "svc-a-0");
+    assert_eq!(json["headers"]["X-Forwarded-Proto"][0], "https", "{json}");
+    // One connection (SNI a.example), streams for both hostnames: the certificate covers only
+    // a.example, so b.example's stream is misdirected (421), as RFC 9113 §9.1.2 allows.
+    let results = h2_client(
+        port,
+        Some((&ca, "a.example")),
+        &serde_json::json!([
+            https_get("a.example", "/1"),
+            https_get("b.example", "/2"),
+            https_get("a.example", "/moved")
+        ]),
+    );
+    assert_eq!(results[0]["status"], 200, "{results:?}");
+    assert_eq!(results[1]["status"], 421, "{results:?}");
+    assert_eq!(results[2]["status"], 301, "{results:?}");
+    let location = format!("https://a.example:{port}/new");
+    assert_eq!(results[2]["headers"]["location"], location.as_str(), "{results:?}");
+    assert!(results[3]["goaway"].is_null(), "{results:?}");
+    // The other listener over its own connection.
+    let results = h2_client(
+        port,
+        Some((&ca, "b.example")),
+        &serde_json::json!([https_get("b.example", "/")]),
+    );
+    assert_eq!(results[0]["status"], 200, "{results:?}");
+    let body: serde_json::Value =
+        serde_json::from_str(results[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["pod"], "svc-b-0");
 }
