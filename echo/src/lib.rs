@@ -5,7 +5,8 @@
 //!
 //! Contract (a subset of echo-basic, see `../shared/gateway-api/README.md`): `/health` → `OK`;
 //! `/status/NNN` → that status with an empty body; `?delay=<Go duration>` delays the answer;
-//! request header `X-Echo-Set-Header: Name:Value,...` sets response headers; `/ws` is a
+//! request header `X-Echo-Set-Header: Name:Value,...` sets response headers; `X-Echo-Body`
+//! (Sluice's, not upstream's) adds `body`, `bodyLength` and chunked `trailers`; `/ws` is a
 //! WebSocket echo (RFC 6455: text and binary messages echoed, pings answered);
 //! `/retry/...?uuid=U&succeedAfter=N[&responseCode=C][&delayRetry=D]` fails the first N
 //! attempts for U (after waiting D: with status C, or by resetting the connection), then echoes.
@@ -127,6 +128,14 @@ struct Reply<'a> {
     http_port: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<&'a TlsFacts>,
+    /// Only when the request asked with `X-Echo-Body` (Sluice's extension, for tests of body
+    /// translation): the body as text (its first MiB), its length and any chunked trailers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<String>,
+    #[serde(rename = "bodyLength", skip_serializing_if = "Option::is_none")]
+    body_length: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trailers: Option<BTreeMap<String, Vec<String>>>,
 }
 
 fn connection(
@@ -292,6 +301,7 @@ fn exchanges<R: Read, W: Write>(
         let mut close = version == 0;
         let mut set_headers = Vec::new();
         let mut ws_key: Option<String> = None;
+        let mut echo_body = false;
         for h in req.headers.iter() {
             let value = String::from_utf8_lossy(h.value).into_owned();
             let lower = h.name.to_ascii_lowercase();
@@ -311,6 +321,7 @@ fn exchanges<R: Read, W: Write>(
                     }
                 }
                 "sec-websocket-key" => ws_key = Some(value.clone()),
+                "x-echo-body" => echo_body = true,
                 "x-echo-set-header" => set_headers.extend(
                     value
                         .split(',')
@@ -321,10 +332,11 @@ fn exchanges<R: Read, W: Write>(
             }
             canonical.entry(canonical_name(h.name)).or_default().push(value);
         }
+        let mut body = Body::default();
         if chunked {
-            discard_chunked(&mut reader)?;
+            read_chunked(&mut reader, &mut body)?;
         } else if let Some(n) = content_length {
-            io::copy(&mut (&mut reader).take(n), &mut io::sink())?;
+            body.read(&mut (&mut reader).take(n))?;
         }
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         if let Some(delay) = query_value(query, "delay").and_then(parse_go_duration) {
@@ -382,6 +394,9 @@ fn exchanges<R: Read, W: Write>(
                 pod: &id.pod,
                 http_port: port.to_string(),
                 tls,
+                body: echo_body.then(|| String::from_utf8_lossy(&body.kept).into_owned()),
+                body_length: echo_body.then_some(body.length),
+                trailers: (echo_body && !body.trailers.is_empty()).then_some(body.trailers),
             };
             let body = pretty(&reply);
             let peer = peer.map(|p| p.to_string()).unwrap_or_default();
@@ -455,7 +470,32 @@ fn read_head<R: Read>(reader: &mut BufReader<R>) -> io::Result<Option<Vec<u8>>> 
     }
 }
 
-fn discard_chunked<R: Read>(reader: &mut BufReader<R>) -> io::Result<()> {
+/// A request body as the echo keeps it: its length, its first MiB, its chunked trailers.
+#[derive(Debug, Default)]
+struct Body {
+    length: u64,
+    kept: Vec<u8>,
+    trailers: BTreeMap<String, Vec<String>>,
+}
+
+impl Body {
+    const KEPT: usize = 1 << 20;
+
+    fn read(&mut self, from: &mut impl Read) -> io::Result<()> {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let n = from.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.length += n as u64;
+            let room = Self::KEPT.saturating_sub(self.kept.len()).min(n);
+            self.kept.extend_from_slice(&buf[..room]);
+        }
+    }
+}
+
+fn read_chunked<R: Read>(reader: &mut BufReader<R>, body: &mut Body) -> io::Result<()> {
     let mut line = String::new();
     loop {
         line.clear();
@@ -470,9 +510,14 @@ fn discard_chunked<R: Read>(reader: &mut BufReader<R>) -> io::Result<()> {
                 if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
                     return Ok(());
                 }
+                if let Some((name, value)) = line.trim_end().split_once(':') {
+                    let values = body.trailers.entry(canonical_name(name.trim())).or_default();
+                    values.push(value.trim().to_owned());
+                }
             }
         }
-        io::copy(&mut (&mut *reader).take(size + 2), &mut io::sink())?;
+        body.read(&mut (&mut *reader).take(size))?;
+        io::copy(&mut (&mut *reader).take(2), &mut io::sink())?;
     }
 }
 
