@@ -237,8 +237,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
+            // The h2 codec warns once per misbehaving client connection (a rapid-reset flood):
+            // lb answers those itself and logs them at debug, so the codec speaks only of
+            // errors unless RUST_LOG asks for more.
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=error")),
         )
         .with_writer(std::io::stderr);
     match cli.log_format {

@@ -345,3 +345,85 @@ fn request_bodies_cross_with_their_length_or_chunked() {
         assert_eq!(results[i]["reset"], 1, "{i}: {results:?}");
     }
 }
+
+/// Opens `count` streams and resets each (the rapid-reset attack), then reads until the
+/// server ends the connection; prints the GOAWAY code (or null) and how many streams went out.
+/// Mode `pending`: each reset follows its HEADERS at once (lb has not accepted the stream
+/// yet); mode `accepted`: batches of 10 slow requests, reset once lb has started on them.
+const RAPID_RESET: &str = r#"
+import json, socket, sys, time
+import h2.config, h2.connection, h2.events, h2.errors
+port, count, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+s = socket.create_connection(("127.0.0.1", port), timeout=5)
+c = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+c.initiate_connection()
+s.sendall(c.data_to_send())
+goaway, sent = None, 0
+def poll():
+    global goaway
+    s.setblocking(False)
+    try:
+        while True:
+            data = s.recv(65536)
+            if not data:
+                raise ConnectionError("closed")
+            for e in c.receive_data(data):
+                if isinstance(e, h2.events.ConnectionTerminated):
+                    goaway = int(e.error_code)
+    except BlockingIOError:
+        pass
+    finally:
+        s.setblocking(True)
+    s.sendall(c.data_to_send())
+request = [(":method", "GET"), (":scheme", "http"), (":authority", "h2.example"), (":path", "/slow?delay=2s")]
+try:
+    batch = 50 if mode == "pending" else 10
+    while sent < count and goaway is None:
+        ids = []
+        for _ in range(batch):
+            sid = c.get_next_available_stream_id()
+            c.send_headers(sid, request, end_stream=True)
+            ids.append(sid)
+            if mode == "pending":
+                c.reset_stream(sid, error_code=h2.errors.ErrorCodes.CANCEL)
+        s.sendall(c.data_to_send())
+        if mode == "accepted":
+            time.sleep(0.05)
+            for sid in ids:
+                c.reset_stream(sid, error_code=h2.errors.ErrorCodes.CANCEL)
+            s.sendall(c.data_to_send())
+        sent += batch
+        poll()
+    deadline = time.time() + 5
+    while goaway is None and time.time() < deadline:
+        time.sleep(0.05)
+        poll()
+except (ConnectionError, OSError):
+    pass
+print(json.dumps({"goaway": goaway, "sent": sent}))
+"#;
+
+fn rapid_reset(port: u16, mode: &str) -> serde_json::Value {
+    let out = Command::new("timeout")
+        .args(["30", "python3", "-c", RAPID_RESET, &port.to_string(), "2000", mode])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn rapid_reset_gets_goaway_and_other_clients_stay_served() {
+    let (env, port) = plain_site();
+    // Reset before lb accepts: the codec's limit on pending-accept resets (20).
+    let pending = rapid_reset(port, "pending");
+    assert_eq!(pending["goaway"], 11, "ENHANCE_YOUR_CALM: {pending}\n{}", env.log("lb"));
+    assert!(pending["sent"].as_u64().unwrap() < 2000, "the flood was cut short: {pending}");
+    // Reset after lb started each exchange: lb's own count (more than 100, most streams).
+    let accepted = rapid_reset(port, "accepted");
+    assert_eq!(accepted["goaway"], 11, "ENHANCE_YOUR_CALM: {accepted}\n{}", env.log("lb"));
+    assert!(accepted["sent"].as_u64().unwrap() <= 300, "the flood was cut short: {accepted}");
+    // Another client, on a new connection, is served as usual.
+    let ok = h2_client(port, None, &serde_json::json!([get("h2.example", "/after")]));
+    assert_eq!(ok[0]["status"], 200, "{ok:?}");
+}

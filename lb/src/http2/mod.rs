@@ -61,7 +61,26 @@ pub(crate) struct Connection {
     pub client_cert: Option<Rc<crate::http1::request::ClientCert>>,
     /// Streams being served.
     pub active: Cell<usize>,
+    /// Streams accepted.
+    pub streams: Cell<u64>,
+    /// Streams the client reset before their response was complete.
+    pub early_resets: Cell<u64>,
 }
+
+impl Connection {
+    /// The rapid-reset pattern (CVE-2023-44487): a client that resets most of the streams it
+    /// opens, more than [`RESETS_ALLOWED`] of them. Each such stream cost an exchange (routing,
+    /// maybe an upstream request) for nothing; the connection gets GOAWAY ENHANCE_YOUR_CALM.
+    /// (Streams reset before lb even accepted them are the h2 codec's to count:
+    /// `max_pending_accept_reset_streams`.)
+    fn abusive(&self) -> bool {
+        let resets = self.early_resets.get();
+        resets > RESETS_ALLOWED && resets * 2 > self.streams.get()
+    }
+}
+
+/// Early resets a connection may make before [`Connection::abusive`] looks at its ratio.
+const RESETS_ALLOWED: u64 = 100;
 
 /// Serves an HTTP/2 client connection to its end. `input`: bytes already read (the preface
 /// that chose h2c, or application data that came with the TLS handshake).
@@ -79,6 +98,8 @@ pub(crate) async fn serve(
         server_name: transport.server_name().map(Rc::from),
         client_cert: transport.client_cert().cloned(),
         active: Cell::new(0),
+        streams: Cell::new(0),
+        early_resets: Cell::new(0),
     });
     let io = io::H2Io::new(Rc::new(transport), Rc::clone(&core.spare), input);
     let mut builder = h2::server::Builder::new();
@@ -108,6 +129,15 @@ pub(crate) async fn serve(
     };
     let mut closing = false;
     loop {
+        if !closing && conn.abusive() {
+            debug!(
+                streams = conn.streams.get(),
+                resets = conn.early_resets.get(),
+                "HTTP/2 client resets most of its streams; GOAWAY ENHANCE_YOUR_CALM"
+            );
+            h2.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+            closing = true;
+        }
         if !closing && core.draining.get() {
             // GOAWAY with the last stream id: streams in flight finish, new ones go elsewhere.
             h2.graceful_shutdown();
@@ -134,6 +164,7 @@ pub(crate) async fn serve(
             }
         };
         conn.active.set(conn.active.get() + 1);
+        conn.streams.set(conn.streams.get() + 1);
         let (core, conn) = (Rc::clone(&core), Rc::clone(&conn));
         compio::runtime::spawn(async move {
             core.busy.set(core.busy.get() + 1);

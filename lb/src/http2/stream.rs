@@ -57,12 +57,35 @@ pub(super) async fn serve(
     };
     let transport = Transport::H2(Box::new(stream));
     let deadline = Rc::new(Deadline::default());
-    let exchange =
-        crate::conn::exchange(core, &transport, &mut input, &deadline, &conn.client, conn.local);
-    Box::pin(exchange).await;
+    let reset = {
+        let exchange = crate::conn::exchange(
+            core,
+            &transport,
+            &mut input,
+            &deadline,
+            &conn.client,
+            conn.local,
+        );
+        // A client that resets the stream ends the exchange where it stands (upstream I/O
+        // included): nobody is waiting for its answer.
+        let watch = poll_fn(|cx| match &transport {
+            Transport::H2(s) => s.poll_reset(cx),
+            _ => std::task::Poll::Pending,
+        });
+        match futures_util::future::select(Box::pin(exchange), Box::pin(watch)).await {
+            futures_util::future::Either::Left(_) => false,
+            futures_util::future::Either::Right((reason, _)) => {
+                debug!(?reason, "HTTP/2 stream reset by the client");
+                true
+            }
+        }
+    };
     input.release(&core.spare);
-    if let Transport::H2(stream) = transport {
-        stream.finish();
+    if let Transport::H2(stream) = transport
+        && !stream.finish()
+        && reset
+    {
+        conn.early_resets.set(conn.early_resets.get() + 1);
     }
 }
 
@@ -369,16 +392,42 @@ impl H2Stream {
     }
 
     /// After the exchange: a response that did not end cleanly resets the stream (the client
-    /// must not take a cut-off body for a whole one).
-    pub(crate) fn finish(&self) {
+    /// must not take a cut-off body for a whole one). `true` when the response was complete.
+    pub(crate) fn finish(&self) -> bool {
         if matches!(*self.response.borrow(), ResponseState::Done) {
-            return;
+            return true;
         }
         if let Some(send) = self.send.borrow_mut().as_mut() {
             send.send_reset(Reason::INTERNAL_ERROR);
         } else if let Some(respond) = self.respond.borrow_mut().as_mut() {
             respond.send_reset(Reason::INTERNAL_ERROR);
         }
+        false
+    }
+
+    /// Ready when the client reset the stream (or the connection failed).
+    fn poll_reset(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Reason> {
+        use std::task::Poll;
+        // A borrow held by a write in progress: the next wake-up polls again.
+        if let Ok(mut respond) = self.respond.try_borrow_mut()
+            && let Some(r) = respond.as_mut()
+        {
+            return match r.poll_reset(cx) {
+                Poll::Ready(Ok(reason)) => Poll::Ready(reason),
+                Poll::Ready(Err(_)) => Poll::Ready(Reason::CANCEL),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        if let Ok(mut send) = self.send.try_borrow_mut()
+            && let Some(s) = send.as_mut()
+        {
+            return match s.poll_reset(cx) {
+                Poll::Ready(Ok(reason)) => Poll::Ready(reason),
+                Poll::Ready(Err(_)) => Poll::Ready(Reason::CANCEL),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        Poll::Pending
     }
 
     /// The server name of the connection, on TLS.
