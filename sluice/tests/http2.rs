@@ -427,3 +427,62 @@ fn rapid_reset_gets_goaway_and_other_clients_stay_served() {
     let ok = h2_client(port, None, &serde_json::json!([get("h2.example", "/after")]));
     assert_eq!(ok[0]["status"], 200, "{ok:?}");
 }
+
+/// Raw frames: the preface, SETTINGS, then HEADERS without END_HEADERS followed by
+/// CONTINUATION frames of junk until the server closes (or `count` are sent); prints how many
+/// went out, how many bytes, and the GOAWAY code if one came.
+const CONTINUATION_FLOOD: &str = r#"
+import json, socket, struct, sys
+port, count = int(sys.argv[1]), int(sys.argv[2])
+def frame(kind, flags, stream, payload):
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+s = socket.create_connection(("127.0.0.1", port), timeout=5)
+s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b""))
+# :method GET, :scheme http, :path / (static table), then a literal header that never ends.
+block = bytes([0x82, 0x86, 0x84]) + bytes([0x40, 0x01, ord("x"), 0x7f, 0xff, 0xff, 0x03])
+s.sendall(frame(1, 0, 1, block))
+sent, total, goaway, junk = 0, 0, None, b"a" * 1024
+try:
+    for i in range(count):
+        s.sendall(frame(9, 0, 1, junk))
+        sent += 1
+        total += len(junk)
+except (ConnectionError, OSError):
+    pass
+try:
+    s.settimeout(2)
+    data = s.recv(65536)
+    while data:
+        i = 0
+        while i + 9 <= len(data):
+            length = int.from_bytes(data[i:i + 3], "big")
+            if data[i + 3] == 7 and i + 17 <= len(data):
+                goaway = int.from_bytes(data[i + 13:i + 17], "big")
+            i += 9 + length
+        data = s.recv(65536)
+except (ConnectionError, OSError):
+    pass
+print(json.dumps({"sent": sent, "bytes": total, "goaway": goaway}))
+"#;
+
+#[test]
+fn continuation_floods_and_oversized_header_lists_are_cut_off() {
+    let (env, port) = plain_site();
+    let out = Command::new("timeout")
+        .args(["30", "python3", "-c", CONTINUATION_FLOOD, &port.to_string(), "100000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let flood: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The header list limit (16 KiB) ends it with GOAWAY ENHANCE_YOUR_CALM long before
+    // 100 MB went out (what was sent is what socket buffers held meanwhile).
+    assert!(flood["bytes"].as_u64().unwrap() < 4 << 20, "{flood}\n{}", env.log("lb"));
+    assert_eq!(flood["goaway"], 11, "{flood}");
+    // One header larger than the list limit: refused, never forwarded, the connection lives.
+    let mut big = get("h2.example", "/big");
+    big["headers"].as_array_mut().unwrap().push(serde_json::json!(["x-big", "b".repeat(20_000)]));
+    let results = h2_client(port, None, &serde_json::json!([big, get("h2.example", "/after-big")]));
+    assert_eq!(results[0]["status"], 431, "{results:?}");
+    assert_eq!(results[1]["status"], 200, "{results:?}");
+    assert_eq!(env.log("echo-svc-a-0").matches("/big").count(), 0);
+}
