@@ -64,11 +64,13 @@ fn h2c_with_prior_knowledge_is_served_through_the_exchange() {
 /// Request fields: `headers` (list of [name, value], pseudo-headers included, sent as given
 /// with validation off so hostile ones go out), `body` (text), `end` (default true),
 /// `reset` (send RST_STREAM right after HEADERS), `data_frames` (send the body in this many
-/// DATA frames), `trailers` (a trailing HEADERS frame after the body).
+/// DATA frames), `trailers` (a trailing HEADERS frame after the body); `end: false` with a
+/// body leaves the stream open. Options: `window` (our initial stream window, e.g. 0).
 const H2_CLIENT: &str = r#"
 import json, socket, ssl, sys
-import h2.config, h2.connection, h2.events
+import h2.config, h2.connection, h2.events, h2.settings
 port, ca, sni, requests = int(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+options = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
 raw = socket.create_connection(("127.0.0.1", port), timeout=10)
 if ca:
     ctx = ssl.create_default_context(cafile=ca)
@@ -82,6 +84,8 @@ config = h2.config.H2Configuration(client_side=True, validate_outbound_headers=F
                                    normalize_outbound_headers=False, validate_inbound_headers=False)
 c = h2.connection.H2Connection(config=config)
 c.initiate_connection()
+if "window" in options:
+    c.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: options["window"]})
 s.sendall(c.data_to_send())
 results, streams, goaway, error = {}, [], None, None
 try:
@@ -97,7 +101,7 @@ try:
             step = max(1, -(-len(body) // frames))
             trailers = r.get("trailers")
             for i in range(0, len(body), step):
-                last = i + step >= len(body)
+                last = i + step >= len(body) and r.get("end", True)
                 c.send_data(sid, body[i:i + step], end_stream=last and not trailers)
             if trailers:
                 c.send_headers(sid, [(k.encode(), v.encode()) for k, v in trailers], end_stream=True)
@@ -141,12 +145,22 @@ fn h2_client(
     tls: Option<(&std::path::Path, &str)>,
     requests: &serde_json::Value,
 ) -> Vec<serde_json::Value> {
+    h2_client_with(port, tls, requests, &serde_json::json!({}))
+}
+
+fn h2_client_with(
+    port: u16,
+    tls: Option<(&std::path::Path, &str)>,
+    requests: &serde_json::Value,
+    options: &serde_json::Value,
+) -> Vec<serde_json::Value> {
     let (ca, sni) = tls.map_or((String::new(), String::new()), |(ca, sni)| {
         (ca.to_str().unwrap().to_owned(), sni.to_owned())
     });
     let out = Command::new("timeout")
         .args(["20", "python3", "-c", H2_CLIENT, &port.to_string(), &ca, &sni])
         .arg(requests.to_string())
+        .arg(options.to_string())
         .output()
         .unwrap();
     assert!(out.status.success(), "h2 client failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -485,4 +499,36 @@ fn continuation_floods_and_oversized_header_lists_are_cut_off() {
     assert_eq!(results[0]["status"], 431, "{results:?}");
     assert_eq!(results[1]["status"], 200, "{results:?}");
     assert_eq!(env.log("echo-svc-a-0").matches("/big").count(), 0);
+}
+
+#[test]
+fn stalled_streams_end_at_the_body_timeout_and_the_connection_goes_on() {
+    let mut env = Env::new("h2-stall");
+    let a = env.echo("default", "svc-a", "svc-a-0");
+    let port = free_port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write("svc.yaml", &service("default", "svc-a", &[a]));
+    env.write("route.yaml", &route("a", None, "svc-a"));
+    env.start(port, &["--body-timeout", "1s"]);
+    // A body that never ends: 408 once the body timeout passes between DATA frames.
+    let mut open = post("/never-ends", "ten bytes.", &[("content-length", "100")], 1);
+    open["end"] = serde_json::json!(false);
+    let started = std::time::Instant::now();
+    let results = h2_client(port, None, &serde_json::json!([open]));
+    let waited = started.elapsed();
+    assert_eq!(results[0]["status"], 408, "{results:?}\n{}", env.log("lb"));
+    assert!(waited < std::time::Duration::from_secs(5), "{waited:?}");
+    // A client that never opens its window: the response head goes out, its body cannot;
+    // the stream is reset once a write has waited the body timeout.
+    let mut big = get("h2.example", "/");
+    big["headers"].as_array_mut().unwrap().push(serde_json::json!(["x-pad", "p".repeat(8000)]));
+    let stalled =
+        h2_client_with(port, None, &serde_json::json!([big]), &serde_json::json!({"window": 0}));
+    assert_eq!(stalled[0]["status"], 200, "{stalled:?}");
+    assert_eq!(
+        stalled[0]["reset"],
+        2,
+        "INTERNAL_ERROR after the stall: {stalled:?}\n{}",
+        env.log("lb")
+    );
 }

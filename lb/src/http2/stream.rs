@@ -272,10 +272,13 @@ impl H2Stream {
     /// Takes HTTP/1 response bytes lb wrote and sends them on: the head as HEADERS (1xx as
     /// informational HEADERS), the body as DATA within the client's flow-control window.
     pub(crate) async fn send(&self, bytes: &[u8]) -> io::Result<()> {
-        match self.take(bytes)? {
-            Some((data, end)) => self.send_data(data, end).await,
-            None => Ok(()),
+        let Some((data, end)) = self.take(bytes)? else { return Ok(()) };
+        self.send_data(data, end).await?;
+        if end {
+            // Done only once the last DATA is out: a stall before it still resets the stream.
+            *self.response.borrow_mut() = ResponseState::Done;
         }
+        Ok(())
     }
 
     /// The synchronous part of [`H2Stream::send`]: heads are parsed and sent here; body bytes
@@ -355,11 +358,7 @@ impl H2Stream {
         decoder
             .decode(body_bytes, &mut data)
             .map_err(|e| io::Error::other(format!("response body: {e:?}")))?;
-        let end = decoder.is_done();
-        if end {
-            *state = ResponseState::Done;
-        }
-        Ok(Some((Bytes::from(data), end)))
+        Ok(Some((Bytes::from(data), decoder.is_done())))
     }
 
     /// Sends body bytes as DATA, waiting for window as the client grants it (a client that
