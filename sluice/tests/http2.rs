@@ -109,7 +109,7 @@ try:
         results[sid] = {"status": None, "headers": {}, "body": b""}
         s.sendall(c.data_to_send())
     pending = {sid for sid, r in zip(streams, requests) if not r.get("reset")}
-    while pending and goaway is None:
+    while pending and (goaway is None or goaway == 0):
         data = s.recv(65536)
         if not data:
             break
@@ -531,4 +531,63 @@ fn stalled_streams_end_at_the_body_timeout_and_the_connection_goes_on() {
         "INTERNAL_ERROR after the stall: {stalled:?}\n{}",
         env.log("lb")
     );
+}
+
+/// Raw frames (python-h2 treats a connection as closed at the first GOAWAY, so it cannot see
+/// a graceful shutdown through): one slow GET on stream 1, then every frame the server sends
+/// until it closes, printed as `{"frames": [[type, stream, flags, payload length]...],
+/// "goaway": [last stream id, error code]}`.
+const GRACEFUL_WATCH: &str = r#"
+import json, socket, struct, sys
+import hpack
+port, path = int(sys.argv[1]), sys.argv[2]
+def frame(kind, flags, stream, payload):
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+block = hpack.Encoder().encode([(":method", "GET"), (":scheme", "http"), (":authority", "h2.example"), (":path", path)])
+s = socket.create_connection(("127.0.0.1", port), timeout=10)
+s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b"") + frame(1, 5, 1, block))
+buf, frames, goaway = b"", [], None
+while True:
+    data = s.recv(65536)
+    if not data:
+        break
+    buf += data
+    while len(buf) >= 9:
+        length = int.from_bytes(buf[:3], "big")
+        if len(buf) < 9 + length:
+            break
+        kind, flags, stream = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7fffffff
+        payload = buf[9:9 + length]
+        buf = buf[9 + length:]
+        frames.append([kind, stream, flags, length])
+        if kind == 4 and not flags & 1:
+            s.sendall(frame(4, 1, 0, b""))
+        if kind == 6 and not flags & 1:
+            s.sendall(frame(6, 1, 0, payload))
+        if kind == 7:
+            goaway = [int.from_bytes(payload[:4], "big") & 0x7fffffff, int.from_bytes(payload[4:8], "big")]
+print(json.dumps({"frames": frames, "goaway": goaway}))
+"#;
+
+#[test]
+fn draining_sends_goaway_and_lets_streams_in_flight_finish() {
+    let (mut env, port) = plain_site();
+    let client = Command::new("timeout")
+        .args(["20", "python3", "-c", GRACEFUL_WATCH, &port.to_string(), "/slow?delay=1500ms"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    env.terminate("lb");
+    let out = client.wait_with_output().unwrap();
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let frames = seen["frames"].as_array().unwrap();
+    // GOAWAY NO_ERROR naming stream 1 as the last, then stream 1's response to its end.
+    assert_eq!(seen["goaway"], serde_json::json!([1, 0]), "{seen}\n{}", env.log("lb"));
+    let goaway_at = frames.iter().position(|f| f[0] == 7).unwrap();
+    let headers_at = frames.iter().position(|f| f[0] == 1 && f[1] == 1).unwrap();
+    assert!(goaway_at < headers_at, "GOAWAY came first, the response after it: {seen}");
+    let end = frames.iter().any(|f| f[1] == 1 && f[0] == 0 && f[2].as_u64().unwrap() & 1 == 1);
+    assert!(end, "stream 1 ended with END_STREAM on DATA: {seen}");
+    assert_eq!(env.wait_exit("lb", std::time::Duration::from_secs(10)), Some(0));
 }

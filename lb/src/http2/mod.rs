@@ -79,6 +79,9 @@ impl Connection {
     }
 }
 
+/// How often a connection's task looks at draining and idleness while the codec waits.
+const TICK: Duration = Duration::from_secs(1);
+
 /// Early resets a connection may make before [`Connection::abusive`] looks at its ratio.
 const RESETS_ALLOWED: u64 = 100;
 
@@ -128,6 +131,7 @@ pub(crate) async fn serve(
         }
     };
     let mut closing = false;
+    let mut idle_since = Some(core.wheel.now());
     loop {
         if !closing && conn.abusive() {
             debug!(
@@ -143,18 +147,25 @@ pub(crate) async fn serve(
             h2.graceful_shutdown();
             closing = true;
         }
-        // Idle (no stream in flight): the keep-alive timeout applies, then GOAWAY.
-        let idle = conn.active.get() == 0;
-        let wait = if idle { timeouts.keep_alive } else { Duration::from_secs(3600) };
-        let next = match core.wheel.timeout(&deadline, wait, h2.accept()).await {
+        // The codec is driven by `accept`; waking each second notices draining, and an idle
+        // connection (no stream in flight) past the keep-alive timeout gets GOAWAY.
+        let next = match core.wheel.timeout(&deadline, TICK, h2.accept()).await {
             Ok(next) => next,
-            Err(_) if idle && !closing => {
-                h2.graceful_shutdown();
-                closing = true;
+            Err(_) => {
+                if conn.active.get() > 0 {
+                    idle_since = None;
+                } else if let Some(since) = idle_since {
+                    if !closing && core.wheel.elapsed_since(since) >= timeouts.keep_alive {
+                        h2.graceful_shutdown();
+                        closing = true;
+                    }
+                } else {
+                    idle_since = Some(core.wheel.now());
+                }
                 continue;
             }
-            Err(_) => continue,
         };
+        idle_since = None;
         let Some(next) = next else { break };
         let (request, respond) = match next {
             Ok(r) => r,
