@@ -160,6 +160,21 @@ struct LbArgs {
     /// once); 0 exits at once.
     #[arg(long, default_value_t = Span(lb::defaults::DRAIN), value_parser = duration)]
     drain_timeout: Span,
+    /// Do not offer HTTP/2 to clients (no ALPN `h2`; the h2c preface gets a 505).
+    #[arg(long)]
+    no_http2: bool,
+    /// HTTP/2: streams a client may have open on one connection.
+    #[arg(long, default_value_t = lb::H2Limits::default().max_streams)]
+    h2_max_concurrent_streams: u32,
+    /// HTTP/2: receive window per stream, bytes (how much one stream may send unread).
+    #[arg(long, default_value_t = lb::H2Limits::default().stream_window)]
+    h2_stream_window: u32,
+    /// HTTP/2: receive window per connection, bytes.
+    #[arg(long, default_value_t = lb::H2Limits::default().connection_window)]
+    h2_connection_window: u32,
+    /// HTTP/2: largest header list a client may send (HPACK-decoded), bytes; beyond: 431.
+    #[arg(long, default_value_t = lb::H2Limits::default().max_header_list)]
+    h2_max_header_list: u32,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -353,6 +368,16 @@ fn run_lb(a: LbArgs) -> Result<(), String> {
     settings.limits.max_body = a.max_body;
     settings.buffers.ring_buffers = a.ring_buffers;
     settings.buffers.ring_buffer_len = a.ring_buffer_len;
+    settings.h2 = lb::H2Limits {
+        enabled: !a.no_http2,
+        max_streams: a.h2_max_concurrent_streams.max(1),
+        // RFC 9113 §6.5.2: windows up to 2^31-1; below the 64 KiB default a client's first
+        // flight stalls.
+        stream_window: a.h2_stream_window.clamp(65_535, (1 << 31) - 1),
+        connection_window: a.h2_connection_window.clamp(65_535, (1 << 31) - 1),
+        max_header_list: a.h2_max_header_list.max(1024),
+        ..lb::H2Limits::default()
+    };
     let table = a.table.clone();
     ops::notify_systemd_when(move || ops::ready(&table, false).is_ok());
     let drain = a.drain_timeout.0;

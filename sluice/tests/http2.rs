@@ -591,3 +591,20 @@ fn draining_sends_goaway_and_lets_streams_in_flight_finish() {
     assert!(end, "stream 1 ended with END_STREAM on DATA: {seen}");
     assert_eq!(env.wait_exit("lb", std::time::Duration::from_secs(10)), Some(0));
 }
+
+#[test]
+fn no_http2_turns_it_off() {
+    let mut env = Env::new("h2-off");
+    let a = env.echo("default", "svc-a", "svc-a-0");
+    let port = free_port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write("svc.yaml", &service("default", "svc-a", &[a]));
+    env.write("route.yaml", &route("a", None, "svc-a"));
+    env.start(port, &["--no-http2"]);
+    // The preface is then just a request line with an unsupported version: 505.
+    let out = curl(&["--http2-prior-knowledge", "-i"], &format!("http://127.0.0.1:{port}/"));
+    assert!(!String::from_utf8_lossy(&out.stdout).starts_with("HTTP/2"), "{out:?}");
+    let mut c = Client::connect(port).unwrap();
+    let r = c.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    assert_eq!(r.status, 505);
+}
