@@ -56,6 +56,15 @@ fn h2c_with_prior_knowledge_is_served_through_the_exchange() {
     // HTTP/1.1 on the same port still works.
     let out = curl(&["-i"], &url);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("HTTP/1.1 200"));
+    // `Upgrade: h2c` (deprecated by RFC 9113) is not honoured: served as HTTP/1.1, the
+    // Upgrade and HTTP2-Settings fields not passed on.
+    let out = curl(&["-i", "--http2"], &url);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&text[text.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert!(json["headers"].get("Upgrade").is_none(), "{json}");
+    assert!(json["headers"].get("Http2-Settings").is_none(), "{json}");
 }
 
 /// A client of Python's `h2` package: connects (TLS with ALPN h2 when a CA file is given),
