@@ -30,7 +30,9 @@ pub(super) async fn serve(
     mut respond: SendResponse<Bytes>,
 ) {
     let mut head = core.spare.take();
-    let chunked = match http1_head(&request, &mut head) {
+    let (parts, body) = request.into_parts();
+    let request_done = body.is_end_stream();
+    let chunked = match http1_head(&parts, request_done, &mut head) {
         Ok(chunked) => chunked,
         Err(why) => {
             // Malformed (RFC 9113 §8.1.1): a stream error, never forwarded.
@@ -40,9 +42,7 @@ pub(super) async fn serve(
             return;
         }
     };
-    let head_method = request.method() == http::Method::HEAD;
-    let body = request.into_body();
-    let request_done = body.is_end_stream();
+    let head_method = parts.method == http::Method::HEAD;
     let mut input = InBuf::Heap { buf: head, start: 0 };
     let stream = H2Stream {
         recv: RefCell::new(body),
@@ -90,18 +90,23 @@ pub(super) async fn serve(
 }
 
 /// Writes the HTTP/1.1 head for an HTTP/2 request into `out`; `Ok(true)` when the body is
-/// sent chunked (no content-length given and DATA may follow). `Err`: the request is malformed.
-fn http1_head(request: &Request<RecvStream>, out: &mut Vec<u8>) -> Result<bool, String> {
-    let method = request.method();
+/// sent chunked (no content-length given and DATA may follow: `ended` is false). `Err`: the
+/// request is malformed.
+fn http1_head(
+    request: &http::request::Parts,
+    ended: bool,
+    out: &mut Vec<u8>,
+) -> Result<bool, String> {
+    let method = &request.method;
     if method == http::Method::CONNECT {
         return Err("CONNECT is not supported".into());
     }
-    let uri = request.uri();
+    let uri = &request.uri;
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
     if target.is_empty() {
         return Err("empty :path".into());
     }
-    let headers = request.headers();
+    let headers = &request.headers;
     // :authority, or Host when the client sent none (RFC 9113 §8.3.1); both: they must agree.
     let host = headers.get(http::header::HOST);
     let authority = match (uri.authority(), host) {
@@ -143,7 +148,7 @@ fn http1_head(request: &Request<RecvStream>, out: &mut Vec<u8>) -> Result<bool, 
         out.extend_from_slice(b"\r\n");
     }
     let length = headers.contains_key(http::header::CONTENT_LENGTH);
-    let chunked = !length && !request.body().is_end_stream();
+    let chunked = !length && !ended;
     if chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
@@ -437,5 +442,107 @@ impl H2Stream {
     /// The connection's verified client certificate.
     pub(crate) fn client_cert(&self) -> Option<&Rc<ClientCert>> {
         self.client_cert.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::http1::parse::{Framing, Limits, parse};
+
+    fn head(build: http::request::Builder, ended: bool) -> Result<(Vec<u8>, bool), String> {
+        let (parts, ()) = build.body(()).unwrap().into_parts();
+        let mut out = Vec::new();
+        http1_head(&parts, ended, &mut out).map(|chunked| (out, chunked))
+    }
+
+    #[test]
+    fn pseudo_headers_cookies_and_framing_become_an_http1_head() {
+        let req = Request::builder()
+            .method("POST")
+            .uri("https://h2.example/a/b?c=d")
+            .header("cookie", "a=1")
+            .header("x-one", "1")
+            .header("cookie", "b=2");
+        let (out, chunked) = head(req, false).unwrap();
+        assert!(chunked);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /a/b?c=d HTTP/1.1\r\nHost: h2.example\r\nx-one: 1\r\nCookie: a=1; b=2\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        // A declared length is kept (the codec holds DATA to it); no body at all: no framing.
+        let req = Request::builder().method("PUT").uri("http://h/").header("content-length", "3");
+        let (out, chunked) = head(req, false).unwrap();
+        assert!(!chunked && String::from_utf8_lossy(&out).contains("content-length: 3\r\n"));
+        let (out, _) = head(Request::builder().uri("http://h/"), true).unwrap();
+        assert_eq!(out, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+        // Malformed: no authority at all; host against :authority; CONNECT.
+        assert!(head(Request::builder().uri("/x"), true).is_err());
+        assert!(head(Request::builder().uri("http://a/").header("host", "b"), true).is_err());
+        assert!(head(Request::builder().uri("/x").header("host", "b"), true).is_ok());
+        assert!(head(Request::builder().method("CONNECT").uri("http://a:443"), true).is_err());
+    }
+
+    proptest! {
+        /// Whatever fields an HTTP/2 request carries, the head lb makes of it either is
+        /// refused or parses back — by lb's own strict HTTP/1 parser — into exactly that
+        /// request: same method, target and Host, every field with its value, no field more
+        /// (request smuggling across the translation would need one).
+        #[test]
+        fn the_translation_parses_back_to_the_same_request(
+            fields in proptest::collection::vec(
+                ("[a-z][a-z0-9-]{0,12}", proptest::collection::vec(any::<u8>(), 0..24)),
+                0..8,
+            ),
+            path in "/[a-zA-Z0-9/._~%-]{0,20}",
+            ended in any::<bool>(),
+        ) {
+            let mut req = Request::builder().method("POST").uri(format!("http://h2.example{path}"));
+            let mut sent = Vec::new();
+            for (name, value) in &fields {
+                if let Ok(v) = http::HeaderValue::from_bytes(value) {
+                    req = req.header(name.as_str(), v.clone());
+                    sent.push((name.clone(), v));
+                }
+            }
+            let Ok((out, chunked)) = head(req, ended) else { return Ok(()) };
+            let mut parsed = [httparse::EMPTY_HEADER; 64];
+            let limits = Limits { underscores: crate::http1::parse::Underscores::Allow, ..Limits::default() };
+            let h = match parse(&out, &mut parsed, &limits) {
+                Ok(Some(h)) => h,
+                // lb's parser may refuse what it refuses from any client (e.g. a bad
+                // content-length): a 400, never a different request.
+                Ok(None) => panic!("incomplete head: {:?}", String::from_utf8_lossy(&out)),
+                Err(_) => return Ok(()),
+            };
+            prop_assert_eq!(h.len, out.len());
+            prop_assert_eq!(&out[h.method.clone()], b"POST");
+            prop_assert_eq!(&out[h.origin_form.clone()], path.as_bytes());
+            let got: Vec<(String, Vec<u8>)> = parsed[..h.header_count]
+                .iter()
+                .map(|f| (f.name.to_ascii_lowercase(), f.value.to_vec()))
+                .collect();
+            let mut want: Vec<(String, Vec<u8>)> = vec![("host".into(), b"h2.example".to_vec())];
+            let mut cookies = Vec::new();
+            for (name, value) in &sent {
+                match name.as_str() {
+                    "host" => {}
+                    "cookie" => cookies.push(value.as_bytes().to_vec()),
+                    _ => want.push((name.clone(), value.as_bytes().to_vec())),
+                }
+            }
+            if !cookies.is_empty() {
+                want.push(("cookie".into(), cookies.join(&b"; "[..])));
+            }
+            if chunked {
+                want.push(("transfer-encoding".into(), b"chunked".to_vec()));
+                prop_assert!(matches!(h.framing, Framing::Chunked));
+            }
+            prop_assert_eq!(got, want);
+        }
     }
 }
