@@ -6,7 +6,8 @@
 //! Contract (a subset of echo-basic, see `../shared/gateway-api/README.md`): `/health` → `OK`;
 //! `/status/NNN` → that status with an empty body; `?delay=<Go duration>` delays the answer;
 //! request header `X-Echo-Set-Header: Name:Value,...` sets response headers; `X-Echo-Body`
-//! (Sluice's, not upstream's) adds `body`, `bodyLength` and chunked `trailers`; `/ws` is a
+//! (Sluice's, not upstream's) adds `body`, `bodyLength` and chunked `trailers`;
+//! `X-Echo-Trailer: Name: value` (Sluice's) answers chunked with that trailer; `/ws` is a
 //! WebSocket echo (RFC 6455: text and binary messages echoed, pings answered);
 //! `/retry/...?uuid=U&succeedAfter=N[&responseCode=C][&delayRetry=D]` fails the first N
 //! attempts for U (after waiting D: with status C, or by resetting the connection), then echoes.
@@ -302,6 +303,7 @@ fn exchanges<R: Read, W: Write>(
         let mut set_headers = Vec::new();
         let mut ws_key: Option<String> = None;
         let mut echo_body = false;
+        let mut trailer: Option<(String, String)> = None;
         for h in req.headers.iter() {
             let value = String::from_utf8_lossy(h.value).into_owned();
             let lower = h.name.to_ascii_lowercase();
@@ -322,6 +324,11 @@ fn exchanges<R: Read, W: Write>(
                 }
                 "sec-websocket-key" => ws_key = Some(value.clone()),
                 "x-echo-body" => echo_body = true,
+                "x-echo-trailer" => {
+                    trailer = value
+                        .split_once(':')
+                        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()));
+                }
                 "x-echo-set-header" => set_headers.extend(
                     value
                         .split(',')
@@ -401,13 +408,26 @@ fn exchanges<R: Read, W: Write>(
             let body = pretty(&reply);
             let peer = peer.map(|p| p.to_string()).unwrap_or_default();
             info!("Echoing back request made to {target} to client ({peer})");
-            write!(
-                writer,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\nContent-Length: {}\r\n{extra}{connection_header}\r\n",
-                body.len()
-            )?;
-            if method != "HEAD" {
-                writer.write_all(&body)?;
+            if let Some((name, value)) = &trailer {
+                // Chunked, with the trailer asked for (Sluice's extension, for trailer tests).
+                write!(
+                    writer,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTrailer: {name}\r\nTransfer-Encoding: chunked\r\n{extra}{connection_header}\r\n"
+                )?;
+                if method != "HEAD" {
+                    write!(writer, "{:x}\r\n", body.len())?;
+                    writer.write_all(&body)?;
+                    write!(writer, "\r\n0\r\n{name}: {value}\r\n\r\n")?;
+                }
+            } else {
+                write!(
+                    writer,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\nContent-Length: {}\r\n{extra}{connection_header}\r\n",
+                    body.len()
+                )?;
+                if method != "HEAD" {
+                    writer.write_all(&body)?;
+                }
             }
         }
         stream.write_all(&writer)?;

@@ -130,6 +130,8 @@ try:
             elif isinstance(e, h2.events.DataReceived):
                 results[e.stream_id]["body"] += e.data
                 c.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+            elif isinstance(e, h2.events.TrailersReceived):
+                results[e.stream_id]["trailers"] = {k.decode(): v.decode() for k, v in e.headers}
             elif isinstance(e, h2.events.StreamEnded):
                 pending.discard(e.stream_id)
             elif isinstance(e, h2.events.StreamReset):
@@ -336,10 +338,11 @@ fn post(path: &str, body: &str, extra: &[(&str, &str)], frames: usize) -> serde_
 }
 
 #[test]
-fn request_bodies_cross_with_their_length_or_chunked() {
+fn request_bodies_cross_with_their_length_or_chunked_with_trailers() {
     let (env, port) = plain_site();
     let mut with_trailers = post("/t", "grpc-ish", &[("te", "trailers")], 2);
-    with_trailers["trailers"] = serde_json::json!([["x-checksum", "abc"]]);
+    with_trailers["trailers"] =
+        serde_json::json!([["x-checksum", "abc"], ["authorization", "Bearer no"]]);
     let requests = serde_json::json!([
         post("/cl", "hello world", &[("content-length", "11")], 3),
         post("/chunked", "streamed without a length", &[], 4),
@@ -358,11 +361,11 @@ fn request_bodies_cross_with_their_length_or_chunked() {
     let chunked = echoed(1);
     assert_eq!(chunked["body"], "streamed without a length");
     assert_eq!(chunked["headers"]["Transfer-Encoding"][0], "chunked", "{chunked}");
-    // Request trailers end the chunked body lb forwards; lb's body decoder drops trailer
-    // fields today (HTTP/1 too), so the backend sees the body only. Forwarding them (and
-    // response trailers, which gRPC needs) is the next step of issue 13.
+    // Request trailers end the chunked body lb forwards, less those no trailer may carry.
     let trailed = echoed(2);
     assert_eq!(trailed["body"], "grpc-ish");
+    assert_eq!(trailed["trailers"]["X-Checksum"][0], "abc", "{trailed}");
+    assert!(trailed["trailers"].get("Authorization").is_none(), "{trailed}");
     // content-length that DATA contradicts (RFC 9113 §8.1.1): malformed, a stream error.
     for i in [3, 4] {
         assert_eq!(results[i]["reset"], 1, "{i}: {results:?}");
@@ -616,4 +619,27 @@ fn no_http2_turns_it_off() {
     let mut c = Client::connect(port).unwrap();
     let r = c.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
     assert_eq!(r.status, 505);
+}
+
+#[test]
+fn response_trailers_reach_h2_and_http1_clients() {
+    let (env, port) = plain_site();
+    let mut req = get("h2.example", "/trailed");
+    req["headers"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!(["x-echo-trailer", "grpc-status: 0"]));
+    let results = h2_client(port, None, &serde_json::json!([req]));
+    assert_eq!(results[0]["status"], 200, "{results:?}\n{}", env.log("lb"));
+    assert_eq!(results[0]["trailers"]["grpc-status"], "0", "{results:?}");
+    let json: serde_json::Value =
+        serde_json::from_str(results[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(json["path"], "/trailed");
+    // HTTP/1.1: the chunked response keeps the trailer section.
+    let out = curl(
+        &["--raw", "-H", "X-Echo-Trailer: grpc-status: 0", "-H", "TE: trailers"],
+        &format!("http://127.0.0.1:{port}/trailed"),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("0\r\ngrpc-status: 0\r\n\r\n"), "{text:?}");
 }

@@ -357,6 +357,14 @@ fn replay(file: &std::path::Path, over_tls: bool) {
                 problems.push(format!("upstream bytes contain {needle:?}"));
             }
         }
+        // Sluice's own cases may also say what must arrive (passed-on trailers).
+        for needle in case["forwarded_must_contain"].as_array().into_iter().flatten() {
+            let needle = needle.as_str().unwrap_or("");
+            let lowered: String = needle.chars().map(|c| c.to_ascii_lowercase()).collect();
+            if !raw_upstream.contains(&lowered) {
+                problems.push(format!("upstream bytes lack {needle:?}"));
+            }
+        }
         if let Some(status) = expect.strip_prefix("reject_") {
             let status: u16 = status.parse().unwrap();
             if result.finals.last() != Some(&status) {

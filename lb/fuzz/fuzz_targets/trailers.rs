@@ -1,10 +1,13 @@
 //! The trailer section (after the last chunk): lb's verdict must equal a reference reading of
 //! RFC 9112 §7.1.2 / §5 written independently here: field lines of a token name, `:`, a value
 //! of HTAB, SP, VCHAR or obs-text, each ended by CRLF, then an empty line; at most 16 KiB.
+//! For a valid section, the fields lb passes on must be exactly the reference's fields (value
+//! trimmed of SP/HTAB) that `forwardable_trailer` allows, and the re-chunked output must be
+//! the last chunk, those fields and the empty line — nothing else of the sender's bytes.
 
 #![no_main]
 
-use lb::http1::body::{BodyDecoder, Encode};
+use lb::http1::body::{BodyDecoder, Encode, forwardable_trailer};
 use libfuzzer_sys::fuzz_target;
 
 fn tchar(b: u8) -> bool {
@@ -70,5 +73,47 @@ fuzz_target!(|data: &[u8]| {
         Ok(_) => None,
     };
     assert_eq!(ours, reference(data), "{:?}", String::from_utf8_lossy(data));
-    assert!(out.is_empty(), "trailers must never be passed on");
+    assert!(out.is_empty(), "no trailer byte in a raw body: trailers() hands them over");
+    if ours != Some(true) {
+        return;
+    }
+    let want = fields(data);
+    let got: Vec<(Vec<u8>, Vec<u8>)> = d.trailers().map(|(n, v)| (n.to_vec(), v.to_vec())).collect();
+    assert_eq!(got, want);
+    let mut chunked = BodyDecoder::chunked(Encode::Chunked, 1 << 20, 4096);
+    let mut rechunked = Vec::new();
+    chunked.decode(&body, &mut rechunked).unwrap();
+    let mut expected = b"0\r\n".to_vec();
+    for (n, v) in &want {
+        expected.extend_from_slice(n);
+        expected.extend_from_slice(b": ");
+        expected.extend_from_slice(v);
+        expected.extend_from_slice(b"\r\n");
+    }
+    expected.extend_from_slice(b"\r\n");
+    assert_eq!(rechunked, expected);
 });
+
+/// The reference's fields of a valid section that may be passed on.
+fn fields(t: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    for line in t.split(|&b| b == b'\n') {
+        let Some(line) = line.strip_suffix(b"\r") else { break };
+        if line.is_empty() {
+            break;
+        }
+        let colon = line.iter().position(|&b| b == b':').unwrap();
+        let name = &line[..colon];
+        let mut value = &line[colon + 1..];
+        while let [b' ' | b'\t', rest @ ..] = value {
+            value = rest;
+        }
+        while let [rest @ .., b' ' | b'\t'] = value {
+            value = rest;
+        }
+        if forwardable_trailer(name) {
+            out.push((name.to_vec(), value.to_vec()));
+        }
+    }
+    out
+}

@@ -1,10 +1,13 @@
 //! Message bodies: an incremental decoder for each framing (Content-Length, chunked,
 //! close-delimited) that re-frames as it goes, so framing is always regenerated and never
-//! copied through (chunk sizes, extensions and trailers of the sender never reach the peer).
+//! copied through (chunk sizes and extensions of the sender never reach the peer).
 //!
 //! The chunked decoder is strict (RFC 9112 7.1): hex sizes without prefix or sign, BWS only
-//! before `;`, a capped extension, CRLF after every size and every chunk's data, trailers read
-//! and dropped. It takes input in arbitrary splits; incomplete input is a state, not an error.
+//! before `;`, a capped extension, CRLF after every size and every chunk's data. Trailer
+//! fields (gRPC's status lives there) are checked line by line, kept (16 KiB at most) and
+//! passed on after the last chunk, except those no trailer may carry (RFC 9110 §6.5.1:
+//! framing, routing, authentication, content metadata, hop-by-hop; [`forwardable_trailer`]).
+//! It takes input in arbitrary splits; incomplete input is a state, not an error.
 
 /// What the decoder writes for the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,10 +158,71 @@ impl BodyDecoder {
 
     fn finish(&mut self, out: &mut Vec<u8>) {
         if self.encode == Encode::Chunked {
-            out.extend_from_slice(b"0\r\n\r\n");
+            out.extend_from_slice(b"0\r\n");
+            for (name, value) in self.trailers() {
+                crate::http1::field(out, name, value);
+            }
+            out.extend_from_slice(b"\r\n");
         }
         self.finished = true;
     }
+
+    /// The trailer fields received that may be passed on (empty before the body's end, and
+    /// for bodies that are not chunked): name and value, the value without surrounding
+    /// whitespace.
+    pub fn trailers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let raw: &[u8] = match &self.kind {
+            Kind::Chunked(c) => &c.trailers,
+            _ => &[],
+        };
+        raw.split(|&b| b == b'\n').filter_map(|line| {
+            let line = line.strip_suffix(b"\r")?;
+            let colon = line.iter().position(|&b| b == b':')?;
+            let (name, value) = (&line[..colon], crate::http1::parse::trim_ows(&line[colon + 1..]));
+            forwardable_trailer(name).then_some((name, value))
+        })
+    }
+}
+
+/// Whether a trailer field may be passed on: not one that frames, routes, authenticates,
+/// describes the content, controls caching or the connection (RFC 9110 §6.5.1), which a
+/// recipient merging trailers into the head would misread.
+pub fn forwardable_trailer(name: &[u8]) -> bool {
+    const NEVER: &[&[u8]] = &[
+        b"transfer-encoding",
+        b"content-length",
+        b"host",
+        b"trailer",
+        b"te",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"upgrade",
+        b"content-encoding",
+        b"content-type",
+        b"content-range",
+        b"authorization",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"www-authenticate",
+        b"cookie",
+        b"set-cookie",
+        b"cache-control",
+        b"expires",
+        b"age",
+        b"location",
+        b"retry-after",
+        b"vary",
+        b"expect",
+        b"max-forwards",
+        b"range",
+        b"if-match",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-unmodified-since",
+        b"if-range",
+    ];
+    !NEVER.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
 fn push_hex(out: &mut Vec<u8>, mut n: usize) {
@@ -186,6 +250,9 @@ struct Chunked {
     ext_len: usize,
     max_ext: usize,
     trailer_len: usize,
+    /// The trailer section's field lines as received (each ends with CRLF); no allocation
+    /// for a body without trailers.
+    trailers: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,7 +277,13 @@ enum State {
 
 impl Chunked {
     fn new(max_ext: usize) -> Chunked {
-        Chunked { state: State::SizeStart, ext_len: 0, max_ext, trailer_len: 0 }
+        Chunked {
+            state: State::SizeStart,
+            ext_len: 0,
+            max_ext,
+            trailer_len: 0,
+            trailers: Vec::new(),
+        }
     }
 
     fn done(&self) -> bool {
@@ -287,7 +360,7 @@ impl Chunked {
                 },
                 // A trailer section is field lines (RFC 9112 §7.1.2, §5): a token name, a
                 // colon with no whitespace before it, a value of VCHAR, obs-text, SP and HTAB.
-                // No folding, no empty name. The fields are read and dropped, never forwarded.
+                // No folding, no empty name. Kept for `trailers()`.
                 State::TrailerLineStart => match b {
                     b'\r' => State::EndLf,
                     b'\n' => return Err(bad("bare LF in trailers")),
@@ -307,12 +380,18 @@ impl Chunked {
                     _ => return Err(bad("trailer field name")),
                 },
                 State::TrailerLine => match b {
-                    b'\r' => State::TrailerLf,
+                    b'\r' => {
+                        self.trailers.push(b'\r');
+                        State::TrailerLf
+                    }
                     b'\n' => return Err(bad("bare LF in trailers")),
                     _ => self.trailer_byte(b, State::TrailerLine)?,
                 },
                 State::TrailerLf => match b {
-                    b'\n' => State::TrailerLineStart,
+                    b'\n' => {
+                        self.trailers.push(b'\n');
+                        State::TrailerLineStart
+                    }
                     _ => return Err(bad("CR without LF in trailers")),
                 },
                 State::EndLf => match b {
@@ -337,6 +416,7 @@ impl Chunked {
         if b < 0x20 && b != b'\t' || b == 0x7f {
             return Err(BodyError::Chunked("control byte in trailers"));
         }
+        self.trailers.push(b);
         Ok(next)
     }
 }
@@ -386,6 +466,34 @@ mod tests {
             assert_eq!(&body[used..], b"NEXT", "split {split}");
         }
         assert_eq!(dechunk(b"5 ;a\r\nhello\r\n0\r\n\r\n", 64).unwrap().0, b"hello");
+    }
+
+    #[test]
+    fn trailers_pass_on_except_those_no_trailer_may_carry() {
+        let body = b"3\r\nabc\r\n0\r\ngrpc-status: 0\r\nContent-Length: 99\r\nX-Sum:  ab c \r\nSet-Cookie: s=1\r\n\r\nNEXT";
+        for split in 1..body.len() {
+            let mut d = BodyDecoder::chunked(Encode::Chunked, u64::MAX, 64);
+            let (mut out, mut used) = (Vec::new(), 0);
+            for piece in body.chunks(split) {
+                let end = used + piece.len();
+                used += d.decode(&body[used..end], &mut out).unwrap();
+            }
+            assert!(d.is_done(), "split {split}");
+            // Our own chunk sizes (they follow the input's splits), then the kept trailers.
+            let out = String::from_utf8(out).unwrap();
+            assert!(out.ends_with("\r\n0\r\ngrpc-status: 0\r\nX-Sum: ab c\r\n\r\n"), "{out:?}");
+            let fields: Vec<_> = d.trailers().collect();
+            assert_eq!(
+                fields,
+                vec![(&b"grpc-status"[..], &b"0"[..]), (&b"X-Sum"[..], &b"ab c"[..])]
+            );
+        }
+        // Without trailers: the bare last chunk, and nothing kept.
+        let mut d = BodyDecoder::chunked(Encode::Chunked, u64::MAX, 64);
+        let mut out = Vec::new();
+        d.decode(b"1\r\na\r\n0\r\n\r\n", &mut out).unwrap();
+        assert_eq!(out, b"1\r\na\r\n0\r\n\r\n");
+        assert_eq!(d.trailers().count(), 0);
     }
 
     #[test]

@@ -277,8 +277,13 @@ impl H2Stream {
     /// Takes HTTP/1 response bytes lb wrote and sends them on: the head as HEADERS (1xx as
     /// informational HEADERS), the body as DATA within the client's flow-control window.
     pub(crate) async fn send(&self, bytes: &[u8]) -> io::Result<()> {
-        let Some((data, end)) = self.take(bytes)? else { return Ok(()) };
-        self.send_data(data, end).await?;
+        let Some((data, end, trailers)) = self.take(bytes)? else { return Ok(()) };
+        self.send_data(data, end && trailers.is_none()).await?;
+        if let Some(trailers) = trailers {
+            let mut send = self.send.borrow_mut();
+            let Some(send) = send.as_mut() else { return Err(io::ErrorKind::BrokenPipe.into()) };
+            send.send_trailers(trailers).map_err(h2_io)?;
+        }
         if end {
             // Done only once the last DATA is out: a stall before it still resets the stream.
             *self.response.borrow_mut() = ResponseState::Done;
@@ -287,8 +292,8 @@ impl H2Stream {
     }
 
     /// The synchronous part of [`H2Stream::send`]: heads are parsed and sent here; body bytes
-    /// come back decoded (with whether they end the body) for DATA.
-    fn take(&self, bytes: &[u8]) -> io::Result<Option<(Bytes, bool)>> {
+    /// come back decoded, with whether they end the body and, at its end, its trailers.
+    fn take(&self, bytes: &[u8]) -> io::Result<Option<(Bytes, bool, Option<HeaderMap>)>> {
         let mut state = self.response.borrow_mut();
         let rest;
         let body_bytes: &[u8] = match &mut *state {
@@ -363,7 +368,20 @@ impl H2Stream {
         decoder
             .decode(body_bytes, &mut data)
             .map_err(|e| io::Error::other(format!("response body: {e:?}")))?;
-        Ok(Some((Bytes::from(data), decoder.is_done())))
+        let end = decoder.is_done();
+        let mut trailers = HeaderMap::new();
+        if end {
+            for (name, value) in decoder.trailers() {
+                // The chunked decoder checked the grammar; what http refuses is dropped.
+                if let (Ok(n), Ok(v)) =
+                    (http::HeaderName::from_bytes(name), http::HeaderValue::from_bytes(value))
+                {
+                    trailers.append(n, v);
+                }
+            }
+        }
+        let trailers = (!trailers.is_empty()).then_some(trailers);
+        Ok(Some((Bytes::from(data), end, trailers)))
     }
 
     /// Sends body bytes as DATA, waiting for window as the client grants it (a client that
