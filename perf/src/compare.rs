@@ -8,6 +8,8 @@
 //! per request (callgrind, counters zeroed after warm-up, over a fixed number of requests);
 //! memory per idle keep-alive client connection (RSS delta over 1,000 idle connections).
 
+mod h2;
+
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -43,6 +45,9 @@ pub struct Options {
     /// Run the TLS comparison instead (handshakes, resumption, HTTPS keep-alive, idle TLS
     /// connections); its section of `benchmarks.md` is replaced, the rest kept.
     pub tls: bool,
+    /// Run the HTTP/2 comparison instead (h2load, h2 over TLS and h2c); its section of
+    /// `benchmarks.md` is replaced, the rest kept.
+    pub h2: bool,
 }
 
 /// The proxies compared.
@@ -120,6 +125,8 @@ struct Bench {
     /// The server certificate every proxy serves in the TLS comparison (ECDSA P-256, made at
     /// start): (certificate PEM, key PEM).
     cert: Option<(String, String)>,
+    /// In the HTTP/2 comparison: how the proxies are reached.
+    h2: Option<h2::H2Mode>,
     _upstream: Running,
 }
 
@@ -163,15 +170,21 @@ pub fn compare(opts: &Options) -> Result<String, String> {
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
     let upstream_port = free_port();
     let upstream = start_upstream(&work, upstream_port)?;
-    if opts.tls {
-        let bench = Bench {
+    if opts.tls || opts.h2 {
+        let mut bench = Bench {
             opts: opts.clone(),
             work: work.clone(),
             upstream_port,
             cert: Some(bench_certificate()?),
+            h2: None,
             _upstream: upstream,
         };
-        let report = bench.compare_tls();
+        let report = if opts.h2 {
+            ensure_installed(&[("h2load", "nghttp2-client")])?;
+            bench.compare_h2()
+        } else {
+            bench.compare_tls()
+        };
         let _ = std::fs::remove_dir_all(&work);
         return report;
     }
@@ -180,6 +193,7 @@ pub fn compare(opts: &Options) -> Result<String, String> {
         work: work.clone(),
         upstream_port,
         cert: None,
+        h2: None,
         _upstream: upstream,
     };
     let mut figures: Vec<(Proxy, Figures)> = [Proxy::Nginx, Proxy::Haproxy, Proxy::Sluice]
@@ -283,16 +297,21 @@ impl Bench {
                 let conf = dir.join("nginx.conf");
                 let tls = self.write_cert(&dir)?;
                 let conf_text = nginx_proxy_conf(&dir, port, self.upstream_port, callgrind);
+                // nginx 1.22 (Debian 12): `http2` is a listen parameter.
+                let http2 = if self.h2.is_some() { " http2" } else { "" };
                 let conf_text = match &tls {
                     Some((crt, key, _)) => conf_text.replace(
                         &format!("listen 127.0.0.1:{port};"),
                         &format!(
-                            "listen 127.0.0.1:{port} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.2 TLSv1.3;",
+                            "listen 127.0.0.1:{port} ssl{http2};\n    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.2 TLSv1.3;",
                             crt.display(),
                             key.display()
                         ),
                     ),
-                    None => conf_text,
+                    None => conf_text.replace(
+                        &format!("listen 127.0.0.1:{port};"),
+                        &format!("listen 127.0.0.1:{port}{http2};"),
+                    ),
                 };
                 std::fs::write(&conf, conf_text).map_err(|e| e.to_string())?;
                 let child = spawn(
@@ -318,13 +337,18 @@ impl Bench {
                 let conf = dir.join("haproxy.cfg");
                 let tls = self.write_cert(&dir)?;
                 let conf_text = haproxy_conf(port, self.upstream_port);
+                let alpn = if self.h2.is_some() { "h2,http/1.1" } else { "http/1.1" };
                 let conf_text = match &tls {
                     Some((_, _, combined)) => conf_text.replace(
                         &format!("bind 127.0.0.1:{port}\n"),
                         &format!(
-                            "bind 127.0.0.1:{port} ssl crt {} alpn http/1.1\n",
+                            "bind 127.0.0.1:{port} ssl crt {} alpn {alpn}\n",
                             combined.display()
                         ),
+                    ),
+                    None if self.h2.is_some() => conf_text.replace(
+                        &format!("bind 127.0.0.1:{port}\n"),
+                        &format!("bind 127.0.0.1:{port} proto h2\n"),
                     ),
                     None => conf_text,
                 };
@@ -408,7 +432,9 @@ impl Bench {
             }
         };
         let mut running = running;
-        let ready = if self.cert.is_some() {
+        let ready = if self.h2 == Some(h2::H2Mode::Cleartext) {
+            self.wait_ready_h2(&running, h2::H2Mode::Cleartext)
+        } else if self.cert.is_some() {
             wait_ready_tls(running.port, 20)
         } else {
             wait_ready(running.port, if callgrind { 120 } else { 20 })
@@ -1251,7 +1277,8 @@ impl Bench {
         let section = self.tls_report(&figures);
         let path = self.opts.out.join("benchmarks.md");
         let old = std::fs::read_to_string(&path).unwrap_or_default();
-        std::fs::write(&path, splice_tls(&old, &section)).map_err(|e| e.to_string())?;
+        std::fs::write(&path, splice_section(&old, &section, TLS_BEGIN, TLS_END))
+            .map_err(|e| e.to_string())?;
         Ok(section)
     }
 
@@ -1379,11 +1406,12 @@ impl Bench {
 const TLS_BEGIN: &str = "<!-- tls: written by sluice-perf compare --tls -->";
 const TLS_END: &str = "<!-- /tls -->";
 
-/// `old` with its TLS section replaced by `section` (appended when it has none).
-fn splice_tls(old: &str, section: &str) -> String {
-    match (old.find(TLS_BEGIN), old.find(TLS_END)) {
+/// `old` with its section between `begin` and `end` replaced by `section` (appended when it
+/// has none).
+fn splice_section(old: &str, section: &str, begin: &str, end: &str) -> String {
+    match (old.find(begin), old.find(end)) {
         (Some(a), Some(b)) if b > a => {
-            format!("{}{}{}", &old[..a], section.trim_end(), &old[b + TLS_END.len()..])
+            format!("{}{}{}", &old[..a], section.trim_end(), &old[b + end.len()..])
         }
         _ => format!("{}\n\n{}\n", old.trim_end(), section.trim_end()),
     }

@@ -76,8 +76,12 @@ struct CompareArgs {
     baseline: Option<PathBuf>,
     /// Run the TLS comparison (handshakes, resumption, HTTPS keep-alive, idle TLS
     /// connections) instead; it replaces only the TLS section of benchmarks.md.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "h2")]
     tls: bool,
+    /// Run the HTTP/2 comparison (h2load: h2 over TLS and h2c, 10 connections × 100
+    /// streams) instead; it replaces only the HTTP/2 section of benchmarks.md.
+    #[arg(long)]
+    h2: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -143,6 +147,7 @@ fn main() -> ExitCode {
             callgrind_requests: a.callgrind_requests,
             baseline: a.baseline,
             tls: a.tls,
+            h2: a.h2,
         })
         .map(|report| println!("{report}")),
         Command::Propagation(a) => perf::propagation::run(&perf::propagation::Options {

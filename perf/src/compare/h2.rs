@@ -1,0 +1,211 @@
+//! `sluice-perf compare --h2`: HTTP/2 from clients through nginx (`http2` on its listener),
+//! HAProxy (`alpn h2` / `proto h2`) and Sluice, each proxying to the same HTTP/1.1 upstream.
+//! The load generator is nghttp2's h2load on the load CPU (10 connections × 100 concurrent
+//! streams), over TLS (ALPN h2) and cleartext (prior knowledge).
+
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::{Bench, LOAD_CPU, Proxy, Running, cpu_seconds, median, splice_section, utc_now};
+
+const H2_BEGIN: &str = "<!-- h2: written by sluice-perf compare --h2 -->";
+const H2_END: &str = "<!-- /h2 -->";
+
+/// Connections and streams per connection of every run.
+const CONNECTIONS: usize = 10;
+const STREAMS: usize = 100;
+
+/// How HTTP/2 reaches the proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum H2Mode {
+    /// TLS, ALPN `h2`.
+    Tls,
+    /// Cleartext with prior knowledge (h2c).
+    Cleartext,
+}
+
+/// One proxy's figures per mode: (req/s, CPU µs per request) per round, and errors.
+#[derive(Debug, Default, Clone)]
+struct H2Figures {
+    rps: [Vec<f64>; 2],
+    cpu_us: [Vec<f64>; 2],
+    errors: u64,
+}
+
+/// What h2load said: requests per second, requests done, 2xx among them.
+struct Load {
+    rps: f64,
+    done: u64,
+    ok: u64,
+}
+
+fn h2load(url: &str, seconds: f64, warm_up: bool) -> Result<Load, String> {
+    let duration = format!("{}", seconds.ceil() as u64);
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", &LOAD_CPU.to_string(), "h2load", "-c", &CONNECTIONS.to_string()])
+        .args(["-m", &STREAMS.to_string(), "-t", "1", "-D", &duration])
+        .args(["-H", ":authority: bench.example"]);
+    if warm_up {
+        cmd.args(["--warm-up-time", "1"]);
+    }
+    let out = cmd.arg(url).output().map_err(|e| format!("h2load: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    parse_h2load(&text).ok_or_else(|| format!("h2load output not understood:\n{text}"))
+}
+
+/// Reads `finished in 5.00s, 51234.40 req/s, …`, `requests: N total, N started, N done, …`
+/// and `status codes: N 2xx, …`.
+fn parse_h2load(text: &str) -> Option<Load> {
+    let rps = text
+        .lines()
+        .find(|l| l.starts_with("finished in"))?
+        .split(", ")
+        .find(|p| p.ends_with(" req/s"))?
+        .trim_end_matches(" req/s")
+        .parse()
+        .ok()?;
+    let requests = text.lines().find(|l| l.starts_with("requests:"))?;
+    let done = requests.split(", ").find(|p| p.ends_with(" done"))?.trim_end_matches(" done");
+    let status = text.lines().find(|l| l.starts_with("status codes:"))?;
+    let ok = status.trim_start_matches("status codes: ").split(", ").next()?;
+    Some(Load {
+        rps,
+        done: done.trim().parse().ok()?,
+        ok: ok.trim_end_matches(" 2xx").trim().parse().ok()?,
+    })
+}
+
+impl Bench {
+    fn h2_url(&self, r: &Running, mode: H2Mode) -> String {
+        match mode {
+            H2Mode::Tls => format!("https://127.0.0.1:{}/", r.port),
+            H2Mode::Cleartext => format!("http://127.0.0.1:{}/", r.port),
+        }
+    }
+
+    /// Waits until h2load gets a 2xx through the proxy (nginx's and HAProxy's h2c listeners
+    /// speak nothing else, so the HTTP/1 readiness check cannot be used).
+    pub(super) fn wait_ready_h2(&self, r: &Running, mode: H2Mode) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = Command::new("h2load")
+                .args(["-n", "1", "-c", "1", "-H", ":authority: bench.example"])
+                .arg(self.h2_url(r, mode))
+                .output()
+                .map_err(|e| format!("h2load: {e}"))?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            if parse_h2load(&text).is_some_and(|l| l.ok == 1) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no HTTP/2 200 on port {} within 20 s:\n{text}", r.port));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// One measured run after a warm-up: (req/s, proxy CPU µs per request, non-2xx).
+    fn h2_run(&self, r: &Running, mode: H2Mode) -> Result<(f64, f64, u64), String> {
+        let url = self.h2_url(r, mode);
+        h2load(&url, 2.0, false)?;
+        let before = cpu_seconds(&r.pids);
+        let load = h2load(&url, self.opts.seconds, false)?;
+        let cpu = cpu_seconds(&r.pids) - before;
+        Ok((load.rps, cpu * 1e6 / load.done.max(1) as f64, load.done - load.ok))
+    }
+
+    pub(super) fn compare_h2(&mut self) -> Result<String, String> {
+        let proxies = [Proxy::Nginx, Proxy::Haproxy, Proxy::Sluice];
+        let mut figures: Vec<(Proxy, H2Figures)> =
+            proxies.iter().map(|p| (*p, H2Figures::default())).collect();
+        let cert = self.cert.take();
+        for round in 0..self.opts.rounds {
+            for (i, mode) in [H2Mode::Tls, H2Mode::Cleartext].into_iter().enumerate() {
+                self.cert = if mode == H2Mode::Tls { cert.clone() } else { None };
+                self.h2 = Some(mode);
+                for (proxy, f) in &mut figures {
+                    let r = self.start(*proxy, false)?;
+                    let (rps, cpu, errors) = self.h2_run(&r, mode)?;
+                    eprintln!(
+                        "round {} {:>8} {:>9}: {rps:>8.0} req/s, {cpu:>6.2} µs CPU/request, non-2xx {errors}",
+                        round + 1,
+                        proxy.name(),
+                        if mode == H2Mode::Tls { "h2 (TLS)" } else { "h2c" },
+                    );
+                    f.rps[i].push(rps);
+                    f.cpu_us[i].push(cpu);
+                    f.errors += errors;
+                }
+            }
+        }
+        self.h2 = None;
+        self.cert = cert;
+        let section = self.h2_report(&figures);
+        let path = self.opts.out.join("benchmarks.md");
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        std::fs::write(&path, splice_section(&old, &section, H2_BEGIN, H2_END))
+            .map_err(|e| e.to_string())?;
+        Ok(section)
+    }
+
+    fn h2_report(&self, figures: &[(Proxy, H2Figures)]) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "{H2_BEGIN}\n## HTTP/2\n");
+        let _ = writeln!(
+            md,
+            "Written by `sluice-perf compare --h2` ({}). Medians of {} interleaved rounds of {} s, ratios against nginx in the same run. Load generator: nghttp2's h2load on CPU 1 (beside the upstream), {CONNECTIONS} connections × {STREAMS} concurrent streams, GET / with `:authority: bench.example`; every proxy forwards to the same HTTP/1.1 upstream with keep-alive.\n",
+            utc_now(),
+            self.opts.rounds,
+            self.opts.seconds
+        );
+        let _ =
+            writeln!(md, "| | nginx | HAProxy | Sluice | Sluice / nginx |\n|---|---|---|---|---|");
+        for (i, mode) in ["h2 over TLS", "h2c (prior knowledge)"].into_iter().enumerate() {
+            for (what, cpu) in [("req/s", false), ("proxy CPU µs per request", true)] {
+                let values: Vec<f64> = figures
+                    .iter()
+                    .map(|(_, f)| median(if cpu { &f.cpu_us[i] } else { &f.rps[i] }))
+                    .collect();
+                let cells: Vec<String> = values
+                    .iter()
+                    .map(|v| if cpu { format!("{v:.2}") } else { format!("{v:.0}") })
+                    .collect();
+                let ratio = if values[0] > 0.0 {
+                    format!("{:.2}×", values[2] / values[0])
+                } else {
+                    "–".into()
+                };
+                let _ = writeln!(md, "| {mode}: {what} | {} | {ratio} |", cells.join(" | "));
+            }
+        }
+        let errs: Vec<String> =
+            figures.iter().map(|(p, f)| format!("{} {}", p.name(), f.errors)).collect();
+        let _ = writeln!(md, "\nNon-2xx answers (all runs): {}.\n", errs.join(", "));
+        let _ = writeln!(md, "All rounds (CPU µs per request, h2 over TLS · h2c):\n");
+        for (p, f) in figures {
+            let list =
+                |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
+            let _ = writeln!(md, "- {}: {} · {}", p.name(), list(&f.cpu_us[0]), list(&f.cpu_us[1]));
+        }
+        let _ = writeln!(
+            md,
+            "\nMethod: each proxy started afresh per round and mode, pinned to CPU 0 (nginx: one worker, `listen … ssl http2` / `listen … http2`; HAProxy: one thread, `bind … ssl crt … alpn h2,http/1.1` / `bind … proto h2`; Sluice: lb on one core, an HTTPS or HTTP Gateway listener — HTTP/2 is on by default); TLS 1.3 with the same ECDSA P-256 certificate; a 2 s h2load run first, then the measured one; CPU is the proxy's user+system time over the measured run divided by the requests done.\n\nRerun: `target/release/sluice-perf compare --h2 --sluice target/release/sluice --out docs` (needs h2load: Debian's nghttp2-client).\n{H2_END}"
+        );
+        md
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn h2load_output_is_read() {
+        let text = "starting benchmark...\nfinished in 5.00s, 51234.40 req/s, 2.01MB/s\nrequests: 256172 total, 256172 started, 256170 done, 256170 succeeded, 2 failed, 0 errored, 0 timeout\nstatus codes: 256160 2xx, 0 3xx, 10 4xx, 0 5xx\n";
+        let l = parse_h2load(text).unwrap();
+        assert!((l.rps - 51234.4).abs() < 0.01);
+        assert_eq!((l.done, l.ok), (256_170, 256_160));
+        assert!(parse_h2load("nothing").is_none());
+    }
+}
