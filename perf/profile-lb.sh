@@ -6,7 +6,8 @@
 #   cargo build --release -p sluice -p perf && perf/profile-lb.sh [requests] [connections]
 #
 # TLS=1 profiles HTTPS keep-alive instead (a self-signed ECDSA certificate made by openssl for
-# the run; the load generator speaks TLS 1.3).
+# the run; the load generator speaks TLS 1.3). H2=1 drives HTTP/2 with h2load (nghttp2-client):
+# h2c, or h2 over TLS with TLS=1; 100 concurrent streams per connection.
 set -euo pipefail
 requests=${1:-2000}
 connections=${2:-4}
@@ -71,6 +72,10 @@ taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
 vg=$!
 for _ in $(seq 120); do curl -skf -m 2 --resolve "bench.example:$px:127.0.0.1" "$scheme://bench.example:$px/" >/dev/null && break; sleep 1; done
 load() { "$bin/sluice-perf" load "$scheme://127.0.0.1:$px/" -H 'Host: bench.example' -c "$connections" -n "$1" -d 600 --warmup 0 --cpus 1 | grep requests; }
+if [ -n "${H2:-}" ]; then
+  # HTTP/2 (h2c, or h2 over TLS with TLS=1): h2load, 100 streams per connection.
+  load() { taskset -c 1 h2load -c "$connections" -m 100 -n "$1" -H ':authority: bench.example' "$scheme://127.0.0.1:$px/" | grep -E '^(requests|status codes):'; }
+fi
 load 200 >/dev/null
 [ -n "${NOZERO:-}" ] || callgrind_control -z "$vg" >/dev/null
 load "$requests"
