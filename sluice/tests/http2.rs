@@ -643,3 +643,86 @@ fn response_trailers_reach_h2_and_http1_clients() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.ends_with("0\r\ngrpc-status: 0\r\n\r\n"), "{text:?}");
 }
+
+/// Raw control-frame floods: after the preface, `kind` frames (ping, settings, window) as fast
+/// as the socket takes them for `seconds`, never reading; prints how many went out and
+/// whether the server closed the connection.
+const CONTROL_FLOOD: &str = r#"
+import json, socket, struct, sys, time
+port, kind, seconds = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+def frame(t, flags, stream, payload):
+    return struct.pack(">I", len(payload))[1:] + bytes([t, flags]) + struct.pack(">I", stream) + payload
+one = {
+    "ping": frame(6, 0, 0, b"12345678"),
+    "settings": frame(4, 0, 0, struct.pack(">HI", 3, 100)),
+    "window": frame(8, 0, 0, struct.pack(">I", 1)),
+}[kind]
+batch = one * 256
+s = socket.create_connection(("127.0.0.1", port), timeout=5)
+s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b""))
+s.setblocking(False)
+sent, closed, end = 0, False, time.time() + seconds
+while time.time() < end:
+    try:
+        n = s.send(batch)
+        sent += n // len(one)
+    except BlockingIOError:
+        time.sleep(0.01)
+    except (ConnectionError, OSError):
+        closed = True
+        break
+print(json.dumps({"sent": sent, "closed": closed}))
+"#;
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn control_frame_floods_cost_bounded_memory() {
+    let (env, port) = plain_site();
+    let lb = env.children.iter().find(|(n, _)| n == "lb").map(|(_, c)| c.id()).unwrap();
+    let before = rss_kib(lb);
+    for kind in ["ping", "settings", "window"] {
+        let out = Command::new("timeout")
+            .args(["30", "python3", "-c", CONTROL_FLOOD, &port.to_string(), kind, "3"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let flood: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        // A client that never reads gets its answers (PING ACKs, SETTINGS ACKs) queued one at
+        // a time: the codec stops reading until they go out, so what the client managed to
+        // send is what socket buffers hold, and lb's memory stays put.
+        let grown = rss_kib(lb).saturating_sub(before);
+        assert!(grown < 16 * 1024, "{kind}: lb grew by {grown} KiB ({flood})");
+        let ok = h2_client(port, None, &serde_json::json!([get("h2.example", "/after")]));
+        assert_eq!(ok[0]["status"], 200, "{kind}: {ok:?}");
+    }
+}
+
+#[test]
+fn a_listener_leaving_the_table_sends_goaway() {
+    let (env, port) = plain_site();
+    let generation = env.applied();
+    let client = Command::new("timeout")
+        .args(["20", "python3", "-c", GRACEFUL_WATCH, &port.to_string(), "/slow?delay=2s"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The Gateway moves to another port: this one leaves the table.
+    env.write("gateway.yaml", &gateway(free_port()));
+    env.wait_applied(generation + 1);
+    let out = client.wait_with_output().unwrap();
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["goaway"], serde_json::json!([1, 0]), "{seen}\n{}", env.log("lb"));
+    // The stream in flight still got its answer (from the table it was routed on).
+    let frames = seen["frames"].as_array().unwrap();
+    assert!(frames.iter().any(|f| f[0] == 1 && f[1] == 1), "{seen}");
+}

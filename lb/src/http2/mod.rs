@@ -73,6 +73,12 @@ impl Connection {
     /// maybe an upstream request) for nothing; the connection gets GOAWAY ENHANCE_YOUR_CALM.
     /// (Streams reset before lb even accepted them are the h2 codec's to count:
     /// `max_pending_accept_reset_streams`.)
+    /// Whether the served table still has the port this connection came in on.
+    fn port_in_table(&self, core: &Core) -> bool {
+        core.table()
+            .is_none_or(|t| t.router.port_index(self.local.ip(), self.local.port()).is_some())
+    }
+
     fn abusive(&self) -> bool {
         let resets = self.early_resets.get();
         resets > RESETS_ALLOWED && resets * 2 > self.streams.get()
@@ -142,8 +148,9 @@ pub(crate) async fn serve(
             h2.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
             closing = true;
         }
-        if !closing && core.draining.get() {
-            // GOAWAY with the last stream id: streams in flight finish, new ones go elsewhere.
+        if !closing && (core.draining.get() || !conn.port_in_table(&core)) {
+            // GOAWAY with the last stream id: streams in flight finish, new ones go elsewhere
+            // (lb is draining, or the table no longer has this port: its listener closed).
             h2.graceful_shutdown();
             closing = true;
         }
