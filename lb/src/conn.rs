@@ -1,5 +1,6 @@
-//! A client connection: its transport, speaking HTTP/1. Wait for a request head (keep-alive
-//! timeout while idle, header timeout once the first byte is in), turn it into the exchange's
+//! One HTTP/1 exchange on a client connection (`downstream` runs the connection's loop; an
+//! HTTP/2 stream runs one too): wait for a request head (header timeout once the first byte
+//! is in), turn it into the exchange's
 //! protocol-neutral [`Request`] (`exchange::decide`), write what was decided — the upstream
 //! head, or a local answer — and hand over to `proxy`; repeat. Pipelined requests are
 //! answered in order because each exchange finishes before the next head is parsed; their
@@ -11,11 +12,8 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
-use compio::net::TcpStream;
-use rustls::ServerConfig;
 use table::lookup::{MAX_HOST, normalize_host};
 use table::{ActionId, Headers, ServiceId};
 use tracing::debug;
@@ -27,11 +25,9 @@ use crate::fields::FieldList;
 use crate::filters::mirror;
 use crate::http1::parse::{self, Head, MAX_HEADERS, trim_ows};
 use crate::http1::request::{self, ClientIp, Rewritten};
-use crate::http2;
 use crate::io::InBuf;
 use crate::proxy::{Exchange, Flow, Summary};
 use crate::timer::{Deadline, Elapsed};
-use crate::tls::{self, TlsStream};
 use crate::transport::Transport;
 use crate::upstream::CoreTable;
 
@@ -39,162 +35,6 @@ use crate::upstream::CoreTable;
 /// not destroyed by a reset (the lingering close of nginx and Apache).
 const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 256 * 1024;
-
-/// Serves one accepted client connection to its end.
-pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
-    let _counted = Counted::new(&core);
-    let Ok(local) = stream.local_addr() else { return };
-    let deadline = Rc::new(Deadline::default());
-    let mut input = InBuf::Empty;
-    let transport = match tls_config(&core, local) {
-        None => Transport::Plain(stream),
-        Some(config) => {
-            let tls = Box::pin(handshake(&core, stream, config, peer, &deadline, &mut input));
-            match tls.await {
-                Some(t) => t,
-                None => {
-                    input.release(&core.spare);
-                    return;
-                }
-            }
-        }
-    };
-    let client = ClientIp::new(peer.ip(), core.settings.trusted_hops > 0)
-        .over_tls(transport.server_name().is_some())
-        .with_client_cert(transport.client_cert().cloned());
-    let keep_alive = core.settings.timeouts.keep_alive;
-    let mut linger_after = false;
-    // HTTP/2: chosen by ALPN on TLS, by the client preface (prior knowledge) in cleartext.
-    let mut first = core.settings.h2.enabled;
-    if first
-        && let Transport::Tls(t) = &transport
-        && t.alpn_h2()
-    {
-        // Boxed: an HTTP/1 connection's task should not carry an HTTP/2 connection's state.
-        return Box::pin(http2::serve(Rc::clone(&core), transport, input, client, local)).await;
-    }
-    loop {
-        if input.bytes().is_empty() {
-            // Idle: no buffer is held while waiting here, and this task's own state is small.
-            let read = transport.read(&mut input, &core.spare);
-            match core.wheel.timeout(&deadline, keep_alive, read).await {
-                Ok(Ok(n)) if n > 0 => {}
-                // Closed by the client, reset, or idle too long: nothing left to say.
-                _ => break,
-            }
-        }
-        if first && transport.plain().is_some() {
-            match http2::starts_h2(input.bytes()) {
-                Some(true) => {
-                    let h2 = http2::serve(Rc::clone(&core), transport, input, client, local);
-                    return Box::pin(h2).await;
-                }
-                Some(false) => first = false,
-                // A prefix of the preface: read on (under the header timeout) to decide.
-                None => {
-                    let read = transport.read(&mut input, &core.spare);
-                    let limit = core.settings.timeouts.request_header;
-                    match core.wheel.timeout(&deadline, limit, read).await {
-                        Ok(Ok(n)) if n > 0 => continue,
-                        _ => break,
-                    }
-                }
-            }
-        }
-        // A request is in flight: its state (parsed head, upstream I/O, bodies) lives in one
-        // allocation for the exchange's duration. Inline, it made every connection task 2.8 KB
-        // even while idle; boxed, an idle task is a few hundred bytes, for one malloc/free per
-        // request (~150 instructions of ~19k).
-        core.busy.set(core.busy.get() + 1);
-        let flow =
-            Box::pin(exchange(&core, &transport, &mut input, &deadline, &client, local)).await;
-        core.busy.set(core.busy.get() - 1);
-        if flow == Flow::Close || core.draining.get() {
-            linger_after = true;
-            break;
-        }
-    }
-    input.release(&core.spare);
-    if linger_after {
-        Box::pin(linger(&core, &transport, &deadline)).await;
-    }
-}
-
-/// `Some` when the port a connection was accepted on terminates TLS, with its server config
-/// (`Some(None)`: a TLS port whose configuration could not be built; [`handshake`] closes its
-/// connections). `None`: plain.
-fn tls_config(core: &Core, local: SocketAddr) -> Option<Option<Arc<ServerConfig>>> {
-    let table = core.table()?;
-    let index = table.router.port_index(local.ip(), local.port())?;
-    table.router.table().ports.get(index)?.tls.as_ref()?;
-    Some(table.tls.config(index).cloned())
-}
-
-/// Runs the TLS handshake under the handshake timeout and the core's cap on handshakes in
-/// flight. `None`: the connection is to be closed (refused, failed, timed out — each a debug
-/// line, never more: a scan must not flood the log).
-async fn handshake(
-    core: &Core,
-    stream: TcpStream,
-    config: Option<Arc<ServerConfig>>,
-    peer: SocketAddr,
-    deadline: &Rc<Deadline>,
-    input: &mut InBuf,
-) -> Option<Transport> {
-    let Some(config) = config else {
-        debug!(%peer, "TLS port without a usable configuration; connection closed");
-        return None;
-    };
-    if core.handshakes.get() >= core.settings.max_handshakes {
-        debug!(%peer, limit = core.settings.max_handshakes, "TLS handshakes at the limit; connection closed");
-        return None;
-    }
-    let _in_flight = InFlight::new(&core.handshakes);
-    let accept = TlsStream::accept(stream, config, Rc::clone(&core.spare), input);
-    match core.wheel.timeout(deadline, core.settings.timeouts.handshake, accept).await {
-        Ok(Ok(stream)) => Some(Transport::Tls(Box::new(stream))),
-        Ok(Err(e)) => {
-            tls::handshake_failed(peer, &e);
-            None
-        }
-        Err(Elapsed) => {
-            debug!(%peer, "TLS handshake timed out");
-            None
-        }
-    }
-}
-
-/// Counts one unit in `cell` for as long as it lives.
-struct InFlight<'a>(&'a std::cell::Cell<usize>);
-
-impl<'a> InFlight<'a> {
-    fn new(cell: &'a std::cell::Cell<usize>) -> InFlight<'a> {
-        cell.set(cell.get() + 1);
-        InFlight(cell)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
-    }
-}
-
-/// Counts a client connection on its core for as long as it lives (`--max-connections`).
-struct Counted<'a>(&'a Core);
-
-impl<'a> Counted<'a> {
-    fn new(core: &'a Core) -> Counted<'a> {
-        core.conns.set(core.conns.get() + 1);
-        Counted(core)
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.conns.set(self.0.conns.get().saturating_sub(1));
-    }
-}
 
 /// What the head and the exchange's decision lead to.
 #[derive(Debug)]
@@ -407,7 +247,7 @@ impl Summary {
 }
 
 /// Half-closes, then reads and drops what the client still sends for a short while.
-async fn linger(core: &Core, transport: &Transport, deadline: &Rc<Deadline>) {
+pub(crate) async fn linger(core: &Core, transport: &Transport, deadline: &Rc<Deadline>) {
     if transport.shutdown().await.is_err() {
         return;
     }

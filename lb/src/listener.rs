@@ -17,8 +17,8 @@ use table::Router;
 use table::shm::BindKey;
 use tracing::{info, warn};
 
-use crate::conn;
 use crate::core::Core;
+use crate::downstream;
 
 /// The listeners of one core.
 #[derive(Debug, Default)]
@@ -128,7 +128,7 @@ async fn accept(core: Rc<Core>, listener: TcpListener) {
             Ok((stream, peer)) => {
                 // Without TCP_NODELAY small responses wait on delayed ACKs.
                 let _ = stream.set_nodelay(true);
-                compio::runtime::spawn(conn::serve(Rc::clone(&core), stream, peer)).detach();
+                compio::runtime::spawn(downstream::serve(Rc::clone(&core), stream, peer)).detach();
             }
             // Shut down (draining, or the port left the table): this listener is done.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,

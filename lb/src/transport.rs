@@ -9,13 +9,13 @@
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 
 use compio::BufResult;
 use compio::io::{AsyncReadManaged, AsyncWrite, AsyncWriteExt};
 use compio::net::TcpStream;
 use futures_util::future::Either;
 
-use crate::http2::H2Stream;
 use crate::io::{InBuf, Spare, write_out};
 use crate::tls::TlsStream;
 
@@ -26,9 +26,30 @@ pub(crate) enum Transport {
     Plain(TcpStream),
     /// TLS over TCP (boxed: a plain connection should not carry the TLS state's size).
     Tls(Box<TlsStream>),
-    /// One HTTP/2 stream, as the client side of its exchange (`http2`): reads are its request
-    /// body, writes the HTTP/1 response lb made, sent on as HEADERS and DATA.
-    H2(Box<H2Stream>),
+    /// A client side implemented by a protocol above this layer: one HTTP/2 stream as the
+    /// client of its HTTP/1 exchange (`http2`: reads are its request body, writes the HTTP/1
+    /// response lb made, sent on as HEADERS and DATA).
+    Stream(Box<dyn StreamSide>),
+}
+
+/// A client transport a protocol implements on top of its own connection (HTTP/2 streams).
+/// Defined here, implemented there: the transport layer knows no protocol.
+pub(crate) trait StreamSide: std::fmt::Debug {
+    /// Reads more bytes after the unconsumed ones in `input`; 0 at end of stream.
+    fn read<'a>(
+        &'a self,
+        input: &'a mut InBuf,
+        spare: &'a Spare,
+    ) -> Pin<Box<dyn Future<Output = io::Result<usize>> + 'a>>;
+
+    /// Takes bytes to send.
+    fn send<'a>(&'a self, bytes: &'a [u8]) -> Pin<Box<dyn Future<Output = io::Result<()>> + 'a>>;
+
+    /// The server name of the connection, on TLS.
+    fn server_name(&self) -> Option<&[u8]>;
+
+    /// The connection's verified client certificate.
+    fn client_cert(&self) -> Option<&std::rc::Rc<crate::http1::request::ClientCert>>;
 }
 
 impl Transport {
@@ -48,7 +69,7 @@ impl Transport {
             // state made every connection's idle task 88 bytes larger (664 → 752), plain
             // ones included. Measured 2026-11-30; reconsider if that trade changes.
             Transport::Tls(t) => Either::Right(Either::Left(Box::pin(t.read(input, spare)))),
-            Transport::H2(s) => Either::Right(Either::Right(Box::pin(s.read(input, spare)))),
+            Transport::Stream(s) => Either::Right(Either::Right(s.read(input, spare))),
         }
     }
 
@@ -61,7 +82,7 @@ impl Transport {
         match self {
             Transport::Plain(s) => Either::Left(write_out(s, out)),
             Transport::Tls(t) => Either::Right(Either::Left(t.write(out))),
-            Transport::H2(s) => Either::Right(Either::Right(Box::pin(async move {
+            Transport::Stream(s) => Either::Right(Either::Right(Box::pin(async move {
                 let sent = s.send(out).await;
                 out.clear();
                 sent
@@ -77,7 +98,7 @@ impl Transport {
                 w.write_all(bytes).await.0
             }
             Transport::Tls(t) => t.send(bytes).await,
-            Transport::H2(s) => s.send(bytes).await,
+            Transport::Stream(s) => s.send(bytes).await,
         }
     }
 
@@ -91,7 +112,7 @@ impl Transport {
                 res
             }
             Transport::Tls(t) => t.send(out).await,
-            Transport::H2(s) => s.send(out).await,
+            Transport::Stream(s) => s.send(out).await,
         }
     }
 
@@ -108,7 +129,7 @@ impl Transport {
             }
             Transport::Tls(t) => t.discard().await,
             // A stream's end is its own (END_STREAM or a reset), nothing to drain.
-            Transport::H2(_) => Err(()),
+            Transport::Stream(_) => Err(()),
         }
     }
 
@@ -120,7 +141,7 @@ impl Transport {
                 w.shutdown().await
             }
             Transport::Tls(t) => t.shutdown().await,
-            Transport::H2(_) => Ok(()),
+            Transport::Stream(_) => Ok(()),
         }
     }
 
@@ -129,7 +150,7 @@ impl Transport {
         match self {
             Transport::Plain(s) => crate::io::idle_clean(s),
             Transport::Tls(t) => crate::io::idle_clean(t.tcp()),
-            Transport::H2(_) => false,
+            Transport::Stream(_) => false,
         }
     }
 
@@ -139,7 +160,7 @@ impl Transport {
     pub(crate) fn plain(&self) -> Option<&TcpStream> {
         match self {
             Transport::Plain(s) => Some(s),
-            Transport::Tls(_) | Transport::H2(_) => None,
+            Transport::Tls(_) | Transport::Stream(_) => None,
         }
     }
 
@@ -148,7 +169,7 @@ impl Transport {
         match self {
             Transport::Plain(_) => None,
             Transport::Tls(t) => t.client_cert(),
-            Transport::H2(s) => s.client_cert(),
+            Transport::Stream(s) => s.client_cert(),
         }
     }
 
@@ -158,7 +179,7 @@ impl Transport {
         match self {
             Transport::Plain(_) => None,
             Transport::Tls(t) => Some(t.server_name()),
-            Transport::H2(s) => s.server_name(),
+            Transport::Stream(s) => s.server_name(),
         }
     }
 }

@@ -16,7 +16,7 @@ fn idle_connection_task_stays_small() {
         let (server, peer) = listener.accept().unwrap();
         let stream = compio::net::TcpStream::from_std(server).unwrap();
         let core = Rc::new(lb::core::Core::new(0, Arc::new(lb::Settings::default()), usize::MAX));
-        let size = size_of_val(&lb::conn::serve(core, stream, peer));
+        let size = size_of_val(&lb::downstream::serve(core, stream, peer));
         eprintln!("connection task future: {size} bytes");
         // 664 bytes with rustc 1.95 in release, a little more in debug; it was 2,824 before the
         // exchange was boxed. The bound catches a regression to the inline layout.

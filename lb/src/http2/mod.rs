@@ -8,7 +8,7 @@
 //! connection-specific fields refused), and the same `conn::exchange` an HTTP/1 connection
 //! runs carries it out — routing, every filter, timeouts, retries, mirrors, CORS and lb's own
 //! answers are the HTTP/1 code, not a copy of it. The stream itself is the exchange's client
-//! transport ([`stream::H2Stream`]): its reads are the request's DATA (chunked when no
+//! transport (`stream::H2Stream`, a `transport::StreamSide`): its reads are the request's DATA (chunked when no
 //! content-length was given), its writes the HTTP/1 response lb produced, sent on as HEADERS
 //! and DATA under the stream's flow control. See docs/ARCHITECTURE.md, "HTTP/2".
 
@@ -28,8 +28,6 @@ use crate::http1::request::ClientIp;
 use crate::io::InBuf;
 use crate::timer::Deadline;
 use crate::transport::Transport;
-
-pub(crate) use stream::H2Stream;
 
 /// The client connection preface (RFC 9113 §3.4); its first line is what an HTTP/1 parser
 /// would see as a request line.

@@ -3,8 +3,9 @@
 //! transport.
 
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
+use std::pin::Pin;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -20,7 +21,7 @@ use crate::http1::request::ClientCert;
 use crate::http1::response::{self, ResponseFraming};
 use crate::io::{InBuf, Spare};
 use crate::timer::Deadline;
-use crate::transport::Transport;
+use crate::transport::{StreamSide, Transport};
 
 /// Serves one stream: translate, run the exchange, end the stream.
 pub(super) async fn serve(
@@ -44,7 +45,7 @@ pub(super) async fn serve(
     };
     let head_method = parts.method == http::Method::HEAD;
     let mut input = InBuf::Heap { buf: head, start: 0 };
-    let stream = H2Stream {
+    let stream = Rc::new(H2Stream {
         recv: RefCell::new(body),
         chunked,
         request_done: Cell::new(request_done),
@@ -54,8 +55,8 @@ pub(super) async fn serve(
         head_method,
         server_name: conn.server_name.clone(),
         client_cert: conn.client_cert.clone(),
-    };
-    let transport = Transport::H2(Box::new(stream));
+    });
+    let transport = Transport::Stream(Box::new(Side(Rc::clone(&stream))));
     let deadline = Rc::new(Deadline::default());
     let reset = {
         let exchange = crate::conn::exchange(
@@ -68,10 +69,7 @@ pub(super) async fn serve(
         );
         // A client that resets the stream ends the exchange where it stands (upstream I/O
         // included): nobody is waiting for its answer.
-        let watch = poll_fn(|cx| match &transport {
-            Transport::H2(s) => s.poll_reset(cx),
-            _ => std::task::Poll::Pending,
-        });
+        let watch = poll_fn(|cx| stream.poll_reset(cx));
         match futures_util::future::select(Box::pin(exchange), Box::pin(watch)).await {
             futures_util::future::Either::Left(_) => false,
             futures_util::future::Either::Right((reason, _)) => {
@@ -81,11 +79,35 @@ pub(super) async fn serve(
         }
     };
     input.release(&core.spare);
-    if let Transport::H2(stream) = transport
-        && !stream.finish()
-        && reset
-    {
+    drop(transport);
+    if !stream.finish() && reset {
         conn.early_resets.set(conn.early_resets.get() + 1);
+    }
+}
+
+/// The stream as the exchange's client transport.
+#[derive(Debug)]
+struct Side(Rc<H2Stream>);
+
+impl StreamSide for Side {
+    fn read<'a>(
+        &'a self,
+        input: &'a mut InBuf,
+        spare: &'a Spare,
+    ) -> Pin<Box<dyn Future<Output = io::Result<usize>> + 'a>> {
+        Box::pin(self.0.read(input, spare))
+    }
+
+    fn send<'a>(&'a self, bytes: &'a [u8]) -> Pin<Box<dyn Future<Output = io::Result<()>> + 'a>> {
+        Box::pin(self.0.send(bytes))
+    }
+
+    fn server_name(&self) -> Option<&[u8]> {
+        self.0.server_name.as_deref()
+    }
+
+    fn client_cert(&self) -> Option<&Rc<ClientCert>> {
+        self.0.client_cert.as_ref()
     }
 }
 
@@ -198,7 +220,7 @@ enum ResponseState {
 }
 
 /// An HTTP/2 stream as the exchange's client transport.
-pub(crate) struct H2Stream {
+struct H2Stream {
     recv: RefCell<RecvStream>,
     /// The request body goes to the exchange chunk-encoded (no content-length was given).
     chunked: bool,
@@ -226,7 +248,7 @@ impl H2Stream {
     /// The next request body bytes (DATA, chunk-encoded when `chunked`), appended to `input`;
     /// 0 at the end of the body.
     #[allow(clippy::await_holding_refcell_ref, reason = "one reader per stream")]
-    pub(crate) async fn read(&self, input: &mut InBuf, spare: &Spare) -> io::Result<usize> {
+    async fn read(&self, input: &mut InBuf, spare: &Spare) -> io::Result<usize> {
         if self.request_done.get() {
             return Ok(0);
         }
@@ -276,7 +298,7 @@ impl H2Stream {
 
     /// Takes HTTP/1 response bytes lb wrote and sends them on: the head as HEADERS (1xx as
     /// informational HEADERS), the body as DATA within the client's flow-control window.
-    pub(crate) async fn send(&self, bytes: &[u8]) -> io::Result<()> {
+    async fn send(&self, bytes: &[u8]) -> io::Result<()> {
         let Some((data, end, trailers)) = self.take(bytes)? else { return Ok(()) };
         self.send_data(data, end && trailers.is_none()).await?;
         if let Some(trailers) = trailers {
@@ -415,7 +437,7 @@ impl H2Stream {
 
     /// After the exchange: a response that did not end cleanly resets the stream (the client
     /// must not take a cut-off body for a whole one). `true` when the response was complete.
-    pub(crate) fn finish(&self) -> bool {
+    fn finish(&self) -> bool {
         if matches!(*self.response.borrow(), ResponseState::Done) {
             return true;
         }
@@ -450,16 +472,6 @@ impl H2Stream {
             };
         }
         Poll::Pending
-    }
-
-    /// The server name of the connection, on TLS.
-    pub(crate) fn server_name(&self) -> Option<&[u8]> {
-        self.server_name.as_deref()
-    }
-
-    /// The connection's verified client certificate.
-    pub(crate) fn client_cert(&self) -> Option<&Rc<ClientCert>> {
-        self.client_cert.as_ref()
     }
 }
 
