@@ -1,6 +1,8 @@
-//! An HTTP/1.1 client for the cases, plain or over TLS (rustls, trusting the runner's CA,
-//! with the vector's server name and optional client certificate): one connection per request
-//! (`Connection: close`), bounded in time, tolerant of any framing the gateway chooses.
+//! The cases' client, plain or over TLS (rustls, trusting the runner's CA, with the vector's
+//! server name and optional client certificate), one connection per request, bounded in time:
+//! HTTP/1.1 (`Connection: close`, tolerant of any framing the gateway chooses), or HTTP/2 for
+//! `protocol: HTTP/2.0` (ALPN h2) and `H2C_PRIOR_KNOWLEDGE` (the h2 crate on a current-thread
+//! tokio runtime — a test tool's choice, not lb's).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -163,4 +165,87 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         b = &b[(i + 4 + size).min(b.len())..];
     }
     out
+}
+
+/// Sends one request over HTTP/2 (a connection of its own) and reads the whole response.
+pub fn send_h2(
+    addr: SocketAddr,
+    method: &str,
+    host: Option<&str>,
+    path: &str,
+    headers: &[(String, String)],
+    timeout: Duration,
+    tls: Option<&Tls>,
+) -> Result<Response, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let host = host.map_or_else(|| addr.to_string(), str::to_owned);
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        match tls {
+            None => h2_exchange(tcp, "http", method, &host, path, headers).await,
+            Some(tls) => {
+                let mut config = (*tls.config).clone();
+                config.alpn_protocols = vec![b"h2".to_vec()];
+                let name = ServerName::try_from(tls.sni.clone())
+                    .map_err(|e| format!("server name {:?}: {e}", tls.sni))?;
+                let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    return Err("the gateway did not choose h2 by ALPN".into());
+                }
+                h2_exchange(stream, "https", method, &host, path, headers).await
+            }
+        }
+    };
+    runtime.block_on(async {
+        tokio::time::timeout(timeout, exchange).await.map_err(|_| "timed out".to_owned())?
+    })
+}
+
+async fn h2_exchange<T>(
+    io: T,
+    scheme: &str,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(String, String)],
+) -> Result<Response, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut client, connection) =
+        h2::client::handshake(io).await.map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut request =
+        http::Request::builder().method(method).uri(format!("{scheme}://{host}{path}"));
+    for (n, v) in headers {
+        request = request.header(n.to_ascii_lowercase(), v);
+    }
+    let request = request.body(()).map_err(|e| format!("request: {e}"))?;
+    let (answer, _) =
+        client.send_request(request, true).map_err(|e| format!("HTTP/2 send: {e}"))?;
+    let answer = answer.await.map_err(|e| format!("HTTP/2 response: {e}"))?;
+    let status = answer.status().as_u16();
+    let headers = answer
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let mut body = answer.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| format!("HTTP/2 body: {e}"))?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Response { status, headers, body: bytes })
 }

@@ -325,8 +325,13 @@ impl Cluster {
                 str_of(&c.request, "scheme").unwrap_or_default()
             ));
         }
-        if t.cases.iter().any(|c| c.request.get("protocol").is_some()) {
-            return Some("needs HTTP/2 (a later issue)".into());
+        if let Some(p) = t
+            .cases
+            .iter()
+            .filter_map(|c| str_of(&c.request, "protocol"))
+            .find(|p| !matches!(*p, "HTTP/2.0" | "H2C_PRIOR_KNOWLEDGE"))
+        {
+            return Some(format!("needs protocol {p:?} (gRPC is a later part of issue 13)"));
         }
         None
     }
@@ -715,7 +720,13 @@ fn send(
             h.iter().map(|(n, v)| (n.clone(), v.as_str().unwrap_or_default().to_owned())).collect()
         })
         .unwrap_or_default();
-    http::send(
+    // `protocol`: HTTP/2 over TLS (ALPN h2) or cleartext with prior knowledge; HTTP/1.1
+    // otherwise.
+    let send = match str_of(r, "protocol") {
+        Some("HTTP/2.0" | "H2C_PRIOR_KNOWLEDGE") => http::send_h2,
+        _ => http::send,
+    };
+    send(
         addr,
         str_of(r, "method").unwrap_or("GET"),
         str_of(r, "host"),
