@@ -251,6 +251,13 @@ pub(crate) async fn linger(core: &Core, transport: &Transport, deadline: &Rc<Dea
     if transport.shutdown().await.is_err() {
         return;
     }
+    drain(core, transport, deadline).await;
+}
+
+/// Reads and drops what the client still sends (for [`LINGER`], at most [`LINGER_BYTES`]), so
+/// closing does not reset the connection and destroy our last bytes in flight (an HTTP/2
+/// GOAWAY after the codec shut our side).
+pub(crate) async fn drain(core: &Core, transport: &Transport, deadline: &Rc<Deadline>) {
     core.wheel.arm(deadline, LINGER);
     let mut drained = 0;
     while drained < LINGER_BYTES {

@@ -17,13 +17,18 @@ fn curl(args: &[&str], url: &str) -> Output {
 
 /// A plain Gateway on a free port with one route to an echo backend.
 fn plain_site() -> (Env, u16) {
-    let mut env = Env::new("h2c");
+    plain_site_with("h2c", &[])
+}
+
+/// [`plain_site`] with lb flags.
+fn plain_site_with(name: &str, lb_args: &[&str]) -> (Env, u16) {
+    let mut env = Env::new(name);
     let a = env.echo("default", "svc-a", "svc-a-0");
     let port = free_port();
     env.write("gateway.yaml", &gateway(port));
     env.write("svc.yaml", &service("default", "svc-a", &[a]));
     env.write("route.yaml", &route("a", None, "svc-a"));
-    env.start(port, &[]);
+    env.start(port, lb_args);
     (env, port)
 }
 
@@ -515,13 +520,7 @@ fn continuation_floods_and_oversized_header_lists_are_cut_off() {
 
 #[test]
 fn stalled_streams_end_at_the_body_timeout_and_the_connection_goes_on() {
-    let mut env = Env::new("h2-stall");
-    let a = env.echo("default", "svc-a", "svc-a-0");
-    let port = free_port();
-    env.write("gateway.yaml", &gateway(port));
-    env.write("svc.yaml", &service("default", "svc-a", &[a]));
-    env.write("route.yaml", &route("a", None, "svc-a"));
-    env.start(port, &["--body-timeout", "1s"]);
+    let (env, port) = plain_site_with("h2-stall", &["--body-timeout", "1s"]);
     // A body that never ends: 408 once the body timeout passes between DATA frames.
     let mut open = post("/never-ends", "ten bytes.", &[("content-length", "100")], 1);
     open["end"] = serde_json::json!(false);
@@ -606,13 +605,7 @@ fn draining_sends_goaway_and_lets_streams_in_flight_finish() {
 
 #[test]
 fn no_http2_turns_it_off() {
-    let mut env = Env::new("h2-off");
-    let a = env.echo("default", "svc-a", "svc-a-0");
-    let port = free_port();
-    env.write("gateway.yaml", &gateway(port));
-    env.write("svc.yaml", &service("default", "svc-a", &[a]));
-    env.write("route.yaml", &route("a", None, "svc-a"));
-    env.start(port, &["--no-http2"]);
+    let (_env, port) = plain_site_with("h2-off", &["--no-http2"]);
     // The preface is then just a request line with an unsupported version: 505.
     let out = curl(&["--http2-prior-knowledge", "-i"], &format!("http://127.0.0.1:{port}/"));
     assert!(!String::from_utf8_lossy(&out.stdout).starts_with("HTTP/2"), "{out:?}");

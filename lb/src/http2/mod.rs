@@ -108,7 +108,8 @@ pub(crate) async fn serve(
         streams: Cell::new(0),
         early_resets: Cell::new(0),
     });
-    let io = io::H2Io::new(Rc::new(transport), Rc::clone(&core.spare), input);
+    let transport = Rc::new(transport);
+    let io = io::H2Io::new(Rc::clone(&transport), Rc::clone(&core.spare), input);
     let mut builder = h2::server::Builder::new();
     builder
         .max_concurrent_streams(limits.max_streams)
@@ -190,4 +191,8 @@ pub(crate) async fn serve(
         })
         .detach();
     }
+    // The codec has sent its last frames (GOAWAY) and shut our side: read what the client
+    // still sends for a moment, so closing does not reset the connection and lose them.
+    drop(h2);
+    crate::conn::drain(&core, &transport, &deadline).await;
 }

@@ -453,23 +453,17 @@ impl H2Stream {
     fn poll_reset(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Reason> {
         use std::task::Poll;
         // A borrow held by a write in progress: the next wake-up polls again.
+        // A failed connection counts as a reset (CANCEL): nobody will read the answer.
+        let reason = |p: Poll<Result<Reason, h2::Error>>| p.map(|r| r.unwrap_or(Reason::CANCEL));
         if let Ok(mut respond) = self.respond.try_borrow_mut()
             && let Some(r) = respond.as_mut()
         {
-            return match r.poll_reset(cx) {
-                Poll::Ready(Ok(reason)) => Poll::Ready(reason),
-                Poll::Ready(Err(_)) => Poll::Ready(Reason::CANCEL),
-                Poll::Pending => Poll::Pending,
-            };
+            return reason(r.poll_reset(cx));
         }
         if let Ok(mut send) = self.send.try_borrow_mut()
             && let Some(s) = send.as_mut()
         {
-            return match s.poll_reset(cx) {
-                Poll::Ready(Ok(reason)) => Poll::Ready(reason),
-                Poll::Ready(Err(_)) => Poll::Ready(Reason::CANCEL),
-                Poll::Pending => Poll::Pending,
-            };
+            return reason(s.poll_reset(cx));
         }
         Poll::Pending
     }
