@@ -241,7 +241,8 @@ fn push_hex(out: &mut Vec<u8>, mut n: usize) {
 
 /// Largest chunk size accepted (2^56 − 1): keeps the arithmetic far from overflow.
 const MAX_CHUNK_SIZE: u64 = (1 << 56) - 1;
-/// Largest trailer section, bytes.
+/// Largest trailer section, bytes, counted as lb writes it on (`name: value` per field, CRLFs
+/// not counted), so that what lb passes on is never refused under the same limit.
 const MAX_TRAILERS: usize = 16 * 1024;
 
 #[derive(Debug)]
@@ -250,8 +251,8 @@ struct Chunked {
     ext_len: usize,
     max_ext: usize,
     trailer_len: usize,
-    /// The trailer section's field lines as received (each ends with CRLF); no allocation
-    /// for a body without trailers.
+    /// The trailer section's field lines as received, less the whitespace after each colon
+    /// (each ends with CRLF); no allocation for a body without trailers.
     trailers: Vec<u8>,
 }
 
@@ -268,6 +269,9 @@ enum State {
     TrailerLineStart,
     /// In a trailer field's name (a token).
     TrailerName,
+    /// After a trailer field's colon, in whitespace (dropped; lb writes one SP, counted with
+    /// the colon); `true` once one byte of it was seen.
+    TrailerOws(bool),
     /// In a trailer field's value.
     TrailerLine,
     TrailerLf,
@@ -372,14 +376,23 @@ impl Chunked {
                     _ => return Err(bad("trailer field name")),
                 },
                 State::TrailerName => match b {
-                    b':' => self.trailer_byte(b, State::TrailerLine)?,
+                    b':' => {
+                        self.trailer_len += 1; // the SP lb writes after it
+                        self.trailer_byte(b, State::TrailerOws(false))?
+                    }
                     _ if crate::http1::parse::is_tchar(b) => {
                         self.trailer_byte(b, State::TrailerName)?
                     }
                     b'\r' | b'\n' => return Err(bad("trailer field without a colon")),
                     _ => return Err(bad("trailer field name")),
                 },
-                State::TrailerLine => match b {
+                State::TrailerOws(seen) if matches!(b, b' ' | b'\t') => {
+                    if seen {
+                        self.count_trailer(1)?;
+                    }
+                    State::TrailerOws(true)
+                }
+                State::TrailerLine | State::TrailerOws(_) => match b {
                     b'\r' => {
                         self.trailers.push(b'\r');
                         State::TrailerLf
@@ -408,11 +421,16 @@ impl Chunked {
         Ok((i, 0..0))
     }
 
-    fn trailer_byte(&mut self, b: u8, next: State) -> Result<State, BodyError> {
-        self.trailer_len += 1;
+    fn count_trailer(&mut self, n: usize) -> Result<(), BodyError> {
+        self.trailer_len += n;
         if self.trailer_len > MAX_TRAILERS {
             return Err(BodyError::Chunked("trailers too long"));
         }
+        Ok(())
+    }
+
+    fn trailer_byte(&mut self, b: u8, next: State) -> Result<State, BodyError> {
+        self.count_trailer(1)?;
         if b < 0x20 && b != b'\t' || b == 0x7f {
             return Err(BodyError::Chunked("control byte in trailers"));
         }
@@ -494,6 +512,28 @@ mod tests {
         d.decode(b"1\r\na\r\n0\r\n\r\n", &mut out).unwrap();
         assert_eq!(out, b"1\r\na\r\n0\r\n\r\n");
         assert_eq!(d.trailers().count(), 0);
+    }
+
+    #[test]
+    fn passed_on_trailers_fit_the_limit_they_were_read_under() {
+        // lb writes `name: value`; a section read under the limit (no space after the
+        // colons, or several) must still decode at the next hop under the same limit.
+        for line in ["a:b\r\n", "a:   b\r\n", "a: b \r\n"] {
+            let count = MAX_TRAILERS / (line.len() - 1);
+            let body = format!("1\r\nx\r\n0\r\n{}\r\n", line.repeat(count));
+            let mut d = BodyDecoder::chunked(Encode::Chunked, u64::MAX, 64);
+            let mut out = Vec::new();
+            assert_eq!(d.decode(body.as_bytes(), &mut out).unwrap(), body.len(), "{line:?}");
+            let mut again = BodyDecoder::chunked(Encode::Chunked, u64::MAX, 64);
+            let mut twice = Vec::new();
+            assert_eq!(again.decode(&out, &mut twice).unwrap(), out.len(), "{line:?}");
+            assert!(again.is_done());
+            assert_eq!(again.trailers().count(), count);
+        }
+        // One byte over the limit is refused whatever the spacing.
+        let body = format!("0\r\n{}\r\n", "a:b\r\n".repeat(MAX_TRAILERS / 4 + 1));
+        let mut d = BodyDecoder::chunked(Encode::Chunked, u64::MAX, 64);
+        assert!(d.decode(body.as_bytes(), &mut Vec::new()).is_err());
     }
 
     #[test]
