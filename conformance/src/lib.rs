@@ -280,6 +280,8 @@ impl Cluster {
             procs.0.push(
                 Command::new(&self.opts.sluice)
                     .args(["echo", "--listen", &format!("{}:3000", p.ip)])
+                    // The upstream echo's h2c port (Services with appProtocol kubernetes.io/h2c).
+                    .args(["--also-listen", &format!("{}:3001", p.ip)])
                     .args(["--namespace", &p.namespace, "--pod", &p.name])
                     .env("NO_COLOR", "1")
                     .stdout(Stdio::null())

@@ -20,7 +20,8 @@ pub struct Pod {
     pub labels: BTreeMap<String, String>,
     /// Its loopback address.
     pub ip: Ipv4Addr,
-    /// Whether it serves HTTP echo (`echo-basic` without the gRPC or TCP modes).
+    /// Whether it runs as our echo: `echo-basic` in HTTP or gRPC mode (ours serves both: h2c
+    /// connections reach the gRPC service), not the TCP mode.
     pub http_echo: bool,
 }
 
@@ -106,8 +107,8 @@ pub fn pods(objects: &[Value], next_ip: &mut impl FnMut() -> Ipv4Addr) -> Vec<Po
             .and_then(Value::as_array)
             .map(|e| e.iter().filter_map(|e| e.get("name")?.as_str()).collect())
             .unwrap_or_default();
-        let http_echo = image.contains("echo-basic")
-            && !env.iter().any(|e| *e == "GRPC_ECHO_SERVER" || *e == "TCP_ECHO_SERVER");
+        let http_echo =
+            image.contains("echo-basic") && !env.iter().any(|e| *e == "TCP_ECHO_SERVER");
         for i in 0..replicas {
             out.push(Pod {
                 name: format!("{name}-{i}"),

@@ -3,7 +3,9 @@
 //! `echo-basic`), plus the namespace, service and pod names it was started with, so a client
 //! can see which backend served it.
 //!
-//! Contract (a subset of echo-basic, see `../shared/gateway-api/README.md`): `/health` → `OK`;
+//! Contract (a subset of echo-basic, see `../shared/gateway-api/README.md`): a connection that
+//! starts with the HTTP/2 preface is served as h2c, where `application/grpc` requests reach the
+//! conformance gRPC service (`grpc`, `h2`); `/health` → `OK`;
 //! `/status/NNN` → that status with an empty body; `?delay=<Go duration>` delays the answer;
 //! request header `X-Echo-Set-Header: Name:Value,...` sets response headers; `X-Echo-Body`
 //! (Sluice's, not upstream's) adds `body`, `bodyLength` and chunked `trailers`;
@@ -21,6 +23,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod grpc;
+mod h2;
 pub mod ws;
 
 use std::cell::RefCell;
@@ -141,15 +145,34 @@ struct Reply<'a> {
 
 fn connection(
     stream: TcpStream,
-    id: &Identity,
+    id: &Arc<Identity>,
     attempts: &Attempts,
     port: u16,
     peer: Option<SocketAddr>,
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;
+    if starts_h2(&stream)? {
+        return h2::serve(stream, Arc::clone(id), port);
+    }
     let reader = BufReader::with_capacity(16 * 1024, stream.try_clone()?);
     let tcp = stream.try_clone()?;
     exchanges(reader, stream, &tcp, None, id, attempts, port, peer)
+}
+
+/// Whether the connection starts with the HTTP/2 preface (h2c with prior knowledge).
+fn starts_h2(stream: &TcpStream) -> io::Result<bool> {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = stream.peek(&mut buf)?;
+        if n == 0 || buf[..n] != h2::PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == h2::PREFACE.len() {
+            return Ok(true);
+        }
+        // A prefix of the preface so far: wait for more.
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// What a TLS connection negotiated, as the upstream echo reports it (`tls` in the reply).

@@ -11,6 +11,7 @@ use crate::io::Spare;
 use crate::settings::Settings;
 use crate::timer::Wheel;
 use crate::upstream::CoreTable;
+use crate::upstream::h2::H2Pool;
 use crate::upstream::pool::Pool;
 
 /// One core's state.
@@ -27,6 +28,8 @@ pub struct Core {
     pub(crate) spare: Rc<Spare>,
     /// Idle upstream connections.
     pub(crate) pool: RefCell<Pool>,
+    /// Multiplexed HTTP/2 upstream connections.
+    pub(crate) h2_pool: RefCell<H2Pool>,
     /// Request mirroring (copies in flight, sampling).
     pub(crate) mirrors: Mirrors,
     /// Exchanges in progress on this core.
@@ -53,6 +56,7 @@ impl Core {
             id,
             spare: Rc::new(Spare::new(&settings.buffers)),
             pool: RefCell::new(Pool::new(settings.pool_max_idle, idle_ticks)),
+            h2_pool: RefCell::new(H2Pool::default()),
             mirrors: Mirrors::new(id),
             busy: Cell::new(0),
             conns: Cell::new(0),
@@ -70,6 +74,11 @@ impl Core {
     /// that table even when a new one is swapped in meanwhile.
     pub(crate) fn table(&self) -> Option<Rc<CoreTable>> {
         self.table.borrow().clone()
+    }
+
+    /// How long an upstream connection may sit idle, in wheel ticks.
+    pub(crate) fn pool_idle_ticks(&self) -> u64 {
+        (self.settings.pool_idle.as_millis() / 10) as u64
     }
 
     /// Swaps in a new table (between requests: only new requests see it).

@@ -296,9 +296,11 @@ async fn core_main(
             core.swap(Rc::new(upstream::CoreTable::new(Arc::clone(&router), tls)));
             let table = router.table();
             let now = core.wheel.now();
-            core.pool.borrow_mut().prune(now, |addr| {
+            let in_table = |addr: &std::net::SocketAddr| {
                 table.services.iter().any(|s| s.endpoints.iter().any(|e| e.socket_addr() == *addr))
-            });
+            };
+            core.pool.borrow_mut().prune(now, in_table);
+            core.h2_pool.borrow_mut().prune(now, core.pool_idle_ticks(), in_table);
         }
         let failures = listeners.reconcile(&core, &router).await;
         bind_failed = !failures.is_empty();

@@ -28,7 +28,7 @@ use crate::timer::Deadline;
 use crate::transport::Transport;
 use crate::upstream::CoreTable;
 use crate::upstream::connect;
-use crate::upstream::pool::Key;
+use crate::upstream::pool::{Key, Protocol};
 use crate::upstream::retry::{Budget, Failure, Next};
 
 /// What the exchange needs to remember of the request head.
@@ -242,7 +242,8 @@ impl Exchange<'_> {
             let failure = match table.endpoint(service, cursor, attempt) {
                 None => Failure::Exhausted,
                 Some(addr) => {
-                    match self.attempt(rule, addr, fresh_only, req, &budget, body).await {
+                    let to = (addr, table.protocol(service));
+                    match self.attempt(rule, to, fresh_only, req, &budget, body).await {
                         Ok(done) => return Ok(done),
                         Err(failure) => failure,
                     }
@@ -267,17 +268,17 @@ impl Exchange<'_> {
     async fn attempt(
         &mut self,
         rule: Rule<'_>,
-        addr: SocketAddr,
+        (addr, protocol): (SocketAddr, Protocol),
         fresh_only: bool,
         req: Summary,
         budget: &Budget,
         body: &mut BodyDecoder,
     ) -> Result<(Upstream, Response), Failure> {
-        let key = Key::plain(addr);
+        let key = Key { addr, protocol };
         let core = self.core;
         let clock = (&*core.wheel, self.deadline);
         let limit = core.settings.timeouts.connect;
-        let conn = match connect::open(&core.pool, clock, limit, key, fresh_only).await {
+        let conn = match connect::open(core, clock, limit, key, fresh_only).await {
             Ok(c) => c,
             Err(_) => return Err(Failure::Connect),
         };
@@ -498,7 +499,8 @@ impl Exchange<'_> {
         let reusable =
             !head.close && !body.until_eof() && up.input.bytes().is_empty() && req_body.is_done();
         up.input.release(&self.core.spare);
-        if reusable {
+        // An HTTP/2 stream is done here; its connection stays in `upstream::h2`'s pool.
+        if reusable && up.key.protocol == Protocol::Http1 {
             self.core.pool.borrow_mut().put(up.key, up.conn, self.core.wheel.now());
         }
         // After an upgrade the upstream refused (no 101), bytes the client sent after the

@@ -220,9 +220,13 @@ struct ConfigSyncArgs {
 
 #[derive(clap::Args, Debug, Clone)]
 struct EchoArgs {
-    /// Address to listen on.
+    /// Address to listen on (HTTP/1.1, and h2c for connections that start with the HTTP/2
+    /// preface, where `application/grpc` requests reach the conformance gRPC service).
     #[arg(long, default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
+    /// More addresses served the same way (the upstream echo's h2c port 3001).
+    #[arg(long)]
+    also_listen: Vec<SocketAddr>,
     /// Namespace reported in replies.
     #[arg(long, env = "NAMESPACE", default_value = "")]
     namespace: String,
@@ -431,6 +435,15 @@ fn run_echo(a: EchoArgs) -> Result<(), String> {
         std::thread::spawn(move || {
             if let Err(e) = echo::serve_tls(&tls, identity, &config) {
                 tracing::error!("echo HTTPS: {e}");
+            }
+        });
+    }
+    for addr in a.also_listen {
+        let more = TcpListener::bind(addr).map_err(|e| format!("echo: bind {addr}: {e}"))?;
+        let identity = identity.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = echo::serve(&more, identity) {
+                tracing::error!("echo on {addr}: {e}");
             }
         });
     }

@@ -51,6 +51,7 @@ pub fn sample() -> Table {
     let services = (0..6)
         .map(|i| Service {
             name: format!("svc{i}"),
+            protocol: UpstreamProtocol::Http1,
             endpoints: vec![Endpoint {
                 address: Address::from(IpAddr::V4(Ipv4Addr::LOCALHOST)),
                 port: 9000 + i as u16,

@@ -10,7 +10,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// Version of this layout. Stored in the segment header and checked by readers.
-pub const FORMAT_VERSION: u32 = 10;
+pub const FORMAT_VERSION: u32 = 11;
 
 /// One compiled generation of the whole data-plane configuration.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
@@ -476,8 +476,22 @@ pub enum BackendTarget {
 pub struct Service {
     /// `namespace/name:port`, for logs.
     pub name: String,
+    /// How lb speaks to the endpoints.
+    pub protocol: UpstreamProtocol,
     /// Ready endpoints.
     pub endpoints: Vec<Endpoint>,
+}
+
+/// The protocol of a Service port, from its `appProtocol` (GEP-1911), or HTTP/2 for every
+/// GRPCRoute backend.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[rkyv(derive(Debug, PartialEq, Eq))]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over TCP (no `appProtocol`, or `http`, `kubernetes.io/ws`).
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext TCP with prior knowledge (`kubernetes.io/h2c`).
+    H2c,
 }
 
 /// One endpoint address.

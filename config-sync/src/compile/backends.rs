@@ -43,7 +43,25 @@ impl<'m> Compiler<'m> {
                 format!("Service {service_key} has no port {port}"),
             ));
         };
-        let cache_key = (namespace.to_owned(), b.name.to_owned(), port);
+        let protocol = match (self.route_kind, service_port.app_protocol.as_deref()) {
+            // GRPCRoute backends speak gRPC, which is HTTP/2 (cleartext until upstream TLS).
+            (RouteKind::Grpc, _) => t::UpstreamProtocol::H2c,
+            (_, Some("kubernetes.io/h2c")) => t::UpstreamProtocol::H2c,
+            // GEP-1911: a protocol lb cannot speak makes the reference invalid.
+            (_, Some(p @ ("https" | "kubernetes.io/wss"))) => {
+                return Err((
+                    Reason::UnsupportedProtocol,
+                    format!(
+                        "Service {service_key} port {port} has appProtocol {p}: TLS to backends \
+                         is not supported yet"
+                    ),
+                ));
+            }
+            // None, `http`, `kubernetes.io/ws` (HTTP/1.1 with Upgrade) and names of other
+            // protocols that run over HTTP/1.1.
+            _ => t::UpstreamProtocol::Http1,
+        };
+        let cache_key = (namespace.to_owned(), b.name.to_owned(), port, protocol);
         if let Some(&index) = self.service_index.get(&cache_key) {
             return Ok(index);
         }
@@ -81,7 +99,11 @@ impl<'m> Compiler<'m> {
             }
         }
         let index = self.services.len() as u32;
-        self.services.push(t::Service { name: format!("{service_key}:{port}"), endpoints });
+        self.services.push(t::Service {
+            name: format!("{service_key}:{port}"),
+            protocol,
+            endpoints,
+        });
         self.service_index.insert(cache_key, index);
         Ok(index)
     }

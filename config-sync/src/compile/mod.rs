@@ -66,6 +66,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRoute303RedirectStatusCode",
     "HTTPRoute307RedirectStatusCode",
     "HTTPRoute308RedirectStatusCode",
+    "HTTPRouteBackendProtocolH2C",
     "HTTPRouteBackendProtocolWebSocket",
     "HTTPRouteBackendRequestHeaderModification",
     "HTTPRouteBackendTimeout",
@@ -241,6 +242,25 @@ enum AllowedNamespaces<'m> {
     Selector(&'m gateway_api::apis::experimental::gateways::GatewayListenersAllowedRoutesNamespacesSelector),
 }
 
+/// The route kinds Sluice serves (both compile to the same route table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum RouteKind {
+    /// HTTPRoute.
+    Http,
+    /// GRPCRoute.
+    Grpc,
+}
+
+impl RouteKind {
+    /// The kind's name in the API.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
+}
+
 /// One route match on its way into a virtual host, with the spec's precedence key.
 struct Entry<'m> {
     key: SortKey<'m>,
@@ -275,7 +295,9 @@ struct Compiler<'m> {
     gateway_listeners: BTreeMap<(&'m str, &'m str), (&'m Key, Vec<usize>)>,
     actions: Vec<t::Action>,
     services: Vec<t::Service>,
-    service_index: HashMap<(String, String, i32), u32>,
+    service_index: HashMap<(String, String, i32, t::UpstreamProtocol), u32>,
+    /// The kind of the route being compiled.
+    route_kind: RouteKind,
     regexes: Vec<String>,
     regex_index: HashMap<String, u32>,
     /// Bind addresses per Gateway (`None`: lb's default).
@@ -306,6 +328,7 @@ impl<'m> Compiler<'m> {
             actions: Vec::new(),
             services: Vec::new(),
             service_index: HashMap::new(),
+            route_kind: RouteKind::Http,
             regexes: Vec::new(),
             regex_index: HashMap::new(),
             gateway_addresses: HashMap::new(),

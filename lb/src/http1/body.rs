@@ -225,7 +225,7 @@ pub fn forwardable_trailer(name: &[u8]) -> bool {
     !NEVER.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
-fn push_hex(out: &mut Vec<u8>, mut n: usize) {
+pub(crate) fn push_hex(out: &mut Vec<u8>, mut n: usize) {
     let mut digits = [0u8; 16];
     let mut i = digits.len();
     loop {

@@ -29,6 +29,38 @@ use crate::io::InBuf;
 use crate::timer::Deadline;
 use crate::transport::Transport;
 
+/// Sends body bytes as DATA on `send`, waiting for window as the peer grants it (a peer that
+/// never reads stalls this stream until the exchange's body timeout, nothing more); `end`
+/// ends the stream with the last of them (an empty DATA frame when there are none).
+pub(crate) async fn send_all(
+    send: &mut h2::SendStream<Bytes>,
+    mut data: Bytes,
+    end: bool,
+) -> std::io::Result<()> {
+    let h2_io = |e: h2::Error| std::io::Error::other(e);
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(Ok(n)) => n,
+            Some(Err(e)) => return Err(h2_io(e)),
+            None => return Err(std::io::ErrorKind::BrokenPipe.into()),
+        };
+        if granted == 0 {
+            continue;
+        }
+        let chunk = data.split_to(granted.min(data.len()));
+        let last = end && data.is_empty();
+        send.send_data(chunk, last).map_err(h2_io)?;
+        if last {
+            return Ok(());
+        }
+    }
+    if end {
+        send.send_data(Bytes::new(), true).map_err(h2_io)?;
+    }
+    Ok(())
+}
+
 /// The client connection preface (RFC 9113 §3.4); its first line is what an HTTP/1 parser
 /// would see as a request line.
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -406,33 +406,12 @@ impl H2Stream {
         Ok(Some((Bytes::from(data), end, trailers)))
     }
 
-    /// Sends body bytes as DATA, waiting for window as the client grants it (a client that
-    /// never reads stalls this stream until the exchange's body timeout, nothing more).
+    /// Sends body bytes as DATA within the client's window (`http2::send_all`).
     #[allow(clippy::await_holding_refcell_ref, reason = "one writer per stream")]
-    async fn send_data(&self, mut data: Bytes, end: bool) -> io::Result<()> {
+    async fn send_data(&self, data: Bytes, end: bool) -> io::Result<()> {
         let mut send = self.send.borrow_mut();
         let Some(send) = send.as_mut() else { return Err(io::ErrorKind::BrokenPipe.into()) };
-        while !data.is_empty() {
-            send.reserve_capacity(data.len());
-            let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
-                Some(Ok(n)) => n,
-                Some(Err(e)) => return Err(h2_io(e)),
-                None => return Err(io::ErrorKind::BrokenPipe.into()),
-            };
-            if granted == 0 {
-                continue;
-            }
-            let chunk = data.split_to(granted.min(data.len()));
-            let last = end && data.is_empty();
-            send.send_data(chunk, last).map_err(h2_io)?;
-            if last {
-                return Ok(());
-            }
-        }
-        if end {
-            send.send_data(Bytes::new(), true).map_err(h2_io)?;
-        }
-        Ok(())
+        super::send_all(send, data, end).await
     }
 
     /// After the exchange: a response that did not end cleanly resets the stream (the client

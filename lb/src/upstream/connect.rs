@@ -2,13 +2,13 @@
 //! opened within the connect timeout. Never loops: the caller's retry budget
 //! (`upstream::retry`) decides what a failure leads to.
 
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
 use tracing::debug;
 
-use super::pool::{Key, Pool};
+use super::pool::{Key, Protocol};
+use crate::core::Core;
 use crate::error::{Phase, ProxyError, Side, timed};
 use crate::timer::{Deadline, Wheel};
 use crate::transport::Transport;
@@ -22,15 +22,21 @@ pub(crate) struct Conn {
     pub reused: bool,
 }
 
-/// A connection for `key`: from `pool` unless `fresh_only`, else connected within `limit`.
+/// A connection for `key`: from the core's pool unless `fresh_only`, else connected within
+/// `limit`. For HTTP/2 keys, a stream on a multiplexed connection (`upstream::h2`).
 pub(crate) async fn open(
-    pool: &RefCell<Pool>,
+    core: &Core,
     (wheel, deadline): (&Wheel, &Rc<Deadline>),
     limit: Duration,
     key: Key,
     fresh_only: bool,
 ) -> Result<Conn, ProxyError> {
-    if !fresh_only && let Some(transport) = pool.borrow_mut().take(key, wheel.now()) {
+    if key.protocol == Protocol::H2c {
+        let (transport, reused) =
+            super::h2::open(core, (wheel, deadline), limit, key, fresh_only).await?;
+        return Ok(Conn { transport, reused });
+    }
+    if !fresh_only && let Some(transport) = core.pool.borrow_mut().take(key, wheel.now()) {
         return Ok(Conn { transport, reused: true });
     }
     let side = (Side::Upstream, Phase::Connect);

@@ -6,6 +6,7 @@
 pub(crate) mod select;
 pub(crate) mod pool;
 pub(crate) mod connect;
+pub(crate) mod h2;
 pub(crate) mod retry;
 
 pub(crate) use select::{CoreTable, Target};

@@ -18,12 +18,24 @@ use crate::transport::Transport;
 pub(crate) struct Key {
     /// The endpoint.
     pub addr: SocketAddr,
+    /// The protocol spoken to it.
+    pub protocol: Protocol,
+}
+
+/// The protocol of an upstream connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Protocol {
+    /// HTTP/1.1 over TCP: one exchange at a time, idle ones kept in [`Pool`].
+    Http1,
+    /// HTTP/2 with prior knowledge over TCP: multiplexed (`upstream::h2`).
+    H2c,
 }
 
 impl Key {
     /// Plain TCP carrying HTTP/1.1 to `addr`.
+    #[cfg(test)]
     pub(crate) fn plain(addr: SocketAddr) -> Key {
-        Key { addr }
+        Key { addr, protocol: Protocol::Http1 }
     }
 }
 

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use table::format::{ArchivedActionKind, ArchivedBackendTarget};
 use table::{Router, Scratch, ServiceId};
 
+use super::pool::Protocol;
+
 /// One core's view of a table: the shared router plus this core's mutable selection state.
 #[derive(Debug)]
 pub(crate) struct CoreTable {
@@ -109,6 +111,14 @@ impl CoreTable {
         svc.endpoints.get(i).map(|e| e.socket_addr())
     }
 
+    /// The protocol lb speaks to a service's endpoints.
+    pub(crate) fn protocol(&self, service: ServiceId) -> Protocol {
+        match self.router.service(service).map(|s| &s.protocol) {
+            Some(table::format::ArchivedUpstreamProtocol::H2c) => Protocol::H2c,
+            _ => Protocol::Http1,
+        }
+    }
+
     /// Number of ready endpoints of a service.
     pub(crate) fn endpoint_count(&self, service: ServiceId) -> usize {
         self.router.service(service).map_or(0, |s| s.endpoints.len())
@@ -129,6 +139,7 @@ mod tests {
     fn endpoints(ports: &[u16]) -> Service {
         Service {
             name: "svc".into(),
+            protocol: UpstreamProtocol::Http1,
             endpoints: ports
                 .iter()
                 .map(|&port| Endpoint {
