@@ -145,7 +145,7 @@ pub(crate) fn status_value(status: &ObjectStatus) -> Value {
     let v = match status {
         ObjectStatus::GatewayClass(s) => serde_json::to_value(s),
         ObjectStatus::Gateway(s) => serde_json::to_value(s),
-        ObjectStatus::HttpRoute(s) => serde_json::to_value(s),
+        ObjectStatus::HttpRoute(s) | ObjectStatus::GrpcRoute(s) => serde_json::to_value(s),
     };
     v.unwrap_or(Value::Null)
 }
@@ -191,7 +191,7 @@ fn summary(status: &ObjectStatus) -> String {
             }
             out
         }
-        ObjectStatus::HttpRoute(s) => s
+        ObjectStatus::HttpRoute(s) | ObjectStatus::GrpcRoute(s) => s
             .parents
             .iter()
             .map(|p| {

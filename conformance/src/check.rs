@@ -8,8 +8,7 @@ use crate::http::Response;
 
 /// Fields of an expectation this runner does not check yet; a case using one fails with the
 /// field named rather than passing unchecked.
-const UNCHECKED: &[&str] =
-    &["grpc_code", "fully_qualified_method_seen_by_backend", "tcp_echo", "invariant"];
+const UNCHECKED: &[&str] = &["tcp_echo", "invariant"];
 
 /// Every expectation field this runner checks (or, for `note` and `note_unchecked`, knows to be
 /// prose). A field outside this list and [`UNCHECKED`] fails the case with the field named: a
@@ -17,6 +16,8 @@ const UNCHECKED: &[&str] =
 const CHECKED: &[&str] = &[
     "status",
     "not_status",
+    "grpc_code",
+    "fully_qualified_method_seen_by_backend",
     "backend",
     "backend_from_header",
     "namespace",
@@ -63,6 +64,32 @@ pub fn response(
     }
     if let Some(field) = unknown_field(expect) {
         return Err(format!("the runner does not know the expectation field `{field}`"));
+    }
+    if let Some(want) = expect.get("grpc_code").and_then(Value::as_str) {
+        // gRPC answers are HTTP 200; the outcome is `grpc-status` (in trailers, or in the
+        // head of a trailers-only answer).
+        let code = resp.header("grpc-status").and_then(|c| c.trim().parse::<u32>().ok());
+        let got = code.map_or("none", echo::grpc::code_name);
+        if resp.status != 200 || got != want {
+            return Err(format!(
+                "expected gRPC status {want}, got HTTP {} grpc-status {got}",
+                resp.status
+            ));
+        }
+        if want != "OK" {
+            return Ok(());
+        }
+        if let Some(method) = expect.get("fully_qualified_method_seen_by_backend") {
+            let echo: Value = serde_json::from_slice(&resp.body)
+                .map_err(|_| "expected the echo's gRPC answer, got no message".to_owned())?;
+            if echo.get("path") != Some(method) {
+                return Err(format!(
+                    "expected the backend to see method {method}, got {}",
+                    echo["path"]
+                ));
+            }
+        }
+        return backend(expect, resp);
     }
     if let Some(not) = expect.get("not_status").and_then(Value::as_u64) {
         if u64::from(resp.status) == not {

@@ -327,13 +327,10 @@ impl Cluster {
                 str_of(&c.request, "scheme").unwrap_or_default()
             ));
         }
-        if let Some(p) = t
-            .cases
-            .iter()
-            .filter_map(|c| str_of(&c.request, "protocol"))
-            .find(|p| !matches!(*p, "HTTP/2.0" | "H2C_PRIOR_KNOWLEDGE"))
-        {
-            return Some(format!("needs protocol {p:?} (gRPC is a later part of issue 13)"));
+        if let Some(p) = t.cases.iter().filter_map(|c| str_of(&c.request, "protocol")).find(|p| {
+            !matches!(*p, "HTTP/2.0" | "H2C_PRIOR_KNOWLEDGE" | "grpc (h2c)" | "grpc (h2)")
+        }) {
+            return Some(format!("needs protocol {p:?}"));
         }
         None
     }
@@ -722,6 +719,20 @@ fn send(
             h.iter().map(|(n, v)| (n.clone(), v.as_str().unwrap_or_default().to_owned())).collect()
         })
         .unwrap_or_default();
+    // gRPC: a unary call of the echo service, with the vector's metadata.
+    if let Some(method) = str_of(r, "grpc_method") {
+        let metadata: Vec<(String, String)> = r
+            .get("metadata")
+            .and_then(Value::as_object)
+            .map(|h| {
+                h.iter()
+                    .map(|(n, v)| (n.clone(), v.as_str().unwrap_or_default().to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let authority = str_of(r, "authority").or(str_of(r, "host"));
+        return http::send_grpc(addr, authority, method, &metadata, Duration::from_secs(5), tls);
+    }
     // `protocol`: HTTP/2 over TLS (ALPN h2) or cleartext with prior knowledge; HTTP/1.1
     // otherwise.
     let send = match str_of(r, "protocol") {

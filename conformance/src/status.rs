@@ -140,8 +140,18 @@ pub fn check(dir: &Path, e: &Value) -> Result<(), String> {
                 .filter_map(Value::as_str)
             {
                 let (ns, n) = object_ref(r);
-                let st = read(dir, "httproute", &ns, &n)
-                    .ok_or_else(|| format!("no status for HTTPRoute {r}"))?;
+                // The vectors print the route type of GRPCRoute checks as `{}`: the status
+                // folder says which kind the named route is (HTTPRoute when both are).
+                let grpc_first = s("route_type").contains("GRPCRoute");
+                let kinds = if grpc_first {
+                    ["grpcroute", "httproute"]
+                } else {
+                    ["httproute", "grpcroute"]
+                };
+                let st = kinds
+                    .iter()
+                    .find_map(|k| read(dir, k, &ns, &n))
+                    .ok_or_else(|| format!("no status for HTTPRoute or GRPCRoute {r}"))?;
                 let parent = parent_for(&st, &gns, &gname, &ns).ok_or_else(|| {
                     format!("HTTPRoute {r}: no parent status for Gateway {gns}/{gname}")
                 })?;

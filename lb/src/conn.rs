@@ -166,7 +166,13 @@ fn prepare(core: &Core, buf: &[u8], on: &Accepted<'_>, out: &mut Vec<u8>) -> Opt
         }
     };
     let fields = &fields[..head.header_count];
-    let req = Summary::of(&head, buf);
+    let mut req = Summary::of(&head, buf);
+    let field = |name: &str| fields.iter().find(|f| f.name.eq_ignore_ascii_case(name));
+    req.grpc = field("content-type").is_some_and(|f| is_grpc(f.value));
+    if req.grpc {
+        req.grpc_timeout_ms =
+            field("grpc-timeout").and_then(|f| grpc_timeout_ms(f.value)).unwrap_or(0);
+    }
     let Some(table) = core.table() else {
         return Some(Plan::Refuse { refusal: Refusal::NoTable, req });
     };
@@ -219,8 +225,10 @@ fn prepare(core: &Core, buf: &[u8], on: &Accepted<'_>, out: &mut Vec<u8>) -> Opt
         let mirrors = (&core.mirrors, &core.wheel, core.settings.timeouts);
         mirror::copy(mirrors, &table, &action.mirrors, head.whole_body(buf), copy);
     }
-    // The clock is read only for rules with a request timeout (which runs from here).
-    let arrived = if action.timeouts.request_ms == 0 { 0 } else { core.wheel.now() };
+    // The clock is read only when a request timeout (the rule's, the gRPC client's) runs from
+    // here.
+    let timed = action.timeouts.request_ms != 0 || req.grpc_timeout_ms != 0;
+    let arrived = if timed { core.wheel.now() } else { 0 };
     let req = Summary { arrived, ..req };
     let (id, service, cursor, cors) = (forward.id, forward.service, forward.cursor, forward.cors);
     Some(Plan::Forward { table, id, service, cursor, cors, req })
@@ -242,9 +250,41 @@ impl Summary {
                 b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
             ),
             arrived: 0,
+            grpc: false,
+            grpc_timeout_ms: 0,
         }
     }
 }
+
+/// `application/grpc`, alone or with a `+format` or parameters (gRPC over HTTP/2).
+fn is_grpc(content_type: &[u8]) -> bool {
+    let ct = trim_ows(content_type);
+    ct.len() >= 16
+        && ct[..16].eq_ignore_ascii_case(b"application/grpc")
+        && matches!(ct.get(16), None | Some(b'+' | b';'))
+}
+
+/// A `grpc-timeout` value (gRPC over HTTP/2: at most 8 digits and a unit H, M, S, m, u, n) in
+/// milliseconds, rounded up so a short deadline is never 0; `None` when malformed.
+fn grpc_timeout_ms(value: &[u8]) -> Option<u64> {
+    let value = trim_ows(value);
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    let ns_per_unit: u64 = match unit {
+        b"H" => 3_600_000_000_000,
+        b"M" => 60_000_000_000,
+        b"S" => 1_000_000_000,
+        b"m" => 1_000_000,
+        b"u" => 1_000,
+        b"n" => 1,
+        _ => return None,
+    };
+    Some(n.saturating_mul(ns_per_unit).div_ceil(1_000_000).max(1))
+}
+
 
 /// Half-closes, then reads and drops what the client still sends for a short while.
 pub(crate) async fn linger(core: &Core, transport: &Transport, deadline: &Rc<Deadline>) {
@@ -267,4 +307,26 @@ pub(crate) async fn drain(core: &Core, transport: &Transport, deadline: &Rc<Dead
         }
     }
     core.wheel.disarm(deadline);
+}
+
+#[cfg(test)]
+mod grpc_tests {
+    use super::*;
+
+    #[test]
+    fn grpc_requests_and_deadlines() {
+        assert!(is_grpc(b"application/grpc"));
+        assert!(is_grpc(b"Application/GRPC+proto"));
+        assert!(is_grpc(b"application/grpc; charset=utf-8"));
+        assert!(!is_grpc(b"application/grpc-web"));
+        assert!(!is_grpc(b"application/json"));
+        assert_eq!(grpc_timeout_ms(b"100m"), Some(100));
+        assert_eq!(grpc_timeout_ms(b"2S"), Some(2000));
+        assert_eq!(grpc_timeout_ms(b"1H"), Some(3_600_000));
+        assert_eq!(grpc_timeout_ms(b"5u"), Some(1));
+        assert_eq!(grpc_timeout_ms(b"99999999M"), Some(5_999_999_940_000));
+        for bad in [&b""[..], b"m", b"100", b"100x", b"123456789S", b"-1S", b"1.5S"] {
+            assert_eq!(grpc_timeout_ms(bad), None, "{bad:?}");
+        }
+    }
 }

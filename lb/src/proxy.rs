@@ -53,6 +53,22 @@ pub(crate) struct Summary {
     /// Wheel time the head was complete, for rules with a `request` timeout (which runs from
     /// here); 0 otherwise.
     pub arrived: u64,
+    /// A gRPC request (`content-type: application/grpc…`): lb's own answers are gRPC statuses.
+    pub grpc: bool,
+    /// The gRPC client's deadline (`grpc-timeout`), ms; 0: none. It bounds the exchange like
+    /// a rule's `request` timeout, whichever is shorter.
+    pub grpc_timeout_ms: u64,
+}
+
+impl Summary {
+    /// lb's own answer with `status`, as a gRPC status for gRPC requests.
+    fn local(&self, out: &mut Vec<u8>, status: u16, close: bool) {
+        if self.grpc {
+            local::grpc_response(out, status, close);
+        } else {
+            local::local_response(out, status, close, false);
+        }
+    }
 }
 
 /// Whether the client connection goes on after an exchange.
@@ -105,8 +121,14 @@ impl Rule<'_> {
         Some(&self.action.retry).filter(|r| r.attempts.to_native() > 0)
     }
 
-    fn request_timeout(&self) -> Option<Duration> {
-        ms(self.action.timeouts.request_ms.to_native())
+    /// The whole-request timeout: the rule's `request`, cut to the gRPC client's deadline.
+    fn request_timeout(&self, req: Summary) -> Option<Duration> {
+        let rule = ms(self.action.timeouts.request_ms.to_native());
+        let client = (req.grpc_timeout_ms > 0).then(|| Duration::from_millis(req.grpc_timeout_ms));
+        match (rule, client) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn attempt_timeout(&self) -> Option<Duration> {
@@ -149,6 +171,9 @@ impl Exchange<'_> {
     pub(crate) async fn refuse(&mut self, refusal: Refusal, req: Summary) -> Flow {
         let status = refusal.status();
         let head_method = req.head_method && refusal != Refusal::CorsOrigin;
+        if req.grpc {
+            return self.answer(req, |out, close| local::grpc_response(out, status, close)).await;
+        }
         self.answer(req, |out, close| local::local_response(out, status, close, head_method)).await
     }
 
@@ -200,7 +225,7 @@ impl Exchange<'_> {
         let Some(action) = table.router.action(id) else {
             // Cannot happen: `id` came from a lookup in this very table.
             let e = ProxyError::new(Side::Upstream, Phase::Connect, Cause::Unreachable);
-            return self.fail(e, &body).await;
+            return self.fail(e, &body, req).await;
         };
         let rule = Rule { action, cors };
         // Whatever body bytes already arrived go out with the head.
@@ -208,7 +233,7 @@ impl Exchange<'_> {
             Ok(used) => self.input.consume(used, &self.core.spare),
             Err(e) => {
                 let e = ProxyError::body(Side::Downstream, Phase::RequestBody, e);
-                return self.fail(e, &body).await;
+                return self.fail(e, &body, req).await;
             }
         }
         if req.expect_continue && !body.is_done() && self.input.bytes().is_empty() && !req.http10 {
@@ -220,7 +245,7 @@ impl Exchange<'_> {
         }
         match self.send_request(table, rule, (service, cursor), req, &mut body).await {
             Ok((upstream, response)) => self.relay_response(upstream, response, req, &body).await,
-            Err(e) => self.fail(e, &body).await,
+            Err(e) => self.fail(e, &body, req).await,
         }
     }
 
@@ -311,7 +336,7 @@ impl Exchange<'_> {
 
     /// Whether the rule's whole-request timeout has run out since the request arrived.
     fn request_time_over(&self, rule: Rule<'_>, req: Summary) -> bool {
-        rule.request_timeout().is_some_and(|t| self.core.wheel.elapsed_since(req.arrived) >= t)
+        rule.request_timeout(req).is_some_and(|t| self.core.wheel.elapsed_since(req.arrived) >= t)
     }
 
     /// Waits the retry policy's backoff.
@@ -418,7 +443,7 @@ impl Exchange<'_> {
             let wheel = &self.core.wheel;
             let Some(limit) = head_wait(
                 self.core.settings.timeouts.upstream,
-                rule.request_timeout().map(|t| (t, wheel.elapsed_since(req.arrived))),
+                rule.request_timeout(req).map(|t| (t, wheel.elapsed_since(req.arrived))),
                 rule.attempt_timeout().map(|t| (t, wheel.elapsed_since(attempt_started))),
             ) else {
                 return Err(head_error(Cause::Timeout));
@@ -489,7 +514,7 @@ impl Exchange<'_> {
         if let Err(e) = relayed {
             up.input.release(&self.core.spare);
             if !head_sent {
-                return self.fail(e, req_body).await;
+                return self.fail(e, req_body, req).await;
             }
             // The response has started: all we can do is cut the client off.
             debug!(addr = %up.key.addr, "response relay failed: {e}");
@@ -540,7 +565,7 @@ impl Exchange<'_> {
     }
 
     /// Answers an error before any response byte went out, if possible.
-    async fn fail(&mut self, e: ProxyError, body: &BodyDecoder) -> Flow {
+    async fn fail(&mut self, e: ProxyError, body: &BodyDecoder, req: Summary) -> Flow {
         debug!("exchange failed: {e}");
         self.out.clear();
         if e.side == Side::Downstream && e.cause == Cause::Closed {
@@ -548,7 +573,7 @@ impl Exchange<'_> {
         }
         // Keep the client only if its request was read whole.
         let close = e.closes_client() || !body.is_done();
-        local::local_response(self.out, e.status(), close, false);
+        req.local(self.out, e.status(), close);
         if self.write_client().await.is_err() || close {
             return Flow::Close;
         }

@@ -70,12 +70,23 @@ impl<'m> Compiler<'m> {
             query.push(t::QueryMatch { name: q.name.clone(), value });
         }
         let method = m.method.as_ref().map(|m| method_name(m).to_owned());
+        // GRPCRoute precedence: the longest service, then method, then the most headers
+        // (path kind and length stand for service and method; both are at most 1024 long).
+        let grpc = (self.route_kind == RouteKind::Grpc).then(|| {
+            let rules = self.model.grpc_routes.get(key).and_then(|g| g.route.spec.rules.as_ref());
+            let m = rules.and_then(|r| r.get(rule)?.matches.as_ref()?.get(index));
+            m.map_or((0, 0, 0), crate::model::grpc::precedence)
+        });
+        let (path_kind, path_len, header_count) = match grpc {
+            Some((service, method, headers)) => (0, service * 2048 + method, headers),
+            None => (path_kind, path_len, headers.len()),
+        };
         Entry {
             key: SortKey {
                 path_kind,
                 path_len: Reverse(path_len),
                 has_method: Reverse(method.is_some()),
-                headers: Reverse(headers.len()),
+                headers: Reverse(header_count),
                 query: Reverse(query.len()),
                 created: created(&route.metadata.creation_timestamp),
                 namespace: &key.namespace,

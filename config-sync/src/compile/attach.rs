@@ -1,18 +1,27 @@
-//! Route attachment: each HTTPRoute parentRef against the listeners it names (sectionName,
-//! port, allowedRoutes namespaces and kinds, hostname intersection), with the spec's reasons
-//! when it fails.
+//! Route attachment: each route's parentRef against the listeners it names (sectionName,
+//! port, allowedRoutes namespaces and kinds, hostname intersection, the HTTPRoute/GRPCRoute
+//! hostname conflict), with the spec's reasons when it fails. GRPCRoutes go through here as
+//! the HTTPRoutes they compile as (`model::grpc`), under their own kind.
 
 use super::*;
 
 impl<'m> Compiler<'m> {
     pub(super) fn routes(&mut self) {
-        let mut routes: Vec<(&Key, &HttpRoute)> =
-            self.model.http_routes.iter().map(|(k, r)| (k, &**r)).collect();
-        // Stable sort: the map already iterates in key order, the tie-breaker.
-        routes.sort_by_key(|(_, r)| created(&r.metadata.creation_timestamp));
-        for (key, route) in routes {
+        let http = self.model.http_routes.iter().map(|(k, r)| (RouteKind::Http, k, &**r));
+        let grpc = self.model.grpc_routes.iter().map(|(k, r)| (RouteKind::Grpc, k, &r.http));
+        let mut routes: Vec<(RouteKind, &Key, &HttpRoute)> = http.chain(grpc).collect();
+        // Oldest first, then by namespace/name: the order in which conflicts are won.
+        routes.sort_by(|(ka, a, ra), (kb, b, rb)| {
+            let order = |k, key: &'m Key, r: &HttpRoute| {
+                (created(&r.metadata.creation_timestamp), &key.namespace, &key.name, k)
+            };
+            order(*ka, a, ra).cmp(&order(*kb, b, rb))
+        });
+        for (kind, key, route) in routes {
+            self.route_kind = kind;
             self.route(key, route);
         }
+        self.route_kind = RouteKind::Http;
     }
 
     pub(super) fn route(&mut self, key: &'m Key, route: &'m HttpRoute) {
@@ -34,6 +43,7 @@ impl<'m> Compiler<'m> {
             let Some((_, listener_ids)) = self.gateway_listeners.get(&gw_key) else { continue };
             let outcome =
                 self.attach(key, parent, listener_ids, &hostnames, unsupported.as_deref());
+            let outcome = outcome.and_then(|found| self.without_conflicts(found));
             let accepted = match outcome {
                 Ok(found) => {
                     attach.extend(found);
@@ -105,6 +115,8 @@ impl<'m> Compiler<'m> {
         }
         for (listener, effective) in attach {
             self.listeners[listener].attached += 1;
+            let kind = self.route_kind;
+            self.listeners[listener].attached_hosts.push((kind, key, effective.clone()));
             for (rule_index, rule) in rules.iter().enumerate() {
                 let action = rule_actions[rule_index];
                 let default_match = [HttpRouteRulesMatches::default()];
@@ -125,10 +137,46 @@ impl<'m> Compiler<'m> {
                 }
             }
         }
-        self.status.insert(
-            ObjectId { kind: Kind::HttpRoute, key: key.clone() },
-            (generation, ObjectStatus::HttpRoute(HttpRouteStatus { parents })),
-        );
+        let status = HttpRouteStatus { parents };
+        let (kind, status) = match self.route_kind {
+            RouteKind::Http => (Kind::HttpRoute, ObjectStatus::HttpRoute(status)),
+            RouteKind::Grpc => (Kind::GrpcRoute, ObjectStatus::GrpcRoute(status)),
+        };
+        self.status.insert(ObjectId { kind, key: key.clone() }, (generation, status));
+    }
+
+    /// Drops the listeners where a route of the other kind (HTTPRoute vs GRPCRoute) attached
+    /// earlier shares a hostname with this one: the spec accepts exactly one of the two, the
+    /// older (then the first by namespace/name), and routes are compiled in that order.
+    fn without_conflicts(
+        &self,
+        found: Vec<(usize, Vec<String>)>,
+    ) -> Result<Vec<(usize, Vec<String>)>, Why> {
+        let kind = self.route_kind;
+        let mut conflict = None;
+        let kept: Vec<_> = found
+            .into_iter()
+            .filter(|(i, effective)| {
+                let l = &self.listeners[*i];
+                let other = l.attached_hosts.iter().find(|(k, _, hosts)| {
+                    *k != kind
+                        && hosts.iter().any(|h| effective.iter().any(|e| hosts_overlap(h, e)))
+                });
+                if let Some((k, key, _)) = other {
+                    conflict = Some(format!(
+                        "its hostnames overlap {} {key} on listener {} (the older route is \
+                         accepted)",
+                        k.name(),
+                        l.name
+                    ));
+                }
+                other.is_none()
+            })
+            .collect();
+        match conflict {
+            Some(why) if kept.is_empty() => Err((Reason::NotAllowedByListeners, why)),
+            _ => Ok(kept),
+        }
     }
 
     /// The listeners a parentRef attaches to with their effective hostnames, or the reason it
@@ -160,7 +208,9 @@ impl<'m> Compiler<'m> {
             .into_iter()
             .filter(|&i| {
                 let l = &self.listeners[i];
-                l.usable && l.http_route_allowed && self.namespace_allowed(l, &route_key.namespace)
+                l.usable
+                    && l.allowed_kinds.contains(&self.route_kind)
+                    && self.namespace_allowed(l, &route_key.namespace)
             })
             .collect();
         if allowed.is_empty() {
@@ -228,6 +278,11 @@ pub(crate) fn intersect(listener: Option<&str>, route: &[&str]) -> Vec<String> {
         }
     }
     out
+}
+
+/// Whether two effective hostnames (`""`: any) have a name in common.
+fn hosts_overlap(a: &str, b: &str) -> bool {
+    a.is_empty() || b.is_empty() || intersect_one(a, b).is_some()
 }
 
 pub(super) fn intersect_one<'a>(l: &'a str, r: &'a str) -> Option<&'a str> {

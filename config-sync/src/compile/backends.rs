@@ -18,14 +18,15 @@ impl<'m> Compiler<'m> {
             ));
         }
         let namespace = b.namespace.unwrap_or(&route_key.namespace);
+        let route_kind = self.route_kind.name();
         if namespace != route_key.namespace
             && !self
-                .grant_allows(("HTTPRoute", &route_key.namespace), (namespace, "Service", b.name))
+                .grant_allows((route_kind, &route_key.namespace), (namespace, "Service", b.name))
         {
             return Err((
                 Reason::RefNotPermitted,
                 format!(
-                    "no ReferenceGrant in {namespace} allows HTTPRoutes from {} to Service {}",
+                    "no ReferenceGrant in {namespace} allows {route_kind}s from {} to Service {}",
                     route_key.namespace, b.name
                 ),
             ));

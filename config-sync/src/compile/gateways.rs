@@ -90,12 +90,13 @@ impl<'m> Compiler<'m> {
                     hostname: l.hostname.as_deref(),
                     addresses: addresses.clone(),
                     allowed: AllowedNamespaces::Same,
-                    http_route_allowed: true,
-                    supported_kinds: vec!["HTTPRoute"],
+                    allowed_kinds: vec![RouteKind::Http, RouteKind::Grpc],
+                    supported_kinds: vec!["HTTPRoute", "GRPCRoute"],
                     conditions: Vec::new(),
                     usable: true,
                     bind_failed: None,
                     attached: 0,
+                    attached_hosts: Vec::new(),
                     vhosts: BTreeMap::new(),
                 };
                 let mut accepted = (true, Reason::Accepted, "listener accepted".to_owned());
@@ -114,13 +115,23 @@ impl<'m> Compiler<'m> {
                         };
                     }
                     if let Some(kinds) = &ar.kinds {
-                        let (ok, bad): (Vec<_>, Vec<_>) = kinds.iter().partition(|k| {
-                            k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
-                                && k.kind == "HTTPRoute"
-                        });
-                        info.http_route_allowed = !ok.is_empty();
+                        let kind_of = |k: &GatewayListenersAllowedRoutesKinds| {
+                            let ours = k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP;
+                            [RouteKind::Http, RouteKind::Grpc]
+                                .into_iter()
+                                .find(|r| ours && r.name() == k.kind)
+                        };
+                        let (ok, bad): (Vec<_>, Vec<_>) =
+                            kinds.iter().partition(|k| kind_of(k).is_some());
+                        info.allowed_kinds = Vec::new();
+                        for kind in ok.iter().filter_map(|k| kind_of(k)) {
+                            if !info.allowed_kinds.contains(&kind) {
+                                info.allowed_kinds.push(kind);
+                            }
+                        }
+                        info.allowed_kinds.sort();
                         info.supported_kinds =
-                            if ok.is_empty() { Vec::new() } else { vec!["HTTPRoute"] };
+                            info.allowed_kinds.iter().map(|k| k.name()).collect();
                         if !bad.is_empty() {
                             let names: Vec<_> = bad.iter().map(|k| k.kind.as_str()).collect();
                             resolved = (

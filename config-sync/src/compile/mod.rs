@@ -30,10 +30,11 @@ use gateway_api::apis::experimental::gatewayclasses::{
     GatewayClassStatus, GatewayClassStatusSupportedFeatures,
 };
 use gateway_api::apis::experimental::gateways::{
-    Gateway, GatewayListenersAllowedRoutesNamespacesFrom as From,
-    GatewayListenersTlsCertificateRefs, GatewayListenersTlsMode, GatewayStatus,
-    GatewayStatusAddresses, GatewayStatusListeners, GatewayStatusListenersSupportedKinds,
-    GatewayTlsFrontendDefaultValidationMode, GatewayTlsFrontendPerPortTlsValidationMode,
+    Gateway, GatewayListenersAllowedRoutesKinds,
+    GatewayListenersAllowedRoutesNamespacesFrom as From, GatewayListenersTlsCertificateRefs,
+    GatewayListenersTlsMode, GatewayStatus, GatewayStatusAddresses, GatewayStatusListeners,
+    GatewayStatusListenersSupportedKinds, GatewayTlsFrontendDefaultValidationMode,
+    GatewayTlsFrontendPerPortTlsValidationMode,
 };
 use gateway_api::apis::experimental::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefsFiltersType,
@@ -62,6 +63,8 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "GatewayHTTPSListenerDetectMisdirectedRequests",
     "GatewayPort8080",
     "GatewayStaticAddresses",
+    "GRPCRoute",
+    "GRPCRouteNamedRouteRule",
     "HTTPRoute",
     "HTTPRoute303RedirectStatusCode",
     "HTTPRoute307RedirectStatusCode",
@@ -184,6 +187,8 @@ pub enum ObjectStatus {
     Gateway(GatewayStatus),
     /// HTTPRoute status (only the parent entries Sluice owns).
     HttpRoute(HttpRouteStatus),
+    /// GRPCRoute status: the same shape as HTTPRoute's (`RouteStatus` in the spec).
+    GrpcRoute(HttpRouteStatus),
 }
 
 impl ObjectStatus {
@@ -196,7 +201,9 @@ impl ObjectStatus {
                 all.extend(s.listeners.iter_mut().flatten().map(|l| &mut l.conditions));
                 all
             }
-            ObjectStatus::HttpRoute(s) => s.parents.iter_mut().map(|p| &mut p.conditions).collect(),
+            ObjectStatus::HttpRoute(s) | ObjectStatus::GrpcRoute(s) => {
+                s.parents.iter_mut().map(|p| &mut p.conditions).collect()
+            }
         }
     }
 }
@@ -223,8 +230,11 @@ struct ListenerInfo<'m> {
     hostname: Option<&'m str>,
     addresses: Vec<Option<IpAddr>>,
     allowed: AllowedNamespaces<'m>,
-    /// HTTPRoute is among the allowed kinds.
-    http_route_allowed: bool,
+    /// Route kinds it accepts (allowedRoutes.kinds, else both).
+    allowed_kinds: Vec<RouteKind>,
+    /// Effective hostnames of the routes attached so far, by kind: an HTTPRoute and a GRPCRoute
+    /// may not share a hostname on one listener (the older one wins).
+    attached_hosts: Vec<(RouteKind, &'m Key, Vec<String>)>,
     supported_kinds: Vec<&'static str>,
     conditions: Vec<Condition>,
     /// Accepts routes and gets programmed.

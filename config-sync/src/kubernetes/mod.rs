@@ -64,10 +64,11 @@ pub struct KubeOptions {
 }
 
 /// The kinds watched: (kind, group, version, plural).
-const WATCHED: [(Kind, &str, &str, &str); 7] = [
+const WATCHED: [(Kind, &str, &str, &str); 8] = [
     (Kind::GatewayClass, GATEWAY_GROUP, "v1", "gatewayclasses"),
     (Kind::Gateway, GATEWAY_GROUP, "v1", "gateways"),
     (Kind::HttpRoute, GATEWAY_GROUP, "v1", "httproutes"),
+    (Kind::GrpcRoute, GATEWAY_GROUP, "v1", "grpcroutes"),
     // v1beta1 is served by every Gateway API release Sluice supports (v1 only since 1.5).
     (Kind::ReferenceGrant, GATEWAY_GROUP, "v1beta1", "referencegrants"),
     (Kind::Service, "", "v1", "services"),
@@ -422,8 +423,10 @@ fn apply(stores: &mut BTreeMap<Kind, KindStore>, update: Update) -> bool {
             // A status write (ours or another controller's) changes the resourceVersion and
             // status but not the generation: keep the new state, but there is nothing to
             // recompile.
-            let has_status =
-                matches!(update.kind, Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute);
+            let has_status = matches!(
+                update.kind,
+                Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute | Kind::GrpcRoute
+            );
             let same = has_status
                 && store.objects.get(&key).is_some_and(|old| only_status_changed(old, &stored));
             store.objects.insert(key, stored);

@@ -90,8 +90,8 @@ pub(super) async fn write_status(
     let stored = stores.get(&kind).and_then(|s| s.objects.get(key));
     let current = stored.map_or(&Value::Null, |s| &s.status);
     let patch = match (&change.status, kind) {
-        // An HTTPRoute's parents are shared: keep the other controllers' entries as they are.
-        (status, Kind::HttpRoute) => {
+        // A route's parents are shared: keep the other controllers' entries as they are.
+        (status, Kind::HttpRoute | Kind::GrpcRoute) => {
             let Some(stored) = stored else { return Ok(()) };
             let mut parents: Vec<Value> = stored
                 .status
@@ -103,7 +103,7 @@ pub(super) async fn write_status(
                 .cloned()
                 .collect();
             let others = parents.len();
-            if let Some(ObjectStatus::HttpRoute(s)) = status {
+            if let Some(ObjectStatus::HttpRoute(s) | ObjectStatus::GrpcRoute(s)) = status {
                 parents.extend(s.parents.iter().filter_map(|p| serde_json::to_value(p).ok()));
             }
             let mut desired = json!({"parents": parents});

@@ -4,6 +4,7 @@
 //!
 //! Sits between `watch` (which finds documents) and `compile` (which resolves them).
 
+pub(crate) mod grpc;
 pub(crate) mod limits;
 pub(crate) mod validate;
 
@@ -20,6 +21,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+pub(crate) use self::grpc::GrpcRoute;
 
 /// Gateway API group.
 pub(crate) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -73,6 +76,8 @@ pub enum Kind {
     Gateway,
     /// gateway.networking.k8s.io HTTPRoute.
     HttpRoute,
+    /// gateway.networking.k8s.io GRPCRoute.
+    GrpcRoute,
     /// gateway.networking.k8s.io ReferenceGrant.
     ReferenceGrant,
     /// core/v1 Service.
@@ -96,6 +101,7 @@ impl Kind {
             Kind::GatewayClass => "GatewayClass",
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
             Kind::ReferenceGrant => "ReferenceGrant",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
@@ -109,9 +115,11 @@ impl Kind {
     /// The `apiVersion` status output uses for this kind.
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute | Kind::ReferenceGrant => {
-                "gateway.networking.k8s.io/v1"
-            }
+            Kind::GatewayClass
+            | Kind::Gateway
+            | Kind::HttpRoute
+            | Kind::GrpcRoute
+            | Kind::ReferenceGrant => "gateway.networking.k8s.io/v1",
             Kind::Service | Kind::Namespace | Kind::Secret | Kind::ConfigMap => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
             Kind::ClientCertificateHeader => "gateway.sluice.dev/v1alpha1",
@@ -129,6 +137,7 @@ impl Kind {
             (GATEWAY_GROUP, "GatewayClass") => Kind::GatewayClass,
             (GATEWAY_GROUP, "Gateway") => Kind::Gateway,
             (GATEWAY_GROUP, "HTTPRoute") => Kind::HttpRoute,
+            (GATEWAY_GROUP, "GRPCRoute") => Kind::GrpcRoute,
             (GATEWAY_GROUP, "ReferenceGrant") => Kind::ReferenceGrant,
             ("", "Service") => Kind::Service,
             ("discovery.k8s.io", "EndpointSlice") => Kind::EndpointSlice,
@@ -198,6 +207,8 @@ pub enum Object {
     Gateway(Arc<Gateway>),
     /// An HTTPRoute.
     HttpRoute(Arc<HttpRoute>),
+    /// A GRPCRoute (with the HTTPRoute it compiles as).
+    GrpcRoute(Arc<GrpcRoute>),
     /// A ReferenceGrant.
     ReferenceGrant(Arc<ReferenceGrant>),
     /// A Service.
@@ -221,6 +232,7 @@ impl Object {
             Object::GatewayClass(o) => &o.metadata,
             Object::Gateway(o) => &o.metadata,
             Object::HttpRoute(o) => &o.metadata,
+            Object::GrpcRoute(o) => &o.route.metadata,
             Object::ReferenceGrant(o) => &o.metadata,
             Object::Service(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
@@ -237,6 +249,7 @@ impl Object {
             Object::GatewayClass(o) => &mut Arc::make_mut(o).metadata,
             Object::Gateway(o) => &mut Arc::make_mut(o).metadata,
             Object::HttpRoute(o) => &mut Arc::make_mut(o).metadata,
+            Object::GrpcRoute(o) => &mut Arc::make_mut(o).route.metadata,
             Object::ReferenceGrant(o) => &mut Arc::make_mut(o).metadata,
             Object::Service(o) => &mut Arc::make_mut(o).metadata,
             Object::EndpointSlice(o) => &mut Arc::make_mut(o).metadata,
@@ -253,6 +266,7 @@ impl Object {
             Object::GatewayClass(_) => Kind::GatewayClass,
             Object::Gateway(_) => Kind::Gateway,
             Object::HttpRoute(_) => Kind::HttpRoute,
+            Object::GrpcRoute(_) => Kind::GrpcRoute,
             Object::ReferenceGrant(_) => Kind::ReferenceGrant,
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
@@ -283,6 +297,7 @@ impl Object {
             Object::GatewayClass(o) => serde_json::to_string(&o.spec),
             Object::Gateway(o) => serde_json::to_string(&o.spec),
             Object::HttpRoute(o) => serde_json::to_string(&o.spec),
+            Object::GrpcRoute(o) => serde_json::to_string(&o.route.spec),
             Object::ReferenceGrant(o) => serde_json::to_string(&o.spec),
             Object::Service(o) => serde_json::to_string(&o.spec),
             Object::EndpointSlice(o) => serde_json::to_string(&(&o.endpoints, &o.ports)),
@@ -298,6 +313,9 @@ impl Object {
     /// Sets `metadata.generation` when the document did not carry one.
     pub fn set_generation(&mut self, generation: i64) {
         self.meta_mut().generation = Some(generation);
+        if let Object::GrpcRoute(o) = self {
+            Arc::make_mut(o).sync_metadata();
+        }
     }
 }
 
@@ -390,6 +408,9 @@ fn parse_object(mut doc: Value) -> Result<Option<Object>, ObjectError> {
         Kind::GatewayClass => typed(doc).map(|o| Object::GatewayClass(Arc::new(o))),
         Kind::Gateway => typed(doc).map(|o| Object::Gateway(Arc::new(o))),
         Kind::HttpRoute => typed(doc).map(|o| Object::HttpRoute(Arc::new(o))),
+        Kind::GrpcRoute => {
+            typed(doc).and_then(GrpcRoute::new).map(|o| Object::GrpcRoute(Arc::new(o)))
+        }
         Kind::ReferenceGrant => typed(doc).map(|o| Object::ReferenceGrant(Arc::new(o))),
         Kind::Service => typed(doc).map(|o| Object::Service(Arc::new(o))),
         Kind::EndpointSlice => typed(doc).map(|o| Object::EndpointSlice(Arc::new(o))),
@@ -474,6 +495,8 @@ pub struct Model {
     pub gateways: BTreeMap<Key, Arc<Gateway>>,
     /// HTTPRoutes.
     pub http_routes: BTreeMap<Key, Arc<HttpRoute>>,
+    /// GRPCRoutes.
+    pub grpc_routes: BTreeMap<Key, Arc<GrpcRoute>>,
     /// ReferenceGrants.
     pub reference_grants: BTreeMap<Key, Arc<ReferenceGrant>>,
     /// Services.
@@ -498,6 +521,7 @@ impl Model {
             Object::GatewayClass(o) => drop(self.gateway_classes.insert(key, o)),
             Object::Gateway(o) => drop(self.gateways.insert(key, o)),
             Object::HttpRoute(o) => drop(self.http_routes.insert(key, o)),
+            Object::GrpcRoute(o) => drop(self.grpc_routes.insert(key, o)),
             Object::ReferenceGrant(o) => drop(self.reference_grants.insert(key, o)),
             Object::Service(o) => drop(self.services.insert(key, o)),
             Object::EndpointSlice(o) => drop(self.endpoint_slices.insert(key, o)),
@@ -525,6 +549,7 @@ impl Model {
             Object::GatewayClass(o) => put(&mut self.gateway_classes, key, o),
             Object::Gateway(o) => put(&mut self.gateways, key, o),
             Object::HttpRoute(o) => put(&mut self.http_routes, key, o),
+            Object::GrpcRoute(o) => put(&mut self.grpc_routes, key, o),
             Object::ReferenceGrant(o) => put(&mut self.reference_grants, key, o),
             Object::Service(o) => put(&mut self.services, key, o),
             Object::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
@@ -541,6 +566,7 @@ impl Model {
             Kind::GatewayClass => self.gateway_classes.contains_key(&id.key),
             Kind::Gateway => self.gateways.contains_key(&id.key),
             Kind::HttpRoute => self.http_routes.contains_key(&id.key),
+            Kind::GrpcRoute => self.grpc_routes.contains_key(&id.key),
             Kind::ReferenceGrant => self.reference_grants.contains_key(&id.key),
             Kind::Service => self.services.contains_key(&id.key),
             Kind::EndpointSlice => self.endpoint_slices.contains_key(&id.key),
@@ -556,6 +582,7 @@ impl Model {
         self.gateway_classes.len()
             + self.gateways.len()
             + self.http_routes.len()
+            + self.grpc_routes.len()
             + self.reference_grants.len()
             + self.services.len()
             + self.endpoint_slices.len()

@@ -21,6 +21,7 @@ pub(crate) fn object(object: &Object) -> Result<(), Problem> {
         }
         Object::Gateway(g) => gateway(g),
         Object::HttpRoute(r) => http_route(r),
+        Object::GrpcRoute(r) => grpc_route(r),
         Object::ReferenceGrant(g) => {
             if g.spec.from.is_empty() || g.spec.to.is_empty() {
                 return Err(field("spec", "from and to need at least one entry".into()));
@@ -139,6 +140,55 @@ fn http_route(r: &gateway_api::apis::experimental::httproutes::HttpRoute) -> Res
     Ok(())
 }
 
+/// The GRPCRoute CRD's method-match rules (its CEL validations), then everything its
+/// HTTPRoute form shares with HTTPRoutes (hostnames, parentRefs, header names, backendRefs).
+fn grpc_route(r: &crate::model::GrpcRoute) -> Result<(), Problem> {
+    use gateway_api::apis::experimental::grpcroutes::GrpcRouteRulesMatchesMethodType as Type;
+    for (i, rule) in r.route.spec.rules.iter().flatten().enumerate() {
+        for (j, m) in rule.matches.iter().flatten().enumerate() {
+            let Some(method) = &m.method else { continue };
+            let at = |f: &str| format!("spec.rules[{i}].matches[{j}].method.{f}");
+            let service = method.service.as_deref().filter(|s| !s.is_empty());
+            let name = method.method.as_deref().filter(|s| !s.is_empty());
+            if service.is_none() && name.is_none() {
+                return Err(field(&at("service"), "one or both of service and method".into()));
+            }
+            for (f, v) in [("service", service), ("method", name)] {
+                if v.is_some_and(|v| v.len() > 1024) {
+                    return Err(field(&at(f), "at most 1024 characters".into()));
+                }
+            }
+            if method.r#type.clone().unwrap_or(Type::Exact) != Type::Exact {
+                continue;
+            }
+            if let Some(s) = service
+                && !grpc_service_name(s)
+            {
+                return Err(field(&at("service"), format!("{s:?} is not a gRPC service name")));
+            }
+            if let Some(n) = name
+                && !grpc_identifier(n)
+            {
+                return Err(field(&at("method"), format!("{n:?} is not a gRPC method name")));
+            }
+        }
+    }
+    http_route(&r.http)
+}
+
+/// `[A-Za-z_][A-Za-z_0-9]*`.
+fn grpc_identifier(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// `\.?` then dot-separated identifiers (the CRD's pattern, case-insensitive).
+fn grpc_service_name(s: &str) -> bool {
+    let s = s.strip_prefix('.').unwrap_or(s);
+    s.split('.').all(grpc_identifier)
+}
+
 fn field(path: &str, reason: String) -> Problem {
     (path.to_owned(), reason)
 }
@@ -180,6 +230,18 @@ mod tests {
         assert!(hostname("*").is_err());
         assert!(hostname("1.2.3.4").is_err());
         assert!(hostname("-a.com").is_err());
+    }
+
+    #[test]
+    fn grpc_names() {
+        assert!(grpc_service_name("gateway_api_conformance.echo_basic.grpcecho.GrpcEcho"));
+        assert!(grpc_service_name(".a.b"));
+        assert!(!grpc_service_name("a..b"));
+        assert!(!grpc_service_name("a/b"));
+        assert!(!grpc_service_name("1a"));
+        assert!(grpc_identifier("Echo_2"));
+        assert!(!grpc_identifier("Echo.Two"));
+        assert!(!grpc_identifier(""));
     }
 
     #[test]

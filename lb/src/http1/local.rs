@@ -60,6 +60,40 @@ pub fn preflight_response(out: &mut Vec<u8>, fields: &FieldList, close: bool) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The gRPC status lb's own answer with HTTP `status` stands for: the gRPC project's
+/// HTTP-to-gRPC mapping (doc/http-grpc-status-mapping.md), refined where lb knows more — its
+/// own timeouts are DEADLINE_EXCEEDED, no route is UNIMPLEMENTED (the GRPCRoute spec), an
+/// invalid backend reference INTERNAL, limits RESOURCE_EXHAUSTED.
+pub fn grpc_status(status: u16) -> u8 {
+    match status {
+        404 | 501 => 12,
+        408 | 504 => 4,
+        413 | 414 | 431 => 8,
+        400 | 500 => 13,
+        401 => 16,
+        403 => 7,
+        421 | 429 | 502 | 503 => 14,
+        _ => 2,
+    }
+}
+
+/// lb's own answer to a gRPC request: HTTP 200 with the gRPC status in the head and no body
+/// (over HTTP/2, a trailers-only response: one HEADERS frame with END_STREAM), never a text
+/// body a gRPC client cannot read.
+pub fn grpc_response(out: &mut Vec<u8>, status: u16, close: bool) {
+    let _ = write!(
+        out,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/grpc\r\ngrpc-status: {}\r\ngrpc-message: {}\r\nContent-Length: 0\r\n",
+        grpc_status(status),
+        // ASCII without `%`: nothing to percent-encode.
+        status_text(status),
+    );
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// An answer from lb itself: status, a one-line text body, and `Connection: close` when the
 /// connection ends after it.
 pub fn local_response(out: &mut Vec<u8>, status: u16, close: bool, head_request: bool) {
