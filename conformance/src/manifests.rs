@@ -107,8 +107,7 @@ pub fn pods(objects: &[Value], next_ip: &mut impl FnMut() -> Ipv4Addr) -> Vec<Po
             .and_then(Value::as_array)
             .map(|e| e.iter().filter_map(|e| e.get("name")?.as_str()).collect())
             .unwrap_or_default();
-        let http_echo =
-            image.contains("echo-basic") && !env.contains(&"TCP_ECHO_SERVER");
+        let http_echo = image.contains("echo-basic") && !env.contains(&"TCP_ECHO_SERVER");
         for i in 0..replicas {
             out.push(Pod {
                 name: format!("{name}-{i}"),

@@ -285,7 +285,6 @@ fn grpc_timeout_ms(value: &[u8]) -> Option<u64> {
     Some(n.saturating_mul(ns_per_unit).div_ceil(1_000_000).max(1))
 }
 
-
 /// Half-closes, then reads and drops what the client still sends for a short while.
 pub(crate) async fn linger(core: &Core, transport: &Transport, deadline: &Rc<Deadline>) {
     if transport.shutdown().await.is_err() {

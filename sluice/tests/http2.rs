@@ -765,3 +765,62 @@ fn a_listener_leaving_the_table_sends_goaway() {
     let frames = seen["frames"].as_array().unwrap();
     assert!(frames.iter().any(|f| f[0] == 1 && f[1] == 1), "{seen}");
 }
+
+/// The conformance echo's gRPC method path.
+fn grpc_method(method: &str) -> String {
+    format!("/gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/{method}")
+}
+
+/// A unary gRPC call (an empty message) as an [`H2_CLIENT`] request.
+fn grpc_call(method: &str) -> serde_json::Value {
+    serde_json::json!({
+        "headers": [[":method", "POST"], [":scheme", "http"], [":authority", "grpc.example"],
+            [":path", grpc_method(method)], ["content-type", "application/grpc"], ["te", "trailers"]],
+        "body": "\u{0}\u{0}\u{0}\u{0}\u{0}",
+    })
+}
+
+#[test]
+fn grpc_routes_reach_h2c_backends_and_failures_are_grpc_statuses() {
+    if !python_h2() {
+        return;
+    }
+    let mut env = Env::new("grpc");
+    let echo = env.echo("default", "grpc-svc", "grpc-svc-0");
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let port = free_port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write("svc.yaml", &service("default", "grpc-svc", &[echo]));
+    env.write("dead.yaml", &service("default", "dead-svc", &[dead]));
+    env.write(
+        "grpc.yaml",
+        &format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: g, namespace: default}}\nspec:\n  parentRefs: [{{name: gw}}]\n  hostnames: [grpc.example]\n  rules:\n  - matches: [{{method: {{service: gateway_api_conformance.echo_basic.grpcecho.GrpcEcho, method: Echo}}}}]\n    backendRefs: [{{name: grpc-svc, port: 80}}]\n  - matches: [{{method: {{type: RegularExpression, method: 'Echo[T].*'}}}}]\n    backendRefs: [{{name: dead-svc, port: 80}}]\n"
+        ),
+    );
+    env.start(port, &[]);
+    let status = env.status_file("grpcroute", "default", "g");
+    let accepted = status.contains("reason: Accepted") && status.contains("reason: ResolvedRefs");
+    assert!(accepted && status.matches("status: 'True'").count() == 2, "{status}");
+    let results = h2_client(
+        port,
+        None,
+        &serde_json::json!([grpc_call("Echo"), grpc_call("Other"), grpc_call("EchoTwo")]),
+    );
+    let log = || env.log("lb");
+    // Routed over h2c to the echo's gRPC service: its answer, OK in the trailers.
+    let ok = &results[0];
+    assert_eq!(ok["status"], 200, "{results:?}\n{}", log());
+    assert_eq!(ok["trailers"]["grpc-status"], "0", "{results:?}");
+    let body = ok["body"].as_str().unwrap();
+    assert!(body.contains(&grpc_method("Echo")) && body.contains("grpc-svc-0"), "{body:?}");
+    // No rule for the method: lb's own UNIMPLEMENTED, trailers-only (in the HEADERS).
+    let none = &results[1];
+    assert_eq!(none["status"], 200, "{results:?}");
+    assert_eq!(none["headers"]["grpc-status"], "12", "{results:?}");
+    assert!(none.get("trailers").is_none() && none["body"] == "", "{results:?}");
+    // The backend cannot be reached: UNAVAILABLE, not a text body.
+    let down = &results[2];
+    assert_eq!((&down["status"], &down["headers"]["grpc-status"]), (&200.into(), &"14".into()));
+    assert_eq!(down["headers"]["content-type"], "application/grpc", "{results:?}");
+}
