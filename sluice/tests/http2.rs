@@ -794,9 +794,7 @@ fn grpc_routes_reach_h2c_backends_and_failures_are_grpc_statuses() {
     env.write("dead.yaml", &service("default", "dead-svc", &[dead]));
     env.write(
         "grpc.yaml",
-        &format!(
-            "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: g, namespace: default}}\nspec:\n  parentRefs: [{{name: gw}}]\n  hostnames: [grpc.example]\n  rules:\n  - matches: [{{method: {{service: gateway_api_conformance.echo_basic.grpcecho.GrpcEcho, method: Echo}}}}]\n    backendRefs: [{{name: grpc-svc, port: 80}}]\n  - matches: [{{method: {{type: RegularExpression, method: 'Echo[T].*'}}}}]\n    backendRefs: [{{name: dead-svc, port: 80}}]\n"
-        ),
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g, namespace: default}\nspec:\n  parentRefs: [{name: gw}]\n  hostnames: [grpc.example]\n  rules:\n  - matches: [{method: {service: gateway_api_conformance.echo_basic.grpcecho.GrpcEcho, method: Echo}}]\n    backendRefs: [{name: grpc-svc, port: 80}]\n  - matches: [{method: {type: RegularExpression, method: 'Echo[T].*'}}]\n    backendRefs: [{name: dead-svc, port: 80}]\n",
     );
     env.start(port, &[]);
     let status = env.status_file("grpcroute", "default", "g");
