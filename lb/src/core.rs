@@ -52,11 +52,12 @@ impl Core {
     pub fn new(id: usize, settings: Arc<Settings>, max_conns: usize) -> Core {
         let wheel = Rc::new(Wheel::new());
         let idle_ticks = (settings.pool_idle.as_millis() / 10) as u64;
+        let spare = Rc::new(Spare::new(&settings.buffers));
         Core {
             id,
-            spare: Rc::new(Spare::new(&settings.buffers)),
+            h2_pool: RefCell::new(H2Pool::new(Rc::clone(&spare), settings.h2)),
+            spare,
             pool: RefCell::new(Pool::new(settings.pool_max_idle, idle_ticks)),
-            h2_pool: RefCell::new(H2Pool::default()),
             mirrors: Mirrors::new(id),
             busy: Cell::new(0),
             conns: Cell::new(0),

@@ -23,6 +23,7 @@ mod timer;
 mod transport;
 mod tls;
 mod listener;
+mod h2io;
 pub mod downstream;
 pub mod conn;
 pub mod http1;

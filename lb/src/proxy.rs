@@ -303,7 +303,8 @@ impl Exchange<'_> {
         let core = self.core;
         let clock = (&*core.wheel, self.deadline);
         let limit = core.settings.timeouts.connect;
-        let conn = match connect::open(core, clock, limit, key, fresh_only).await {
+        let pools = (&core.pool, &core.h2_pool);
+        let conn = match connect::open(pools, clock, limit, key, fresh_only).await {
             Ok(c) => c,
             Err(_) => return Err(Failure::Connect),
         };

@@ -1,6 +1,6 @@
 //! HTTP/2 from clients (RFC 9113): over TLS when ALPN chose `h2`, and cleartext with prior
 //! knowledge (h2c: the connection starts with the client preface). The `h2` crate's server
-//! codec runs on this core's runtime over [`io::H2Io`] (lb's own reads and writes; tokio's I/O
+//! codec runs on this core's runtime over [`crate::h2io::H2Io`] (lb's own reads and writes; tokio's I/O
 //! traits only, no tokio runtime, no `Send`).
 //!
 //! Each stream is one exchange: its HEADERS become an HTTP/1.1 request head (RFC 9113 §8.3
@@ -12,7 +12,6 @@
 //! content-length was given), its writes the HTTP/1 response lb produced, sent on as HEADERS
 //! and DATA under the stream's flow control. See docs/ARCHITECTURE.md, "HTTP/2".
 
-pub(crate) mod io;
 mod stream;
 
 use std::cell::Cell;
@@ -28,38 +27,6 @@ use crate::http1::request::ClientIp;
 use crate::io::InBuf;
 use crate::timer::Deadline;
 use crate::transport::Transport;
-
-/// Sends body bytes as DATA on `send`, waiting for window as the peer grants it (a peer that
-/// never reads stalls this stream until the exchange's body timeout, nothing more); `end`
-/// ends the stream with the last of them (an empty DATA frame when there are none).
-pub(crate) async fn send_all(
-    send: &mut h2::SendStream<Bytes>,
-    mut data: Bytes,
-    end: bool,
-) -> std::io::Result<()> {
-    let h2_io = |e: h2::Error| std::io::Error::other(e);
-    while !data.is_empty() {
-        send.reserve_capacity(data.len());
-        let granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
-            Some(Ok(n)) => n,
-            Some(Err(e)) => return Err(h2_io(e)),
-            None => return Err(std::io::ErrorKind::BrokenPipe.into()),
-        };
-        if granted == 0 {
-            continue;
-        }
-        let chunk = data.split_to(granted.min(data.len()));
-        let last = end && data.is_empty();
-        send.send_data(chunk, last).map_err(h2_io)?;
-        if last {
-            return Ok(());
-        }
-    }
-    if end {
-        send.send_data(Bytes::new(), true).map_err(h2_io)?;
-    }
-    Ok(())
-}
 
 /// The client connection preface (RFC 9113 §3.4); its first line is what an HTTP/1 parser
 /// would see as a request line.
@@ -141,7 +108,7 @@ pub(crate) async fn serve(
         early_resets: Cell::new(0),
     });
     let transport = Rc::new(transport);
-    let io = io::H2Io::new(Rc::clone(&transport), Rc::clone(&core.spare), input);
+    let io = crate::h2io::H2Io::new(Rc::clone(&transport), Rc::clone(&core.spare), input);
     let mut builder = h2::server::Builder::new();
     builder
         .max_concurrent_streams(limits.max_streams)

@@ -253,45 +253,20 @@ impl H2Stream {
             return Ok(0);
         }
         let mut recv = self.recv.borrow_mut();
-        let next = loop {
-            match recv.data().await {
-                // An empty DATA frame (without END_STREAM): nothing to hand over.
-                Some(Ok(data)) if data.is_empty() => {}
-                other => break other,
-            }
-        };
-        match next {
-            Some(Ok(data)) => {
-                let _ = recv.flow_control().release_capacity(data.len());
-                if self.chunked {
-                    let mut framed = Vec::with_capacity(data.len() + 12);
-                    framed.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                    framed.extend_from_slice(&data);
-                    framed.extend_from_slice(b"\r\n");
-                    input.append(&framed, spare);
-                    Ok(framed.len())
-                } else {
-                    input.append(&data, spare);
-                    Ok(data.len())
-                }
-            }
-            Some(Err(e)) => Err(h2_io(e)),
-            None => {
+        match crate::h2io::next_data(&mut recv, self.chunked, input, spare).await {
+            Ok(Some(n)) => Ok(n),
+            Err(e) => Err(h2_io(e)),
+            Ok(None) => {
                 self.request_done.set(true);
                 if !self.chunked {
                     return Ok(0);
                 }
-                // Trailers, if any, end the chunked body (RFC 9112 §7.1.2).
-                let mut last = b"0\r\n".to_vec();
-                if let Ok(Some(trailers)) = recv.trailers().await {
-                    check_fields(&trailers).map_err(io::Error::other)?;
-                    for (name, value) in &trailers {
-                        crate::http1::field(&mut last, name.as_str().as_bytes(), value.as_bytes());
-                    }
+                // Trailers, if any, end the chunked body.
+                let trailers = recv.trailers().await.ok().flatten();
+                if let Some(t) = &trailers {
+                    check_fields(t).map_err(io::Error::other)?;
                 }
-                last.extend_from_slice(b"\r\n");
-                input.append(&last, spare);
-                Ok(last.len())
+                Ok(crate::h2io::last_chunk(trailers.as_ref(), input, spare))
             }
         }
     }
@@ -411,7 +386,7 @@ impl H2Stream {
     async fn send_data(&self, data: Bytes, end: bool) -> io::Result<()> {
         let mut send = self.send.borrow_mut();
         let Some(send) = send.as_mut() else { return Err(io::ErrorKind::BrokenPipe.into()) };
-        super::send_all(send, data, end).await
+        crate::h2io::send_all(send, data, end).await
     }
 
     /// After the exchange: a response that did not end cleanly resets the stream (the client

@@ -2,13 +2,14 @@
 //! opened within the connect timeout. Never loops: the caller's retry budget
 //! (`upstream::retry`) decides what a failure leads to.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
 use tracing::debug;
 
-use super::pool::{Key, Protocol};
-use crate::core::Core;
+use super::h2::H2Pool;
+use super::pool::{Key, Pool, Protocol};
 use crate::error::{Phase, ProxyError, Side, timed};
 use crate::timer::{Deadline, Wheel};
 use crate::transport::Transport;
@@ -25,7 +26,7 @@ pub(crate) struct Conn {
 /// A connection for `key`: from the core's pool unless `fresh_only`, else connected within
 /// `limit`. For HTTP/2 keys, a stream on a multiplexed connection (`upstream::h2`).
 pub(crate) async fn open(
-    core: &Core,
+    (pool, h2_pool): (&RefCell<Pool>, &RefCell<H2Pool>),
     (wheel, deadline): (&Wheel, &Rc<Deadline>),
     limit: Duration,
     key: Key,
@@ -33,10 +34,10 @@ pub(crate) async fn open(
 ) -> Result<Conn, ProxyError> {
     if key.protocol == Protocol::H2c {
         let (transport, reused) =
-            super::h2::open(core, (wheel, deadline), limit, key, fresh_only).await?;
+            super::h2::open(h2_pool, (wheel, deadline), limit, key, fresh_only).await?;
         return Ok(Conn { transport, reused });
     }
-    if !fresh_only && let Some(transport) = core.pool.borrow_mut().take(key, wheel.now()) {
+    if !fresh_only && let Some(transport) = pool.borrow_mut().take(key, wheel.now()) {
         return Ok(Conn { transport, reused: true });
     }
     let side = (Side::Upstream, Phase::Connect);

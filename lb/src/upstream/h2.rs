@@ -33,11 +33,11 @@ use tracing::debug;
 
 use super::pool::{AddrHasher, Key};
 use crate::error::{Phase, ProxyError, Side, timed};
+use crate::h2io::{H2Io, send_all};
 use crate::http1::body::{BodyDecoder, Encode};
 use crate::http1::parse::{self, Framing, Limits, MAX_HEADERS, Underscores};
-use crate::http2::io::H2Io;
-use crate::http2::send_all;
 use crate::io::{InBuf, Spare};
+use crate::settings::H2Limits;
 use crate::timer::{Deadline, Wheel};
 use crate::transport::{StreamSide, Transport};
 
@@ -59,9 +59,12 @@ impl H2Conn {
 }
 
 /// This core's HTTP/2 upstream connections, by endpoint.
-#[derive(Default)]
 pub(crate) struct H2Pool {
     conns: HashMap<Key, Vec<Rc<H2Conn>>, BuildHasherDefault<AddrHasher>>,
+    /// The core's buffer free list (each connection's reads wait in its buffers).
+    spare: Rc<Spare>,
+    /// Windows, frame and header-list sizes (the same as for clients).
+    limits: H2Limits,
 }
 
 impl std::fmt::Debug for H2Pool {
@@ -71,6 +74,11 @@ impl std::fmt::Debug for H2Pool {
 }
 
 impl H2Pool {
+    /// An empty pool whose connections read through `spare` and use `limits`.
+    pub(crate) fn new(spare: Rc<Spare>, limits: H2Limits) -> H2Pool {
+        H2Pool { conns: HashMap::default(), spare, limits }
+    }
+
     /// Drops closed connections, idle ones older than `idle_ticks`, and those to endpoints
     /// `keep` no longer wants. A dropped connection's codec sends GOAWAY and ends once its
     /// last stream is done.
@@ -99,21 +107,25 @@ impl H2Pool {
 /// A stream for one attempt: on a connection with room (unless `fresh_only`), else on a new
 /// one connected within `limit`. Returns the transport and whether the connection was reused.
 pub(crate) async fn open(
-    core: &crate::core::Core,
+    pool: &RefCell<H2Pool>,
     (wheel, deadline): (&Wheel, &Rc<Deadline>),
     limit: Duration,
     key: Key,
     fresh_only: bool,
 ) -> Result<(Transport, bool), ProxyError> {
-    let existing = if fresh_only { None } else { core.h2_pool.borrow_mut().with_room(key) };
+    let existing = if fresh_only { None } else { pool.borrow_mut().with_room(key) };
     let reused = existing.is_some();
     let conn = match existing {
         Some(c) => c,
         None => {
             let side = (Side::Upstream, Phase::Connect);
-            let connected = timed(wheel, deadline, limit, side, connect(core, key)).await;
+            let (spare, limits) = {
+                let p = pool.borrow();
+                (Rc::clone(&p.spare), p.limits)
+            };
+            let connected = timed(wheel, deadline, limit, side, connect(spare, limits, key)).await;
             let conn = connected.inspect_err(|e| debug!(addr = %key.addr, "{e}"))?;
-            core.h2_pool.borrow_mut().conns.entry(key).or_default().push(Rc::clone(&conn));
+            pool.borrow_mut().conns.entry(key).or_default().push(Rc::clone(&conn));
             conn
         }
     };
@@ -128,11 +140,10 @@ pub(crate) async fn open(
 }
 
 /// Connects and runs the HTTP/2 handshake; the codec's task starts here.
-async fn connect(core: &crate::core::Core, key: Key) -> io::Result<Rc<H2Conn>> {
+async fn connect(spare: Rc<Spare>, limits: H2Limits, key: Key) -> io::Result<Rc<H2Conn>> {
     let tcp = crate::io::connect(key.addr).await?;
     let transport = Rc::new(Transport::Plain(tcp));
-    let io = H2Io::new(transport, Rc::clone(&core.spare), InBuf::Empty);
-    let limits = core.settings.h2;
+    let io = H2Io::new(transport, spare, InBuf::Empty);
     let (send, connection) = h2::client::Builder::new()
         .initial_window_size(limits.stream_window)
         .initial_connection_window_size(limits.connection_window)
@@ -303,45 +314,15 @@ impl UpStream {
             }
             ResponseState::Body(recv, chunked) => {
                 let chunked = *chunked;
-                let next = loop {
-                    match recv.data().await {
-                        Some(Ok(data)) if data.is_empty() => {}
-                        other => break other,
-                    }
-                };
-                match next {
-                    Some(Ok(data)) => {
-                        let _ = recv.flow_control().release_capacity(data.len());
-                        if chunked {
-                            let mut framed = Vec::with_capacity(data.len() + 12);
-                            crate::http1::body::push_hex(&mut framed, data.len());
-                            framed.extend_from_slice(b"\r\n");
-                            framed.extend_from_slice(&data);
-                            framed.extend_from_slice(b"\r\n");
-                            input.append(&framed, spare);
-                            Ok(framed.len())
-                        } else {
-                            input.append(&data, spare);
-                            Ok(data.len())
-                        }
-                    }
-                    Some(Err(e)) => Err(h2_io(e)),
-                    None if chunked => {
+                match crate::h2io::next_data(recv, chunked, input, spare).await {
+                    Ok(Some(n)) => Ok(n),
+                    Err(e) => Err(h2_io(e)),
+                    Ok(None) if chunked => {
                         let trailers = recv.trailers().await.map_err(h2_io)?;
-                        let mut last = b"0\r\n".to_vec();
-                        for (name, value) in trailers.iter().flatten() {
-                            crate::http1::field(
-                                &mut last,
-                                name.as_str().as_bytes(),
-                                value.as_bytes(),
-                            );
-                        }
-                        last.extend_from_slice(b"\r\n");
-                        input.append(&last, spare);
                         *state = ResponseState::Done;
-                        Ok(last.len())
+                        Ok(crate::h2io::last_chunk(trailers.as_ref(), input, spare))
                     }
-                    None => {
+                    Ok(None) => {
                         *state = ResponseState::Done;
                         Ok(0)
                     }

@@ -1,4 +1,4 @@
-//! The h2 crate's codec over lb's own I/O: tokio's `AsyncRead`/`AsyncWrite` (the traits only;
+//! The h2 crate's codecs (server: `http2`; client: `upstream::h2`) over lb's own I/O: tokio's `AsyncRead`/`AsyncWrite` (the traits only;
 //! no tokio runtime) implemented on a [`Transport`], so a connection's HTTP/2 frames come from
 //! the same io_uring reads (ring buffers, after TLS) as HTTP/1 and leave through its writes.
 //!
@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::io::{InBuf, Spare};
@@ -160,4 +161,83 @@ impl AsyncWrite for H2Io {
         }
         this.poll_written(cx)
     }
+}
+
+/// Sends body bytes as DATA on `send`, waiting for window as the peer grants it (a peer that
+/// never reads stalls this stream until the exchange's body timeout, nothing more); `end`
+/// ends the stream with the last of them (an empty DATA frame when there are none).
+pub(crate) async fn send_all(
+    send: &mut h2::SendStream<Bytes>,
+    mut data: Bytes,
+    end: bool,
+) -> io::Result<()> {
+    let h2_io = |e: h2::Error| io::Error::other(e);
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(Ok(n)) => n,
+            Some(Err(e)) => return Err(h2_io(e)),
+            None => return Err(io::ErrorKind::BrokenPipe.into()),
+        };
+        if granted == 0 {
+            continue;
+        }
+        let chunk = data.split_to(granted.min(data.len()));
+        let last = end && data.is_empty();
+        send.send_data(chunk, last).map_err(h2_io)?;
+        if last {
+            return Ok(());
+        }
+    }
+    if end {
+        send.send_data(Bytes::new(), true).map_err(h2_io)?;
+    }
+    Ok(())
+}
+
+/// The next DATA of a stream handed to lb's HTTP/1 side: appended to `input` as it came, or
+/// as one chunk when `chunked`; `Ok(None)` at the end of the stream (its trailers, if any,
+/// are the caller's: [`last_chunk`]). Empty DATA frames hand over nothing.
+pub(crate) async fn next_data(
+    recv: &mut h2::RecvStream,
+    chunked: bool,
+    input: &mut InBuf,
+    spare: &Spare,
+) -> Result<Option<usize>, h2::Error> {
+    let data = loop {
+        match recv.data().await {
+            Some(Ok(data)) if data.is_empty() => {}
+            Some(Ok(data)) => break data,
+            Some(Err(e)) => return Err(e),
+            None => return Ok(None),
+        }
+    };
+    let _ = recv.flow_control().release_capacity(data.len());
+    if !chunked {
+        input.append(&data, spare);
+        return Ok(Some(data.len()));
+    }
+    let mut framed = Vec::with_capacity(data.len() + 12);
+    crate::http1::body::push_hex(&mut framed, data.len());
+    framed.extend_from_slice(b"\r\n");
+    framed.extend_from_slice(&data);
+    framed.extend_from_slice(b"\r\n");
+    input.append(&framed, spare);
+    Ok(Some(framed.len()))
+}
+
+/// Appends the last chunk of a chunked body with `trailers` as its trailer section (RFC 9112
+/// §7.1.2); returns the bytes appended.
+pub(crate) fn last_chunk(
+    trailers: Option<&http::HeaderMap>,
+    input: &mut InBuf,
+    spare: &Spare,
+) -> usize {
+    let mut last = b"0\r\n".to_vec();
+    for (name, value) in trailers.into_iter().flatten() {
+        crate::http1::field(&mut last, name.as_str().as_bytes(), value.as_bytes());
+    }
+    last.extend_from_slice(b"\r\n");
+    input.append(&last, spare);
+    last.len()
 }
