@@ -3,7 +3,7 @@
 //! HTTP/1.1 (`Connection: close`, tolerant of any framing the gateway chooses), or HTTP/2 for
 //! `protocol: HTTP/2.0` (ALPN h2) and `H2C_PRIOR_KNOWLEDGE` (the h2 crate on a current-thread
 //! tokio runtime — a test tool's choice, not lb's); gRPC calls (`protocol: grpc (h2c)`) are
-//! unary calls of the conformance echo service over the same client, the answer's assertions
+//! unary calls of the conformance echo service (`echo::grpc_client`), the answer's assertions
 //! turned into the echo's JSON shape so the backend checks read them as they read any echo.
 
 use std::io::{Read, Write};
@@ -211,27 +211,22 @@ pub fn send_h2(
     })
 }
 
-/// One unary gRPC call (`/<service>/<method>`, an empty `EchoRequest`) over h2c, or h2 by
-/// ALPN with `tls`. The response keeps the HTTP status and every header and trailer (so
+/// One unary gRPC call (`/<service>/<method>`, an empty `EchoRequest`) over h2c
+/// (`echo::grpc_client`). The response keeps the HTTP status and every header and trailer (so
 /// `grpc-status` is there, trailers-only or not); its body is the echo's JSON shape built from
-/// the `EchoResponse` assertions (path: the fully qualified method; pod, namespace, headers).
+/// the `EchoResponse` assertions (path: the fully qualified method; pod, namespace, headers),
+/// so the backend checks read it as they read any echo reply.
 pub fn send_grpc(
     addr: SocketAddr,
     authority: Option<&str>,
     method: &str,
     metadata: &[(String, String)],
     timeout: Duration,
-    tls: Option<&Tls>,
 ) -> Result<Response, String> {
-    let mut headers = vec![
-        ("content-type".to_owned(), "application/grpc".to_owned()),
-        ("te".to_owned(), "trailers".to_owned()),
-    ];
-    headers.extend(metadata.iter().cloned());
-    let body = echo::grpc::frame(&[]);
-    let mut resp = send_h2_body(addr, "POST", authority, method, &headers, &body, timeout, tls)?;
-    if let Ok(Some(message)) = echo::grpc::unframe(&resp.body) {
-        let a = echo::grpc::decode_response(message)?;
+    let authority = authority.map_or_else(|| addr.to_string(), str::to_owned);
+    let call = echo::grpc_client::call(addr, &authority, method, metadata, timeout)?;
+    let mut body = Vec::new();
+    if let Some(a) = call.assertions {
         let mut seen: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
         for (k, v) in &a.headers {
             let entry =
@@ -248,32 +243,9 @@ pub fn send_grpc(
             "pod": a.pod,
             "headers": seen,
         });
-        resp.body = serde_json::to_vec(&json).map_err(|e| e.to_string())?;
+        body = serde_json::to_vec(&json).map_err(|e| e.to_string())?;
     }
-    Ok(resp)
-}
-
-/// [`send_h2`] with a request body.
-#[allow(clippy::too_many_arguments, reason = "one request's parts")]
-fn send_h2_body(
-    addr: SocketAddr,
-    method: &str,
-    host: Option<&str>,
-    path: &str,
-    headers: &[(String, String)],
-    body: &[u8],
-    timeout: Duration,
-    tls: Option<&Tls>,
-) -> Result<Response, String> {
-    BODY.with(|b| *b.borrow_mut() = body.to_vec());
-    let result = send_h2(addr, method, host, path, headers, timeout, tls);
-    BODY.with(|b| b.borrow_mut().clear());
-    result
-}
-
-thread_local! {
-    /// The body [`send_h2_body`] asks the next HTTP/2 request to carry.
-    static BODY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    Ok(Response { status: call.http_status, headers: call.headers, body })
 }
 
 async fn h2_exchange<T>(
@@ -298,32 +270,21 @@ where
         request = request.header(n.to_ascii_lowercase(), v);
     }
     let request = request.body(()).map_err(|e| format!("request: {e}"))?;
-    let body = BODY.with(|b| b.borrow().clone());
-    let (answer, mut send) =
-        client.send_request(request, body.is_empty()).map_err(|e| format!("HTTP/2 send: {e}"))?;
-    if !body.is_empty() {
-        send.send_data(bytes::Bytes::from(body), true).map_err(|e| format!("HTTP/2 send: {e}"))?;
-    }
+    let (answer, _) =
+        client.send_request(request, true).map_err(|e| format!("HTTP/2 send: {e}"))?;
     let answer = answer.await.map_err(|e| format!("HTTP/2 response: {e}"))?;
     let status = answer.status().as_u16();
-    let pairs = |map: &http::HeaderMap| -> Vec<(String, String)> {
-        map.iter()
-            .map(|(n, v)| {
-                (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())
-            })
-            .collect()
-    };
-    let mut headers = pairs(answer.headers());
+    let headers = answer
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
     let mut body = answer.into_body();
     let mut bytes = Vec::new();
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(|e| format!("HTTP/2 body: {e}"))?;
         let _ = body.flow_control().release_capacity(chunk.len());
         bytes.extend_from_slice(&chunk);
-    }
-    // Trailers join the headers (gRPC's status comes in them).
-    if let Ok(Some(trailers)) = body.trailers().await {
-        headers.extend(pairs(&trailers));
     }
     Ok(Response { status, headers, body: bytes })
 }

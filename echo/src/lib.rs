@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod grpc;
+pub mod grpc_client;
 mod h2;
 pub mod ws;
 

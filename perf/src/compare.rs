@@ -127,6 +127,8 @@ struct Bench {
     cert: Option<(String, String)>,
     /// In the HTTP/2 comparison: how the proxies are reached.
     h2: Option<h2::H2Mode>,
+    /// In the HTTP/2 comparison: the gRPC upstream (our echo's gRPC service over h2c).
+    grpc_upstream: Option<(u16, Running)>,
     _upstream: Running,
 }
 
@@ -177,10 +179,12 @@ pub fn compare(opts: &Options) -> Result<String, String> {
             upstream_port,
             cert: Some(bench_certificate()?),
             h2: None,
+            grpc_upstream: None,
             _upstream: upstream,
         };
         let report = if opts.h2 {
             ensure_installed(&[("h2load", "nghttp2-client")])?;
+            bench.grpc_upstream = Some(h2::start_grpc_upstream(&work, &opts.sluice)?);
             bench.compare_h2()
         } else {
             bench.compare_tls()
@@ -194,6 +198,7 @@ pub fn compare(opts: &Options) -> Result<String, String> {
         upstream_port,
         cert: None,
         h2: None,
+        grpc_upstream: None,
         _upstream: upstream,
     };
     let mut figures: Vec<(Proxy, Figures)> = [Proxy::Nginx, Proxy::Haproxy, Proxy::Sluice]
@@ -297,6 +302,7 @@ impl Bench {
                 let conf = dir.join("nginx.conf");
                 let tls = self.write_cert(&dir)?;
                 let conf_text = nginx_proxy_conf(&dir, port, self.upstream_port, callgrind);
+                let conf_text = self.grpc_nginx(conf_text);
                 // nginx 1.22 (Debian 12): `http2` is a listen parameter.
                 let http2 = if self.h2.is_some() { " http2" } else { "" };
                 let conf_text = match &tls {
@@ -336,7 +342,7 @@ impl Bench {
             Proxy::Haproxy => {
                 let conf = dir.join("haproxy.cfg");
                 let tls = self.write_cert(&dir)?;
-                let conf_text = haproxy_conf(port, self.upstream_port);
+                let conf_text = self.grpc_haproxy(haproxy_conf(port, self.upstream_port));
                 let alpn = if self.h2.is_some() { "h2,http/1.1" } else { "http/1.1" };
                 let conf_text = match &tls {
                     Some((_, _, combined)) => conf_text.replace(
@@ -369,7 +375,7 @@ impl Bench {
             Proxy::Sluice | Proxy::Baseline => {
                 let manifests = dir.join("manifests");
                 std::fs::create_dir_all(&manifests).map_err(|e| e.to_string())?;
-                let text = sluice_manifests(port, self.upstream_port);
+                let text = self.grpc_sluice(sluice_manifests(port, self.upstream_port));
                 let text = match &self.cert {
                     Some((crt, key)) => {
                         let indent = |pem: &str| -> String {
@@ -432,8 +438,8 @@ impl Bench {
             }
         };
         let mut running = running;
-        let ready = if self.h2 == Some(h2::H2Mode::Cleartext) {
-            self.wait_ready_h2(&running, h2::H2Mode::Cleartext)
+        let ready = if let Some(mode @ (h2::H2Mode::Cleartext | h2::H2Mode::Grpc)) = self.h2 {
+            self.wait_ready_h2(&running, mode)
         } else if self.cert.is_some() {
             wait_ready_tls(running.port, 20)
         } else {

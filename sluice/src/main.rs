@@ -67,6 +67,26 @@ enum Command {
     Ready(ReadyArgs),
     /// Print lb's seccomp profile (io_uring allowed), or write it where a kubelet loads it.
     SeccompProfile(SeccompArgs),
+    /// Make one unary call of the echo's gRPC service (`GrpcEcho`, the Gateway API
+    /// conformance service) over h2c and print the outcome: the quickstart's gRPC check.
+    GrpcCall(GrpcCallArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct GrpcCallArgs {
+    /// Where to connect (a cleartext listener).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// The `:authority` to send.
+    #[arg(long, default_value = "grpc.example")]
+    authority: String,
+    /// The method: `Echo`, `EchoTwo`, `EchoThree` (of `GrpcEcho`), or a whole
+    /// `/package.Service/Method` path.
+    #[arg(default_value = "Echo")]
+    method: String,
+    /// Metadata to send, `name: value` (repeatable).
+    #[arg(long, short = 'm')]
+    metadata: Vec<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -276,6 +296,7 @@ fn main() -> ExitCode {
         Command::Echo(args) => run_echo(args),
         Command::Ready(args) => ops::ready(&args.table, args.published),
         Command::SeccompProfile(args) => ops::seccomp_profile(args.write.as_deref()),
+        Command::GrpcCall(args) => grpc_call(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -284,6 +305,34 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `sluice grpc-call`: prints the gRPC status and, on OK, what the backend saw; fails unless
+/// the status is OK.
+fn grpc_call(a: &GrpcCallArgs) -> Result<(), String> {
+    let path = if a.method.starts_with('/') {
+        a.method.clone()
+    } else {
+        format!("/{}/{}", echo::grpc::SERVICE, a.method)
+    };
+    let mut metadata = Vec::new();
+    for m in &a.metadata {
+        let (name, value) =
+            m.split_once(':').ok_or_else(|| format!("metadata {m:?} is not `name: value`"))?;
+        metadata.push((name.trim().to_owned(), value.trim().to_owned()));
+    }
+    let timeout = Duration::from_secs(10);
+    let call = echo::grpc_client::call(a.addr, &a.authority, &path, &metadata, timeout)?;
+    let code = call.code.ok_or("the answer has no grpc-status")?;
+    let name = echo::grpc::code_name(code);
+    println!("grpc-status: {code} {name} {}", call.message);
+    if let Some(seen) = &call.assertions {
+        println!(
+            "backend saw {} for {} (pod {}, namespace {})",
+            seen.fully_qualified_method, seen.authority, seen.pod, seen.namespace
+        );
+    }
+    if code == 0 { Ok(()) } else { Err(format!("gRPC status {name}")) }
 }
 
 fn underscores(text: &str) -> Result<lb::http1::parse::Underscores, String> {

@@ -406,7 +406,23 @@ fn hints(t: &table::Table, listen: IpAddr, ca: Option<&Path>) -> Vec<String> {
                         ActionKind::Respond { status } => format!("{status} from lb"),
                         ActionKind::Redirect { status, .. } => format!("{status} redirect from lb"),
                     };
+                    // A gRPC method (a GRPCRoute's exact `/package.Service/Method` to an HTTP/2
+                    // backend): our own client, curl cannot frame gRPC.
+                    let h2c = |b: &table::format::WeightedBackend| match b.target {
+                        BackendTarget::Service(s) => t
+                            .services
+                            .get(s as usize)
+                            .is_some_and(|s| s.protocol == table::format::UpstreamProtocol::H2c),
+                        BackendTarget::Status(_) => false,
+                    };
+                    let grpc = matches!(&m.path, PathMatch::Exact(p) if grpc_method(p))
+                        && matches!(&action.kind, ActionKind::Forward { backends, .. }
+                            if backends.iter().any(h2c));
                     let line = match (&port.tls, ca) {
+                        _ if grpc && port.tls.is_some() => continue,
+                        _ if grpc => format!(
+                            "  sluice grpc-call --addr {addr} --authority {host} {path}\n      → {outcome}"
+                        ),
                         (Some(_), Some(ca)) => format!(
                             "  curl --cacert {} --resolve '{host}:{}:{}'{args} 'https://{host}:{}{path}{query}'\n      → {outcome}",
                             ca.display(),
@@ -437,6 +453,15 @@ fn hints(t: &table::Table, listen: IpAddr, ca: Option<&Path>) -> Vec<String> {
         lines.push(format!("  … and {more} more"));
     }
     lines
+}
+
+/// Whether a path is a gRPC method: `/package.Service/Method`.
+fn grpc_method(path: &str) -> bool {
+    let mut parts = path.strip_prefix('/').unwrap_or("").split('/');
+    let ident =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    matches!((parts.next(), parts.next(), parts.next()), (Some(s), Some(m), None)
+        if s.contains('.') && s.split('.').all(ident) && ident(m))
 }
 
 #[derive(Default)]

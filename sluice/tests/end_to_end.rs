@@ -469,6 +469,22 @@ fn sluice_up_runs_the_quickstart() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // gRPC: the printed `sluice grpc-call` line reaches demo-v2 over h2c; a method no rule
+    // names is lb's own UNIMPLEMENTED.
+    let line = said
+        .lines()
+        .find(|l| l.contains("sluice grpc-call") && l.ends_with("GrpcEcho/Echo"))
+        .unwrap_or_else(|| panic!("no gRPC hint:\n{said}"));
+    let words: Vec<&str> = line.split_whitespace().skip(1).collect();
+    let call = |words: &[&str]| std::process::Command::new(BIN).args(words).output().unwrap();
+    let out = call(&words);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{line}: {text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.starts_with("grpc-status: 0 OK") && text.contains("pod demo-v2-a"), "{text}");
+    let three = line.replace("GrpcEcho/Echo", "GrpcEcho/EchoThree");
+    let out = call(&three.split_whitespace().skip(1).collect::<Vec<_>>());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success() && text.starts_with("grpc-status: 12 Unimplemented"), "{text}");
     let generated = env.manifests.join("generated/demo-tls.yaml");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&generated).unwrap().permissions().mode() & 0o777, 0o600);

@@ -171,9 +171,34 @@ fn objects_reach_the_table_and_status_is_written_beside_other_controllers() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(api.status_writes().len(), writes, "a restart rewrote statuses that were right");
 
-    // Deleted: gone from the table.
+    // A GRPCRoute whose hostname the older HTTPRoute `r` (no hostnames: all) already serves on
+    // the listener: exactly one of the two is accepted, the older (the name breaks a tie in the
+    // same second: `r` < `zz-grpc`).
+    let grpc_accepted = || {
+        let st = status_of(&api, "GRPCRoute", "default", "zz-grpc");
+        st["parents"].as_array().and_then(|p| p.first()).and_then(|p| {
+            let c = condition(&p["conditions"], "Accepted")?;
+            Some((c, p["conditions"][0]["message"].as_str().unwrap_or_default().to_owned()))
+        })
+    };
+    api.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+        "metadata": {"name": "zz-grpc", "namespace": "default"},
+        "spec": {"parentRefs": [{"name": "gw"}], "hostnames": ["grpc.example"],
+                 "rules": [{"backendRefs": [{"name": "svc", "port": 80}]}]}
+    }));
+    wait_for("the GRPCRoute refused", Duration::from_secs(10), || {
+        grpc_accepted().is_some_and(|((s, r), m)| {
+            s == "False" && r == "NotAllowedByListeners" && m.contains("HTTPRoute default/r")
+        })
+    });
+
+    // Deleted: gone from the table, and the GRPCRoute it blocked is accepted.
     api.delete("HTTPRoute", "default", "r");
     wait_for("the deleted route to go", Duration::from_secs(10), || code(port, "/b") == 404);
+    wait_for("the GRPCRoute accepted", Duration::from_secs(10), || {
+        grpc_accepted().is_some_and(|((s, _), _)| s == "True")
+    });
     // The managed fields and last-applied annotation never reach config-sync's objects; its
     // log shows no parse problems for them.
     assert!(!env.log("config-sync").contains("managedFields"), "{}", env.log("config-sync"));

@@ -284,9 +284,25 @@ pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result
         tokio::spawn(async move {
             let mut stream =
                 watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
+            let mut absent = false;
             while let Some(item) = stream.next().await {
                 let event = match item {
                     Ok(e) => e,
+                    // An optional kind whose CRD is not installed (GRPCRoute before Gateway API
+                    // 1.1): none of them, said once; the watch keeps trying, so installing the
+                    // CRD later is noticed.
+                    Err(e) if kind == Kind::GrpcRoute && not_found(&e) => {
+                        if !absent {
+                            absent = true;
+                            warn!(%kind, "the API server does not serve {plural} (CRD not installed?); none are read until it does");
+                            for event in [Seen::Init, Seen::InitDone] {
+                                if tx.send(Update { kind, event }).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        continue;
+                    }
                     Err(e) => {
                         warn!(%kind, "watch: {e}; retrying (lb keeps the current table)");
                         continue;
@@ -541,6 +557,15 @@ fn referenced(stores: &BTreeMap<Kind, KindStore>, controller: &str) -> BTreeSet<
         }
     }
     out
+}
+
+/// Whether a watch failed because the API server does not serve the resource (404).
+fn not_found(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code == 404,
+        _ => false,
+    }
 }
 
 #[cfg(test)]

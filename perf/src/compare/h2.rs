@@ -1,13 +1,23 @@
 //! `sluice-perf compare --h2`: HTTP/2 from clients through nginx (`http2` on its listener),
-//! HAProxy (`alpn h2` / `proto h2`) and Sluice, each proxying to the same HTTP/1.1 upstream.
+//! HAProxy (`alpn h2` / `proto h2`) and Sluice, each proxying to the same HTTP/1.1 upstream;
+//! and gRPC: unary calls over h2c through each (nginx `grpc_pass`, HAProxy `proto h2` to the
+//! server, Sluice a GRPCRoute) to the same gRPC upstream, our echo's conformance service.
 //! The load generator is nghttp2's h2load on the load CPU (10 connections × 100 concurrent
-//! streams), over TLS (ALPN h2) and cleartext (prior knowledge).
+//! streams), over TLS (ALPN h2) and cleartext (prior knowledge); for gRPC its per-request log
+//! gives the latency percentiles.
 
 use std::fmt::Write as _;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{Bench, LOAD_CPU, Proxy, Running, cpu_seconds, median, splice_section, utc_now};
+use std::path::Path;
+
+use super::{
+    Bench, LOAD_CPU, Proxy, Running, cpu_seconds, free_port, median, spawn, splice_section, utc_now,
+};
+
+/// The gRPC method every gRPC run calls.
+const GRPC_PATH: &str = "/gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/Echo";
 
 const H2_BEGIN: &str = "<!-- h2: written by sluice-perf compare --h2 -->";
 const H2_END: &str = "<!-- /h2 -->";
@@ -23,13 +33,35 @@ pub(super) enum H2Mode {
     Tls,
     /// Cleartext with prior knowledge (h2c).
     Cleartext,
+    /// gRPC unary calls over h2c, to an h2c gRPC upstream.
+    Grpc,
 }
 
-/// One proxy's figures per mode: (req/s, CPU µs per request) per round, and errors.
+/// Starts the gRPC upstream: our echo (its conformance gRPC service over h2c) on the load CPU.
+pub(super) fn start_grpc_upstream(work: &Path, sluice: &Path) -> Result<(u16, Running), String> {
+    let port = free_port();
+    let dir = work.join("grpc-upstream");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::write(work.join("grpc-request.bin"), echo::grpc::frame(&[]))
+        .map_err(|e| e.to_string())?;
+    let child = spawn(
+        &["taskset".into(), "-c".into(), LOAD_CPU.to_string()],
+        &[sluice.to_str().unwrap_or_default(), "echo", "--listen", &format!("127.0.0.1:{port}")],
+        &dir.join("stderr.log"),
+    )?;
+    let running = Running { pids: vec![child.id()], children: vec![child], port, valgrind: None };
+    super::wait_ready(port, 20).map_err(|e| format!("gRPC upstream: {e}"))?;
+    Ok((port, running))
+}
+
+/// One proxy's figures per mode (h2 over TLS, h2c, gRPC): (req/s, CPU µs per request) per
+/// round, gRPC latency percentiles (ms) per round, and errors.
 #[derive(Debug, Default, Clone)]
 struct H2Figures {
-    rps: [Vec<f64>; 2],
-    cpu_us: [Vec<f64>; 2],
+    rps: [Vec<f64>; 3],
+    cpu_us: [Vec<f64>; 3],
+    p50_ms: Vec<f64>,
+    p99_ms: Vec<f64>,
     errors: u64,
 }
 
@@ -42,15 +74,23 @@ struct Load {
     failed: u64,
 }
 
-fn h2load(url: &str, seconds: f64, warm_up: bool) -> Result<Load, String> {
+/// The h2load arguments of a gRPC call: a POST with one empty message, and a per-request log.
+fn grpc_args(work: &Path, log: &Path) -> Vec<String> {
+    let body = work.join("grpc-request.bin");
+    let args = ["-d", body.to_str().unwrap_or_default(), "-H", "content-type: application/grpc"];
+    let mut out: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    out.extend(["-H".into(), "te: trailers".into(), "--log-file".into()]);
+    out.push(log.to_str().unwrap_or_default().to_owned());
+    out
+}
+
+fn h2load(url: &str, seconds: f64, extra: &[String]) -> Result<Load, String> {
     let duration = format!("{}", seconds.ceil() as u64);
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", &LOAD_CPU.to_string(), "h2load", "-c", &CONNECTIONS.to_string()])
         .args(["-m", &STREAMS.to_string(), "-t", "1", "-D", &duration])
-        .args(["-H", ":authority: bench.example"]);
-    if warm_up {
-        cmd.args(["--warm-up-time", "1"]);
-    }
+        .args(["-H", ":authority: bench.example"])
+        .args(extra);
     let out = cmd.arg(url).output().map_err(|e| format!("h2load: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     parse_h2load(&text).ok_or_else(|| format!("h2load output not understood:\n{text}"))
@@ -88,18 +128,87 @@ fn parse_h2load(text: &str) -> Option<Load> {
     })
 }
 
+/// p50 and p99 (ms) of the request times in an h2load `--log-file` (tab-separated: start µs,
+/// status, µs to the end of the response).
+fn latencies(log: &Path) -> Result<(f64, f64), String> {
+    let text = std::fs::read_to_string(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let mut us: Vec<u64> =
+        text.lines().filter_map(|l| l.split('\t').nth(2)?.trim().parse().ok()).collect();
+    if us.is_empty() {
+        return Err(format!("{}: no requests logged", log.display()));
+    }
+    us.sort_unstable();
+    let at = |q: f64| us[((us.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+    Ok((at(0.50), at(0.99)))
+}
+
 impl Bench {
     fn h2_url(&self, r: &Running, mode: H2Mode) -> String {
         match mode {
             H2Mode::Tls => format!("https://127.0.0.1:{}/", r.port),
             H2Mode::Cleartext => format!("http://127.0.0.1:{}/", r.port),
+            H2Mode::Grpc => format!("http://127.0.0.1:{}{GRPC_PATH}", r.port),
         }
+    }
+
+    /// nginx in the gRPC runs: `grpc_pass` to the gRPC upstream, with keep-alive.
+    pub(super) fn grpc_nginx(&self, conf: String) -> String {
+        let (Some(H2Mode::Grpc), Some((port, _))) = (self.h2, &self.grpc_upstream) else {
+            return conf;
+        };
+        conf.replace(
+            "  server {\n",
+            &format!("  upstream grpc_backend {{ server 127.0.0.1:{port}; keepalive 256; }}\n  server {{\n"),
+        )
+        .replace(
+            "      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n",
+            "      grpc_pass grpc://grpc_backend;\n",
+        )
+    }
+
+    /// HAProxy in the gRPC runs: HTTP/2 to the gRPC upstream (`proto h2`).
+    pub(super) fn grpc_haproxy(&self, conf: String) -> String {
+        let (Some(H2Mode::Grpc), Some((port, _))) = (self.h2, &self.grpc_upstream) else {
+            return conf;
+        };
+        let server = format!("  server up 127.0.0.1:{}\n", self.upstream_port);
+        conf.replace(&server, &format!("  server up 127.0.0.1:{port} proto h2\n"))
+    }
+
+    /// Sluice in the gRPC runs: a GRPCRoute (every call) to the gRPC upstream.
+    pub(super) fn grpc_sluice(&self, manifests: String) -> String {
+        let (Some(H2Mode::Grpc), Some((port, _))) = (self.h2, &self.grpc_upstream) else {
+            return manifests;
+        };
+        manifests
+            .replace("kind: HTTPRoute", "kind: GRPCRoute")
+            .replace(&format!("port: {}}}]", self.upstream_port), &format!("port: {port}}}]"))
     }
 
     /// Waits until h2load gets a 2xx through the proxy (nginx's and HAProxy's h2c listeners
     /// speak nothing else, so the HTTP/1 readiness check cannot be used).
     pub(super) fn wait_ready_h2(&self, r: &Running, mode: H2Mode) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
+        if mode == H2Mode::Grpc {
+            // A real call, answered OK: the proxy's gRPC set-up works, not just its listener.
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], r.port));
+            loop {
+                let call = echo::grpc_client::call(
+                    addr,
+                    "bench.example",
+                    GRPC_PATH,
+                    &[],
+                    Duration::from_secs(2),
+                );
+                match call {
+                    Ok(c) if c.code == Some(0) => return Ok(()),
+                    _ if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(200))
+                    }
+                    other => return Err(format!("no gRPC OK on port {}: {other:?}", r.port)),
+                }
+            }
+        }
         loop {
             let out = Command::new("h2load")
                 .args(["-n", "1", "-c", "1", "-H", ":authority: bench.example"])
@@ -120,36 +229,55 @@ impl Bench {
     /// One measured run after a warm-up: (req/s, proxy CPU µs per request, failed or errored
     /// requests). (h2load's 2xx count can exceed its `done` count at the end of a timed run,
     /// so non-2xx is not `done − 2xx`.)
-    fn h2_run(&self, r: &Running, mode: H2Mode) -> Result<(f64, f64, u64), String> {
+    fn h2_run(&self, r: &Running, mode: H2Mode) -> Result<Run, String> {
         let url = self.h2_url(r, mode);
-        h2load(&url, 2.0, false)?;
+        let log = self.work.join("h2load-requests.log");
+        let extra = if mode == H2Mode::Grpc { grpc_args(&self.work, &log) } else { Vec::new() };
+        h2load(&url, 2.0, &extra)?;
         let before = cpu_seconds(&r.pids);
-        let load = h2load(&url, self.opts.seconds, false)?;
+        let load = h2load(&url, self.opts.seconds, &extra)?;
         let cpu = cpu_seconds(&r.pids) - before;
-        Ok((load.rps, cpu * 1e6 / load.done.max(1) as f64, load.failed))
+        let latency = if mode == H2Mode::Grpc { Some(latencies(&log)?) } else { None };
+        Ok(Run {
+            rps: load.rps,
+            cpu_us: cpu * 1e6 / load.done.max(1) as f64,
+            failed: load.failed,
+            latency,
+        })
     }
 
     pub(super) fn compare_h2(&mut self) -> Result<String, String> {
+        let modes = [H2Mode::Tls, H2Mode::Cleartext, H2Mode::Grpc];
         let proxies = [Proxy::Nginx, Proxy::Haproxy, Proxy::Sluice];
         let mut figures: Vec<(Proxy, H2Figures)> =
             proxies.iter().map(|p| (*p, H2Figures::default())).collect();
         let cert = self.cert.take();
         for round in 0..self.opts.rounds {
-            for (i, mode) in [H2Mode::Tls, H2Mode::Cleartext].into_iter().enumerate() {
+            for (i, mode) in modes.into_iter().enumerate() {
                 self.cert = if mode == H2Mode::Tls { cert.clone() } else { None };
                 self.h2 = Some(mode);
                 for (proxy, f) in &mut figures {
                     let r = self.start(*proxy, false)?;
-                    let (rps, cpu, errors) = self.h2_run(&r, mode)?;
+                    let run = self.h2_run(&r, mode)?;
+                    let latency = run.latency.map_or(String::new(), |(p50, p99)| {
+                        format!(", p50 {p50:.2} ms, p99 {p99:.2} ms")
+                    });
                     eprintln!(
-                        "round {} {:>8} {:>9}: {rps:>8.0} req/s, {cpu:>6.2} µs CPU/request, failed {errors}",
+                        "round {} {:>8} {:>9}: {:>8.0} req/s, {:>6.2} µs CPU/request{latency}, failed {}",
                         round + 1,
                         proxy.name(),
-                        if mode == H2Mode::Tls { "h2 (TLS)" } else { "h2c" },
+                        mode.name(),
+                        run.rps,
+                        run.cpu_us,
+                        run.failed,
                     );
-                    f.rps[i].push(rps);
-                    f.cpu_us[i].push(cpu);
-                    f.errors += errors;
+                    f.rps[i].push(run.rps);
+                    f.cpu_us[i].push(run.cpu_us);
+                    if let Some((p50, p99)) = run.latency {
+                        f.p50_ms.push(p50);
+                        f.p99_ms.push(p99);
+                    }
+                    f.errors += run.failed;
                 }
             }
         }
@@ -176,7 +304,9 @@ impl Bench {
         );
         let _ =
             writeln!(md, "| | nginx | HAProxy | Sluice | Sluice / nginx |\n|---|---|---|---|---|");
-        for (i, mode) in ["h2 over TLS", "h2c (prior knowledge)"].into_iter().enumerate() {
+        for (i, mode) in
+            ["h2 over TLS", "h2c (prior knowledge)", "gRPC unary (h2c)"].into_iter().enumerate()
+        {
             for (what, cpu) in [("req/s", false), ("proxy CPU µs per request", true)] {
                 let values: Vec<f64> = figures
                     .iter()
@@ -194,20 +324,63 @@ impl Bench {
                 let _ = writeln!(md, "| {mode}: {what} | {} | {ratio} |", cells.join(" | "));
             }
         }
+        for (what, pick) in [("p50", 0), ("p99", 1)] {
+            let values: Vec<f64> = figures
+                .iter()
+                .map(|(_, f)| median(if pick == 0 { &f.p50_ms } else { &f.p99_ms }))
+                .collect();
+            let cells: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
+            let ratio = if values[0] > 0.0 {
+                format!("{:.2}×", values[2] / values[0])
+            } else {
+                "–".into()
+            };
+            let _ = writeln!(
+                md,
+                "| gRPC unary (h2c): {what} latency, ms | {} | {ratio} |",
+                cells.join(" | ")
+            );
+        }
         let errs: Vec<String> =
             figures.iter().map(|(p, f)| format!("{} {}", p.name(), f.errors)).collect();
         let _ = writeln!(md, "\nFailed or errored requests (all runs): {}.\n", errs.join(", "));
-        let _ = writeln!(md, "All rounds (CPU µs per request, h2 over TLS · h2c):\n");
+        let _ = writeln!(md, "All rounds (CPU µs per request, h2 over TLS · h2c · gRPC):\n");
         for (p, f) in figures {
             let list =
                 |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
-            let _ = writeln!(md, "- {}: {} · {}", p.name(), list(&f.cpu_us[0]), list(&f.cpu_us[1]));
+            let _ = writeln!(
+                md,
+                "- {}: {} · {} · {}",
+                p.name(),
+                list(&f.cpu_us[0]),
+                list(&f.cpu_us[1]),
+                list(&f.cpu_us[2])
+            );
         }
         let _ = writeln!(
             md,
-            "\nMethod: each proxy started afresh per round and mode, pinned to CPU 0 (nginx: one worker, `listen … ssl http2` / `listen … http2`; HAProxy: one thread, `bind … ssl crt … alpn h2,http/1.1` / `bind … proto h2`; Sluice: lb on one core, an HTTPS or HTTP Gateway listener — HTTP/2 is on by default); TLS 1.3 with the same ECDSA P-256 certificate; a 2 s h2load run first, then the measured one; CPU is the proxy's user+system time over the measured run divided by the requests done.\n\nRerun: `target/release/sluice-perf compare --h2 --sluice target/release/sluice --out docs` (needs h2load: Debian's nghttp2-client).\n{H2_END}"
+            "\nMethod: each proxy started afresh per round and mode, pinned to CPU 0 (nginx: one worker, `listen … ssl http2` / `listen … http2`; HAProxy: one thread, `bind … ssl crt … alpn h2,http/1.1` / `bind … proto h2`; Sluice: lb on one core, an HTTPS or HTTP Gateway listener — HTTP/2 is on by default); TLS 1.3 with the same ECDSA P-256 certificate; a 2 s h2load run first, then the measured one; CPU is the proxy's user+system time over the measured run divided by the requests done. gRPC: h2load POSTs one empty `EchoRequest` per call to `{GRPC_PATH}` (`content-type: application/grpc`, `te: trailers`) over h2c; nginx `grpc_pass` (upstream keep-alive), HAProxy `server … proto h2`, Sluice a GRPCRoute; the upstream is our echo's gRPC service (`sluice echo`, h2c, on CPU 1 beside h2load), the same for all three; latency percentiles from h2load's per-request log of the measured run (time to the end of each response). h2load counts HTTP statuses, not `grpc-status`: each proxy's set-up is checked with one real call answered OK before its runs.\n\nRerun: `target/release/sluice-perf compare --h2 --sluice target/release/sluice --out docs` (needs h2load: Debian's nghttp2-client).\n{H2_END}"
         );
         md
+    }
+}
+
+/// One measured run.
+struct Run {
+    rps: f64,
+    cpu_us: f64,
+    failed: u64,
+    /// gRPC: (p50, p99) ms.
+    latency: Option<(f64, f64)>,
+}
+
+impl H2Mode {
+    fn name(self) -> &'static str {
+        match self {
+            H2Mode::Tls => "h2 (TLS)",
+            H2Mode::Cleartext => "h2c",
+            H2Mode::Grpc => "gRPC",
+        }
     }
 }
 

@@ -66,6 +66,7 @@ pub const RESOURCES: &[Res] = &[
     },
     Res { group: GW, version: "v1", plural: "gateways", kind: "Gateway", namespaced: true },
     Res { group: GW, version: "v1", plural: "httproutes", kind: "HTTPRoute", namespaced: true },
+    Res { group: GW, version: "v1", plural: "grpcroutes", kind: "GRPCRoute", namespaced: true },
     Res {
         group: GW,
         version: "v1beta1",
