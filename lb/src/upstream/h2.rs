@@ -135,6 +135,7 @@ pub(crate) async fn open(
         conn,
         request: RefCell::new(RequestState::Head(Vec::new())),
         response: RefCell::new(ResponseState::Waiting(None)),
+        head_request: Cell::new(false),
     };
     Ok((Transport::Stream(Box::new(stream)), reused))
 }
@@ -193,6 +194,8 @@ pub(crate) struct UpStream {
     conn: Rc<H2Conn>,
     request: RefCell<RequestState>,
     response: RefCell<ResponseState>,
+    /// The request is a HEAD (its answer's END_STREAM on HEADERS says nothing of the length).
+    head_request: Cell<bool>,
 }
 
 impl std::fmt::Debug for UpStream {
@@ -252,6 +255,7 @@ impl UpStream {
                 buf.extend_from_slice(bytes);
                 let Some((request, framing, len)) = h2_request(buf)? else { return Ok(()) };
                 let ended = matches!(framing, Framing::None | Framing::Length(0));
+                self.head_request.set(request.method() == http::Method::HEAD);
                 let mut sender = self.conn.send.clone();
                 // Waits only while another stream of this connection is being opened.
                 sender = sender.ready().await.map_err(h2_io)?;
@@ -306,7 +310,8 @@ impl UpStream {
                 let ended = body.is_end_stream();
                 let chunked = !ended && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
                 let mut head = Vec::with_capacity(256);
-                http1_response_head(&parts, ended, chunked, &mut head);
+                let empty = ended && !self.head_request.get();
+                http1_response_head(&parts, empty, chunked, &mut head);
                 input.append(&head, spare);
                 *state =
                     if ended { ResponseState::Done } else { ResponseState::Body(body, chunked) };
@@ -397,12 +402,12 @@ fn h2_request(buf: &[u8]) -> io::Result<Option<(Request<()>, Framing, usize)>> {
     Ok(Some((request, head.framing, head.len)))
 }
 
-/// The HTTP/1.1 head for an HTTP/2 response: `ended` when HEADERS carried END_STREAM (then
-/// `content-length: 0` unless the response says otherwise), `chunked` when the body is passed
-/// on chunk-encoded.
+/// The HTTP/1.1 head for an HTTP/2 response: `empty` when HEADERS carried END_STREAM for a
+/// request other than HEAD (then `content-length: 0` unless the response says otherwise),
+/// `chunked` when the body is passed on chunk-encoded.
 fn http1_response_head(
     parts: &http::response::Parts,
-    ended: bool,
+    empty: bool,
     chunked: bool,
     out: &mut Vec<u8>,
 ) {
@@ -419,7 +424,7 @@ fn http1_response_head(
     let has_length = parts.headers.contains_key(http::header::CONTENT_LENGTH);
     if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    } else if ended && !has_length && !matches!(status.as_u16(), 204 | 304) {
+    } else if empty && !has_length && !matches!(status.as_u16(), 204 | 304) {
         out.extend_from_slice(b"content-length: 0\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -478,6 +483,8 @@ mod tests {
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
         );
         assert_eq!(text(parts(204, &[]), true, false), "HTTP/1.1 204 No Content\r\n\r\n");
+        // A HEAD answer: nothing said of the length.
+        assert_eq!(text(parts(200, &[]), false, false), "HTTP/1.1 200 OK\r\n\r\n");
         assert_eq!(
             text(parts(200, &[("content-length", "3")]), false, false),
             "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n"
