@@ -822,3 +822,64 @@ fn grpc_routes_reach_h2c_backends_and_failures_are_grpc_statuses() {
     assert_eq!((&down["status"], &down["headers"]["grpc-status"]), (&200.into(), &"14".into()));
     assert_eq!(down["headers"]["content-type"], "application/grpc", "{results:?}");
 }
+
+/// Established TCP connections to `port` on 127.0.0.1, from /proc/net/tcp (remote address
+/// `0100007F:PORT`, state 01).
+fn established_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let remote = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(2) == Some(&remote.as_str()) && f.get(3) == Some(&"01")
+        })
+        .count()
+}
+
+#[test]
+fn many_client_streams_share_few_upstream_connections() {
+    if !python_h2() {
+        return;
+    }
+    let mut env = Env::new("grpc-mux");
+    let echo = env.echo("default", "grpc-svc", "grpc-svc-0");
+    let port = free_port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write("svc.yaml", &service("default", "grpc-svc", &[echo]));
+    env.write(
+        "grpc.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g, namespace: default}\nspec:\n  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: grpc-svc, port: 80}]}]\n",
+    );
+    env.config_sync();
+    env.lb_env(&[("RUST_LOG", "info,lb=debug")]);
+    env.wait_applied(1);
+    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    // 4 client connections × 120 concurrent calls: with HTTP/1 upstreams that is up to 480
+    // upstream sockets; multiplexed, one per lb core and endpoint while the peer has room.
+    let calls = serde_json::Value::Array((0..120).map(|_| grpc_call("Echo")).collect());
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let calls = calls.clone();
+            std::thread::spawn(move || h2_client(port, None, &calls))
+        })
+        .collect();
+    for c in clients {
+        let results = c.join().unwrap();
+        let bad: Vec<_> =
+            results[..120].iter().filter(|r| r["trailers"]["grpc-status"] != "0").collect();
+        let log = env.log("lb");
+        let tail = &log[log.len().saturating_sub(3000)..];
+        assert!(
+            bad.is_empty(),
+            "{} failed, e.g. {:?}; {:?}\n{tail}",
+            bad.len(),
+            bad.first(),
+            results[120]
+        );
+    }
+    let upstream = established_to(echo.port());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!((1..=cores).contains(&upstream), "{upstream} upstream connections for 480 calls");
+}

@@ -254,6 +254,13 @@ impl H2Stream {
         }
         let mut recv = self.recv.borrow_mut();
         match crate::h2io::next_data(&mut recv, self.chunked, input, spare).await {
+            // The frame carried END_STREAM: the last chunk goes with it, so the request is
+            // sent upstream with its end in one piece (one final DATA frame, not a small DATA
+            // frame and an empty one — h2 peers budget small non-final frames).
+            Ok(Some(n)) if self.chunked && recv.is_end_stream() => {
+                self.request_done.set(true);
+                Ok(n + crate::h2io::last_chunk(None, input, spare))
+            }
             Ok(Some(n)) => Ok(n),
             Err(e) => Err(h2_io(e)),
             Ok(None) => {

@@ -26,6 +26,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::{LocalBoxFuture, Shared};
 use h2::client::{ResponseFuture, SendRequest};
 use h2::{RecvStream, SendStream};
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
@@ -58,9 +60,21 @@ impl H2Conn {
     }
 }
 
+/// A connection being opened, shared by every request that needs one meanwhile.
+type Connecting = Shared<LocalBoxFuture<'static, Result<Rc<H2Conn>, String>>>;
+
+/// The connections of a pool, and those being opened (one at a time per endpoint: a burst of
+/// requests with no connection yet waits for the same one instead of opening one each).
+#[derive(Default)]
+struct Conns {
+    open: HashMap<Key, Vec<Rc<H2Conn>>, BuildHasherDefault<AddrHasher>>,
+    connecting: HashMap<Key, Connecting, BuildHasherDefault<AddrHasher>>,
+}
+
 /// This core's HTTP/2 upstream connections, by endpoint.
 pub(crate) struct H2Pool {
-    conns: HashMap<Key, Vec<Rc<H2Conn>>, BuildHasherDefault<AddrHasher>>,
+    /// Shared with the connection attempts in flight, which add what they opened.
+    conns: Rc<RefCell<Conns>>,
     /// The core's buffer free list (each connection's reads wait in its buffers).
     spare: Rc<Spare>,
     /// Windows, frame and header-list sizes (the same as for clients).
@@ -69,14 +83,14 @@ pub(crate) struct H2Pool {
 
 impl std::fmt::Debug for H2Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("H2Pool").field("endpoints", &self.conns.len()).finish()
+        f.debug_struct("H2Pool").field("endpoints", &self.conns.borrow().open.len()).finish()
     }
 }
 
 impl H2Pool {
     /// An empty pool whose connections read through `spare` and use `limits`.
     pub(crate) fn new(spare: Rc<Spare>, limits: H2Limits) -> H2Pool {
-        H2Pool { conns: HashMap::default(), spare, limits }
+        H2Pool { conns: Rc::default(), spare, limits }
     }
 
     /// Drops closed connections, idle ones older than `idle_ticks`, and those to endpoints
@@ -88,7 +102,7 @@ impl H2Pool {
         idle_ticks: u64,
         keep: impl Fn(&std::net::SocketAddr) -> bool,
     ) {
-        self.conns.retain(|key, list| {
+        self.conns.borrow_mut().open.retain(|key, list| {
             list.retain(|c| {
                 !c.closed.get()
                     && (c.active.get() > 0 || now.saturating_sub(c.last_used.get()) <= idle_ticks)
@@ -97,15 +111,50 @@ impl H2Pool {
         });
     }
 
-    fn with_room(&mut self, key: Key) -> Option<Rc<H2Conn>> {
-        let list = self.conns.get_mut(&key)?;
-        list.retain(|c| !c.closed.get());
-        list.iter().find(|c| c.has_room()).cloned()
+    /// A connection to `key` with room for a stream, or the attempt that will bring one
+    /// (started here unless one is under way; never shared when `fresh_only`).
+    fn get(&self, key: Key, fresh_only: bool) -> Result<Rc<H2Conn>, Connecting> {
+        let mut conns = self.conns.borrow_mut();
+        if !fresh_only {
+            if let Some(list) = conns.open.get_mut(&key) {
+                list.retain(|c| !c.closed.get());
+                if let Some(c) = list.iter().find(|c| c.has_room()) {
+                    return Ok(Rc::clone(c));
+                }
+            }
+            if let Some(attempt) = conns.connecting.get(&key) {
+                return Err(attempt.clone());
+            }
+        }
+        let (spare, limits, shared) = (Rc::clone(&self.spare), self.limits, Rc::clone(&self.conns));
+        let attempt = async move {
+            let opened = connect(spare, limits, key).await.map_err(|e| e.to_string());
+            let mut conns = shared.borrow_mut();
+            if !fresh_only {
+                conns.connecting.remove(&key);
+            }
+            if let Ok(c) = &opened {
+                conns.open.entry(key).or_default().push(Rc::clone(c));
+            }
+            opened
+        }
+        .boxed_local()
+        .shared();
+        if !fresh_only {
+            conns.connecting.insert(key, attempt.clone());
+        }
+        Err(attempt)
+    }
+
+    /// Forgets an attempt under way that took too long, so the next request starts afresh.
+    fn give_up(&self, key: Key) {
+        self.conns.borrow_mut().connecting.remove(&key);
     }
 }
 
 /// A stream for one attempt: on a connection with room (unless `fresh_only`), else on a new
-/// one connected within `limit`. Returns the transport and whether the connection was reused.
+/// one connected within `limit` (or the one another request is opening). Returns the transport
+/// and whether the connection was there already.
 pub(crate) async fn open(
     pool: &RefCell<H2Pool>,
     (wheel, deadline): (&Wheel, &Rc<Deadline>),
@@ -113,20 +162,21 @@ pub(crate) async fn open(
     key: Key,
     fresh_only: bool,
 ) -> Result<(Transport, bool), ProxyError> {
-    let existing = if fresh_only { None } else { pool.borrow_mut().with_room(key) };
-    let reused = existing.is_some();
-    let conn = match existing {
-        Some(c) => c,
-        None => {
+    let found = pool.borrow().get(key, fresh_only);
+    let reused = found.is_ok();
+    let conn = match found {
+        Ok(c) => c,
+        Err(attempt) => {
             let side = (Side::Upstream, Phase::Connect);
-            let (spare, limits) = {
-                let p = pool.borrow();
-                (Rc::clone(&p.spare), p.limits)
-            };
-            let connected = timed(wheel, deadline, limit, side, connect(spare, limits, key)).await;
-            let conn = connected.inspect_err(|e| debug!(addr = %key.addr, "{e}"))?;
-            pool.borrow_mut().conns.entry(key).or_default().push(Rc::clone(&conn));
-            conn
+            let opened = async { attempt.await.map_err(io::Error::other) };
+            match timed(wheel, deadline, limit, side, opened).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    debug!(addr = %key.addr, "{e}");
+                    pool.borrow().give_up(key);
+                    return Err(e);
+                }
+            }
         }
     };
     conn.active.set(conn.active.get() + 1);
@@ -320,6 +370,12 @@ impl UpStream {
             ResponseState::Body(recv, chunked) => {
                 let chunked = *chunked;
                 match crate::h2io::next_data(recv, chunked, input, spare).await {
+                    // END_STREAM on the DATA: the last chunk with it (one final frame on to
+                    // an h2 client, as in `http2::stream`).
+                    Ok(Some(n)) if chunked && recv.is_end_stream() => {
+                        *state = ResponseState::Done;
+                        Ok(n + crate::h2io::last_chunk(None, input, spare))
+                    }
                     Ok(Some(n)) => Ok(n),
                     Err(e) => Err(h2_io(e)),
                     Ok(None) if chunked => {
