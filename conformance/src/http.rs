@@ -279,12 +279,6 @@ where
         .iter()
         .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
-    let mut body = answer.into_body();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.map_err(|e| format!("HTTP/2 body: {e}"))?;
-        let _ = body.flow_control().release_capacity(chunk.len());
-        bytes.extend_from_slice(&chunk);
-    }
+    let bytes = echo::grpc_client::read_body(&mut answer.into_body()).await?;
     Ok(Response { status, headers, body: bytes })
 }

@@ -43,6 +43,17 @@ pub fn call(
     })
 }
 
+/// Reads a response body to its end (window released as it goes).
+pub async fn read_body(body: &mut h2::RecvStream) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| format!("HTTP/2 body: {e}"))?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
 async fn exchange(
     addr: SocketAddr,
     authority: &str,
@@ -79,12 +90,7 @@ async fn exchange(
     let http_status = answer.status().as_u16();
     let mut headers = pairs(answer.headers());
     let mut body = answer.into_body();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.map_err(|e| format!("HTTP/2 body: {e}"))?;
-        let _ = body.flow_control().release_capacity(chunk.len());
-        bytes.extend_from_slice(&chunk);
-    }
+    let bytes = read_body(&mut body).await?;
     if let Ok(Some(trailers)) = body.trailers().await {
         headers.extend(pairs(&trailers));
     }
