@@ -682,6 +682,13 @@ fn a_prefix_rule_cannot_be_bypassed_with_dot_segments_or_encoding() {
 /// connections and keep-alive clients — no request fails. A keep-alive client may find its
 /// idle connection closed by the old lb and resend once on a new one, as HTTP clients do for
 /// idempotent requests (RFC 9112 §9.3.1); that is counted, not hidden.
+///
+/// A `connect` itself can fail with a reset while the old lb's listeners shut down: the
+/// kernel resets a few handshakes when a backlog migrates twice (the old lb's cores are two
+/// listeners of the group). Measured without lb, four Python listeners on one port and three
+/// connecting threads: ~1 reset per 150,000 connects when two listeners shut down under load, 0
+/// in 1.2 M with one (docs/kubernetes.md). Nothing was sent on such a connection, so resending
+/// is safe for any request; the test allows three and counts them.
 #[test]
 fn a_new_lb_takes_over_from_a_draining_one_without_failing_a_request() {
     let mut env = Env::new("upgrade");
@@ -692,10 +699,21 @@ fn a_new_lb_takes_over_from_a_draining_one_without_failing_a_request() {
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicUsize::new(0));
     let resent = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
     let loads: Vec<_> = (0..4)
         .map(|i| {
-            let (stop, served, resent) =
-                (Arc::clone(&stop), Arc::clone(&served), Arc::clone(&resent));
+            let (stop, served, resent, refused) =
+                (Arc::clone(&stop), Arc::clone(&served), Arc::clone(&resent), Arc::clone(&refused));
+            // A connect the kernel reset during the migration: nothing sent, connect again.
+            let connect = move || {
+                Client::connect(port).or_else(|e| {
+                    if e.kind() != std::io::ErrorKind::ConnectionReset {
+                        return Err(e);
+                    }
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    Client::connect(port)
+                })
+            };
             std::thread::spawn(move || {
                 let keep_alive = i % 2 == 1;
                 let mut failures = Vec::new();
@@ -707,7 +725,7 @@ fn a_new_lb_takes_over_from_a_draining_one_without_failing_a_request() {
                     let reused = keep_alive && client.is_some();
                     let mut c = match client.take() {
                         Some(c) => c,
-                        None => match Client::connect(port) {
+                        None => match connect() {
                             Ok(c) => c,
                             Err(e) => {
                                 failures.push(format!("connect: {e}"));
@@ -719,7 +737,7 @@ fn a_new_lb_takes_over_from_a_draining_one_without_failing_a_request() {
                     if reused && r.is_err() {
                         // The idle connection was closed under us: resend once, fresh.
                         resent.fetch_add(1, Ordering::Relaxed);
-                        c = match Client::connect(port) {
+                        c = match connect() {
                             Ok(c) => c,
                             Err(e) => {
                                 failures.push(format!("reconnect: {e}"));
@@ -769,10 +787,13 @@ fn a_new_lb_takes_over_from_a_draining_one_without_failing_a_request() {
     stop.store(true, Ordering::Relaxed);
     let failures: Vec<String> = loads.into_iter().flat_map(|t| t.join().unwrap()).collect();
     let total = served.load(Ordering::Relaxed);
+    let refused = refused.load(Ordering::Relaxed);
     eprintln!(
-        "upgrade: {total} requests served, {} resent on a closed keep-alive connection",
+        "upgrade: {total} requests served, {} resent on a closed keep-alive connection, \
+         {refused} connects reset by the kernel and made again",
         resent.load(Ordering::Relaxed)
     );
+    assert!(refused <= 3, "{refused} connects reset during the takeover");
     assert!(
         failures.is_empty(),
         "{} failed, e.g. {:?}",
