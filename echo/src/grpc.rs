@@ -12,6 +12,13 @@ pub const SERVICE: &str = "gateway_api_conformance.echo_basic.grpcecho.GrpcEcho"
 /// The methods the echo answers (`EchoThree` is unimplemented on purpose, as upstream).
 pub const IMPLEMENTED: &[&str] = &["Echo", "EchoTwo"];
 
+/// A streaming method of the echo's own (not the conformance service's): the answer's head
+/// waits for the first request message, then every DATA chunk is sent back as it arrives and
+/// the call ends OK when the request does. Tests use it for streaming calls in lock step (a
+/// proxy that buffered either direction would stall them) and for `grpc-timeout` (a call that
+/// sends no message gets no answer from the backend).
+pub const STREAM_METHOD: &str = "/sluice.echo.Stream/Echo";
+
 /// What an `EchoResponse` asserts (field numbers from `grpcecho.proto`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Assertions {

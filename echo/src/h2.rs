@@ -69,6 +69,9 @@ async fn answer(
     port: u16,
 ) -> Result<(), h2::Error> {
     let (parts, mut body) = request.into_parts();
+    if parts.uri.path() == grpc::STREAM_METHOD {
+        return echo_stream(body, respond).await;
+    }
     let body = read_body(&mut body).await?;
     let authority = parts.uri.authority().map_or("", |a| a.as_str()).to_owned();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
@@ -174,5 +177,46 @@ fn answer_grpc(
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
     send.send_trailers(trailers)?;
+    Ok(())
+}
+
+/// [`grpc::STREAM_METHOD`]: the head after the first chunk, each chunk back as it came, OK at
+/// the end of the request.
+async fn echo_stream(
+    mut body: RecvStream,
+    mut respond: SendResponse<Bytes>,
+) -> Result<(), h2::Error> {
+    let mut send = None;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        let send = match &mut send {
+            Some(s) => s,
+            None => {
+                info!("Echoing back a gRPC stream {} (h2c)", grpc::STREAM_METHOD);
+                let head = Response::builder()
+                    .status(200)
+                    .header("content-type", "application/grpc")
+                    .body(())
+                    .map_err(|_| h2::Reason::INTERNAL_ERROR)?;
+                send.insert(respond.send_response(head, false)?)
+            }
+        };
+        send.send_data(chunk, false)?;
+    }
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    match &mut send {
+        Some(s) => s.send_trailers(trailers)?,
+        None => {
+            let mut head = Response::builder()
+                .status(200)
+                .header("content-type", "application/grpc")
+                .body(())
+                .map_err(|_| h2::Reason::INTERNAL_ERROR)?;
+            head.headers_mut().extend(trailers);
+            respond.send_response(head, true)?;
+        }
+    }
     Ok(())
 }

@@ -6,7 +6,9 @@
 //! Failures become statuses in `error` only; this module decides when an answer is still
 //! possible (nothing sent to the client yet) and when a connection can be kept.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -14,6 +16,8 @@ use table::ActionId;
 use table::ServiceId;
 use table::format::{ArchivedAction, ArchivedRetry};
 use tracing::debug;
+
+use futures_util::future::{Either, select};
 
 use crate::core::Core;
 use crate::error::{Cause, Phase, ProxyError, Refusal, Side, timed};
@@ -100,6 +104,38 @@ struct Upstream {
     conn: Transport,
     key: Key,
     input: InBuf,
+}
+
+/// An upstream connection as the response steps use it: borrowed, because during a duplex
+/// exchange the request body pump writes to the same connection.
+struct UpstreamRef<'u> {
+    conn: &'u Transport,
+    input: &'u mut InBuf,
+    key: Key,
+}
+
+/// What relaying a response decided.
+#[derive(Clone, Copy)]
+struct Relayed {
+    /// The client connection's fate.
+    flow: Flow,
+    /// The upstream connection can take another request.
+    reusable: bool,
+}
+
+/// How far a streamed exchange got, shared by its two directions ([`Exchange::duplex`]).
+#[derive(Default)]
+struct Progress {
+    /// The whole request body has gone upstream.
+    request_done: Cell<bool>,
+    /// Response bytes have gone to the client: no local answer is possible any more.
+    answered: Cell<bool>,
+}
+
+impl Progress {
+    fn of(body: &BodyDecoder) -> Progress {
+        Progress { request_done: Cell::new(body.is_done()), answered: Cell::new(false) }
+    }
 }
 
 /// A response head already turned into the client's head (in `out`).
@@ -225,7 +261,7 @@ impl Exchange<'_> {
         let Some(action) = table.router.action(id) else {
             // Cannot happen: `id` came from a lookup in this very table.
             let e = ProxyError::new(Side::Upstream, Phase::Connect, Cause::Unreachable);
-            return self.fail(e, &body, req).await;
+            return self.fail(e, false, req).await;
         };
         let rule = Rule { action, cors };
         // Whatever body bytes already arrived go out with the head.
@@ -233,7 +269,7 @@ impl Exchange<'_> {
             Ok(used) => self.input.consume(used, &self.core.spare),
             Err(e) => {
                 let e = ProxyError::body(Side::Downstream, Phase::RequestBody, e);
-                return self.fail(e, &body, req).await;
+                return self.fail(e, false, req).await;
             }
         }
         if req.expect_continue && !body.is_done() && self.input.bytes().is_empty() && !req.http10 {
@@ -244,9 +280,106 @@ impl Exchange<'_> {
             }
         }
         match self.send_request(table, rule, (service, cursor), req, &mut body).await {
-            Ok((upstream, response)) => self.relay_response(upstream, response, req, &body).await,
-            Err(e) => self.fail(e, &body, req).await,
+            Ok((mut up, Some(response))) => {
+                let progress = Progress::of(&body);
+                let mut r = UpstreamRef { conn: &up.conn, input: &mut up.input, key: up.key };
+                let relayed = self.relay_response(&mut r, response, req, &progress).await;
+                self.finish(up, relayed)
+            }
+            Ok((up, None)) => self.duplex(up, rule, req, &mut body).await,
+            Err(e) => self.fail(e, body.is_done(), req).await,
         }
+    }
+
+    /// Full duplex, for a request whose body is still coming when its head has gone out: the
+    /// rest of the body is pumped upstream while the response is read and relayed, so neither
+    /// direction waits for the other (a gRPC bidirectional call; a server that answers before
+    /// an upload ends). The pump gets an output buffer and a deadline of its own — the only
+    /// allocations of this path, taken per streamed request, never for a whole one.
+    async fn duplex(
+        &mut self,
+        mut up: Upstream,
+        rule: Rule<'_>,
+        req: Summary,
+        body: &mut BodyDecoder,
+    ) -> Flow {
+        let progress = Progress::default();
+        let pump_deadline = Rc::new(Deadline::default());
+        let mut pump_out = Vec::new();
+        let (conn, up_input) = (&up.conn, &mut up.input);
+        let mut unused = InBuf::Empty;
+        let outcome = {
+            let mut pump_side = Exchange {
+                core: self.core,
+                client: self.client,
+                input: &mut *self.input,
+                out: &mut pump_out,
+                deadline: &pump_deadline,
+            };
+            // The response side never reads the client (no upgrade here): an empty input.
+            let mut response_side = Exchange {
+                core: self.core,
+                client: self.client,
+                input: &mut unused,
+                out: &mut *self.out,
+                deadline: self.deadline,
+            };
+            let pump = pin!(pump_side.send_body(conn, body, &progress));
+            let respond = pin!(response_side.respond(conn, up_input, up.key, rule, req, &progress));
+            match select(respond, pump).await {
+                Either::Left((relayed, _)) => Ok(relayed),
+                Either::Right((Ok(()), respond)) => Ok(respond.await),
+                // The upstream stopped taking the body: what it answers (or its failure) is
+                // still the response.
+                Either::Right((Err(e), respond)) if e.side == Side::Upstream => {
+                    debug!("request body: {e}");
+                    Ok(respond.await)
+                }
+                Either::Right((Err(e), _)) => Err(e),
+            }
+        };
+        self.core.wheel.disarm(&pump_deadline);
+        match outcome {
+            Ok(relayed) => self.finish(up, relayed),
+            Err(e) => {
+                up.input.release(&self.core.spare);
+                if progress.answered.get() {
+                    return Flow::Close;
+                }
+                self.fail(e, false, req).await
+            }
+        }
+    }
+
+    /// The response side of [`Exchange::duplex`]: the head (within the rule's timeouts), then
+    /// the relay.
+    async fn respond(
+        &mut self,
+        conn: &Transport,
+        input: &mut InBuf,
+        key: Key,
+        rule: Rule<'_>,
+        req: Summary,
+        progress: &Progress,
+    ) -> Relayed {
+        let mut up = UpstreamRef { conn, input, key };
+        match self.response_head(rule, &mut up, req, None).await {
+            Ok(response) => self.relay_response(&mut up, response, req, progress).await,
+            Err(e) => Relayed {
+                flow: self.fail(e, progress.request_done.get(), req).await,
+                reusable: false,
+            },
+        }
+    }
+
+    /// After a relay: the upstream connection back to the pool when it can be reused.
+    fn finish(&mut self, mut up: Upstream, relayed: Relayed) -> Flow {
+        up.input.release(&self.core.spare);
+        // An HTTP/2 stream is done here; its connection stays in `upstream::h2`'s pool.
+        if relayed.reusable && up.key.protocol == Protocol::Http1 {
+            self.core.pool.borrow_mut().put(up.key, up.conn, self.core.wheel.now());
+        }
+        relayed.flow
     }
 
     /// The outer loop: one attempt per round trip, each failure put to the request's retry
@@ -259,7 +392,7 @@ impl Exchange<'_> {
         (service, mut cursor): (ServiceId, u32),
         req: Summary,
         body: &mut BodyDecoder,
-    ) -> Result<(Upstream, Response), ProxyError> {
+    ) -> Result<(Upstream, Option<Response>), ProxyError> {
         let whole = body.is_done();
         let mut budget = Budget::new(rule.retry(), whole, req.idempotent);
         let (mut attempt, mut fresh_only) = (0, false);
@@ -289,7 +422,9 @@ impl Exchange<'_> {
     }
 
     /// One attempt on one connection to `addr`: send the request (kept in `out` while it may
-    /// be needed again), then read the response head.
+    /// be needed again), then read the response head. A request whose body is still coming
+    /// (and is no upgrade) returns once its head is out, without a response: the body and the
+    /// response then go both ways at once ([`Exchange::duplex`]).
     async fn attempt(
         &mut self,
         rule: Rule<'_>,
@@ -298,7 +433,7 @@ impl Exchange<'_> {
         req: Summary,
         budget: &Budget,
         body: &mut BodyDecoder,
-    ) -> Result<(Upstream, Response), Failure> {
+    ) -> Result<(Upstream, Option<Response>), Failure> {
         let key = Key { addr, protocol };
         let core = self.core;
         let clock = (&*core.wheel, self.deadline);
@@ -310,23 +445,30 @@ impl Exchange<'_> {
         };
         let reused = conn.reused;
         let mut up = Upstream { conn: conn.transport, key, input: InBuf::Empty };
+        let limit = self.core.settings.timeouts.body;
+        let send = (Side::Upstream, Phase::Send);
         let sent = if body.is_done() {
             // Keep the request bytes until the response starts, in case we must resend them.
-            let limit = self.core.settings.timeouts.body;
-            let send = (Side::Upstream, Phase::Send);
             timed(&self.core.wheel, self.deadline, limit, send, up.conn.write_keep(self.out)).await
+        } else if req.upgrade {
+            self.send_body(&up.conn, body, &Progress::default()).await
         } else {
-            self.send_body(&up.conn, body).await
+            let head = timed(&self.core.wheel, self.deadline, limit, send, up.conn.write(self.out));
+            match head.await {
+                Ok(()) => return Ok((up, None)),
+                Err(e) => Err(e),
+            }
         };
         let result = match sent {
             Ok(()) => {
                 let retry = rule.retry().filter(|_| budget.can_retry());
-                self.response_head(rule, &mut up, req, retry).await
+                let mut r = UpstreamRef { conn: &up.conn, input: &mut up.input, key };
+                self.response_head(rule, &mut r, req, retry).await
             }
             Err(e) => Err(e),
         };
         match result {
-            Ok(response) => Ok((up, response)),
+            Ok(response) => Ok((up, Some(response))),
             Err(error) => {
                 debug!(%addr, reused, "attempt failed: {error}");
                 up.input.release(&self.core.spare);
@@ -352,6 +494,7 @@ impl Exchange<'_> {
         &mut self,
         upstream: &Transport,
         body: &mut BodyDecoder,
+        progress: &Progress,
     ) -> Result<(), ProxyError> {
         let t = self.core.settings.timeouts;
         let (wheel, spare) = (&self.core.wheel, &self.core.spare);
@@ -361,6 +504,7 @@ impl Exchange<'_> {
                 timed(wheel, self.deadline, t.body, send, upstream.write(self.out)).await?;
             }
             if body.is_done() {
+                progress.request_done.set(true);
                 return Ok(());
             }
             let read = self.client.read(self.input, spare);
@@ -382,7 +526,7 @@ impl Exchange<'_> {
     async fn response_head(
         &mut self,
         rule: Rule<'_>,
-        up: &mut Upstream,
+        up: &mut UpstreamRef<'_>,
         req: Summary,
         retry: Option<&ArchivedRetry>,
     ) -> Result<Response, ProxyError> {
@@ -449,7 +593,7 @@ impl Exchange<'_> {
             ) else {
                 return Err(head_error(Cause::Timeout));
             };
-            let read = up.conn.read(&mut up.input, &self.core.spare);
+            let read = up.conn.read(up.input, &self.core.spare);
             let side = (Side::Upstream, Phase::ResponseHead);
             let e = match timed(&self.core.wheel, self.deadline, limit, side, read).await {
                 Ok(0) => head_error(Cause::Closed),
@@ -462,17 +606,17 @@ impl Exchange<'_> {
         }
     }
 
-    /// Sends the response head and relays the body; returns the client connection's fate.
+    /// Sends the response head and relays the body; says what becomes of both connections.
     async fn relay_response(
         &mut self,
-        mut up: Upstream,
+        up: &mut UpstreamRef<'_>,
         response: Response,
         req: Summary,
-        req_body: &BodyDecoder,
-    ) -> Flow {
+        progress: &Progress,
+    ) -> Relayed {
         let Response { head, encode, close_client } = response;
         if head.status == 101 {
-            return self.switch_protocols(up, req).await;
+            return Relayed { flow: self.switch_protocols(up, req).await, reusable: false };
         }
         let mut body = match head.framing {
             ResponseFraming::None => BodyDecoder::none(),
@@ -494,11 +638,12 @@ impl Exchange<'_> {
                     .map_err(|e| ProxyError::body(Side::Upstream, Phase::ResponseBody, e))?;
                 up.input.consume(used, &self.core.spare);
                 head_sent = true;
+                progress.answered.set(true);
                 if body.is_done() {
                     return self.write_client().await;
                 }
                 self.write_client().await?;
-                let read = up.conn.read(&mut up.input, &self.core.spare);
+                let read = up.conn.read(up.input, &self.core.spare);
                 if timed(&self.core.wheel, self.deadline, limit, side, read).await? == 0 {
                     if body.eof(self.out) {
                         return self.write_client().await;
@@ -512,34 +657,28 @@ impl Exchange<'_> {
             }
         }
         .await;
+        let request_done = progress.request_done.get();
         if let Err(e) = relayed {
-            up.input.release(&self.core.spare);
             if !head_sent {
-                return self.fail(e, req_body, req).await;
+                let flow = self.fail(e, request_done, req).await;
+                return Relayed { flow, reusable: false };
             }
             // The response has started: all we can do is cut the client off.
             debug!(addr = %up.key.addr, "response relay failed: {e}");
-            return Flow::Close;
+            return Relayed { flow: Flow::Close, reusable: false };
         }
         // Reuse only after a cleanly framed exchange with nothing left over.
         let reusable =
-            !head.close && !body.until_eof() && up.input.bytes().is_empty() && req_body.is_done();
-        up.input.release(&self.core.spare);
-        // An HTTP/2 stream is done here; its connection stays in `upstream::h2`'s pool.
-        if reusable && up.key.protocol == Protocol::Http1 {
-            self.core.pool.borrow_mut().put(up.key, up.conn, self.core.wheel.now());
-        }
+            !head.close && !body.until_eof() && up.input.bytes().is_empty() && request_done;
         // After an upgrade the upstream refused (no 101), bytes the client sent after the
         // request may be the new protocol: never parse them as requests.
-        if close_client || req.upgrade || !req_body.is_done() {
-            Flow::Close
-        } else {
-            Flow::Continue
-        }
+        let flow =
+            if close_client || req.upgrade || !request_done { Flow::Close } else { Flow::Continue };
+        Relayed { flow, reusable }
     }
 
     /// After a 101: send the head, then copy bytes both ways until both sides are done.
-    async fn switch_protocols(&mut self, mut up: Upstream, req: Summary) -> Flow {
+    async fn switch_protocols(&mut self, up: &mut UpstreamRef<'_>, req: Summary) -> Flow {
         if !req.upgrade {
             // A 101 nobody asked for cannot be passed on.
             up.input.release(&self.core.spare);
@@ -561,19 +700,19 @@ impl Exchange<'_> {
         if up.conn.write(self.out).await.is_err() {
             return Flow::Close;
         }
-        crate::tunnel::copy_both(self.core, self.client, &up.conn).await;
+        crate::tunnel::copy_both(self.core, self.client, up.conn).await;
         Flow::Close
     }
 
     /// Answers an error before any response byte went out, if possible.
-    async fn fail(&mut self, e: ProxyError, body: &BodyDecoder, req: Summary) -> Flow {
+    async fn fail(&mut self, e: ProxyError, request_done: bool, req: Summary) -> Flow {
         debug!("exchange failed: {e}");
         self.out.clear();
         if e.side == Side::Downstream && e.cause == Cause::Closed {
             return Flow::Close;
         }
         // Keep the client only if its request was read whole.
-        let close = e.closes_client() || !body.is_done();
+        let close = e.closes_client() || !request_done;
         req.local(self.out, e.status(), close);
         if self.write_client().await.is_err() || close {
             return Flow::Close;

@@ -6,7 +6,9 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use common::pki::{Ca, secret};
 use common::*;
@@ -558,11 +560,11 @@ fn stalled_streams_end_at_the_body_timeout_and_the_connection_goes_on() {
     // A body that never ends: 408 once the body timeout passes between DATA frames.
     let mut open = post("/never-ends", "ten bytes.", &[("content-length", "100")], 1);
     open["end"] = serde_json::json!(false);
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let results = h2_client(port, None, &serde_json::json!([open]));
     let waited = started.elapsed();
     assert_eq!(results[0]["status"], 408, "{results:?}\n{}", env.log("lb"));
-    assert!(waited < std::time::Duration::from_secs(5), "{waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
     // A client that never opens its window: the response head goes out, its body cannot;
     // the stream is reset once a write has waited the body timeout.
     let mut big = get("h2.example", "/");
@@ -625,7 +627,7 @@ fn draining_sends_goaway_and_lets_streams_in_flight_finish() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(500));
     env.terminate("lb");
     let out = client.wait_with_output().unwrap();
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -637,7 +639,7 @@ fn draining_sends_goaway_and_lets_streams_in_flight_finish() {
     assert!(goaway_at < headers_at, "GOAWAY came first, the response after it: {seen}");
     let end = frames.iter().any(|f| f[1] == 1 && f[0] == 0 && f[2].as_u64().unwrap() & 1 == 1);
     assert!(end, "stream 1 ended with END_STREAM on DATA: {seen}");
-    assert_eq!(env.wait_exit("lb", std::time::Duration::from_secs(10)), Some(0));
+    assert_eq!(env.wait_exit("lb", Duration::from_secs(10)), Some(0));
 }
 
 #[test]
@@ -754,7 +756,7 @@ fn a_listener_leaving_the_table_sends_goaway() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(300));
     // The Gateway moves to another port: this one leaves the table.
     env.write("gateway.yaml", &gateway(free_port()));
     env.wait_applied(generation + 1);
@@ -821,6 +823,113 @@ fn grpc_routes_reach_h2c_backends_and_failures_are_grpc_statuses() {
     let down = &results[2];
     assert_eq!((&down["status"], &down["headers"]["grpc-status"]), (&200.into(), &"14".into()));
     assert_eq!(down["headers"]["content-type"], "application/grpc", "{results:?}");
+}
+
+/// Streaming calls in lock step through a GRPCRoute (each message sent only after the one
+/// before came back through lb, so buffering either way would stall them), with a 200 KB
+/// message among small ones (flow control on both legs); `grpc-timeout` as the deadline of a
+/// call the backend never answers (DEADLINE_EXCEEDED from lb, trailers-only) and not cutting
+/// a call that finishes within it. The same lock step from an HTTP/1.1 client with a chunked
+/// body, over an HTTPRoute to the backend as an h2c Service.
+#[test]
+fn grpc_streams_flow_both_ways_and_grpc_timeout_is_a_deadline() {
+    let mut env = Env::new("grpc-stream");
+    let echo = env.echo("default", "stream-svc", "stream-svc-0");
+    let port = free_port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write("svc.yaml", &service("default", "stream-svc", &[echo]));
+    let h2c = service("default", "h2c-svc", &[echo])
+        .replace("port: 80}", "port: 80, appProtocol: kubernetes.io/h2c}");
+    env.write("h2c.yaml", &h2c);
+    env.write(
+        "h1.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: h1, namespace: default}\nspec:\n  parentRefs: [{name: gw}]\n  hostnames: [h1.example]\n  rules:\n  - backendRefs: [{name: h2c-svc, port: 80}]\n",
+    );
+    env.write(
+        "grpc.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: s, namespace: default}\nspec:\n  parentRefs: [{name: gw}]\n  hostnames: [grpc.example]\n  rules:\n  - matches: [{method: {service: sluice.echo.Stream}}]\n    backendRefs: [{name: stream-svc, port: 80}]\n",
+    );
+    env.start(port, &[]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let each = Duration::from_secs(5);
+    let big = vec![b'x'; 200_000];
+    let messages: Vec<&[u8]> = vec![b"one", b"two", &big, b"four", b""];
+    let call = echo::grpc_client::stream(addr, "grpc.example", &[], &messages, each)
+        .unwrap_or_else(|e| panic!("{e}\n{}", env.log("lb")));
+    assert_eq!(call.echoed.len(), messages.len());
+    assert!(call.echoed.iter().zip(&messages).all(|(a, b)| a == b));
+    assert_eq!((call.http_status, call.code), (200, Some(0)), "{call:?}");
+
+    // The backend answers nothing until a message comes: lb's deadline ends the call.
+    let timeout = [("grpc-timeout".to_owned(), "300m".to_owned())];
+    let start = Instant::now();
+    let late = echo::grpc_client::stream(addr, "grpc.example", &timeout, &[], each).unwrap();
+    let took = start.elapsed();
+    assert_eq!((late.http_status, late.code), (200, Some(4)), "{late:?}");
+    assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(3), "{took:?}");
+    // A call that ends in time is not cut.
+    let timeout = [("grpc-timeout".to_owned(), "10S".to_owned())];
+    let fine = echo::grpc_client::stream(addr, "grpc.example", &timeout, &messages[..2], each)
+        .unwrap_or_else(|e| panic!("{e}\n{}", env.log("lb")));
+    assert_eq!((fine.code, fine.echoed.len()), (Some(0), 2), "{fine:?}");
+
+    // An HTTP/1.1 client streaming a chunked body to the same backend over an HTTPRoute
+    // (h2c by appProtocol): each chunk's echo comes back as a response chunk before the
+    // next chunk is sent — full duplex on HTTP/1 too.
+    let mut c = Client::connect(port).unwrap();
+    c.raw()
+        .write_all(
+            b"POST /sluice.echo.Stream/Echo HTTP/1.1\r\nHost: h1.example\r\n\
+              Transfer-Encoding: chunked\r\n\r\n",
+        )
+        .unwrap();
+    let mut received = Vec::new();
+    let mut expected = Vec::new();
+    for word in ["alpha", "beta", "gamma"] {
+        let framed = echo::grpc::frame(word.as_bytes());
+        c.raw().write_all(format!("{:x}\r\n", framed.len()).as_bytes()).unwrap();
+        c.raw().write_all(&framed).unwrap();
+        c.raw().write_all(b"\r\n").unwrap();
+        expected.extend_from_slice(&framed);
+        let start = Instant::now();
+        while chunked_payload(&received).1 != expected {
+            assert!(start.elapsed() < each, "{word}: {:?}", String::from_utf8_lossy(&received));
+            let mut buf = [0u8; 4096];
+            let n = c.raw().read(&mut buf).unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&received));
+            received.extend_from_slice(&buf[..n]);
+        }
+    }
+    c.raw().write_all(b"0\r\n\r\n").unwrap();
+    let start = Instant::now();
+    while !chunked_payload(&received).0 {
+        assert!(start.elapsed() < each, "{:?}", String::from_utf8_lossy(&received));
+        let mut buf = [0u8; 4096];
+        let n = c.raw().read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the end: {:?}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buf[..n]);
+    }
+    assert!(received.starts_with(b"HTTP/1.1 200 "), "{:?}", String::from_utf8_lossy(&received));
+}
+
+/// A chunked HTTP/1 response read so far: whether its last chunk came, and the payload of
+/// the complete chunks.
+fn chunked_payload(raw: &[u8]) -> (bool, Vec<u8>) {
+    let Some(head) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return (false, Vec::new());
+    };
+    let (mut rest, mut payload) = (&raw[head + 4..], Vec::new());
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&rest[..eol]).unwrap().split(';').next().unwrap();
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            return (true, payload);
+        }
+        let Some(data) = rest.get(eol + 2..eol + 2 + size + 2) else { break };
+        payload.extend_from_slice(&data[..size]);
+        rest = &rest[eol + 2 + size + 2..];
+    }
+    (false, payload)
 }
 
 /// Established TCP connections to `port` on 127.0.0.1, from /proc/net/tcp (remote address
