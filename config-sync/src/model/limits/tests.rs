@@ -1,10 +1,11 @@
 use super::*;
 
 /// Kinds whose CRDs the table covers, with their CRD files.
-const CRDS: [(&str, &str); 4] = [
+const CRDS: [(&str, &str); 5] = [
     ("GatewayClass", "gateway.networking.k8s.io_gatewayclasses.yaml"),
     ("Gateway", "gateway.networking.k8s.io_gateways.yaml"),
     ("HTTPRoute", "gateway.networking.k8s.io_httproutes.yaml"),
+    ("GRPCRoute", "gateway.networking.k8s.io_grpcroutes.yaml"),
     ("ReferenceGrant", "gateway.networking.k8s.io_referencegrants.yaml"),
 ];
 
@@ -136,6 +137,16 @@ fn limits_are_enforced_with_the_field_named() {
     let mut r = route(1);
     r["spec"]["rules"][0]["matches"] = Value::Array(vec![serde_json::json!({}); 65]);
     assert_eq!(check(Kind::HttpRoute, &r).unwrap_err().0, "spec.rules[0].matches");
+    // GRPCRoute has its own schema's limits.
+    let mut g = route(1);
+    g["kind"] = "GRPCRoute".into();
+    g["spec"]["rules"][0]["matches"] =
+        serde_json::json!([{"method": {"service": "s".repeat(1025), "method": "M"}}]);
+    let (field, reason) = check(Kind::GrpcRoute, &g).unwrap_err();
+    assert_eq!(field, "spec.rules[0].matches[0].method.service");
+    assert!(reason.contains("1024"), "{reason}");
+    g["spec"]["rules"] = Value::Array(vec![serde_json::json!({}); 17]);
+    assert_eq!(check(Kind::GrpcRoute, &g).unwrap_err().0, "spec.rules");
     // Kinds without a CRD here are not checked.
     assert_eq!(check(Kind::Service, &route(10_000)), Ok(()));
 }
