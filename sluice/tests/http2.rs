@@ -95,7 +95,8 @@ fn h2c_with_prior_knowledge_is_served_through_the_exchange() {
 /// length and text, or the reset code) and, at the end, the GOAWAY error code if one came.
 /// Request fields: `headers` (list of [name, value], pseudo-headers included, sent as given
 /// with validation off so hostile ones go out), `body` (text), `end` (default true),
-/// `reset` (send RST_STREAM right after HEADERS), `data_frames` (send the body in this many
+/// `reset` (send RST_STREAM right after HEADERS), `repeat` ([name, value size, times]: one
+/// more field that many times, HPACK-indexed after the first), `data_frames` (send the body in this many
 /// DATA frames), `trailers` (a trailing HEADERS frame after the body); `end: false` with a
 /// body leaves the stream open. Options: `window` (our initial stream window, e.g. 0).
 const H2_CLIENT: &str = r#"
@@ -125,7 +126,11 @@ try:
         sid = c.get_next_available_stream_id()
         body = r.get("body", "").encode()
         end = r.get("end", True) and not body
-        c.send_headers(sid, [(k.encode(), v.encode()) for k, v in r["headers"]], end_stream=end)
+        fields = [(k.encode(), v.encode()) for k, v in r["headers"]]
+        if "repeat" in r:
+            name, size, times = r["repeat"]
+            fields += [(name.encode(), b"a" * size)] * times
+        c.send_headers(sid, fields, end_stream=end)
         if r.get("reset"):
             c.reset_stream(sid)
         elif body:
@@ -527,7 +532,7 @@ print(json.dumps({"sent": sent, "bytes": total, "goaway": goaway}))
 "#;
 
 #[test]
-fn continuation_floods_and_oversized_header_lists_are_cut_off() {
+fn continuation_floods_hpack_bombs_and_oversized_header_lists_are_cut_off() {
     if !python_h2() {
         return;
     }
@@ -549,6 +554,20 @@ fn continuation_floods_and_oversized_header_lists_are_cut_off() {
     assert_eq!(results[0]["status"], 431, "{results:?}");
     assert_eq!(results[1]["status"], 200, "{results:?}");
     assert_eq!(env.log("echo-svc-a-0").matches("/big").count(), 0);
+    // HPACK bomb: one 4,000-byte field entered in the dynamic table, then referenced 1,000
+    // times (a byte each) — ~5 KB on the wire decoding to 4 MB. The h2 codec stops decoding
+    // once the list passes 4× the limit and ends the connection (GOAWAY ENHANCE_YOUR_CALM,
+    // RFC 9113 §10.5.1 allows either that or a 431), so the work is bounded; nothing is
+    // forwarded and the next connection is served.
+    let mut bomb = get("h2.example", "/bomb");
+    bomb["repeat"] = serde_json::json!(["x-bomb", 4000, 1000]);
+    let results =
+        h2_client(port, None, &serde_json::json!([bomb, get("h2.example", "/after-bomb")]));
+    assert_eq!(results[0]["status"], serde_json::Value::Null, "{results:?}");
+    assert_eq!(results[2]["goaway"], 11, "{results:?}");
+    assert_eq!(env.log("echo-svc-a-0").matches("/bomb").count(), 0);
+    let next = h2_client(port, None, &serde_json::json!([get("h2.example", "/after-bomb")]));
+    assert_eq!(next[0]["status"], 200, "{next:?}");
 }
 
 #[test]
