@@ -5,7 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::{Future, poll_fn};
 use std::io;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -69,8 +69,8 @@ pub(super) async fn serve(
         );
         // A client that resets the stream ends the exchange where it stands (upstream I/O
         // included): nobody is waiting for its answer.
-        let watch = poll_fn(|cx| stream.poll_reset(cx));
-        match futures_util::future::select(Box::pin(exchange), Box::pin(watch)).await {
+        let (exchange, watch) = (pin!(exchange), pin!(poll_fn(|cx| stream.poll_reset(cx))));
+        match futures_util::future::select(exchange, watch).await {
             futures_util::future::Either::Left(_) => false,
             futures_util::future::Either::Right((reason, _)) => {
                 debug!(?reason, "HTTP/2 stream reset by the client");
@@ -209,6 +209,20 @@ fn check_fields(headers: &HeaderMap) -> Result<(), String> {
     Ok(())
 }
 
+/// What [`H2Stream::send_head`] found at the start of lb's output.
+enum Head {
+    /// Not a whole head yet.
+    Incomplete,
+    /// An interim (1xx) head of this many bytes, sent.
+    Interim(usize),
+    /// The final head of this many bytes, sent; the body's decoder unless there is none.
+    Final(usize, Option<BodyDecoder>),
+}
+
+/// Response fields with no place in HTTP/2 (RFC 9113 §8.2.2).
+const CONNECTION_SPECIFIC: [&[u8]; 5] =
+    [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"];
+
 /// Where the HTTP/1 response lb writes to the stream stands.
 enum ResponseState {
     /// Collecting the head.
@@ -299,68 +313,39 @@ impl H2Stream {
     /// come back decoded, with whether they end the body and, at its end, its trailers.
     fn take(&self, bytes: &[u8]) -> io::Result<Option<(Bytes, bool, Option<HeaderMap>)>> {
         let mut state = self.response.borrow_mut();
-        let rest;
+        let held;
         let body_bytes: &[u8] = match &mut *state {
             ResponseState::Done => return Ok(None),
             ResponseState::Body(_) => bytes,
             ResponseState::Head(buf) => {
-                buf.extend_from_slice(bytes);
+                // Usually the whole head comes in one write: parsed where it lies. A head
+                // split across writes is collected first.
+                let head_bytes: &[u8] = if buf.is_empty() {
+                    bytes
+                } else {
+                    buf.extend_from_slice(bytes);
+                    held = std::mem::take(buf);
+                    &held
+                };
+                let mut at = 0;
                 loop {
-                    let mut fields = response::response_fields();
-                    let (head, fields) =
-                        match response::parse_response(buf, &mut fields, self.head_method) {
-                            Ok(Some(parsed)) => parsed,
-                            Ok(None) => return Ok(None),
-                            Err(e) => return Err(io::Error::other(e.0)),
-                        };
-                    let status = StatusCode::from_u16(head.status).map_err(io::Error::other)?;
-                    let mut builder = Response::builder().status(status);
-                    for f in fields {
-                        let name = f.name.to_ascii_lowercase();
-                        // Connection-specific fields have no place in HTTP/2 (RFC 9113 §8.2.2).
-                        if !matches!(
-                            name.as_str(),
-                            "connection"
-                                | "keep-alive"
-                                | "proxy-connection"
-                                | "transfer-encoding"
-                                | "upgrade"
-                        ) {
-                            builder = builder.header(name, f.value);
+                    match self.send_head(&head_bytes[at..])? {
+                        Head::Incomplete => {
+                            if let ResponseState::Head(buf) = &mut *state {
+                                buf.extend_from_slice(&head_bytes[at..]);
+                            }
+                            return Ok(None);
                         }
-                    }
-                    let response = builder.body(()).map_err(io::Error::other)?;
-                    let mut respond = self.respond.borrow_mut();
-                    let Some(sender) = respond.as_mut() else {
-                        return Err(io::ErrorKind::BrokenPipe.into());
-                    };
-                    if status.is_informational() {
-                        sender.send_informational(response).map_err(h2_io)?;
-                        buf.drain(..head.len);
-                        continue;
-                    }
-                    let body = match head.framing {
-                        ResponseFraming::None | ResponseFraming::Length(0) => None,
-                        ResponseFraming::Length(n) => Some(BodyDecoder::length(n, Encode::Raw)),
-                        ResponseFraming::Chunked => {
-                            Some(BodyDecoder::chunked(Encode::Raw, u64::MAX, 4096))
-                        }
-                        ResponseFraming::UntilClose => Some(BodyDecoder::until_close(Encode::Raw)),
-                    };
-                    let send = sender.send_response(response, body.is_none()).map_err(h2_io)?;
-                    *respond = None;
-                    rest = buf.split_off(head.len);
-                    match body {
-                        None => {
+                        Head::Interim(len) => at += len,
+                        Head::Final(_, None) => {
                             *state = ResponseState::Done;
                             return Ok(None);
                         }
-                        Some(decoder) => {
-                            *self.send.borrow_mut() = Some(send);
+                        Head::Final(len, Some(decoder)) => {
                             *state = ResponseState::Body(decoder);
+                            break &head_bytes[at + len..];
                         }
                     }
-                    break &rest;
                 }
             }
         };
@@ -386,6 +371,59 @@ impl H2Stream {
         }
         let trailers = (!trailers.is_empty()).then_some(trailers);
         Ok(Some((Bytes::from(data), end, trailers)))
+    }
+
+    /// Parses lb's HTTP/1 response head at the start of `bytes` and sends it as HEADERS
+    /// (1xx as informational HEADERS). The field values are slices of one copy of the head,
+    /// and names are normalised by `http` without an allocation for the common ones.
+    fn send_head(&self, bytes: &[u8]) -> io::Result<Head> {
+        let mut fields = response::response_fields();
+        let (head, fields) = match response::parse_response(bytes, &mut fields, self.head_method)
+        {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => return Ok(Head::Incomplete),
+            Err(e) => return Err(io::Error::other(e.0)),
+        };
+        let status = StatusCode::from_u16(head.status).map_err(io::Error::other)?;
+        let shared = Bytes::copy_from_slice(&bytes[..head.len]);
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        let map = response.headers_mut();
+        map.reserve(fields.len());
+        for f in fields {
+            let name = f.name.as_bytes();
+            // Connection-specific fields have no place in HTTP/2 (RFC 9113 §8.2.2).
+            if CONNECTION_SPECIFIC.iter().any(|c| c.eq_ignore_ascii_case(name)) {
+                continue;
+            }
+            let name = http::HeaderName::from_bytes(name).map_err(io::Error::other)?;
+            // The value's place in the head, taken from the copy.
+            let at = (f.value.as_ptr() as usize).wrapping_sub(bytes.as_ptr() as usize);
+            let value = shared.get(at..at + f.value.len()).map(|v| shared.slice_ref(v));
+            let value = http::HeaderValue::from_maybe_shared(value.unwrap_or_default())
+                .map_err(io::Error::other)?;
+            map.append(name, value);
+        }
+        let mut respond = self.respond.borrow_mut();
+        let Some(sender) = respond.as_mut() else {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        };
+        if status.is_informational() {
+            sender.send_informational(response).map_err(h2_io)?;
+            return Ok(Head::Interim(head.len));
+        }
+        let body = match head.framing {
+            ResponseFraming::None | ResponseFraming::Length(0) => None,
+            ResponseFraming::Length(n) => Some(BodyDecoder::length(n, Encode::Raw)),
+            ResponseFraming::Chunked => Some(BodyDecoder::chunked(Encode::Raw, u64::MAX, 4096)),
+            ResponseFraming::UntilClose => Some(BodyDecoder::until_close(Encode::Raw)),
+        };
+        let send = sender.send_response(response, body.is_none()).map_err(h2_io)?;
+        *respond = None;
+        if body.is_some() {
+            *self.send.borrow_mut() = Some(send);
+        }
+        Ok(Head::Final(head.len, body))
     }
 
     /// Sends body bytes as DATA within the client's window (`http2::send_all`).
