@@ -378,8 +378,7 @@ impl H2Stream {
     /// and names are normalised by `http` without an allocation for the common ones.
     fn send_head(&self, bytes: &[u8]) -> io::Result<Head> {
         let mut fields = response::response_fields();
-        let (head, fields) = match response::parse_response(bytes, &mut fields, self.head_method)
-        {
+        let (head, fields) = match response::parse_response(bytes, &mut fields, self.head_method) {
             Ok(Some(parsed)) => parsed,
             Ok(None) => return Ok(Head::Incomplete),
             Err(e) => return Err(io::Error::other(e.0)),
