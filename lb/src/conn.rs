@@ -222,7 +222,7 @@ fn prepare(core: &Core, buf: &[u8], on: &Accepted<'_>, out: &mut Vec<u8>) -> Opt
             request::request_head(out, buf, &head, fields, client, &edits, rewritten);
             request::close_after(out);
         };
-        let mirrors = (&core.mirrors, &core.wheel, core.settings.timeouts);
+        let mirrors = (&core.mirrors, &core.wheel, core.settings.timeouts, &core.h2_pool);
         mirror::copy(mirrors, &table, &action.mirrors, head.whole_body(buf), copy);
     }
     // The clock is read only when a request timeout (the rule's, the gRPC client's) runs from

@@ -547,6 +547,9 @@ fn mirrors_never_hold_up_requests_and_retries_never_replay_a_streamed_body() {
     let mut env = Env::new("mirror-retry");
     let main = env.echo("default", "main", "main-0");
     let copy = env.echo("default", "copy", "copy-0");
+    // The same echo again as an h2c Service: its copies go as HTTP/2 streams.
+    let h2c_copy = service("default", "copy-h2c", &[copy])
+        .replace("port: 80}", "port: 80, appProtocol: kubernetes.io/h2c}");
     // A mirror backend that accepts connections and never answers.
     let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hole_addr = hole.local_addr().unwrap();
@@ -561,10 +564,11 @@ fn mirrors_never_hold_up_requests_and_retries_never_replay_a_streamed_body() {
     env.write(
         "svc.yaml",
         &format!(
-            "{}---\n{}---\n{}",
+            "{}---\n{}---\n{}---\n{}",
             service("default", "main", &[main]),
             service("default", "copy", &[copy]),
-            service("default", "hole", &[hole_addr])
+            service("default", "hole", &[hole_addr]),
+            h2c_copy
         ),
     );
     env.write(
@@ -579,6 +583,7 @@ spec:
     filters:
     - {type: RequestMirror, requestMirror: {backendRef: {name: hole, port: 80}}}
     - {type: RequestMirror, requestMirror: {backendRef: {name: copy, port: 80}}}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: copy-h2c, port: 80}}}
     backendRefs: [{name: main, port: 80}]
   - matches: [{path: {value: /retry}}]
     retry: {attempts: 2}
@@ -598,7 +603,12 @@ spec:
         assert!(start.elapsed() < Duration::from_secs(5), "held up for {:?}", start.elapsed());
     }
     let start = Instant::now();
-    while !(0..5).all(|i| env.log("echo-copy-0").contains(&format!("request made to /m?n={i} "))) {
+    let copied = |i| {
+        let log = env.log("echo-copy-0");
+        log.contains(&format!("request made to /m?n={i} to client (127."))
+            && log.contains(&format!("request made to /m?n={i} to client (h2c)"))
+    };
+    while !(0..5).all(copied) {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "copies missing:\n{}",

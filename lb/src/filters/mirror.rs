@@ -4,13 +4,15 @@
 //! only costs a debug line.
 //!
 //! The copy's bytes are written by the protocol's head writer (HTTP/1 today); this module
-//! samples, picks the mirror's endpoint and delivers.
+//! samples, picks the mirror's endpoint and delivers: on a connection of its own to an
+//! HTTP/1 service (`Connection: close`), as a stream on the core's multiplexed connections to
+//! an h2c one (`upstream::h2` translates the same bytes).
 //!
 //! A copy needs the whole request in hand when the main request is routed: requests whose body
 //! has not fully arrived with the head (or is chunked) are not mirrored. Each core caps the
 //! copies in flight ([`MAX_IN_FLIGHT`]); beyond it, copies are dropped rather than queued.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -20,10 +22,12 @@ use tracing::debug;
 
 use table::format::ArchivedMirror;
 
-use crate::io::{connect, write_out};
+use crate::io::{InBuf, connect, write_out};
 use crate::settings::Timeouts;
 use crate::timer::{Deadline, Elapsed, Wheel};
 use crate::upstream::CoreTable;
+use crate::upstream::h2::H2Pool;
+use crate::upstream::pool::{Key, Protocol};
 use table::ServiceId;
 
 /// Mirror copies one core keeps in flight at most.
@@ -39,7 +43,7 @@ const RESPONSE_WAIT: Duration = Duration::from_secs(10);
 /// body when it is all in hand (`None`: not copied); `head` writes the copy's head, asking
 /// the mirror to close after answering (the rule's header edits apply, not a backend's).
 pub(crate) fn copy(
-    (state, wheel, timeouts): (&Mirrors, &Rc<Wheel>, Timeouts),
+    (state, wheel, timeouts, h2): (&Mirrors, &Rc<Wheel>, Timeouts, &RefCell<H2Pool>),
     table: &CoreTable,
     mirrors: &[ArchivedMirror],
     body: Option<&[u8]>,
@@ -64,7 +68,8 @@ pub(crate) fn copy(
         let mut bytes = Vec::with_capacity(512 + body.len());
         head(&mut bytes);
         bytes.extend_from_slice(body);
-        state.send(wheel, timeouts, addr, bytes);
+        let via = (table.protocol(service) == Protocol::H2c).then(|| h2.borrow().clone());
+        state.send(wheel, timeouts, (addr, via), bytes);
     }
 }
 
@@ -95,13 +100,13 @@ impl Mirrors {
         (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) % 1_000_000 < u64::from(per_million)
     }
 
-    /// Sends `bytes` (a complete request) to `addr` on a task of its own, unless the core
-    /// already has [`MAX_IN_FLIGHT`] copies going.
+    /// Sends `bytes` (a complete request) to `addr` on a task of its own — over h2c through
+    /// the pool when one is given — unless the core already has [`MAX_IN_FLIGHT`] copies going.
     pub(crate) fn send(
         &self,
         wheel: &Rc<Wheel>,
         timeouts: Timeouts,
-        addr: SocketAddr,
+        (addr, h2): (SocketAddr, Option<H2Pool>),
         bytes: Vec<u8>,
     ) {
         if self.in_flight.get() >= MAX_IN_FLIGHT {
@@ -112,7 +117,11 @@ impl Mirrors {
         let in_flight = Rc::clone(&self.in_flight);
         let wheel = Rc::clone(wheel);
         compio::runtime::spawn(async move {
-            if let Err(e) = deliver(&wheel, timeouts, addr, bytes).await {
+            let delivered = match h2 {
+                Some(pool) => deliver_h2(&wheel, timeouts, addr, bytes, pool).await,
+                None => deliver(&wheel, timeouts, addr, bytes).await,
+            };
+            if let Err(e) = delivered {
                 debug!(%addr, "mirror copy failed: {e}");
             }
             in_flight.set(in_flight.get() - 1);
@@ -159,6 +168,47 @@ async fn deliver(
         }
     }
     Ok(())
+}
+
+/// [`deliver`] to an h2c service: a stream on the core's connections to `addr`, the answer
+/// read to its end (at most [`MAX_RESPONSE`]) and dropped.
+async fn deliver_h2(
+    wheel: &Wheel,
+    t: Timeouts,
+    addr: SocketAddr,
+    mut bytes: Vec<u8>,
+    pool: H2Pool,
+) -> std::io::Result<()> {
+    let deadline = Rc::new(Deadline::default());
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
+    let spare = pool.spare();
+    let pool = RefCell::new(pool);
+    let key = Key { addr, protocol: Protocol::H2c };
+    let clock = (wheel, &deadline);
+    let (stream, _) = crate::upstream::h2::open(&pool, clock, t.connect, key, false)
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    wheel.timeout(&deadline, t.body, stream.write(&mut bytes)).await.map_err(|_| timed_out())??;
+    let mut input = InBuf::Empty;
+    let mut read = 0;
+    let result = loop {
+        if read >= MAX_RESPONSE {
+            break Ok(());
+        }
+        let wait = RESPONSE_WAIT.min(t.upstream);
+        match wheel.timeout(&deadline, wait, stream.read(&mut input, &spare)).await {
+            Ok(Ok(0)) => break Ok(()),
+            Ok(Ok(n)) => {
+                read += n;
+                let all = input.bytes().len();
+                input.consume(all, &spare);
+            }
+            Ok(Err(e)) => break Err(e),
+            Err(Elapsed) => break Err(timed_out()),
+        }
+    };
+    input.release(&spare);
+    result
 }
 
 #[cfg(test)]

@@ -71,7 +71,9 @@ struct Conns {
     connecting: HashMap<Key, Connecting, BuildHasherDefault<AddrHasher>>,
 }
 
-/// This core's HTTP/2 upstream connections, by endpoint.
+/// This core's HTTP/2 upstream connections, by endpoint. A clone is another handle on the
+/// same connections (a mirror copy's task holds one).
+#[derive(Clone)]
 pub(crate) struct H2Pool {
     /// Shared with the connection attempts in flight, which add what they opened.
     conns: Rc<RefCell<Conns>>,
@@ -88,6 +90,11 @@ impl std::fmt::Debug for H2Pool {
 }
 
 impl H2Pool {
+    /// The buffer free list its connections read through.
+    pub(crate) fn spare(&self) -> Rc<Spare> {
+        Rc::clone(&self.spare)
+    }
+
     /// An empty pool whose connections read through `spare` and use `limits`.
     pub(crate) fn new(spare: Rc<Spare>, limits: H2Limits) -> H2Pool {
         H2Pool { conns: Rc::default(), spare, limits }
