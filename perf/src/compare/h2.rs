@@ -12,8 +12,12 @@ use std::time::{Duration, Instant};
 
 use std::path::Path;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
 use super::{
-    Bench, LOAD_CPU, Proxy, Running, cpu_seconds, free_port, median, spawn, splice_section, utc_now,
+    Bench, LOAD_CPU, Proxy, Running, cpu_seconds, free_port, median, rss_bytes, spawn,
+    splice_section, utc_now,
 };
 
 /// The gRPC method every gRPC run calls.
@@ -62,7 +66,55 @@ struct H2Figures {
     cpu_us: [Vec<f64>; 3],
     p50_ms: Vec<f64>,
     p99_ms: Vec<f64>,
+    /// Bytes of RSS per idle h2c connection (after one request), per round.
+    idle_bytes: Vec<f64>,
     errors: u64,
+}
+
+/// One h2c request with prior knowledge, as raw frames: the preface, empty SETTINGS, and
+/// HEADERS (END_STREAM | END_HEADERS) on stream 1 for `GET http://bench.example/` — HPACK
+/// indexed `:method GET`, `:scheme http`, `:path /` and a literal `:authority` (no Huffman).
+fn h2c_get() -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x84, 0x41, 13];
+    block.extend_from_slice(b"bench.example");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let len = block.len();
+    out.extend_from_slice(&[0, 0, len as u8, 1, 0x5, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    out
+}
+
+/// Reads frames until stream 1 ends (HEADERS or DATA with END_STREAM), acknowledging the
+/// server's SETTINGS on the way.
+fn read_h2c_response(s: &mut TcpStream) -> Result<(), String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while buf.len() >= 9 {
+            let len = usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[3], buf[4]);
+            let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            if kind == 4 && flags & 1 == 0 {
+                s.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).map_err(|e| e.to_string())?;
+            }
+            if stream == 1 && (kind == 0 || kind == 1) && flags & 1 == 1 {
+                return Ok(());
+            }
+            if kind == 7 || kind == 3 {
+                return Err(format!("h2c: frame type {kind} instead of a response"));
+            }
+            buf.drain(..9 + len);
+        }
+        let n = s.read(&mut chunk).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("h2c: closed before the response ended".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// What h2load said: requests per second, requests done, 2xx among them, and requests that
@@ -246,6 +298,26 @@ impl Bench {
         })
     }
 
+    /// Bytes of proxy RSS per idle h2c connection that made one request.
+    fn h2_idle_memory(&self, r: &Running) -> Result<f64, String> {
+        // As for HTTP/1: let lb's post-burst trim (`Spare::tick`) land before measuring.
+        std::thread::sleep(Duration::from_millis(2500));
+        let before = rss_bytes(&r.pids);
+        let request = h2c_get();
+        let mut conns = Vec::with_capacity(self.opts.idle);
+        for _ in 0..self.opts.idle {
+            let mut s = TcpStream::connect(("127.0.0.1", r.port)).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+            s.write_all(&request).map_err(|e| e.to_string())?;
+            read_h2c_response(&mut s)?;
+            conns.push(s);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let after = rss_bytes(&r.pids);
+        drop(conns);
+        Ok((after as f64 - before as f64) / self.opts.idle as f64)
+    }
+
     pub(super) fn compare_h2(&mut self) -> Result<String, String> {
         let modes = [H2Mode::Tls, H2Mode::Cleartext, H2Mode::Grpc];
         let proxies = [Proxy::Nginx, Proxy::Haproxy, Proxy::Sluice];
@@ -278,6 +350,14 @@ impl Bench {
                         f.p99_ms.push(p99);
                     }
                     f.errors += run.failed;
+                    if mode == H2Mode::Cleartext {
+                        let idle = self.h2_idle_memory(&r)?;
+                        eprintln!(
+                            "         {:>8}: {idle:.0} bytes per idle h2c connection",
+                            proxy.name()
+                        );
+                        f.idle_bytes.push(idle);
+                    }
                 }
             }
         }
@@ -341,6 +421,15 @@ impl Bench {
                 cells.join(" | ")
             );
         }
+        let idle: Vec<f64> = figures.iter().map(|(_, f)| median(&f.idle_bytes) / 1024.0).collect();
+        let ratio =
+            if idle[0] > 0.0 { format!("{:.2}×", idle[2] / idle[0]) } else { "–".into() };
+        let _ = writeln!(
+            md,
+            "| h2c: memory per idle connection ({} connections, one request each), KiB | {} | {ratio} |",
+            self.opts.idle,
+            idle.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(" | ")
+        );
         let errs: Vec<String> =
             figures.iter().map(|(p, f)| format!("{} {}", p.name(), f.errors)).collect();
         let _ = writeln!(md, "\nFailed or errored requests (all runs): {}.\n", errs.join(", "));
@@ -359,7 +448,7 @@ impl Bench {
         }
         let _ = writeln!(
             md,
-            "\nMethod: each proxy started afresh per round and mode, pinned to CPU 0 (nginx: one worker, `listen … ssl http2` / `listen … http2`; HAProxy: one thread, `bind … ssl crt … alpn h2,http/1.1` / `bind … proto h2`; Sluice: lb on one core, an HTTPS or HTTP Gateway listener — HTTP/2 is on by default); TLS 1.3 with the same ECDSA P-256 certificate; a 2 s h2load run first, then the measured one; CPU is the proxy's user+system time over the measured run divided by the requests done. gRPC: h2load POSTs one empty `EchoRequest` per call to `{GRPC_PATH}` (`content-type: application/grpc`, `te: trailers`) over h2c; nginx `grpc_pass` (upstream keep-alive), HAProxy `server … proto h2`, Sluice a GRPCRoute; the upstream is our echo's gRPC service (`sluice echo`, h2c, on CPU 1 beside h2load), the same for all three; latency percentiles from h2load's per-request log of the measured run (time to the end of each response). h2load counts HTTP statuses, not `grpc-status`: each proxy's set-up is checked with one real call answered OK before its runs.\n\nRerun: `target/release/sluice-perf compare --h2 --sluice target/release/sluice --out docs` (needs h2load: Debian's nghttp2-client).\n{H2_END}"
+            "\nMethod: each proxy started afresh per round and mode, pinned to CPU 0 (nginx: one worker, `listen … ssl http2` / `listen … http2`; HAProxy: one thread, `bind … ssl crt … alpn h2,http/1.1` / `bind … proto h2`; Sluice: lb on one core, an HTTPS or HTTP Gateway listener — HTTP/2 is on by default); TLS 1.3 with the same ECDSA P-256 certificate; a 2 s h2load run first, then the measured one; CPU is the proxy's user+system time over the measured run divided by the requests done. gRPC: h2load POSTs one empty `EchoRequest` per call to `{GRPC_PATH}` (`content-type: application/grpc`, `te: trailers`) over h2c; nginx `grpc_pass` (upstream keep-alive), HAProxy `server … proto h2`, Sluice a GRPCRoute; the upstream is our echo's gRPC service (`sluice echo`, h2c, on CPU 1 beside h2load), the same for all three; latency percentiles from h2load's per-request log of the measured run (time to the end of each response). Idle memory: after the h2c run and a 2.5 s pause, the proxy's RSS before and after opening that many h2c connections (prior knowledge, raw frames), each of which made one request and then idles for 1 s. h2load counts HTTP statuses, not `grpc-status`: each proxy's set-up is checked with one real call answered OK before its runs.\n\nRerun: `target/release/sluice-perf compare --h2 --sluice target/release/sluice --out docs` (needs h2load: Debian's nghttp2-client).\n{H2_END}"
         );
         md
     }
