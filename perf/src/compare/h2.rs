@@ -300,7 +300,14 @@ impl Bench {
 
     /// Bytes of proxy RSS per idle h2c connection that made one request.
     fn h2_idle_memory(&self, r: &Running) -> Result<f64, String> {
-        // As for HTTP/1: let lb's post-burst trim (`Spare::tick`) land before measuring.
+        // Warm up with a short load (16 connections, as for HTTP/1), then let lb's post-burst
+        // trim (`Spare::tick`) land before measuring.
+        h2load(
+            &self.h2_url(r, H2Mode::Cleartext),
+            1.0,
+            &["-c".into(), "16".into(), "-m".into(), "1".into()],
+        )
+        .map(drop)?;
         std::thread::sleep(Duration::from_millis(2500));
         let before = rss_bytes(&r.pids);
         let request = h2c_get();
@@ -351,6 +358,10 @@ impl Bench {
                     }
                     f.errors += run.failed;
                     if mode == H2Mode::Cleartext {
+                        // On a fresh proxy, as for HTTP/1: after the load, memory the 1,000
+                        // streams in flight had freed is reused and hides the connections.
+                        drop(r);
+                        let r = self.start(*proxy, false)?;
                         let idle = self.h2_idle_memory(&r)?;
                         eprintln!(
                             "         {:>8}: {idle:.0} bytes per idle h2c connection",
@@ -448,7 +459,7 @@ impl Bench {
         }
         let _ = writeln!(
             md,
-            "\nMethod: each proxy started afresh per round and mode, pinned to CPU 0 (nginx: one worker, `listen … ssl http2` / `listen … http2`; HAProxy: one thread, `bind … ssl crt … alpn h2,http/1.1` / `bind … proto h2`; Sluice: lb on one core, an HTTPS or HTTP Gateway listener — HTTP/2 is on by default); TLS 1.3 with the same ECDSA P-256 certificate; a 2 s h2load run first, then the measured one; CPU is the proxy's user+system time over the measured run divided by the requests done. gRPC: h2load POSTs one empty `EchoRequest` per call to `{GRPC_PATH}` (`content-type: application/grpc`, `te: trailers`) over h2c; nginx `grpc_pass` (upstream keep-alive), HAProxy `server … proto h2`, Sluice a GRPCRoute; the upstream is our echo's gRPC service (`sluice echo`, h2c, on CPU 1 beside h2load), the same for all three; latency percentiles from h2load's per-request log of the measured run (time to the end of each response). Idle memory: after the h2c run and a 2.5 s pause, the proxy's RSS before and after opening that many h2c connections (prior knowledge, raw frames), each of which made one request and then idles for 1 s. h2load counts HTTP statuses, not `grpc-status`: each proxy's set-up is checked with one real call answered OK before its runs.\n\nRerun: `target/release/sluice-perf compare --h2 --sluice target/release/sluice --out docs` (needs h2load: Debian's nghttp2-client).\n{H2_END}"
+            "\nMethod: each proxy started afresh per round and mode, pinned to CPU 0 (nginx: one worker, `listen … ssl http2` / `listen … http2`; HAProxy: one thread, `bind … ssl crt … alpn h2,http/1.1` / `bind … proto h2`; Sluice: lb on one core, an HTTPS or HTTP Gateway listener — HTTP/2 is on by default); TLS 1.3 with the same ECDSA P-256 certificate; a 2 s h2load run first, then the measured one; CPU is the proxy's user+system time over the measured run divided by the requests done. gRPC: h2load POSTs one empty `EchoRequest` per call to `{GRPC_PATH}` (`content-type: application/grpc`, `te: trailers`) over h2c; nginx `grpc_pass` (upstream keep-alive), HAProxy `server … proto h2`, Sluice a GRPCRoute; the upstream is our echo's gRPC service (`sluice echo`, h2c, on CPU 1 beside h2load), the same for all three; latency percentiles from h2load's per-request log of the measured run (time to the end of each response). Idle memory: on a freshly started proxy, after 1 s of h2load with 16 connections and a 2.5 s pause, the proxy's RSS before and after opening that many h2c connections (prior knowledge, raw frames), each of which made one request and then idles for 1 s. h2load counts HTTP statuses, not `grpc-status`: each proxy's set-up is checked with one real call answered OK before its runs.\n\nRerun: `target/release/sluice-perf compare --h2 --sluice target/release/sluice --out docs` (needs h2load: Debian's nghttp2-client).\n{H2_END}"
         );
         md
     }
