@@ -348,7 +348,7 @@ mod size {
     fn an_exchange_in_flight_stays_small() {
         let settings = std::sync::Arc::new(crate::Settings::default());
         let core = crate::core::Core::new(0, settings, usize::MAX);
-        let transport = Transport::Stream(Box::new(Silent));
+        let transport = Transport::Stream(Rc::new(Silent));
         let mut input = InBuf::Empty;
         let deadline = Rc::new(crate::timer::Deadline::default());
         let ip = crate::http1::request::ClientIp::new([127, 0, 0, 1].into(), false);

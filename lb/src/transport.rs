@@ -28,8 +28,9 @@ pub(crate) enum Transport {
     Tls(Box<TlsStream>),
     /// A client side implemented by a protocol above this layer: one HTTP/2 stream as the
     /// client of its HTTP/1 exchange (`http2`: reads are its request body, writes the HTTP/1
-    /// response lb made, sent on as HEADERS and DATA).
-    Stream(Box<dyn StreamSide>),
+    /// response lb made, sent on as HEADERS and DATA). Shared: the protocol keeps the same
+    /// allocation for its own side of the stream.
+    Stream(std::rc::Rc<dyn StreamSide>),
 }
 
 /// A client transport a protocol implements on top of its own connection (HTTP/2 streams).

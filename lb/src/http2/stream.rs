@@ -56,7 +56,7 @@ pub(super) async fn serve(
         server_name: conn.server_name.clone(),
         client_cert: conn.client_cert.clone(),
     });
-    let transport = Transport::Stream(Box::new(Side(Rc::clone(&stream))));
+    let transport = Transport::Stream(Rc::clone(&stream) as Rc<dyn StreamSide>);
     let deadline = Rc::new(Deadline::default());
     let reset = {
         let exchange = crate::conn::exchange(
@@ -86,28 +86,25 @@ pub(super) async fn serve(
 }
 
 /// The stream as the exchange's client transport.
-#[derive(Debug)]
-struct Side(Rc<H2Stream>);
-
-impl StreamSide for Side {
+impl StreamSide for H2Stream {
     fn read<'a>(
         &'a self,
         input: &'a mut InBuf,
         spare: &'a Spare,
     ) -> Pin<Box<dyn Future<Output = io::Result<usize>> + 'a>> {
-        Box::pin(self.0.read(input, spare))
+        Box::pin(H2Stream::read(self, input, spare))
     }
 
     fn send<'a>(&'a self, bytes: &'a [u8]) -> Pin<Box<dyn Future<Output = io::Result<()>> + 'a>> {
-        Box::pin(self.0.send(bytes))
+        Box::pin(H2Stream::send(self, bytes))
     }
 
     fn server_name(&self) -> Option<&[u8]> {
-        self.0.server_name.as_deref()
+        self.server_name.as_deref()
     }
 
     fn client_cert(&self) -> Option<&Rc<ClientCert>> {
-        self.0.client_cert.as_ref()
+        self.client_cert.as_ref()
     }
 }
 

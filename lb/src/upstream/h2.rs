@@ -194,7 +194,7 @@ pub(crate) async fn open(
         response: RefCell::new(ResponseState::Waiting(None)),
         head_request: Cell::new(false),
     };
-    Ok((Transport::Stream(Box::new(stream)), reused))
+    Ok((Transport::Stream(Rc::new(stream)), reused))
 }
 
 /// Connects and runs the HTTP/2 handshake; the codec's task starts here.
