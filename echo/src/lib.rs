@@ -6,6 +6,7 @@
 //! Contract (a subset of echo-basic, see `../shared/gateway-api/README.md`): a connection that
 //! starts with the HTTP/2 preface is served as h2c, where `application/grpc` requests reach the
 //! conformance gRPC service (`grpc`, `h2`); `/health` → `OK`;
+//! `/stream` with a chunked body → each chunk echoed back as it arrives (full duplex);
 //! `/status/NNN` → that status with an empty body; `?delay=<Go duration>` delays the answer;
 //! request header `X-Echo-Set-Header: Name:Value,...` sets response headers; `X-Echo-Body`
 //! (Sluice's, not upstream's) adds `body`, `bodyLength` and chunked `trailers`;
@@ -363,6 +364,10 @@ fn exchanges<R: Read, W: Write>(
             }
             canonical.entry(canonical_name(h.name)).or_default().push(value);
         }
+        if chunked && target == "/stream" {
+            info!("Echoing back a chunked stream made to {target}");
+            return echo_chunks(&mut reader, &mut stream);
+        }
         let mut body = Body::default();
         if chunked {
             read_chunked(&mut reader, &mut body)?;
@@ -536,6 +541,39 @@ impl Body {
             let room = Self::KEPT.saturating_sub(self.kept.len()).min(n);
             self.kept.extend_from_slice(&buf[..room]);
         }
+    }
+}
+
+/// `/stream` with a chunked body: the head at once, then each request chunk sent back as a
+/// response chunk as soon as it arrived (full duplex, for proxies' streaming tests); the
+/// connection closes after the last chunk.
+fn echo_chunks<R: Read, W: Write>(reader: &mut BufReader<R>, stream: &mut W) -> io::Result<()> {
+    stream
+        .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")?;
+    stream.flush()?;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let size_text = line.trim().split(';').next().unwrap_or("");
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
+        if size == 0 {
+            // Trailers until the blank line.
+            line.clear();
+            while reader.read_line(&mut line)? > 0 && !line.trim().is_empty() {
+                line.clear();
+            }
+            stream.write_all(b"0\r\n\r\n")?;
+            return stream.flush();
+        }
+        let mut data = vec![0u8; size + 2];
+        reader.read_exact(&mut data)?;
+        stream.write_all(format!("{size:x}\r\n").as_bytes())?;
+        stream.write_all(&data)?;
+        stream.flush()?;
     }
 }
 

@@ -542,6 +542,24 @@ fn exhausted_buffer_ring_falls_back_to_heap_buffers() {
     }
 }
 
+/// A chunked upload to an HTTP/1 backend that answers as it reads (echo's `/stream`): lb
+/// relays each echoed chunk while the upload goes on, in lock step — a proxy that sent the
+/// whole body before reading the answer would stall here.
+#[test]
+fn a_chunked_upload_and_its_answer_stream_at_once() {
+    let mut env = Env::new("duplex");
+    let backend = env.echo("default", "svc", "svc-0");
+    let port = env.one_service(&[backend]);
+    env.start(port, &[]);
+    let mut c = Client::connect(port).unwrap();
+    let head = b"POST /stream HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let big = vec![b'z'; 100_000];
+    let chunks: Vec<&[u8]> = vec![b"one", b"two", &big, b"four"];
+    let raw = chunked_lock_step(c.raw(), head, &chunks, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}\n{}", env.log("lb")));
+    assert!(raw.starts_with(b"HTTP/1.1 200 "), "{:?}", String::from_utf8_lossy(&raw[..64]));
+}
+
 #[test]
 fn mirrors_never_hold_up_requests_and_retries_never_replay_a_streamed_body() {
     let mut env = Env::new("mirror-retry");

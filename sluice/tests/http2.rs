@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -994,59 +993,13 @@ fn grpc_streams_flow_both_ways_and_grpc_timeout_is_a_deadline() {
     // (h2c by appProtocol): each chunk's echo comes back as a response chunk before the
     // next chunk is sent — full duplex on HTTP/1 too.
     let mut c = Client::connect(port).unwrap();
-    c.raw()
-        .write_all(
-            b"POST /sluice.echo.Stream/Echo HTTP/1.1\r\nHost: h1.example\r\n\
-              Transfer-Encoding: chunked\r\n\r\n",
-        )
-        .unwrap();
-    let mut received = Vec::new();
-    let mut expected = Vec::new();
-    for word in ["alpha", "beta", "gamma"] {
-        let framed = echo::grpc::frame(word.as_bytes());
-        c.raw().write_all(format!("{:x}\r\n", framed.len()).as_bytes()).unwrap();
-        c.raw().write_all(&framed).unwrap();
-        c.raw().write_all(b"\r\n").unwrap();
-        expected.extend_from_slice(&framed);
-        let start = Instant::now();
-        while chunked_payload(&received).1 != expected {
-            assert!(start.elapsed() < each, "{word}: {:?}", String::from_utf8_lossy(&received));
-            let mut buf = [0u8; 4096];
-            let n = c.raw().read(&mut buf).unwrap();
-            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&received));
-            received.extend_from_slice(&buf[..n]);
-        }
-    }
-    c.raw().write_all(b"0\r\n\r\n").unwrap();
-    let start = Instant::now();
-    while !chunked_payload(&received).0 {
-        assert!(start.elapsed() < each, "{:?}", String::from_utf8_lossy(&received));
-        let mut buf = [0u8; 4096];
-        let n = c.raw().read(&mut buf).unwrap();
-        assert!(n > 0, "closed before the end: {:?}", String::from_utf8_lossy(&received));
-        received.extend_from_slice(&buf[..n]);
-    }
-    assert!(received.starts_with(b"HTTP/1.1 200 "), "{:?}", String::from_utf8_lossy(&received));
-}
-
-/// A chunked HTTP/1 response read so far: whether its last chunk came, and the payload of
-/// the complete chunks.
-fn chunked_payload(raw: &[u8]) -> (bool, Vec<u8>) {
-    let Some(head) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return (false, Vec::new());
-    };
-    let (mut rest, mut payload) = (&raw[head + 4..], Vec::new());
-    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
-        let size = std::str::from_utf8(&rest[..eol]).unwrap().split(';').next().unwrap();
-        let size = usize::from_str_radix(size.trim(), 16).unwrap();
-        if size == 0 {
-            return (true, payload);
-        }
-        let Some(data) = rest.get(eol + 2..eol + 2 + size + 2) else { break };
-        payload.extend_from_slice(&data[..size]);
-        rest = &rest[eol + 2 + size + 2..];
-    }
-    (false, payload)
+    let head = b"POST /sluice.echo.Stream/Echo HTTP/1.1\r\nHost: h1.example\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let framed: Vec<Vec<u8>> =
+        ["alpha", "beta", "gamma"].iter().map(|w| echo::grpc::frame(w.as_bytes())).collect();
+    let chunks: Vec<&[u8]> = framed.iter().map(Vec::as_slice).collect();
+    let raw = chunked_lock_step(c.raw(), head, &chunks, each)
+        .unwrap_or_else(|e| panic!("{e}\n{}", env.log("lb")));
+    assert!(raw.starts_with(b"HTTP/1.1 200 "), "{:?}", String::from_utf8_lossy(&raw));
 }
 
 /// Established TCP connections to `port` on 127.0.0.1, from /proc/net/tcp (remote address

@@ -683,3 +683,33 @@ fn the_echo_backend_serves_https_and_reports_the_connection() {
     let body = |pem: &str| pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>();
     assert_eq!(body(reported), body(&sent), "{json}");
 }
+
+/// A chunked upload over TLS whose answer streams back while it goes on (echo's `/stream`,
+/// in lock step): lb reads the client's records and writes its own on the same TLS
+/// connection at once, each direction at its own pace.
+#[test]
+fn a_chunked_upload_over_tls_and_its_answer_stream_at_once() {
+    let site = site(&[]);
+    let mut roots = rustls::RootCertStore::empty();
+    let der =
+        rustls::pki_types::pem::PemObject::from_pem_slice(site.ca_pki.pem.as_bytes()).unwrap();
+    roots.add(der).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("example.org").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", site.port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let head = b"POST /stream HTTP/1.1\r\nHost: example.org\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let big = vec![b'z'; 100_000];
+    let chunks: Vec<&[u8]> = vec![b"one", &big, b"three"];
+    let raw = chunked_lock_step(&mut tls, head, &chunks, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}\n{}", site.env.log("lb")));
+    assert!(raw.starts_with(b"HTTP/1.1 200 "), "{:?}", String::from_utf8_lossy(&raw[..64]));
+}

@@ -533,3 +533,78 @@ pub fn shared_dir() -> Option<PathBuf> {
         None
     }
 }
+
+/// Full duplex over HTTP/1.1 in lock step: writes `head` (a request with a chunked body), then
+/// each of `chunks` as one chunk, waiting (within `each`) until the response's chunks hold
+/// everything sent so far before sending the next — a proxy that buffered either direction
+/// stalls it — then the last chunk and the rest of the response. Returns the raw response.
+pub fn chunked_lock_step<S: Read + Write>(
+    s: &mut S,
+    head: &[u8],
+    chunks: &[&[u8]],
+    each: Duration,
+) -> Result<Vec<u8>, String> {
+    let io = |e: std::io::Error| e.to_string();
+    s.write_all(head).map_err(io)?;
+    let (mut received, mut expected) = (Vec::new(), Vec::new());
+    for (i, chunk) in chunks.iter().enumerate() {
+        let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
+        framed.extend_from_slice(chunk);
+        framed.extend_from_slice(b"\r\n");
+        s.write_all(&framed).and_then(|()| s.flush()).map_err(io)?;
+        expected.extend_from_slice(chunk);
+        let want = expected.clone();
+        let what = format!("echo of chunk {i}");
+        read_until(s, &mut received, &|r| chunked_payload(r).1 == want, &what, each)?;
+    }
+    s.write_all(b"0\r\n\r\n").and_then(|()| s.flush()).map_err(io)?;
+    read_until(s, &mut received, &|r| chunked_payload(r).0, "the last chunk", each)?;
+    Ok(received)
+}
+
+/// Reads into `received` until `done` says so, within `each`.
+fn read_until<S: Read>(
+    s: &mut S,
+    received: &mut Vec<u8>,
+    done: &dyn Fn(&[u8]) -> bool,
+    what: &str,
+    each: Duration,
+) -> Result<(), String> {
+    let start = Instant::now();
+    while !done(received) {
+        let seen = || String::from_utf8_lossy(received).into_owned();
+        if start.elapsed() > each {
+            return Err(format!("{what}: nothing within {each:?}: {:?}", seen()));
+        }
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).map_err(|e| format!("{what}: {e}"))?;
+        if n == 0 {
+            return Err(format!("closed at {what}: {:?}", seen()));
+        }
+        received.extend_from_slice(&buf[..n]);
+    }
+    Ok(())
+}
+
+/// A chunked HTTP/1 response read so far: whether its last chunk came, and the payload of
+/// the complete chunks.
+pub fn chunked_payload(raw: &[u8]) -> (bool, Vec<u8>) {
+    let Some(head) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return (false, Vec::new());
+    };
+    let (mut rest, mut payload) = (&raw[head + 4..], Vec::new());
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&rest[..eol]);
+        let Ok(size) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+        else {
+            break;
+        };
+        if size == 0 {
+            return (true, payload);
+        }
+        let Some(data) = rest.get(eol + 2..eol + 2 + size + 2) else { break };
+        payload.extend_from_slice(&data[..size]);
+        rest = &rest[eol + 2 + size + 2..];
+    }
+    (false, payload)
+}
