@@ -56,9 +56,9 @@ impl Core {
         Core {
             id,
             h2_pool: RefCell::new(H2Pool::new(Rc::clone(&spare), settings.h2)),
+            mirrors: Mirrors::new(id, Rc::clone(&spare)),
             spare,
             pool: RefCell::new(Pool::new(settings.pool_max_idle, idle_ticks)),
-            mirrors: Mirrors::new(id),
             busy: Cell::new(0),
             conns: Cell::new(0),
             handshakes: Cell::new(0),

@@ -291,17 +291,7 @@ fn replay(file: &std::path::Path, over_tls: bool) {
         );
         env.write("gateway.yaml", &https);
         env.write("secret.yaml", &pki::secret("default", "cases", &ca.leaf(&["cases.example"])));
-        let mut roots = rustls::RootCertStore::empty();
-        let der = rustls::pki_types::pem::PemObject::from_pem_slice(ca.pem.as_bytes()).unwrap();
-        roots.add(der).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        Some(Arc::new(config))
+        Some(ca.client_config())
     } else {
         env.write("gateway.yaml", &gateway(port));
         None

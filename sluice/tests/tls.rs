@@ -690,19 +690,9 @@ fn the_echo_backend_serves_https_and_reports_the_connection() {
 #[test]
 fn a_chunked_upload_over_tls_and_its_answer_stream_at_once() {
     let site = site(&[]);
-    let mut roots = rustls::RootCertStore::empty();
-    let der =
-        rustls::pki_types::pem::PemObject::from_pem_slice(site.ca_pki.pem.as_bytes()).unwrap();
-    roots.add(der).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = site.ca_pki.client_config();
     let name = rustls::pki_types::ServerName::try_from("example.org").unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
     let tcp = TcpStream::connect(("127.0.0.1", site.port)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);

@@ -17,16 +17,16 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use compio::io::AsyncRead;
 use tracing::debug;
 
 use table::format::ArchivedMirror;
 
-use crate::io::{InBuf, connect, write_out};
+use crate::io::{InBuf, Spare, connect};
 use crate::settings::Timeouts;
 use crate::timer::{Deadline, Elapsed, Wheel};
+use crate::transport::Transport;
 use crate::upstream::CoreTable;
-use crate::upstream::h2::H2Pool;
+use crate::upstream::h2::{self, H2Pool};
 use crate::upstream::pool::{Key, Protocol};
 use table::ServiceId;
 
@@ -78,13 +78,15 @@ pub(crate) fn copy(
 pub(crate) struct Mirrors {
     in_flight: Rc<Cell<usize>>,
     rng: Cell<u64>,
+    /// The core's buffer free list (answers are read through it).
+    spare: Rc<Spare>,
 }
 
 impl Mirrors {
     /// State for core `id` (each core samples from its own sequence).
-    pub(crate) fn new(id: usize) -> Mirrors {
+    pub(crate) fn new(id: usize, spare: Rc<Spare>) -> Mirrors {
         let seed = 0x9e37_79b9_7f4a_7c15_u64 ^ ((id as u64 + 1) << 32) ^ clock_seed();
-        Mirrors { in_flight: Rc::new(Cell::new(0)), rng: Cell::new(seed | 1) }
+        Mirrors { in_flight: Rc::new(Cell::new(0)), rng: Cell::new(seed | 1), spare }
     }
 
     /// Whether this request is sampled at `per_million` (xorshift64*).
@@ -115,13 +117,9 @@ impl Mirrors {
         }
         self.in_flight.set(self.in_flight.get() + 1);
         let in_flight = Rc::clone(&self.in_flight);
-        let wheel = Rc::clone(wheel);
+        let (wheel, spare) = (Rc::clone(wheel), Rc::clone(&self.spare));
         compio::runtime::spawn(async move {
-            let delivered = match h2 {
-                Some(pool) => deliver_h2(&wheel, timeouts, addr, bytes, pool).await,
-                None => deliver(&wheel, timeouts, addr, bytes).await,
-            };
-            if let Err(e) = delivered {
+            if let Err(e) = deliver(&wheel, timeouts, addr, bytes, (h2, &spare)).await {
                 debug!(%addr, "mirror copy failed: {e}");
             }
             in_flight.set(in_flight.get() - 1);
@@ -135,60 +133,40 @@ fn clock_seed() -> u64 {
     (s as u64).wrapping_mul(1_000_000_007) ^ ns as u64
 }
 
+/// Opens a connection for one copy — a new TCP connection, or a stream on the core's h2c
+/// connections when `h2` is given — writes it, and reads the answer to its end (at most
+/// [`MAX_RESPONSE`]) and drops it: closing with unread bytes would reset the connection under
+/// the backend. The answer is read through the core's buffer ring like any upstream's.
 async fn deliver(
     wheel: &Wheel,
     t: Timeouts,
     addr: SocketAddr,
     mut bytes: Vec<u8>,
+    (h2, spare): (Option<H2Pool>, &Spare),
 ) -> std::io::Result<()> {
     let deadline = Rc::new(Deadline::default());
     let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
-    let stream =
-        wheel.timeout(&deadline, t.connect, connect(addr)).await.map_err(|_| timed_out())??;
+    let transport = match h2 {
+        None => {
+            let stream = wheel
+                .timeout(&deadline, t.connect, connect(addr))
+                .await
+                .map_err(|_| timed_out())??;
+            Transport::Plain(stream)
+        }
+        Some(pool) => {
+            let pool = RefCell::new(pool);
+            let key = Key { addr, protocol: Protocol::H2c };
+            let (stream, _) = h2::open(&pool, (wheel, &deadline), t.connect, key, false)
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            stream
+        }
+    };
     wheel
-        .timeout(&deadline, t.body, write_out(&stream, &mut bytes))
+        .timeout(&deadline, t.body, transport.write(&mut bytes))
         .await
         .map_err(|_| timed_out())??;
-    // Read the answer to its end and drop it: closing with unread bytes would reset the
-    // connection under the backend.
-    let mut buf = bytes;
-    let mut read = 0;
-    while read < MAX_RESPONSE {
-        buf.clear();
-        buf.reserve(16 * 1024);
-        let mut s = &stream;
-        match wheel.timeout(&deadline, RESPONSE_WAIT.min(t.upstream), s.read(buf)).await {
-            Ok(compio::BufResult(Ok(0), _)) => break,
-            Ok(compio::BufResult(Ok(n), b)) => {
-                read += n;
-                buf = b;
-            }
-            Ok(compio::BufResult(Err(e), _)) => return Err(e),
-            Err(Elapsed) => return Err(timed_out()),
-        }
-    }
-    Ok(())
-}
-
-/// [`deliver`] to an h2c service: a stream on the core's connections to `addr`, the answer
-/// read to its end (at most [`MAX_RESPONSE`]) and dropped.
-async fn deliver_h2(
-    wheel: &Wheel,
-    t: Timeouts,
-    addr: SocketAddr,
-    mut bytes: Vec<u8>,
-    pool: H2Pool,
-) -> std::io::Result<()> {
-    let deadline = Rc::new(Deadline::default());
-    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
-    let spare = pool.spare();
-    let pool = RefCell::new(pool);
-    let key = Key { addr, protocol: Protocol::H2c };
-    let clock = (wheel, &deadline);
-    let (stream, _) = crate::upstream::h2::open(&pool, clock, t.connect, key, false)
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    wheel.timeout(&deadline, t.body, stream.write(&mut bytes)).await.map_err(|_| timed_out())??;
     let mut input = InBuf::Empty;
     let mut read = 0;
     let result = loop {
@@ -196,18 +174,18 @@ async fn deliver_h2(
             break Ok(());
         }
         let wait = RESPONSE_WAIT.min(t.upstream);
-        match wheel.timeout(&deadline, wait, stream.read(&mut input, &spare)).await {
+        match wheel.timeout(&deadline, wait, transport.read(&mut input, spare)).await {
             Ok(Ok(0)) => break Ok(()),
             Ok(Ok(n)) => {
                 read += n;
                 let all = input.bytes().len();
-                input.consume(all, &spare);
+                input.consume(all, spare);
             }
             Ok(Err(e)) => break Err(e),
             Err(Elapsed) => break Err(timed_out()),
         }
     };
-    input.release(&spare);
+    input.release(spare);
     result
 }
 
@@ -217,7 +195,7 @@ mod tests {
 
     #[test]
     fn sampling_follows_the_rate() {
-        let m = Mirrors::new(0);
+        let m = Mirrors::new(0, Rc::new(Spare::new(&crate::settings::Settings::default().buffers)));
         assert!((0..1000).all(|_| m.sampled(1_000_000)));
         assert!((0..1000).all(|_| !m.sampled(0)));
         let hits = (0..100_000).filter(|_| m.sampled(200_000)).count();

@@ -90,11 +90,6 @@ impl std::fmt::Debug for H2Pool {
 }
 
 impl H2Pool {
-    /// The buffer free list its connections read through.
-    pub(crate) fn spare(&self) -> Rc<Spare> {
-        Rc::clone(&self.spare)
-    }
-
     /// An empty pool whose connections read through `spare` and use `limits`.
     pub(crate) fn new(spare: Rc<Spare>, limits: H2Limits) -> H2Pool {
         H2Pool { conns: Rc::default(), spare, limits }
