@@ -32,15 +32,20 @@ pub fn call(
     metadata: &[(String, String)],
     timeout: Duration,
 ) -> Result<Call, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    runtime.block_on(async {
+    block_on(async {
         tokio::time::timeout(timeout, exchange(addr, authority, path, metadata))
             .await
             .map_err(|_| format!("no answer within {timeout:?}"))?
     })
+}
+
+/// Runs a call on a current-thread runtime of its own (a test tool's client, not a server).
+fn block_on<T>(call: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(call)
 }
 
 /// What came back from a streaming call ([`stream`]).
@@ -67,11 +72,7 @@ pub fn stream(
     messages: &[&[u8]],
     each: Duration,
 ) -> Result<Streamed, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    runtime.block_on(lock_step(addr, authority, metadata, messages, each))
+    block_on(lock_step(addr, authority, metadata, messages, each))
 }
 
 async fn lock_step(
