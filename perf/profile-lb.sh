@@ -11,7 +11,7 @@
 set -euo pipefail
 requests=${1:-2000}
 connections=${2:-4}
-bin=$(cd "$(dirname "$0")/.." && pwd)/target/release
+bin=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
 work=$(mktemp -d /tmp/sluice-profile-XXXX)
 trap 'kill $(jobs -p) 2>/dev/null; sleep 0.5; [ -n "${KEEP:-}" ] || rm -rf "$work"; rm -rf /dev/shm/$(basename "$work")' EXIT
 up=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

@@ -20,12 +20,13 @@ use tracing::debug;
 
 use crate::core::Core;
 use crate::error::{Cause, Phase, ProxyError, Refusal, Side};
-use crate::exchange::{self, Decision, Request};
+use crate::exchange::{self, Decision, Request, Routed};
 use crate::fields::FieldList;
 use crate::filters::mirror;
 use crate::http1::parse::{self, Head, MAX_HEADERS, trim_ows};
 use crate::http1::request::{self, ClientIp, Rewritten};
 use crate::io::InBuf;
+use crate::metrics::Record;
 use crate::proxy::{Exchange, Flow, Summary};
 use crate::timer::{Deadline, Elapsed};
 use crate::transport::Transport;
@@ -91,11 +92,12 @@ pub(crate) async fn exchange(
     local: SocketAddr,
 ) -> Flow {
     core.wheel.arm(deadline, core.settings.timeouts.request_header);
+    let rec = Record::start();
     let mut out = core.spare.take();
     let plan = loop {
         out.clear();
         let on = Accepted { client, local, server_name: transport.server_name() };
-        if let Some(plan) = prepare(core, input.bytes(), &on, &mut out) {
+        if let Some(plan) = prepare(core, input.bytes(), &on, &mut out, &rec) {
             break plan;
         }
         match core.wheel.race(deadline, transport.read(input, &core.spare)).await {
@@ -103,6 +105,8 @@ pub(crate) async fn exchange(
             // End of stream inside a head: nothing to answer (the client is gone).
             Ok(_) => {
                 core.spare.give(out);
+                rec.bytes_in.set(input.bytes().len() as u64);
+                core.metrics.record(&rec);
                 return Flow::Close;
             }
             Err(Elapsed) => {
@@ -116,7 +120,7 @@ pub(crate) async fn exchange(
         }
     };
     core.wheel.disarm(deadline);
-    let mut ex = Exchange { core, client: transport, input, out: &mut out, deadline };
+    let mut ex = Exchange { core, client: transport, input, out: &mut out, deadline, rec: &rec };
     let flow = match plan {
         Plan::Fail(e) => ex.fail_head(e).await,
         Plan::Refuse { refusal, req } => ex.refuse(refusal, req).await,
@@ -127,6 +131,7 @@ pub(crate) async fn exchange(
         }
     };
     core.spare.give(out);
+    core.metrics.record(&rec);
     flow
 }
 
@@ -153,8 +158,14 @@ impl Headers for FieldHeaders<'_, '_> {
 
 /// Parses the request at the start of `buf` and asks the exchange what to do with it. `None`:
 /// the head is incomplete. For [`Plan::Forward`], the upstream head has been written to `out`
-/// (and mirror copies sent).
-fn prepare(core: &Core, buf: &[u8], on: &Accepted<'_>, out: &mut Vec<u8>) -> Option<Plan> {
+/// (and mirror copies sent). `rec` learns where the request went.
+fn prepare(
+    core: &Core,
+    buf: &[u8],
+    on: &Accepted<'_>,
+    out: &mut Vec<u8>,
+    rec: &Record,
+) -> Option<Plan> {
     let Accepted { client, local, server_name } = *on;
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let head = match parse::parse(buf, &mut fields, &core.settings.limits) {
@@ -162,9 +173,11 @@ fn prepare(core: &Core, buf: &[u8], on: &Accepted<'_>, out: &mut Vec<u8>) -> Opt
         Ok(None) => return None,
         Err(reject) => {
             debug!(status = reject.status(), "rejected: {}", reject.reason());
+            rec.bytes_in.set(buf.len() as u64);
             return Some(Plan::Fail(ProxyError::rejected(reject)));
         }
     };
+    rec.bytes_in.set(head.len as u64);
     let fields = &fields[..head.header_count];
     let mut req = Summary::of(&head, buf);
     let field = |name: &str| fields.iter().find(|f| f.name.eq_ignore_ascii_case(name));
@@ -202,7 +215,15 @@ fn prepare(core: &Core, buf: &[u8], on: &Accepted<'_>, out: &mut Vec<u8>) -> Opt
         fields: &FieldHeaders(fields),
         local,
     };
-    let forward = match exchange::decide(&table, &request) {
+    let mut routed = Routed::default();
+    let decision = exchange::decide(&table, &request, &mut routed);
+    if let Some(l) = routed.listener {
+        rec.listener.set(table.labels.listener(l));
+    }
+    if let Some(a) = routed.action {
+        rec.route.set(table.labels.route(a.0));
+    }
+    let forward = match decision {
         Decision::Refuse(refusal) => return Some(Plan::Refuse { refusal, req }),
         Decision::Redirect { status, location } => {
             return Some(Plan::Redirect { status, location, req });
@@ -231,6 +252,7 @@ fn prepare(core: &Core, buf: &[u8], on: &Accepted<'_>, out: &mut Vec<u8>) -> Opt
     let arrived = if timed { core.wheel.now() } else { 0 };
     let req = Summary { arrived, ..req };
     let (id, service, cursor, cors) = (forward.id, forward.service, forward.cursor, forward.cors);
+    rec.backend.set(table.labels.backend(service.0));
     Some(Plan::Forward { table, id, service, cursor, cors, req })
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::filters::mirror::Mirrors;
 use crate::io::Spare;
+use crate::metrics::CoreMetrics;
 use crate::settings::Settings;
 use crate::timer::Wheel;
 use crate::upstream::CoreTable;
@@ -44,12 +45,24 @@ pub struct Core {
     pub(crate) full_logged: Cell<u64>,
     /// Shutting down: no new connections; each connection closes after its current exchange.
     pub(crate) draining: Cell<bool>,
+    /// This core's metrics (written here only; the admin thread reads them).
+    pub(crate) metrics: Arc<CoreMetrics>,
     table: RefCell<Option<Rc<CoreTable>>>,
 }
 
 impl Core {
     /// A core without a table yet, accepting at most `max_conns` client connections.
     pub fn new(id: usize, settings: Arc<Settings>, max_conns: usize) -> Core {
+        Core::with_metrics(id, settings, max_conns, Arc::new(CoreMetrics::new()))
+    }
+
+    /// [`Core::new`], recording into `metrics`.
+    pub(crate) fn with_metrics(
+        id: usize,
+        settings: Arc<Settings>,
+        max_conns: usize,
+        metrics: Arc<CoreMetrics>,
+    ) -> Core {
         let wheel = Rc::new(Wheel::new());
         let idle_ticks = (settings.pool_idle.as_millis() / 10) as u64;
         let spare = Rc::new(Spare::new(&settings.buffers));
@@ -65,6 +78,7 @@ impl Core {
             max_conns,
             full_logged: Cell::new(0),
             draining: Cell::new(false),
+            metrics,
             settings,
             wheel,
             table: RefCell::new(None),
@@ -84,6 +98,19 @@ impl Core {
 
     /// Swaps in a new table (between requests: only new requests see it).
     pub(crate) fn swap(&self, table: Rc<CoreTable>) {
+        self.metrics.generation.set(table.router.generation());
+        self.metrics.swaps.inc();
         *self.table.borrow_mut() = Some(table);
+    }
+
+    /// Copies the state this core keeps in `Cell`s into its metrics (gauges the admin thread
+    /// reads; every 100 ms, off the request path).
+    pub(crate) fn publish_gauges(&self) {
+        let m = &self.metrics;
+        m.connections_active.set(self.conns.get() as u64);
+        m.requests_active.set(self.busy.get() as u64);
+        m.draining.set(u64::from(self.draining.get()));
+        m.ring_empty.set(self.spare.ring_empty.get());
+        m.mirrors_dropped.set(self.mirrors.dropped.get());
     }
 }

@@ -16,9 +16,10 @@ use crate::core::Core;
 use crate::http1::request::ClientIp;
 use crate::http2;
 use crate::io::InBuf;
+use crate::metrics::TlsFailure;
 use crate::proxy::Flow;
 use crate::timer::{Deadline, Elapsed};
-use crate::tls::{self, TlsStream};
+use crate::tls::{self, HandshakeError, TlsStream};
 use crate::transport::Transport;
 
 /// Serves one accepted client connection to its end.
@@ -122,24 +123,39 @@ async fn handshake(
     deadline: &Rc<Deadline>,
     input: &mut InBuf,
 ) -> Option<Transport> {
+    let tls_metrics = &core.metrics.tls;
     let Some(config) = config else {
         debug!(%peer, "TLS port without a usable configuration; connection closed");
+        tls_metrics.failed(TlsFailure::Unconfigured);
         return None;
     };
     if core.handshakes.get() >= core.settings.max_handshakes {
         debug!(%peer, limit = core.settings.max_handshakes, "TLS handshakes at the limit; connection closed");
+        tls_metrics.failed(TlsFailure::Overload);
         return None;
     }
     let _in_flight = InFlight::new(&core.handshakes);
     let accept = TlsStream::accept(stream, config, Rc::clone(&core.spare), input);
     match core.wheel.timeout(deadline, core.settings.timeouts.handshake, accept).await {
-        Ok(Ok(stream)) => Some(Transport::Tls(Box::new(stream))),
+        Ok(Ok(stream)) => {
+            tls_metrics.handshakes.inc();
+            if stream.resumed() {
+                tls_metrics.resumed.inc();
+            }
+            Some(Transport::Tls(Box::new(stream)))
+        }
         Ok(Err(e)) => {
             tls::handshake_failed(peer, &e);
+            tls_metrics.failed(match e {
+                HandshakeError::Tls(_) => TlsFailure::Error,
+                HandshakeError::Io(_) => TlsFailure::Closed,
+                HandshakeError::PlainHttp => TlsFailure::PlainHttp,
+            });
             None
         }
         Err(Elapsed) => {
             debug!(%peer, "TLS handshake timed out");
+            tls_metrics.failed(TlsFailure::Timeout);
             None
         }
     }
@@ -167,6 +183,7 @@ struct Counted<'a>(&'a Core);
 impl<'a> Counted<'a> {
     fn new(core: &'a Core) -> Counted<'a> {
         core.conns.set(core.conns.get() + 1);
+        core.metrics.connections_accepted.inc();
         Counted(core)
     }
 }

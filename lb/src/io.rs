@@ -83,6 +83,8 @@ pub(crate) struct Spare {
     freed: std::cell::Cell<usize>,
     /// `freed` at the previous tick, and for how many ticks neither it nor the list changed.
     settled: std::cell::Cell<(usize, usize, u32)>,
+    /// Reads that found the buffer ring empty (a metric).
+    pub(crate) ring_empty: std::cell::Cell<u64>,
 }
 
 /// Ticks (of a core's 100 ms control loop) a burst must have been over before trimming.
@@ -101,6 +103,7 @@ impl Spare {
             max_capacity: config.spare_capacity,
             freed: std::cell::Cell::new(0),
             settled: std::cell::Cell::new((0, 0, 0)),
+            ring_empty: std::cell::Cell::new(0),
         }
     }
 
@@ -268,6 +271,7 @@ impl InBuf {
                 Ok(None) => return Ok(0),
                 // The ring is empty: this read goes to the heap instead.
                 Err(e) if e.kind() == io::ErrorKind::ResourceBusy => {
+                    spare.ring_empty.set(spare.ring_empty.get() + 1);
                     tracing::trace!("buffer ring empty; reading into a heap buffer");
                 }
                 Err(e) => return Err(e),

@@ -37,6 +37,8 @@ mod tunnel;
 mod error;
 pub mod core;
 mod tables;
+mod metrics;
+pub mod admin;
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -50,6 +52,7 @@ use table::shm::{AppliedWriter, applied_path};
 use tracing::{error, info, warn};
 
 pub use crate::fields::{Edits, FieldList};
+pub use crate::metrics::Detail as MetricsDetail;
 pub use crate::settings::{BufferConfig, Limits, Underscores};
 pub use crate::settings::{H2Limits, Settings, Timeouts, defaults};
 pub use crate::timer::{Deadline, Elapsed, Wheel};
@@ -66,6 +69,10 @@ pub struct Config {
     /// After SIGTERM or SIGINT: listeners close at once, requests in flight get this long to
     /// finish, then lb exits.
     pub drain: Duration,
+    /// The admin listener (`/metrics`, `/ready`, `/config`); `None`: none.
+    pub admin: Option<std::net::SocketAddr>,
+    /// Opt-in metric series.
+    pub metrics: metrics::Detail,
 }
 
 /// What the main thread and the cores share about shutting down.
@@ -131,6 +138,8 @@ pub fn run(config: Config) -> Result<(), Error> {
         signal_hook::flag::register(signal, Arc::clone(&shutdown.draining))
             .map_err(Error::Thread)?;
     }
+    let core_metrics: Vec<Arc<metrics::CoreMetrics>> =
+        config.cpus.iter().map(|_| Arc::new(metrics::CoreMetrics::new())).collect();
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     let mut senders = Vec::new();
     let (started_tx, started_rx) = std::sync::mpsc::channel::<Result<(), std::io::Error>>();
@@ -144,6 +153,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         let segment = config.table.clone();
         let started = started_tx.clone();
         let pin = core_ids.iter().copied().find(|c| c.id == cpu);
+        let recorded = Arc::clone(&core_metrics[index]);
         let thread = std::thread::Builder::new()
             .name(format!("lb-core-{index}"))
             .spawn(move || {
@@ -161,7 +171,7 @@ pub fn run(config: Config) -> Result<(), Error> {
                         return;
                     }
                 };
-                let core = Rc::new(core::Core::new(index, settings, per_core));
+                let core = Rc::new(core::Core::with_metrics(index, settings, per_core, recorded));
                 rt.block_on(core_main(core, rx, applied, shutdown, segment));
             })
             .map_err(Error::Thread)?;
@@ -180,7 +190,28 @@ pub fn run(config: Config) -> Result<(), Error> {
     info!(cores = config.cpus.len(), segment = %config.table.display(), "lb started; waiting for a table");
     let tls = tls::Shared::new(settings.h2.enabled)
         .map_err(|e| Error::Thread(std::io::Error::other(e)))?;
-    tables::spawn_watcher(config.table, senders, Arc::clone(&applied), tls)
+    let watched = tables::Metrics {
+        names: metrics::Names::shared(config.metrics),
+        table: Arc::default(),
+        served: Arc::default(),
+    };
+    let registry = Arc::new(metrics::Registry {
+        cores: core_metrics,
+        names: Arc::clone(&watched.names),
+        table: Arc::clone(&watched.table),
+        started: std::time::Instant::now(),
+    });
+    if let Some(addr) = config.admin {
+        let admin = admin::Admin {
+            exposition: metrics::Exposition::new(Arc::clone(&registry)),
+            registry,
+            segment: config.table.clone(),
+            draining: Arc::clone(&shutdown.draining),
+            served: Arc::clone(&watched.served),
+        };
+        admin::spawn(addr, admin).map_err(Error::Thread)?;
+    }
+    tables::spawn_watcher(config.table, senders, Arc::clone(&applied), tls, watched)
         .map_err(Error::Thread)?;
     while !shutdown.draining.load(Ordering::Relaxed) {
         if threads.iter().any(std::thread::JoinHandle::is_finished) {
@@ -267,6 +298,7 @@ async fn core_main(
                 if let Some(slot) = shutdown.busy.get(core.id) {
                     slot.store(core.busy.get(), Ordering::Relaxed);
                 }
+                core.publish_gauges();
                 if shutdown.draining.load(Ordering::Relaxed) && !core.draining.get() {
                     // Stop accepting; connections close after their current exchange.
                     core.draining.set(true);
@@ -286,15 +318,18 @@ async fn core_main(
             }
         };
         let Some(mut next) = next else { return };
-        // Several tables queued: only the newest matters.
+        // Several tables queued: only the newest is served, but each one's metric slots are
+        // taken in (a slot a skipped generation handed to a new name must start from zero).
+        core.metrics.adopt(&next.labels);
         while let Ok(newer) = tables.try_recv() {
+            core.metrics.adopt(&newer.labels);
             next = newer;
         }
         let router = Arc::clone(&next.router);
         let generation = router.generation();
         if current.as_ref().is_none_or(|c| !Arc::ptr_eq(&c.router, &router)) {
-            let tls = Arc::clone(&next.tls);
-            core.swap(Rc::new(upstream::CoreTable::new(Arc::clone(&router), tls)));
+            let (tls, labels) = (Arc::clone(&next.tls), Arc::clone(&next.labels));
+            core.swap(Rc::new(upstream::CoreTable::new(Arc::clone(&router), tls, labels)));
             let table = router.table();
             let now = core.wheel.now();
             let in_table = |addr: &std::net::SocketAddr| {

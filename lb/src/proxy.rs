@@ -26,6 +26,7 @@ use crate::http1::body::{BodyDecoder, Encode};
 use crate::http1::local;
 use crate::http1::parse::Framing;
 use crate::io::InBuf;
+use crate::metrics::Record;
 use crate::timer::Deadline;
 use crate::transport::Transport;
 use crate::upstream::CoreTable;
@@ -99,6 +100,8 @@ pub(crate) struct Exchange<'a> {
     pub out: &'a mut Vec<u8>,
     /// The connection's deadline.
     pub deadline: &'a Rc<Deadline>,
+    /// What metrics and logs learn of this exchange.
+    pub rec: &'a Record,
 }
 
 /// An upstream connection in use.
@@ -244,7 +247,10 @@ impl Exchange<'_> {
         let rule = Rule { action, cors };
         // Whatever body bytes already arrived go out with the head.
         match body.decode(self.input.bytes(), self.out) {
-            Ok(used) => self.input.consume(used, &self.core.spare),
+            Ok(used) => {
+                self.rec.bytes_in.set(self.rec.bytes_in.get() + used as u64);
+                self.input.consume(used, &self.core.spare);
+            }
             Err(e) => {
                 let e = ProxyError::body(Side::Downstream, Phase::RequestBody, e);
                 return self.fail(e, false, req).await;
@@ -295,6 +301,7 @@ impl Exchange<'_> {
                 input: &mut *self.input,
                 out: &mut pump_out,
                 deadline: &pump_deadline,
+                rec: self.rec,
             };
             // The response side never reads the client (no upgrade here): an empty input.
             let mut response_side = Exchange {
@@ -303,6 +310,7 @@ impl Exchange<'_> {
                 input: &mut unused,
                 out: &mut *self.out,
                 deadline: self.deadline,
+                rec: self.rec,
             };
             let pump = pin!(pump_side.send_body(conn, body, &progress));
             let respond = pin!(response_side.respond(conn, up_input, up.key, rule, req, &progress));
@@ -393,6 +401,7 @@ impl Exchange<'_> {
                 Next::Fresh => fresh_only = true,
                 Next::Retry => {
                     debug!("retrying (route policy)");
+                    self.core.metrics.upstream(self.rec.backend.get(), |u| u.retries.inc());
                     (cursor, attempt, fresh_only) = (cursor.wrapping_add(1), 0, true);
                     self.backoff(rule).await;
                 }
@@ -419,11 +428,22 @@ impl Exchange<'_> {
         let clock = (&*core.wheel, self.deadline);
         let limit = core.settings.timeouts.connect;
         let pools = (&core.pool, &core.h2_pool);
+        let (metrics, backend) = (&core.metrics, self.rec.backend.get());
         let conn = match connect::open(pools, clock, limit, key, fresh_only).await {
             Ok(c) => c,
-            Err(_) => return Err(Failure::Connect),
+            Err(_) => {
+                metrics.upstream(backend, |u| {
+                    u.attempts.inc();
+                    u.connect_failures.inc();
+                });
+                return Err(Failure::Connect);
+            }
         };
         let reused = conn.reused;
+        metrics.upstream(backend, |u| {
+            u.attempts.inc();
+            if reused { u.pool_hits.inc() } else { u.pool_misses.inc() }
+        });
         let mut up = Upstream { conn: conn.transport, key, input: InBuf::Empty };
         let limit = self.core.settings.timeouts.body;
         let send = (Side::Upstream, Phase::Send);
@@ -451,6 +471,7 @@ impl Exchange<'_> {
             Ok(response) => Ok((up, Some(response))),
             Err(error) => {
                 debug!(%addr, reused, "attempt failed: {error}");
+                self.count_upstream_failure(&error);
                 up.input.release(&self.core.spare);
                 Err(Failure::Attempt { error, reused })
             }
@@ -495,6 +516,7 @@ impl Exchange<'_> {
             let used = body
                 .decode(self.input.bytes(), self.out)
                 .map_err(|e| ProxyError::body(Side::Downstream, Phase::RequestBody, e))?;
+            self.rec.bytes_in.set(self.rec.bytes_in.get() + used as u64);
             self.input.consume(used, spare);
         }
     }
@@ -515,9 +537,40 @@ impl Exchange<'_> {
         Flow::Continue
     }
 
+    /// Counts an upstream timeout or reset in the metrics.
+    fn count_upstream_failure(&self, e: &ProxyError) {
+        if e.side != Side::Upstream {
+            return;
+        }
+        let backend = self.rec.backend.get();
+        match e.cause {
+            Cause::Timeout => self.core.metrics.upstream(backend, |u| u.timeouts.inc()),
+            Cause::Closed | Cause::Io(_) => self.core.metrics.upstream(backend, |u| u.resets.inc()),
+            _ => {}
+        }
+    }
+
+    /// Writes `out` to the client. The exchange's status is the first head written (lb's own
+    /// answers and relayed heads alike go out here; interim 100 Continue does not).
     async fn write_client(&mut self) -> Result<(), ProxyError> {
+        let rec = self.rec;
+        if rec.status.get() == 0 {
+            rec.status.set(head_status(self.out));
+        }
+        rec.bytes_out.set(rec.bytes_out.get() + self.out.len() as u64);
         let limit = self.core.settings.timeouts.body;
         let side = (Side::Downstream, Phase::ResponseBody);
         timed(&self.core.wheel, self.deadline, limit, side, self.client.write(self.out)).await
+    }
+}
+
+/// The status of an HTTP/1 response head at the start of `out` (0 when it is not one).
+fn head_status(out: &[u8]) -> u16 {
+    match out.get(..12) {
+        Some([b'H', b'T', b'T', b'P', b'/', _, b'.', _, b' ', d @ ..]) => d
+            .iter()
+            .try_fold(0u16, |n, &c| c.is_ascii_digit().then(|| n * 10 + u16::from(c - b'0')))
+            .unwrap_or(0),
+        _ => 0,
     }
 }

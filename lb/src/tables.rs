@@ -11,10 +11,16 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+#[allow(
+    clippy::disallowed_types,
+    reason = "locks shared with the admin thread, never taken by a core"
+)]
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures_channel::mpsc::UnboundedSender;
 
+use crate::metrics::{Labels, Names, TableMetrics};
 use crate::tls;
 use table::Router;
 use table::shm::{AppliedWriter, ReadError, Repair, SegmentReader};
@@ -32,6 +38,19 @@ pub(crate) struct Generation {
     pub router: Arc<Router>,
     /// Server configs of its TLS ports.
     pub tls: Arc<tls::Ports>,
+    /// Metric slots of its listeners, rules and Services.
+    pub labels: Arc<Labels>,
+}
+
+/// What the watcher records for metrics: the slot names, its own figures. Its locks are
+/// taken by this thread and the admin thread only, never by a core.
+#[derive(Debug, Clone)]
+#[allow(clippy::disallowed_types, reason = "off every core")]
+pub(crate) struct Metrics {
+    pub names: Arc<Mutex<Names>>,
+    pub table: Arc<TableMetrics>,
+    /// The table last handed to the cores (the admin listener's `/config`).
+    pub served: Arc<Mutex<Option<Arc<Router>>>>,
 }
 
 /// Starts the watcher thread.
@@ -40,10 +59,11 @@ pub(crate) fn spawn_watcher(
     cores: Vec<UnboundedSender<Generation>>,
     applied: Arc<AppliedWriter>,
     shared: tls::Shared,
+    metrics: Metrics,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("lb-tables".into())
-        .spawn(move || watch(&path, &cores, &applied, &shared))?;
+        .spawn(move || watch(&path, &cores, &applied, &shared, &metrics))?;
     Ok(())
 }
 
@@ -70,6 +90,7 @@ fn watch(
     cores: &[UnboundedSender<Generation>],
     applied: &AppliedWriter,
     shared: &tls::Shared,
+    metrics: &Metrics,
 ) {
     let mut waiting_logged = false;
     let mut keys = tls::KeyCache::default();
@@ -123,7 +144,12 @@ fn watch(
                                 let router = Arc::new(router);
                                 last = Some(Arc::clone(&router));
                                 let tls = Arc::new(tls::build(&router, shared, &mut keys));
-                                let generation_of = Generation { router, tls };
+                                let labels = match metrics.names.lock() {
+                                    Ok(mut names) => names.label(router.table()),
+                                    Err(poisoned) => poisoned.into_inner().label(router.table()),
+                                };
+                                let labels = Arc::new(labels);
+                                let generation_of = Generation { router, tls, labels };
                                 for core in cores {
                                     let _ = core.unbounded_send(generation_of.clone());
                                 }
@@ -134,12 +160,18 @@ fn watch(
                                     "table validated"
                                 );
                                 delivered = generation;
+                                metrics.table.validated.inc();
+                                if let Ok(mut served) = metrics.served.lock() {
+                                    *served = last.clone();
+                                }
+                                metrics.table.last_size.set(bytes as u64);
                             }
                             Err(e) => {
                                 error!(
                                     generation,
                                     "table refused: {e}; keeping generation {delivered}"
                                 );
+                                metrics.table.refused.inc();
                                 refused = generation;
                             }
                         }
@@ -151,6 +183,7 @@ fn watch(
                             generation = published,
                             "table refused: {e}; keeping generation {delivered}"
                         );
+                        metrics.table.refused.inc();
                         refused = published;
                     }
                 }

@@ -195,6 +195,30 @@ struct LbArgs {
     /// HTTP/2: largest header list a client may send (HPACK-decoded), bytes; beyond: 431.
     #[arg(long, default_value_t = lb::H2Limits::default().max_header_list)]
     h2_max_header_list: u32,
+    /// The admin listener (`/metrics`, `/ready`, `/config`): an address (keep it on
+    /// loopback or a private network; port 0 picks one, written to `<table>.admin`), or `off`.
+    #[arg(long, default_value = "127.0.0.1:9901", value_parser = admin_address)]
+    admin: AdminAddress,
+    /// Metrics: also series per route rule (requests, responses, bytes, duration). Off by
+    /// default: with thousands of routes they are thousands of series.
+    #[arg(long)]
+    metrics_routes: bool,
+    /// Metrics: also upstream series per Service (attempts, failures, retries, pool use).
+    #[arg(long)]
+    metrics_backends: bool,
+}
+
+/// `--admin`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct AdminAddress(Option<SocketAddr>);
+
+fn admin_address(text: &str) -> Result<AdminAddress, String> {
+    if text == "off" {
+        return Ok(AdminAddress(None));
+    }
+    text.parse()
+        .map(|a| AdminAddress(Some(a)))
+        .map_err(|e| format!("{text:?}: {e} (an address such as 127.0.0.1:9901, or off)"))
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -434,7 +458,10 @@ fn run_lb(a: LbArgs) -> Result<(), String> {
     let table = a.table.clone();
     ops::notify_systemd_when(move || ops::ready(&table, false).is_ok());
     let drain = a.drain_timeout.0;
-    lb::run(lb::Config { table: a.table, cpus, settings, drain }).map_err(|e| e.to_string())
+    let metrics = lb::MetricsDetail { routes: a.metrics_routes, backends: a.metrics_backends };
+    let admin = a.admin.0;
+    lb::run(lb::Config { table: a.table, cpus, settings, drain, admin, metrics })
+        .map_err(|e| e.to_string())
 }
 
 fn run_config_sync(a: ConfigSyncArgs) -> Result<(), String> {

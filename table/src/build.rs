@@ -22,3 +22,9 @@ pub fn decode(bytes: &[u8]) -> Result<Table, EncodeError> {
 #[derive(Debug, thiserror::Error)]
 #[error("table encoding: {0}")]
 pub struct EncodeError(String);
+
+impl EncodeError {
+    pub(crate) fn new(why: String) -> EncodeError {
+        EncodeError(why)
+    }
+}

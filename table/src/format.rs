@@ -13,7 +13,9 @@ use rkyv::{Archive, Deserialize, Serialize};
 pub const FORMAT_VERSION: u32 = 11;
 
 /// One compiled generation of the whole data-plane configuration.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[derive(
+    Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq, Default,
+)]
 #[rkyv(derive(Debug))]
 pub struct Table {
     /// Generation number, also carried by the segment header; the two must agree.
@@ -65,7 +67,7 @@ pub struct Address {
 }
 
 /// A socket lb listens on and the Gateway listeners that share it.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct Port {
     /// Address to bind; `None` means lb's default bind address.
@@ -80,7 +82,9 @@ pub struct Port {
 }
 
 /// How a TLS port handshakes.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[derive(
+    Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq, Default,
+)]
 #[rkyv(derive(Debug))]
 pub struct PortTls {
     /// Client certificate validation (Gateway `spec.tls.frontend`); `None`: no client
@@ -89,10 +93,13 @@ pub struct PortTls {
 }
 
 /// Frontend client-certificate validation of one port.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[derive(
+    Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq, Default,
+)]
 #[rkyv(derive(Debug))]
 pub struct ClientValidation {
-    /// Trusted CA certificates, DER.
+    /// Trusted CA certificates, DER. (Dumps show how many.)
+    #[serde(serialize_with = "count")]
     pub roots: Vec<Vec<u8>>,
     /// `AllowInsecureFallback`: a client without a valid certificate is still served (its
     /// certificate, if any, is not passed on); otherwise the handshake fails.
@@ -100,16 +107,30 @@ pub struct ClientValidation {
 }
 
 /// A certificate chain and its private key (from a `kubernetes.io/tls` Secret).
-#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, Clone, PartialEq, Eq)]
 pub struct Certificate {
     /// `namespace/name` of the Secret, for logs.
     pub name: String,
-    /// The chain, leaf first, DER.
+    /// The chain, leaf first, DER. (Dumps show how many certificates, not the bytes.)
+    #[serde(serialize_with = "count")]
     pub chain: Vec<Vec<u8>>,
-    /// The private key, DER, in the form `key_format` names.
+    /// The private key, DER, in the form `key_format` names. Never dumped.
+    #[serde(skip_serializing)]
     pub key: Vec<u8>,
     /// Encoding of `key`.
     pub key_format: KeyFormat,
+}
+
+/// Serialises a list of DER blobs as their number (JSON dumps of a table).
+fn count<S: serde::Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(v.len() as u64)
+}
+
+/// An address serialises as its text form.
+impl serde::Serialize for Address {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.ip())
+    }
 }
 
 impl std::fmt::Debug for Certificate {
@@ -134,7 +155,7 @@ impl std::fmt::Debug for ArchivedCertificate {
 }
 
 /// Private key encodings.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum KeyFormat {
     /// PKCS#8 `PrivateKeyInfo`.
@@ -147,7 +168,9 @@ pub enum KeyFormat {
 
 /// Host → target lookup with the Gateway API's precedence: exact name, then the longest
 /// matching wildcard suffix, then the catch-all.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[derive(
+    Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq, Default,
+)]
 #[rkyv(derive(Debug))]
 pub struct HostIndex {
     /// Exact lower-case host names, sorted by bytes for binary search.
@@ -161,7 +184,7 @@ pub struct HostIndex {
 }
 
 /// One name in a [`HostIndex`].
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct HostEntry {
     /// Lower-case host name or wildcard suffix.
@@ -171,7 +194,7 @@ pub struct HostEntry {
 }
 
 /// A Gateway listener (`namespace/gateway/listener`).
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct Listener {
     /// `namespace/gateway/listener`, for logs.
@@ -185,7 +208,7 @@ pub struct Listener {
 }
 
 /// The ordered rules for one effective hostname of a listener.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct VirtualHost {
     /// The hostname (`""` for any), for logs.
@@ -198,7 +221,7 @@ pub struct VirtualHost {
 }
 
 /// One HTTPRoute match: every condition must hold.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct RouteMatch {
     /// Path condition.
@@ -214,7 +237,7 @@ pub struct RouteMatch {
 }
 
 /// Path condition of a match.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum PathMatch {
     /// Element-wise prefix without a trailing slash (`/` matches everything).
@@ -226,7 +249,7 @@ pub enum PathMatch {
 }
 
 /// Header condition.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct HeaderMatch {
     /// Lower-case header name.
@@ -236,7 +259,7 @@ pub struct HeaderMatch {
 }
 
 /// Query-parameter condition.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct QueryMatch {
     /// Exact (case-sensitive) parameter name.
@@ -246,7 +269,7 @@ pub struct QueryMatch {
 }
 
 /// A value condition.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum ValueMatch {
     /// Byte-exact value.
@@ -256,7 +279,7 @@ pub enum ValueMatch {
 }
 
 /// What a matched route rule does.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct Action {
     /// `namespace/name` of the HTTPRoute, for logs.
@@ -286,7 +309,7 @@ pub struct Action {
 }
 
 /// A field the rule chose for the verified client certificate.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct ClientCertHeader {
     /// Field name, as configured (a token).
@@ -296,7 +319,7 @@ pub struct ClientCertHeader {
 }
 
 /// What a client-certificate field says.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum ClientCertValue {
     /// Envoy's `X-Forwarded-Client-Cert` element: `Hash=<sha256 hex>;Subject="<RFC 4514>"`.
@@ -311,7 +334,7 @@ pub enum ClientCertValue {
 }
 
 /// One `RequestMirror`: a copy of each sampled request goes to one endpoint of a service.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct Mirror {
     /// Index into [`Table::services`].
@@ -321,7 +344,9 @@ pub struct Mirror {
 }
 
 /// A rule's CORS policy (HTTPRoute `CORS` filter).
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[derive(
+    Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq, Default,
+)]
 #[rkyv(derive(Debug))]
 pub struct Cors {
     /// Allowed origins: `*`, or `scheme://host[:port]` where the host may start with `*` (any
@@ -340,7 +365,9 @@ pub struct Cors {
 }
 
 /// When a request is sent again (HTTPRoute rule `retry`).
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[derive(
+    Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq, Default,
+)]
 #[rkyv(derive(Debug))]
 pub struct Retry {
     /// Retries after the first attempt (0: none).
@@ -353,7 +380,9 @@ pub struct Retry {
 }
 
 /// A rule's timeouts (0: not set).
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, Copy, PartialEq, Eq, Default,
+)]
 #[rkyv(derive(Debug))]
 pub struct RouteTimeouts {
     /// `request`: the whole request, from its arrival to the response head.
@@ -363,7 +392,7 @@ pub struct RouteTimeouts {
 }
 
 /// How a forwarded request's Host and path change.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct Rewrite {
     /// Host sent upstream instead of the client's.
@@ -381,7 +410,9 @@ impl Default for Rewrite {
 /// Header edits in the spec's order: `remove` and `set` drop every field of that name
 /// (case-insensitive), then `set` and `add` append theirs. Names and values are checked by
 /// `view` (tokens; no CR, LF or NUL) before lb writes them into a head.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[derive(
+    Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq, Default,
+)]
 #[rkyv(derive(Debug))]
 pub struct HeaderEdits {
     /// Replace (or create) these fields.
@@ -393,7 +424,7 @@ pub struct HeaderEdits {
 }
 
 /// A header field.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct HeaderField {
     /// Name.
@@ -403,7 +434,7 @@ pub struct HeaderField {
 }
 
 /// Forward to weighted backends, or answer locally.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum ActionKind {
     /// Weighted backends; `wrr_offset` is where this action's state starts in each core's
@@ -436,7 +467,7 @@ pub enum ActionKind {
 }
 
 /// How a redirect or rewrite changes the path.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum PathRewrite {
     /// The request's path.
@@ -448,7 +479,7 @@ pub enum PathRewrite {
 }
 
 /// A backend and its share of traffic.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct WeightedBackend {
     /// Relative weight; 0 receives nothing.
@@ -461,7 +492,7 @@ pub struct WeightedBackend {
 }
 
 /// Destination of one backend share.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum BackendTarget {
     /// Index into [`Table::services`].
@@ -471,7 +502,7 @@ pub enum BackendTarget {
 }
 
 /// A backend Service port and its ready endpoints.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct Service {
     /// `namespace/name:port`, for logs.
@@ -484,7 +515,19 @@ pub struct Service {
 
 /// The protocol of a Service port, from its `appProtocol` (GEP-1911), or HTTP/2 for every
 /// GRPCRoute backend.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+)]
 #[rkyv(derive(Debug, PartialEq, Eq))]
 pub enum UpstreamProtocol {
     /// HTTP/1.1 over TCP (no `appProtocol`, or `http`, `kubernetes.io/ws`).
@@ -495,7 +538,7 @@ pub enum UpstreamProtocol {
 }
 
 /// One endpoint address.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct Endpoint {
     /// IP address.

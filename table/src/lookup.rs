@@ -41,11 +41,18 @@ pub enum Route<'t> {
     /// No Gateway listener on this port accepts the Host.
     NoListener,
     /// A listener took the request but no rule matched.
-    NoRoute(&'t ArchivedListener),
+    NoRoute {
+        /// The listener.
+        listener: &'t ArchivedListener,
+        /// Its index in `listeners`.
+        listener_id: u32,
+    },
     /// The first matching rule.
     Matched {
         /// The listener that took the request.
         listener: &'t ArchivedListener,
+        /// Its index in `listeners`.
+        listener_id: u32,
         /// The action's identity, for finding it again in the same [`Router`].
         id: ActionId,
         /// The matched rule's action.
@@ -131,8 +138,8 @@ impl Router {
         scratch: &mut Scratch,
     ) -> Route<'t> {
         let table = self.table();
-        let Some(listener) =
-            find_host(&port.listeners, req.host).and_then(|i| table.listeners.get(i as usize))
+        let Some((listener_id, listener)) = find_host(&port.listeners, req.host)
+            .and_then(|i| Some((i, table.listeners.get(i as usize)?)))
         else {
             return Route::NoListener;
         };
@@ -145,12 +152,12 @@ impl Router {
                     && let Some(action) = table.actions.get(m.action.to_native() as usize)
                 {
                     let id = ActionId(m.action.to_native());
-                    return Route::Matched { listener, id, action, matched: m };
+                    return Route::Matched { listener, listener_id, id, action, matched: m };
                 }
             }
             vhost = v.fallback.as_ref().map(|f| f.to_native());
         }
-        Route::NoRoute(listener)
+        Route::NoRoute { listener, listener_id }
     }
 
     fn matches<H: Headers + ?Sized>(

@@ -46,7 +46,7 @@ fn route_name(
     let mut scratch = router.scratch();
     match router.route(port, &req, headers, &mut scratch) {
         Route::Matched { action, .. } => action.route.as_str().to_owned(),
-        Route::NoRoute(_) => "404".into(),
+        Route::NoRoute { .. } => "404".into(),
         Route::NoListener => "no-listener".into(),
     }
 }

@@ -118,7 +118,13 @@ impl Router {
         unsafe { rkyv::access_unchecked::<ArchivedTable>(&self.bytes) }
     }
 
-    /// Generation of this table.
+    /// The table as native values (a copy; for dumps and tools, never the request path).
+    pub fn to_native(&self) -> Result<crate::Table, crate::EncodeError> {
+        rkyv::deserialize::<crate::Table, rancor::Error>(self.table())
+            .map_err(|e| crate::EncodeError::new(e.to_string()))
+    }
+
+    /// The generation number.
     pub fn generation(&self) -> u64 {
         self.table().generation.to_native()
     }

@@ -103,17 +103,33 @@ impl Forward<'_> {
     }
 }
 
-/// Routes `req` in `table` and applies the matched rule's filters.
-pub(crate) fn decide<'t>(table: &'t CoreTable, req: &Request<'_>) -> Decision<'t> {
+/// Where routing took a request, for metrics and logs: table indexes.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Routed {
+    /// The listener that took it.
+    pub listener: Option<u32>,
+    /// The matched rule's action.
+    pub action: Option<ActionId>,
+}
+
+/// Routes `req` in `table` and applies the matched rule's filters; says in `routed` which
+/// listener and rule took it.
+pub(crate) fn decide<'t>(
+    table: &'t CoreTable,
+    req: &Request<'_>,
+    routed: &mut Routed,
+) -> Decision<'t> {
     let Some(port) = table.router.port(req.local.ip(), req.local.port()) else {
         return Decision::Refuse(Refusal::NoRoute);
     };
     // The certificate was chosen for the listener the server name selects; a Host of another
     // listener would reach its routes through a certificate not issued for them.
-    if let Some(name) = req.server_name
-        && table.router.listener_for(port, name) != table.router.listener_for(port, req.authority)
-    {
-        return Decision::Refuse(Refusal::Misdirected);
+    if let Some(name) = req.server_name {
+        let by_name = table.router.listener_for(port, name);
+        routed.listener = by_name;
+        if by_name != table.router.listener_for(port, req.authority) {
+            return Decision::Refuse(Refusal::Misdirected);
+        }
     }
     let lookup = table::Request {
         method: req.method,
@@ -126,8 +142,15 @@ pub(crate) fn decide<'t>(table: &'t CoreTable, req: &Request<'_>) -> Decision<'t
         table.router.route(port, &lookup, req.fields, &mut scratch)
     };
     let (id, action, matched) = match route {
-        Route::Matched { id, action, matched, .. } => (id, action, matched),
-        Route::NoListener | Route::NoRoute(_) => return Decision::Refuse(Refusal::NoRoute),
+        Route::Matched { listener_id, id, action, matched, .. } => {
+            *routed = Routed { listener: Some(listener_id), action: Some(id) };
+            (id, action, matched)
+        }
+        Route::NoRoute { listener_id, .. } => {
+            routed.listener = Some(listener_id);
+            return Decision::Refuse(Refusal::NoRoute);
+        }
+        Route::NoListener => return Decision::Refuse(Refusal::NoRoute),
     };
     let mut cors = FieldList::new();
     if let Some(policy) = action.cors.as_ref() {

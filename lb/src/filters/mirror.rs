@@ -80,13 +80,16 @@ pub(crate) struct Mirrors {
     rng: Cell<u64>,
     /// The core's buffer free list (answers are read through it).
     spare: Rc<Spare>,
+    /// Copies dropped because [`MAX_IN_FLIGHT`] were in flight (a metric).
+    pub(crate) dropped: Cell<u64>,
 }
 
 impl Mirrors {
     /// State for core `id` (each core samples from its own sequence).
     pub(crate) fn new(id: usize, spare: Rc<Spare>) -> Mirrors {
         let seed = 0x9e37_79b9_7f4a_7c15_u64 ^ ((id as u64 + 1) << 32) ^ clock_seed();
-        Mirrors { in_flight: Rc::new(Cell::new(0)), rng: Cell::new(seed | 1), spare }
+        let in_flight = Rc::new(Cell::new(0));
+        Mirrors { in_flight, rng: Cell::new(seed | 1), spare, dropped: Cell::new(0) }
     }
 
     /// Whether this request is sampled at `per_million` (xorshift64*).
@@ -113,6 +116,7 @@ impl Mirrors {
     ) {
         if self.in_flight.get() >= MAX_IN_FLIGHT {
             debug!(%addr, "mirror dropped: {MAX_IN_FLIGHT} copies already in flight");
+            self.dropped.set(self.dropped.get() + 1);
             return;
         }
         self.in_flight.set(self.in_flight.get() + 1);

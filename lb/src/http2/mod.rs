@@ -134,6 +134,7 @@ pub(crate) async fn serve(
             return;
         }
     };
+    core.metrics.h2_connections.inc();
     let mut closing = false;
     let mut idle_since = Some(core.wheel.now());
     loop {
@@ -144,6 +145,7 @@ pub(crate) async fn serve(
                 "HTTP/2 client resets most of its streams; GOAWAY ENHANCE_YOUR_CALM"
             );
             h2.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+            core.metrics.h2_abusive.inc();
             closing = true;
         }
         if !closing && (core.draining.get() || !conn.port_in_table(&core)) {
@@ -181,6 +183,7 @@ pub(crate) async fn serve(
         };
         conn.active.set(conn.active.get() + 1);
         conn.streams.set(conn.streams.get() + 1);
+        core.metrics.h2_streams.inc();
         let (core, conn) = (Rc::clone(&core), Rc::clone(&conn));
         compio::runtime::spawn(async move {
             core.busy.set(core.busy.get() + 1);

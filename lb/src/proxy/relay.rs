@@ -198,6 +198,7 @@ impl Exchange<'_> {
         .await;
         let request_done = progress.request_done.get();
         if let Err(e) = relayed {
+            self.count_upstream_failure(&e);
             if !head_sent {
                 let flow = self.fail(e, request_done, req).await;
                 return Relayed { flow, reusable: false };

@@ -49,7 +49,7 @@ use tracing::error;
 
 mod stream;
 
-pub(crate) use stream::{TlsStream, handshake_failed};
+pub(crate) use stream::{HandshakeError, TlsStream, handshake_failed};
 
 /// TLS 1.2 sessions remembered for session-ID resumption, per lb process.
 const SESSION_CACHE: usize = 4096;

@@ -391,6 +391,11 @@ impl TlsStream {
         self.h2
     }
 
+    /// Whether the handshake resumed a session.
+    pub(crate) fn resumed(&self) -> bool {
+        self.state.borrow().conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+
     /// The verified client certificate, if any.
     pub(crate) fn client_cert(&self) -> Option<&Rc<ClientCert>> {
         self.client_cert.as_ref()

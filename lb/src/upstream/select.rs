@@ -18,6 +18,8 @@ pub(crate) struct CoreTable {
     pub router: Arc<Router>,
     /// Its TLS configuration (server configs of its TLS ports), shared read-only too.
     pub tls: Arc<crate::tls::Ports>,
+    /// Metric slots of its listeners, rules and Services.
+    pub labels: Arc<crate::metrics::Labels>,
     /// Weighted-round-robin counters (one per weighted backend of the table).
     wrr: RefCell<Vec<i64>>,
     /// Round-robin cursor per service.
@@ -44,7 +46,11 @@ pub(crate) enum Target {
 
 impl CoreTable {
     /// This core's state for `router`.
-    pub(crate) fn new(router: Arc<Router>, tls: Arc<crate::tls::Ports>) -> CoreTable {
+    pub(crate) fn new(
+        router: Arc<Router>,
+        tls: Arc<crate::tls::Ports>,
+        labels: Arc<crate::metrics::Labels>,
+    ) -> CoreTable {
         let t = router.table();
         let wrr = vec![0; t.wrr_slots.to_native() as usize];
         let rr = vec![0; t.services.len()];
@@ -52,6 +58,7 @@ impl CoreTable {
         CoreTable {
             router,
             tls,
+            labels,
             wrr: RefCell::new(wrr),
             rr: RefCell::new(rr),
             scratch: RefCell::new(scratch),
@@ -188,7 +195,11 @@ mod tests {
         }
         t.wrr_slots = 9;
         let bytes = table::encode(&t).unwrap();
-        CoreTable::new(Arc::new(Router::open(&bytes, None).unwrap()), Arc::default())
+        CoreTable::new(
+            Arc::new(Router::open(&bytes, None).unwrap()),
+            Arc::default(),
+            Arc::default(),
+        )
     }
 
     #[test]

@@ -170,11 +170,48 @@ impl Env {
         self.lb_with("lb", &t, extra, &[]);
     }
 
+    /// lb on `table` as process `name`; its admin listener on a port of its own choosing
+    /// (written to `<table>.admin`) unless `extra` names one.
     fn lb_with(&mut self, name: &str, table: &Path, extra: &[&str], env: &[(&str, &str)]) {
         let mut args =
             vec!["lb", "--table", table.to_str().unwrap(), "--bind-address", "127.0.0.1"];
+        if !extra.contains(&"--admin") {
+            args.extend_from_slice(&["--admin", "127.0.0.1:0"]);
+        }
         args.extend_from_slice(extra);
         self.spawn_env(name, &args, env);
+    }
+
+    /// The address lb's admin listener bound (waits for it).
+    pub fn admin_addr(&self) -> SocketAddr {
+        let file = lb::admin::address_path(&self.table);
+        let start = Instant::now();
+        loop {
+            if let Some(addr) =
+                std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse().ok())
+            {
+                return addr;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no admin address\n{}",
+                self.log("lb")
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// GET `target` from lb's admin listener, with extra request fields: status and body.
+    pub fn admin_get(&self, target: &str, fields: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(self.admin_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {target} HTTP/1.1\r\nHost: admin\r\n{fields}\r\n").unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let Some((resp, _)) = parse_response(&raw, false).unwrap() else {
+            panic!("not a whole response: {}", String::from_utf8_lossy(&raw));
+        };
+        (resp.status, String::from_utf8_lossy(&resp.body).into_owned())
     }
 
     /// Sends SIGTERM to the process started as `name`.

@@ -132,7 +132,7 @@ fn hit(
     };
     match c.router.route(p, &req, &H(headers), &mut c.router.scratch()) {
         Route::Matched { action, .. } => format!("{}#{}", action.route, action.rule),
-        Route::NoRoute(_) => "404".into(),
+        Route::NoRoute { .. } => "404".into(),
         Route::NoListener => "no-listener".into(),
     }
 }

@@ -1,0 +1,220 @@
+//! Observability end to end: lb's admin listener (`/metrics`, `/ready`, `/config`) after
+//! known traffic through real processes, and the size of the default exposition with 5,000
+//! HTTPRoutes.
+
+#![allow(clippy::unwrap_used, reason = "tests: a failure is the report")]
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{Env, free_port, gateway, parse_response, route, service};
+
+/// Samples of a Prometheus text exposition: `name{labels}` → value.
+fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn value(s: &HashMap<String, f64>, key: &str) -> f64 {
+    *s.get(key).unwrap_or_else(|| {
+        let mut keys: Vec<&String> = s.keys().collect();
+        keys.sort();
+        panic!("no sample {key} among {keys:#?}")
+    })
+}
+
+/// Sends `raw` on `stream` and reads one whole response; the bytes of that response.
+fn exchange(stream: &mut TcpStream, raw: &[u8]) -> (u16, usize) {
+    stream.write_all(raw).unwrap();
+    let mut buf = Vec::new();
+    loop {
+        if let Some((resp, used)) = parse_response(&buf, false).unwrap() {
+            assert_eq!(used, buf.len(), "nothing after the response");
+            return (resp.status, used);
+        }
+        let mut chunk = [0u8; 8192];
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before a whole response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Waits until the metrics satisfy `ok` (lb records an exchange as it ends, which can be just
+/// after the client read its last byte).
+fn scrape_until(env: &Env, ok: impl Fn(&HashMap<String, f64>) -> bool) -> HashMap<String, f64> {
+    let start = Instant::now();
+    loop {
+        let (status, body) = env.admin_get("/metrics", "");
+        assert_eq!(status, 200);
+        let s = samples(&body);
+        if ok(&s) || start.elapsed() > Duration::from_secs(5) {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn metrics_count_known_traffic_and_the_admin_listener_answers() {
+    let mut env = Env::new("metrics");
+    let echo = env.echo("default", "svc", "pod-a");
+    let port = free_port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write("svc.yaml", &service("default", "svc", &[echo]));
+    // A Service whose only endpoint refuses connections: 502 and a connect failure.
+    let dead = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    env.write("dead.yaml", &service("default", "dead", &[dead]));
+    env.write("route.yaml", &route("r", Some("/app"), "svc"));
+    env.write("dead-route.yaml", &route("gone", Some("/dead"), "dead"));
+    env.config_sync();
+    env.lb(&["--metrics-routes", "--metrics-backends"]);
+    env.wait_applied(1);
+    common::wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+
+    let (status, ready) = env.admin_get("/ready", "");
+    assert_eq!((status, ready.as_str()), (200, "ready\n"));
+
+    // Known traffic on one keep-alive connection: 5 × 200, a 404 (no rule), a 502 (dead
+    // endpoint), then a malformed head (400, no listener: its Host was never read).
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (mut sent, mut received) = (0usize, 0usize);
+    for i in 0..5 {
+        let raw = format!("GET /app/{i} HTTP/1.1\r\nHost: shop.example\r\n\r\n");
+        let (status, n) = exchange(&mut c, raw.as_bytes());
+        assert_eq!(status, 200);
+        (sent, received) = (sent + raw.len(), received + n);
+    }
+    let raw = "GET /nothing HTTP/1.1\r\nHost: shop.example\r\n\r\n";
+    let (status, n404) = exchange(&mut c, raw.as_bytes());
+    assert_eq!(status, 404);
+    let sent_404 = raw.len();
+    let raw = "GET /dead HTTP/1.1\r\nHost: shop.example\r\n\r\n";
+    let (status, n502) = exchange(&mut c, raw.as_bytes());
+    assert_eq!(status, 502);
+    let sent_502 = raw.len();
+    let mut bad = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (status, _) = exchange(&mut bad, b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n");
+    assert_eq!(status, 400);
+
+    let listener = "listener=\"default/gw/http\"";
+    let s = scrape_until(&env, |s| {
+        s.get("sluice_http_requests_total{listener=\"\"}").copied() == Some(1.0)
+            && s.get(&format!("sluice_http_requests_total{{{listener}}}")).copied() == Some(7.0)
+    });
+    let l =
+        |name: &str, extra: &str| value(&s, &format!("sluice_http_{name}{{{listener}{extra}}}"));
+    assert_eq!(l("requests_total", ""), 7.0);
+    assert_eq!(l("responses_total", ",class=\"2xx\""), 5.0);
+    assert_eq!(l("responses_total", ",class=\"4xx\""), 1.0);
+    assert_eq!(l("responses_total", ",class=\"5xx\""), 1.0);
+    assert_eq!(l("responses_total", ",class=\"none\""), 0.0);
+    // Bytes: exactly what went over the wire, heads included.
+    assert_eq!(l("request_bytes_total", "") as usize, sent + sent_404 + sent_502);
+    assert_eq!(l("response_bytes_total", "") as usize, received + n404 + n502);
+    assert_eq!(l("request_duration_seconds_count", ""), 7.0);
+    let bucket = |le: &str| {
+        value(&s, &format!("sluice_http_request_duration_seconds_bucket{{le=\"{le}\",{listener}}}"))
+    };
+    assert_eq!(bucket("+Inf"), 7.0);
+    assert!(l("request_duration_seconds_sum", "") > 0.0);
+    // Cumulative buckets: never decreasing, ending at the count.
+    let bounds = [
+        "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1",
+        "0.25", "0.5", "1.0", "2.5", "5.0", "10.0", "+Inf",
+    ];
+    let buckets: Vec<f64> = bounds.iter().map(|b| bucket(b)).collect();
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    // The malformed head: no listener took it.
+    assert_eq!(value(&s, "sluice_http_responses_total{listener=\"\",class=\"4xx\"}"), 1.0);
+    // Per route rule (opted in): the five 200s on route r, the 502 on route gone.
+    let r = "route=\"default/r\",rule=\"0\"";
+    assert_eq!(value(&s, &format!("sluice_route_responses_total{{{r},class=\"2xx\"}}")), 5.0);
+    let g = "route=\"default/gone\",rule=\"0\"";
+    assert_eq!(value(&s, &format!("sluice_route_responses_total{{{g},class=\"5xx\"}}")), 1.0);
+    // Upstreams: five attempts to svc (the first opened a connection, the rest reused it),
+    // one failed connect to dead.
+    assert_eq!(value(&s, "sluice_upstream_attempts_total"), 6.0);
+    assert_eq!(value(&s, "sluice_upstream_connect_failures_total"), 1.0);
+    let svc = "backend=\"default/svc:80\"";
+    assert_eq!(value(&s, &format!("sluice_backend_attempts_total{{{svc}}}")), 5.0);
+    assert_eq!(value(&s, &format!("sluice_backend_pool_misses_total{{{svc}}}")), 1.0);
+    assert_eq!(value(&s, &format!("sluice_backend_pool_hits_total{{{svc}}}")), 4.0);
+    let dead_svc = "backend=\"default/dead:80\"";
+    assert_eq!(value(&s, &format!("sluice_backend_connect_failures_total{{{dead_svc}}}")), 1.0);
+    assert!(value(&s, "sluice_connections_accepted_total") >= 2.0);
+    assert!(value(&s, "sluice_table_generation{core=\"0\"}") >= 1.0);
+    assert_eq!(value(&s, "sluice_table_refused_total"), 0.0);
+    assert_eq!(value(&s, "sluice_draining"), 0.0);
+
+    // OpenMetrics when asked for; Prometheus text otherwise.
+    let (_, open) = env.admin_get("/metrics", "Accept: application/openmetrics-text\r\n");
+    assert!(open.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    assert!(open.contains("# TYPE sluice_http_requests counter"));
+    let (_, text) = env.admin_get("/metrics", "");
+    assert!(!text.contains("# EOF"));
+    assert!(text.contains("# TYPE sluice_http_requests_total counter"));
+
+    // /config: the served table, with where each rule came from.
+    let (status, config) = env.admin_get("/config", "");
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert!(doc["generation"].as_u64().unwrap() >= 1);
+    assert!(doc["cores"].as_array().unwrap().iter().all(|g| g.as_u64().unwrap() >= 1));
+    let actions = doc["table"]["actions"].as_array().unwrap();
+    assert!(actions.iter().any(|a| a["route"] == "default/r" && a["rule"] == 0));
+    assert_eq!(doc["table"]["listeners"][0]["name"], "default/gw/http");
+    let (_, summary) = env.admin_get("/config?summary", "");
+    let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert!(summary["table"]["bytes"].as_u64().unwrap() > 0);
+
+    // Anything else: 404; not GET: 405.
+    assert_eq!(env.admin_get("/nope", "").0, 404);
+    let mut s = TcpStream::connect(env.admin_addr()).unwrap();
+    s.write_all(b"POST /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    assert!(raw.starts_with(b"HTTP/1.1 405"), "{}", String::from_utf8_lossy(&raw));
+}
+
+/// With 5,000 HTTPRoutes the default exposition stays small: its series do not grow with
+/// routes (per-route series are opt-in).
+#[test]
+fn five_thousand_routes_keep_the_default_exposition_small() {
+    let mut env = Env::new("metrics-5k");
+    let echo = env.echo("default", "svc", "pod-a");
+    let port = free_port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write("svc.yaml", &service("default", "svc", &[echo]));
+    let mut routes = String::new();
+    for i in 0..5000 {
+        routes.push_str(&format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r{i}, namespace: default}}\nspec:\n  parentRefs: [{{name: gw}}]\n  hostnames: [\"h{i}.example\"]\n  rules:\n  - backendRefs: [{{name: svc, port: 80}}]\n---\n"
+        ));
+    }
+    env.write("routes.yaml", &routes);
+    env.config_sync();
+    env.lb(&[]);
+    env.wait_applied(1);
+    common::wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    let (_, config) = env.admin_get("/config?summary", "");
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert!(config["table"]["actions"].as_u64().unwrap() >= 5000, "{config}");
+    let resp = common::get(port, "h4999.example", "/", &[]).unwrap();
+    assert_eq!(resp.status, 200);
+    let (_, text) = env.admin_get("/metrics", "");
+    let series = samples(&text).len();
+    eprintln!("default exposition with 5,000 HTTPRoutes: {series} series, {} bytes", text.len());
+    assert!(series <= 1000, "{series} series");
+    assert!(series >= 40, "{series} series: the families are there");
+}
