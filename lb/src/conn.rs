@@ -18,6 +18,7 @@ use table::lookup::{MAX_HOST, normalize_host};
 use table::{ActionId, Headers, ServiceId};
 use tracing::debug;
 
+use crate::access_log::{self, CoreLog, RequestIds, TraceContext, flags};
 use crate::core::Core;
 use crate::error::{Cause, Phase, ProxyError, Refusal, Side};
 use crate::exchange::{self, Decision, Request, Routed};
@@ -93,6 +94,9 @@ pub(crate) async fn exchange(
 ) -> Flow {
     core.wheel.arm(deadline, core.settings.timeouts.request_header);
     let rec = Record::start();
+    if matches!(transport, Transport::Stream(_)) {
+        rec.protocol.set(2);
+    }
     let mut out = core.spare.take();
     let plan = loop {
         out.clear();
@@ -106,11 +110,13 @@ pub(crate) async fn exchange(
             Ok(_) => {
                 core.spare.give(out);
                 rec.bytes_in.set(input.bytes().len() as u64);
-                core.metrics.record(&rec);
+                rec.flag(flags::DC);
+                finish(core, &rec, client);
                 return Flow::Close;
             }
             Err(Elapsed) => {
                 debug!(client = %client.as_bytes().escape_ascii(), "request head timed out");
+                rec.flag(flags::DT);
                 break Plan::Fail(ProxyError::new(
                     Side::Downstream,
                     Phase::RequestHead,
@@ -131,8 +137,21 @@ pub(crate) async fn exchange(
         }
     };
     core.spare.give(out);
-    core.metrics.record(&rec);
+    finish(core, &rec, client);
     flow
+}
+
+/// Counts a finished exchange and hands it to the access log.
+fn finish(core: &Core, rec: &Record, client: &ClientIp) {
+    core.metrics.record(rec);
+    if let Some(log) = core.log.as_ref().filter(|l| l.writing()) {
+        if rec.text.borrow().is_empty() {
+            // The head never got as far as routing: the client is all there is to say.
+            access_log::put_text(&mut rec.text.borrow_mut(), client.as_bytes());
+        }
+        log.append(rec);
+        core.spare.give(rec.text.take());
+    }
 }
 
 /// The connection a request arrived on.
@@ -168,16 +187,20 @@ fn prepare(
 ) -> Option<Plan> {
     let Accepted { client, local, server_name } = *on;
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let head = match parse::parse(buf, &mut fields, &core.settings.limits) {
+    let mut head = match parse::parse(buf, &mut fields, &core.settings.limits) {
         Ok(Some(h)) => h,
         Ok(None) => return None,
         Err(reject) => {
             debug!(status = reject.status(), "rejected: {}", reject.reason());
             rec.bytes_in.set(buf.len() as u64);
+            rec.flag(flags::DPE);
             return Some(Plan::Fail(ProxyError::rejected(reject)));
         }
     };
     rec.bytes_in.set(head.len as u64);
+    if head.http10 {
+        rec.protocol.set(0);
+    }
     let fields = &fields[..head.header_count];
     let mut req = Summary::of(&head, buf);
     let field = |name: &str| fields.iter().find(|f| f.name.eq_ignore_ascii_case(name));
@@ -223,19 +246,72 @@ fn prepare(
     if let Some(a) = routed.action {
         rec.route.set(table.labels.route(a.0));
     }
+    let service = match &decision {
+        Decision::Forward(f) => Some(f.service),
+        _ => None,
+    };
+    let ids = core.log.as_ref().map(|log| {
+        let ids = Ids::of(log, field("x-request-id"), field("traceparent"));
+        if !log.writing() {
+            return ids;
+        }
+        let t = &table.router;
+        let listener = routed.listener.and_then(|l| t.table().listeners.get(l as usize));
+        let action = routed.action.and_then(|a| t.action(a));
+        let service = service.and_then(|s| t.service(s));
+        let mut text = rec.text.borrow_mut();
+        if text.capacity() == 0 {
+            *text = core.spare.take();
+        }
+        let user_agent = field("user-agent").map_or(&b""[..], |f| trim_ows(f.value));
+        let rule = action.map(|a| a.rule.to_native().to_string()).unwrap_or_default();
+        for v in [
+            client.as_bytes(),
+            request.method,
+            raw_host,
+            &buf[head.origin_form.clone()],
+            user_agent,
+            ids.request_id(),
+            ids.traceparent(),
+            listener.map_or(&b""[..], |l| l.name.as_bytes()),
+            action.map_or(&b""[..], |a| a.route.as_bytes()),
+            service.map_or(&b""[..], |s| s.name.as_bytes()),
+            rule.as_bytes(),
+        ] {
+            access_log::put_text(&mut text, v);
+        }
+        ids
+    });
     let forward = match decision {
-        Decision::Refuse(refusal) => return Some(Plan::Refuse { refusal, req }),
+        Decision::Refuse(refusal) => {
+            rec.flag(match refusal {
+                Refusal::NoRoute => flags::NR,
+                Refusal::NoEndpoints => flags::UH,
+                _ => flags::LR,
+            });
+            return Some(Plan::Refuse { refusal, req });
+        }
         Decision::Redirect { status, location } => {
             return Some(Plan::Redirect { status, location, req });
         }
         Decision::Preflight(fields) => return Some(Plan::Preflight { fields, req }),
         Decision::Forward(f) => f,
     };
+    if ids.as_ref().is_some_and(|i| i.request_id_ours)
+        && let Some(i) = fields.iter().position(|f| f.name.eq_ignore_ascii_case("x-request-id"))
+        && i < 128
+    {
+        // `--request-id replace`: lb's id goes upstream instead of the client's.
+        head.dropped |= 1u128 << i;
+    }
     let rewritten = Rewritten {
         host: forward.host.map(str::as_bytes),
         target: forward.target.as_deref().map(str::as_bytes),
     };
     request::request_head(out, buf, &head, fields, client, &forward.edits, rewritten);
+    if let Some(ids) = &ids {
+        ids.add_to(out);
+    }
     let action = forward.action;
     if !action.mirrors.is_empty() && !head.upgrade {
         let edits = forward.mirror_edits();
@@ -277,6 +353,117 @@ impl Summary {
         }
     }
 }
+
+/// The request id and trace context of a request, as sent upstream and logged: the client's,
+/// or generated here (`--request-id`, `--trace-context`). Fixed buffers: nothing allocated.
+struct Ids {
+    request_id: [u8; 128],
+    request_id_len: usize,
+    /// lb made the request id (it is added to the upstream head).
+    request_id_ours: bool,
+    traceparent: [u8; 55],
+    traceparent_len: usize,
+    traceparent_ours: bool,
+}
+
+impl Ids {
+    fn of(
+        log: &CoreLog,
+        request_id: Option<&httparse::Header<'_>>,
+        traceparent: Option<&httparse::Header<'_>>,
+    ) -> Ids {
+        let config = log.config();
+        let mut ids = Ids {
+            request_id: [0; 128],
+            request_id_len: 0,
+            request_id_ours: false,
+            traceparent: [0; 55],
+            traceparent_len: 0,
+            traceparent_ours: false,
+        };
+        let client_id = request_id.map(|f| trim_ows(f.value)).filter(|v| !v.is_empty());
+        match (config.request_ids, client_id) {
+            (RequestIds::Off, Some(v)) | (RequestIds::Generate, Some(v)) => {
+                let n = v.len().min(ids.request_id.len());
+                ids.request_id[..n].copy_from_slice(&v[..n]);
+                ids.request_id_len = n;
+            }
+            (RequestIds::Off, None) => {}
+            (RequestIds::Generate, None) | (RequestIds::Replace, _) => {
+                // A version 4 UUID (RFC 9562 §5.4) from 122 random bits.
+                let (a, b) = (log.random(), log.random());
+                let a = (a & !0xf000) | 0x4000;
+                let b = (b & !(0b11 << 62)) | (0b10 << 62);
+                let bytes = [a.to_be_bytes(), b.to_be_bytes()].concat();
+                let mut n = 0;
+                for (i, byte) in bytes.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        ids.request_id[n] = b'-';
+                        n += 1;
+                    }
+                    ids.request_id[n] = HEX[usize::from(byte >> 4)];
+                    ids.request_id[n + 1] = HEX[usize::from(byte & 0xf)];
+                    n += 2;
+                }
+                ids.request_id_len = n;
+                ids.request_id_ours = true;
+            }
+        }
+        match traceparent.map(|f| trim_ows(f.value)) {
+            Some(v) => {
+                let n = v.len().min(ids.traceparent.len());
+                ids.traceparent[..n].copy_from_slice(&v[..n]);
+                ids.traceparent_len = n;
+            }
+            None if config.trace == TraceContext::Start => {
+                // version 00, a 16-byte trace id, an 8-byte parent id, sampled (W3C Trace
+                // Context §3.2): lb records no span, so the backend's tracer decides.
+                let mut t = *b"00-00000000000000000000000000000000-0000000000000000-01";
+                for (range, words) in [(3..35, 2), (36..52, 1)] {
+                    let mut at = range.start;
+                    for _ in 0..words {
+                        let mut r = log.random();
+                        for _ in 0..16 {
+                            t[at] = HEX[(r >> 60) as usize];
+                            r <<= 4;
+                            at += 1;
+                        }
+                    }
+                }
+                ids.traceparent = t;
+                ids.traceparent_len = t.len();
+                ids.traceparent_ours = true;
+            }
+            None => {}
+        }
+        ids
+    }
+
+    fn request_id(&self) -> &[u8] {
+        &self.request_id[..self.request_id_len]
+    }
+
+    fn traceparent(&self) -> &[u8] {
+        &self.traceparent[..self.traceparent_len]
+    }
+
+    /// Adds the fields lb made to the upstream head in `out` (before its blank line).
+    fn add_to(&self, out: &mut Vec<u8>) {
+        if !(self.request_id_ours || self.traceparent_ours) || !out.ends_with(b"\r\n\r\n") {
+            return;
+        }
+        out.truncate(out.len() - 2);
+        if self.request_id_ours {
+            crate::http1::field(out, b"X-Request-Id", self.request_id());
+        }
+        if self.traceparent_ours {
+            crate::http1::field(out, b"traceparent", self.traceparent());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// `application/grpc`, alone or with a `+format` or parameters (gRPC over HTTP/2).
 fn is_grpc(content_type: &[u8]) -> bool {

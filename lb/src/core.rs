@@ -6,6 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::access_log::CoreLog;
 use crate::filters::mirror::Mirrors;
 use crate::io::Spare;
 use crate::metrics::CoreMetrics;
@@ -47,6 +48,8 @@ pub struct Core {
     pub(crate) draining: Cell<bool>,
     /// This core's metrics (written here only; the admin thread reads them).
     pub(crate) metrics: Arc<CoreMetrics>,
+    /// This core's access log and request-id state (`None`: neither logs nor ids).
+    pub(crate) log: Option<CoreLog>,
     table: RefCell<Option<Rc<CoreTable>>>,
 }
 
@@ -79,6 +82,7 @@ impl Core {
             full_logged: Cell::new(0),
             draining: Cell::new(false),
             metrics,
+            log: None,
             settings,
             wheel,
             table: RefCell::new(None),
@@ -89,6 +93,12 @@ impl Core {
     /// that table even when a new one is swapped in meanwhile.
     pub(crate) fn table(&self) -> Option<Rc<CoreTable>> {
         self.table.borrow().clone()
+    }
+
+    /// With `log` as this core's access log.
+    pub(crate) fn with_log(mut self, log: Option<CoreLog>) -> Core {
+        self.log = log;
+        self
     }
 
     /// How long an upstream connection may sit idle, in wheel ticks.
@@ -112,5 +122,10 @@ impl Core {
         m.draining.set(u64::from(self.draining.get()));
         m.ring_empty.set(self.spare.ring_empty.get());
         m.mirrors_dropped.set(self.mirrors.dropped.get());
+        if let Some(log) = &self.log {
+            log.tick();
+            m.access_log_written.set(log.written.get());
+            m.access_log_dropped.set(log.dropped.get());
+        }
     }
 }

@@ -39,6 +39,7 @@ pub mod core;
 mod tables;
 mod metrics;
 pub mod admin;
+mod access_log;
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -51,6 +52,7 @@ use futures_util::StreamExt;
 use table::shm::{AppliedWriter, applied_path};
 use tracing::{error, info, warn};
 
+pub use crate::access_log::{LogConfig, LogTarget, RequestIds, TraceContext};
 pub use crate::fields::{Edits, FieldList};
 pub use crate::metrics::Detail as MetricsDetail;
 pub use crate::settings::{BufferConfig, Limits, Underscores};
@@ -73,6 +75,8 @@ pub struct Config {
     pub admin: Option<std::net::SocketAddr>,
     /// Opt-in metric series.
     pub metrics: metrics::Detail,
+    /// Access logs, request ids and trace context.
+    pub log: LogConfig,
 }
 
 /// What the main thread and the cores share about shutting down.
@@ -140,6 +144,9 @@ pub fn run(config: Config) -> Result<(), Error> {
     }
     let core_metrics: Vec<Arc<metrics::CoreMetrics>> =
         config.cpus.iter().map(|_| Arc::new(metrics::CoreMetrics::new())).collect();
+    let mut logs = access_log::start(&config.log, config.cpus.len())
+        .map_err(|e| Error::Thread(std::io::Error::other(format!("access log: {e}"))))?
+        .map(|l| l.into_iter().map(Some).collect::<Vec<_>>());
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     let mut senders = Vec::new();
     let (started_tx, started_rx) = std::sync::mpsc::channel::<Result<(), std::io::Error>>();
@@ -154,6 +161,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         let started = started_tx.clone();
         let pin = core_ids.iter().copied().find(|c| c.id == cpu);
         let recorded = Arc::clone(&core_metrics[index]);
+        let log = logs.as_mut().and_then(|l| l.get_mut(index)).and_then(Option::take);
         let thread = std::thread::Builder::new()
             .name(format!("lb-core-{index}"))
             .spawn(move || {
@@ -171,7 +179,8 @@ pub fn run(config: Config) -> Result<(), Error> {
                         return;
                     }
                 };
-                let core = Rc::new(core::Core::with_metrics(index, settings, per_core, recorded));
+                let core = core::Core::with_metrics(index, settings, per_core, recorded);
+                let core = Rc::new(core.with_log(log));
                 rt.block_on(core_main(core, rx, applied, shutdown, segment));
             })
             .map_err(Error::Thread)?;

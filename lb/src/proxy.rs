@@ -19,6 +19,7 @@ use tracing::debug;
 
 use futures_util::future::{Either, select};
 
+use crate::access_log::flags;
 use crate::core::Core;
 use crate::error::{Cause, Phase, ProxyError, Refusal, Side, timed};
 use crate::fields::FieldList;
@@ -177,6 +178,7 @@ fn ms(v: u32) -> Option<Duration> {
 impl Exchange<'_> {
     /// Answers a request head that failed (refused by the parser, or timed out) and closes.
     pub(crate) async fn fail_head(&mut self, e: ProxyError) -> Flow {
+        self.rec.flag(response_flag(&e));
         self.out.clear();
         local::local_response(self.out, e.status(), true, false);
         let _ = self.write_client().await;
@@ -383,7 +385,7 @@ impl Exchange<'_> {
     ) -> Result<(Upstream, Option<Response>), ProxyError> {
         let whole = body.is_done();
         let mut budget = Budget::new(rule.retry(), whole, req.idempotent);
-        let (mut attempt, mut fresh_only) = (0, false);
+        let (mut attempt, mut fresh_only, mut retried) = (0, false, false);
         loop {
             let failure = match table.endpoint(service, cursor, attempt) {
                 None => Failure::Exhausted,
@@ -401,11 +403,17 @@ impl Exchange<'_> {
                 Next::Fresh => fresh_only = true,
                 Next::Retry => {
                     debug!("retrying (route policy)");
+                    retried = true;
                     self.core.metrics.upstream(self.rec.backend.get(), |u| u.retries.inc());
                     (cursor, attempt, fresh_only) = (cursor.wrapping_add(1), 0, true);
                     self.backoff(rule).await;
                 }
-                Next::Fail(e) => return Err(e),
+                Next::Fail(e) => {
+                    if retried {
+                        self.rec.flag(flags::URX);
+                    }
+                    return Err(e);
+                }
             }
         }
     }
@@ -425,6 +433,9 @@ impl Exchange<'_> {
     ) -> Result<(Upstream, Option<Response>), Failure> {
         let key = Key { addr, protocol };
         let core = self.core;
+        self.rec.upstream.set(Some(addr));
+        let timed_attempt =
+            core.log.as_ref().filter(|l| l.writing()).map(|_| std::time::Instant::now());
         let clock = (&*core.wheel, self.deadline);
         let limit = core.settings.timeouts.connect;
         let pools = (&core.pool, &core.h2_pool);
@@ -468,7 +479,12 @@ impl Exchange<'_> {
             Err(e) => Err(e),
         };
         match result {
-            Ok(response) => Ok((up, Some(response))),
+            Ok(response) => {
+                if let Some(t) = timed_attempt {
+                    self.rec.upstream_us.set(t.elapsed().as_micros() as u64);
+                }
+                Ok((up, Some(response)))
+            }
             Err(error) => {
                 debug!(%addr, reused, "attempt failed: {error}");
                 self.count_upstream_failure(&error);
@@ -524,6 +540,7 @@ impl Exchange<'_> {
     /// Answers an error before any response byte went out, if possible.
     async fn fail(&mut self, e: ProxyError, request_done: bool, req: Summary) -> Flow {
         debug!("exchange failed: {e}");
+        self.rec.flag(response_flag(&e));
         self.out.clear();
         if e.side == Side::Downstream && e.cause == Cause::Closed {
             return Flow::Close;
@@ -572,5 +589,21 @@ fn head_status(out: &[u8]) -> u16 {
             .try_fold(0u16, |n, &c| c.is_ascii_digit().then(|| n * 10 + u16::from(c - b'0')))
             .unwrap_or(0),
         _ => 0,
+    }
+}
+
+/// The access log's response flag for a failure.
+pub(crate) fn response_flag(e: &ProxyError) -> u16 {
+    match (e.side, e.cause) {
+        (Side::Upstream, Cause::Timeout) => flags::UT,
+        (Side::Upstream, Cause::Unreachable) => flags::UF,
+        (Side::Upstream, Cause::Closed | Cause::Io(_)) if e.phase == Phase::Connect => flags::UF,
+        (Side::Upstream, Cause::Closed | Cause::Io(_)) => flags::UC,
+        (Side::Upstream, Cause::Framing(_) | Cause::TooLarge) => flags::UMSDR,
+        (Side::Upstream, Cause::Status(_)) => flags::URX,
+        (Side::Downstream, Cause::Timeout) => flags::DT,
+        (Side::Downstream, Cause::Closed | Cause::Io(_)) => flags::DC,
+        (Side::Downstream, _) => flags::DPE,
+        _ => flags::LR,
     }
 }

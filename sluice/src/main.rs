@@ -206,6 +206,46 @@ struct LbArgs {
     /// Metrics: also upstream series per Service (attempts, failures, retries, pool use).
     #[arg(long)]
     metrics_backends: bool,
+    /// Access log (JSON lines): `off`, `stdout`, or a file (appended to; reopened on SIGHUP,
+    /// for logrotate). Written by a thread of its own; records a core cannot hand over in
+    /// time are dropped and counted, never waited for.
+    #[arg(long, default_value = "off")]
+    access_log: String,
+    /// Access log: fraction of the records passing the filters that are written (0 to 1).
+    #[arg(long, default_value_t = 1.0)]
+    access_log_sample: f64,
+    /// Access log: only exchanges with at least this status (or slower than
+    /// `--access-log-slower-than`, or without a response); 0: all.
+    #[arg(long, default_value_t = 0)]
+    access_log_min_status: u16,
+    /// Access log: exchanges at least this slow are logged whatever their status.
+    #[arg(long, value_parser = timeout)]
+    access_log_slower_than: Option<Span>,
+    /// `X-Request-Id`: `generate` (a client's is passed on; one is made when it sent none),
+    /// `replace` (always lb's own), or `off`. Logged with each request.
+    #[arg(long, default_value = "generate", value_parser = request_ids)]
+    request_id: lb::RequestIds,
+    /// W3C trace context: `propagate` (`traceparent`/`tracestate` passed on and logged) or
+    /// `start` (also a new `traceparent` for requests without one).
+    #[arg(long, default_value = "propagate", value_parser = trace_context)]
+    trace_context: lb::TraceContext,
+}
+
+fn request_ids(text: &str) -> Result<lb::RequestIds, String> {
+    match text {
+        "generate" => Ok(lb::RequestIds::Generate),
+        "replace" => Ok(lb::RequestIds::Replace),
+        "off" => Ok(lb::RequestIds::Off),
+        _ => Err(format!("{text:?}: generate, replace or off")),
+    }
+}
+
+fn trace_context(text: &str) -> Result<lb::TraceContext, String> {
+    match text {
+        "propagate" => Ok(lb::TraceContext::Propagate),
+        "start" => Ok(lb::TraceContext::Start),
+        _ => Err(format!("{text:?}: propagate or start")),
+    }
 }
 
 /// `--admin`: an address, or `off`.
@@ -460,7 +500,22 @@ fn run_lb(a: LbArgs) -> Result<(), String> {
     let drain = a.drain_timeout.0;
     let metrics = lb::MetricsDetail { routes: a.metrics_routes, backends: a.metrics_backends };
     let admin = a.admin.0;
-    lb::run(lb::Config { table: a.table, cpus, settings, drain, admin, metrics })
+    if !(0.0..=1.0).contains(&a.access_log_sample) {
+        return Err(format!("--access-log-sample {}: a fraction from 0 to 1", a.access_log_sample));
+    }
+    let log = lb::LogConfig {
+        target: match a.access_log.as_str() {
+            "off" => lb::LogTarget::Off,
+            "stdout" | "-" => lb::LogTarget::Stdout,
+            path => lb::LogTarget::File(path.into()),
+        },
+        sample: a.access_log_sample,
+        min_status: a.access_log_min_status,
+        slower_than: a.access_log_slower_than.map(|s| s.0),
+        request_ids: a.request_id,
+        trace: a.trace_context,
+    };
+    lb::run(lb::Config { table: a.table, cpus, settings, drain, admin, metrics, log })
         .map_err(|e| e.to_string())
 }
 

@@ -309,7 +309,7 @@ fn announce(model: &Model, manifests: &Path, status: &Path, listen: IpAddr, ca: 
         lines.join("\n")
     };
     eprintln!(
-        "\nSluice is up. Try:\n{tries}\n\nThe reply's \"pod\" field names the backend that served it. Edit the files in\n{} and routing changes within milliseconds, no restart. Status per object: {}\nCtrl-C stops everything.\n",
+        "\nSluice is up. Try:\n{tries}\n\nThe reply's \"pod\" field names the backend that served it. Edit the files in\n{} and routing changes within milliseconds, no restart. Status per object: {}\nlb's metrics and served table: curl http://127.0.0.1:9901/metrics, /config\nCtrl-C stops everything.\n",
         manifests.display(),
         status.display()
     );

@@ -218,3 +218,100 @@ fn five_thousand_routes_keep_the_default_exposition_small() {
     assert!(series <= 1000, "{series} series");
     assert!(series >= 40, "{series} series: the families are there");
 }
+
+/// The access log: one JSON line per exchange with the fields operators rely on, failures
+/// included; request ids generated when absent (and sent upstream), a client's kept; a trace
+/// started for requests without one.
+#[test]
+fn access_log_records_known_requests_including_failures() {
+    let mut env = Env::new("access-log");
+    let echo = env.echo("default", "svc", "pod-a");
+    let port = free_port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write("svc.yaml", &service("default", "svc", &[echo]));
+    let dead = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    env.write("dead.yaml", &service("default", "dead", &[dead]));
+    env.write("route.yaml", &route("r", Some("/app"), "svc"));
+    env.write("dead-route.yaml", &route("gone", Some("/dead"), "dead"));
+    let log = env.dir.join("access.log");
+    let log_arg = log.to_str().unwrap().to_owned();
+    env.config_sync();
+    env.lb(&["--access-log", &log_arg, "--trace-context", "start"]);
+    env.wait_applied(1);
+    common::wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let a = common::get(
+        port,
+        "shop.example",
+        "/app/a?x=1",
+        &[("User-Agent", "probe/1"), ("traceparent", trace)],
+    )
+    .unwrap();
+    assert_eq!(a.status, 200);
+    let b =
+        common::get(port, "shop.example", "/app/b", &[("X-Request-Id", "client-id-7")]).unwrap();
+    assert_eq!(b.json()["headers"]["X-Request-Id"][0], "client-id-7");
+    // lb's id and trace went upstream.
+    let made_id = a.json()["headers"]["X-Request-Id"][0].as_str().unwrap().to_owned();
+    assert_eq!(made_id.len(), 36, "a UUID: {made_id}");
+    assert_eq!(a.json()["headers"]["Traceparent"][0], trace, "a client's trace passes unchanged");
+    let started = b.json()["headers"]["Traceparent"][0].as_str().unwrap().to_owned();
+    assert_eq!(started.len(), 55, "{started}");
+    assert!(started.starts_with("00-") && started.ends_with("-01"), "{started}");
+    assert_eq!(common::get(port, "shop.example", "/nothing", &[]).unwrap().status, 404);
+    assert_eq!(common::get(port, "shop.example", "/dead", &[]).unwrap().status, 502);
+    let mut bad = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(exchange(&mut bad, b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n").0, 400);
+
+    let start = Instant::now();
+    let lines = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if lines.len() >= 5 || start.elapsed() > Duration::from_secs(10) {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(lines.len(), 5, "{lines:#?}");
+    let by_path =
+        |p: &str| lines.iter().find(|l| l["path"] == p).unwrap_or_else(|| panic!("no {p}"));
+    let a = by_path("/app/a?x=1");
+    assert_eq!(a["status"], 200);
+    assert_eq!(a["method"], "GET");
+    assert_eq!(a["authority"], "shop.example");
+    assert_eq!(a["protocol"], "HTTP/1.1");
+    assert_eq!(a["client"], "127.0.0.1");
+    assert_eq!(a["user_agent"], "probe/1");
+    assert_eq!(a["traceparent"], trace);
+    assert_eq!(a["request_id"], made_id.as_str());
+    assert_eq!(a["response_flags"], "-");
+    assert_eq!(a["listener"], "default/gw/http");
+    assert_eq!(a["route"], "default/r");
+    assert_eq!(a["rule"], 0);
+    assert_eq!(a["upstream_service"], "default/svc:80");
+    assert_eq!(a["upstream_host"], echo.to_string());
+    assert!(a["upstream_time_ms"].as_f64().unwrap() >= 0.0);
+    assert!(a["duration_ms"].as_f64().unwrap() >= a["upstream_time_ms"].as_f64().unwrap());
+    assert!(a["bytes_received"].as_u64().unwrap() > 40);
+    assert!(a["bytes_sent"].as_u64().unwrap() > 100);
+    assert!(a["start_time"].as_str().unwrap().ends_with('Z'));
+    let b = by_path("/app/b");
+    assert_eq!(b["request_id"], "client-id-7");
+    assert_eq!(b["traceparent"], started.as_str());
+    let nr = by_path("/nothing");
+    assert_eq!((nr["status"].as_u64(), nr["response_flags"].as_str()), (Some(404), Some("NR")));
+    assert!(nr["route"].is_null() && nr["upstream_host"].is_null());
+    let uf = by_path("/dead");
+    assert_eq!((uf["status"].as_u64(), uf["response_flags"].as_str()), (Some(502), Some("UF")));
+    assert_eq!(uf["upstream_host"], dead.to_string());
+    let bad = lines.iter().find(|l| l["status"] == 400).unwrap();
+    assert_eq!(bad["response_flags"], "DPE");
+    assert!(bad["path"].is_null(), "a refused head is not logged as if it were parsed");
+    let (_, metrics) = env.admin_get("/metrics", "");
+    let s = samples(&metrics);
+    assert_eq!(value(&s, "sluice_access_log_records_total"), 5.0);
+    assert_eq!(value(&s, "sluice_access_log_dropped_total"), 0.0);
+}

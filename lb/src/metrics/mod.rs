@@ -213,6 +213,9 @@ pub(crate) struct CoreMetrics {
     /// Reads that found the provided-buffer ring empty and went to a heap buffer.
     pub ring_empty: Counter,
     pub mirrors_dropped: Counter,
+    pub access_log_written: Counter,
+    /// Records dropped because the writer fell behind.
+    pub access_log_dropped: Counter,
     /// Gauge: 1 while draining.
     pub draining: Counter,
 }
@@ -236,6 +239,8 @@ impl CoreMetrics {
             swaps: Counter::default(),
             ring_empty: Counter::default(),
             mirrors_dropped: Counter::default(),
+            access_log_written: Counter::default(),
+            access_log_dropped: Counter::default(),
             draining: Counter::default(),
         }
     }
@@ -319,9 +324,25 @@ pub(crate) struct Record {
     pub status: Cell<u16>,
     pub bytes_in: Cell<u64>,
     pub bytes_out: Cell<u64>,
+    /// Access log only: response flags (`access_log::flags`).
+    pub flags: Cell<u16>,
+    /// Access log only: 0 HTTP/1.0, 1 HTTP/1.1, 2 HTTP/2.
+    pub protocol: Cell<u8>,
+    /// Access log only: the endpoint of the last attempt.
+    pub upstream: Cell<Option<std::net::SocketAddr>>,
+    /// Access log only: µs from the last attempt's start to its response head (`u64::MAX`:
+    /// none).
+    pub upstream_us: Cell<u64>,
+    /// Access log only: the record's strings (`access_log::put_text`), empty when not logging.
+    pub text: std::cell::RefCell<Vec<u8>>,
 }
 
 impl Record {
+    /// Adds a response flag (`access_log::flags`).
+    pub(crate) fn flag(&self, f: u16) {
+        self.flags.set(self.flags.get() | f);
+    }
+
     pub(crate) fn start() -> Record {
         Record {
             started: Instant::now(),
@@ -331,6 +352,11 @@ impl Record {
             status: Cell::new(0),
             bytes_in: Cell::new(0),
             bytes_out: Cell::new(0),
+            flags: Cell::new(0),
+            protocol: Cell::new(1),
+            upstream: Cell::new(None),
+            upstream_us: Cell::new(u64::MAX),
+            text: std::cell::RefCell::new(Vec::new()),
         }
     }
 }

@@ -377,6 +377,18 @@ impl Collector for Source {
             "Mirror copies dropped because too many were in flight",
             one(|c| c.mirrors_dropped.get()),
         )?;
+        counter(
+            &mut enc,
+            "sluice_access_log_records",
+            "Access-log records handed to the writer",
+            one(|c| c.access_log_written.get()),
+        )?;
+        counter(
+            &mut enc,
+            "sluice_access_log_dropped",
+            "Access-log records dropped because the writer fell behind (requests never wait for it)",
+            one(|c| c.access_log_dropped.get()),
+        )?;
         gauge(
             &mut enc,
             "sluice_draining",

@@ -199,6 +199,7 @@ impl Exchange<'_> {
         let request_done = progress.request_done.get();
         if let Err(e) = relayed {
             self.count_upstream_failure(&e);
+            self.rec.flag(super::response_flag(&e));
             if !head_sent {
                 let flow = self.fail(e, request_done, req).await;
                 return Relayed { flow, reusable: false };
