@@ -743,7 +743,7 @@ fn draining_sends_goaway_and_lets_streams_in_flight_finish() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    env.wait_metric("sluice_http2_streams_total", 1.0);
     env.terminate("lb");
     let out = client.wait_with_output().unwrap();
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -872,7 +872,9 @@ fn a_listener_leaving_the_table_sends_goaway() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Once lb has the stream (a fixed sleep was not enough for Python to start under load:
+    // the listener closed before it connected, the test's one flake).
+    env.wait_metric("sluice_http2_streams_total", 1.0);
     // The Gateway moves to another port: this one leaves the table.
     env.write("gateway.yaml", &gateway(free_port()));
     env.wait_applied(generation + 1);

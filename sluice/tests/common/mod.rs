@@ -201,6 +201,28 @@ impl Env {
         }
     }
 
+    /// Waits (up to 20 s) until lb's metric sample `key` (`name{labels}` as exposed) reaches
+    /// `at_least`, so a test can act once lb has really seen what it sent.
+    pub fn wait_metric(&self, key: &str, at_least: f64) {
+        let start = Instant::now();
+        loop {
+            let (_, text) = self.admin_get("/metrics", "");
+            let v = text
+                .lines()
+                .filter_map(|l| l.rsplit_once(' '))
+                .find(|(k, _)| *k == key)
+                .and_then(|(_, v)| v.parse::<f64>().ok());
+            if v.is_some_and(|v| v >= at_least) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{key} never reached {at_least}: {v:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// GET `target` from lb's admin listener, with extra request fields: status and body.
     pub fn admin_get(&self, target: &str, fields: &str) -> (u16, String) {
         let mut s = TcpStream::connect(self.admin_addr()).unwrap();
