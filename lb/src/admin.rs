@@ -1,5 +1,6 @@
 //! The admin listener: a small HTTP/1.1 server on a thread of its own (never a request core,
-//! never a Gateway port; loopback by default) answering `/metrics`, `/ready` and `/config`.
+//! never a Gateway port; loopback by default) answering `/metrics`, `/ready`, `/config` and
+//! `/explain`.
 //!
 //! One connection at a time, each bounded (8 KiB of head, 2 s to send it, `Connection:
 //! close`): it is for a scraper and an operator, and nothing it does can slow a core — the
@@ -69,7 +70,7 @@ fn serve(addr: SocketAddr, admin: &Admin) {
     if let Err(e) = std::fs::write(&file, format!("{bound}\n")) {
         warn!(file = %file.display(), "cannot record the admin address: {e}");
     }
-    info!(%bound, "admin listener: /metrics /ready /config");
+    info!(%bound, "admin listener: /metrics /ready /config /explain");
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {
@@ -152,15 +153,86 @@ fn route(stream: &mut TcpStream, admin: &Admin, req: &Request<'_>) -> std::io::R
             let body = config::dump(served.as_deref(), &admin.registry, req.query);
             respond(stream, 200, "application/json", body.as_bytes(), head)
         }
+        "/explain" => {
+            let served = admin.served.lock().map(|s| s.clone()).unwrap_or_else(|p| p.into_inner().clone());
+            let Some(router) = served else {
+                return respond(stream, 503, "text/plain", b"no table served yet\n", head);
+            };
+            match explain_query(req.query).and_then(|(q, text)| {
+                let doc = crate::explain::explain(&router, &q)?;
+                Ok(if text {
+                    (crate::explain::to_text(&doc), "text/plain; charset=utf-8")
+                } else {
+                    (format!("{doc:#}\n"), "application/json")
+                })
+            }) {
+                Ok((body, content_type)) => respond(stream, 200, content_type, body.as_bytes(), head),
+                Err(e) => respond(stream, 400, "text/plain", format!("{e}\n").as_bytes(), head),
+            }
+        }
         "/" => respond(
             stream,
             200,
             "text/plain",
-            b"sluice lb admin: /metrics (Prometheus text, OpenMetrics on Accept), /ready, /config\n",
+            b"sluice lb admin: /metrics (Prometheus text, OpenMetrics on Accept), /ready, /config, /explain?method=GET&url=https://host/path&header=Name:%20value\n",
             head,
         ),
         _ => respond(stream, 404, "text/plain", b"not found\n", head),
     }
+}
+
+/// `/explain`'s parameters: `url` (required), `method`, `header` (repeatable, `Name: value`),
+/// `sni`, `address`, `format=text`.
+fn explain_query(query: &str) -> Result<(crate::explain::Question, bool), String> {
+    let mut q = crate::explain::Question::default();
+    let mut text = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value)?;
+        match name {
+            "url" => q.url = value,
+            "method" => q.method = value,
+            "header" => {
+                let (n, v) = value.split_once(':').ok_or("header=Name:value")?;
+                q.headers.push((n.trim().to_owned(), v.trim().to_owned()));
+            }
+            "sni" => q.sni = Some(value),
+            "address" => q.local = Some(value.parse().map_err(|e| format!("address: {e}"))?),
+            "format" => text = value == "text",
+            _ => return Err(format!("unknown parameter {name:?}")),
+        }
+    }
+    if q.url.is_empty() {
+        return Err("url=… is required (http://host/path or https://…)".into());
+    }
+    Ok((q, text))
+}
+
+/// Decodes `%XX` and `+` (a form-encoded query value).
+fn percent_decode(v: &str) -> Result<String, String> {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                let byte =
+                    hex.and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or("bad %-escape")?;
+                out.push(byte);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| "not UTF-8".to_owned())
 }
 
 /// Ready: every core serves a table and lb is not draining.

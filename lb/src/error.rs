@@ -182,6 +182,22 @@ impl Refusal {
             Refusal::Misdirected => 421,
         }
     }
+
+    /// Why, in words (`explain`).
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Refusal::NoTable => "lb has no table yet",
+            Refusal::NoRoute => "no listener or rule takes the request",
+            Refusal::NoEndpoints => "the chosen Service has no ready endpoints",
+            Refusal::Status(_) => {
+                "the rule (or this backend's share) answers itself: an invalid or unpermitted backend reference, or no backends"
+            }
+            Refusal::CorsOrigin => "a CORS preflight from an origin the policy does not allow",
+            Refusal::Misdirected => {
+                "the Host selects another listener than the TLS server name did (misdirected)"
+            }
+        }
+    }
 }
 
 /// Runs an I/O future under the connection's deadline armed for `limit`, turning its failure

@@ -40,6 +40,7 @@ mod tables;
 mod metrics;
 pub mod admin;
 mod access_log;
+pub mod explain;
 
 use std::path::PathBuf;
 use std::rc::Rc;

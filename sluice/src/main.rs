@@ -70,6 +70,10 @@ enum Command {
     /// Make one unary call of the echo's gRPC service (`GrpcEcho`, the Gateway API
     /// conformance service) over h2c and print the outcome: the quickstart's gRPC check.
     GrpcCall(GrpcCallArgs),
+    /// Say where a request would go and why: the listener, every candidate rule in precedence
+    /// order with the first condition that failed, the winning rule, its filters and backends,
+    /// and the answer — computed by lb's own lookup and decision code.
+    Explain(ops::ExplainArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -107,7 +111,7 @@ struct SeccompArgs {
 }
 
 /// Default shared-memory segment.
-const DEFAULT_TABLE: &str = "/dev/shm/sluice/table";
+pub(crate) const DEFAULT_TABLE: &str = "/dev/shm/sluice/table";
 
 #[derive(clap::Args, Debug, Clone)]
 struct LbArgs {
@@ -361,6 +365,7 @@ fn main() -> ExitCode {
         Command::Ready(args) => ops::ready(&args.table, args.published),
         Command::SeccompProfile(args) => ops::seccomp_profile(args.write.as_deref()),
         Command::GrpcCall(args) => grpc_call(&args),
+        Command::Explain(args) => ops::explain(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

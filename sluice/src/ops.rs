@@ -1,5 +1,6 @@
 //! What running Sluice as a service needs around the components: readiness checks for probes,
-//! systemd's readiness notification, and the seccomp profile lb runs under in containers.
+//! systemd's readiness notification, the seccomp profile lb runs under in containers, and
+//! `sluice explain`.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -112,4 +113,86 @@ mod tests {
             assert!(!allowed.contains(&never), "{never} must stay blocked");
         }
     }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct ExplainArgs {
+    /// The request: `'GET https://shop.example/cart?x=1'`, or a URL alone (GET).
+    request: String,
+    /// A request field, `Name: value` (repeatable).
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// Explain against the table lb serves (this segment).
+    #[arg(long, conflicts_with = "manifests", env = "SLUICE_TABLE")]
+    table: Option<PathBuf>,
+    /// Explain against a manifests folder, compiled here as config-sync would.
+    #[arg(long)]
+    manifests: Option<PathBuf>,
+    /// On https: the server name the client sends (default: the URL's host).
+    #[arg(long)]
+    sni: Option<String>,
+    /// The address the connection arrives on (default: the first the table binds on the port).
+    #[arg(long)]
+    address: Option<std::net::IpAddr>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `sluice explain`.
+pub(crate) fn explain(a: &ExplainArgs) -> Result<(), String> {
+    let router = match (&a.manifests, &a.table) {
+        (Some(dir), _) => {
+            let mut source = config_sync::FileSource::new(dir);
+            source
+                .scan(&std::collections::BTreeSet::new())
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            let settings = config_sync::Settings {
+                controller_name: config_sync::DEFAULT_CONTROLLER_NAME.to_owned(),
+                default_address: None,
+                address_pool: None,
+                address_usable: None,
+                bind_failures: Default::default(),
+                last_good: Default::default(),
+            };
+            let compiled = config_sync::compile(&source.model().0, &settings);
+            let bytes = table::encode(&compiled.table).map_err(|e| e.to_string())?;
+            table::Router::open(&bytes, None).map_err(|e| e.to_string())?
+        }
+        (None, table) => {
+            let path = table.clone().unwrap_or_else(|| PathBuf::from(crate::DEFAULT_TABLE));
+            let reader =
+                SegmentReader::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let snap = loop {
+                match reader.read() {
+                    Ok(Some(s)) => break s,
+                    Ok(None) => return Err(format!("{}: no table published yet", path.display())),
+                    Err(table::shm::ReadError::Busy) => continue,
+                    Err(e) => return Err(format!("{}: {e}", path.display())),
+                }
+            };
+            table::Router::open(&snap.bytes, Some(snap.generation)).map_err(|e| e.to_string())?
+        }
+    };
+    let (method, url) = match a.request.split_once(' ') {
+        Some((m, u)) => (m.trim().to_owned(), u.trim().to_owned()),
+        None => ("GET".to_owned(), a.request.trim().to_owned()),
+    };
+    let headers = a
+        .headers
+        .iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| format!("{h:?}: a header is `Name: value`"))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let q = lb::explain::Question { method, url, headers, local: a.address, sni: a.sni.clone() };
+    let doc = lb::explain::explain(&std::sync::Arc::new(router), &q)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?);
+    } else {
+        print!("{}", lb::explain::to_text(&doc));
+    }
+    Ok(())
 }

@@ -315,3 +315,130 @@ fn access_log_records_known_requests_including_failures() {
     assert_eq!(value(&s, "sluice_access_log_records_total"), 5.0);
     assert_eq!(value(&s, "sluice_access_log_dropped_total"), 0.0);
 }
+
+/// `sluice explain` (on the manifests, and lb's `/explain` on the served table) says what lb
+/// does: for every request of a set covering each kind of match, a redirect, an unresolved
+/// backend and no route, explain's verdict is lb's actual answer.
+#[test]
+fn explain_agrees_with_what_lb_does() {
+    let mut env = Env::new("explain");
+    let a = env.echo("default", "svc-a", "pod-a");
+    let b = env.echo("default", "svc-b", "pod-b");
+    let port = free_port();
+    env.write("gateway.yaml", &gateway(port));
+    env.write("svc-a.yaml", &service("default", "svc-a", &[a]));
+    env.write("svc-b.yaml", &service("default", "svc-b", &[b]));
+    env.write(
+        "shop.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: shop, namespace: default}\nspec:\n  parentRefs: [{name: gw}]\n  hostnames: [shop.example]\n  rules:\n  - matches: [{path: {type: Exact, value: /checkout}, method: POST}]\n    backendRefs: [{name: svc-a, port: 80}]\n  - matches: [{path: {value: /cart}, headers: [{name: X-Beta, value: '1'}]}]\n    backendRefs: [{name: svc-b, port: 80}]\n  - matches: [{path: {value: /cart}}]\n    backendRefs: [{name: svc-a, port: 80}]\n  - matches: [{path: {type: RegularExpression, value: '/items/[0-9]+'}, queryParams: [{name: p, value: x}]}]\n    backendRefs: [{name: svc-b, port: 80}]\n  - matches: [{path: {value: /old}}]\n    filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}, statusCode: 301}}]\n  - matches: [{path: {value: /missing}}]\n    backendRefs: [{name: nowhere, port: 80}]\n",
+    );
+    env.write(
+        "other.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: other, namespace: default}\nspec:\n  parentRefs: [{name: gw}]\n  hostnames: ['*.other.example']\n  rules:\n  - backendRefs: [{name: svc-b, port: 80}]\n",
+    );
+    env.config_sync();
+    env.lb(&[]);
+    env.wait_applied(1);
+    common::wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+
+    let pod_of = |service: &str| match service {
+        "default/svc-a:80" => "pod-a",
+        "default/svc-b:80" => "pod-b",
+        other => panic!("unexpected service {other}"),
+    };
+    let requests: &[Probe] = &[
+        ("GET", "shop.example", "/checkout", &[]),
+        ("POST", "shop.example", "/checkout", &[]),
+        ("GET", "shop.example", "/cart", &[]),
+        ("GET", "shop.example", "/cart/items", &[("X-Beta", "1")]),
+        ("GET", "shop.example", "/cart", &[("X-Beta", "2")]),
+        ("GET", "shop.example", "/cartoon", &[]),
+        ("GET", "shop.example", "/CART", &[]),
+        ("GET", "shop.example", "/x/../cart", &[]),
+        ("GET", "shop.example", "/items/12?p=x", &[]),
+        ("GET", "shop.example", "/items/12?p=y", &[]),
+        ("GET", "shop.example", "/items/ab?p=x", &[]),
+        ("GET", "shop.example", "/old/page?q=1", &[]),
+        ("GET", "shop.example", "/missing", &[]),
+        ("GET", "a.other.example", "/anything", &[]),
+        ("GET", "other.example", "/anything", &[]),
+        ("GET", "unknown.example", "/cart", &[]),
+        ("GET", "SHOP.example", "/cart", &[]),
+    ];
+    let manifests = env.manifests.to_str().unwrap().to_owned();
+    for &(method, host, target, headers) in requests {
+        let url = format!("http://{host}:{port}{target}");
+        let mut args =
+            vec!["explain".to_owned(), "--manifests".into(), manifests.clone(), "--json".into()];
+        for (n, v) in headers {
+            args.push("-H".into());
+            args.push(format!("{n}: {v}"));
+        }
+        args.push(format!("{method} {url}"));
+        let out = std::process::Command::new(common::BIN).args(&args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let explained: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        // lb's own /explain, on the table it serves, gives the same verdict and steps.
+        let mut query = format!("/explain?method={method}&url={}", encode(&url));
+        for (n, v) in headers {
+            query.push_str(&format!("&header={}", encode(&format!("{n}: {v}"))));
+        }
+        let (status, served) = env.admin_get(&query, "");
+        assert_eq!(status, 200, "{served}");
+        let served: serde_json::Value = serde_json::from_str(&served).unwrap();
+        for key in ["verdict", "candidates", "listener", "rule"] {
+            assert_eq!(explained[key], served[key], "{method} {url}: {key}");
+        }
+        // And lb does it.
+        let body: &[u8] = if method == "POST" { b"x" } else { b"" };
+        let actual = common::Client::connect(port)
+            .unwrap()
+            .request(method, host, target, headers, body)
+            .unwrap();
+        let verdict = &explained["verdict"];
+        let what = format!("{method} {host}{target} {headers:?}: explain said {verdict}");
+        match verdict["action"].as_str().unwrap() {
+            "forward" => {
+                assert_eq!(actual.status, 200, "{what}");
+                assert_eq!(
+                    actual.json()["pod"],
+                    pod_of(verdict["service"].as_str().unwrap()),
+                    "{what}"
+                );
+            }
+            "redirect" => {
+                assert_eq!(u64::from(actual.status), verdict["status"].as_u64().unwrap(), "{what}");
+                assert_eq!(actual.header("location"), verdict["location"].as_str(), "{what}");
+            }
+            "refuse" => {
+                assert_eq!(u64::from(actual.status), verdict["status"].as_u64().unwrap(), "{what}")
+            }
+            other => panic!("{what}: {other}"),
+        }
+    }
+    // The text form names the candidates and why they failed.
+    let out = std::process::Command::new(common::BIN)
+        .args(["explain", "--manifests", &manifests, "-H", "X-Beta: 2"])
+        .arg(format!("GET http://shop.example:{port}/cart"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("header x-beta: \"2\" is not = 1"), "{text}");
+    assert!(text.contains("verdict     forward"), "{text}");
+    assert!(text.contains("default/shop rule 2"), "{text}");
+}
+
+/// A request of [`explain_agrees_with_what_lb_does`]: method, host, target, fields.
+type Probe<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+/// Percent-encodes a query value.
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

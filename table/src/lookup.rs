@@ -62,6 +62,46 @@ pub enum Route<'t> {
     },
 }
 
+/// The first condition of a match a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failed {
+    /// The path.
+    Path,
+    /// The method.
+    Method,
+    /// Header match `index` (of the match's `headers`): the field is absent, or its value
+    /// does not match.
+    Header {
+        /// Which.
+        index: u32,
+        /// No such field.
+        absent: bool,
+    },
+    /// Query parameter match `index`.
+    Query {
+        /// Which.
+        index: u32,
+        /// No such parameter.
+        absent: bool,
+    },
+}
+
+/// What a traced lookup reports ([`Router::route_traced`]).
+pub trait Trace {
+    /// The listener the Host chose (`None`: none).
+    fn listener(&mut self, _listener: Option<u32>) {}
+    /// A virtual host looked at (the Host's own, then its fallbacks).
+    fn vhost(&mut self, _vhost: u32) {}
+    /// A match tried (index into `matches`) and the first condition it failed.
+    fn candidate(&mut self, _match_index: u32, _failed: Option<Failed>) {}
+}
+
+/// The trace of an untraced lookup: nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoTrace;
+
+impl Trace for NoTrace {}
+
 /// A rule's action in one table (index into `actions`). Ids found by a lookup stay valid for
 /// as long as the [`Router`] they came from: a request carries its `Rc` of that router with the
 /// id, never an id alone.
@@ -137,18 +177,40 @@ impl Router {
         headers: &H,
         scratch: &mut Scratch,
     ) -> Route<'t> {
+        self.route_traced(port, req, headers, scratch, &mut NoTrace)
+    }
+
+    /// [`route`](Self::route), telling `trace` each step: the listener, every virtual host
+    /// looked at and every match tried with the first condition that failed. lb's lookups use
+    /// [`NoTrace`] (compiled away); `explain` records the steps — the same code, so its answer
+    /// is lb's.
+    pub fn route_traced<'t, H: Headers + ?Sized, T: Trace>(
+        &'t self,
+        port: &'t ArchivedPort,
+        req: &Request<'_>,
+        headers: &H,
+        scratch: &mut Scratch,
+        trace: &mut T,
+    ) -> Route<'t> {
         let table = self.table();
         let Some((listener_id, listener)) = find_host(&port.listeners, req.host)
             .and_then(|i| Some((i, table.listeners.get(i as usize)?)))
         else {
+            trace.listener(None);
             return Route::NoListener;
         };
+        trace.listener(Some(listener_id));
         let mut vhost = find_host(&listener.vhosts, req.host);
         // Bounded: `view` checked that every fallback index is larger than its own.
-        while let Some(v) = vhost.and_then(|i| table.vhosts.get(i as usize)) {
+        while let Some((vhost_id, v)) = vhost.and_then(|i| Some((i, table.vhosts.get(i as usize)?)))
+        {
+            trace.vhost(vhost_id);
             for index in v.matches.iter() {
-                let Some(m) = table.matches.get(index.to_native() as usize) else { continue };
-                if self.matches(m, req, headers, scratch)
+                let index = index.to_native();
+                let Some(m) = table.matches.get(index as usize) else { continue };
+                let checked = self.check(m, req, headers, scratch);
+                trace.candidate(index, checked.err());
+                if checked.is_ok()
                     && let Some(action) = table.actions.get(m.action.to_native() as usize)
                 {
                     let id = ActionId(m.action.to_native());
@@ -160,39 +222,44 @@ impl Router {
         Route::NoRoute { listener, listener_id }
     }
 
-    fn matches<H: Headers + ?Sized>(
+    /// The first condition of `m` that `req` fails, if any.
+    fn check<H: Headers + ?Sized>(
         &self,
         m: &ArchivedRouteMatch,
         req: &Request<'_>,
         headers: &H,
         scratch: &mut Scratch,
-    ) -> bool {
+    ) -> Result<(), Failed> {
         let path_ok = match &m.path {
             ArchivedPathMatch::Exact(p) => req.path == p.as_bytes(),
             ArchivedPathMatch::Prefix(p) => prefix_matches(p.as_bytes(), req.path),
             ArchivedPathMatch::Regex(r) => self.regex_matches(r.to_native(), req.path, scratch),
         };
         if !path_ok {
-            return false;
+            return Err(Failed::Path);
         }
         if let Some(method) = m.method.as_ref()
             && req.method != method.as_bytes()
         {
-            return false;
+            return Err(Failed::Method);
         }
-        for h in m.headers.iter() {
-            let Some(value) = headers.first(h.name.as_str()) else { return false };
+        for (i, h) in m.headers.iter().enumerate() {
+            let Some(value) = headers.first(h.name.as_str()) else {
+                return Err(Failed::Header { index: i as u32, absent: true });
+            };
             if !self.value_matches(&h.value, value, scratch) {
-                return false;
+                return Err(Failed::Header { index: i as u32, absent: false });
             }
         }
-        for q in m.query.iter() {
-            let Some(value) = query_param(req.query, q.name.as_bytes()) else { return false };
+        for (i, q) in m.query.iter().enumerate() {
+            let Some(value) = query_param(req.query, q.name.as_bytes()) else {
+                return Err(Failed::Query { index: i as u32, absent: true });
+            };
             if !self.value_matches(&q.value, value, scratch) {
-                return false;
+                return Err(Failed::Query { index: i as u32, absent: false });
             }
         }
-        true
+        Ok(())
     }
 
     fn value_matches(&self, m: &ArchivedValueMatch, value: &[u8], scratch: &mut Scratch) -> bool {
