@@ -346,7 +346,7 @@ fn explain_agrees_with_what_lb_does() {
         "default/svc-b:80" => "pod-b",
         other => panic!("unexpected service {other}"),
     };
-    let requests: &[Probe] = &[
+    let requests: &[Probe<'_>] = &[
         ("GET", "shop.example", "/checkout", &[]),
         ("POST", "shop.example", "/checkout", &[]),
         ("GET", "shop.example", "/cart", &[]),
