@@ -157,6 +157,22 @@ fn metrics_count_known_traffic_and_the_admin_listener_answers() {
     assert_eq!(value(&s, "sluice_table_refused_total"), 0.0);
     assert_eq!(value(&s, "sluice_draining"), 0.0);
 
+    // Every metric the Grafana dashboard and docs/operations.md name is exposed (opt-in
+    // families included: this lb has them on).
+    let exposed: std::collections::HashSet<String> =
+        s.keys().map(|k| k.split('{').next().unwrap().to_owned()).collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for file in ["deploy/monitoring/grafana-dashboard.json", "docs/operations.md"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        for name in metric_names(&text) {
+            let known = exposed.contains(&name)
+                || ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| exposed.contains(&format!("{name}{s}")));
+            assert!(known, "{file} names {name}, which lb does not expose");
+        }
+    }
+
     // OpenMetrics when asked for; Prometheus text otherwise.
     let (_, open) = env.admin_get("/metrics", "Accept: application/openmetrics-text\r\n");
     assert!(open.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
@@ -426,6 +442,26 @@ fn explain_agrees_with_what_lb_does() {
     assert!(text.contains("header x-beta: \"2\" is not = 1"), "{text}");
     assert!(text.contains("verdict     forward"), "{text}");
     assert!(text.contains("default/shop rule 2"), "{text}");
+}
+
+/// Every `sluice_…` metric name in `text` (a `…` name prefix in the docs is skipped).
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("sluice_") {
+        let tail = &rest[i..];
+        let end =
+            tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        let name = &tail[..end];
+        let cut = tail[end..].starts_with('…') || name.ends_with('_');
+        if !cut && name != "sluice_" {
+            names.push(name.to_owned());
+        }
+        rest = &tail[end..];
+    }
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// A request of [`explain_agrees_with_what_lb_does`]: method, host, target, fields.
