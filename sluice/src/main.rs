@@ -74,6 +74,9 @@ enum Command {
     /// order with the first condition that failed, the winning rule, its filters and backends,
     /// and the answer — computed by lb's own lookup and decision code.
     Explain(ops::ExplainArgs),
+    /// Print every object's status conditions from config-sync's status folder (file mode),
+    /// one line per object and per listener or parent; `!` marks what is not healthy.
+    Status(ops::StatusArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -366,6 +369,7 @@ fn main() -> ExitCode {
         Command::SeccompProfile(args) => ops::seccomp_profile(args.write.as_deref()),
         Command::GrpcCall(args) => grpc_call(&args),
         Command::Explain(args) => ops::explain(&args),
+        Command::Status(args) => ops::status(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

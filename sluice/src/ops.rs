@@ -196,3 +196,155 @@ pub(crate) fn explain(a: &ExplainArgs) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct StatusArgs {
+    /// The folder config-sync writes status to (`--status-dir`; `sluice up` prints its own).
+    #[arg(long, env = "SLUICE_STATUS_DIR")]
+    status_dir: PathBuf,
+    /// Only objects with a condition that is not healthy.
+    #[arg(long)]
+    problems: bool,
+}
+
+/// A condition whose healthy value is `False`.
+const HEALTHY_FALSE: &[&str] = &["Conflicted", "Degraded"];
+
+/// `sluice status`: every object's conditions from the status folder, as a table.
+pub(crate) fn status(a: &StatusArgs) -> Result<(), String> {
+    let mut files = Vec::new();
+    collect_yaml(&a.status_dir, &mut files)
+        .map_err(|e| format!("{}: {e}", a.status_dir.display()))?;
+    files.sort();
+    let order = |kind: &str| match kind {
+        "GatewayClass" => 0,
+        "Gateway" => 1,
+        _ => 2,
+    };
+    let mut rows: Vec<(usize, [String; 4], bool)> = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let doc: serde_json::Value = match serde_yaml_ng::from_str(&text) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("{}: not a status document: {e}", file.display());
+                continue;
+            }
+        };
+        let kind = doc["kind"].as_str().unwrap_or("?").to_owned();
+        let ns = doc["metadata"]["namespace"].as_str().unwrap_or("").to_owned();
+        let name = doc["metadata"]["name"].as_str().unwrap_or("?").to_owned();
+        let status = &doc["status"];
+        let (own, own_ok) = conditions(&status["conditions"]);
+        let mut sub = Vec::new();
+        for l in status["listeners"].as_array().into_iter().flatten() {
+            let (c, ok) = conditions(&l["conditions"]);
+            let routes = l["attachedRoutes"].as_u64().unwrap_or(0);
+            sub.push((
+                format!("  listener {}", l["name"].as_str().unwrap_or("?")),
+                format!("attachedRoutes={routes} {c}"),
+                ok,
+            ));
+        }
+        for p in status["parents"].as_array().into_iter().flatten() {
+            let r = &p["parentRef"];
+            let parent = format!(
+                "  parent {}{}{}",
+                r["namespace"].as_str().map(|n| format!("{n}/")).unwrap_or_default(),
+                r["name"].as_str().unwrap_or("?"),
+                r["sectionName"].as_str().map(|s| format!("/{s}")).unwrap_or_default()
+            );
+            let (c, ok) = conditions(&p["conditions"]);
+            sub.push((parent, c, ok));
+        }
+        let healthy = own_ok && sub.iter().all(|(_, _, ok)| *ok);
+        if a.problems && healthy {
+            continue;
+        }
+        let k = order(&kind);
+        rows.push((k, [kind.clone(), ns.clone(), name.clone(), own], own_ok));
+        for (what, c, ok) in sub {
+            rows.push((k, [String::new(), String::new(), what, c], ok));
+        }
+    }
+    // Kinds in dependency order, each object followed by its listeners or parents.
+    let mut blocks: Vec<Vec<(usize, [String; 4], bool)>> = Vec::new();
+    for row in rows {
+        if row.1[0].is_empty() {
+            if let Some(b) = blocks.last_mut() {
+                b.push(row);
+            }
+        } else {
+            blocks.push(vec![row]);
+        }
+    }
+    blocks.sort_by_key(|b| b[0].0);
+    let header = ["KIND", "NAMESPACE", "NAME", "CONDITIONS"];
+    let mut width = header.map(str::len);
+    for b in &blocks {
+        for (_, cols, _) in b {
+            for (w, c) in width.iter_mut().zip(cols) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cols: [&str; 4], ok: bool| {
+        let mark = if ok { " " } else { "!" };
+        format!(
+            "{mark} {:w0$}  {:w1$}  {:w2$}  {}",
+            cols[0],
+            cols[1],
+            cols[2],
+            cols[3],
+            w0 = width[0],
+            w1 = width[1],
+            w2 = width[2]
+        )
+    };
+    println!("{}", line(header, true));
+    for b in &blocks {
+        for (_, cols, ok) in b {
+            println!("{}", line([&cols[0], &cols[1], &cols[2], &cols[3]], *ok));
+        }
+    }
+    if blocks.is_empty() {
+        println!(
+            "(no {}status in {})",
+            if a.problems { "problem " } else { "" },
+            a.status_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// `Type=Status` for each condition (the reason too when it is not healthy), and whether all
+/// are healthy.
+fn conditions(list: &serde_json::Value) -> (String, bool) {
+    let mut all_ok = true;
+    let mut parts = Vec::new();
+    for c in list.as_array().into_iter().flatten() {
+        let kind = c["type"].as_str().unwrap_or("?");
+        let status = c["status"].as_str().unwrap_or("?");
+        let healthy =
+            if HEALTHY_FALSE.contains(&kind) { status == "False" } else { status == "True" };
+        all_ok &= healthy;
+        if healthy {
+            parts.push(format!("{kind}={status}"));
+        } else {
+            parts.push(format!("{kind}={status}({})", c["reason"].as_str().unwrap_or("")));
+        }
+    }
+    (parts.join(" "), all_ok)
+}
+
+fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_yaml(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "yaml") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}

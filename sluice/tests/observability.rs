@@ -432,6 +432,24 @@ fn explain_agrees_with_what_lb_does() {
             other => panic!("{what}: {other}"),
         }
     }
+    // `sluice status` shows the same folder's conditions, the unresolved backend marked.
+    let out = std::process::Command::new(common::BIN)
+        .args(["status", "--status-dir", env.status.to_str().unwrap(), "--problems"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shop = text
+        .lines()
+        .position(|l| l.contains("HTTPRoute") && l.contains(" shop"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let parent = text.lines().nth(shop + 1).unwrap();
+    assert!(
+        parent.starts_with('!') && parent.contains("ResolvedRefs=False(BackendNotFound)"),
+        "{text}"
+    );
+    assert!(!text.contains(" other "), "healthy objects are left out with --problems: {text}");
+
     // The text form names the candidates and why they failed.
     let out = std::process::Command::new(common::BIN)
         .args(["explain", "--manifests", &manifests, "-H", "X-Beta: 2"])
