@@ -21,6 +21,7 @@ mod pipeline;
 mod compile;
 mod publish;
 mod status;
+mod metrics;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ use std::time::Duration;
 pub use compile::{AddressPool, Compiled, SUPPORTED_FEATURES, Settings, compile};
 pub use files::FileSource;
 pub use kubernetes::KubeOptions;
+pub use metrics::address_path as admin_address_path;
 pub use model::{Model, parse_document};
 
 /// How often the segment is checked for damage (deleted, replaced, truncated, scribbled on).
@@ -72,6 +74,8 @@ pub struct Config {
     pub debounce: Duration,
     /// Full rescan interval, a safety net under inotify.
     pub rescan: Duration,
+    /// The admin listener (`/metrics`, `/ready`); `None`: none.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// Errors that stop config-sync.
@@ -111,6 +115,9 @@ pub enum Error {
 
 /// Runs config-sync until SIGINT or SIGTERM, reading objects from the configured source.
 pub fn run(config: &Config) -> Result<(), Error> {
+    if let Some(addr) = config.admin {
+        metrics::serve_admin(addr, &config.table, || metrics::metrics().generation.get() > 0);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use crate::compile::{Settings, bindable, compile};
+use crate::metrics::{self, metrics};
 use crate::model::Model;
 use crate::publish::{Published, Publisher};
 use crate::status::{Change, StatusWriter};
@@ -93,6 +94,10 @@ impl Pipeline {
         let mut compiled = compile(model, &self.settings);
         self.settings.last_good = std::mem::take(&mut compiled.last_good);
         let compile_micros = started.elapsed().as_micros() as u64;
+        let m = metrics();
+        m.runs.inc();
+        m.compile_seconds.observe(started.elapsed().as_secs_f64());
+        metrics::count_objects(model);
         let micros = read.started.elapsed().as_micros() as u64;
         let (listeners, matches) = (compiled.table.listeners.len(), compiled.table.matches.len());
         match self.publisher.publish(compiled.table) {
@@ -111,9 +116,18 @@ impl Pipeline {
                     "published"
                 );
                 self.watch_applied(p.generation);
+                m.publishes.get_or_create(&metrics::result("published")).inc();
+                m.generation.set(p.generation);
+                m.table_bytes.set(p.bytes as i64);
+                m.reconcile_seconds.observe(read.started.elapsed().as_secs_f64());
             }
-            Ok(None) => {}
-            Err(e) => error!("cannot publish: {e}; lb keeps its current table"),
+            Ok(None) => {
+                m.publishes.get_or_create(&metrics::result("unchanged")).inc();
+            }
+            Err(e) => {
+                error!("cannot publish: {e}; lb keeps its current table");
+                m.publishes.get_or_create(&metrics::result("failed")).inc();
+            }
         }
         self.status.apply(compiled.status)
     }
@@ -165,7 +179,8 @@ impl Pipeline {
         // (config-sync hung on SIGTERM with no lb running).
         let spawned = std::thread::Builder::new().name("applied-watch".into()).spawn(move || {
             if crate::publish::wait_applied(&applied, generation, at, &latest).is_some() {
-                served.fetch_max(generation, Ordering::AcqRel);
+                let served = served.fetch_max(generation, Ordering::AcqRel).max(generation);
+                metrics().served_generation.set(served);
             }
         });
         if let Err(e) = spawned {

@@ -50,11 +50,14 @@ impl StatusWriter {
         let changes = self.diff(next);
         for c in &changes {
             match &c.status {
-                Some(status) => {
-                    if let Err(e) = self.write(&c.id, c.generation, status) {
+                Some(status) => match self.write(&c.id, c.generation, status) {
+                    Ok(true) => crate::metrics::count_status_write(true),
+                    Ok(false) => {}
+                    Err(e) => {
+                        crate::metrics::count_status_write(false);
                         warn!(object = %c.id, "cannot write status: {e}");
                     }
-                }
+                },
                 None => {
                     if let Some(path) = self.path(&c.id)
                         && let Err(e) = fs::remove_file(&path)
@@ -120,8 +123,8 @@ impl StatusWriter {
         id: &ObjectId,
         generation: Option<i64>,
         status: &ObjectStatus,
-    ) -> io::Result<()> {
-        let Some(path) = self.path(id) else { return Ok(()) };
+    ) -> io::Result<bool> {
+        let Some(path) = self.path(id) else { return Ok(false) };
         let mut metadata = json!({ "name": id.key.name });
         if !id.key.namespace.is_empty() {
             metadata["namespace"] = Value::String(id.key.namespace.clone());
@@ -136,7 +139,7 @@ impl StatusWriter {
             "status": status_value(status),
         });
         let text = serde_yaml_ng::to_string(&doc).map_err(io::Error::other)?;
-        write_atomic(&path, text.as_bytes())
+        write_atomic(&path, text.as_bytes()).map(|()| true)
     }
 }
 

@@ -307,6 +307,10 @@ struct ConfigSyncArgs {
     /// Milliseconds of quiet after a file change before reloading.
     #[arg(long, default_value_t = 2)]
     debounce_ms: u64,
+    /// The admin listener (`/metrics`, `/ready`): an address (port 0 picks one, written to
+    /// `<table>.config-sync.admin`), or `off`.
+    #[arg(long, default_value = "127.0.0.1:9902", value_parser = admin_address)]
+    admin: AdminAddress,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -555,6 +559,7 @@ fn run_config_sync(a: ConfigSyncArgs) -> Result<(), String> {
         address_pool: a.address_pool,
         debounce: Duration::from_millis(a.debounce_ms.max(1)),
         rescan: Duration::from_secs(5),
+        admin: a.admin.0,
     };
     config_sync::run(&config).map_err(|e| e.to_string())
 }

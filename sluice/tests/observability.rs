@@ -173,6 +173,21 @@ fn metrics_count_known_traffic_and_the_admin_listener_answers() {
         }
     }
 
+    // config-sync's own admin listener: its pipeline's figures.
+    assert_eq!(env.config_sync_admin_get("/ready").0, 200);
+    let (status, cs) = env.config_sync_admin_get("/metrics");
+    assert_eq!(status, 200);
+    let cs = samples(&cs);
+    assert!(value(&cs, "sluice_config_sync_runs_total") >= 1.0);
+    assert_eq!(value(&cs, "sluice_config_sync_objects{kind=\"HTTPRoute\"}"), 2.0);
+    assert_eq!(value(&cs, "sluice_config_sync_objects{kind=\"Service\"}"), 2.0);
+    assert!(value(&cs, "sluice_config_sync_publishes_total{result=\"published\"}") >= 1.0);
+    assert!(value(&cs, "sluice_config_sync_generation") >= 1.0);
+    assert!(value(&cs, "sluice_config_sync_served_generation") >= 1.0, "lb serves it");
+    assert!(value(&cs, "sluice_config_sync_status_writes_total{result=\"ok\"}") >= 4.0);
+    assert!(value(&cs, "sluice_config_sync_compile_duration_seconds_count") >= 1.0);
+    assert_eq!(value(&cs, "sluice_config_sync_leader"), 1.0);
+
     // OpenMetrics when asked for; Prometheus text otherwise.
     let (_, open) = env.admin_get("/metrics", "Accept: application/openmetrics-text\r\n");
     assert!(open.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");

@@ -44,6 +44,8 @@ pub(crate) async fn run(config: &Config, manifests: &Path) -> Result<(), Error> 
         controller = %config.controller_name,
         "config-sync started (file mode)"
     );
+    // File mode has no election: this process is the one writing status.
+    crate::metrics::metrics().leader.set(1);
     files.reload(&mut pipeline, None);
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

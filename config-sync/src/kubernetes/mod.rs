@@ -305,6 +305,10 @@ pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result
                     }
                     Err(e) => {
                         warn!(%kind, "watch: {e}; retrying (lb keeps the current table)");
+                        crate::metrics::metrics()
+                            .watch_errors
+                            .get_or_create(&crate::metrics::kind(kind.as_str()))
+                            .inc();
                         continue;
                     }
                 };
@@ -318,7 +322,13 @@ pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result
                     Event::Delete(o) => o.metadata.name.as_deref().map(|name| {
                         Seen::Deleted(Key::new(o.metadata.namespace.as_deref().unwrap_or(""), name))
                     }),
-                    Event::Init => Some(Seen::Init),
+                    Event::Init => {
+                        crate::metrics::metrics()
+                            .relists
+                            .get_or_create(&crate::metrics::kind(kind.as_str()))
+                            .inc();
+                        Some(Seen::Init)
+                    }
                     Event::InitDone => Some(Seen::InitDone),
                 };
                 if let Some(event) = event
@@ -383,6 +393,7 @@ pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result
             }
         }
         let is_leader = leader.load(Ordering::Relaxed);
+        crate::metrics::metrics().leader.set(i64::from(is_leader));
         if is_leader && !was_leader {
             info!("holding the Lease: writing status");
             for c in pipeline.statuses() {
@@ -403,7 +414,9 @@ pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result
                     continue;
                 }
                 let controller = &pipeline.settings().controller_name;
-                if let Err(e) = write_status(&client, &stores, controller, &change).await {
+                let written = write_status(&client, &stores, controller, &change).await;
+                crate::metrics::count_status_write(written.is_ok());
+                if let Err(e) = written {
                     warn!(object = %id, "status write failed: {e}; will retry");
                     unwritten.insert(id, change);
                 }

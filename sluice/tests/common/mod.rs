@@ -132,6 +132,8 @@ impl Env {
                 "sluice-system",
                 "--lease-duration",
                 "2",
+                "--admin",
+                "127.0.0.1:0",
             ],
             &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
         );
@@ -156,6 +158,8 @@ impl Env {
             s.to_str().unwrap(),
             "--default-address",
             "127.0.0.1",
+            "--admin",
+            "127.0.0.1:0",
         ];
         self.spawn_env("config-sync", &args, env);
     }
@@ -184,21 +188,36 @@ impl Env {
 
     /// The address lb's admin listener bound (waits for it).
     pub fn admin_addr(&self) -> SocketAddr {
-        let file = lb::admin::address_path(&self.table);
+        self.bound_admin(&lb::admin::address_path(&self.table), "lb")
+    }
+
+    /// The address written to `file` by the admin listener of process `name` (waits for it).
+    fn bound_admin(&self, file: &Path, name: &str) -> SocketAddr {
         let start = Instant::now();
         loop {
             if let Some(addr) =
-                std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse().ok())
+                std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse().ok())
             {
                 return addr;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "no admin address\n{}",
-                self.log("lb")
+                self.log(name)
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// GET `target` from lb's admin listener, with extra request fields: status and body.
+    pub fn admin_get(&self, target: &str, fields: &str) -> (u16, String) {
+        admin_request(self.admin_addr(), target, fields)
+    }
+
+    /// GET `target` from config-sync's admin listener: status and body.
+    pub fn config_sync_admin_get(&self, target: &str) -> (u16, String) {
+        let file = config_sync::admin_address_path(&self.table);
+        admin_request(self.bound_admin(&file, "config-sync"), target, "")
     }
 
     /// Waits (up to 20 s) until lb's metric sample `key` (`name{labels}` as exposed) reaches
@@ -221,19 +240,6 @@ impl Env {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-
-    /// GET `target` from lb's admin listener, with extra request fields: status and body.
-    pub fn admin_get(&self, target: &str, fields: &str) -> (u16, String) {
-        let mut s = TcpStream::connect(self.admin_addr()).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET {target} HTTP/1.1\r\nHost: admin\r\n{fields}\r\n").unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).unwrap();
-        let Some((resp, _)) = parse_response(&raw, false).unwrap() else {
-            panic!("not a whole response: {}", String::from_utf8_lossy(&raw));
-        };
-        (resp.status, String::from_utf8_lossy(&resp.body).into_owned())
     }
 
     /// Sends SIGTERM to the process started as `name`.
@@ -346,6 +352,19 @@ impl Drop for Env {
             let _ = std::fs::remove_dir_all(d);
         }
     }
+}
+
+/// GET `target` from an admin listener at `addr`: status and body.
+pub fn admin_request(addr: SocketAddr, target: &str, fields: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {target} HTTP/1.1\r\nHost: admin\r\n{fields}\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let Some((resp, _)) = parse_response(&raw, false).unwrap() else {
+        panic!("not a whole response: {}", String::from_utf8_lossy(&raw));
+    };
+    (resp.status, String::from_utf8_lossy(&resp.body).into_owned())
 }
 
 pub fn wait_listening(addr: SocketAddr) {
