@@ -174,8 +174,19 @@ fn metrics_count_known_traffic_and_the_admin_listener_answers() {
 
     // Every metric the Grafana dashboard and docs/operations.md name is exposed (opt-in
     // families included: this lb has them on) by lb or config-sync.
-    let exposed: std::collections::HashSet<String> =
+    let mut exposed: std::collections::HashSet<String> =
         s.keys().chain(cs.keys()).map(|k| k.split('{').next().unwrap().to_owned()).collect();
+    // Families without a series yet (Kubernetes-only ones in file mode) by their TYPE lines.
+    let (_, lb_text) = env.admin_get("/metrics", "");
+    let (_, cs_text) = env.config_sync_admin_get("/metrics");
+    for line in lb_text.lines().chain(cs_text.lines()) {
+        if let Some((name, kind)) = line.strip_prefix("# TYPE ").and_then(|t| t.split_once(' ')) {
+            exposed.insert(name.to_owned());
+            if kind == "counter" {
+                exposed.insert(format!("{}_total", name.trim_end_matches("_total")));
+            }
+        }
+    }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     for file in ["deploy/monitoring/grafana-dashboard.json", "docs/operations.md"] {
         let text = std::fs::read_to_string(root.join(file)).unwrap();
