@@ -257,6 +257,18 @@ fn dropped_watches_410_and_an_absent_api_server_lose_nothing_and_never_blank_the
         "requests failed while the source recovered\n{}",
         env.log("config-sync")
     );
+    // config-sync's metrics saw it: a list at start and another after the 410, watch errors
+    // while the API server was away.
+    let (status, text) = env.config_sync_admin_get("/metrics");
+    assert_eq!(status, 200);
+    let sum = |prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(sum("sluice_config_sync_relists_total{kind=\"HTTPRoute\"}") >= 2.0, "{text}");
+    assert!(sum("sluice_config_sync_watch_errors_total{") >= 1.0, "{text}");
 }
 
 #[test]
