@@ -47,6 +47,7 @@ pub(crate) struct Metrics {
     pub watch_errors: Family<KindLabel, Counter>,
     pub relists: Family<KindLabel, Counter>,
     pub leader: Gauge,
+    pub events: Family<ResultLabel, Counter>,
     registry: Registry,
 }
 
@@ -69,6 +70,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         watch_errors: Family::default(),
         relists: Family::default(),
         leader: Gauge::default(),
+        events: Family::default(),
         registry: Registry::with_prefix("sluice_config_sync"),
     };
     let r = &mut m.registry;
@@ -112,6 +114,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "1 while this replica holds the Lease (Kubernetes mode; file mode: 1)",
         m.leader.clone(),
     );
+    r.register(
+        "events",
+        "Kubernetes Events on objects with problems (result: published, suppressed by the rate limit, failed)",
+        m.events.clone(),
+    );
     m
 });
 
@@ -126,6 +133,11 @@ pub(crate) fn kind(kind: &str) -> KindLabel {
 
 pub(crate) fn result(result: &str) -> ResultLabel {
     ResultLabel { result: result.to_owned() }
+}
+
+/// Counts a Kubernetes Event.
+pub(crate) fn count_event(outcome: &str) {
+    metrics().events.get_or_create(&result(outcome)).inc();
 }
 
 /// Counts a status write (a file, or an API server request).
@@ -183,6 +195,12 @@ pub(crate) fn serve_admin(
             }
         };
         let bound = listener.local_addr().unwrap_or(addr);
+        // The segment's folder is made by the publisher, maybe after this thread started.
+        let mut waited = 0;
+        while file.parent().is_some_and(|d| !d.exists()) && waited < 600 {
+            std::thread::sleep(Duration::from_millis(50));
+            waited += 1;
+        }
         if let Err(e) = std::fs::write(&file, format!("{bound}\n")) {
             warn!(file = %file.display(), "cannot record the admin address: {e}");
         }

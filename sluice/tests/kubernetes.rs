@@ -527,3 +527,57 @@ fn a_leader_that_loses_the_lease_stops_writing_status() {
     assert_eq!(api.status_writes().len(), writes, "status written without the Lease");
     assert_eq!(lease_holder(&api).as_deref(), Some("intruder"), "the Lease was taken back early");
 }
+
+/// A route with a problem gets a Warning Event (reason and message from its condition), from
+/// the Lease holder; the same problem again within the rate limit is not reported twice.
+#[test]
+fn problems_become_events_once() {
+    let (mut env, api, port, kubeconfig) = kube_env("kube-events");
+    env.config_sync_kube("config-sync", &kubeconfig, "replica-a", None);
+    env.lb(&[]);
+    wait_for("the route to serve", Duration::from_secs(20), || code(port, "/a") == 200);
+    let broken = || {
+        let mut r = route("broken", "/b");
+        r["spec"]["rules"][0]["backendRefs"][0]["name"] = json!("nowhere");
+        r
+    };
+    let resolved = |api: &ApiServer| {
+        let s = status_of(api, "HTTPRoute", "default", "broken");
+        condition(&s["parents"][0]["conditions"], "ResolvedRefs")
+    };
+    let events_on = |api: &ApiServer| -> Vec<Value> {
+        api.all("Event").into_iter().filter(|e| e["regarding"]["name"] == "broken").collect()
+    };
+    api.apply(broken());
+    wait_for("a Warning event on the route", Duration::from_secs(20), || {
+        !events_on(&api).is_empty()
+    });
+    let events = events_on(&api);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let e = &events[0];
+    assert_eq!(e["type"], "Warning");
+    assert_eq!(e["reason"], "BackendNotFound");
+    assert_eq!(e["regarding"]["kind"], "HTTPRoute");
+    assert_eq!(e["regarding"]["namespace"], "default");
+    assert!(e["note"].as_str().unwrap().starts_with("ResolvedRefs: "), "{e}");
+    assert_eq!(e["reportingController"], CONTROLLER);
+    assert_eq!(e["reportingInstance"], "replica-a");
+    // Fixed, then the same problem again: its status is written again, its event is not.
+    let mut fixed = broken();
+    fixed["spec"]["rules"][0]["backendRefs"][0]["name"] = json!("svc");
+    api.apply(fixed);
+    wait_for("the route resolved", Duration::from_secs(20), || {
+        resolved(&api).is_some_and(|(s, _)| s == "True")
+    });
+    api.apply(broken());
+    wait_for("the route broken again", Duration::from_secs(20), || {
+        resolved(&api).is_some_and(|(s, _)| s == "False")
+    });
+    let (_, text) = env.config_sync_admin_get("/metrics");
+    let suppressed = text
+        .lines()
+        .find(|l| l.starts_with("sluice_config_sync_events_total{result=\"suppressed\"}"))
+        .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok());
+    assert_eq!(suppressed, Some(1.0), "{text}");
+    assert_eq!(events_on(&api).len(), 1, "reported once within the rate limit");
+}

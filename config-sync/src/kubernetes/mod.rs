@@ -22,6 +22,7 @@
 //! an object whose status did not change is not written. For HTTPRoutes, the entries of other
 //! controllers in `status.parents` are kept as the API server has them.
 
+mod events;
 pub(crate) mod lease;
 mod status;
 
@@ -341,6 +342,8 @@ pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result
     }
     // Kept for the named watches started later (the kind watchers hold their own clones).
     let tx_named = tx;
+    let mut events =
+        events::Events::new(client.clone(), &config.controller_name, &options.identity);
     let leader = Arc::new(AtomicBool::new(false));
     let lease = lease::Elector::new(client.clone(), options, Arc::clone(&leader));
     let lease_task = tokio::spawn(lease.run());
@@ -416,9 +419,16 @@ pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result
                 let controller = &pipeline.settings().controller_name;
                 let written = write_status(&client, &stores, controller, &change).await;
                 crate::metrics::count_status_write(written.is_ok());
-                if let Err(e) = written {
-                    warn!(object = %id, "status write failed: {e}; will retry");
-                    unwritten.insert(id, change);
+                match written {
+                    Ok(()) => {
+                        if let Some(reference) = object_reference(&stores, &change) {
+                            events.report(&change, reference).await;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(object = %id, "status write failed: {e}; will retry");
+                        unwritten.insert(id, change);
+                    }
                 }
             }
         }
@@ -427,6 +437,24 @@ pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result
     lease::release(&client, options).await;
     info!("config-sync stopping; lb keeps serving the last table");
     Ok(())
+}
+
+/// A reference to the object `change` is about (for its events), with its uid when stored.
+fn object_reference(
+    stores: &BTreeMap<Kind, KindStore>,
+    change: &Change,
+) -> Option<k8s_openapi::api::core::v1::ObjectReference> {
+    let key = &change.id.key;
+    let stored = stores.get(&change.id.kind).and_then(|s| s.objects.get(key))?;
+    Some(k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(change.id.kind.api_version().to_owned()),
+        kind: Some(change.id.kind.as_str().to_owned()),
+        name: Some(key.name.clone()),
+        namespace: (!key.namespace.is_empty()).then(|| key.namespace.clone()),
+        uid: stored.object.meta().uid.clone(),
+        resource_version: stored.resource_version.clone(),
+        ..Default::default()
+    })
 }
 
 /// Applies one watch event to the stores; whether the model changed.

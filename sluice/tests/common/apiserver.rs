@@ -91,6 +91,13 @@ pub const RESOURCES: &[Res] = &[
         namespaced: true,
     },
     Res { group: "", version: "v1", plural: "secrets", kind: "Secret", namespaced: true },
+    Res {
+        group: "events.k8s.io",
+        version: "v1",
+        plural: "events",
+        kind: "Event",
+        namespaced: true,
+    },
     Res { group: "", version: "v1", plural: "configmaps", kind: "ConfigMap", namespaced: true },
     Res {
         group: "gateway.sluice.dev",
@@ -234,6 +241,13 @@ impl ApiServer {
     pub fn get(&self, kind: &str, ns: &str, name: &str) -> Option<Value> {
         let res = res_of_kind(kind);
         self.shared.lock().objects.get(&(res.plural, ns.to_owned(), name.to_owned())).cloned()
+    }
+
+    /// Every stored object of `kind`.
+    pub fn all(&self, kind: &str) -> Vec<Value> {
+        let res = res_of_kind(kind);
+        let st = self.shared.lock();
+        st.objects.iter().filter(|((p, ..), _)| *p == res.plural).map(|(_, o)| o.clone()).collect()
     }
 
     /// Cuts every open watch connection (clients resume from their last resourceVersion).
@@ -648,6 +662,21 @@ fn serve(mut stream: TcpStream, shared: &Arc<Shared>) -> std::io::Result<()> {
                         event(&mut st, res, "MODIFIED", o.clone());
                         (200, o)
                     }
+                }
+            }
+        }
+        // A merge patch of a whole object (kube's event recorder raises a series' count so).
+        ("PATCH", Some(n), false) => {
+            let key = (res.plural, ns, n.clone());
+            match st.objects.get(&key).cloned() {
+                None => (404, not_found()),
+                Some(mut o) => {
+                    merge_patch(&mut o, &req.body);
+                    st.rv += 1;
+                    o["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+                    st.objects.insert(key, o.clone());
+                    event(&mut st, res, "MODIFIED", o.clone());
+                    (200, o)
                 }
             }
         }
