@@ -231,8 +231,9 @@ impl CoreLog {
         let start_us = start.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
         let text = r.text.borrow();
         let mut block = self.block.borrow_mut();
-        // Length prefix, five numbers, status and flags, protocol, upstream address, strings.
-        let needed = 4 + 5 * 8 + 2 * 2 + 1 + 19 + text.len();
+        // Length prefix, five numbers, status and flags, protocol, upstream address, the
+        // rule's index, strings.
+        let needed = 4 + 5 * 8 + 2 * 2 + 1 + 19 + 2 + text.len();
         if block.len() + needed > BLOCK && !self.swap(&mut block) {
             self.dropped.set(self.dropped.get() + 1);
             return;
@@ -255,6 +256,7 @@ impl CoreLog {
         b.extend_from_slice(&r.flags.get().to_le_bytes());
         b.push(r.protocol.get());
         put_addr(b, r.upstream.get());
+        b.extend_from_slice(&r.rule.get().to_le_bytes());
         b.extend_from_slice(&text);
         self.written.set(self.written.get() + 1);
     }
@@ -304,7 +306,7 @@ fn put_addr(b: &mut Vec<u8>, addr: Option<SocketAddr>) {
 }
 
 /// The strings of a record, in order ([`put_text`] writes them, the writer reads them).
-pub(crate) const TEXT_FIELDS: [&str; 11] = [
+pub(crate) const TEXT_FIELDS: [&str; 10] = [
     "client",
     "method",
     "authority",
@@ -315,7 +317,6 @@ pub(crate) const TEXT_FIELDS: [&str; 11] = [
     "listener",
     "route",
     "upstream_service",
-    "rule",
 ];
 
 /// Appends one string field (cut to [`MAX_FIELD`]).
@@ -429,9 +430,7 @@ fn format_record(record: &[u8], out: &mut Vec<u8>) {
     let kind = c.take(1).first().copied().unwrap_or(0);
     let octets = c.take(16);
     let port = c.u16();
-    out.extend_from_slice(b"{\"start_time\":\"");
-    rfc3339(out, start_us);
-    out.push(b'"');
+    let rule = c.u16();
     let mut texts: [&[u8]; TEXT_FIELDS.len()] = [b""; TEXT_FIELDS.len()];
     for t in texts.iter_mut() {
         if c.0.is_empty() {
@@ -439,77 +438,161 @@ fn format_record(record: &[u8], out: &mut Vec<u8>) {
         }
         *t = c.text();
     }
-    let field = |out: &mut Vec<u8>, name: &str, value: &[u8]| {
-        out.extend_from_slice(b",\"");
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b"\":");
-        if value.is_empty() {
-            out.extend_from_slice(b"null");
-        } else {
-            json_string(out, value);
-        }
-    };
-    let number = |out: &mut Vec<u8>, name: &str, value: &str| {
-        out.extend_from_slice(b",\"");
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b"\":");
-        out.extend_from_slice(value.as_bytes());
-    };
-    for (name, value) in TEXT_FIELDS.iter().zip(texts).take(4) {
-        field(out, name, value);
-    }
-    field(
-        out,
-        "protocol",
-        [&b"HTTP/1.0"[..], b"HTTP/1.1", b"HTTP/2"][usize::from(protocol.min(2))],
-    );
-    number(out, "status", &status.to_string());
-    let mut names = String::new();
-    for (i, n) in flags::NAMES.iter().enumerate() {
-        if flags & (1 << i) != 0 {
-            if !names.is_empty() {
-                names.push(',');
-            }
-            names.push_str(n);
-        }
-    }
-    field(out, "response_flags", if names.is_empty() { b"-" } else { names.as_bytes() });
-    number(out, "bytes_received", &bytes_in.to_string());
-    number(out, "bytes_sent", &bytes_out.to_string());
-    number(out, "duration_ms", &format!("{:.3}", duration_us as f64 / 1000.0));
-    let upstream = match kind {
-        4 => Some(SocketAddr::from(([octets[0], octets[1], octets[2], octets[3]], port))),
-        6 => <[u8; 16]>::try_from(octets).ok().map(|o| SocketAddr::from((o, port))),
-        _ => None,
-    };
-    field(out, "upstream_host", upstream.map(|a| a.to_string()).unwrap_or_default().as_bytes());
-    if upstream_us == u64::MAX {
-        number(out, "upstream_time_ms", "null");
+    out.extend_from_slice(b"{\"start_time\":\"");
+    rfc3339(out, start_us);
+    out.push(b'"');
+    let [
+        client,
+        method,
+        authority,
+        path,
+        user_agent,
+        request_id,
+        traceparent,
+        listener,
+        route,
+        service,
+    ] = texts;
+    string(out, b",\"client\":", client);
+    string(out, b",\"method\":", method);
+    string(out, b",\"authority\":", authority);
+    string(out, b",\"path\":", path);
+    out.extend_from_slice(match protocol {
+        0 => &b",\"protocol\":\"HTTP/1.0\""[..],
+        2 => b",\"protocol\":\"HTTP/2\"",
+        _ => b",\"protocol\":\"HTTP/1.1\"",
+    });
+    out.extend_from_slice(b",\"status\":");
+    push_u64(out, u64::from(status));
+    out.extend_from_slice(b",\"response_flags\":\"");
+    if flags == 0 {
+        out.push(b'-');
     } else {
-        number(out, "upstream_time_ms", &format!("{:.3}", upstream_us as f64 / 1000.0));
-    }
-    for (name, value) in TEXT_FIELDS.iter().zip(texts).skip(4) {
-        if *name == "rule" {
-            number(
-                out,
-                name,
-                if value.is_empty() {
-                    "null"
-                } else {
-                    std::str::from_utf8(value).unwrap_or("null")
-                },
-            );
-        } else {
-            field(out, name, value);
+        let mut first = true;
+        for (i, n) in flags::NAMES.iter().enumerate() {
+            if flags & (1 << i) != 0 {
+                if !first {
+                    out.push(b',');
+                }
+                out.extend_from_slice(n.as_bytes());
+                first = false;
+            }
         }
+    }
+    out.extend_from_slice(b"\",\"bytes_received\":");
+    push_u64(out, bytes_in);
+    out.extend_from_slice(b",\"bytes_sent\":");
+    push_u64(out, bytes_out);
+    out.extend_from_slice(b",\"duration_ms\":");
+    push_millis(out, duration_us);
+    out.extend_from_slice(b",\"upstream_host\":");
+    match kind {
+        4 => {
+            out.push(b'"');
+            for (i, o) in octets.iter().take(4).enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(*o));
+            }
+            out.push(b':');
+            push_u64(out, u64::from(port));
+            out.push(b'"');
+        }
+        6 => {
+            let ip = <[u8; 16]>::try_from(octets)
+                .map(std::net::Ipv6Addr::from)
+                .unwrap_or(std::net::Ipv6Addr::UNSPECIFIED);
+            let _ = write!(out, "\"[{ip}]:{port}\"");
+        }
+        _ => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"upstream_time_ms\":");
+    if upstream_us == u64::MAX {
+        out.extend_from_slice(b"null");
+    } else {
+        push_millis(out, upstream_us);
+    }
+    string(out, b",\"user_agent\":", user_agent);
+    string(out, b",\"request_id\":", request_id);
+    string(out, b",\"traceparent\":", traceparent);
+    string(out, b",\"listener\":", listener);
+    string(out, b",\"route\":", route);
+    string(out, b",\"upstream_service\":", service);
+    out.extend_from_slice(b",\"rule\":");
+    if rule == u16::MAX {
+        out.extend_from_slice(b"null");
+    } else {
+        push_u64(out, u64::from(rule));
     }
     out.extend_from_slice(b"}\n");
 }
 
-/// A JSON string: UTF-8 passed with `"`, `\` and controls escaped; bytes that are not UTF-8
-/// become `\u00XX` (a header may carry obs-text).
+/// `key` then `value` as a JSON string (`null` when empty).
+fn string(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    out.extend_from_slice(key);
+    if value.is_empty() {
+        out.extend_from_slice(b"null");
+    } else {
+        json_string(out, value);
+    }
+}
+
+/// A decimal number, without `fmt`.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Microseconds as milliseconds with three decimals.
+fn push_millis(out: &mut Vec<u8>, us: u64) {
+    push_u64(out, us / 1000);
+    let frac = us % 1000;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+}
+
+/// Whether any of 8 bytes needs escaping in JSON or is not ASCII: a control (< 0x20), DEL or
+/// above (≥ 0x7f), `"` or `\\` (word-at-a-time tests, no per-byte branch).
+fn word_needs_care(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    let at_or_above_del = (w.wrapping_add(ONES) | w) & HIGH;
+    let quote = has_zero(w ^ (ONES * u64::from(b'"')));
+    let backslash = has_zero(w ^ (ONES * u64::from(b'\\')));
+    (below_space | at_or_above_del | quote | backslash) != 0
+}
+
+/// A JSON string: UTF-8 passed with `"`, `\\` and controls escaped; bytes that are not UTF-8
+/// become `\\u00XX` (a header may carry obs-text). Plain ASCII (the usual case) is found
+/// eight bytes at a time and copied whole.
 fn json_string(out: &mut Vec<u8>, value: &[u8]) {
     out.push(b'"');
+    let chunks = value.chunks_exact(8);
+    let tail = chunks.remainder();
+    let plain = chunks.into_iter().all(|c| {
+        !word_needs_care(u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+    }) && tail.iter().all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+    if plain {
+        out.extend_from_slice(value);
+        out.push(b'"');
+        return;
+    }
     let utf8 = std::str::from_utf8(value).is_ok();
     for &b in value {
         match b {
@@ -541,15 +624,28 @@ fn rfc3339(out: &mut Vec<u8>, us: u64) {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        us % 1_000_000
-    );
+    let year = (yoe + era * 400 + i64::from(month <= 2)).clamp(0, 9999) as u64;
+    let two = |out: &mut Vec<u8>, n: u64| {
+        out.extend_from_slice(&[b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8])
+    };
+    two(out, year / 100);
+    two(out, year % 100);
+    out.push(b'-');
+    two(out, month as u64);
+    out.push(b'-');
+    two(out, day as u64);
+    out.push(b'T');
+    two(out, rem / 3600);
+    out.push(b':');
+    two(out, rem % 3600 / 60);
+    out.push(b':');
+    two(out, rem % 60);
+    out.push(b'.');
+    let frac = us % 1_000_000;
+    two(out, frac / 10_000);
+    two(out, frac / 100 % 100);
+    two(out, frac % 100);
+    out.push(b'Z');
 }
 
 #[cfg(test)]
@@ -571,5 +667,19 @@ mod tests {
         out.clear();
         json_string(&mut out, b"\xff");
         assert_eq!(String::from_utf8_lossy(&out), "\"\\u00ff\"");
+        // The eight-at-a-time test against the byte-at-a-time rule, for every byte value in
+        // every position of a word.
+        for b in 0..=255u8 {
+            let care = !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\';
+            for at in 0..8 {
+                let mut w = *b"abcdefgh";
+                w[at] = b;
+                assert_eq!(word_needs_care(u64::from_le_bytes(w)), care, "{b:#x} at {at}");
+            }
+        }
+        out.clear();
+        push_millis(&mut out, 1_234_005);
+        push_u64(&mut out, 0);
+        assert_eq!(out, b"1234.0050");
     }
 }

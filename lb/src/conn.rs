@@ -251,7 +251,8 @@ fn prepare(
         _ => None,
     };
     let ids = core.log.as_ref().map(|log| {
-        let ids = Ids::of(log, field("x-request-id"), field("traceparent"));
+        let seen = Seen::of(fields);
+        let ids = Ids::of(log, seen.request_id, seen.traceparent);
         if !log.writing() {
             return ids;
         }
@@ -259,24 +260,24 @@ fn prepare(
         let listener = routed.listener.and_then(|l| t.table().listeners.get(l as usize));
         let action = routed.action.and_then(|a| t.action(a));
         let service = service.and_then(|s| t.service(s));
+        if let Some(a) = action {
+            rec.rule.set(u16::try_from(a.rule.to_native()).unwrap_or(u16::MAX - 1));
+        }
         let mut text = rec.text.borrow_mut();
         if text.capacity() == 0 {
             *text = core.spare.take();
         }
-        let user_agent = field("user-agent").map_or(&b""[..], |f| trim_ows(f.value));
-        let rule = action.map(|a| a.rule.to_native().to_string()).unwrap_or_default();
         for v in [
             client.as_bytes(),
             request.method,
             raw_host,
             &buf[head.origin_form.clone()],
-            user_agent,
+            seen.user_agent,
             ids.request_id(),
             ids.traceparent(),
             listener.map_or(&b""[..], |l| l.name.as_bytes()),
             action.map_or(&b""[..], |a| a.route.as_bytes()),
             service.map_or(&b""[..], |s| s.name.as_bytes()),
-            rule.as_bytes(),
         ] {
             access_log::put_text(&mut text, v);
         }
@@ -297,7 +298,7 @@ fn prepare(
         Decision::Preflight(fields) => return Some(Plan::Preflight { fields, req }),
         Decision::Forward(f) => f,
     };
-    if ids.as_ref().is_some_and(|i| i.request_id_ours)
+    if ids.as_ref().is_some_and(|i| i.replaces_client)
         && let Some(i) = fields.iter().position(|f| f.name.eq_ignore_ascii_case("x-request-id"))
         && i < 128
     {
@@ -354,110 +355,120 @@ impl Summary {
     }
 }
 
-/// The request id and trace context of a request, as sent upstream and logged: the client's,
-/// or generated here (`--request-id`, `--trace-context`). Fixed buffers: nothing allocated.
-struct Ids {
-    request_id: [u8; 128],
-    request_id_len: usize,
-    /// lb made the request id (it is added to the upstream head).
-    request_id_ours: bool,
-    traceparent: [u8; 55],
-    traceparent_len: usize,
-    traceparent_ours: bool,
+/// The fields the access log and request ids read, found in one pass.
+#[derive(Default)]
+struct Seen<'a> {
+    request_id: Option<&'a [u8]>,
+    traceparent: Option<&'a [u8]>,
+    user_agent: &'a [u8],
 }
 
-impl Ids {
-    fn of(
-        log: &CoreLog,
-        request_id: Option<&httparse::Header<'_>>,
-        traceparent: Option<&httparse::Header<'_>>,
-    ) -> Ids {
+impl<'a> Seen<'a> {
+    fn of(fields: &[httparse::Header<'a>]) -> Seen<'a> {
+        let mut seen = Seen::default();
+        for f in fields {
+            // Lengths first: most fields are none of these, and fail on one compare.
+            match f.name.len() {
+                12 if f.name.eq_ignore_ascii_case("x-request-id") && seen.request_id.is_none() => {
+                    seen.request_id = Some(trim_ows(f.value)).filter(|v| !v.is_empty());
+                }
+                11 if f.name.eq_ignore_ascii_case("traceparent") && seen.traceparent.is_none() => {
+                    seen.traceparent = Some(trim_ows(f.value));
+                }
+                10 if f.name.eq_ignore_ascii_case("user-agent") && seen.user_agent.is_empty() => {
+                    seen.user_agent = trim_ows(f.value);
+                }
+                _ => {}
+            }
+        }
+        seen
+    }
+}
+
+/// The request id and trace context of a request, as sent upstream and logged: the client's
+/// (borrowed from the head), or made here (`--request-id`, `--trace-context`).
+struct Ids<'a> {
+    client_request_id: Option<&'a [u8]>,
+    /// A version 4 UUID lb made (sent upstream), when it made one.
+    request_id: Option<[u8; 36]>,
+    /// lb's id replaces a client's (`--request-id replace`).
+    replaces_client: bool,
+    client_traceparent: Option<&'a [u8]>,
+    /// A `traceparent` lb started (sent upstream).
+    traceparent: Option<[u8; 55]>,
+}
+
+impl<'a> Ids<'a> {
+    fn of(log: &CoreLog, request_id: Option<&'a [u8]>, traceparent: Option<&'a [u8]>) -> Ids<'a> {
         let config = log.config();
-        let mut ids = Ids {
-            request_id: [0; 128],
-            request_id_len: 0,
-            request_id_ours: false,
-            traceparent: [0; 55],
-            traceparent_len: 0,
-            traceparent_ours: false,
+        let make_id = match config.request_ids {
+            RequestIds::Off => false,
+            RequestIds::Generate => request_id.is_none(),
+            RequestIds::Replace => true,
         };
-        let client_id = request_id.map(|f| trim_ows(f.value)).filter(|v| !v.is_empty());
-        match (config.request_ids, client_id) {
-            (RequestIds::Off, Some(v)) | (RequestIds::Generate, Some(v)) => {
-                let n = v.len().min(ids.request_id.len());
-                ids.request_id[..n].copy_from_slice(&v[..n]);
-                ids.request_id_len = n;
-            }
-            (RequestIds::Off, None) => {}
-            (RequestIds::Generate, None) | (RequestIds::Replace, _) => {
-                // A version 4 UUID (RFC 9562 §5.4) from 122 random bits.
-                let (a, b) = (log.random(), log.random());
-                let a = (a & !0xf000) | 0x4000;
-                let b = (b & !(0b11 << 62)) | (0b10 << 62);
-                let bytes = [a.to_be_bytes(), b.to_be_bytes()].concat();
-                let mut n = 0;
-                for (i, byte) in bytes.iter().enumerate() {
-                    if matches!(i, 4 | 6 | 8 | 10) {
-                        ids.request_id[n] = b'-';
-                        n += 1;
+        let request_id_made = make_id.then(|| {
+            // RFC 9562 §5.4: 122 random bits, the version (4) and variant (10) set.
+            let a = (log.random() & !0xf000) | 0x4000;
+            let b = (log.random() & !(0b11 << 62)) | (0b10 << 62);
+            let mut id = [b'-'; 36];
+            let mut at = 0;
+            for (i, word) in [a, b].into_iter().enumerate() {
+                for nibble in 0..16 {
+                    if matches!(i * 16 + nibble, 8 | 12 | 16 | 20) {
+                        at += 1;
                     }
-                    ids.request_id[n] = HEX[usize::from(byte >> 4)];
-                    ids.request_id[n + 1] = HEX[usize::from(byte & 0xf)];
-                    n += 2;
+                    id[at] = HEX[((word >> (60 - 4 * nibble)) & 0xf) as usize];
+                    at += 1;
                 }
-                ids.request_id_len = n;
-                ids.request_id_ours = true;
             }
-        }
-        match traceparent.map(|f| trim_ows(f.value)) {
-            Some(v) => {
-                let n = v.len().min(ids.traceparent.len());
-                ids.traceparent[..n].copy_from_slice(&v[..n]);
-                ids.traceparent_len = n;
-            }
-            None if config.trace == TraceContext::Start => {
-                // version 00, a 16-byte trace id, an 8-byte parent id, sampled (W3C Trace
-                // Context §3.2): lb records no span, so the backend's tracer decides.
-                let mut t = *b"00-00000000000000000000000000000000-0000000000000000-01";
-                for (range, words) in [(3..35, 2), (36..52, 1)] {
-                    let mut at = range.start;
-                    for _ in 0..words {
-                        let mut r = log.random();
-                        for _ in 0..16 {
-                            t[at] = HEX[(r >> 60) as usize];
-                            r <<= 4;
-                            at += 1;
-                        }
+            id
+        });
+        let start_trace = traceparent.is_none() && config.trace == TraceContext::Start;
+        let traceparent_made = start_trace.then(|| {
+            // version 00, a 16-byte trace id, an 8-byte parent id, sampled (W3C Trace Context
+            // §3.2): lb records no span, so the backend's tracer decides.
+            let mut t = *b"00-00000000000000000000000000000000-0000000000000000-01";
+            for (start, words) in [(3, 2), (36, 1)] {
+                let mut at = start;
+                for _ in 0..words {
+                    let r = log.random();
+                    for nibble in 0..16 {
+                        t[at] = HEX[((r >> (60 - 4 * nibble)) & 0xf) as usize];
+                        at += 1;
                     }
                 }
-                ids.traceparent = t;
-                ids.traceparent_len = t.len();
-                ids.traceparent_ours = true;
             }
-            None => {}
+            t
+        });
+        Ids {
+            client_request_id: request_id.filter(|_| config.request_ids != RequestIds::Replace),
+            request_id: request_id_made,
+            replaces_client: config.request_ids == RequestIds::Replace && request_id.is_some(),
+            client_traceparent: traceparent,
+            traceparent: traceparent_made,
         }
-        ids
     }
 
     fn request_id(&self) -> &[u8] {
-        &self.request_id[..self.request_id_len]
+        self.request_id.as_ref().map_or(self.client_request_id.unwrap_or_default(), |id| &id[..])
     }
 
     fn traceparent(&self) -> &[u8] {
-        &self.traceparent[..self.traceparent_len]
+        self.traceparent.as_ref().map_or(self.client_traceparent.unwrap_or_default(), |t| &t[..])
     }
 
     /// Adds the fields lb made to the upstream head in `out` (before its blank line).
     fn add_to(&self, out: &mut Vec<u8>) {
-        if !(self.request_id_ours || self.traceparent_ours) || !out.ends_with(b"\r\n\r\n") {
+        if (self.request_id.is_none() && self.traceparent.is_none()) || !out.ends_with(b"\r\n\r\n")
+        {
             return;
         }
         out.truncate(out.len() - 2);
-        if self.request_id_ours {
-            crate::http1::field(out, b"X-Request-Id", self.request_id());
+        if let Some(id) = &self.request_id {
+            crate::http1::field(out, b"X-Request-Id", id);
         }
-        if self.traceparent_ours {
-            crate::http1::field(out, b"traceparent", self.traceparent());
+        if let Some(t) = &self.traceparent {
+            crate::http1::field(out, b"traceparent", t);
         }
         out.extend_from_slice(b"\r\n");
     }

@@ -490,29 +490,44 @@ pub fn to_text(doc: &Value) -> String {
         }
         let backends = &rule["backends"];
         for b in backends["forward"].as_array().into_iter().flatten() {
-            let share = format!("weight {} ({:.0}%)", b["weight"], b["share_percent"].as_f64().unwrap_or(0.0));
+            let share = format!(
+                "weight {} ({:.0}%)",
+                b["weight"],
+                b["share_percent"].as_f64().unwrap_or(0.0)
+            );
             if let Some(status) = b["answers"].as_u64() {
-                let _ = writeln!(out, "  backend   invalid reference  {share}  → lb answers {status}");
+                let _ =
+                    writeln!(out, "  backend   invalid reference  {share}  → lb answers {status}");
             } else {
-                let eps: Vec<&str> = b["ready_endpoints"].as_array().into_iter().flatten().map(s).collect();
-                let eps = if eps.is_empty() { "no ready endpoints (503)".to_owned() } else { eps.join(", ") };
+                let eps: Vec<&str> =
+                    b["ready_endpoints"].as_array().into_iter().flatten().map(s).collect();
+                let eps = if eps.is_empty() {
+                    "no ready endpoints (503)".to_owned()
+                } else {
+                    eps.join(", ")
+                };
                 let _ = writeln!(out, "  backend   {}  {share}  {eps}", s(&b["service"]));
             }
         }
         if let Some(status) = backends["redirect"].as_u64().or(backends["respond"].as_u64()) {
             let _ = writeln!(out, "  answers   {status}");
         }
-    } else if doc["listener"].is_object()
-        && doc["candidates"].as_array().is_none_or(Vec::is_empty)
+    } else if doc["listener"].is_object() && doc["candidates"].as_array().is_none_or(Vec::is_empty)
     {
-        let _ = writeln!(out, "rule        none: no route on this listener names host {}", s(&r["host"]));
+        let _ = writeln!(
+            out,
+            "rule        none: no route on this listener names host {}",
+            s(&r["host"])
+        );
     }
     let v = &doc["verdict"];
     let _ = write!(out, "verdict     {}", s(&v["action"]));
     if let Some(st) = v["status"].as_u64() {
         let _ = write!(out, " {st}");
     }
-    if doc["rule"]["backends"]["forward"].as_array().is_some_and(|b| b.len() > 1) && v["action"] == "forward" {
+    if doc["rule"]["backends"]["forward"].as_array().is_some_and(|b| b.len() > 1)
+        && v["action"] == "forward"
+    {
         let _ = write!(out, " (weighted: a fresh core's first pick; the shares are above)");
     }
     for key in ["service", "location", "detail"] {

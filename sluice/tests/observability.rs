@@ -362,6 +362,31 @@ fn access_log_records_known_requests_including_failures() {
     let s = samples(&metrics);
     assert_eq!(value(&s, "sluice_access_log_records_total"), 5.0);
     assert_eq!(value(&s, "sluice_access_log_dropped_total"), 0.0);
+
+    // logrotate: the file is moved away and lb told with SIGHUP; what follows goes to a new
+    // file at the configured path. An HTTP/2 stream is logged as one.
+    let rotated = env.dir.join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    env.signal("lb", rustix::process::Signal::HUP);
+    let start = Instant::now();
+    let line = loop {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "5", "--http2-prior-knowledge", "-H", "Host: shop.example"])
+            .arg(format!("http://127.0.0.1:{port}/app/h2"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(300));
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains("/app/h2")) {
+            break serde_json::from_str::<serde_json::Value>(l).unwrap();
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no record in the reopened file");
+    };
+    assert_eq!(line["protocol"], "HTTP/2");
+    assert_eq!(line["status"], 200);
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert_eq!(old.lines().count(), 5, "the rotated file keeps what it had: {old}");
 }
 
 /// `sluice explain` (on the manifests, and lb's `/explain` on the served table) says what lb

@@ -333,6 +333,8 @@ pub(crate) struct Record {
     /// Access log only: µs from the last attempt's start to its response head (`u64::MAX`:
     /// none).
     pub upstream_us: Cell<u64>,
+    /// Access log only: the matched rule's index (`u16::MAX`: none).
+    pub rule: Cell<u16>,
     /// Access log only: the record's strings (`access_log::put_text`), empty when not logging.
     pub text: std::cell::RefCell<Vec<u8>>,
 }
@@ -356,6 +358,7 @@ impl Record {
             protocol: Cell::new(1),
             upstream: Cell::new(None),
             upstream_us: Cell::new(u64::MAX),
+            rule: Cell::new(u16::MAX),
             text: std::cell::RefCell::new(Vec::new()),
         }
     }

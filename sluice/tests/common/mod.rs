@@ -242,15 +242,20 @@ impl Env {
         }
     }
 
-    /// Sends SIGTERM to the process started as `name`.
-    pub fn terminate(&self, name: &str) {
+    /// Sends `signal` to the process started as `name`.
+    pub fn signal(&self, name: &str, signal: rustix::process::Signal) {
         for (n, c) in &self.children {
             if n == name
                 && let Some(pid) = rustix::process::Pid::from_raw(c.id() as i32)
             {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                let _ = rustix::process::kill_process(pid, signal);
             }
         }
+    }
+
+    /// Sends SIGTERM to the process started as `name`.
+    pub fn terminate(&self, name: &str) {
+        self.signal(name, rustix::process::Signal::TERM);
     }
 
     /// Waits up to `limit` for `name` to exit; its exit code, `None` if it is still running.
