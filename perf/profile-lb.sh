@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Counts lb's user-space instructions per proxied request under callgrind and prints the
 # costliest functions (inclusive). Needs nginx (upstream) and valgrind; uses CPU 0 for lb and
-# CPU 1 for everything else.
+# CPU 1 for everything else. BIN=DIR takes sluice and sluice-perf from DIR; LB_ARGS adds lb flags.
 #
 #   cargo build --release -p sluice -p perf && perf/profile-lb.sh [requests] [connections]
 #
@@ -68,7 +68,7 @@ table=/dev/shm/$(basename "$work")/table
 taskset -c 1 nginx -c "$work/up.conf" -p "$work" &
 taskset -c 1 "$bin/sluice" config-sync --manifests "$work/m" --table "$table" 2> "$work/cs.log" &
 taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
-  "$bin/sluice" lb --table "$table" --cores 0 --bind-address 127.0.0.1 2> "$work/lb.log" &
+  "$bin/sluice" lb --table "$table" --cores 0 --bind-address 127.0.0.1 ${LB_ARGS:-} 2> "$work/lb.log" &
 vg=$!
 for _ in $(seq 120); do curl -skf -m 2 --resolve "bench.example:$px:127.0.0.1" "$scheme://bench.example:$px/" >/dev/null && break; sleep 1; done
 load() { "$bin/sluice-perf" load "$scheme://127.0.0.1:$px/" -H 'Host: bench.example' -c "$connections" -n "$1" -d 600 --warmup 0 --cpus 1 | grep requests; }

@@ -798,13 +798,16 @@ impl Bench {
             haproxy_conf(8080, 9000),
             sluice_manifests(8080, 9000)
         );
-        // The TLS section (`--tls`) is measured on its own: keep it.
+        // The TLS and HTTP/2 sections (`--tls`, `--h2`) are measured on their own: keep them.
         let path = self.opts.out.join("benchmarks.md");
         let old = std::fs::read_to_string(&path).unwrap_or_default();
-        let kept = match (old.find(TLS_BEGIN), old.find(TLS_END)) {
-            (Some(a), Some(b)) if b > a => format!("\n{}\n", &old[a..b + TLS_END.len()]),
-            _ => String::new(),
-        };
+        let kept: String = [(TLS_BEGIN, TLS_END), h2::SECTION]
+            .into_iter()
+            .filter_map(|(begin, end)| match (old.find(begin), old.find(end)) {
+                (Some(a), Some(b)) if b > a => Some(format!("\n{}\n", &old[a..b + end.len()])),
+                _ => None,
+            })
+            .collect();
         std::fs::write(&path, format!("{md}{kept}")).map_err(|e| e.to_string())?;
         Ok(md)
     }

@@ -26,6 +26,9 @@ const GRPC_PATH: &str = "/gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/E
 const H2_BEGIN: &str = "<!-- h2: written by sluice-perf compare --h2 -->";
 const H2_END: &str = "<!-- /h2 -->";
 
+/// Where this comparison's section of benchmarks.md begins and ends (the HTTP/1 run keeps it).
+pub(super) const SECTION: (&str, &str) = (H2_BEGIN, H2_END);
+
 /// Connections and streams per connection of every run.
 const CONNECTIONS: usize = 10;
 const STREAMS: usize = 100;
