@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::warn;
 
+use crate::http1::push_decimal;
 use crate::metrics::Record;
 
 /// Bytes per block.
@@ -463,7 +464,7 @@ fn format_record(record: &[u8], out: &mut Vec<u8>) {
         _ => b",\"protocol\":\"HTTP/1.1\"",
     });
     out.extend_from_slice(b",\"status\":");
-    push_u64(out, u64::from(status));
+    push_decimal(out, u64::from(status));
     out.extend_from_slice(b",\"response_flags\":\"");
     if flags == 0 {
         out.push(b'-');
@@ -480,9 +481,9 @@ fn format_record(record: &[u8], out: &mut Vec<u8>) {
         }
     }
     out.extend_from_slice(b"\",\"bytes_received\":");
-    push_u64(out, bytes_in);
+    push_decimal(out, bytes_in);
     out.extend_from_slice(b",\"bytes_sent\":");
-    push_u64(out, bytes_out);
+    push_decimal(out, bytes_out);
     out.extend_from_slice(b",\"duration_ms\":");
     push_millis(out, duration_us);
     out.extend_from_slice(b",\"upstream_host\":");
@@ -493,10 +494,10 @@ fn format_record(record: &[u8], out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b'.');
                 }
-                push_u64(out, u64::from(*o));
+                push_decimal(out, u64::from(*o));
             }
             out.push(b':');
-            push_u64(out, u64::from(port));
+            push_decimal(out, u64::from(port));
             out.push(b'"');
         }
         6 => {
@@ -523,7 +524,7 @@ fn format_record(record: &[u8], out: &mut Vec<u8>) {
     if rule == u16::MAX {
         out.extend_from_slice(b"null");
     } else {
-        push_u64(out, u64::from(rule));
+        push_decimal(out, u64::from(rule));
     }
     out.extend_from_slice(b"}\n");
 }
@@ -538,24 +539,9 @@ fn string(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     }
 }
 
-/// A decimal number, without `fmt`.
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-}
-
 /// Microseconds as milliseconds with three decimals.
 fn push_millis(out: &mut Vec<u8>, us: u64) {
-    push_u64(out, us / 1000);
+    push_decimal(out, us / 1000);
     let frac = us % 1000;
     out.extend_from_slice(&[
         b'.',
@@ -679,7 +665,7 @@ mod tests {
         }
         out.clear();
         push_millis(&mut out, 1_234_005);
-        push_u64(&mut out, 0);
+        push_decimal(&mut out, 0);
         assert_eq!(out, b"1234.0050");
     }
 }

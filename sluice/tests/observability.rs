@@ -63,18 +63,25 @@ fn scrape_until(env: &Env, ok: impl Fn(&HashMap<String, f64>) -> bool) -> HashMa
     }
 }
 
-#[test]
-fn metrics_count_known_traffic_and_the_admin_listener_answers() {
-    let mut env = Env::new("metrics");
+/// Gateway `gw` on a free port (returned), route `r` (`/app`) to an echo (`default/svc`) and
+/// route `gone` (`/dead`) to a Service whose only endpoint refuses connections (a 502 and a
+/// connect failure); config-sync and lb not started yet.
+fn two_routes(name: &str) -> (Env, u16, std::net::SocketAddr, std::net::SocketAddr) {
+    let mut env = Env::new(name);
     let echo = env.echo("default", "svc", "pod-a");
     let port = free_port();
     env.write("gateway.yaml", &gateway(port));
     env.write("svc.yaml", &service("default", "svc", &[echo]));
-    // A Service whose only endpoint refuses connections: 502 and a connect failure.
     let dead = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     env.write("dead.yaml", &service("default", "dead", &[dead]));
     env.write("route.yaml", &route("r", Some("/app"), "svc"));
     env.write("dead-route.yaml", &route("gone", Some("/dead"), "dead"));
+    (env, port, echo, dead)
+}
+
+#[test]
+fn metrics_count_known_traffic_and_the_admin_listener_answers() {
+    let (mut env, port, _, _) = two_routes("metrics");
     env.config_sync();
     env.lb(&["--metrics-routes", "--metrics-backends"]);
     env.wait_applied(1);
@@ -272,15 +279,7 @@ fn five_thousand_routes_keep_the_default_exposition_small() {
 /// started for requests without one.
 #[test]
 fn access_log_records_known_requests_including_failures() {
-    let mut env = Env::new("access-log");
-    let echo = env.echo("default", "svc", "pod-a");
-    let port = free_port();
-    env.write("gateway.yaml", &gateway(port));
-    env.write("svc.yaml", &service("default", "svc", &[echo]));
-    let dead = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    env.write("dead.yaml", &service("default", "dead", &[dead]));
-    env.write("route.yaml", &route("r", Some("/app"), "svc"));
-    env.write("dead-route.yaml", &route("gone", Some("/dead"), "dead"));
+    let (mut env, port, echo, dead) = two_routes("access-log");
     let log = env.dir.join("access.log");
     let log_arg = log.to_str().unwrap().to_owned();
     env.config_sync();
