@@ -159,6 +159,28 @@ fn curl_gets_https_with_the_certificate_its_sni_selects() {
     // No server name: the listener without hostname.
     let none = openssl(site.port, &["-noservername"]);
     assert!(none.contains("CN = example.org") || none.contains("CN=example.org"), "{none}");
+    // lb's /config shows the certificates by name and count, never a key or any DER blob.
+    let (status, config) = site.env.admin_get("/config", "");
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let certs = doc["table"]["certificates"].as_array().unwrap();
+    assert!(!certs.is_empty(), "{config}");
+    for c in certs {
+        assert!(c.get("key").is_none(), "a key in /config: {c}");
+        assert!(c["chain"].as_u64().unwrap() >= 1, "{c}");
+        assert!(c["name"].as_str().unwrap().starts_with("default/"), "{c}");
+    }
+    fn longest_array(v: &serde_json::Value) -> usize {
+        match v {
+            serde_json::Value::Array(a) => {
+                a.iter().map(longest_array).max().unwrap_or(0).max(a.len())
+            }
+            serde_json::Value::Object(o) => o.values().map(longest_array).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    assert!(longest_array(&doc) < 64, "a byte blob serialised in /config");
+    assert!(!config.contains("PRIVATE KEY"));
 }
 
 #[test]
