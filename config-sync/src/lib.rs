@@ -33,6 +33,7 @@ pub use files::FileSource;
 pub use kubernetes::KubeOptions;
 pub use metrics::address_path as admin_address_path;
 pub use model::{Model, parse_document};
+pub use status::condition_healthy;
 
 /// How often the segment is checked for damage (deleted, replaced, truncated, scribbled on).
 pub const SEGMENT_CHECK: Duration = Duration::from_secs(1);

@@ -143,6 +143,14 @@ impl StatusWriter {
     }
 }
 
+/// Whether a condition of this type and status is healthy: `True`, except for the condition
+/// types whose healthy value is `False` (a listener's `Conflicted`). `sluice status` and the
+/// Events on objects with problems read conditions this one way.
+pub fn condition_healthy(type_: &str, status: &str) -> bool {
+    const HEALTHY_FALSE: &[&str] = &["Conflicted", "Degraded"];
+    status == if HEALTHY_FALSE.contains(&type_) { "False" } else { "True" }
+}
+
 /// The status as JSON.
 pub(crate) fn status_value(status: &ObjectStatus) -> Value {
     let v = match status {

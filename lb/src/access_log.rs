@@ -209,9 +209,8 @@ impl CoreLog {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    /// Logs a finished exchange, if the filters and the sample keep it.
-    pub(crate) fn append(&self, r: &Record) {
-        let duration = r.started.elapsed();
+    /// Logs a finished exchange that took `duration`, if the filters and the sample keep it.
+    pub(crate) fn append(&self, r: &Record, duration: Duration) {
         let status = r.status.get();
         let c = &self.config;
         let filtered = c.min_status > 0 || c.slower_than.is_some();
@@ -240,6 +239,9 @@ impl CoreLog {
             return;
         }
         if block.capacity() == 0 {
+            // The core's first block: one of its BLOCKS, so the writer's queue (BLOCKS per
+            // core) can always take every block a core has.
+            self.made.set(self.made.get() + 1);
             block.reserve_exact(BLOCK);
         }
         let b = &mut *block;

@@ -143,13 +143,15 @@ pub(crate) async fn exchange(
 
 /// Counts a finished exchange and hands it to the access log.
 fn finish(core: &Core, rec: &Record, client: &ClientIp) {
-    core.metrics.record(rec);
+    // One clock read for both.
+    let elapsed = rec.started.elapsed();
+    core.metrics.record(rec, elapsed);
     if let Some(log) = core.log.as_ref().filter(|l| l.writing()) {
         if rec.text.borrow().is_empty() {
             // The head never got as far as routing: the client is all there is to say.
             access_log::put_text(&mut rec.text.borrow_mut(), client.as_bytes());
         }
-        log.append(rec);
+        log.append(rec, elapsed);
         core.spare.give(rec.text.take());
     }
 }
@@ -250,9 +252,10 @@ fn prepare(
         Decision::Forward(f) => Some(f.service),
         _ => None,
     };
-    let ids = core.log.as_ref().map(|log| {
+    // Ids go upstream with a forwarded request and into the log: made for nothing else.
+    let ids = core.log.as_ref().filter(|l| l.writing() || service.is_some()).map(|log| {
         let seen = Seen::of(fields);
-        let ids = Ids::of(log, seen.request_id, seen.traceparent);
+        let ids = Ids::of(log, &seen);
         if !log.writing() {
             return ids;
         }
@@ -298,8 +301,7 @@ fn prepare(
         Decision::Preflight(fields) => return Some(Plan::Preflight { fields, req }),
         Decision::Forward(f) => f,
     };
-    if ids.as_ref().is_some_and(|i| i.replaces_client)
-        && let Some(i) = fields.iter().position(|f| f.name.eq_ignore_ascii_case("x-request-id"))
+    if let Some(i) = ids.as_ref().and_then(|i| i.replaces)
         && i < 128
     {
         // `--request-id replace`: lb's id goes upstream instead of the client's.
@@ -359,6 +361,8 @@ impl Summary {
 #[derive(Default)]
 struct Seen<'a> {
     request_id: Option<&'a [u8]>,
+    /// Where the first `X-Request-Id` field is (to drop it for `--request-id replace`).
+    request_id_at: Option<usize>,
     traceparent: Option<&'a [u8]>,
     user_agent: &'a [u8],
 }
@@ -366,11 +370,14 @@ struct Seen<'a> {
 impl<'a> Seen<'a> {
     fn of(fields: &[httparse::Header<'a>]) -> Seen<'a> {
         let mut seen = Seen::default();
-        for f in fields {
+        for (i, f) in fields.iter().enumerate() {
             // Lengths first: most fields are none of these, and fail on one compare.
             match f.name.len() {
-                12 if f.name.eq_ignore_ascii_case("x-request-id") && seen.request_id.is_none() => {
+                12 if f.name.eq_ignore_ascii_case("x-request-id")
+                    && seen.request_id_at.is_none() =>
+                {
                     seen.request_id = Some(trim_ows(f.value)).filter(|v| !v.is_empty());
+                    seen.request_id_at = Some(i);
                 }
                 11 if f.name.eq_ignore_ascii_case("traceparent") && seen.traceparent.is_none() => {
                     seen.traceparent = Some(trim_ows(f.value));
@@ -391,15 +398,16 @@ struct Ids<'a> {
     client_request_id: Option<&'a [u8]>,
     /// A version 4 UUID lb made (sent upstream), when it made one.
     request_id: Option<[u8; 36]>,
-    /// lb's id replaces a client's (`--request-id replace`).
-    replaces_client: bool,
+    /// The client's `X-Request-Id` field that lb's replaces (`--request-id replace`).
+    replaces: Option<usize>,
     client_traceparent: Option<&'a [u8]>,
     /// A `traceparent` lb started (sent upstream).
     traceparent: Option<[u8; 55]>,
 }
 
 impl<'a> Ids<'a> {
-    fn of(log: &CoreLog, request_id: Option<&'a [u8]>, traceparent: Option<&'a [u8]>) -> Ids<'a> {
+    fn of(log: &CoreLog, seen: &Seen<'a>) -> Ids<'a> {
+        let (request_id, traceparent) = (seen.request_id, seen.traceparent);
         let config = log.config();
         let make_id = match config.request_ids {
             RequestIds::Off => false,
@@ -408,18 +416,14 @@ impl<'a> Ids<'a> {
         };
         let request_id_made = make_id.then(|| {
             // RFC 9562 §5.4: 122 random bits, the version (4) and variant (10) set.
-            let a = (log.random() & !0xf000) | 0x4000;
-            let b = (log.random() & !(0b11 << 62)) | (0b10 << 62);
+            let mut digits = [0u8; 32];
+            hex(&mut digits[..16], (log.random() & !0xf000) | 0x4000);
+            hex(&mut digits[16..], (log.random() & !(0b11 << 62)) | (0b10 << 62));
             let mut id = [b'-'; 36];
-            let mut at = 0;
-            for (i, word) in [a, b].into_iter().enumerate() {
-                for nibble in 0..16 {
-                    if matches!(i * 16 + nibble, 8 | 12 | 16 | 20) {
-                        at += 1;
-                    }
-                    id[at] = HEX[((word >> (60 - 4 * nibble)) & 0xf) as usize];
-                    at += 1;
-                }
+            for (to, from) in
+                [(0..8, 0..8), (9..13, 8..12), (14..18, 12..16), (19..23, 16..20), (24..36, 20..32)]
+            {
+                id[to].copy_from_slice(&digits[from]);
             }
             id
         });
@@ -428,22 +432,15 @@ impl<'a> Ids<'a> {
             // version 00, a 16-byte trace id, an 8-byte parent id, sampled (W3C Trace Context
             // §3.2): lb records no span, so the backend's tracer decides.
             let mut t = *b"00-00000000000000000000000000000000-0000000000000000-01";
-            for (start, words) in [(3, 2), (36, 1)] {
-                let mut at = start;
-                for _ in 0..words {
-                    let r = log.random();
-                    for nibble in 0..16 {
-                        t[at] = HEX[((r >> (60 - 4 * nibble)) & 0xf) as usize];
-                        at += 1;
-                    }
-                }
+            for digits in [3..19, 19..35, 36..52] {
+                hex(&mut t[digits], log.random());
             }
             t
         });
         Ids {
             client_request_id: request_id.filter(|_| config.request_ids != RequestIds::Replace),
             request_id: request_id_made,
-            replaces_client: config.request_ids == RequestIds::Replace && request_id.is_some(),
+            replaces: seen.request_id_at.filter(|_| config.request_ids == RequestIds::Replace),
             client_traceparent: traceparent,
             traceparent: traceparent_made,
         }
@@ -474,7 +471,13 @@ impl<'a> Ids<'a> {
     }
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// Writes `word` as 16 lower-case hex digits into `out` (16 bytes).
+fn hex(out: &mut [u8], word: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, o) in out.iter_mut().enumerate().take(16) {
+        *o = HEX[((word >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}
 
 /// `application/grpc`, alone or with a `+format` or parameters (gRPC over HTTP/2).
 fn is_grpc(content_type: &[u8]) -> bool {

@@ -207,9 +207,6 @@ pub(crate) struct StatusArgs {
     problems: bool,
 }
 
-/// A condition whose healthy value is `False`.
-const HEALTHY_FALSE: &[&str] = &["Conflicted", "Degraded"];
-
 /// `sluice status`: every object's conditions from the status folder, as a table.
 pub(crate) fn status(a: &StatusArgs) -> Result<(), String> {
     let mut files = Vec::new();
@@ -325,8 +322,7 @@ fn conditions(list: &serde_json::Value) -> (String, bool) {
     for c in list.as_array().into_iter().flatten() {
         let kind = c["type"].as_str().unwrap_or("?");
         let status = c["status"].as_str().unwrap_or("?");
-        let healthy =
-            if HEALTHY_FALSE.contains(&kind) { status == "False" } else { status == "True" };
+        let healthy = config_sync::condition_healthy(kind, status);
         all_ok &= healthy;
         if healthy {
             parts.push(format!("{kind}={status}"));

@@ -21,9 +21,6 @@ use crate::status::Change;
 /// How long the same problem stays quiet after it was reported.
 pub(super) const REPEAT_AFTER: Duration = Duration::from_secs(300);
 
-/// Conditions whose healthy value is `False`.
-const HEALTHY_FALSE: &[&str] = &["Conflicted"];
-
 /// Most problems remembered (oldest forgotten first); bounded however many objects churn.
 const REMEMBERED: usize = 10_000;
 
@@ -84,9 +81,7 @@ fn problems(status: &ObjectStatus) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     for list in status.conditions_mut() {
         for c in list.iter() {
-            let healthy_value =
-                if HEALTHY_FALSE.contains(&c.type_.as_str()) { "False" } else { "True" };
-            if c.status != healthy_value {
+            if !crate::status::condition_healthy(&c.type_, &c.status) {
                 let item = (c.type_.clone(), c.reason.clone(), c.message.clone());
                 if !out.contains(&item) {
                     out.push(item);

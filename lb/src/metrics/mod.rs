@@ -178,6 +178,15 @@ impl<T: Default> Slots<T> {
         self.segments.get(slot / SEGMENT)?.get()?.get(slot % SEGMENT)
     }
 
+    /// Zeroes `slots` with `reset` (slots handed to a new name; the owning core).
+    fn zero(&self, slots: &[u32], reset: fn(&T)) {
+        for &s in slots {
+            if let Some(t) = self.get(s) {
+                reset(t);
+            }
+        }
+    }
+
     /// Makes sure slots `0..count` exist (the owning core, at a table swap).
     fn ensure(&self, count: u32) {
         let needed = (count as usize).div_ceil(SEGMENT).min(SEGMENTS);
@@ -251,21 +260,9 @@ impl CoreMetrics {
         self.listeners.ensure(labels.slot_counts[0]);
         self.routes.ensure(labels.slot_counts[1]);
         self.backends.ensure(labels.slot_counts[2]);
-        for &s in labels.reused[0].iter() {
-            if let Some(t) = self.listeners.get(s) {
-                t.reset();
-            }
-        }
-        for &s in labels.reused[1].iter() {
-            if let Some(t) = self.routes.get(s) {
-                t.reset();
-            }
-        }
-        for &s in labels.reused[2].iter() {
-            if let Some(u) = self.backends.get(s) {
-                u.reset();
-            }
-        }
+        self.listeners.zero(&labels.reused[0], Traffic::reset);
+        self.routes.zero(&labels.reused[1], Traffic::reset);
+        self.backends.zero(&labels.reused[2], Upstream::reset);
     }
 }
 
@@ -366,8 +363,10 @@ impl Record {
 
 impl CoreMetrics {
     /// Counts a finished exchange.
-    pub(crate) fn record(&self, r: &Record) {
-        let us = r.started.elapsed().as_micros() as u64;
+    /// Counts a finished exchange that took `elapsed` (read once by the caller, which the
+    /// access log shares).
+    pub(crate) fn record(&self, r: &Record, elapsed: Duration) {
+        let us = elapsed.as_micros() as u64;
         let class = class(r.status.get());
         let listener = self.listeners.get(r.listener.get()).unwrap_or(&self.unmatched);
         listener.record(r, class, us);
@@ -447,8 +446,10 @@ const RETIRE_AFTER: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 struct Dim<K> {
     slot_of: HashMap<K, u32>,
-    /// Per slot: its name while it has one, and whether the newest generation has that name.
-    names: Vec<Option<(K, bool)>>,
+    /// Per slot: its name while it has one, and the last generation (`epoch`) that had it.
+    names: Vec<Option<(K, u64)>>,
+    /// Generations labelled so far; a name is live when its slot's epoch is this one.
+    epoch: u64,
     /// Slots of names that left the table, with when they left.
     retiring: VecDeque<(u32, Instant)>,
     free: Vec<u32>,
@@ -459,6 +460,7 @@ impl<K: Hash + Eq + Clone> Dim<K> {
         Dim {
             slot_of: HashMap::new(),
             names: Vec::new(),
+            epoch: 0,
             retiring: VecDeque::new(),
             free: Vec::new(),
         }
@@ -471,24 +473,23 @@ impl<K: Hash + Eq + Clone> Dim<K> {
         keys: impl Iterator<Item = Option<K>>,
         now: Instant,
     ) -> (Box<[u32]>, Box<[u32]>) {
+        let previous = self.epoch;
+        self.epoch += 1;
         while let Some(&(slot, since)) = self.retiring.front() {
             if now.duration_since(since) < RETIRE_AFTER {
                 break;
             }
             self.retiring.pop_front();
-            // Still retired (not taken back by its name meanwhile): free it.
+            // Freed unless its name came back to the table meanwhile.
             if let Some(entry) = self.names.get_mut(slot as usize)
-                && let Some((key, false)) = entry.take()
+                && entry.as_ref().is_some_and(|(_, seen)| *seen < previous)
+                && let Some((key, _)) = entry.take()
             {
                 self.slot_of.remove(&key);
                 self.free.push(slot);
-            } else if let Some(Some((_, true))) = self.names.get(slot as usize) {
-                // Back in the table: keep it.
             }
         }
-        for (_, live) in self.names.iter_mut().flatten() {
-            *live = false;
-        }
+        let epoch = self.epoch;
         let mut reused = Vec::new();
         let slots = keys
             .map(|key| {
@@ -512,15 +513,14 @@ impl<K: Hash + Eq + Clone> Dim<K> {
                     }
                 };
                 if let Some(entry) = self.names.get_mut(slot as usize) {
-                    *entry = Some((key, true));
+                    *entry = Some((key, epoch));
                 }
                 slot
             })
             .collect();
+        // Names the previous generation had and this one has not start retiring (once each).
         for (slot, entry) in self.names.iter().enumerate() {
-            if let Some((_, false)) = entry
-                && !self.retiring.iter().any(|&(s, _)| s as usize == slot)
-            {
+            if matches!(entry, Some((_, seen)) if *seen == previous && previous > 0) {
                 self.retiring.push_back((slot as u32, now));
             }
         }
@@ -530,7 +530,7 @@ impl<K: Hash + Eq + Clone> Dim<K> {
     /// The live names with their slots.
     fn live(&self) -> impl Iterator<Item = (u32, &K)> {
         self.names.iter().enumerate().filter_map(|(slot, e)| match e {
-            Some((key, true)) => Some((slot as u32, key)),
+            Some((key, seen)) if *seen == self.epoch => Some((slot as u32, key)),
             _ => None,
         })
     }
@@ -653,6 +653,14 @@ mod tests {
         // Not counted: no slot.
         let (h, _) = dim.assign([None, k("a")].into_iter(), later);
         assert_eq!(&*h, &[NO_SLOT, 0]);
+        // A name whose retirement falls due after it came back keeps its slot.
+        let back = later + Duration::from_secs(2);
+        dim.assign([k("a"), k("b")].into_iter(), back);
+        let due = back + RETIRE_AFTER + Duration::from_secs(1);
+        let (i, reused) = dim.assign([k("a"), k("b"), k("z")].into_iter(), due);
+        assert_eq!(&i[..2], &[0, 1]);
+        assert!(!reused.contains(&1), "b's slot is b's");
+        assert!(dim.live().any(|(slot, key)| slot == 1 && key == "b"));
     }
 
     #[test]
