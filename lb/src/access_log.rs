@@ -16,10 +16,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, sync_channel};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::warn;
 
+use crate::clock::{self, Stamp};
 use crate::http1::push_decimal;
 use crate::metrics::Record;
 
@@ -136,7 +137,7 @@ pub(crate) struct CoreLog {
     pub written: Cell<u64>,
     rng: Cell<u64>,
     /// Wall-clock time of an instant, refreshed every tick: start times cost no clock read.
-    anchor: Cell<(Instant, SystemTime)>,
+    anchor: Cell<(Stamp, SystemTime)>,
 }
 
 /// One [`CoreLog`] per core, and the writer thread when records are written; `None` when
@@ -168,7 +169,7 @@ pub(crate) fn start(config: &LogConfig, cores: usize) -> std::io::Result<Option<
             dropped: Cell::new(0),
             written: Cell::new(0),
             rng: Cell::new(seed(core)),
-            anchor: Cell::new((Instant::now(), SystemTime::now())),
+            anchor: Cell::new((clock::now(), SystemTime::now())),
         });
     }
     let Some(out) = out else { return Ok(Some(logs)) };
@@ -224,9 +225,10 @@ impl CoreLog {
             return;
         }
         let (at, wall) = self.anchor.get();
-        let start = match r.started.checked_duration_since(at) {
-            Some(after) => wall + after,
-            None => wall.checked_sub(at.duration_since(r.started)).unwrap_or(wall),
+        let start = if r.started >= at {
+            wall + clock::between(at, r.started)
+        } else {
+            wall.checked_sub(clock::between(r.started, at)).unwrap_or(wall)
         };
         let start_us = start.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
         let text = r.text.borrow();
@@ -285,7 +287,7 @@ impl CoreLog {
 
     /// The core's 100 ms tick: hands over what was logged since, refreshes the clock anchor.
     pub(crate) fn tick(&self) {
-        self.anchor.set((Instant::now(), SystemTime::now()));
+        self.anchor.set((clock::now(), SystemTime::now()));
         let mut block = self.block.borrow_mut();
         if !block.is_empty() {
             let _ = self.swap(&mut block);

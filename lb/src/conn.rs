@@ -19,6 +19,7 @@ use table::{ActionId, Headers, ServiceId};
 use tracing::debug;
 
 use crate::access_log::{self, CoreLog, RequestIds, TraceContext, flags};
+use crate::clock;
 use crate::core::Core;
 use crate::error::{Cause, Phase, ProxyError, Refusal, Side};
 use crate::exchange::{self, Decision, Request, Routed};
@@ -144,7 +145,7 @@ pub(crate) async fn exchange(
 /// Counts a finished exchange and hands it to the access log.
 fn finish(core: &Core, rec: &Record, client: &ClientIp) {
     // One clock read for both.
-    let elapsed = rec.started.elapsed();
+    let elapsed = clock::since(rec.started);
     core.metrics.record(rec, elapsed);
     if let Some(log) = core.log.as_ref().filter(|l| l.writing()) {
         if rec.text.borrow().is_empty() {
@@ -241,7 +242,7 @@ fn prepare(
         local,
     };
     let mut routed = Routed::default();
-    let decision = exchange::decide(&table, &request, &mut routed);
+    let mut decision = exchange::decide(&table, &request, &mut routed);
     if let Some(l) = routed.listener {
         rec.listener.set(table.labels.listener(l));
     }
@@ -286,8 +287,9 @@ fn prepare(
         }
         ids
     });
-    let forward = match decision {
-        Decision::Refuse(refusal) => {
+    // By reference: moving the (large) decision out of its slot cost two copies a request.
+    let forward = match &mut decision {
+        &mut Decision::Refuse(refusal) => {
             rec.flag(match refusal {
                 Refusal::NoRoute => flags::NR,
                 Refusal::NoEndpoints => flags::UH,
@@ -296,9 +298,12 @@ fn prepare(
             return Some(Plan::Refuse { refusal, req });
         }
         Decision::Redirect { status, location } => {
+            let (status, location) = (*status, std::mem::take(location));
             return Some(Plan::Redirect { status, location, req });
         }
-        Decision::Preflight(fields) => return Some(Plan::Preflight { fields, req }),
+        Decision::Preflight(fields) => {
+            return Some(Plan::Preflight { fields: std::mem::take(fields), req });
+        }
         Decision::Forward(f) => f,
     };
     if let Some(i) = ids.as_ref().and_then(|i| i.replaces)
@@ -330,7 +335,8 @@ fn prepare(
     let timed = action.timeouts.request_ms != 0 || req.grpc_timeout_ms != 0;
     let arrived = if timed { core.wheel.now() } else { 0 };
     let req = Summary { arrived, ..req };
-    let (id, service, cursor, cors) = (forward.id, forward.service, forward.cursor, forward.cors);
+    let (id, service, cursor) = (forward.id, forward.service, forward.cursor);
+    let cors = std::mem::take(&mut forward.cors);
     rec.backend.set(table.labels.backend(service.0));
     Some(Plan::Forward { table, id, service, cursor, cors, req })
 }
@@ -471,11 +477,19 @@ impl<'a> Ids<'a> {
     }
 }
 
-/// Writes `word` as 16 lower-case hex digits into `out` (16 bytes).
+/// Writes `word` as 16 lower-case hex digits into `out` (16 bytes). Eight digits at a time in
+/// one register (a digit per byte), no table and no loop per digit: ids are made for every
+/// forwarded request by default.
 fn hex(out: &mut [u8], word: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, o) in out.iter_mut().enumerate().take(16) {
-        *o = HEX[((word >> (60 - 4 * i)) & 0xf) as usize];
+    for (half, chunk) in [word >> 32, word & 0xffff_ffff].into_iter().zip(out.chunks_exact_mut(8)) {
+        // Spread the eight nibbles to eight bytes, the most significant nibble highest.
+        let mut x = (half | half << 16) & 0x0000_ffff_0000_ffff;
+        x = (x | x << 8) & 0x00ff_00ff_00ff_00ff;
+        x = (x | x << 4) & 0x0f0f_0f0f_0f0f_0f0f;
+        // 1 in each byte whose nibble is 10 or more (no carry leaves a byte: 15 + 6 < 256).
+        let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+        let digits = x + 0x3030_3030_3030_3030 + letters * u64::from(b'a' - b'0' - 10);
+        chunk.copy_from_slice(&digits.to_be_bytes());
     }
 }
 
@@ -549,6 +563,22 @@ mod grpc_tests {
         assert_eq!(grpc_timeout_ms(b"99999999M"), Some(5_999_999_940_000));
         for bad in [&b""[..], b"m", b"100", b"100x", b"123456789S", b"-1S", b"1.5S"] {
             assert_eq!(grpc_timeout_ms(bad), None, "{bad:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod hex_tests {
+    #[test]
+    fn hex_writes_sixteen_lower_case_digits() {
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        for word in [0, u64::MAX, 0x0123_4567_89ab_cdef, 0xa0b0_c0d0_e0f0_0a0b, 1 << 63, 9] {
+            for w in [word, x] {
+                let mut out = [0u8; 16];
+                super::hex(&mut out, w);
+                assert_eq!(std::str::from_utf8(&out), Ok(format!("{w:016x}").as_str()));
+            }
+            x = x.wrapping_mul(0x2545_f491_4f6c_dd1d).rotate_left(17);
         }
     }
 }

@@ -20,6 +20,7 @@
 mod settings;
 mod io;
 mod timer;
+mod clock;
 mod transport;
 mod tls;
 mod listener;
@@ -143,6 +144,8 @@ pub fn run(config: Config) -> Result<(), Error> {
         signal_hook::flag::register(signal, Arc::clone(&shutdown.draining))
             .map_err(Error::Thread)?;
     }
+    // Calibrated here, before any core runs a request.
+    clock::init();
     let core_metrics: Vec<Arc<metrics::CoreMetrics>> =
         config.cpus.iter().map(|_| Arc::new(metrics::CoreMetrics::new())).collect();
     let mut logs = access_log::start(&config.log, config.cpus.len())

@@ -20,6 +20,7 @@ use tracing::debug;
 use futures_util::future::{Either, select};
 
 use crate::access_log::flags;
+use crate::clock;
 use crate::core::Core;
 use crate::error::{Cause, Phase, ProxyError, Refusal, Side, timed};
 use crate::fields::FieldList;
@@ -435,7 +436,7 @@ impl Exchange<'_> {
         let core = self.core;
         self.rec.upstream.set(Some(addr));
         let timed_attempt =
-            core.log.as_ref().filter(|l| l.writing()).map(|_| std::time::Instant::now());
+            core.log.as_ref().filter(|l| l.writing()).map(|_| clock::now());
         let clock = (&*core.wheel, self.deadline);
         let limit = core.settings.timeouts.connect;
         let pools = (&core.pool, &core.h2_pool);
@@ -481,7 +482,7 @@ impl Exchange<'_> {
         match result {
             Ok(response) => {
                 if let Some(t) = timed_attempt {
-                    self.rec.upstream_us.set(t.elapsed().as_micros() as u64);
+                    self.rec.upstream_us.set(clock::since(t).as_micros() as u64);
                 }
                 Ok((up, Some(response)))
             }

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use table::format::ArchivedTable;
 
+use crate::clock::{self, Stamp};
+
 pub(crate) use render::{Exposition, render};
 
 /// A counter (or gauge) with a single writer: a load and a store, no lock prefix.
@@ -312,7 +314,8 @@ impl Upstream {
 /// ([`CoreMetrics::record`]).
 #[derive(Debug)]
 pub(crate) struct Record {
-    pub started: Instant,
+    /// When the exchange began (`clock::now`).
+    pub started: Stamp,
     /// Slots ([`NO_SLOT`]: none).
     pub listener: Cell<u32>,
     pub route: Cell<u32>,
@@ -344,7 +347,7 @@ impl Record {
 
     pub(crate) fn start() -> Record {
         Record {
-            started: Instant::now(),
+            started: clock::now(),
             listener: Cell::new(NO_SLOT),
             route: Cell::new(NO_SLOT),
             backend: Cell::new(NO_SLOT),
