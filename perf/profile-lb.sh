@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Counts lb's user-space instructions per proxied request under callgrind and prints the
 # costliest functions (inclusive). Needs nginx (upstream) and valgrind; uses CPU 0 for lb and
-# CPU 1 for everything else. BIN=DIR takes sluice and sluice-perf from DIR; LB_ARGS adds lb flags.
+# CPU 1 for everything else. BIN=DIR takes sluice and sluice-perf from DIR; LB_ARGS adds lb flags;
+# THREADS=1 also prints each thread's share (the core, the access-log writer).
 #
 #   cargo build --release -p sluice -p perf && perf/profile-lb.sh [requests] [connections]
 #
@@ -67,7 +68,7 @@ YAML
 table=/dev/shm/$(basename "$work")/table
 taskset -c 1 nginx -c "$work/up.conf" -p "$work" &
 taskset -c 1 "$bin/sluice" config-sync --manifests "$work/m" --table "$table" 2> "$work/cs.log" &
-taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
+taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" ${THREADS:+--separate-threads=yes} \
   "$bin/sluice" lb --table "$table" --cores 0 --bind-address 127.0.0.1 ${LB_ARGS:-} 2> "$work/lb.log" &
 vg=$!
 for _ in $(seq 120); do curl -skf -m 2 --resolve "bench.example:$px:127.0.0.1" "$scheme://bench.example:$px/" >/dev/null && break; sleep 1; done
@@ -81,7 +82,18 @@ load 200 >/dev/null
 load "$requests"
 callgrind_control -d "$vg" >/dev/null
 sleep 1
+if [ -n "${THREADS:-}" ]; then
+  # Per thread: the cores apart from the access-log writer and the admin thread.
+  for f in "$work"/cg.out.*-*; do
+    t=$(grep -E '^(summary|totals):' "$f" | head -1 | awk '{print $2}')
+    [ "${t:-0}" -gt 0 ] && echo "thread $(grep -m1 '^thread:' "$f" | cut -d' ' -f2): $((t / requests)) per request"
+  done
+fi
 dump=$(ls -t "$work"/cg.out.* | head -1)
+if [ -n "${THREADS:-}" ]; then
+  # The busiest thread (the core) is the one annotated below.
+  dump=$(for f in "$work"/cg.out.*-*; do echo "$(grep -E '^(summary|totals):' "$f" | head -1 | awk '{print $2}') $f"; done | sort -n | tail -1 | cut -d' ' -f2)
+fi
 total=$(grep -E '^(summary|totals):' "$dump" | head -1 | awk '{print $2}')
 echo "instructions per request: $((total / requests)) ($total over $requests requests)"
 callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | grep -E '^ *[0-9,]+ \(' | sed -n 1,45p | cut -c1-170
