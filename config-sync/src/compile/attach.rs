@@ -116,7 +116,7 @@ impl<'m> Compiler<'m> {
         for (listener, effective) in attach {
             self.listeners[listener].attached += 1;
             let kind = self.route_kind;
-            self.listeners[listener].attached_hosts.push((kind, key, effective.clone()));
+            self.listeners[listener].attached_hosts[kind as usize].add(key, &effective);
             for (rule_index, rule) in rules.iter().enumerate() {
                 let action = rule_actions[rule_index];
                 let default_match = [HttpRouteRulesMatches::default()];
@@ -158,15 +158,16 @@ impl<'m> Compiler<'m> {
             .into_iter()
             .filter(|(i, effective)| {
                 let l = &self.listeners[*i];
-                let other = l.attached_hosts.iter().find(|(k, _, hosts)| {
-                    *k != kind
-                        && hosts.iter().any(|h| effective.iter().any(|e| hosts_overlap(h, e)))
-                });
-                if let Some((k, key, _)) = other {
+                let other_kind = match kind {
+                    RouteKind::Http => RouteKind::Grpc,
+                    RouteKind::Grpc => RouteKind::Http,
+                };
+                let other = l.attached_hosts[other_kind as usize].first_overlap(effective);
+                if let Some(key) = other {
                     conflict = Some(format!(
                         "its hostnames overlap {} {key} on listener {} (the older route is \
                          accepted)",
-                        k.name(),
+                        other_kind.name(),
                         l.name
                     ));
                 }
@@ -257,6 +258,54 @@ impl<'m> Compiler<'m> {
                 labels_ok && exprs_ok
             }
         }
+    }
+}
+
+/// The effective hostnames of one kind of route attached to a listener, in attachment order,
+/// asked which route first overlaps a new one's hostnames. Exact names are indexed: with
+/// thousands of routes on a listener a scan per route made compilation quadratic (a quarter of
+/// the compile time at 5,000 routes); only `""` (any) and wildcards are scanned, and a new
+/// route with a wildcard or no hostname scans every entry, as it may overlap any of them.
+#[derive(Default)]
+pub(crate) struct AttachedHosts<'m> {
+    /// Routes in attachment order with their effective hostnames.
+    routes: Vec<(&'m Key, Vec<String>)>,
+    /// Exact hostname → the first route (index in `routes`) that has it.
+    exact: HashMap<String, usize>,
+    /// Wildcard or `""` hostnames with their route's index, in attachment order.
+    patterns: Vec<(String, usize)>,
+}
+
+impl<'m> AttachedHosts<'m> {
+    pub(super) fn add(&mut self, key: &'m Key, effective: &[String]) {
+        let index = self.routes.len();
+        for h in effective {
+            if h.is_empty() || h.starts_with('*') {
+                self.patterns.push((h.clone(), index));
+            } else {
+                self.exact.entry(h.clone()).or_insert(index);
+            }
+        }
+        self.routes.push((key, effective.to_vec()));
+    }
+
+    /// The earliest attached route with a hostname that overlaps one of `effective`.
+    pub(super) fn first_overlap(&self, effective: &[String]) -> Option<&'m Key> {
+        if self.routes.is_empty() {
+            return None;
+        }
+        let overlaps =
+            |hosts: &[String]| hosts.iter().any(|h| effective.iter().any(|e| hosts_overlap(h, e)));
+        if effective.iter().any(|e| e.is_empty() || e.starts_with('*')) {
+            return self.routes.iter().find(|(_, hosts)| overlaps(hosts)).map(|(k, _)| *k);
+        }
+        let by_name = effective.iter().filter_map(|e| self.exact.get(e)).copied();
+        let by_pattern = self
+            .patterns
+            .iter()
+            .filter(|(p, _)| effective.iter().any(|e| hosts_overlap(p, e)))
+            .map(|(_, i)| *i);
+        by_name.chain(by_pattern).min().map(|i| self.routes[i].0)
     }
 }
 

@@ -96,7 +96,7 @@ impl<'m> Compiler<'m> {
                     usable: true,
                     bind_failed: None,
                     attached: 0,
-                    attached_hosts: Vec::new(),
+                    attached_hosts: Default::default(),
                     vhosts: BTreeMap::new(),
                 };
                 let mut accepted = (true, Reason::Accepted, "listener accepted".to_owned());

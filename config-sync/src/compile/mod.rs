@@ -13,7 +13,7 @@
 // In the order compilation runs (rustfmt keeps it: `reorder_modules = false`).
 mod gateways;
 mod certificates;
-mod attach;
+pub(crate) mod attach;
 mod backends;
 mod filters;
 mod checks;
@@ -234,7 +234,7 @@ struct ListenerInfo<'m> {
     allowed_kinds: Vec<RouteKind>,
     /// Effective hostnames of the routes attached so far, by kind: an HTTPRoute and a GRPCRoute
     /// may not share a hostname on one listener (the older one wins).
-    attached_hosts: Vec<(RouteKind, &'m Key, Vec<String>)>,
+    attached_hosts: [attach::AttachedHosts<'m>; 2],
     supported_kinds: Vec<&'static str>,
     conditions: Vec<Condition>,
     /// Accepts routes and gets programmed.

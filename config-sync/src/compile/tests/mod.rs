@@ -431,6 +431,35 @@ fn intersections() {
     assert!(intersect(Some("foo.test"), &["bar.test"]).is_empty());
 }
 
+proptest::proptest! {
+    /// The indexed conflict lookup answers what a scan of every attached route in order did.
+    #[test]
+    fn first_overlap_is_the_first_route_a_scan_finds(
+        attached in proptest::collection::vec(proptest::collection::vec(0usize..9, 1..3), 0..12),
+        new in proptest::collection::vec(0usize..9, 1..3),
+    ) {
+        const HOSTS: [&str; 9] = [
+            "", "a.example.com", "b.example.com", "*.example.com", "x.a.example.com",
+            "*.a.example.com", "example.com", "*.com", "other.test",
+        ];
+        let names = |v: &[usize]| v.iter().map(|&i| HOSTS[i].to_owned()).collect::<Vec<_>>();
+        let keys: Vec<Key> = (0..attached.len())
+            .map(|i| Key { namespace: "ns".into(), name: format!("r{i}") })
+            .collect();
+        let mut index = attach::AttachedHosts::default();
+        for (key, hosts) in keys.iter().zip(&attached) {
+            index.add(key, &names(hosts));
+        }
+        let new = names(&new);
+        let scan = keys.iter().zip(&attached).find(|(_, hosts)| {
+            names(hosts).iter().any(|h| {
+                new.iter().any(|e| h.is_empty() || e.is_empty() || attach::intersect_one(h, e).is_some())
+            })
+        });
+        proptest::prop_assert_eq!(index.first_overlap(&new), scan.map(|(k, _)| k));
+    }
+}
+
 fn gateway_status_addresses(
     status: &BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>,
     name: &str,

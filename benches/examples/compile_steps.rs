@@ -1,0 +1,38 @@
+//! Where a config change's time goes in config-sync at a given size: compile and encode of the
+//! whole table, repeated, with per-step medians. Run under `perf record` to see inside them.
+//!
+//! ```sh
+//! cargo run --release -p benches --example compile_steps -- 5000 20
+//! ```
+//! Arguments: routes, rounds.
+
+#![allow(clippy::unwrap_used, reason = "a measurement tool: fail loudly")]
+
+use std::time::{Duration, Instant};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let routes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5000);
+    let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
+    let model = benches::model(routes, 50);
+    let settings = benches::settings();
+    let (mut compile, mut encode) = (Vec::new(), Vec::new());
+    let mut bytes = 0;
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let compiled = config_sync::compile(&model, &settings);
+        compile.push(t.elapsed());
+        let t = Instant::now();
+        bytes = table::encode(&compiled.table).unwrap().len();
+        encode.push(t.elapsed());
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    println!(
+        "{routes} routes, {bytes} bytes: compile {:?}, encode {:?} (medians of {rounds})",
+        median(&mut compile),
+        median(&mut encode)
+    );
+}
