@@ -3,8 +3,9 @@
 //!
 //! ```sh
 //! cargo run --release -p benches --example compile_steps -- 5000 20
+//! cargo run --release -p benches --example compile_steps -- path/to/manifests 20
 //! ```
-//! Arguments: routes, rounds.
+//! Arguments: routes (the benches fixture) or a manifests folder, rounds.
 
 #![allow(clippy::unwrap_used, reason = "a measurement tool: fail loudly")]
 
@@ -12,9 +13,17 @@ use std::time::{Duration, Instant};
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let routes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5000);
+    let what = args.next().unwrap_or_else(|| "5000".into());
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
-    let model = benches::model(routes, 50);
+    let model = match what.parse() {
+        Ok(routes) => benches::model(routes, 50),
+        Err(_) => {
+            let mut source = config_sync::FileSource::new(std::path::Path::new(&what));
+            source.scan(&Default::default()).unwrap();
+            source.model().clone()
+        }
+    };
+    let routes = model.http_routes.len();
     let settings = benches::settings();
     let (mut compile, mut encode) = (Vec::new(), Vec::new());
     let mut bytes = 0;

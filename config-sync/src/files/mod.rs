@@ -86,8 +86,7 @@ pub(crate) async fn run(config: &Config, manifests: &Path) -> Result<(), Error> 
             _ = segment_check.tick() => {
                 if pipeline.bind_failures_changed() {
                     // Those listeners' status changes; the objects did not.
-                    let (model, _) = files.source.model();
-                    pipeline.run(&model, Read::now());
+                    pipeline.run(files.source.model(), Read::now());
                 } else {
                     pipeline.repair();
                 }
@@ -129,8 +128,7 @@ impl Files {
         }
         self.loaded = true;
         let scan = started.elapsed();
-        let (model, _) = self.source.model();
         let read = Read { started, files: report.read, scan, model: started.elapsed() - scan };
-        pipeline.run(&model, read);
+        pipeline.run(self.source.model(), read);
     }
 }

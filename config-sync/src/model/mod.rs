@@ -487,7 +487,7 @@ pub(crate) fn check_dns_label(s: &str) -> Result<(), String> {
 }
 
 /// All objects of one source, by kind, keyed by namespace/name.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Model {
     /// GatewayClasses (key namespace empty).
     pub gateway_classes: BTreeMap<Key, Arc<GatewayClass>>,
@@ -557,6 +557,24 @@ impl Model {
             Object::Secret(o) => put(&mut self.secrets, key, o),
             Object::ConfigMap(o) => put(&mut self.config_maps, key, o),
             Object::ClientCertificateHeader(o) => put(&mut self.client_cert_headers, key, o),
+        }
+    }
+
+    /// Removes the object with this identity (if present).
+    pub fn remove(&mut self, id: &ObjectId) {
+        let key = &id.key;
+        match id.kind {
+            Kind::GatewayClass => drop(self.gateway_classes.remove(key)),
+            Kind::Gateway => drop(self.gateways.remove(key)),
+            Kind::HttpRoute => drop(self.http_routes.remove(key)),
+            Kind::GrpcRoute => drop(self.grpc_routes.remove(key)),
+            Kind::ReferenceGrant => drop(self.reference_grants.remove(key)),
+            Kind::Service => drop(self.services.remove(key)),
+            Kind::EndpointSlice => drop(self.endpoint_slices.remove(key)),
+            Kind::Namespace => drop(self.namespaces.remove(key)),
+            Kind::Secret => drop(self.secrets.remove(key)),
+            Kind::ConfigMap => drop(self.config_maps.remove(key)),
+            Kind::ClientCertificateHeader => drop(self.client_cert_headers.remove(key)),
         }
     }
 

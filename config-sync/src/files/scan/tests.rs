@@ -16,15 +16,15 @@ fn broken_yaml_keeps_last_good_objects() {
     fs::write(&f, ROUTE).unwrap();
     let mut src = FileSource::new(&d);
     src.scan(&BTreeSet::new()).unwrap();
-    assert_eq!(src.model().0.http_routes.len(), 1);
+    assert_eq!(src.model().http_routes.len(), 1);
     fs::write(&f, "apiVersion: [unclosed\n").unwrap();
     let report = src.scan(&BTreeSet::from([f.clone()])).unwrap();
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
     assert!(report.problems[0].contains("route.yaml"));
-    assert_eq!(src.model().0.http_routes.len(), 1, "last good version stays");
+    assert_eq!(src.model().http_routes.len(), 1, "last good version stays");
     fs::remove_file(&f).unwrap();
     src.scan(&BTreeSet::new()).unwrap();
-    assert!(src.model().0.is_empty(), "deleting the file removes its objects");
+    assert!(src.model().is_empty(), "deleting the file removes its objects");
 }
 
 #[test]
@@ -41,7 +41,7 @@ fn invalid_object_keeps_its_last_valid_version() {
         p.contains("HTTPRoute ns/r") && p.contains("spec.rules[0].matches[0].path.value"),
         "{p}"
     );
-    let (model, _) = src.model();
+    let model = src.model();
     let route = &model.http_routes.values().next().unwrap();
     let rules = route.spec.rules.as_ref().unwrap();
     let path = rules[0].matches.as_ref().unwrap()[0].path.as_ref().unwrap();
@@ -57,7 +57,7 @@ fn generation_counts_spec_changes() {
     let mut src = FileSource::new(&d);
     src.scan(&BTreeSet::new()).unwrap();
     let g = |src: &mut FileSource| {
-        src.model().0.http_routes.values().next().unwrap().metadata.generation.unwrap()
+        src.model().http_routes.values().next().unwrap().metadata.generation.unwrap()
     };
     assert_eq!(g(&mut src), 1);
     fs::write(&f, ROUTE.replace("/a", "/b")).unwrap();
@@ -104,7 +104,7 @@ fn event_paths_update_only_what_changed() {
         .unwrap();
     assert_eq!(r.read, 2);
     let names = |src: &mut FileSource| -> Vec<String> {
-        src.model().0.http_routes.keys().map(|k| k.name.clone()).collect()
+        src.model().http_routes.keys().map(|k| k.name.clone()).collect()
     };
     assert_eq!(names(&mut src), vec!["a", "b", "c"]);
     // Removing a folder forgets what was under it; removing a file forgets it.
@@ -128,7 +128,7 @@ fn relative_root_accepts_absolute_event_paths() {
     let r = src.scan_paths(&BTreeSet::from([event])).unwrap();
     fs::remove_dir_all(&rel).unwrap();
     assert_eq!(r.read, 1);
-    assert_eq!(src.model().0.http_routes.len(), 1);
+    assert_eq!(src.model().http_routes.len(), 1);
 }
 
 #[test]
@@ -137,10 +137,29 @@ fn duplicates_first_file_wins() {
     fs::write(d.join("a.yaml"), ROUTE).unwrap();
     fs::write(d.join("b.yaml"), ROUTE.replace("/a", "/b")).unwrap();
     let mut src = FileSource::new(&d);
-    src.scan(&BTreeSet::new()).unwrap();
-    let (model, problems) = src.model();
+    let problems = src.scan(&BTreeSet::new()).unwrap().problems;
+    let model = src.model();
     assert_eq!(model.http_routes.len(), 1);
     assert!(problems[0].contains("also defined in"), "{problems:?}");
+    let path = |src: &FileSource| {
+        let route = src.model().http_routes.values().next().unwrap().clone();
+        let rules = route.spec.rules.clone().unwrap();
+        rules[0].matches.clone().unwrap()[0].path.clone().unwrap().value.unwrap()
+    };
+    assert_eq!(path(&src), "/a", "a.yaml comes first");
+    // Its first definition gone, the other file's takes over; back, it wins again.
+    fs::remove_file(d.join("a.yaml")).unwrap();
+    src.scan(&BTreeSet::new()).unwrap();
+    assert_eq!(path(&src), "/b");
+    fs::write(d.join("a.yaml"), ROUTE.replace("/a", "/c")).unwrap();
+    src.scan(&BTreeSet::new()).unwrap();
+    assert_eq!(path(&src), "/c");
+    fs::remove_file(d.join("b.yaml")).unwrap();
+    src.scan(&BTreeSet::new()).unwrap();
+    assert_eq!(path(&src), "/c");
+    fs::remove_file(d.join("a.yaml")).unwrap();
+    src.scan(&BTreeSet::new()).unwrap();
+    assert!(src.model().is_empty());
 }
 
 #[test]
@@ -165,10 +184,10 @@ fn symlink_loops_fifos_devices_and_huge_files_are_named_and_skipped() {
     }
     assert!(all.contains("symbolic link loop") && all.contains("a FIFO"), "{all}");
     assert!(all.contains("a device") && all.contains("larger than"), "{all}");
-    assert_eq!(src.model().0.http_routes.len(), 1, "the good file still loads");
+    assert_eq!(src.model().http_routes.len(), 1, "the good file still loads");
     // Event paths take the same checks (a FIFO event must not block).
     let r = src.scan_paths(&BTreeSet::from([fifo, d.join("zero.yaml")])).unwrap();
-    assert_eq!(src.model().0.http_routes.len(), 1, "{:?}", r.problems);
+    assert_eq!(src.model().http_routes.len(), 1, "{:?}", r.problems);
 }
 
 #[test]
@@ -179,17 +198,17 @@ fn a_file_emptied_in_place_keeps_its_objects_until_quiet() {
     fs::write(&f, &two).unwrap();
     let mut src = FileSource::new(&d);
     src.scan(&BTreeSet::new()).unwrap();
-    assert_eq!(src.model().0.http_routes.len(), 2);
+    assert_eq!(src.model().http_routes.len(), 2);
     // Truncated in place (same inode): suspect, nothing changes.
     fs::OpenOptions::new().write(true).truncate(true).open(&f).unwrap();
     let r = src.scan_paths(&BTreeSet::from([f.clone()])).unwrap();
     assert!(!r.changed);
-    assert_eq!(src.model().0.http_routes.len(), 2);
+    assert_eq!(src.model().http_routes.len(), 2);
     assert!(src.next_recheck().is_some());
     // Half written: still suspect.
     fs::write(&f, ROUTE).unwrap();
     src.scan_paths(&BTreeSet::from([f.clone()])).unwrap();
-    assert_eq!(src.model().0.http_routes.len(), 2);
+    assert_eq!(src.model().http_routes.len(), 2);
     // Finished: whole again, applied at once, no longer suspect.
     fs::write(&f, &two).unwrap();
     let r = src.scan_paths(&BTreeSet::from([f.clone()])).unwrap();
@@ -198,17 +217,17 @@ fn a_file_emptied_in_place_keeps_its_objects_until_quiet() {
     // A loss that stays quiet is meant: applied after QUIET.
     fs::write(&f, ROUTE).unwrap();
     src.scan_paths(&BTreeSet::from([f.clone()])).unwrap();
-    assert_eq!(src.model().0.http_routes.len(), 2);
+    assert_eq!(src.model().http_routes.len(), 2);
     std::thread::sleep(QUIET + Duration::from_millis(50));
     let r = src.scan_paths(&src.suspects()).unwrap();
     assert!(r.changed);
-    assert_eq!(src.model().0.http_routes.len(), 1);
+    assert_eq!(src.model().http_routes.len(), 1);
     // A file replaced by a rename (new inode) applies at once.
     let tmp = d.join(".tmp");
     fs::write(&tmp, "").unwrap();
     fs::rename(&tmp, &f).unwrap();
     src.scan_paths(&BTreeSet::from([f])).unwrap();
-    assert_eq!(src.model().0.http_routes.len(), 0);
+    assert_eq!(src.model().http_routes.len(), 0);
 }
 
 #[test]
@@ -247,5 +266,48 @@ fn objects_over_the_crd_limits_are_refused_naming_file_and_field() {
         p.contains("huge.yaml") && p.contains("spec.rules") && p.contains("10000 items"),
         "{p}"
     );
-    assert!(src.model().0.http_routes.is_empty());
+    assert!(src.model().http_routes.is_empty());
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// The model kept up to date file by file equals one read from scratch, after any sequence
+    /// of files written (several objects each, the same object in several files), replaced
+    /// and removed.
+    #[test]
+    fn the_incremental_model_equals_a_fresh_read(
+        ops in proptest::collection::vec((0usize..4, proptest::option::of(proptest::collection::vec((0usize..4, 0usize..3), 0..4))), 1..10),
+    ) {
+        let d = dir("model-equivalence");
+        let mut src = FileSource::new(&d);
+        src.scan(&BTreeSet::new()).unwrap();
+        for (file, content) in ops {
+            let path = d.join(format!("f{file}.yaml"));
+            match content {
+                Some(objects) => {
+                    let docs: Vec<String> = objects
+                        .iter()
+                        .map(|(name, variant)| {
+                            ROUTE
+                                .replace("name: r,", &format!("name: r{name}, generation: 1,"))
+                                .replace("/a", &format!("/v{variant}"))
+                        })
+                        .collect();
+                    // Replaced by a rename, as tools do (in place, a shrinking file waits).
+                    let tmp = d.join("next.tmp");
+                    fs::write(&tmp, docs.join("---\n")).unwrap();
+                    fs::rename(&tmp, &path).unwrap();
+                    src.scan_paths(&BTreeSet::from([path])).unwrap();
+                }
+                None => {
+                    let _ = fs::remove_file(&path);
+                    src.scan_paths(&BTreeSet::from([path])).unwrap();
+                }
+            }
+            let mut fresh = FileSource::new(&d);
+            fresh.scan(&BTreeSet::new()).unwrap();
+            proptest::prop_assert_eq!(src.model(), fresh.model());
+        }
+    }
 }
