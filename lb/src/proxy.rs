@@ -435,8 +435,7 @@ impl Exchange<'_> {
         let key = Key { addr, protocol };
         let core = self.core;
         self.rec.upstream.set(Some(addr));
-        let timed_attempt =
-            core.log.as_ref().filter(|l| l.writing()).map(|_| clock::now());
+        let timed_attempt = core.log.as_ref().filter(|l| l.writing()).map(|_| clock::now());
         let clock = (&*core.wheel, self.deadline);
         let limit = core.settings.timeouts.connect;
         let pools = (&core.pool, &core.h2_pool);
