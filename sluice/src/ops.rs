@@ -155,7 +155,7 @@ pub(crate) fn explain(a: &ExplainArgs) -> Result<(), String> {
                 bind_failures: Default::default(),
                 last_good: Default::default(),
             };
-            let compiled = config_sync::compile(&source.model().0, &settings);
+            let compiled = config_sync::compile(source.model(), &settings);
             let bytes = table::encode(&compiled.table).map_err(|e| e.to_string())?;
             table::Router::open(&bytes, None).map_err(|e| e.to_string())?
         }

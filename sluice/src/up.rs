@@ -55,13 +55,13 @@ pub(crate) fn run(args: &UpArgs, log_format: &str) -> Result<(), String> {
 
     let mut source = FileSource::new(&manifests);
     source.scan(&BTreeSet::new()).map_err(|e| format!("{}: {e}", manifests.display()))?;
-    let (model, _) = source.model();
+    let model = source.model().clone();
     let demo_tls = demo_certificate(&model, &manifests, &run_dir, &args.demo_certificate)?;
     let (model, ca) = match &demo_tls {
         Some(d) => {
             let mut source = FileSource::new(&manifests);
             source.scan(&BTreeSet::new()).map_err(|e| format!("{}: {e}", manifests.display()))?;
-            (source.model().0, Some(d.ca.clone()))
+            (source.model().clone(), Some(d.ca.clone()))
         }
         None => (model, None),
     };
