@@ -98,10 +98,11 @@ impl Pipeline {
         m.runs.inc();
         m.compile_seconds.observe(started.elapsed().as_secs_f64());
         metrics::count_objects(model);
-        let micros = read.started.elapsed().as_micros() as u64;
         let (listeners, matches) = (compiled.table.listeners.len(), compiled.table.matches.len());
+        let publishing = Instant::now();
         match self.publisher.publish(compiled.table) {
             Ok(Some(p)) => {
+                let micros = read.started.elapsed().as_micros() as u64;
                 info!(
                     generation = p.generation,
                     bytes = p.bytes,
@@ -113,6 +114,7 @@ impl Pipeline {
                     scan_micros = read.scan.as_micros() as u64,
                     model_micros = read.model.as_micros() as u64,
                     compile_micros,
+                    publish_micros = publishing.elapsed().as_micros() as u64,
                     "published"
                 );
                 self.watch_applied(p.generation);
@@ -129,7 +131,14 @@ impl Pipeline {
                 m.publishes.get_or_create(&metrics::result("failed")).inc();
             }
         }
-        self.status.apply(compiled.status)
+        let started = Instant::now();
+        let changes = self.status.apply(compiled.status);
+        info!(
+            changes = changes.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "statuses compared and written"
+        );
+        changes
     }
 
     /// Re-reads lb's report of listeners it could not bind; `true` when it changed (their

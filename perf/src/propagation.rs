@@ -43,6 +43,9 @@ impl Drop for Procs {
 }
 
 /// Runs the benchmark; returns the report.
+/// Where the generated tables of docs/propagation.md end and the notes a rerun keeps begin.
+const NOTES_MARKER: &str = "<!-- notes: kept by sluice-perf propagation -->";
+
 pub fn run(opts: &Options) -> Result<String, String> {
     let work = std::env::temp_dir().join(format!("sluice-propagation-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
@@ -167,11 +170,18 @@ pub fn run(opts: &Options) -> Result<String, String> {
         &work.join("config-sync.log"),
         "published",
         Some("files_read=1 "),
-        &["micros", "scan_micros", "model_micros", "compile_micros"],
+        &["micros", "scan_micros", "model_micros", "compile_micros", "publish_micros"],
     );
     let compile_all =
         median_fields(&work.join("config-sync.log"), "published", None, &["compile_micros"])[0];
     let intake = median_fields(&work.join("lb.log"), "table validated", None, &["micros"])[0];
+    // After each publication: every object's status compared with the last, changes written.
+    let status = median_fields(
+        &work.join("config-sync.log"),
+        "statuses compared",
+        Some("changes="),
+        &["micros"],
+    )[0];
     drop(procs);
     if std::env::var_os("SLUICE_PERF_KEEP").is_none() {
         let _ = std::fs::remove_dir_all(&work);
@@ -236,11 +246,17 @@ pub fn run(opts: &Options) -> Result<String, String> {
     );
     let _ = writeln!(
         md,
-        "| config-sync reload after one changed file, median: total (read the file · rebuild the model · compile) | {} ({} · {} · {}) |",
+        "| config-sync reload after one changed file, median: total (read the file · update the model · compile · encode and publish) | {} ({} · {} · {} · {}) |",
         us(reload[0]),
         us(reload[1]),
         us(reload[2]),
-        us(reload[3])
+        us(reload[3]),
+        us(reload[4])
+    );
+    let _ = writeln!(
+        md,
+        "| config-sync status after each publication (compare every object's, write the changed), median | {} |",
+        us(status)
     );
     let _ = writeln!(
         md,
@@ -266,7 +282,14 @@ pub fn run(opts: &Options) -> Result<String, String> {
         "\nRerun: `cargo build --release -p sluice -p perf && target/release/sluice-perf propagation --sluice target/release/sluice --out docs`."
     );
     if let Some(out) = &opts.out {
-        std::fs::write(out.join("propagation.md"), &md).map_err(|e| e.to_string())?;
+        // The analysis below the marker is written by people; a rerun keeps it.
+        let path = out.join("propagation.md");
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        if let Some(at) = old.find(NOTES_MARKER) {
+            md.push('\n');
+            md.push_str(&old[at..]);
+        }
+        std::fs::write(path, &md).map_err(|e| e.to_string())?;
     }
     Ok(md)
 }
