@@ -288,7 +288,9 @@ impl FileSource {
                     "manifest lost objects while rewritten in place; keeping its previous objects until it is quiet for {QUIET:?}"
                 );
                 // Its objects stay merged as they were.
-                self.files.extend(previous.map(|p| (path, p)));
+                if let Some(previous) = previous {
+                    self.files.insert(path, previous);
+                }
                 return;
             }
         }
