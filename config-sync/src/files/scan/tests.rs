@@ -107,12 +107,15 @@ fn event_paths_update_only_what_changed() {
         src.model().http_routes.keys().map(|k| k.name.clone()).collect()
     };
     assert_eq!(names(&mut src), vec!["a", "b", "c"]);
+    // A sibling whose name starts like the folder's (it sorts right after the folder's files).
+    fs::write(d.join("team.yaml"), route("t")).unwrap();
+    src.scan_paths(&BTreeSet::from([d.join("team.yaml")])).unwrap();
     // Removing a folder forgets what was under it; removing a file forgets it.
     fs::remove_dir_all(d.join("team")).unwrap();
     fs::remove_file(d.join("a.yaml")).unwrap();
     let r = src.scan_paths(&BTreeSet::from([d.join("team"), d.join("a.yaml")])).unwrap();
     assert!(r.changed);
-    assert_eq!(names(&mut src), vec!["b"]);
+    assert_eq!(names(&mut src), vec!["b", "t"]);
 }
 
 #[test]
