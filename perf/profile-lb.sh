@@ -82,17 +82,16 @@ load 200 >/dev/null
 load "$requests"
 callgrind_control -d "$vg" >/dev/null
 sleep 1
+dump=$(ls -t "$work"/cg.out.* | head -1)
 if [ -n "${THREADS:-}" ]; then
-  # Per thread: the cores apart from the access-log writer and the admin thread.
+  # Per thread: the cores apart from the access-log writer and the admin thread; the busiest
+  # (the core) is the one annotated below.
+  busiest=0
   for f in "$work"/cg.out.*-*; do
     t=$(grep -E '^(summary|totals):' "$f" | head -1 | awk '{print $2}')
     [ "${t:-0}" -gt 0 ] && echo "thread $(grep -m1 '^thread:' "$f" | cut -d' ' -f2): $((t / requests)) per request"
+    if [ "${t:-0}" -gt "$busiest" ]; then busiest=$t; dump=$f; fi
   done
-fi
-dump=$(ls -t "$work"/cg.out.* | head -1)
-if [ -n "${THREADS:-}" ]; then
-  # The busiest thread (the core) is the one annotated below.
-  dump=$(for f in "$work"/cg.out.*-*; do echo "$(grep -E '^(summary|totals):' "$f" | head -1 | awk '{print $2}') $f"; done | sort -n | tail -1 | cut -d' ' -f2)
 fi
 total=$(grep -E '^(summary|totals):' "$dump" | head -1 | awk '{print $2}')
 echo "instructions per request: $((total / requests)) ($total over $requests requests)"

@@ -330,7 +330,7 @@ pub(crate) fn intersect(listener: Option<&str>, route: &[&str]) -> Vec<String> {
 }
 
 /// Whether two effective hostnames (`""`: any) have a name in common.
-fn hosts_overlap(a: &str, b: &str) -> bool {
+pub(super) fn hosts_overlap(a: &str, b: &str) -> bool {
     a.is_empty() || b.is_empty() || intersect_one(a, b).is_some()
 }
 

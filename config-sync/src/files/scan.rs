@@ -209,7 +209,7 @@ impl FileSource {
     }
 
     /// Takes `path`'s new objects into the model (each where this file is the first to define
-    /// it), reporting duplicates; `self.files` already holds them.
+    /// it), reporting duplicates.
     fn merge(&mut self, path: &Path, objects: &[Object], problems: &mut Vec<String>) {
         let mut seen = BTreeSet::new();
         for object in objects {
@@ -283,11 +283,11 @@ impl FileSource {
             report.changed = true;
             return;
         };
+        let ids: BTreeSet<ObjectId> = state.objects.iter().map(Object::id).collect();
         if let Some(prev) = &previous
             && prev.stamp.inode == state.stamp.inode
         {
-            let have: BTreeSet<ObjectId> = state.objects.iter().map(Object::id).collect();
-            let lost = prev.objects.iter().filter(|o| !have.contains(&o.id())).count();
+            let lost = prev.objects.iter().filter(|o| !ids.contains(&o.id())).count();
             if lost > 0 && !self.quiet_since(&path, &state.stamp) {
                 info!(
                     file = %path.display(),
@@ -305,13 +305,11 @@ impl FileSource {
         for object in &mut state.objects {
             self.assign_generation(object);
         }
-        let objects = state.objects.clone();
-        self.files.insert(path.clone(), state);
-        let kept: BTreeSet<ObjectId> = objects.iter().map(Object::id).collect();
         if let Some(previous) = previous {
-            self.unmerge(&path, &previous.objects, &kept);
+            self.unmerge(&path, &previous.objects, &ids);
         }
-        self.merge(&path, &objects, &mut report.problems);
+        self.merge(&path, &state.objects, &mut report.problems);
+        self.files.insert(path, state);
         report.changed = true;
     }
 
