@@ -573,11 +573,20 @@ fn problems_become_events_once() {
     wait_for("the route broken again", Duration::from_secs(20), || {
         resolved(&api).is_some_and(|(s, _)| s == "False")
     });
-    let (_, text) = env.config_sync_admin_get("/metrics");
-    let suppressed = text
-        .lines()
-        .find(|l| l.starts_with("sluice_config_sync_events_total{result=\"suppressed\"}"))
-        .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok());
-    assert_eq!(suppressed, Some(1.0), "{text}");
+    // The event decision follows the status write (config-sync reports after the API server
+    // took the status), so the counter is awaited, not read at once.
+    let suppressed = |env: &Env| {
+        let (_, text) = env.config_sync_admin_get("/metrics");
+        let n = text
+            .lines()
+            .find(|l| l.starts_with("sluice_config_sync_events_total{result=\"suppressed\"}"))
+            .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok());
+        (n, text)
+    };
+    wait_for("the repeat counted as suppressed", Duration::from_secs(10), || {
+        suppressed(&env).0.is_some()
+    });
+    let (n, text) = suppressed(&env);
+    assert_eq!(n, Some(1.0), "{text}");
     assert_eq!(events_on(&api).len(), 1, "reported once within the rate limit");
 }
