@@ -25,7 +25,7 @@ fn main() {
     };
     let routes = model.http_routes.len();
     let settings = benches::settings();
-    let (mut compile, mut encode) = (Vec::new(), Vec::new());
+    let (mut compile, mut encode, mut incremental) = (Vec::new(), Vec::new(), Vec::new());
     let mut bytes = 0;
     for _ in 0..rounds {
         let t = Instant::now();
@@ -35,13 +35,32 @@ fn main() {
         bytes = table::encode(&compiled.table).unwrap().len();
         encode.push(t.elapsed());
     }
+    // One route changed between compilations (a new object, as a source delivers it), the
+    // others replayed.
+    let mut model = model;
+    let mut kept = config_sync::Incremental::default();
+    kept.compile(&model, &settings);
+    let keys: Vec<_> = model.http_routes.keys().cloned().collect();
+    let mut reuse = Default::default();
+    for round in 0..rounds {
+        let key = &keys[round * 7919 % keys.len()];
+        let mut route = (*model.http_routes[key]).clone();
+        route.metadata.generation = Some(round as i64 + 2);
+        model.http_routes.insert(key.clone(), std::sync::Arc::new(route));
+        let t = Instant::now();
+        let compiled = kept.compile(&model, &settings);
+        incremental.push(t.elapsed());
+        reuse = kept.last();
+        drop(compiled);
+    }
     let median = |v: &mut Vec<Duration>| {
         v.sort();
         v[v.len() / 2]
     };
     println!(
-        "{routes} routes, {bytes} bytes: compile {:?}, encode {:?} (medians of {rounds})",
+        "{routes} routes, {bytes} bytes: compile {:?}, after one route changed {:?} ({reuse:?}), encode {:?} (medians of {rounds})",
         median(&mut compile),
+        median(&mut incremental),
         median(&mut encode)
     );
 }

@@ -28,7 +28,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 // What other crates use (sluice's `up`, the benchmarks, the conformance runner).
-pub use compile::{AddressPool, Compiled, SUPPORTED_FEATURES, Settings, compile};
+pub use compile::{
+    AddressPool, Compiled, Incremental, Reuse, SUPPORTED_FEATURES, Settings, compile,
+};
 pub use files::FileSource;
 pub use kubernetes::KubeOptions;
 pub use metrics::address_path as admin_address_path;

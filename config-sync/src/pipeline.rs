@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use crate::compile::{Settings, bindable, compile};
+use crate::compile::{Incremental, Settings, bindable};
 use crate::metrics::{self, metrics};
 use crate::model::Model;
 use crate::publish::{Published, Publisher};
@@ -28,6 +28,8 @@ pub(crate) struct Pipeline {
     publisher: Publisher,
     status: StatusWriter,
     settings: Settings,
+    /// Every route's compiled fragment from the last run (`compile::incremental`).
+    compiler: Incremental,
     /// lb's report of listeners it could not bind (`<segment>.listeners`).
     listeners: PathBuf,
     /// The newest generation this process published (0: none yet); watchers of older ones
@@ -76,6 +78,7 @@ impl Pipeline {
                 bind_failures: table::shm::read_bind_failures(&listeners),
                 last_good: Default::default(),
             },
+            compiler: Incremental::default(),
             listeners,
             latest: Arc::new(AtomicU64::new(0)),
             served: Arc::new(AtomicU64::new(0)),
@@ -91,7 +94,8 @@ impl Pipeline {
     /// and written to `--status-dir`). Returns the objects whose status changed.
     pub(crate) fn run(&mut self, model: &Model, read: Read) -> Vec<Change> {
         let started = Instant::now();
-        let mut compiled = compile(model, &self.settings);
+        let mut compiled = self.compiler.compile(model, &self.settings);
+        let reuse = self.compiler.last();
         self.settings.last_good = std::mem::take(&mut compiled.last_good);
         let compile_micros = started.elapsed().as_micros() as u64;
         let m = metrics();
@@ -114,6 +118,8 @@ impl Pipeline {
                     scan_micros = read.scan.as_micros() as u64,
                     model_micros = read.model.as_micros() as u64,
                     compile_micros,
+                    routes_replayed = reuse.replayed,
+                    routes_compiled = reuse.fresh,
                     publish_micros = publishing.elapsed().as_micros() as u64,
                     "published"
                 );

@@ -99,12 +99,16 @@ impl<'m> Compiler<'m> {
     }
 
     pub(super) fn regex(&mut self, pattern: &str) -> u32 {
-        if let Some(&i) = self.regex_index.get(pattern) {
-            return i;
-        }
-        let i = self.regexes.len() as u32;
-        self.regexes.push(pattern.to_owned());
-        self.regex_index.insert(pattern.to_owned(), i);
+        let i = match self.regex_index.get(pattern) {
+            Some(&i) => i,
+            None => {
+                let i = self.regexes.len() as u32;
+                self.regexes.push(pattern.to_owned());
+                self.regex_index.insert(pattern.to_owned(), i);
+                i
+            }
+        };
+        self.note(|r| r.regex(pattern, i));
         i
     }
 

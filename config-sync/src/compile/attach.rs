@@ -7,19 +7,29 @@ use super::*;
 
 impl<'m> Compiler<'m> {
     pub(super) fn routes(&mut self) {
-        let http = self.model.http_routes.iter().map(|(k, r)| (RouteKind::Http, k, &**r));
-        let grpc = self.model.grpc_routes.iter().map(|(k, r)| (RouteKind::Grpc, k, &r.http));
-        let mut routes: Vec<(RouteKind, &Key, &HttpRoute)> = http.chain(grpc).collect();
-        // Oldest first, then by namespace/name: the order in which conflicts are won.
+        self.routes_with(&mut |c, _, key, route| c.route(key, route.http()));
+    }
+
+    /// Calls `compile` for every route, in the order in which conflicts are won (oldest first,
+    /// then by namespace/name), with the route kind set.
+    pub(super) fn routes_with(
+        &mut self,
+        compile: &mut dyn FnMut(&mut Self, RouteKind, &'m Key, RouteObject<'m>),
+    ) {
+        let http =
+            self.model.http_routes.iter().map(|(k, r)| (RouteKind::Http, k, RouteObject::Http(r)));
+        let grpc =
+            self.model.grpc_routes.iter().map(|(k, r)| (RouteKind::Grpc, k, RouteObject::Grpc(r)));
+        let mut routes: Vec<(RouteKind, &Key, RouteObject<'m>)> = http.chain(grpc).collect();
         routes.sort_by(|(ka, a, ra), (kb, b, rb)| {
-            let order = |k, key: &'m Key, r: &HttpRoute| {
-                (created(&r.metadata.creation_timestamp), &key.namespace, &key.name, k)
+            let order = |k, key: &'m Key, r: &RouteObject<'m>| {
+                (created(&r.http().metadata.creation_timestamp), &key.namespace, &key.name, k)
             };
             order(*ka, a, ra).cmp(&order(*kb, b, rb))
         });
         for (kind, key, route) in routes {
             self.route_kind = kind;
-            self.route(key, route);
+            compile(self, kind, key, route);
         }
         self.route_kind = RouteKind::Http;
     }
@@ -114,6 +124,7 @@ impl<'m> Compiler<'m> {
             p.conditions.push(refs.clone());
         }
         for (listener, effective) in attach {
+            self.note(|r| r.attach(listener, &effective));
             self.listeners[listener].attached += 1;
             let kind = self.route_kind;
             self.listeners[listener].attached_hosts[kind as usize].add(key, &effective);
@@ -126,6 +137,9 @@ impl<'m> Compiler<'m> {
                 };
                 for (index, m) in matches.iter().enumerate() {
                     let entry = self.entry(key, route, rule_index, index, m, action);
+                    for host in &effective {
+                        self.note(|r| r.entry(listener, host, &entry));
+                    }
                     let vhosts = &mut self.listeners[listener].vhosts;
                     if let Some((last, others)) = effective.split_last() {
                         for host in others {
@@ -138,11 +152,12 @@ impl<'m> Compiler<'m> {
             }
         }
         let status = HttpRouteStatus { parents };
-        let (kind, status) = match self.route_kind {
-            RouteKind::Http => (Kind::HttpRoute, ObjectStatus::HttpRoute(status)),
-            RouteKind::Grpc => (Kind::GrpcRoute, ObjectStatus::GrpcRoute(status)),
+        let status = match self.route_kind {
+            RouteKind::Http => ObjectStatus::HttpRoute(status),
+            RouteKind::Grpc => ObjectStatus::GrpcRoute(status),
         };
-        self.status.insert(ObjectId { kind, key: key.clone() }, (generation, status));
+        let id = ObjectId { kind: self.route_kind.object_kind(), key: key.clone() };
+        self.status.insert(id, (generation, status));
     }
 
     /// Drops the listeners where a route of the other kind (HTTPRoute vs GRPCRoute) attached
@@ -163,6 +178,14 @@ impl<'m> Compiler<'m> {
                     RouteKind::Grpc => RouteKind::Http,
                 };
                 let other = l.attached_hosts[other_kind as usize].first_overlap(effective);
+                self.note(|r| {
+                    r.asked(Asked::Overlap {
+                        listener: *i,
+                        kind: other_kind,
+                        effective: effective.clone(),
+                        first: other.cloned(),
+                    });
+                });
                 if let Some(key) = other {
                     conflict = Some(format!(
                         "its hostnames overlap {} {key} on listener {} (the older route is \
@@ -238,6 +261,10 @@ impl<'m> Compiler<'m> {
             AllowedNamespaces::All => true,
             AllowedNamespaces::Same => l.gateway.namespace == route_ns,
             AllowedNamespaces::Selector(sel) => {
+                self.note(|r| {
+                    let ns = self.model.namespaces.get(&Key::new("", route_ns));
+                    r.asked(Asked::Namespace(ns.cloned()));
+                });
                 let labels = namespace_labels(self.model, route_ns);
                 let labels_ok = sel
                     .match_labels

@@ -9,6 +9,15 @@ impl<'m> Compiler<'m> {
         route_key: &Key,
         b: BackendRef<'_>,
     ) -> Result<u32, Why> {
+        let resolved = self.resolve_service(route_key, b);
+        self.note(|r| {
+            let answer = resolved.as_ref().map(|&index| r.service(index)).map_err(Clone::clone);
+            r.asked(Asked::Backend { backend: OwnedBackendRef::of(b), answer });
+        });
+        resolved
+    }
+
+    fn resolve_service(&mut self, route_key: &Key, b: BackendRef<'_>) -> Result<u32, Why> {
         let group = b.group.unwrap_or("");
         let kind = b.kind.unwrap_or("Service");
         if !group.is_empty() || kind != "Service" {

@@ -34,7 +34,9 @@ impl<'m> Compiler<'m> {
         for e in rule.filters.iter().flatten().filter_map(|f| f.extension_ref.as_ref()) {
             // `checks` refused every other kind: this is a ClientCertificateHeader.
             let filter_key = Key::new(&key.namespace, &e.name);
-            let Some(h) = self.model.client_cert_headers.get(&filter_key) else {
+            let found = self.model.client_cert_headers.get(&filter_key);
+            self.note(|r| r.asked(Asked::Filter { name: e.name.clone(), found: found.cloned() }));
+            let Some(h) = found else {
                 filter_missing = true;
                 let why = format!("ClientCertificateHeader {filter_key} not found");
                 problem.get_or_insert((Reason::FilterNotFound, why));

@@ -18,8 +18,11 @@ mod backends;
 mod filters;
 mod checks;
 mod assemble;
+mod incremental;
 pub(crate) mod conditions;
 
+use self::incremental::{Asked, OwnedBackendRef, Recorder, RouteObject};
+pub use self::incremental::{Incremental, Reuse};
 use self::{assemble::*, backends::*, checks::*, conditions::*, filters::*, gateways::*};
 
 use std::cmp::Reverse;
@@ -269,6 +272,14 @@ impl RouteKind {
             RouteKind::Grpc => "GRPCRoute",
         }
     }
+
+    /// The model's kind of such routes.
+    pub(crate) fn object_kind(self) -> Kind {
+        match self {
+            RouteKind::Http => Kind::HttpRoute,
+            RouteKind::Grpc => Kind::GrpcRoute,
+        }
+    }
 }
 
 /// One route match on its way into a virtual host, with the spec's precedence key.
@@ -324,6 +335,8 @@ struct Compiler<'m> {
     last_good: BTreeMap<Key, t::Certificate>,
     /// Gateways whose frontend validation lets clients without a valid certificate in.
     insecure_frontend: BTreeSet<&'m Key>,
+    /// What the route being compiled asks and does, when [`Incremental`] keeps it.
+    recording: Recorder,
 }
 
 impl<'m> Compiler<'m> {
@@ -348,6 +361,7 @@ impl<'m> Compiler<'m> {
             certificate_problems: HashMap::new(),
             last_good: BTreeMap::new(),
             insecure_frontend: BTreeSet::new(),
+            recording: Recorder::default(),
         }
     }
 }

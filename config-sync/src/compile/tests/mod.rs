@@ -12,6 +12,7 @@ use super::*;
 use crate::model::parse_document;
 
 mod filters;
+mod incremental;
 mod tls;
 
 const BASE: &str = r#"

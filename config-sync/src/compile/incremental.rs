@@ -1,0 +1,474 @@
+//! Incremental compilation: each route's compiled fragment is kept between compilations with
+//! what it asked of everything outside itself, and is replayed instead of recompiled while the
+//! route is the same object and every question still gets the same answer.
+//!
+//! A route's compilation reads, besides the route itself:
+//! - the listeners of the Gateways it names (the *context*: which listeners exist, their names,
+//!   ports, hostnames, allowed namespaces and kinds, whether they are usable), the same for every
+//!   route;
+//! - the labels of its Namespace, when a listener selects namespaces by label;
+//! - which route of the other kind (HTTPRoute vs GRPCRoute) already holds an overlapping hostname
+//!   on a listener (the conflict rule: the older route wins);
+//! - each backend reference's resolution: kind, ReferenceGrant, Service and port;
+//! - the ClientCertificateHeader filters it names.
+//!
+//! The context is computed in full every time (Gateways are few) and compared with the last
+//! one; when it differs every fragment is dropped: a Gateway, GatewayClass, listener Secret or
+//! anything that changes a listener is a *global* change, as any route may attach to it. The
+//! other questions are recorded, in order, with their answers while a route compiles fresh, and
+//! asked again before a replay (the *trace*: no index from dependencies to dependents to keep
+//! right; asking is a lookup each, and a changed answer is never missed because nothing but the
+//! trace is trusted). A route object is the same when it is the same `Arc` the model held last
+//! time — kept alive by the fragment, so its address cannot be reused by a new object.
+//!
+//! A replay does to the compiler exactly what the fresh compilation did: the same statuses,
+//! actions, match entries and attachments, with indices into the table's shared vectors
+//! (actions, Services, regexes) mapped to this compilation's. Services are interned by asking
+//! the backend questions again, in the recorded order, so they get the indices a fresh
+//! compilation would give them. What stays whole-table is the assembly (`finish`): virtual
+//! hosts sorted and the table's vectors built from every route's entries.
+//!
+//! Equivalence is tested: random sequences of object changes, after each the incremental table
+//! encodes to the same bytes as a compilation from scratch, with the same statuses
+//! (`tests::incremental`).
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Namespace;
+
+use super::*;
+use crate::model::ClientCertificateHeader;
+
+/// What the last compilation left for the next one: the context and every route's fragment.
+#[derive(Default)]
+pub struct Incremental {
+    context: Option<Context>,
+    fragments: [HashMap<Key, Fragment>; 2],
+    /// Compilations so far: fragments not seen in the latest are dropped.
+    round: u64,
+    last: Reuse,
+}
+
+impl std::fmt::Debug for Incremental {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incremental")
+            .field("fragments", &(self.fragments[0].len() + self.fragments[1].len()))
+            .field("last", &self.last)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the last compilation went: routes replayed and compiled fresh.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reuse {
+    /// Routes whose fragment was replayed.
+    pub replayed: usize,
+    /// Routes compiled fresh (new, changed, or an answer changed).
+    pub fresh: usize,
+    /// The listeners changed: every route compiled fresh.
+    pub global: bool,
+}
+
+impl Incremental {
+    /// Compiles `model` as [`compile`] does, replaying what has not changed since the last call.
+    pub fn compile(&mut self, model: &Model, settings: &Settings) -> Compiled {
+        let mut c = Compiler::new(model, settings);
+        c.classes();
+        c.gateways();
+        let context = Context::of(&c);
+        let global = self.context.as_ref() != Some(&context);
+        if global {
+            self.fragments = Default::default();
+            self.context = Some(context);
+        }
+        self.round += 1;
+        let mut reuse = Reuse { global, ..Reuse::default() };
+        c.routes_with(&mut |c, kind, key, route| {
+            let fragments = &mut self.fragments[kind as usize];
+            if let Some(f) = fragments.get_mut(key)
+                && f.route.is(&route)
+                && let Some(services) = c.still_answers(key, &f.asked)
+            {
+                c.replay(key, f, &services);
+                f.round = self.round;
+                reuse.replayed += 1;
+                return;
+            }
+            let fragment = c.record(key, route, self.round);
+            reuse.fresh += 1;
+            match fragments.get_mut(key) {
+                Some(f) => *f = fragment,
+                None => drop(fragments.insert(key.clone(), fragment)),
+            }
+        });
+        for fragments in &mut self.fragments {
+            fragments.retain(|_, f| f.round == self.round);
+        }
+        self.last = reuse;
+        c.finish()
+    }
+
+    /// How the last compilation went.
+    pub fn last(&self) -> Reuse {
+        self.last
+    }
+}
+
+/// The route object a fragment was compiled from.
+#[derive(Clone, Copy)]
+pub(super) enum RouteObject<'m> {
+    Http(&'m Arc<HttpRoute>),
+    Grpc(&'m Arc<crate::model::GrpcRoute>),
+}
+
+impl<'m> RouteObject<'m> {
+    /// The route as the compiler reads it (a GRPCRoute through its HTTPRoute form).
+    pub(super) fn http(self) -> &'m HttpRoute {
+        match self {
+            RouteObject::Http(r) => r,
+            RouteObject::Grpc(r) => &r.http,
+        }
+    }
+
+    fn keep(&self) -> KeptRoute {
+        match self {
+            RouteObject::Http(r) => KeptRoute::Http(Arc::clone(r)),
+            RouteObject::Grpc(r) => KeptRoute::Grpc(Arc::clone(r)),
+        }
+    }
+}
+
+/// A fragment's route, held so that its address is not reused while the fragment lives.
+enum KeptRoute {
+    Http(Arc<HttpRoute>),
+    Grpc(Arc<crate::model::GrpcRoute>),
+}
+
+impl KeptRoute {
+    fn is(&self, route: &RouteObject<'_>) -> bool {
+        match (self, route) {
+            (KeptRoute::Http(a), RouteObject::Http(b)) => Arc::ptr_eq(a, b),
+            (KeptRoute::Grpc(a), RouteObject::Grpc(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// What one route's fresh compilation asked and did.
+struct Fragment {
+    route: KeptRoute,
+    round: u64,
+    asked: Vec<Asked>,
+    /// Indices of the Services its backend questions returned, in order (this compilation's).
+    services: Vec<u32>,
+    /// Regexes it interned, in order, with the index each got.
+    regexes: Vec<(String, u32)>,
+    /// Listeners it attached to with its effective hostnames there.
+    attach: Vec<(usize, Vec<String>)>,
+    /// Index of its first action, and its actions.
+    action_base: u32,
+    actions: Vec<t::Action>,
+    /// Match entries: listener, effective hostname, precedence, the match.
+    entries: Vec<(usize, String, Rank, t::RouteMatch)>,
+    status: Option<(Option<i64>, ObjectStatus)>,
+}
+
+/// One question a route's compilation asked outside the route, with its answer.
+pub(super) enum Asked {
+    /// The route's Namespace (its labels), for a listener that selects by label.
+    Namespace(Option<Arc<Namespace>>),
+    /// The first route of `kind` on `listener` whose hostnames overlap `effective`.
+    Overlap { listener: usize, kind: RouteKind, effective: Vec<String>, first: Option<Key> },
+    /// A backend reference's resolution (the Service's index is not part of the answer).
+    Backend { backend: OwnedBackendRef, answer: Result<(), Why> },
+    /// A ClientCertificateHeader filter by name in the route's namespace.
+    Filter { name: String, found: Option<Arc<ClientCertificateHeader>> },
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct OwnedBackendRef {
+    group: Option<String>,
+    kind: Option<String>,
+    name: String,
+    namespace: Option<String>,
+    port: Option<i32>,
+}
+
+impl OwnedBackendRef {
+    pub(super) fn of(b: BackendRef<'_>) -> OwnedBackendRef {
+        OwnedBackendRef {
+            group: b.group.map(str::to_owned),
+            kind: b.kind.map(str::to_owned),
+            name: b.name.to_owned(),
+            namespace: b.namespace.map(str::to_owned),
+            port: b.port,
+        }
+    }
+
+    fn borrow(&self) -> BackendRef<'_> {
+        BackendRef {
+            group: self.group.as_deref(),
+            kind: self.kind.as_deref(),
+            name: &self.name,
+            namespace: self.namespace.as_deref(),
+            port: self.port,
+        }
+    }
+}
+
+/// A match entry's precedence without the route's name (the replay borrows it from the model).
+#[derive(Clone)]
+pub(super) struct Rank {
+    path_kind: u8,
+    path_len: Reverse<usize>,
+    has_method: Reverse<bool>,
+    headers: Reverse<usize>,
+    query: Reverse<usize>,
+    created: (bool, i64, i32),
+    rule: usize,
+    index: usize,
+}
+
+impl Rank {
+    fn of(k: &SortKey<'_>) -> Rank {
+        Rank {
+            path_kind: k.path_kind,
+            path_len: k.path_len,
+            has_method: k.has_method,
+            headers: k.headers,
+            query: k.query,
+            created: k.created,
+            rule: k.rule,
+            index: k.index,
+        }
+    }
+
+    fn key<'m>(&self, route: &'m Key) -> SortKey<'m> {
+        SortKey {
+            path_kind: self.path_kind,
+            path_len: self.path_len,
+            has_method: self.has_method,
+            headers: self.headers,
+            query: self.query,
+            created: self.created,
+            namespace: &route.namespace,
+            name: &route.name,
+            rule: self.rule,
+            index: self.index,
+        }
+    }
+}
+
+/// While a route compiles fresh for [`Incremental`]: what it asks and does.
+#[derive(Default)]
+pub(super) struct Recording {
+    asked: Vec<Asked>,
+    services: Vec<u32>,
+    regexes: Vec<(String, u32)>,
+    attach: Vec<(usize, Vec<String>)>,
+    entries: Vec<(usize, String, Rank, t::RouteMatch)>,
+}
+
+impl Recording {
+    pub(super) fn asked(&mut self, asked: Asked) {
+        self.asked.push(asked);
+    }
+
+    pub(super) fn service(&mut self, index: u32) {
+        self.services.push(index);
+    }
+
+    pub(super) fn regex(&mut self, pattern: &str, index: u32) {
+        self.regexes.push((pattern.to_owned(), index));
+    }
+
+    pub(super) fn attach(&mut self, listener: usize, effective: &[String]) {
+        self.attach.push((listener, effective.to_vec()));
+    }
+
+    pub(super) fn entry(&mut self, listener: usize, host: &str, e: &Entry<'_>) {
+        self.entries.push((listener, host.to_owned(), Rank::of(&e.key), e.m.clone()));
+    }
+}
+
+/// Compiler state for recording: `None` outside a recorded route (compile from scratch).
+pub(super) type Recorder = RefCell<Option<Recording>>;
+
+/// What every route's compilation reads of the Gateways: their listeners as routes see them.
+#[derive(PartialEq)]
+struct Context {
+    controller: String,
+    listeners: Vec<ListenerContext>,
+    gateways: Vec<((String, String), Vec<usize>)>,
+}
+
+#[derive(PartialEq)]
+struct ListenerContext {
+    gateway: Key,
+    name: String,
+    port: u16,
+    hostname: Option<String>,
+    allowed: Option<Option<gateway_api::apis::experimental::gateways::GatewayListenersAllowedRoutesNamespacesSelector>>,
+    allowed_kinds: Vec<RouteKind>,
+    usable: bool,
+}
+
+impl Context {
+    fn of(c: &Compiler<'_>) -> Context {
+        let listeners = c
+            .listeners
+            .iter()
+            .map(|l| ListenerContext {
+                gateway: l.gateway.clone(),
+                name: l.name.to_owned(),
+                port: l.port,
+                hostname: l.hostname.map(str::to_owned),
+                // None: same namespace; Some(None): all; Some(Some(s)): a selector.
+                allowed: match &l.allowed {
+                    AllowedNamespaces::Same => None,
+                    AllowedNamespaces::All => Some(None),
+                    AllowedNamespaces::Selector(s) => Some(Some((*s).clone())),
+                },
+                allowed_kinds: l.allowed_kinds.clone(),
+                usable: l.usable,
+            })
+            .collect();
+        let gateways = c
+            .gateway_listeners
+            .iter()
+            .map(|((ns, name), (_, ids))| (((*ns).to_owned(), (*name).to_owned()), ids.clone()))
+            .collect();
+        Context { controller: c.settings.controller_name.clone(), listeners, gateways }
+    }
+}
+
+impl<'m> Compiler<'m> {
+    /// Compiles `route` fresh, recording what it asks and does.
+    fn record(&mut self, key: &'m Key, route: RouteObject<'m>, round: u64) -> Fragment {
+        *self.recording.get_mut() = Some(Recording::default());
+        let action_base = self.actions.len() as u32;
+        self.route(key, route.http());
+        let r = self.recording.get_mut().take().unwrap_or_default();
+        // The map holds the status `route` just inserted (or none: no parent of ours).
+        let id = ObjectId { kind: self.route_kind.object_kind(), key: key.clone() };
+        Fragment {
+            route: route.keep(),
+            round,
+            asked: r.asked,
+            services: r.services,
+            regexes: r.regexes,
+            attach: r.attach,
+            action_base,
+            actions: self.actions[action_base as usize..].to_vec(),
+            entries: r.entries,
+            status: self.status.get(&id).cloned(),
+        }
+    }
+
+    /// Asks `asked` again, in order; `Some(indices of the Services returned)` when every answer
+    /// is the same. Backend questions intern their Services as a fresh compilation would.
+    fn still_answers(&mut self, key: &'m Key, asked: &[Asked]) -> Option<Vec<u32>> {
+        let mut services = Vec::new();
+        for a in asked {
+            let same = match a {
+                Asked::Namespace(seen) => {
+                    let now = self.model.namespaces.get(&Key::new("", &key.namespace));
+                    match (seen, now) {
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        (None, None) => true,
+                        _ => false,
+                    }
+                }
+                Asked::Overlap { listener, kind, effective, first } => {
+                    let hosts = &self.listeners[*listener].attached_hosts[*kind as usize];
+                    hosts.first_overlap(effective) == first.as_ref()
+                }
+                Asked::Backend { backend, answer } => {
+                    match (self.resolve_backend(key, backend.borrow()), answer) {
+                        (Ok(index), Ok(())) => {
+                            services.push(index);
+                            true
+                        }
+                        (Err(now), Err(then)) => now == *then,
+                        _ => false,
+                    }
+                }
+                Asked::Filter { name, found } => {
+                    let now = self.model.client_cert_headers.get(&Key::new(&key.namespace, name));
+                    match (found, now) {
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        (None, None) => true,
+                        _ => false,
+                    }
+                }
+            };
+            if !same {
+                return None;
+            }
+        }
+        Some(services)
+    }
+
+    /// Does what the fragment's fresh compilation did, with this compilation's indices.
+    fn replay(&mut self, key: &'m Key, f: &Fragment, services: &[u32]) {
+        let service = |old: u32| {
+            let at = f.services.iter().position(|&o| o == old);
+            at.map_or(old, |i| services[i])
+        };
+        let regexes: Vec<(u32, u32)> =
+            f.regexes.iter().map(|(pattern, old)| (*old, self.regex(pattern))).collect();
+        let regex = |old: u32| regexes.iter().find(|(o, _)| *o == old).map_or(old, |(_, n)| *n);
+        let base = self.actions.len() as u32;
+        for a in &f.actions {
+            let mut a = a.clone();
+            if let t::ActionKind::Forward { backends, .. } = &mut a.kind {
+                for b in backends {
+                    if let t::BackendTarget::Service(i) = &mut b.target {
+                        *i = service(*i);
+                    }
+                }
+            }
+            for m in &mut a.mirrors {
+                m.service = service(m.service);
+            }
+            self.actions.push(a);
+        }
+        let kind = self.route_kind;
+        for (listener, effective) in &f.attach {
+            let l = &mut self.listeners[*listener];
+            l.attached += 1;
+            l.attached_hosts[kind as usize].add(key, effective);
+        }
+        for (listener, host, rank, m) in &f.entries {
+            let mut m = m.clone();
+            m.action = m.action - f.action_base + base;
+            if let t::PathMatch::Regex(i) = &mut m.path {
+                *i = regex(*i);
+            }
+            let values = m.headers.iter_mut().map(|h| &mut h.value);
+            for v in values.chain(m.query.iter_mut().map(|q| &mut q.value)) {
+                if let t::ValueMatch::Regex(i) = v {
+                    *i = regex(*i);
+                }
+            }
+            let vhosts = &mut self.listeners[*listener].vhosts;
+            let entry = Entry { key: rank.key(key), m };
+            match vhosts.get_mut(host.as_str()) {
+                Some(list) => list.push(entry),
+                None => drop(vhosts.insert(host.clone(), vec![entry])),
+            }
+        }
+        if let Some((generation, status)) = &f.status {
+            let id = ObjectId { kind: kind.object_kind(), key: key.clone() };
+            self.status.insert(id, (*generation, status.clone()));
+        }
+    }
+
+    /// Records `asked` when a route is being recorded.
+    pub(super) fn note(&self, f: impl FnOnce(&mut Recording)) {
+        if let Some(r) = self.recording.borrow_mut().as_mut() {
+            f(r);
+        }
+    }
+}
