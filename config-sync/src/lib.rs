@@ -29,7 +29,7 @@ use std::time::Duration;
 
 // What other crates use (sluice's `up`, the benchmarks, the conformance runner).
 pub use compile::{
-    AddressPool, Compiled, Incremental, Reuse, SUPPORTED_FEATURES, Settings, compile,
+    AddressPool, Compiled, Incremental, Reuse, SUPPORTED_FEATURES, Settings, Statuses, compile,
 };
 pub use files::FileSource;
 pub use kubernetes::KubeOptions;

@@ -9,12 +9,13 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use crate::compile::ObjectStatus;
+use crate::compile::{ObjectStatus, Statuses};
 use crate::model::ObjectId;
 
 /// One object's status change.
@@ -32,7 +33,15 @@ pub(crate) struct Change {
 #[derive(Debug, Default)]
 pub(crate) struct StatusWriter {
     dir: Option<PathBuf>,
-    last: BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>,
+    last: BTreeMap<ObjectId, Last>,
+}
+
+/// An object's last status: as the compiler gave it, and with `lastTransitionTime` set.
+#[derive(Debug)]
+struct Last {
+    generation: Option<i64>,
+    received: Arc<ObjectStatus>,
+    timed: ObjectStatus,
 }
 
 impl StatusWriter {
@@ -43,10 +52,7 @@ impl StatusWriter {
 
     /// Applies a new set of statuses (written to the status folder, if any); returns the
     /// changes.
-    pub(crate) fn apply(
-        &mut self,
-        next: BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>,
-    ) -> Vec<Change> {
+    pub(crate) fn apply(&mut self, next: Statuses) -> Vec<Change> {
         let changes = self.diff(next);
         for c in &changes {
             match &c.status {
@@ -73,30 +79,42 @@ impl StatusWriter {
 
     /// Takes a new set of statuses (carrying `lastTransitionTime` over from the last set) and
     /// returns what changed: new or different statuses, and objects whose status is gone.
-    pub(crate) fn diff(
-        &mut self,
-        mut next: BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>,
-    ) -> Vec<Change> {
+    ///
+    /// Both sets are sorted by object: one pass over the two side by side. A status that is the
+    /// same object as last time (a replayed route's) is unchanged without being compared.
+    pub(crate) fn diff(&mut self, next: Statuses) -> Vec<Change> {
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         let mut changes = Vec::new();
-        for (id, (generation, status)) in &mut next {
-            let previous = self.last.get_mut(id).map(|(_, s)| s);
-            carry_times(status, previous, &now);
-            if self.last.get(id).is_some_and(|(g, s)| g == generation && s == status) {
+        let mut last = std::mem::take(&mut self.last).into_iter().peekable();
+        let mut kept = Vec::with_capacity(next.len());
+        let removed = |id: ObjectId, changes: &mut Vec<Change>| {
+            info!(object = %id, "status removed (object gone or no longer ours)");
+            changes.push(Change { id, generation: None, status: None });
+        };
+        for (id, (generation, received)) in next {
+            while let Some((gone, _)) = last.next_if(|(old, _)| *old < id) {
+                removed(gone, &mut changes);
+            }
+            let mut previous = last.next_if(|(old, _)| *old == id).map(|(_, l)| l);
+            if let Some(p) = previous
+                .take_if(|p| p.generation == generation && Arc::ptr_eq(&p.received, &received))
+            {
+                kept.push((id, p));
                 continue;
             }
-            info!(object = %id, "status {}", summary(status));
-            changes.push(Change {
-                id: id.clone(),
-                generation: *generation,
-                status: Some(status.clone()),
-            });
+            let mut timed = (*received).clone();
+            carry_times(&mut timed, previous.as_mut().map(|p| &mut p.timed), &now);
+            let same = previous.is_some_and(|p| p.generation == generation && p.timed == timed);
+            if !same {
+                info!(object = %id, "status {}", summary(&timed));
+                changes.push(Change { id: id.clone(), generation, status: Some(timed.clone()) });
+            }
+            kept.push((id, Last { generation, received, timed }));
         }
-        for id in self.last.keys().filter(|id| !next.contains_key(*id)) {
-            info!(object = %id, "status removed (object gone or no longer ours)");
-            changes.push(Change { id: id.clone(), generation: None, status: None });
+        for (gone, _) in last {
+            removed(gone, &mut changes);
         }
-        self.last = next;
+        self.last = kept.into_iter().collect();
         changes
     }
 
@@ -104,7 +122,11 @@ impl StatusWriter {
     pub(crate) fn all(&self) -> Vec<Change> {
         self.last
             .iter()
-            .map(|(id, (g, s))| Change { id: id.clone(), generation: *g, status: Some(s.clone()) })
+            .map(|(id, l)| Change {
+                id: id.clone(),
+                generation: l.generation,
+                status: Some(l.timed.clone()),
+            })
             .collect()
     }
 
@@ -262,23 +284,51 @@ mod tests {
     #[test]
     fn only_changes_are_reported_and_times_move_only_when_a_condition_flips() {
         let mut w = StatusWriter::new(None);
-        let first = w.diff(BTreeMap::from([(id("a"), (Some(2), class(true, Reason::Accepted)))]));
+        let first =
+            w.diff(BTreeMap::from([(id("a"), (Some(2), Arc::new(class(true, Reason::Accepted))))]));
         assert_eq!(first.len(), 1);
         let t0 = times(first[0].status.as_ref().unwrap());
         assert_ne!(t0[0], Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH), "a real time is set");
         // The same status again: nothing to write.
-        let same = w.diff(BTreeMap::from([(id("a"), (Some(2), class(true, Reason::Accepted)))]));
+        let same =
+            w.diff(BTreeMap::from([(id("a"), (Some(2), Arc::new(class(true, Reason::Accepted))))]));
         assert!(same.is_empty());
         // Accepted flips: its time moves, SupportedVersion's stays.
         std::thread::sleep(std::time::Duration::from_millis(2));
-        let flipped =
-            w.diff(BTreeMap::from([(id("a"), (Some(3), class(false, Reason::UnsupportedValue)))]));
+        let flipped = w.diff(BTreeMap::from([(
+            id("a"),
+            (Some(3), Arc::new(class(false, Reason::UnsupportedValue))),
+        )]));
         let t1 = times(flipped[0].status.as_ref().unwrap());
         assert_ne!(t1[0], t0[0]);
         assert_eq!(t1[1], t0[1]);
         // The object is gone: a removal.
         let gone = w.diff(BTreeMap::new());
         assert_eq!((gone.len(), gone[0].id.clone(), gone[0].status.is_none()), (1, id("a"), true));
+    }
+
+    /// The two sets are walked side by side: objects before, between and after the others come
+    /// and go; the same status object again is unchanged, and so is an equal new one.
+    #[test]
+    fn objects_come_and_go_anywhere_in_the_order() {
+        let mut w = StatusWriter::new(None);
+        let ok = Arc::new(class(true, Reason::Accepted));
+        let set = |names: &[&str], status: &Arc<ObjectStatus>| -> Statuses {
+            names.iter().map(|n| (id(n), (Some(2), Arc::clone(status)))).collect()
+        };
+        let names = |changes: &[Change]| -> Vec<(String, bool)> {
+            changes.iter().map(|c| (c.id.key.name.clone(), c.status.is_some())).collect()
+        };
+        assert_eq!(w.diff(set(&["b", "d", "f"], &ok)).len(), 3);
+        assert!(w.diff(set(&["b", "d", "f"], &ok)).is_empty(), "the same objects");
+        let equal = Arc::new(class(true, Reason::Accepted));
+        assert!(w.diff(set(&["b", "d", "f"], &equal)).is_empty(), "equal statuses");
+        let changes = w.diff(set(&["a", "d", "e", "g"], &ok));
+        let expected = [("a", true), ("b", false), ("e", true), ("f", false), ("g", true)];
+        assert_eq!(names(&changes), expected.map(|(n, s)| (n.to_owned(), s)));
+        let changes = w.diff(set(&["a", "d", "e", "g"], &Arc::new(class(false, Reason::Pending))));
+        assert_eq!(changes.len(), 4, "every status changed");
+        assert_eq!(w.all().len(), 4);
     }
 
     #[test]
@@ -288,7 +338,7 @@ mod tests {
         let mut w = StatusWriter::new(Some(dir.clone()));
         w.apply(BTreeMap::from([(
             id("sluice"),
-            (Some(2), class(false, Reason::InvalidParameters)),
+            (Some(2), Arc::new(class(false, Reason::InvalidParameters))),
         )]));
         let file = dir.join("gatewayclass").join("sluice.yaml");
         let doc: Value = serde_yaml_ng::from_str(&fs::read_to_string(&file).unwrap()).unwrap();

@@ -254,12 +254,12 @@ impl<'m> Compiler<'m> {
                 ObjectId { kind: Kind::Gateway, key: (*key).clone() },
                 (
                     generation,
-                    ObjectStatus::Gateway(GatewayStatus {
+                    Arc::new(ObjectStatus::Gateway(GatewayStatus {
                         addresses: (!reported.is_empty()).then_some(reported),
                         attached_listener_sets: None,
                         conditions: Some(conditions),
                         listeners: Some(listeners),
-                    }),
+                    })),
                 ),
             );
         }

@@ -157,7 +157,7 @@ impl<'m> Compiler<'m> {
             RouteKind::Grpc => ObjectStatus::GrpcRoute(status),
         };
         let id = ObjectId { kind: self.route_kind.object_kind(), key: key.clone() };
-        self.status.insert(id, (generation, status));
+        self.status.insert(id, (generation, Arc::new(status)));
     }
 
     /// Drops the listeners where a route of the other kind (HTTPRoute vs GRPCRoute) attached

@@ -71,7 +71,7 @@ impl<'m> Compiler<'m> {
             // protocols that run over HTTP/1.1.
             _ => t::UpstreamProtocol::Http1,
         };
-        let cache_key = (namespace.to_owned(), b.name.to_owned(), port, protocol);
+        let cache_key = (Arc::as_ptr(service) as usize, port, protocol);
         if let Some(&index) = self.service_index.get(&cache_key) {
             return Ok(index);
         }

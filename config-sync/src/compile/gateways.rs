@@ -37,7 +37,7 @@ impl<'m> Compiler<'m> {
             };
             self.status.insert(
                 ObjectId { kind: Kind::GatewayClass, key: key.clone() },
-                (generation, ObjectStatus::GatewayClass(status)),
+                (generation, Arc::new(ObjectStatus::GatewayClass(status))),
             );
         }
     }

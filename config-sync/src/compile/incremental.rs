@@ -44,7 +44,10 @@ use crate::model::ClientCertificateHeader;
 #[derive(Default)]
 pub struct Incremental {
     context: Option<Context>,
-    fragments: [HashMap<Key, Fragment>; 2],
+    /// By the address of the route object they were compiled from (kept alive by the
+    /// fragment, so no other object can have it): a changed route is a new object and finds
+    /// none; its old fragment goes at the end of the compilation.
+    fragments: HashMap<usize, Fragment, foldhash::fast::RandomState>,
     /// Compilations so far: fragments not seen in the latest are dropped.
     round: u64,
     last: Reuse,
@@ -53,7 +56,7 @@ pub struct Incremental {
 impl std::fmt::Debug for Incremental {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Incremental")
-            .field("fragments", &(self.fragments[0].len() + self.fragments[1].len()))
+            .field("fragments", &self.fragments.len())
             .field("last", &self.last)
             .finish_non_exhaustive()
     }
@@ -84,10 +87,9 @@ impl Incremental {
         }
         self.round += 1;
         let mut reuse = Reuse { global, ..Reuse::default() };
-        c.routes_with(&mut |c, kind, key, route| {
-            let fragments = &mut self.fragments[kind as usize];
-            if let Some(f) = fragments.get_mut(key)
-                && f.route.is(&route)
+        c.routes_with(&mut |c, _, key, route| {
+            let address = route.address();
+            if let Some(f) = self.fragments.get_mut(&address)
                 && let Some(services) = c.still_answers(key, &f.asked)
             {
                 c.replay(key, f, &services);
@@ -97,14 +99,9 @@ impl Incremental {
             }
             let fragment = c.record(key, route, self.round);
             reuse.fresh += 1;
-            match fragments.get_mut(key) {
-                Some(f) => *f = fragment,
-                None => drop(fragments.insert(key.clone(), fragment)),
-            }
+            self.fragments.insert(address, fragment);
         });
-        for fragments in &mut self.fragments {
-            fragments.retain(|_, f| f.round == self.round);
-        }
+        self.fragments.retain(|_, f| f.round == self.round);
         self.last = reuse;
         c.finish()
     }
@@ -131,33 +128,27 @@ impl<'m> RouteObject<'m> {
         }
     }
 
-    fn keep(&self) -> KeptRoute {
+    /// The object, to hold (never read) so that its address is not reused while the
+    /// fragment lives.
+    fn keep(self) -> Arc<dyn std::any::Any + Send + Sync> {
         match self {
-            RouteObject::Http(r) => KeptRoute::Http(Arc::clone(r)),
-            RouteObject::Grpc(r) => KeptRoute::Grpc(Arc::clone(r)),
+            RouteObject::Http(r) => Arc::clone(r) as _,
+            RouteObject::Grpc(r) => Arc::clone(r) as _,
         }
     }
-}
 
-/// A fragment's route, held so that its address is not reused while the fragment lives.
-enum KeptRoute {
-    Http(Arc<HttpRoute>),
-    Grpc(Arc<crate::model::GrpcRoute>),
-}
-
-impl KeptRoute {
-    fn is(&self, route: &RouteObject<'_>) -> bool {
-        match (self, route) {
-            (KeptRoute::Http(a), RouteObject::Http(b)) => Arc::ptr_eq(a, b),
-            (KeptRoute::Grpc(a), RouteObject::Grpc(b)) => Arc::ptr_eq(a, b),
-            _ => false,
+    /// The object's address: its identity while a fragment holds it.
+    fn address(self) -> usize {
+        match self {
+            RouteObject::Http(r) => Arc::as_ptr(r) as usize,
+            RouteObject::Grpc(r) => Arc::as_ptr(r) as usize,
         }
     }
 }
 
 /// What one route's fresh compilation asked and did.
 struct Fragment {
-    route: KeptRoute,
+    _route: Arc<dyn std::any::Any + Send + Sync>,
     round: u64,
     asked: Vec<Asked>,
     /// Indices of the Services its backend questions returned, in order (this compilation's).
@@ -171,7 +162,7 @@ struct Fragment {
     actions: Vec<t::Action>,
     /// Match entries: listener, effective hostname, precedence, the match.
     entries: Vec<(usize, String, Rank, t::RouteMatch)>,
-    status: Option<(Option<i64>, ObjectStatus)>,
+    status: Option<(Option<i64>, Arc<ObjectStatus>)>,
 }
 
 /// One question a route's compilation asked outside the route, with its answer.
@@ -353,7 +344,7 @@ impl<'m> Compiler<'m> {
         // The map holds the status `route` just inserted (or none: no parent of ours).
         let id = ObjectId { kind: self.route_kind.object_kind(), key: key.clone() };
         Fragment {
-            route: route.keep(),
+            _route: route.keep(),
             round,
             asked: r.asked,
             services: r.services,
@@ -461,7 +452,7 @@ impl<'m> Compiler<'m> {
         }
         if let Some((generation, status)) = &f.status {
             let id = ObjectId { kind: kind.object_kind(), key: key.clone() };
-            self.status.insert(id, (*generation, status.clone()));
+            self.status.insert(id, (*generation, Arc::clone(status)));
         }
     }
 

@@ -28,6 +28,7 @@ use self::{assemble::*, backends::*, checks::*, conditions::*, filters::*, gatew
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use gateway_api::apis::experimental::gatewayclasses::{
     GatewayClassStatus, GatewayClassStatusSupportedFeatures,
@@ -175,11 +176,16 @@ pub struct Compiled {
     /// The table (generation 0; the publisher assigns one).
     pub table: t::Table,
     /// Status per owned object, with the object's generation.
-    pub status: BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>,
+    pub status: Statuses,
     /// The certificates this table serves, by Secret: the next compilation's
     /// [`Settings::last_good`].
     pub last_good: BTreeMap<Key, t::Certificate>,
 }
+
+/// Status per owned object with the generation it was computed for. Shared: a route replayed
+/// by [`Incremental`] hands over the same status object as last time, which the status writer
+/// recognises by address without comparing it.
+pub type Statuses = BTreeMap<ObjectId, (Option<i64>, Arc<ObjectStatus>)>;
 
 /// The status an object gets.
 #[derive(Debug, Clone, PartialEq)]
@@ -308,7 +314,7 @@ struct SortKey<'m> {
 struct Compiler<'m> {
     model: &'m Model,
     settings: &'m Settings,
-    status: BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>,
+    status: Statuses,
     classes: BTreeSet<&'m str>,
     listeners: Vec<ListenerInfo<'m>>,
     /// Keyed by (namespace, name) so a route's parentRef looks its Gateway up without
@@ -316,11 +322,12 @@ struct Compiler<'m> {
     gateway_listeners: BTreeMap<(&'m str, &'m str), (&'m Key, Vec<usize>)>,
     actions: Vec<t::Action>,
     services: Vec<t::Service>,
-    service_index: HashMap<(String, String, i32, t::UpstreamProtocol), u32>,
+    /// By the Service object's address, port and protocol.
+    service_index: HashMap<(usize, i32, t::UpstreamProtocol), u32, foldhash::fast::RandomState>,
     /// The kind of the route being compiled.
     route_kind: RouteKind,
     regexes: Vec<String>,
-    regex_index: HashMap<String, u32>,
+    regex_index: HashMap<String, u32, foldhash::fast::RandomState>,
     /// Bind addresses per Gateway (`None`: lb's default).
     gateway_addresses: HashMap<&'m Key, Vec<Option<IpAddr>>>,
     /// Static addresses of a Gateway this node cannot listen on.
@@ -350,10 +357,10 @@ impl<'m> Compiler<'m> {
             gateway_listeners: BTreeMap::new(),
             actions: Vec::new(),
             services: Vec::new(),
-            service_index: HashMap::new(),
+            service_index: HashMap::default(),
             route_kind: RouteKind::Http,
             regexes: Vec::new(),
-            regex_index: HashMap::new(),
+            regex_index: HashMap::default(),
             gateway_addresses: HashMap::new(),
             unusable_addresses: HashMap::new(),
             certificates: Vec::new(),

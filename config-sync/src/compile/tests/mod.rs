@@ -96,7 +96,7 @@ fn settings() -> Settings {
 
 struct Compiled2 {
     router: Router,
-    status: BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>,
+    status: Statuses,
 }
 
 fn build(extra: &str) -> Compiled2 {
@@ -140,8 +140,8 @@ fn hit(
 
 fn route_conditions(c: &Compiled2, ns: &str, name: &str) -> Vec<Vec<(String, String, String)>> {
     let id = ObjectId { kind: Kind::HttpRoute, key: Key::new(ns, name) };
-    match c.status.get(&id) {
-        Some((_, ObjectStatus::HttpRoute(s))) => s
+    match c.status.get(&id).map(|(_, s)| &**s) {
+        Some(ObjectStatus::HttpRoute(s)) => s
             .parents
             .iter()
             .map(|p| {
@@ -260,7 +260,7 @@ fn hostnames_listener_isolation_and_fallback() {
     );
     // Attached to both http and foo listeners (each where hostnames intersect).
     let gw = c.status.get(&ObjectId { kind: Kind::Gateway, key: Key::new("infra", "gw") }).unwrap();
-    let ObjectStatus::Gateway(gw) = &gw.1 else { panic!() };
+    let ObjectStatus::Gateway(gw) = &*gw.1 else { panic!() };
     let attached: Vec<_> = gw
         .listeners
         .as_ref()
@@ -403,8 +403,8 @@ fn foreign_classes_get_nothing() {
 fn conflicting_and_unsupported_listeners() {
     let gw = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: two, namespace: infra}\nspec:\n  gatewayClassName: sluice\n  listeners:\n  - {name: dup, port: 8080, protocol: HTTP}\n  - {name: tls, port: 8443, protocol: TLS}\n---\n";
     let c = build(gw);
-    let (_, ObjectStatus::Gateway(s)) =
-        &c.status[&ObjectId { kind: Kind::Gateway, key: Key::new("infra", "two") }]
+    let ObjectStatus::Gateway(s) =
+        &*c.status[&ObjectId { kind: Kind::Gateway, key: Key::new("infra", "two") }].1
     else {
         panic!()
     };
@@ -459,13 +459,10 @@ proptest::proptest! {
     }
 }
 
-fn gateway_status_addresses(
-    status: &BTreeMap<ObjectId, (Option<i64>, ObjectStatus)>,
-    name: &str,
-) -> Vec<String> {
+fn gateway_status_addresses(status: &Statuses, name: &str) -> Vec<String> {
     let id = ObjectId { kind: Kind::Gateway, key: Key::new("infra", name) };
-    match status.get(&id) {
-        Some((_, ObjectStatus::Gateway(s))) => {
+    match status.get(&id).map(|(_, s)| &**s) {
+        Some(ObjectStatus::Gateway(s)) => {
             s.addresses.iter().flatten().map(|a| a.value.clone()).collect()
         }
         _ => Vec::new(),
@@ -518,8 +515,8 @@ fn address_pool_gives_each_gateway_its_own_stable_address() {
 
 fn gateway_accepted(c: &Compiled, name: &str) -> (String, String) {
     let id = ObjectId { kind: Kind::Gateway, key: Key::new("infra", name) };
-    match c.status.get(&id) {
-        Some((_, ObjectStatus::Gateway(s))) => s
+    match c.status.get(&id).map(|(_, s)| &**s) {
+        Some(ObjectStatus::Gateway(s)) => s
             .conditions
             .iter()
             .flatten()
@@ -571,8 +568,8 @@ fn static_addresses_this_node_cannot_use_are_reported_and_left_out() {
     };
     let condition_of = |c: &Compiled, kind: &str| -> (String, String) {
         let id = ObjectId { kind: Kind::Gateway, key: Key::new("infra", "s") };
-        match c.status.get(&id) {
-            Some((_, ObjectStatus::Gateway(s))) => s
+        match c.status.get(&id).map(|(_, s)| &**s) {
+            Some(ObjectStatus::Gateway(s)) => s
                 .conditions
                 .iter()
                 .flatten()
@@ -601,7 +598,7 @@ fn static_addresses_this_node_cannot_use_are_reported_and_left_out() {
 fn gateway_class_reports_version_and_features() {
     let c = compile(&model(""), &settings());
     let id = ObjectId { kind: Kind::GatewayClass, key: Key::new("", "sluice") };
-    let Some((_, ObjectStatus::GatewayClass(s))) = c.status.get(&id) else {
+    let Some(ObjectStatus::GatewayClass(s)) = c.status.get(&id).map(|(_, s)| &**s) else {
         panic!("no GatewayClass status: {:?}", c.status.keys().collect::<Vec<_>>())
     };
     let conditions: Vec<(&str, &str)> =

@@ -28,8 +28,8 @@ fn https_gateway(name: &str, port: u16, refs: &str) -> String {
 }
 
 fn listener(c: &Compiled, gateway: &str, index: usize, t: &str) -> (String, String, String) {
-    let (_, ObjectStatus::Gateway(s)) =
-        &c.status[&ObjectId { kind: Kind::Gateway, key: Key::new("infra", gateway) }]
+    let ObjectStatus::Gateway(s) =
+        &*c.status[&ObjectId { kind: Kind::Gateway, key: Key::new("infra", gateway) }].1
     else {
         panic!("no Gateway status")
     };
