@@ -344,6 +344,8 @@ struct Compiler<'m> {
     insecure_frontend: BTreeSet<&'m Key>,
     /// What the route being compiled asks and does, when [`Incremental`] keeps it.
     recording: Recorder,
+    /// EndpointSlices by Service, made when the first Service is resolved.
+    slices: Option<SlicesByService<'m>>,
 }
 
 impl<'m> Compiler<'m> {
@@ -369,6 +371,7 @@ impl<'m> Compiler<'m> {
             last_good: BTreeMap::new(),
             insecure_frontend: BTreeSet::new(),
             recording: Recorder::default(),
+            slices: None,
         }
     }
 }
