@@ -104,7 +104,7 @@ impl Pipeline {
         metrics::count_objects(model);
         let (listeners, matches) = (compiled.table.listeners.len(), compiled.table.matches.len());
         let publishing = Instant::now();
-        match self.publisher.publish(compiled.table) {
+        match self.publisher.publish(&compiled.table) {
             Ok(Some(p)) => {
                 let micros = read.started.elapsed().as_micros() as u64;
                 info!(
