@@ -138,6 +138,8 @@ impl Pipeline {
             }
         }
         let started = Instant::now();
+        // Unchanged routes of the next run are copied from this table.
+        self.compiler.keep(compiled.table);
         let changes = self.status.apply(compiled.status);
         info!(
             changes = changes.len(),

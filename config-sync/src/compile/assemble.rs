@@ -95,6 +95,7 @@ impl<'m> Compiler<'m> {
                 index,
             },
             m: t::RouteMatch { path, method, headers, query, action },
+            origin: u32::MAX,
         }
     }
 
@@ -112,7 +113,19 @@ impl<'m> Compiler<'m> {
         i
     }
 
-    pub(super) fn finish(mut self) -> Compiled {
+    /// The next entry's number.
+    pub(super) fn origin(&mut self) -> u32 {
+        self.origins += 1;
+        self.origins - 1
+    }
+
+    pub(super) fn finish(self) -> Compiled {
+        self.finish_landing().0
+    }
+
+    /// The table and statuses, and where each entry landed in the table's matches (by origin).
+    pub(super) fn finish_landing(mut self) -> (Compiled, Vec<u32>) {
+        self.landed = vec![u32::MAX; self.origins as usize];
         let mut table = t::Table::default();
         // Gateway statuses, now that attachedRoutes are known.
         for (key, ids) in self.gateway_listeners.values() {
@@ -269,8 +282,9 @@ impl<'m> Compiler<'m> {
         let mut ports: BTreeMap<(u16, Option<t::Address>), PortEntry> = BTreeMap::new();
         for l in self.listeners.iter_mut().filter(|l| l.usable) {
             let listener_index = table.listeners.len() as u32;
+            let hosts = std::mem::take(&mut l.vhosts);
             let vhosts =
-                build_vhosts(std::mem::take(&mut l.vhosts), &mut table.vhosts, &mut table.matches);
+                build_vhosts(hosts, &mut table.vhosts, &mut table.matches, &mut self.landed);
             table.listeners.push(t::Listener {
                 name: format!("{}/{}", l.gateway, l.name),
                 vhosts,
@@ -306,7 +320,7 @@ impl<'m> Compiler<'m> {
         table.regexes = self.regexes;
         table.wrr_slots = wrr;
         table.certificates = self.certificates;
-        Compiled { table, status: self.status, last_good: self.last_good }
+        (Compiled { table, status: self.status, last_good: self.last_good }, self.landed)
     }
 }
 
@@ -317,6 +331,7 @@ pub(super) fn build_vhosts(
     hosts: BTreeMap<String, Vec<Entry<'_>>>,
     vhosts: &mut Vec<t::VirtualHost>,
     matches: &mut Vec<t::RouteMatch>,
+    landed: &mut Vec<u32>,
 ) -> t::HostIndex {
     let mut names: Vec<String> = hosts.keys().cloned().collect();
     names.sort_by(|a, b| {
@@ -336,7 +351,12 @@ pub(super) fn build_vhosts(
         entries.sort_by(|a, b| a.key.cmp(&b.key));
         let first = matches.len() as u32;
         let count = entries.len() as u32;
-        matches.extend(entries.into_iter().map(|e| e.m));
+        for e in entries {
+            if let Some(at) = landed.get_mut(e.origin as usize) {
+                *at = matches.len() as u32;
+            }
+            matches.push(e.m);
+        }
         let fallback = fallback_for(name, &position);
         let target = position[name.as_str()];
         vhosts.push(t::VirtualHost {

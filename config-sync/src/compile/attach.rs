@@ -136,16 +136,21 @@ impl<'m> Compiler<'m> {
                     _ => &default_match,
                 };
                 for (index, m) in matches.iter().enumerate() {
-                    let entry = self.entry(key, route, rule_index, index, m, action);
-                    for host in &effective {
-                        self.note(|r| r.entry(listener, host, &entry));
-                    }
-                    let vhosts = &mut self.listeners[listener].vhosts;
+                    let mut entry = self.entry(key, route, rule_index, index, m, action);
                     if let Some((last, others)) = effective.split_last() {
                         for host in others {
-                            let copy = Entry { key: entry.key.clone(), m: entry.m.clone() };
+                            let copy = Entry {
+                                key: entry.key.clone(),
+                                m: entry.m.clone(),
+                                origin: self.origin(),
+                            };
+                            self.note(|r| r.entry(listener, host, &copy));
+                            let vhosts = &mut self.listeners[listener].vhosts;
                             vhosts.entry(host.clone()).or_default().push(copy);
                         }
+                        entry.origin = self.origin();
+                        self.note(|r| r.entry(listener, last, &entry));
+                        let vhosts = &mut self.listeners[listener].vhosts;
                         vhosts.entry(last.clone()).or_default().push(entry);
                     }
                 }

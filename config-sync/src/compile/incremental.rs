@@ -40,9 +40,12 @@ use k8s_openapi::api::core::v1::Namespace;
 use super::*;
 use crate::model::ClientCertificateHeader;
 
-/// What the last compilation left for the next one: the context and every route's fragment.
+/// What the last compilation left for the next one: the context, every route's fragment and the
+/// table itself (given back with [`Incremental::keep`]), which fragments point into.
 #[derive(Default)]
 pub struct Incremental {
+    /// The last table compiled, with the compilation's round.
+    previous: Option<(u64, t::Table)>,
     context: Option<Context>,
     /// By the address of the route object they were compiled from (kept alive by the
     /// fragment, so no other object can have it): a changed route is a new object and finds
@@ -75,12 +78,15 @@ pub struct Reuse {
 
 impl Incremental {
     /// Compiles `model` as [`compile`] does, replaying what has not changed since the last call.
+    /// Replays copy from the last table: give it back with [`Incremental::keep`] once used, or
+    /// every route compiles fresh next time.
     pub fn compile(&mut self, model: &Model, settings: &Settings) -> Compiled {
         let mut c = Compiler::new(model, settings);
         c.classes();
         c.gateways();
         let context = Context::of(&c);
-        let global = self.context.as_ref() != Some(&context);
+        let previous = self.previous.take().filter(|(r, _)| *r == self.round).map(|(_, t)| t);
+        let global = self.context.as_ref() != Some(&context) || previous.is_none();
         if global {
             self.fragments = Default::default();
             self.context = Some(context);
@@ -89,10 +95,11 @@ impl Incremental {
         let mut reuse = Reuse { global, ..Reuse::default() };
         c.routes_with(&mut |c, _, key, route| {
             let address = route.address();
-            if let Some(f) = self.fragments.get_mut(&address)
+            if let (Some(f), Some(previous)) = (self.fragments.get_mut(&address), &previous)
+                && f.within(previous)
                 && let Some(services) = c.still_answers(key, &f.asked)
             {
-                c.replay(key, f, &services);
+                c.replay(key, f, previous, services);
                 f.round = self.round;
                 reuse.replayed += 1;
                 return;
@@ -103,7 +110,21 @@ impl Incremental {
         });
         self.fragments.retain(|_, f| f.round == self.round);
         self.last = reuse;
-        c.finish()
+        let (compiled, landed) = c.finish_landing();
+        // Each fragment's entries now point at where they landed in this table.
+        for f in self.fragments.values_mut() {
+            for e in &mut f.entries {
+                e.at = landed.get(e.at as usize).copied().unwrap_or(u32::MAX);
+            }
+        }
+        drop(previous);
+        compiled
+    }
+
+    /// Gives back the table the last [`Incremental::compile`] returned (unchanged), for the next
+    /// one to copy unchanged routes' actions and matches from.
+    pub fn keep(&mut self, table: t::Table) {
+        self.previous = Some((self.round, table));
     }
 
     /// How the last compilation went.
@@ -146,23 +167,41 @@ impl<'m> RouteObject<'m> {
     }
 }
 
-/// What one route's fresh compilation asked and did.
+/// What one route's compilation asked, and where its output is in the last table.
 struct Fragment {
     _route: Arc<dyn std::any::Any + Send + Sync>,
     round: u64,
     asked: Vec<Asked>,
-    /// Indices of the Services its backend questions returned, in order (this compilation's).
+    /// Indices of the Services its backend questions returned, in order (in the last table).
     services: Vec<u32>,
-    /// Regexes it interned, in order, with the index each got.
+    /// Regexes it interned, in order, with the index each has in the last table.
     regexes: Vec<(String, u32)>,
     /// Listeners it attached to with its effective hostnames there.
     attach: Vec<(usize, Vec<String>)>,
-    /// Index of its first action, and its actions.
+    /// Its actions: `actions` of them from `action_base` in the last table.
     action_base: u32,
-    actions: Vec<t::Action>,
-    /// Match entries: listener, effective hostname, precedence, the match.
-    entries: Vec<(usize, String, Rank, t::RouteMatch)>,
+    actions: u32,
+    entries: Vec<FragmentEntry>,
     status: Option<(Option<i64>, Arc<ObjectStatus>)>,
+}
+
+/// One match entry of a route.
+struct FragmentEntry {
+    listener: usize,
+    /// The effective hostname (virtual host) it goes into.
+    host: String,
+    rank: Rank,
+    /// The match's index in the last table's matches (during a compilation: the entry's origin).
+    at: u32,
+}
+
+impl Fragment {
+    /// Whether everything it points at is in `table` (always, for the table it came from).
+    fn within(&self, table: &t::Table) -> bool {
+        let actions = self.action_base as usize + self.actions as usize;
+        actions <= table.actions.len()
+            && self.entries.iter().all(|e| (e.at as usize) < table.matches.len())
+    }
 }
 
 /// One question a route's compilation asked outside the route, with its answer.
@@ -258,7 +297,7 @@ pub(super) struct Recording {
     services: Vec<u32>,
     regexes: Vec<(String, u32)>,
     attach: Vec<(usize, Vec<String>)>,
-    entries: Vec<(usize, String, Rank, t::RouteMatch)>,
+    entries: Vec<FragmentEntry>,
 }
 
 impl Recording {
@@ -279,7 +318,8 @@ impl Recording {
     }
 
     pub(super) fn entry(&mut self, listener: usize, host: &str, e: &Entry<'_>) {
-        self.entries.push((listener, host.to_owned(), Rank::of(&e.key), e.m.clone()));
+        let rank = Rank::of(&e.key);
+        self.entries.push(FragmentEntry { listener, host: host.to_owned(), rank, at: e.origin });
     }
 }
 
@@ -351,7 +391,7 @@ impl<'m> Compiler<'m> {
             regexes: r.regexes,
             attach: r.attach,
             action_base,
-            actions: self.actions[action_base as usize..].to_vec(),
+            actions: self.actions.len() as u32 - action_base,
             entries: r.entries,
             status: self.status.get(&id).cloned(),
         }
@@ -401,8 +441,9 @@ impl<'m> Compiler<'m> {
         Some(services)
     }
 
-    /// Does what the fragment's fresh compilation did, with this compilation's indices.
-    fn replay(&mut self, key: &'m Key, f: &Fragment, services: &[u32]) {
+    /// Does what the fragment's fresh compilation did, copying its actions and matches from the
+    /// last table with this compilation's indices, and points the fragment at them.
+    fn replay(&mut self, key: &'m Key, f: &mut Fragment, previous: &t::Table, services: Vec<u32>) {
         let service = |old: u32| {
             let at = f.services.iter().position(|&o| o == old);
             at.map_or(old, |i| services[i])
@@ -411,7 +452,8 @@ impl<'m> Compiler<'m> {
             f.regexes.iter().map(|(pattern, old)| (*old, self.regex(pattern))).collect();
         let regex = |old: u32| regexes.iter().find(|(o, _)| *o == old).map_or(old, |(_, n)| *n);
         let base = self.actions.len() as u32;
-        for a in &f.actions {
+        let (from, to) = (f.action_base as usize, (f.action_base + f.actions) as usize);
+        for a in &previous.actions[from..to] {
             let mut a = a.clone();
             if let t::ActionKind::Forward { backends, .. } = &mut a.kind {
                 for b in backends {
@@ -431,8 +473,8 @@ impl<'m> Compiler<'m> {
             l.attached += 1;
             l.attached_hosts[kind as usize].add(key, effective);
         }
-        for (listener, host, rank, m) in &f.entries {
-            let mut m = m.clone();
+        for e in &mut f.entries {
+            let mut m = previous.matches[e.at as usize].clone();
             m.action = m.action - f.action_base + base;
             if let t::PathMatch::Regex(i) = &mut m.path {
                 *i = regex(*i);
@@ -443,13 +485,20 @@ impl<'m> Compiler<'m> {
                     *i = regex(*i);
                 }
             }
-            let vhosts = &mut self.listeners[*listener].vhosts;
-            let entry = Entry { key: rank.key(key), m };
-            match vhosts.get_mut(host.as_str()) {
+            let origin = self.origin();
+            e.at = origin;
+            let entry = Entry { key: e.rank.key(key), m, origin };
+            let vhosts = &mut self.listeners[e.listener].vhosts;
+            match vhosts.get_mut(e.host.as_str()) {
                 Some(list) => list.push(entry),
-                None => drop(vhosts.insert(host.clone(), vec![entry])),
+                None => drop(vhosts.insert(e.host.clone(), vec![entry])),
             }
         }
+        for ((_, id), (_, new)) in f.regexes.iter_mut().zip(&regexes) {
+            *id = *new;
+        }
+        f.services = services;
+        f.action_base = base;
         if let Some((generation, status)) = &f.status {
             let id = ObjectId { kind: kind.object_kind(), key: key.clone() };
             self.status.insert(id, (*generation, Arc::clone(status)));

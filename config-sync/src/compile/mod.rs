@@ -292,6 +292,9 @@ impl RouteKind {
 struct Entry<'m> {
     key: SortKey<'m>,
     m: t::RouteMatch,
+    /// Numbered as entries are added (`Compiler::origin`): where each one lands in the table's
+    /// matches is reported by number (`Compiler::landed`).
+    origin: u32,
 }
 
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -346,6 +349,10 @@ struct Compiler<'m> {
     recording: Recorder,
     /// EndpointSlices by Service, made when the first Service is resolved.
     slices: Option<SlicesByService<'m>>,
+    /// Entries added so far (the next one's [`Entry::origin`]).
+    origins: u32,
+    /// Where each entry landed in the table's matches, by origin (filled by `finish`).
+    landed: Vec<u32>,
 }
 
 impl<'m> Compiler<'m> {
@@ -372,6 +379,8 @@ impl<'m> Compiler<'m> {
             insecure_frontend: BTreeSet::new(),
             recording: Recorder::default(),
             slices: None,
+            origins: 0,
+            landed: Vec::new(),
         }
     }
 }
