@@ -331,7 +331,7 @@ pub(super) fn build_vhosts(
     hosts: BTreeMap<String, Vec<Entry<'_>>>,
     vhosts: &mut Vec<t::VirtualHost>,
     matches: &mut Vec<t::RouteMatch>,
-    landed: &mut Vec<u32>,
+    landed: &mut [u32],
 ) -> t::HostIndex {
     let mut names: Vec<String> = hosts.keys().cloned().collect();
     names.sort_by(|a, b| {
