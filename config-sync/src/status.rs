@@ -36,12 +36,34 @@ pub(crate) struct StatusWriter {
     last: BTreeMap<ObjectId, Last>,
 }
 
-/// An object's last status: as the compiler gave it, and with `lastTransitionTime` set.
+/// An object's last status as the compiler gave it, and the `lastTransitionTime` of each of its
+/// conditions (not a second copy of the status: 5,000 routes' statuses are megabytes).
 #[derive(Debug)]
 struct Last {
     generation: Option<i64>,
     received: Arc<ObjectStatus>,
-    timed: ObjectStatus,
+    times: Vec<Time>,
+}
+
+impl Last {
+    fn new(generation: Option<i64>, received: Arc<ObjectStatus>, timed: &mut ObjectStatus) -> Last {
+        let times = timed.conditions_mut().into_iter().flatten();
+        Last {
+            generation,
+            received,
+            times: times.map(|c| c.last_transition_time.clone()).collect(),
+        }
+    }
+
+    /// The status as written: the compiler's with the times.
+    fn timed(&self) -> ObjectStatus {
+        let mut status = (*self.received).clone();
+        let conditions = status.conditions_mut().into_iter().flatten();
+        for (c, time) in conditions.zip(&self.times) {
+            c.last_transition_time = time.clone();
+        }
+        status
+    }
 }
 
 impl StatusWriter {
@@ -102,14 +124,15 @@ impl StatusWriter {
                 kept.push((id, p));
                 continue;
             }
+            let mut before = previous.as_ref().map(|p| (p.generation, p.timed()));
             let mut timed = (*received).clone();
-            carry_times(&mut timed, previous.as_mut().map(|p| &mut p.timed), &now);
-            let same = previous.is_some_and(|p| p.generation == generation && p.timed == timed);
+            carry_times(&mut timed, before.as_mut().map(|(_, s)| s), &now);
+            let same = before.is_some_and(|(g, s)| g == generation && s == timed);
             if !same {
                 info!(object = %id, "status {}", summary(&timed));
                 changes.push(Change { id: id.clone(), generation, status: Some(timed.clone()) });
             }
-            kept.push((id, Last { generation, received, timed }));
+            kept.push((id, Last::new(generation, received, &mut timed)));
         }
         for (gone, _) in last {
             removed(gone, &mut changes);
@@ -125,7 +148,7 @@ impl StatusWriter {
             .map(|(id, l)| Change {
                 id: id.clone(),
                 generation: l.generation,
-                status: Some(l.timed.clone()),
+                status: Some(l.timed()),
             })
             .collect()
     }
