@@ -190,7 +190,7 @@ struct FragmentEntry {
     listener: usize,
     /// The effective hostname (virtual host) it goes into.
     host: String,
-    rank: Rank,
+    rank: SortKey<()>,
     /// The match's index in the last table's matches (during a compilation: the entry's origin).
     at: u32,
 }
@@ -247,49 +247,6 @@ impl OwnedBackendRef {
     }
 }
 
-/// A match entry's precedence without the route's name (the replay borrows it from the model).
-#[derive(Clone)]
-pub(super) struct Rank {
-    path_kind: u8,
-    path_len: Reverse<usize>,
-    has_method: Reverse<bool>,
-    headers: Reverse<usize>,
-    query: Reverse<usize>,
-    created: (bool, i64, i32),
-    rule: usize,
-    index: usize,
-}
-
-impl Rank {
-    fn of(k: &SortKey<'_>) -> Rank {
-        Rank {
-            path_kind: k.path_kind,
-            path_len: k.path_len,
-            has_method: k.has_method,
-            headers: k.headers,
-            query: k.query,
-            created: k.created,
-            rule: k.rule,
-            index: k.index,
-        }
-    }
-
-    fn key<'m>(&self, route: &'m Key) -> SortKey<'m> {
-        SortKey {
-            path_kind: self.path_kind,
-            path_len: self.path_len,
-            has_method: self.has_method,
-            headers: self.headers,
-            query: self.query,
-            created: self.created,
-            namespace: &route.namespace,
-            name: &route.name,
-            rule: self.rule,
-            index: self.index,
-        }
-    }
-}
-
 /// While a route compiles fresh for [`Incremental`]: what it asks and does.
 #[derive(Default)]
 pub(super) struct Recording {
@@ -318,7 +275,7 @@ impl Recording {
     }
 
     pub(super) fn entry(&mut self, listener: usize, host: &str, e: &Entry<'_>) {
-        let rank = Rank::of(&e.key);
+        let rank = e.key.renamed((), ());
         self.entries.push(FragmentEntry { listener, host: host.to_owned(), rank, at: e.origin });
     }
 }
@@ -487,7 +444,7 @@ impl<'m> Compiler<'m> {
             }
             let origin = self.origin();
             e.at = origin;
-            let entry = Entry { key: e.rank.key(key), m, origin };
+            let entry = Entry { key: e.rank.renamed(&key.namespace, &key.name), m, origin };
             let vhosts = &mut self.listeners[e.listener].vhosts;
             match vhosts.get_mut(e.host.as_str()) {
                 Some(list) => list.push(entry),

@@ -290,15 +290,17 @@ impl RouteKind {
 
 /// One route match on its way into a virtual host, with the spec's precedence key.
 struct Entry<'m> {
-    key: SortKey<'m>,
+    key: SortKey<&'m str>,
     m: t::RouteMatch,
     /// Numbered as entries are added (`Compiler::origin`): where each one lands in the table's
     /// matches is reported by number (`Compiler::landed`).
     origin: u32,
 }
 
+/// The spec's precedence of a match, then the route's name (`N`: `&str`; `()` where the name is
+/// supplied later, `compile::incremental`), rule and match index.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct SortKey<'m> {
+struct SortKey<N> {
     /// Exact (0) before RegularExpression (1) before PathPrefix (2): regex order is
     /// implementation-specific; before prefixes keeps a rule-less `/` from shadowing it.
     path_kind: u8,
@@ -308,10 +310,28 @@ struct SortKey<'m> {
     query: Reverse<usize>,
     /// Routes without creationTimestamp sort after those with one.
     created: (bool, i64, i32),
-    namespace: &'m str,
-    name: &'m str,
+    namespace: N,
+    name: N,
     rule: usize,
     index: usize,
+}
+
+impl<N> SortKey<N> {
+    /// The same key with another name (`()`: without one, kept by `compile::incremental`).
+    fn renamed<M>(&self, namespace: M, name: M) -> SortKey<M> {
+        SortKey {
+            path_kind: self.path_kind,
+            path_len: self.path_len,
+            has_method: self.has_method,
+            headers: self.headers,
+            query: self.query,
+            created: self.created,
+            namespace,
+            name,
+            rule: self.rule,
+            index: self.index,
+        }
+    }
 }
 
 struct Compiler<'m> {
