@@ -125,7 +125,7 @@ impl<'m> Compiler<'m> {
 
     /// The table and statuses, and where each entry landed in the table's matches (by origin).
     pub(super) fn finish_landing(mut self) -> (Compiled, Vec<u32>) {
-        self.landed = vec![u32::MAX; self.origins as usize];
+        let mut landed = vec![u32::MAX; self.origins as usize];
         let mut table = t::Table::default();
         // Gateway statuses, now that attachedRoutes are known.
         for (key, ids) in self.gateway_listeners.values() {
@@ -283,8 +283,7 @@ impl<'m> Compiler<'m> {
         for l in self.listeners.iter_mut().filter(|l| l.usable) {
             let listener_index = table.listeners.len() as u32;
             let hosts = std::mem::take(&mut l.vhosts);
-            let vhosts =
-                build_vhosts(hosts, &mut table.vhosts, &mut table.matches, &mut self.landed);
+            let vhosts = build_vhosts(hosts, &mut table.vhosts, &mut table.matches, &mut landed);
             table.listeners.push(t::Listener {
                 name: format!("{}/{}", l.gateway, l.name),
                 vhosts,
@@ -320,7 +319,7 @@ impl<'m> Compiler<'m> {
         table.regexes = self.regexes;
         table.wrr_slots = wrr;
         table.certificates = self.certificates;
-        (Compiled { table, status: self.status, last_good: self.last_good }, self.landed)
+        (Compiled { table, status: self.status, last_good: self.last_good }, landed)
     }
 }
 

@@ -273,8 +273,12 @@ impl Recording {
         self.services.push(index);
     }
 
+    /// A regex the route interned (once: the same pattern asked again, for another listener or
+    /// hostname, has the same index).
     pub(super) fn regex(&mut self, pattern: &str, index: u32) {
-        self.regexes.push((pattern.to_owned(), index));
+        if !self.regexes.iter().any(|(_, i)| *i == index) {
+            self.regexes.push((pattern.to_owned(), index));
+        }
     }
 
     pub(super) fn attach(&mut self, listener: usize, effective: &[String]) {

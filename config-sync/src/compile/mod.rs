@@ -293,7 +293,7 @@ struct Entry<'m> {
     key: SortKey<&'m str>,
     m: t::RouteMatch,
     /// Numbered as entries are added (`Compiler::origin`): where each one lands in the table's
-    /// matches is reported by number (`Compiler::landed`).
+    /// matches is reported by number (`Compiler::finish_landing`).
     origin: u32,
 }
 
@@ -371,8 +371,6 @@ struct Compiler<'m> {
     slices: Option<SlicesByService<'m>>,
     /// Entries added so far (the next one's [`Entry::origin`]).
     origins: u32,
-    /// Where each entry landed in the table's matches, by origin (filled by `finish`).
-    landed: Vec<u32>,
 }
 
 impl<'m> Compiler<'m> {
@@ -400,7 +398,6 @@ impl<'m> Compiler<'m> {
             recording: Recorder::default(),
             slices: None,
             origins: 0,
-            landed: Vec::new(),
         }
     }
 }
