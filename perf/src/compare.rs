@@ -9,12 +9,13 @@
 //! memory per idle keep-alive client connection (RSS delta over 1,000 idle connections).
 
 mod h2;
+mod logs;
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -48,6 +49,9 @@ pub struct Options {
     /// Run the HTTP/2 comparison instead (h2load, h2 over TLS and h2c); its section of
     /// `benchmarks.md` is replaced, the rest kept.
     pub h2: bool,
+    /// Run the access-log comparison instead (each proxy without and with an access log); its
+    /// section of `benchmarks.md` is replaced, the rest kept.
+    pub access_logs: bool,
 }
 
 /// The proxies compared.
@@ -129,6 +133,8 @@ struct Bench {
     h2: Option<h2::H2Mode>,
     /// In the HTTP/2 comparison: the gRPC upstream (our echo's gRPC service over h2c).
     grpc_upstream: Option<(u16, Running)>,
+    /// In the access-log comparison: proxies started now write an access log to a file.
+    logging: std::cell::Cell<bool>,
     _upstream: Running,
 }
 
@@ -180,6 +186,7 @@ pub fn compare(opts: &Options) -> Result<String, String> {
             cert: Some(bench_certificate()?),
             h2: None,
             grpc_upstream: None,
+            logging: Default::default(),
             _upstream: upstream,
         };
         let report = if opts.h2 {
@@ -199,8 +206,14 @@ pub fn compare(opts: &Options) -> Result<String, String> {
         cert: None,
         h2: None,
         grpc_upstream: None,
+        logging: Default::default(),
         _upstream: upstream,
     };
+    if opts.access_logs {
+        let report = bench.compare_access_logs();
+        let _ = std::fs::remove_dir_all(&work);
+        return report;
+    }
     let mut figures: Vec<(Proxy, Figures)> = [Proxy::Nginx, Proxy::Haproxy, Proxy::Sluice]
         .into_iter()
         .chain(opts.baseline.as_ref().map(|_| Proxy::Baseline))
@@ -303,6 +316,18 @@ impl Bench {
                 let tls = self.write_cert(&dir)?;
                 let conf_text = nginx_proxy_conf(&dir, port, self.upstream_port, callgrind);
                 let conf_text = self.grpc_nginx(conf_text);
+                let conf_text = if self.logging.get() {
+                    conf_text.replace(
+                        "access_log off;",
+                        &format!(
+                            "{}\n  access_log {}/access.log sluicejson buffer=64k flush=1s;",
+                            logs::NGINX_FORMAT,
+                            dir.display()
+                        ),
+                    )
+                } else {
+                    conf_text
+                };
                 // nginx 1.22 (Debian 12): `http2` is a listen parameter.
                 let http2 = if self.h2.is_some() { " http2" } else { "" };
                 let conf_text = match &tls {
@@ -343,6 +368,14 @@ impl Bench {
                 let conf = dir.join("haproxy.cfg");
                 let tls = self.write_cert(&dir)?;
                 let conf_text = self.grpc_haproxy(haproxy_conf(port, self.upstream_port));
+                let conf_text = if self.logging.get() {
+                    // To stdout, which `spawn` sends to the proxy's log file.
+                    conf_text
+                        .replace("global\n", "global\n  log stdout format raw local0\n")
+                        .replace("defaults\n", "defaults\n  log global\n  option httplog\n")
+                } else {
+                    conf_text
+                };
                 let alpn = if self.h2.is_some() { "h2,http/1.1" } else { "http/1.1" };
                 let conf_text = match &tls {
                     Some((_, _, combined)) => conf_text.replace(
@@ -414,20 +447,21 @@ impl Bench {
                     ],
                     &dir.join("config-sync.log"),
                 )?;
-                let lb = spawn(
-                    &cmd_prefix,
-                    &[
-                        &sluice,
-                        "lb",
-                        "--table",
-                        table.to_str().unwrap_or_default(),
-                        "--cores",
-                        "0",
-                        "--bind-address",
-                        "127.0.0.1",
-                    ],
-                    &dir.join("lb.log"),
-                )?;
+                let access_log = dir.join("access.log");
+                let mut args = vec![
+                    sluice.as_str(),
+                    "lb",
+                    "--table",
+                    table.to_str().unwrap_or_default(),
+                    "--cores",
+                    "0",
+                    "--bind-address",
+                    "127.0.0.1",
+                ];
+                if self.logging.get() {
+                    args.extend(["--access-log", access_log.to_str().unwrap_or_default()]);
+                }
+                let lb = spawn(&cmd_prefix, &args, &dir.join("lb.log"))?;
                 let (cs_pid, lb_pid) = (cs.id(), lb.id());
                 Running {
                     pids: vec![lb_pid, cs_pid],
@@ -801,7 +835,7 @@ impl Bench {
         // The TLS and HTTP/2 sections (`--tls`, `--h2`) are measured on their own: keep them.
         let path = self.opts.out.join("benchmarks.md");
         let old = std::fs::read_to_string(&path).unwrap_or_default();
-        let kept: String = [(TLS_BEGIN, TLS_END), h2::SECTION]
+        let kept: String = [(TLS_BEGIN, TLS_END), h2::SECTION, logs::SECTION]
             .into_iter()
             .filter_map(|(begin, end)| match (old.find(begin), old.find(end)) {
                 (Some(a), Some(b)) if b > a => Some(format!("\n{}\n", &old[a..b + end.len()])),
@@ -856,7 +890,7 @@ fn spawn(prefix: &[String], args: &[&str], log: &Path) -> Result<Child, String> 
     Command::new(&all[0])
         .args(&all[1..])
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log)
         .spawn()
         .map_err(|e| format!("{}: {e}", all.join(" ")))

@@ -43,6 +43,12 @@ struct PropagationArgs {
     /// Routes added, modified and deleted one at a time.
     #[arg(long, default_value_t = 200)]
     changes: usize,
+    /// Then churn: changes per second, a route added and the oldest live one deleted in turn.
+    #[arg(long, default_value_t = 100)]
+    churn_rate: u32,
+    /// Seconds of churn (0: none).
+    #[arg(long, default_value_t = 60.0)]
+    churn_seconds: f64,
     /// Folder for propagation.md.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -82,6 +88,11 @@ struct CompareArgs {
     /// streams) instead; it replaces only the HTTP/2 section of benchmarks.md.
     #[arg(long)]
     h2: bool,
+    /// Run the access-log comparison (each proxy without and with an access log to a file,
+    /// CPU and callgrind instructions per request) instead; it replaces only its section of
+    /// benchmarks.md.
+    #[arg(long, conflicts_with_all = ["tls", "h2", "baseline"])]
+    access_logs: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -148,6 +159,7 @@ fn main() -> ExitCode {
             baseline: a.baseline,
             tls: a.tls,
             h2: a.h2,
+            access_logs: a.access_logs,
         })
         .map(|report| println!("{report}")),
         Command::Propagation(a) => perf::propagation::run(&perf::propagation::Options {
@@ -155,6 +167,8 @@ fn main() -> ExitCode {
             routes: a.routes.max(1),
             namespaces: a.namespaces.max(1),
             changes: a.changes,
+            churn_rate: a.churn_rate.max(1),
+            churn: Duration::from_secs_f64(a.churn_seconds.max(0.0)),
             out: a.out,
         })
         .map(|report| println!("{report}")),
