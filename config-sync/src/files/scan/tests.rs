@@ -314,3 +314,40 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_walk_older_than_the_events_handled_since_neither_loses_nor_revives_a_file() {
+    let d = dir("stale-walk");
+    let route = |i: usize| ROUTE.replace("name: r,", &format!("name: r{i},"));
+    for i in 0..3 {
+        fs::write(d.join(format!("r{i}.yaml")), route(i)).unwrap();
+    }
+    let mut src = FileSource::new(&d);
+    src.scan(&BTreeSet::new()).unwrap();
+    // The rescan's walk happens (on another thread), then file events are handled before its
+    // result is applied: r3 added, r0 removed, r1 changed.
+    let walked = walk_folder(&d).unwrap();
+    let (added, removed, changed) = (d.join("r3.yaml"), d.join("r0.yaml"), d.join("r1.yaml"));
+    fs::write(&added, route(3)).unwrap();
+    fs::remove_file(&removed).unwrap();
+    fs::write(&changed, route(1).replace("/a", "/changed")).unwrap();
+    src.scan_paths(&BTreeSet::from([added.clone(), removed, changed])).unwrap();
+    let names = |src: &FileSource| -> Vec<String> {
+        src.model().http_routes.keys().map(|k| k.name.clone()).collect()
+    };
+    assert_eq!(names(&src), ["r1", "r2", "r3"]);
+    let report = src.apply(walked, &BTreeSet::new());
+    assert_eq!(names(&src), ["r1", "r2", "r3"], "the walk did not see r3 and did see r0");
+    assert_eq!(report.read, 0, "r1 was read by its event; the walk's older stamp is not news");
+    assert!(!report.changed);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    // A walk taken now agrees, and one that missed a change (no event came) reads it.
+    fs::write(&added, route(3).replace("/a", "/quiet")).unwrap();
+    let report = src.apply(walk_folder(&d).unwrap(), &BTreeSet::new());
+    assert_eq!(report.read, 1);
+    assert!(report.changed);
+    fs::remove_file(&added).unwrap();
+    let report = src.apply(walk_folder(&d).unwrap(), &BTreeSet::new());
+    assert!(report.changed, "a file gone with no event is forgotten by the next walk");
+    assert_eq!(names(&src), ["r1", "r2"]);
+}
