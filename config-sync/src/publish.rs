@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use table::build::stamp_generation;
+use table::build::{encode_into, stamp_generation};
 use table::shm::{SegmentWriter, applied_path, read_applied};
-use table::{AlignedVec, Table, encode};
+use table::{AlignedVec, Table};
 use tracing::{info, warn};
 
 /// Owns the segment and the last table published.
@@ -26,6 +26,8 @@ pub(crate) struct Publisher {
     /// The last table published, encoded at generation 0: a new table is compared as bytes
     /// (one `memcmp`), and the old one is not kept or dropped as thousands of objects.
     last: Option<AlignedVec<16>>,
+    /// The bytes of the table before `last` (or of one found unchanged), encoded into next.
+    spare: Option<AlignedVec<16>>,
 }
 
 /// What one publication did.
@@ -41,7 +43,7 @@ impl Publisher {
     /// Opens (or creates) the segment at `segment`.
     pub(crate) fn open(segment: &Path) -> io::Result<Publisher> {
         let writer = SegmentWriter::open(segment)?;
-        Ok(Publisher { writer, applied: applied_path(segment), last: None })
+        Ok(Publisher { writer, applied: applied_path(segment), last: None, spare: None })
     }
 
     /// Path of lb's applied file.
@@ -52,10 +54,12 @@ impl Publisher {
     /// Publishes `table` unless it equals the last one (and the segment is intact). Returns
     /// the new generation.
     pub(crate) fn publish(&mut self, table: &Table) -> io::Result<Option<Published>> {
-        let mut bytes = encode(table).map_err(io::Error::other)?;
+        let spare = self.spare.take().unwrap_or_default();
+        let mut bytes = encode_into(table, spare).map_err(io::Error::other)?;
         stamp_generation(&mut bytes, 0).map_err(io::Error::other)?;
         let repaired = self.check_segment()?;
         if self.last.as_deref() == Some(bytes.as_slice()) && !repaired {
+            self.spare = Some(bytes);
             return Ok(None);
         }
         self.write(bytes).map(Some)
@@ -94,7 +98,7 @@ impl Publisher {
         self.writer.publish(generation, &bytes)?;
         stamp_generation(&mut bytes, 0).map_err(io::Error::other)?;
         let len = bytes.len();
-        self.last = Some(bytes);
+        self.spare = self.last.replace(bytes);
         Ok(Published { generation, bytes: len })
     }
 }

@@ -7,7 +7,19 @@ use crate::format::{ArchivedTable, Table};
 
 /// Serialises `table` into the bytes a segment slot carries.
 pub fn encode(table: &Table) -> Result<AlignedVec<16>, EncodeError> {
-    rkyv::to_bytes::<rancor::Error>(table).map_err(|e| EncodeError(e.to_string()))
+    encode_into(table, AlignedVec::new())
+}
+
+/// [`encode`] into `buffer` (cleared first), reusing its memory: a publisher that recycles the
+/// bytes of the table it replaced writes into pages already faulted in, instead of a fresh
+/// allocation of the table's size for every table (2 MB at 5,000 routes).
+pub fn encode_into(
+    table: &Table,
+    mut buffer: AlignedVec<16>,
+) -> Result<AlignedVec<16>, EncodeError> {
+    buffer.clear();
+    rkyv::api::high::to_bytes_in::<_, rancor::Error>(table, buffer)
+        .map_err(|e| EncodeError(e.to_string()))
 }
 
 /// Writes `generation` into an encoded table in place: the same bytes [`encode`] makes of the

@@ -140,6 +140,19 @@ fn a_stamped_generation_is_the_encoded_one() {
     assert!(crate::build::stamp_generation(&mut [0; 4], 1).is_err());
 }
 
+/// Encoding into a buffer that held another table (larger or smaller) makes exactly the bytes
+/// of a fresh encoding.
+#[test]
+fn encoding_into_a_used_buffer_is_encoding_afresh() {
+    let (big, small) = (sample(), Table::default());
+    let mut buffer = crate::AlignedVec::new();
+    for table in [&big, &small, &big, &big] {
+        buffer = crate::build::encode_into(table, buffer).unwrap();
+        assert_eq!(buffer.as_slice(), encode(table).unwrap().as_slice());
+        assert!(Router::open(&buffer, None).is_ok());
+    }
+}
+
 #[test]
 fn open_refuses_out_of_range_indices() {
     type Mutation = Box<dyn Fn(&mut Table)>;
