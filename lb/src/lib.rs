@@ -56,6 +56,7 @@ use tracing::{error, info, warn};
 
 pub use crate::access_log::{LogConfig, LogTarget, RequestIds, TraceContext};
 pub use crate::fields::{Edits, FieldList};
+pub use crate::io::fix_mmap_threshold;
 pub use crate::metrics::Detail as MetricsDetail;
 pub use crate::settings::{BufferConfig, Limits, Underscores};
 pub use crate::settings::{H2Limits, Settings, Timeouts, defaults};

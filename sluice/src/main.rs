@@ -478,6 +478,8 @@ fn timeout(text: &str) -> Result<Span, String> {
 }
 
 fn run_lb(a: LbArgs) -> Result<(), String> {
+    // Before lb starts any thread.
+    lb::fix_mmap_threshold();
     let cpus = lb::parse_cpus(&a.cores)?;
     let mut settings = lb::Settings { bind_address: a.bind_address, ..Default::default() };
     settings.timeouts = lb::Timeouts {
