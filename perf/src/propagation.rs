@@ -25,6 +25,11 @@ pub struct Options {
     pub namespaces: usize,
     /// Routes added one at a time (and as many modifications and deletions).
     pub changes: usize,
+    /// Then churn: changes per second (alternately a route added and the oldest live one
+    /// deleted) ...
+    pub churn_rate: u32,
+    /// ... for this long (zero: no churn phase).
+    pub churn: Duration,
     /// Where to write `propagation.md` (none: print only).
     pub out: Option<PathBuf>,
 }
@@ -136,6 +141,7 @@ pub fn run(opts: &Options) -> Result<String, String> {
         .collect();
 
     let mut unexpected = 0u64;
+    let mut churn = Churn::default();
     let mut add = Vec::new();
     let mut modify = Vec::new();
     let mut delete = Vec::new();
@@ -156,6 +162,12 @@ pub fn run(opts: &Options) -> Result<String, String> {
         let t = Instant::now();
         std::fs::remove_file(&file).map_err(|e| e.to_string())?;
         delete.push(poll(port, &host, "/moved/x", 404, &[200], t, &mut unexpected)?);
+    }
+    if !opts.churn.is_zero() {
+        let before = count_lines(&work.join("config-sync.log"), "published");
+        churn = run_churn(opts, port, &manifests)?;
+        churn.publications = count_lines(&work.join("config-sync.log"), "published") - before;
+        unexpected += churn.unexpected;
     }
     stop.store(true, Ordering::Relaxed);
     for t in traffic {
@@ -215,6 +227,35 @@ pub fn run(opts: &Options) -> Result<String, String> {
             ms(pct(v, 0.5)),
             ms(pct(v, 0.99)),
             ms(v.last().copied().unwrap_or_default())
+        );
+    }
+    if !churn.added.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nChurn: {} changes a second for {:.0} s (a route added, then the oldest live one deleted, in turn; {} changes), with the same background traffic; each change polled through lb until live.\n",
+            opts.churn_rate,
+            opts.churn.as_secs_f64(),
+            churn.added.len() + churn.deleted.len()
+        );
+        let _ = writeln!(md, "| churn | p50 | p99 | max |\n|---|---|---|---|");
+        for (name, v) in [
+            ("add: file written → first 200", &mut churn.added),
+            ("delete: file removed → first 404", &mut churn.deleted),
+        ] {
+            v.sort();
+            let _ = writeln!(
+                md,
+                "| {name} | {} | {} | {} |",
+                ms(pct(v, 0.5)),
+                ms(pct(v, 0.99)),
+                ms(v.last().copied().unwrap_or_default())
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nconfig-sync published {} tables during the churn ({:.1} changes per table).",
+            churn.publications,
+            (churn.added.len() + churn.deleted.len()) as f64 / churn.publications.max(1) as f64
         );
     }
     let _ = writeln!(md, "\n| | |\n|---|---|");
@@ -292,6 +333,92 @@ pub fn run(opts: &Options) -> Result<String, String> {
         std::fs::write(path, &md).map_err(|e| e.to_string())?;
     }
     Ok(md)
+}
+
+/// What the churn phase measured.
+#[derive(Debug, Default)]
+struct Churn {
+    added: Vec<Duration>,
+    deleted: Vec<Duration>,
+    unexpected: u64,
+    publications: usize,
+}
+
+/// A change written and not yet seen live.
+struct Pending {
+    host: String,
+    file: PathBuf,
+    written: Instant,
+    /// 200 for an added route, 404 for a deleted one.
+    want: u16,
+}
+
+/// Churn: `churn_rate` changes a second on schedule, alternately a route added and the oldest
+/// one seen live deleted (another add when none is), while every pending change is probed through lb in turn (one request
+/// each per pass) until it is live; the latency of each is from its write to the first
+/// answer that shows it.
+fn run_churn(opts: &Options, port: u16, manifests: &Path) -> Result<Churn, String> {
+    let mut out = Churn::default();
+    let interval = Duration::from_secs(1) / opts.churn_rate.max(1);
+    let total = (opts.churn.as_secs_f64() * f64::from(opts.churn_rate)) as usize;
+    let namespaces = opts.namespaces.max(1);
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut live: std::collections::VecDeque<(String, PathBuf)> = Default::default();
+    let mut conn = Conn::new(port);
+    let started = Instant::now();
+    let mut done = 0;
+    while done < total || !pending.is_empty() {
+        if done < total && Instant::now() >= started + interval * done as u32 {
+            let delete = done % 2 == 1 && !live.is_empty();
+            if delete && let Some((host, file)) = live.pop_front() {
+                std::fs::remove_file(&file).map_err(|e| e.to_string())?;
+                pending.push(Pending { host, file, written: Instant::now(), want: 404 });
+            } else {
+                let ns = done % namespaces;
+                let name = format!("churn-{done}");
+                let host = format!("{name}.ns{ns}.example");
+                let file = manifests.join(format!("ns{ns}/{name}.yaml"));
+                write(&file, &route(ns, &name, &host, "/"))?;
+                pending.push(Pending { host, file, written: Instant::now(), want: 200 });
+            }
+            done += 1;
+        }
+        let mut i = 0;
+        while i < pending.len() {
+            let p = &pending[i];
+            let status = conn.status(&p.host, "/");
+            if status == Some(p.want) {
+                let p = pending.swap_remove(i);
+                let took = p.written.elapsed();
+                if p.want == 200 {
+                    out.added.push(took);
+                    // Only a route seen live is deleted later.
+                    live.push_back((p.host, p.file));
+                } else {
+                    out.deleted.push(took)
+                }
+                continue;
+            }
+            let before = if p.want == 200 { 404 } else { 200 };
+            if status != Some(before) {
+                out.unexpected += 1;
+            }
+            if p.written.elapsed() > Duration::from_secs(30) {
+                return Err(format!("churn: {} never answered {}", p.host, p.want));
+            }
+            i += 1;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    for (_, file) in live {
+        let _ = std::fs::remove_file(file);
+    }
+    Ok(out)
+}
+
+/// How many lines of `log` contain `what`.
+fn count_lines(log: &Path, what: &str) -> usize {
+    std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.contains(what)).count()
 }
 
 /// Polls until `want`; statuses in `before` are expected meanwhile, anything else counts as
