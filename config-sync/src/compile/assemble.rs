@@ -332,8 +332,9 @@ pub(super) fn build_vhosts(
     matches: &mut Vec<t::RouteMatch>,
     landed: &mut [u32],
 ) -> t::HostIndex {
-    let mut names: Vec<String> = hosts.keys().cloned().collect();
-    names.sort_by(|a, b| {
+    // Taken whole, in the table's order: each name moves into its virtual host, no copies.
+    let mut hosts: Vec<(String, Vec<Entry<'_>>)> = hosts.into_iter().collect();
+    hosts.sort_by(|(a, _), (b, _)| {
         (host_rank(a), Reverse(a.len()), a.as_str()).cmp(&(
             host_rank(b),
             Reverse(b.len()),
@@ -341,12 +342,15 @@ pub(super) fn build_vhosts(
         ))
     });
     let base = vhosts.len() as u32;
-    let position: HashMap<&str, u32> =
-        names.iter().enumerate().map(|(i, h)| (h.as_str(), base + i as u32)).collect();
+    let fallbacks: Vec<Option<u32>> = {
+        let position: Positions<'_> =
+            hosts.iter().enumerate().map(|(i, (h, _))| (h.as_str(), base + i as u32)).collect();
+        hosts.iter().map(|(name, _)| fallback_for(name, &position)).collect()
+    };
     let mut index = t::HostIndex::default();
-    let mut hosts = hosts;
-    for name in &names {
-        let mut entries = hosts.remove(name).unwrap_or_default();
+    matches.reserve(hosts.iter().map(|(_, e)| e.len()).sum());
+    vhosts.reserve(hosts.len());
+    for ((name, mut entries), fallback) in hosts.into_iter().zip(fallbacks) {
         entries.sort_by(|a, b| a.key.cmp(&b.key));
         let first = matches.len() as u32;
         let count = entries.len() as u32;
@@ -356,22 +360,24 @@ pub(super) fn build_vhosts(
             }
             matches.push(e.m);
         }
-        let fallback = fallback_for(name, &position);
-        let target = position[name.as_str()];
-        vhosts.push(t::VirtualHost {
-            hostname: name.clone(),
-            matches: (first..first + count).collect(),
-            fallback,
-        });
+        let target = vhosts.len() as u32;
         if name.is_empty() {
             index.any = Some(target);
         } else {
-            add_host(&mut index, name, target);
+            add_host(&mut index, &name, target);
         }
+        vhosts.push(t::VirtualHost {
+            hostname: name,
+            matches: (first..first + count).collect(),
+            fallback,
+        });
     }
     sort_host_index(&mut index);
     index
 }
+
+/// Virtual host positions by name, for [`fallback_for`].
+pub(super) type Positions<'a> = HashMap<&'a str, u32, foldhash::fast::RandomState>;
 
 /// 0 exact, 1 wildcard, 2 catch-all.
 pub(super) fn host_rank(h: &str) -> u8 {
@@ -388,7 +394,7 @@ pub(super) fn host_rank(h: &str) -> u8 {
 /// `.suffix` is a proper dot-suffix of `name` (for a wildcard name, of its own suffix), else
 /// the catch-all. Walks the dots of `name`, longest suffix first: O(labels) lookups instead of
 /// a scan of every name (which made 5,000 hostnames quadratic).
-pub(super) fn fallback_for(name: &str, position: &HashMap<&str, u32>) -> Option<u32> {
+pub(super) fn fallback_for(name: &str, position: &Positions<'_>) -> Option<u32> {
     if name.is_empty() {
         return None;
     }

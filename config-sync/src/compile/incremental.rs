@@ -92,7 +92,7 @@ impl Incremental {
         c.classes();
         c.gateways();
         let context = Context::of(&c);
-        let previous = self.previous.take().filter(|(r, _)| *r == self.round).map(|(_, t)| t);
+        let mut previous = self.previous.take().filter(|(r, _)| *r == self.round).map(|(_, t)| t);
         let global = self.context.as_ref() != Some(&context) || previous.is_none();
         if global {
             self.fragments = Default::default();
@@ -102,7 +102,7 @@ impl Incremental {
         let mut reuse = Reuse { global, ..Reuse::default() };
         c.routes_with(&mut |c, _, key, route| {
             let address = route.address();
-            if let (Some(f), Some(previous)) = (self.fragments.get_mut(&address), &previous)
+            if let (Some(f), Some(previous)) = (self.fragments.get_mut(&address), previous.as_mut())
                 && f.within(previous)
                 && let Some(services) = c.still_answers(key, &f.asked)
             {
@@ -409,9 +409,17 @@ impl<'m> Compiler<'m> {
         Some(services)
     }
 
-    /// Does what the fragment's fresh compilation did, copying its actions and matches from the
-    /// last table with this compilation's indices, and points the fragment at them.
-    fn replay(&mut self, key: &'m Key, f: &mut Fragment, previous: &t::Table, services: Vec<u32>) {
+    /// Does what the fragment's fresh compilation did, moving its actions and matches out of the
+    /// last table (each is the fragment's alone, and the last table is dropped after this
+    /// compilation: no copy, and nothing of it left to free) with this compilation's indices,
+    /// and points the fragment at them.
+    fn replay(
+        &mut self,
+        key: &'m Key,
+        f: &mut Fragment,
+        previous: &mut t::Table,
+        services: Vec<u32>,
+    ) {
         let service = |old: u32| {
             let at = f.services.iter().position(|&o| o == old);
             at.map_or(old, |i| services[i])
@@ -421,8 +429,8 @@ impl<'m> Compiler<'m> {
         let regex = |old: u32| regexes.iter().find(|(o, _)| *o == old).map_or(old, |(_, n)| *n);
         let base = self.actions.len() as u32;
         let (from, to) = (f.action_base as usize, (f.action_base + f.actions) as usize);
-        for a in &previous.actions[from..to] {
-            let mut a = a.clone();
+        for a in &mut previous.actions[from..to] {
+            let mut a = std::mem::replace(a, vacant_action());
             if let t::ActionKind::Forward { backends, .. } = &mut a.kind {
                 for b in backends {
                     if let t::BackendTarget::Service(i) = &mut b.target {
@@ -442,7 +450,7 @@ impl<'m> Compiler<'m> {
             l.attached_hosts[kind as usize].add(key, effective);
         }
         for e in &mut f.entries {
-            let mut m = previous.matches[e.at as usize].clone();
+            let mut m = std::mem::replace(&mut previous.matches[e.at as usize], vacant_match());
             m.action = m.action - f.action_base + base;
             if let t::PathMatch::Regex(i) = &mut m.path {
                 *i = regex(*i);
@@ -478,5 +486,33 @@ impl<'m> Compiler<'m> {
         if let Some(r) = self.recording.borrow_mut().as_mut() {
             f(r);
         }
+    }
+}
+
+/// What a replay leaves in the last table where it took an action: allocates nothing.
+fn vacant_action() -> t::Action {
+    t::Action {
+        route: String::new(),
+        rule: 0,
+        kind: t::ActionKind::Respond { status: 0 },
+        request_headers: Default::default(),
+        rewrite: Default::default(),
+        response_headers: Default::default(),
+        timeouts: Default::default(),
+        mirrors: Vec::new(),
+        cors: None,
+        retry: Default::default(),
+        client_cert_headers: Vec::new(),
+    }
+}
+
+/// What a replay leaves in the last table where it took a match: allocates nothing.
+fn vacant_match() -> t::RouteMatch {
+    t::RouteMatch {
+        path: t::PathMatch::Regex(0),
+        method: None,
+        headers: Vec::new(),
+        query: Vec::new(),
+        action: 0,
     }
 }
