@@ -333,19 +333,20 @@ pub(super) fn build_vhosts(
     landed: &mut [u32],
 ) -> t::HostIndex {
     // Taken whole, in the table's order: each name moves into its virtual host, no copies.
+    // The map yields names in byte order, so a stable sort by (rank, longest first) keeps
+    // them in byte order within each: the order (rank, longest first, name) without comparing
+    // a single name (comparing names was a third of a compilation's sorting).
     let mut hosts: Vec<(String, Vec<Entry<'_>>)> = hosts.into_iter().collect();
-    hosts.sort_by(|(a, _), (b, _)| {
-        (host_rank(a), Reverse(a.len()), a.as_str()).cmp(&(
-            host_rank(b),
-            Reverse(b.len()),
-            b.as_str(),
-        ))
-    });
+    hosts.sort_by_key(|(name, _)| (host_rank(name), Reverse(name.len())));
     let base = vhosts.len() as u32;
-    let fallbacks: Vec<Option<u32>> = {
+    let fallbacks: Vec<Option<u32>> = if hosts.iter().any(|(h, _)| h.starts_with("*.")) {
         let position: Positions<'_> =
             hosts.iter().enumerate().map(|(i, (h, _))| (h.as_str(), base + i as u32)).collect();
         hosts.iter().map(|(name, _)| fallback_for(name, &position)).collect()
+    } else {
+        // No wildcard to fall back to: the catch-all (sorted last), if any, for every name.
+        let any = hosts.last().filter(|(h, _)| h.is_empty()).map(|_| base + hosts.len() as u32 - 1);
+        hosts.iter().map(|(name, _)| if name.is_empty() { None } else { any }).collect()
     };
     let mut index = t::HostIndex::default();
     matches.reserve(hosts.iter().map(|(_, e)| e.len()).sum());

@@ -300,10 +300,10 @@ impl<'m> Compiler<'m> {
 /// route with a wildcard or no hostname scans every entry, as it may overlap any of them.
 #[derive(Default)]
 pub(crate) struct AttachedHosts<'m> {
-    /// Routes in attachment order with their effective hostnames.
-    routes: Vec<(&'m Key, Vec<String>)>,
+    /// Routes in attachment order.
+    routes: Vec<&'m Key>,
     /// Exact hostname → the first route (index in `routes`) that has it.
-    exact: HashMap<String, usize>,
+    exact: HashMap<String, usize, foldhash::fast::RandomState>,
     /// Wildcard or `""` hostnames with their route's index, in attachment order.
     patterns: Vec<(String, usize)>,
 }
@@ -314,30 +314,31 @@ impl<'m> AttachedHosts<'m> {
         for h in effective {
             if h.is_empty() || h.starts_with('*') {
                 self.patterns.push((h.clone(), index));
-            } else {
-                self.exact.entry(h.clone()).or_insert(index);
+            } else if !self.exact.contains_key(h.as_str()) {
+                self.exact.insert(h.clone(), index);
             }
         }
-        self.routes.push((key, effective.to_vec()));
+        self.routes.push(key);
     }
 
-    /// The earliest attached route with a hostname that overlaps one of `effective`.
+    /// The earliest attached route with a hostname that overlaps one of `effective`. Every
+    /// hostname is in `exact` (with the first route that has it) or in `patterns`, so the
+    /// earliest route among the entries that overlap is the answer; only a wildcard or `""`
+    /// among `effective` needs every exact name looked at.
     pub(super) fn first_overlap(&self, effective: &[String]) -> Option<&'m Key> {
         if self.routes.is_empty() {
             return None;
         }
-        let overlaps =
-            |hosts: &[String]| hosts.iter().any(|h| effective.iter().any(|e| hosts_overlap(h, e)));
-        if effective.iter().any(|e| e.is_empty() || e.starts_with('*')) {
-            return self.routes.iter().find(|(_, hosts)| overlaps(hosts)).map(|(k, _)| *k);
-        }
-        let by_name = effective.iter().filter_map(|e| self.exact.get(e)).copied();
-        let by_pattern = self
-            .patterns
-            .iter()
-            .filter(|(p, _)| effective.iter().any(|e| hosts_overlap(p, e)))
-            .map(|(_, i)| *i);
-        by_name.chain(by_pattern).min().map(|i| self.routes[i].0)
+        let overlaps = |h: &str| effective.iter().any(|e| hosts_overlap(h, e));
+        let by_pattern = self.patterns.iter().filter(|(p, _)| overlaps(p)).map(|(_, i)| *i);
+        let first = if effective.iter().any(|e| e.is_empty() || e.starts_with('*')) {
+            let by_name = self.exact.iter().filter(|(h, _)| overlaps(h)).map(|(_, i)| *i);
+            by_name.chain(by_pattern).min()
+        } else {
+            let by_name = effective.iter().filter_map(|e| self.exact.get(e.as_str())).copied();
+            by_name.chain(by_pattern).min()
+        };
+        first.map(|i| self.routes[i])
     }
 }
 

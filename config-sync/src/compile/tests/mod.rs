@@ -14,6 +14,7 @@ use crate::model::parse_document;
 mod filters;
 mod incremental;
 mod tls;
+mod vhosts;
 
 const BASE: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1
