@@ -215,20 +215,14 @@ pub fn run(opts: &Options) -> Result<String, String> {
         opts.changes
     );
     let _ = writeln!(md, "| | p50 | p99 | max |\n|---|---|---|---|");
-    for (name, v) in [
-        ("add: file written → first 200", &mut add),
-        ("modify: file written → new path answers 200", &mut modify),
-        ("delete: file removed → first 404", &mut delete),
-    ] {
-        v.sort();
-        let _ = writeln!(
-            md,
-            "| {name} | {} | {} | {} |",
-            ms(pct(v, 0.5)),
-            ms(pct(v, 0.99)),
-            ms(v.last().copied().unwrap_or_default())
-        );
-    }
+    latency_rows(
+        &mut md,
+        [
+            ("add: file written → first 200", &mut add),
+            ("modify: file written → new path answers 200", &mut modify),
+            ("delete: file removed → first 404", &mut delete),
+        ],
+    );
     if !churn.added.is_empty() {
         let _ = writeln!(
             md,
@@ -238,19 +232,13 @@ pub fn run(opts: &Options) -> Result<String, String> {
             churn.added.len() + churn.deleted.len()
         );
         let _ = writeln!(md, "| churn | p50 | p99 | max |\n|---|---|---|---|");
-        for (name, v) in [
-            ("add: file written → first 200", &mut churn.added),
-            ("delete: file removed → first 404", &mut churn.deleted),
-        ] {
-            v.sort();
-            let _ = writeln!(
-                md,
-                "| {name} | {} | {} | {} |",
-                ms(pct(v, 0.5)),
-                ms(pct(v, 0.99)),
-                ms(v.last().copied().unwrap_or_default())
-            );
-        }
+        latency_rows(
+            &mut md,
+            [
+                ("add: file written → first 200", &mut churn.added),
+                ("delete: file removed → first 404", &mut churn.deleted),
+            ],
+        );
         let _ = writeln!(
             md,
             "\nconfig-sync published {} tables during the churn ({:.1} changes per table).",
@@ -333,6 +321,20 @@ pub fn run(opts: &Options) -> Result<String, String> {
         std::fs::write(path, &md).map_err(|e| e.to_string())?;
     }
     Ok(md)
+}
+
+/// A table row per latency set: p50, p99 and max.
+fn latency_rows<const N: usize>(md: &mut String, rows: [(&str, &mut Vec<Duration>); N]) {
+    for (name, v) in rows {
+        v.sort();
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} |",
+            ms(pct(v, 0.5)),
+            ms(pct(v, 0.99)),
+            ms(v.last().copied().unwrap_or_default())
+        );
+    }
 }
 
 /// What the churn phase measured.
