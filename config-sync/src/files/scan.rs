@@ -125,7 +125,7 @@ impl FileSource {
 
     /// Re-reads every file whose size, mtime or inode changed, plus those in `force`. Walks the
     /// whole folder: for start-up (the periodic safety-net rescan walks on another thread,
-    /// [`walk_folder`], and applies the result with [`apply`](Self::apply)).
+    /// `walk_folder`, and applies the result with `apply`).
     pub fn scan(&mut self, force: &BTreeSet<PathBuf>) -> io::Result<ScanReport> {
         let walked = walk_folder(&self.root)?;
         Ok(self.apply(walked, force))
