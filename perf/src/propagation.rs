@@ -356,9 +356,9 @@ struct Pending {
 }
 
 /// Churn: `churn_rate` changes a second on schedule, alternately a route added and the oldest
-/// one seen live deleted (another add when none is), while every pending change is probed through lb in turn (one request
-/// each per pass) until it is live; the latency of each is from its write to the first
-/// answer that shows it.
+/// one seen live deleted (another add when none is), while every pending change is probed
+/// through lb in turn (one request each per pass) until it is live; the latency of each is
+/// from its write to the first answer that shows it.
 fn run_churn(opts: &Options, port: u16, manifests: &Path) -> Result<Churn, String> {
     let mut out = Churn::default();
     let interval = Duration::from_secs(1) / opts.churn_rate.max(1);
@@ -371,8 +371,9 @@ fn run_churn(opts: &Options, port: u16, manifests: &Path) -> Result<Churn, Strin
     let mut done = 0;
     while done < total || !pending.is_empty() {
         if done < total && Instant::now() >= started + interval * done as u32 {
-            let delete = done % 2 == 1 && !live.is_empty();
-            if delete && let Some((host, file)) = live.pop_front() {
+            if done % 2 == 1
+                && let Some((host, file)) = live.pop_front()
+            {
                 std::fs::remove_file(&file).map_err(|e| e.to_string())?;
                 pending.push(Pending { host, file, written: Instant::now(), want: 404 });
             } else {

@@ -330,15 +330,14 @@ impl<'m> AttachedHosts<'m> {
             return None;
         }
         let overlaps = |h: &str| effective.iter().any(|e| hosts_overlap(h, e));
-        let by_pattern = self.patterns.iter().filter(|(p, _)| overlaps(p)).map(|(_, i)| *i);
-        let first = if effective.iter().any(|e| e.is_empty() || e.starts_with('*')) {
-            let by_name = self.exact.iter().filter(|(h, _)| overlaps(h)).map(|(_, i)| *i);
-            by_name.chain(by_pattern).min()
+        // Patterns are in attachment order: the first that overlaps is the earliest.
+        let by_pattern = self.patterns.iter().find(|(p, _)| overlaps(p)).map(|(_, i)| *i);
+        let by_name = if effective.iter().any(|e| e.is_empty() || e.starts_with('*')) {
+            self.exact.iter().filter(|(h, _)| overlaps(h)).map(|(_, i)| *i).min()
         } else {
-            let by_name = effective.iter().filter_map(|e| self.exact.get(e.as_str())).copied();
-            by_name.chain(by_pattern).min()
+            effective.iter().filter_map(|e| self.exact.get(e.as_str())).copied().min()
         };
-        first.map(|i| self.routes[i])
+        by_name.into_iter().chain(by_pattern).min().map(|i| self.routes[i])
     }
 }
 

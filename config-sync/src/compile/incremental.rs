@@ -32,8 +32,9 @@
 //! status put in the map, the last table's remains freed. At 5,000 routes with one changed, a
 //! compilation that replays the rest takes ~21 ms against ~26 ms from scratch (it took as long
 //! as from scratch while replays copied; docs/propagation.md); the rest of its cost is that
-//! rebuilding, which patching the kept table, the next step, removes. This layer also gives statuses shared between compilations (the status writer skips
-//! unchanged ones by address) and the exact set of changed routes that patching needs.
+//! rebuilding, which patching the kept table, the next step, removes. This layer also gives
+//! statuses shared between compilations (the status writer skips unchanged ones by address)
+//! and the exact set of changed routes that patching needs.
 //!
 //! Equivalence is tested: random sequences of object changes, after each the incremental table
 //! encodes to the same bytes as a compilation from scratch, with the same statuses

@@ -134,18 +134,18 @@ impl Files {
             Some(paths) if self.loaded => self.source.scan_paths(paths),
             _ => self.source.scan(&BTreeSet::new()),
         };
-        self.publish(pipeline, scanned, started);
+        self.run_if_changed(pipeline, scanned, started);
     }
 
     /// Applies a rescan's walk, done off the event loop (see [`FileSource::apply`]).
     fn apply(&mut self, pipeline: &mut Pipeline, walked: std::io::Result<Walked>) {
         let started = Instant::now();
         let scanned = walked.map(|w| self.source.apply(w, &BTreeSet::new()));
-        self.publish(pipeline, scanned, started);
+        self.run_if_changed(pipeline, scanned, started);
     }
 
     /// Runs the pipeline when the read changed something (or lb's bind report moved).
-    fn publish(
+    fn run_if_changed(
         &mut self,
         pipeline: &mut Pipeline,
         scanned: std::io::Result<ScanReport>,

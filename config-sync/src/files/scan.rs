@@ -568,9 +568,6 @@ fn check_regular(meta: &fs::Metadata) -> io::Result<()> {
     Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{what}, not a regular file; skipped")))
 }
 
-/// Lists the manifests under `dir` (following links), skipping hidden entries. `visited`
-/// holds the (device, inode) of every directory entered, so a link that leads back to one is
-/// a loop: named in `problems` and skipped. Entries that cannot be read are named and skipped.
 /// What a walk of the folder found: every manifest with its stamp, and the problems met.
 #[derive(Debug)]
 pub(crate) struct Walked {
@@ -588,6 +585,9 @@ pub(crate) fn walk_folder(root: &Path) -> io::Result<Walked> {
     Ok(walked)
 }
 
+/// Lists the manifests under `dir` (following links), skipping hidden entries. `visited`
+/// holds the (device, inode) of every directory entered, so a link that leads back to one is
+/// a loop: named in `problems` and skipped. Entries that cannot be read are named and skipped.
 fn walk(
     dir: &Path,
     out: &mut Vec<(PathBuf, Stamp)>,
