@@ -5,7 +5,8 @@
 //! cargo run --release -p benches --example compile_steps -- 5000 20
 //! cargo run --release -p benches --example compile_steps -- path/to/manifests 20
 //! ```
-//! Arguments: routes (the benches fixture) or a manifests folder, rounds.
+//! Arguments: routes (the benches fixture) or a manifests folder, rounds, and `incremental` to
+//! repeat only the compilation after one change (the others run once).
 
 #![allow(clippy::unwrap_used, reason = "a measurement tool: fail loudly")]
 
@@ -15,6 +16,8 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let what = args.next().unwrap_or_else(|| "5000".into());
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
+    // `incremental`: only the compilations after one change (for a profile of just those).
+    let only_incremental = args.next().as_deref() == Some("incremental");
     let model = match what.parse() {
         Ok(routes) => benches::model(routes, 50),
         Err(_) => {
@@ -29,7 +32,7 @@ fn main() {
     let (mut open, mut previous) = (Vec::new(), None);
     let (mut encode_reusing, mut spare_bytes) = (Vec::new(), None);
     let mut bytes = 0;
-    for _ in 0..rounds {
+    for _ in 0..if only_incremental { 1 } else { rounds } {
         let t = Instant::now();
         let compiled = config_sync::compile(&model, &settings);
         compile.push(t.elapsed());

@@ -120,6 +120,7 @@ impl Pipeline {
                     compile_micros,
                     routes_replayed = reuse.replayed,
                     routes_compiled = reuse.fresh,
+                    patched = reuse.patched,
                     publish_micros = publishing.elapsed().as_micros() as u64,
                     "published"
                 );
@@ -140,7 +141,7 @@ impl Pipeline {
         let started = Instant::now();
         // Unchanged routes of the next run are copied from this table.
         self.compiler.keep(compiled.table);
-        let changes = self.status.apply(compiled.status);
+        let changes = self.status.apply(compiled.status, compiled.gone);
         info!(
             changes = changes.len(),
             micros = started.elapsed().as_micros() as u64,

@@ -74,8 +74,14 @@ impl StatusWriter {
 
     /// Applies a new set of statuses (written to the status folder, if any); returns the
     /// changes.
-    pub(crate) fn apply(&mut self, next: Statuses) -> Vec<Change> {
-        let changes = self.diff(next);
+    ///
+    /// `gone`: `next` holds only statuses that may have changed and these objects lost theirs;
+    /// every other object keeps its status (a patched table, [`crate::Compiled::gone`]).
+    pub(crate) fn apply(&mut self, next: Statuses, gone: Option<Vec<ObjectId>>) -> Vec<Change> {
+        let changes = match gone {
+            None => self.diff(next),
+            Some(gone) => self.diff_part(next, gone),
+        };
         for c in &changes {
             match &c.status {
                 Some(status) => match self.write(&c.id, c.generation, status) {
@@ -117,27 +123,33 @@ impl StatusWriter {
             while let Some((gone, _)) = last.next_if(|(old, _)| *old < id) {
                 removed(gone, &mut changes);
             }
-            let mut previous = last.next_if(|(old, _)| *old == id).map(|(_, l)| l);
-            if let Some(p) = previous
-                .take_if(|p| p.generation == generation && Arc::ptr_eq(&p.received, &received))
-            {
-                kept.push((id, p));
-                continue;
-            }
-            let mut before = previous.as_ref().map(|p| (p.generation, p.timed()));
-            let mut timed = (*received).clone();
-            carry_times(&mut timed, before.as_mut().map(|(_, s)| s), &now);
-            let same = before.is_some_and(|(g, s)| g == generation && s == timed);
-            if !same {
-                info!(object = %id, "status {}", summary(&timed));
-                changes.push(Change { id: id.clone(), generation, status: Some(timed.clone()) });
-            }
-            kept.push((id, Last::new(generation, received, &mut timed)));
+            let previous = last.next_if(|(old, _)| *old == id).map(|(_, l)| l);
+            let l = compared(&id, previous, generation, received, &now, &mut changes);
+            kept.push((id, l));
         }
         for (gone, _) in last {
             removed(gone, &mut changes);
         }
         self.last = kept.into_iter().collect();
+        changes
+    }
+
+    /// [`StatusWriter::diff`] for part of the objects: `next` holds the statuses that may have
+    /// changed, `gone` the objects that lost theirs; the others stay as they are.
+    fn diff_part(&mut self, next: Statuses, gone: Vec<ObjectId>) -> Vec<Change> {
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let mut changes = Vec::new();
+        for id in gone {
+            if self.last.remove(&id).is_some() {
+                info!(object = %id, "status removed (object gone or no longer ours)");
+                changes.push(Change { id, generation: None, status: None });
+            }
+        }
+        for (id, (generation, received)) in next {
+            let previous = self.last.remove(&id);
+            let l = compared(&id, previous, generation, received, &now, &mut changes);
+            self.last.insert(id, l);
+        }
         changes
     }
 
@@ -204,6 +216,32 @@ pub(crate) fn status_value(status: &ObjectStatus) -> Value {
         ObjectStatus::HttpRoute(s) | ObjectStatus::GrpcRoute(s) => serde_json::to_value(s),
     };
     v.unwrap_or(Value::Null)
+}
+
+/// An object's new status against its last one (the same object as last time is unchanged
+/// without being compared): a [`Change`] pushed when it differs, and what to remember.
+fn compared(
+    id: &ObjectId,
+    mut previous: Option<Last>,
+    generation: Option<i64>,
+    received: Arc<ObjectStatus>,
+    now: &Time,
+    changes: &mut Vec<Change>,
+) -> Last {
+    if let Some(p) =
+        previous.take_if(|p| p.generation == generation && Arc::ptr_eq(&p.received, &received))
+    {
+        return p;
+    }
+    let mut before = previous.as_ref().map(|p| (p.generation, p.timed()));
+    let mut timed = (*received).clone();
+    carry_times(&mut timed, before.as_mut().map(|(_, s)| s), now);
+    let same = before.is_some_and(|(g, s)| g == generation && s == timed);
+    if !same {
+        info!(object = %id, "status {}", summary(&timed));
+        changes.push(Change { id: id.clone(), generation, status: Some(timed.clone()) });
+    }
+    Last::new(generation, received, &mut timed)
 }
 
 fn carry_times(status: &mut ObjectStatus, previous: Option<&mut ObjectStatus>, now: &Time) {
@@ -299,6 +337,10 @@ mod tests {
         ObjectId { kind: Kind::GatewayClass, key: Key::new("", name) }
     }
 
+    fn set(names: &[&str], status: &Arc<ObjectStatus>) -> Statuses {
+        names.iter().map(|n| (id(n), (Some(2), Arc::clone(status)))).collect()
+    }
+
     fn times(s: &ObjectStatus) -> Vec<Time> {
         let ObjectStatus::GatewayClass(c) = s else { panic!() };
         c.conditions.iter().flatten().map(|c| c.last_transition_time.clone()).collect()
@@ -336,9 +378,6 @@ mod tests {
     fn objects_come_and_go_anywhere_in_the_order() {
         let mut w = StatusWriter::new(None);
         let ok = Arc::new(class(true, Reason::Accepted));
-        let set = |names: &[&str], status: &Arc<ObjectStatus>| -> Statuses {
-            names.iter().map(|n| (id(n), (Some(2), Arc::clone(status)))).collect()
-        };
         let names = |changes: &[Change]| -> Vec<(String, bool)> {
             changes.iter().map(|c| (c.id.key.name.clone(), c.status.is_some())).collect()
         };
@@ -355,14 +394,38 @@ mod tests {
     }
 
     #[test]
+    fn a_partial_set_changes_only_what_it_names() {
+        let mut w = StatusWriter::default();
+        let accepted = Arc::new(class(true, Reason::Accepted));
+        w.diff(set(&["a", "b", "c"], &accepted));
+        // "b" changes, "c" is gone, "d" is new, "a" is not named and stays.
+        let next = set(&["b", "d"], &Arc::new(class(false, Reason::Pending)));
+        let changes = w.apply(next, Some(vec![id("c"), id("never")]));
+        let mut named: Vec<(String, bool)> =
+            changes.iter().map(|c| (c.id.key.name.clone(), c.status.is_some())).collect();
+        named.sort();
+        let expect = [("b", true), ("c", false), ("d", true)].map(|(n, s)| (n.to_owned(), s));
+        assert_eq!(named, expect);
+        let all: Vec<String> = w.all().into_iter().map(|c| c.id.key.name).collect();
+        assert_eq!(all, ["a", "b", "d"]);
+        // The same partial set again: nothing changed.
+        let again =
+            w.apply(set(&["b", "d"], &Arc::new(class(false, Reason::Pending))), Some(vec![]));
+        assert!(again.is_empty(), "{again:?}");
+    }
+
+    #[test]
     fn status_files_are_written_per_object_and_removed_with_it() {
         let dir = std::env::temp_dir().join(format!("sluice-status-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let mut w = StatusWriter::new(Some(dir.clone()));
-        w.apply(BTreeMap::from([(
-            id("sluice"),
-            (Some(2), Arc::new(class(false, Reason::InvalidParameters))),
-        )]));
+        w.apply(
+            BTreeMap::from([(
+                id("sluice"),
+                (Some(2), Arc::new(class(false, Reason::InvalidParameters))),
+            )]),
+            None,
+        );
         let file = dir.join("gatewayclass").join("sluice.yaml");
         let doc: Value = serde_yaml_ng::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
         assert_eq!(doc["kind"], "GatewayClass");
@@ -377,7 +440,7 @@ mod tests {
             summary(&class(false, Reason::InvalidParameters)),
             "Accepted=False(InvalidParameters) SupportedVersion=True"
         );
-        w.apply(BTreeMap::new());
+        w.apply(BTreeMap::new(), None);
         assert!(!file.exists());
         let _ = fs::remove_dir_all(&dir);
     }

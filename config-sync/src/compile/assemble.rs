@@ -127,7 +127,27 @@ impl<'m> Compiler<'m> {
     pub(super) fn finish_landing(mut self) -> (Compiled, Vec<u32>) {
         let mut landed = vec![u32::MAX; self.origins as usize];
         let mut table = t::Table::default();
-        // Gateway statuses, now that attachedRoutes are known.
+        self.gateway_statuses();
+        for l in self.listeners.iter_mut().filter(|l| l.usable) {
+            let hosts = std::mem::take(&mut l.vhosts);
+            let vhosts = build_vhosts(hosts, &mut table.vhosts, &mut table.matches, &mut landed);
+            table.listeners.push(t::Listener {
+                name: format!("{}/{}", l.gateway, l.name),
+                vhosts,
+                certificates: std::mem::take(&mut l.certificates),
+            });
+        }
+        table.ports = self.ports();
+        table.wrr_slots = wrr_offsets(&mut self.actions);
+        table.actions = self.actions;
+        table.services = self.services;
+        table.regexes = self.regexes;
+        table.certificates = self.certificates;
+        (Compiled { table, status: self.status, last_good: self.last_good, gone: None }, landed)
+    }
+
+    /// Every Gateway's status, from its listeners as they stand (attachedRoutes counted).
+    pub(super) fn gateway_statuses(&mut self) {
         for (key, ids) in self.gateway_listeners.values() {
             let Some(gw) = self.model.gateways.get(*key) else { continue };
             let generation = gw.metadata.generation;
@@ -276,19 +296,16 @@ impl<'m> Compiler<'m> {
                 ),
             );
         }
-        // Ports: every usable listener on each of its addresses (listeners of one port agree on
-        // TLS: `gateways` made the others conflicted).
+    }
+
+    /// The table's ports: every usable listener (numbered in order, as the table's listeners
+    /// are) on each of its addresses (listeners of one port agree on TLS: `gateways` made the
+    /// others conflicted).
+    pub(super) fn ports(&self) -> Vec<t::Port> {
         type PortEntry = (t::HostIndex, bool, Option<t::ClientValidation>);
         let mut ports: BTreeMap<(u16, Option<t::Address>), PortEntry> = BTreeMap::new();
-        for l in self.listeners.iter_mut().filter(|l| l.usable) {
-            let listener_index = table.listeners.len() as u32;
-            let hosts = std::mem::take(&mut l.vhosts);
-            let vhosts = build_vhosts(hosts, &mut table.vhosts, &mut table.matches, &mut landed);
-            table.listeners.push(t::Listener {
-                name: format!("{}/{}", l.gateway, l.name),
-                vhosts,
-                certificates: std::mem::take(&mut l.certificates),
-            });
+        for (listener_index, l) in self.listeners.iter().filter(|l| l.usable).enumerate() {
+            let listener_index = listener_index as u32;
             for a in &l.addresses {
                 let (index, tls, client) =
                     ports.entry((l.port, a.map(t::Address::from))).or_default();
@@ -302,25 +319,28 @@ impl<'m> Compiler<'m> {
                 }
             }
         }
-        for ((port, address), (mut listeners, tls, client)) in ports {
-            sort_host_index(&mut listeners);
-            let tls = tls.then_some(t::PortTls { client });
-            table.ports.push(t::Port { address, port, listeners, tls });
-        }
-        let mut wrr = 0u32;
-        for a in &mut self.actions {
-            if let t::ActionKind::Forward { backends, wrr_offset } = &mut a.kind {
-                *wrr_offset = wrr;
-                wrr += backends.len() as u32;
-            }
-        }
-        table.actions = self.actions;
-        table.services = self.services;
-        table.regexes = self.regexes;
-        table.wrr_slots = wrr;
-        table.certificates = self.certificates;
-        (Compiled { table, status: self.status, last_good: self.last_good }, landed)
+        ports
+            .into_iter()
+            .map(|((port, address), (mut listeners, tls, client))| {
+                sort_host_index(&mut listeners);
+                let tls = tls.then_some(t::PortTls { client });
+                t::Port { address, port, listeners, tls }
+            })
+            .collect()
     }
+}
+
+/// Gives each forwarding action its place in the weighted-round-robin state; returns the
+/// state's size (`Table::wrr_slots`).
+pub(super) fn wrr_offsets(actions: &mut [t::Action]) -> u32 {
+    let mut wrr = 0u32;
+    for a in actions {
+        if let t::ActionKind::Forward { backends, wrr_offset } = &mut a.kind {
+            *wrr_offset = wrr;
+            wrr += backends.len() as u32;
+        }
+    }
+    wrr
 }
 
 /// Builds the virtual hosts of one listener, appending to the table's vectors, and returns the

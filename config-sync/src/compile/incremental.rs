@@ -45,6 +45,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Namespace;
 
+use super::patch::Kept;
 use super::*;
 use crate::model::ClientCertificateHeader;
 
@@ -53,15 +54,18 @@ use crate::model::ClientCertificateHeader;
 #[derive(Default)]
 pub struct Incremental {
     /// The last table compiled, with the compilation's round.
-    previous: Option<(u64, t::Table)>,
-    context: Option<Context>,
+    pub(super) previous: Option<(u64, t::Table)>,
+    pub(super) context: Option<Context>,
     /// By the address of the route object they were compiled from (kept alive by the
     /// fragment, so no other object can have it): a changed route is a new object and finds
     /// none; its old fragment goes at the end of the compilation.
-    fragments: HashMap<usize, Fragment, foldhash::fast::RandomState>,
+    pub(super) fragments: HashMap<usize, Fragment, foldhash::fast::RandomState>,
     /// Compilations so far: fragments not seen in the latest are dropped.
-    round: u64,
-    last: Reuse,
+    pub(super) round: u64,
+    pub(super) last: Reuse,
+    /// What patching the last table needs besides the fragments (`compile::patch`); `None`
+    /// until a whole compilation has made it.
+    pub(super) kept: Option<Kept>,
 }
 
 impl std::fmt::Debug for Incremental {
@@ -82,6 +86,9 @@ pub struct Reuse {
     pub fresh: usize,
     /// The listeners changed: every route compiled fresh.
     pub global: bool,
+    /// Only routes changed: the last table was patched (`fresh` routes compiled into it, the
+    /// ones removed taken out) instead of rebuilt.
+    pub patched: bool,
 }
 
 impl Incremental {
@@ -89,6 +96,14 @@ impl Incremental {
     /// Replays take from the last table: give it back with [`Incremental::keep`] once used, or
     /// every route compiles fresh next time.
     pub fn compile(&mut self, model: &Model, settings: &Settings) -> Compiled {
+        match self.patch(model, settings) {
+            Some(patched) => patched,
+            None => self.rebuild(model, settings),
+        }
+    }
+
+    /// Builds the table whole, replaying unchanged routes.
+    fn rebuild(&mut self, model: &Model, settings: &Settings) -> Compiled {
         let mut c = Compiler::new(model, settings);
         c.classes();
         c.gateways();
@@ -118,6 +133,7 @@ impl Incremental {
         });
         self.fragments.retain(|_, f| f.round == self.round);
         self.last = reuse;
+        self.kept = Some(Kept::of(&mut c, &self.fragments));
         let (compiled, landed) = c.finish_landing();
         // Each fragment's entries now point at where they landed in this table.
         for f in self.fragments.values_mut() {
@@ -167,7 +183,7 @@ impl<'m> RouteObject<'m> {
     }
 
     /// The object's address: its identity while a fragment holds it.
-    fn address(self) -> usize {
+    pub(super) fn address(self) -> usize {
         match self {
             RouteObject::Http(r) => Arc::as_ptr(r) as usize,
             RouteObject::Grpc(r) => Arc::as_ptr(r) as usize,
@@ -176,34 +192,45 @@ impl<'m> RouteObject<'m> {
 }
 
 /// What one route's compilation asked, and where its output is in the last table.
-struct Fragment {
+pub(super) struct Fragment {
     _route: Arc<dyn std::any::Any + Send + Sync>,
-    round: u64,
+    /// The route.
+    pub(super) key: Arc<Key>,
+    pub(super) kind: RouteKind,
+    pub(super) round: u64,
     asked: Vec<Asked>,
     /// Indices of the Services its backend questions returned, in order (in the last table).
     services: Vec<u32>,
     /// Regexes it interned, in order, with the index each has in the last table.
     regexes: Vec<(String, u32)>,
     /// Listeners it attached to with its effective hostnames there.
-    attach: Vec<(usize, Vec<String>)>,
+    pub(super) attach: Vec<(usize, Vec<String>)>,
     /// Its actions: `actions` of them from `action_base` in the last table.
-    action_base: u32,
-    actions: u32,
-    entries: Vec<FragmentEntry>,
+    pub(super) action_base: u32,
+    pub(super) actions: u32,
+    pub(super) entries: Vec<FragmentEntry>,
     status: Option<(Option<i64>, Arc<ObjectStatus>)>,
 }
 
 /// One match entry of a route.
-struct FragmentEntry {
-    listener: usize,
+pub(super) struct FragmentEntry {
+    pub(super) listener: usize,
     /// The effective hostname (virtual host) it goes into.
-    host: String,
-    rank: SortKey<()>,
+    pub(super) host: String,
+    pub(super) rank: SortKey<()>,
     /// The match's index in the last table's matches (during a compilation: the entry's origin).
-    at: u32,
+    pub(super) at: u32,
 }
 
 impl Fragment {
+    /// The listeners where the route asked which route of the other kind overlaps it.
+    pub(super) fn conflicts_asked(&self) -> impl Iterator<Item = usize> + '_ {
+        self.asked.iter().filter_map(|a| match a {
+            Asked::Overlap { listener, .. } => Some(*listener),
+            _ => None,
+        })
+    }
+
     /// Whether everything it points at is in `table` (always, for the table it came from).
     fn within(&self, table: &t::Table) -> bool {
         let actions = self.action_base as usize + self.actions as usize;
@@ -297,7 +324,7 @@ pub(super) type Recorder = RefCell<Option<Recording>>;
 
 /// What every route's compilation reads of the Gateways: their listeners as routes see them.
 #[derive(PartialEq)]
-struct Context {
+pub(super) struct Context {
     controller: String,
     listeners: Vec<ListenerContext>,
     gateways: Vec<((String, String), Vec<usize>)>,
@@ -315,7 +342,7 @@ struct ListenerContext {
 }
 
 impl Context {
-    fn of(c: &Compiler<'_>) -> Context {
+    pub(super) fn of(c: &Compiler<'_>) -> Context {
         let listeners = c
             .listeners
             .iter()
@@ -345,7 +372,7 @@ impl Context {
 
 impl<'m> Compiler<'m> {
     /// Compiles `route` fresh, recording what it asks and does.
-    fn record(&mut self, key: &'m Key, route: RouteObject<'m>, round: u64) -> Fragment {
+    pub(super) fn record(&mut self, key: &'m Key, route: RouteObject<'m>, round: u64) -> Fragment {
         *self.recording.get_mut() = Some(Recording::default());
         let action_base = self.actions.len() as u32;
         self.route(key, route.http());
@@ -354,6 +381,8 @@ impl<'m> Compiler<'m> {
         let id = ObjectId { kind: self.route_kind.object_kind(), key: key.clone() };
         Fragment {
             _route: route.keep(),
+            key: Arc::new(key.clone()),
+            kind: self.route_kind,
             round,
             asked: r.asked,
             services: r.services,
@@ -490,8 +519,9 @@ impl<'m> Compiler<'m> {
     }
 }
 
-/// What a replay leaves in the last table where it took an action: allocates nothing.
-fn vacant_action() -> t::Action {
+/// What a replay leaves in the last table where it took an action (and a patch where it took
+/// a route out): allocates nothing.
+pub(super) fn vacant_action() -> t::Action {
     t::Action {
         route: String::new(),
         rule: 0,

@@ -19,6 +19,7 @@ mod filters;
 mod checks;
 mod assemble;
 mod incremental;
+mod patch;
 pub(crate) mod conditions;
 
 use self::incremental::{Asked, OwnedBackendRef, Recorder, RouteObject};
@@ -180,6 +181,10 @@ pub struct Compiled {
     /// The certificates this table serves, by Secret: the next compilation's
     /// [`Settings::last_good`].
     pub last_good: BTreeMap<Key, t::Certificate>,
+    /// `None`: `status` holds every object's status (an object not in it has none). `Some`: the
+    /// table was patched ([`Incremental`]) and `status` holds only the statuses that may have
+    /// changed; every other object keeps its last one, except these, which lost theirs.
+    pub gone: Option<Vec<ObjectId>>,
 }
 
 /// Status per owned object with the generation it was computed for. Shared: a route replayed
