@@ -73,7 +73,8 @@ pub struct Config {
     pub default_address: Option<IpAddr>,
     /// Each Gateway without addresses gets its own address from this range.
     pub address_pool: Option<AddressPool>,
-    /// Quiet time after a file event before reloading.
+    /// File mode: how long a manifest written in place (and not closed yet) must be quiet
+    /// before it is read anyway (at most ten times this); settled files are read at once.
     pub debounce: Duration,
     /// Full rescan interval, a safety net under inotify.
     pub rescan: Duration,

@@ -304,7 +304,9 @@ struct ConfigSyncArgs {
     /// `127.10.0.0/16`), reported in its status, so Gateways can reuse listener ports.
     #[arg(long, value_parser = config_sync::AddressPool::parse)]
     address_pool: Option<config_sync::AddressPool>,
-    /// Milliseconds of quiet after a file change before reloading.
+    /// File mode: a manifest written in place is read once its writer closes it, or after this
+    /// many milliseconds of quiet (at most ten times as long); renamed, removed and closed
+    /// files are read at once.
     #[arg(long, default_value_t = 2)]
     debounce_ms: u64,
     /// The admin listener (`/metrics`, `/ready`): an address (port 0 picks one, written to

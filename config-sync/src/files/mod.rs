@@ -1,7 +1,8 @@
 //! The file source: a folder of manifests (`scan`: walk, read, keep the last good objects) and
-//! its event loop — inotify events debounced into re-reads, a full rescan every few seconds as
-//! a safety net, in-place rewrites re-checked once quiet, the segment checked every second —
-//! each re-read that changed something run through the [`Pipeline`].
+//! its event loop — inotify events turned into re-reads (at once when the files are settled,
+//! after their writer closes them when written in place; a burst taken whole), a full rescan
+//! every few seconds as a safety net, in-place rewrites re-checked once quiet, the segment
+//! checked every second — each re-read that changed something run through the [`Pipeline`].
 
 mod scan;
 
@@ -26,13 +27,14 @@ pub(crate) async fn run(config: &Config, manifests: &Path) -> Result<(), Error> 
         .map_err(|source| Error::Manifests { path: manifests.to_owned(), source })?;
     let mut files = Files { source: FileSource::new(manifests), loaded: false };
     let mut pipeline = Pipeline::new(config)?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<PathBuf>>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Vec<PathBuf>, bool)>();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            // Reads are events too (inotify's open/close-nowrite): our own re-reads would
-            // trigger another reload of every file they touched, forever. Only changes count.
-            Ok(e) if matches!(e.kind, notify::EventKind::Access(_)) => {}
-            Ok(e) => drop(tx.send(e.paths)),
+            Ok(e) => {
+                if let Some(settled) = settles(&e.kind) {
+                    drop(tx.send((e.paths, settled)));
+                }
+            }
             Err(e) => warn!("file watcher: {e}"),
         })
         .map_err(|source| Error::Watch { path: manifests.to_owned(), source })?;
@@ -71,20 +73,27 @@ pub(crate) async fn run(config: &Config, manifests: &Path) -> Result<(), Error> 
                 let paths = files.source.suspects();
                 files.reload(&mut pipeline, Some(&paths));
             }
-            paths = rx.recv() => {
-                let Some(paths) = paths else { break };
-                let mut changed: BTreeSet<PathBuf> = paths.into_iter().collect();
-                // Debounce: editors write in several steps; wait until the folder is quiet.
-                let deadline = tokio::time::Instant::now() + config.debounce * 10;
-                while let Ok(Some(more)) = tokio::time::timeout_at(
-                    (tokio::time::Instant::now() + config.debounce).min(deadline),
-                    rx.recv(),
-                )
-                .await
-                {
-                    changed.extend(more);
+            event = rx.recv() => {
+                let Some((paths, settled)) = event else { break };
+                let mut changes = Changes::default();
+                changes.note(paths, settled);
+                // A burst is taken whole: everything queued meanwhile (while the last change
+                // was compiled, say) goes into this reload.
+                while let Ok((paths, settled)) = rx.try_recv() {
+                    changes.note(paths, settled);
                 }
-                files.reload(&mut pipeline, Some(&changed));
+                // A single change goes out at once, unless a manifest is being written in
+                // place: then until its writer closes it, or it is quiet for `debounce`
+                // (bounded; a short read keeps the file's last objects anyway, `scan`).
+                let deadline = tokio::time::Instant::now() + config.debounce * 10;
+                while !changes.writing.is_empty() {
+                    let quiet = (tokio::time::Instant::now() + config.debounce).min(deadline);
+                    match tokio::time::timeout_at(quiet, rx.recv()).await {
+                        Ok(Some((paths, settled))) => changes.note(paths, settled),
+                        _ => break,
+                    }
+                }
+                files.reload(&mut pipeline, Some(&changes.paths));
             }
             _ = rescan.tick(), if walking.is_none() => {
                 let root = files.source.root().to_owned();
@@ -116,6 +125,42 @@ pub(crate) async fn run(config: &Config, manifests: &Path) -> Result<(), Error> 
     }
     info!("config-sync stopping; lb keeps serving the last table");
     Ok(())
+}
+
+/// Whether a file event leaves the file settled (`true`: renamed into place, removed, closed
+/// after writing), may be followed by more of its content (`false`: created, written), or is
+/// not a change (`None`). Reads are events too (inotify's open and close-nowrite): our own
+/// re-reads would otherwise trigger another reload of every file they touched, forever.
+fn settles(kind: &notify::EventKind) -> Option<bool> {
+    use notify::EventKind as E;
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    match kind {
+        E::Access(AccessKind::Close(AccessMode::Write)) => Some(true),
+        E::Access(_) => None,
+        E::Remove(_) | E::Modify(ModifyKind::Name(_) | ModifyKind::Metadata(_)) => Some(true),
+        _ => Some(false),
+    }
+}
+
+/// File events gathered for one reload.
+#[derive(Default)]
+struct Changes {
+    paths: BTreeSet<PathBuf>,
+    /// Manifests written to and not closed since.
+    writing: BTreeSet<PathBuf>,
+}
+
+impl Changes {
+    fn note(&mut self, paths: Vec<PathBuf>, settled: bool) {
+        for p in paths {
+            if settled {
+                self.writing.remove(&p);
+            } else if scan::is_manifest(&p) {
+                self.writing.insert(p.clone());
+            }
+            self.paths.insert(p);
+        }
+    }
 }
 
 /// The folder and whether it has been read once.
@@ -166,5 +211,39 @@ impl Files {
         let scan = started.elapsed();
         let read = Read { started, files: report.read, scan, model: started.elapsed() - scan };
         pipeline.run(self.source.model(), read);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::EventKind as E;
+    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind, RenameMode};
+
+    use super::*;
+
+    #[test]
+    fn a_manifest_written_in_place_waits_for_its_close_and_settled_files_do_not_wait() {
+        let written = settles(&E::Modify(ModifyKind::Data(DataChange::Any)));
+        let closed = settles(&E::Access(AccessKind::Close(AccessMode::Write)));
+        let renamed = settles(&E::Modify(ModifyKind::Name(RenameMode::To)));
+        let created = settles(&E::Create(CreateKind::File));
+        let read = settles(&E::Access(AccessKind::Close(AccessMode::Read)));
+        assert_eq!(
+            (written, closed, renamed, created, read),
+            (Some(false), Some(true), Some(true), Some(false), None)
+        );
+        let mut c = Changes::default();
+        // kubectl-style: a temporary file written and closed, then renamed into place.
+        c.note(vec!["m/r.yaml.tmp~".into()], false);
+        assert!(c.writing.is_empty(), "not a manifest: nothing to wait for");
+        c.note(vec!["m/r.yaml.tmp~".into(), "m/r.yaml".into()], true);
+        assert!(c.writing.is_empty());
+        // In place: written, then closed.
+        c.note(vec!["m/a.yaml".into()], false);
+        c.note(vec!["m/b.json".into()], false);
+        assert_eq!(c.writing.len(), 2);
+        c.note(vec!["m/a.yaml".into()], true);
+        assert_eq!(c.writing.iter().collect::<Vec<_>>(), [&PathBuf::from("m/b.json")]);
+        assert_eq!(c.paths.len(), 4, "every path is read");
     }
 }

@@ -565,11 +565,13 @@ impl Names {
             .listeners
             .assign(table.listeners.iter().map(|l| Some(l.name.as_str().to_owned())), now);
         let routes = self.detail.routes;
+        // An action without a route is a hole config-sync left patching the table: no
+        // match leads there, it gets no series.
         let (route, r_reused) = self.routes.assign(
-            table
-                .actions
-                .iter()
-                .map(|a| routes.then(|| (a.route.as_str().to_owned(), a.rule.to_native()))),
+            table.actions.iter().map(|a| {
+                let named = routes && !a.route.is_empty();
+                named.then(|| (a.route.as_str().to_owned(), a.rule.to_native()))
+            }),
             now,
         );
         let backends = self.detail.backends;
