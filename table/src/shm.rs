@@ -448,6 +448,12 @@ impl SegmentReader {
 
     /// Copies the published table out of the segment. `Ok(None)` when nothing is published.
     pub fn read(&self) -> Result<Option<Snapshot>, ReadError> {
+        self.read_into(AlignedVec::new())
+    }
+
+    /// [`read`](Self::read) into `bytes` (its contents are overwritten): a buffer of an earlier
+    /// generation ([`Router::into_bytes`](crate::Router::into_bytes)) is already mapped.
+    pub fn read_into(&self, mut bytes: AlignedVec<16>) -> Result<Option<Snapshot>, ReadError> {
         // Checked at every intake too: a chmod after lb opened the file counts.
         check_private(&self.path, &self.file.metadata()?)?;
         for _ in 0..READ_ATTEMPTS {
@@ -474,7 +480,7 @@ impl SegmentReader {
                     reason: format!("offset {offset} len {len}"),
                 });
             }
-            let mut bytes = AlignedVec::<16>::with_capacity(len as usize);
+            bytes.clear();
             bytes.resize(len as usize, 0);
             let copied = self.file.read_exact_at(&mut bytes, offset);
             // The header again: the copy is good only if neither seqlock moved meanwhile.
@@ -898,6 +904,21 @@ mod tests {
             assert_eq!(&snap.bytes[..], &bytes[..]);
         }
         assert!(w.publish(5, b"x").is_err(), "generations only go up");
+    }
+
+    #[test]
+    fn a_buffer_read_into_again_holds_exactly_the_new_table() {
+        let path = temp_path("reuse");
+        let mut w = SegmentWriter::open(&path).unwrap();
+        let r = SegmentReader::open(&path).unwrap();
+        let mut spare = AlignedVec::new();
+        for (generation, len) in [(1u64, 5000usize), (2, 1000), (3, 3000)] {
+            let bytes = vec![generation as u8; len];
+            w.publish(generation, &bytes).unwrap();
+            let snap = r.read_into(spare).unwrap().unwrap();
+            assert_eq!((snap.generation, &snap.bytes[..]), (generation, &bytes[..]));
+            spare = snap.bytes;
+        }
     }
 
     #[test]

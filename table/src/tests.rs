@@ -227,6 +227,27 @@ fn lookups_do_not_panic(router: &Router) {
     }
 }
 
+/// A router's bytes handed back for the next read have its private keys zeroed, as dropping it
+/// does, and everything else as it was.
+#[test]
+fn bytes_handed_back_have_their_keys_zeroed() {
+    let key = vec![0xA5u8; 48];
+    let mut table = sample();
+    table.certificates.push(Certificate {
+        name: "ns/secret".into(),
+        chain: vec![vec![1, 2, 3]],
+        key: key.clone(),
+        key_format: KeyFormat::Pkcs8,
+    });
+    let encoded = encode(&table).unwrap();
+    let at = encoded.windows(key.len()).position(|w| w == key.as_slice()).unwrap();
+    let bytes = open(&table).into_bytes();
+    assert_eq!(bytes.len(), encoded.len());
+    assert!(bytes[at..at + key.len()].iter().all(|&b| b == 0), "the key is zeroed");
+    assert_eq!(&bytes[..at], &encoded[..at], "the rest is untouched");
+    assert_eq!(&bytes[at + key.len()..], &encoded[at + key.len()..]);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 

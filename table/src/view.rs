@@ -143,11 +143,19 @@ impl Router {
     }
 }
 
-impl Drop for Router {
-    /// Zeroes the private keys in the table's bytes, so a dropped generation does not leave
-    /// them in freed memory (the TLS library's parsed copies are its own to clear: aws-lc
-    /// cleanses a key when it is freed).
-    fn drop(&mut self) {
+impl Router {
+    /// The table's bytes back, private keys zeroed as dropping does: the buffer the next
+    /// generation is read into ([`SegmentReader::read_into`](crate::shm::SegmentReader::read_into)),
+    /// already faulted in (a fresh 2 MB buffer costs its page faults on every intake).
+    pub fn into_bytes(self) -> AlignedVec<16> {
+        let mut router = std::mem::ManuallyDrop::new(self);
+        router.wipe_keys();
+        drop(std::mem::take(&mut router.regexes));
+        std::mem::take(&mut router.bytes)
+    }
+
+    /// Zeroes the private keys in the table's bytes.
+    fn wipe_keys(&mut self) {
         let base = self.bytes.as_ptr() as usize;
         let ranges: Vec<(usize, usize)> = self
             .table()
@@ -164,6 +172,15 @@ impl Drop for Router {
             }
         }
         std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Router {
+    /// Zeroes the private keys in the table's bytes, so a dropped generation does not leave
+    /// them in freed memory (the TLS library's parsed copies are its own to clear: aws-lc
+    /// cleanses a key when it is freed).
+    fn drop(&mut self) {
+        self.wipe_keys();
     }
 }
 
