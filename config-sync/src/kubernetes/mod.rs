@@ -349,6 +349,7 @@ pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result
     let lease_task = tokio::spawn(lease.run());
 
     let mut stores: BTreeMap<Kind, KindStore> = BTreeMap::new();
+    let mut mirror = Mirror { model: Model::default(), stale: true };
     let mut unwritten: BTreeMap<ObjectId, Change> = BTreeMap::new();
     let mut was_leader = false;
     let mut dirty = false;
@@ -362,15 +363,12 @@ pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result
             update = rx.recv() => {
                 let Some(update) = update else { break };
                 named.answered(&update);
-                dirty |= apply(&mut stores, update);
-                // Batch: take whatever else arrived meanwhile, then wait for a quiet moment.
-                let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
-                while let Ok(Some(more)) = tokio::time::timeout_at(
-                    (tokio::time::Instant::now() + config.debounce.max(Duration::from_millis(20))).min(deadline),
-                    rx.recv(),
-                ).await {
+                dirty |= mirror.apply(&mut stores, update);
+                // A burst is taken whole (whatever arrived meanwhile, while the last run
+                // compiled, say); a single change goes out at once.
+                while let Ok(more) = rx.try_recv() {
                     named.answered(&more);
-                    dirty |= apply(&mut stores, more);
+                    dirty |= mirror.apply(&mut stores, more);
                 }
             }
             _ = tick.tick() => {
@@ -390,8 +388,7 @@ pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result
         }
         if dirty && all_listed && named.synced() {
             dirty = false;
-            let model = model(&stores);
-            for c in pipeline.run(&model, Read::now()) {
+            for c in pipeline.run(mirror.model(&stores), Read::now()) {
                 unwritten.insert(c.id.clone(), c);
             }
         }
@@ -501,6 +498,46 @@ fn only_status_changed(old: &Stored, new: &Stored) -> bool {
         && a.generation == b.generation
         && a.labels == b.labels
         && a.annotations == b.annotations
+}
+
+/// The model kept beside the stores: each watch event's object put in or taken out, rebuilt
+/// whole only after a relist (rebuilding it for every run was 5,000 inserts at 5,000 routes).
+struct Mirror {
+    model: Model,
+    /// A relist replaced a kind's objects: rebuild before the next run.
+    stale: bool,
+}
+
+impl Mirror {
+    /// [`apply`], followed in the model.
+    fn apply(&mut self, stores: &mut BTreeMap<Kind, KindStore>, update: Update) -> bool {
+        let one = match &update.event {
+            Seen::Applied(key, _) | Seen::Deleted(key) => Some((update.kind, key.clone())),
+            Seen::InitDone => {
+                self.stale = true;
+                None
+            }
+            Seen::Init | Seen::Listed(..) => None,
+        };
+        let changed = apply(stores, update);
+        if let Some((kind, key)) = one
+            && !self.stale
+        {
+            match stores.get(&kind).and_then(|s| s.objects.get(&key)) {
+                Some(stored) => self.model.insert(stored.object.clone()),
+                None => self.model.remove(&ObjectId { kind, key }),
+            }
+        }
+        changed
+    }
+
+    fn model(&mut self, stores: &BTreeMap<Kind, KindStore>) -> &Model {
+        if self.stale {
+            self.model = model(stores);
+            self.stale = false;
+        }
+        &self.model
+    }
 }
 
 fn model(stores: &BTreeMap<Kind, KindStore>) -> Model {

@@ -60,15 +60,19 @@ fn route_parents_compare_our_entries_and_count_the_others() {
 }
 
 #[test]
-fn a_relist_replaces_a_kind_only_when_complete() {
+fn a_relist_replaces_a_kind_only_when_complete_and_the_kept_model_follows() {
     let mut stores = BTreeMap::new();
     let stored = |name: &str| {
         let o: DynamicObject = serde_json::from_value(json!({"metadata": {"name": name}}))
             .unwrap_or_else(|e| panic!("{e}"));
         parse(Kind::Namespace, "", "v1", &o).unwrap_or_else(|| panic!("did not parse"))
     };
-    let send = |stores: &mut BTreeMap<Kind, KindStore>, event: Seen| {
-        apply(stores, Update { kind: Kind::Namespace, event })
+    // The model kept beside the stores is the one they make, after every event.
+    let mut mirror = Mirror { model: Model::default(), stale: true };
+    let mut send = |stores: &mut BTreeMap<Kind, KindStore>, event: Seen| {
+        let changed = mirror.apply(stores, Update { kind: Kind::Namespace, event });
+        assert_eq!(mirror.model(stores), &model(stores));
+        changed
     };
     let (k, s) = stored("a");
     send(&mut stores, Seen::Init);
@@ -85,6 +89,9 @@ fn a_relist_replaces_a_kind_only_when_complete() {
     assert!(send(&mut stores, Seen::InitDone));
     let ns = &stores[&Kind::Namespace].objects;
     assert!(ns.contains_key(&Key::new("", "b")) && !ns.contains_key(&Key::new("", "a")));
+    let (k, s) = stored("c");
+    assert!(send(&mut stores, Seen::Applied(k, s)));
     assert!(send(&mut stores, Seen::Deleted(Key::new("", "b"))));
+    assert!(send(&mut stores, Seen::Deleted(Key::new("", "c"))));
     assert_eq!(model(&stores).len(), 0);
 }
