@@ -590,3 +590,81 @@ fn problems_become_events_once() {
     assert_eq!(n, Some(1.0), "{text}");
     assert_eq!(events_on(&api).len(), 1, "reported once within the rate limit");
 }
+
+/// Issue 15's Kubernetes figures, through the in-test API server (a measurement, not a test:
+/// it asserts only that every answer was the old or the new one and that everything arrived).
+/// 5,000 HTTPRoutes (one hostname each) are listed at start; then 100 routes are added and
+/// deleted one at a time, each timed from the API server's write to lb's first 200 (404 for a
+/// delete), polled every 200 µs; then 1,000 routes are applied at once and timed until every
+/// one's status is written. Run it on a release build:
+/// `cargo test --release -p sluice --test kubernetes -- --ignored --nocapture measure_`.
+#[test]
+#[ignore = "a measurement: run with --release -- --ignored --nocapture"]
+fn measure_watch_event_to_live_and_status_convergence_at_5000_routes() {
+    let (mut env, api, port, kubeconfig) = kube_env("kube-scale");
+    let routed = |name: &str, host: &str| -> Value {
+        let mut r = route(name, "/");
+        r["spec"]["hostnames"] = json!([host]);
+        r
+    };
+    for i in 0..5000 {
+        api.apply(routed(&format!("load-{i}"), &format!("k{i}.example.com")));
+    }
+    let started = Instant::now();
+    env.config_sync_kube("config-sync", &kubeconfig, "replica-a", None);
+    env.lb(&[]);
+    let answer = |host: &str| get(port, host, "/", &[]).map_or(0, |r| r.status);
+    wait_for("5,000 routes", Duration::from_secs(180), || answer("k4999.example.com") == 200);
+    let load = started.elapsed();
+    let mut unexpected = 0;
+    let mut timed = |host: &str, want: u16, before: u16, write: &dyn Fn()| -> Duration {
+        let t = Instant::now();
+        write();
+        loop {
+            match answer(host) {
+                s if s == want => return t.elapsed(),
+                s if s == before => {}
+                _ => unexpected += 1,
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "{host} never answered {want}");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    };
+    let (mut add, mut delete) = (Vec::new(), Vec::new());
+    for i in 0..100 {
+        let host = format!("new{i}.example.com");
+        add.push(timed(&host, 200, 404, &|| api.apply(routed(&format!("new-{i}"), &host))));
+    }
+    for i in 0..100 {
+        let host = format!("new{i}.example.com");
+        let name = format!("new-{i}");
+        delete.push(timed(&host, 404, 200, &|| api.delete("HTTPRoute", "default", &name)));
+    }
+    let burst_writes = |api: &ApiServer| {
+        api.status_writes().iter().filter(|(p, _)| p.contains("/httproutes/burst-")).count()
+    };
+    let t = Instant::now();
+    for i in 0..1000 {
+        api.apply(routed(&format!("burst-{i}"), &format!("b{i}.example.com")));
+    }
+    let applied = t.elapsed();
+    wait_for("every burst route's status", Duration::from_secs(120), || burst_writes(&api) >= 1000);
+    let converged = t.elapsed();
+    let row = |what: &str, v: &mut Vec<Duration>| {
+        v.sort();
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
+        eprintln!("| {what} | {:.1} ms | {:.1} ms | {:.1} ms |", at(0.5), at(0.99), at(1.0));
+    };
+    eprintln!("| Kubernetes mode, 5,000 routes | p50 | p99 | max |\n|---|---|---|---|");
+    row("add: API server write → first 200", &mut add);
+    row("delete: API server delete → first 404", &mut delete);
+    eprintln!(
+        "initial list of 5,000 routes → last one answers: {:.0} ms; 1,000 routes applied (in \
+         {:.0} ms) → every status written: {:.0} ms; answers other than the old or the new: \
+         {unexpected}",
+        load.as_secs_f64() * 1e3,
+        applied.as_secs_f64() * 1e3,
+        converged.as_secs_f64() * 1e3
+    );
+    assert_eq!(unexpected, 0);
+}

@@ -51,6 +51,12 @@ use crate::status::{Change, status_value};
 /// How long a compilation waits for newly referenced Secrets and ConfigMaps to be read.
 const NAMED_SYNC: Duration = Duration::from_secs(5);
 
+/// Status writes per turn of the event loop.
+const STATUS_BATCH: usize = 64;
+
+/// Status writes in flight at once (each a PATCH of one object's `/status`).
+const STATUS_IN_FLIGHT: usize = 16;
+
 /// What config-sync needs besides the common settings in Kubernetes mode.
 #[derive(Debug, Clone)]
 pub struct KubeOptions {
@@ -359,7 +365,10 @@ pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut last_check = Instant::now();
     loop {
+        let statuses_wait =
+            leader.load(Ordering::Relaxed) && pipeline.served() && !unwritten.is_empty();
         tokio::select! {
+            () = std::future::ready(()), if statuses_wait => {}
             update = rx.recv() => {
                 let Some(update) = update else { break };
                 named.answered(&update);
@@ -407,22 +416,40 @@ pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result
         // Status describes what lb serves: it is written once lb serves the generation (the
         // pipeline's applied watcher warns when lb does not take it).
         if is_leader && pipeline.served() && !unwritten.is_empty() {
-            let batch = std::mem::take(&mut unwritten);
-            for (id, change) in batch {
-                if !leader.load(Ordering::Relaxed) {
-                    unwritten.insert(id, change);
-                    continue;
-                }
-                let controller = &pipeline.settings().controller_name;
-                let written = write_status(&client, &stores, controller, &change).await;
-                crate::metrics::count_status_write(written.is_ok());
+            // A turn writes up to `STATUS_BATCH` objects, `STATUS_IN_FLIGHT` at a time: 1,000
+            // statuses are not 1,000 round trips in a row, and watch events are handled between
+            // turns (the loop comes straight back while statuses wait).
+            let mut batch = Vec::with_capacity(STATUS_BATCH);
+            while batch.len() < STATUS_BATCH
+                && let Some(entry) = unwritten.pop_first()
+            {
+                batch.push(entry);
+            }
+            let controller = &pipeline.settings().controller_name;
+            let (client, stores, leader) = (&client, &stores, &leader);
+            let written: Vec<_> = futures_util::stream::iter(batch)
+                .map(|(id, change)| async move {
+                    // The Lease may go meanwhile: the writes not started yet stay unwritten.
+                    if !leader.load(Ordering::Relaxed) {
+                        return (id, change, None);
+                    }
+                    let written = write_status(client, stores, controller, &change).await;
+                    (id, change, Some(written))
+                })
+                .buffer_unordered(STATUS_IN_FLIGHT)
+                .collect()
+                .await;
+            for (id, change, written) in written {
                 match written {
-                    Ok(()) => {
-                        if let Some(reference) = object_reference(&stores, &change) {
+                    None => drop(unwritten.insert(id, change)),
+                    Some(Ok(())) => {
+                        crate::metrics::count_status_write(true);
+                        if let Some(reference) = object_reference(stores, &change) {
                             events.report(&change, reference).await;
                         }
                     }
-                    Err(e) => {
+                    Some(Err(e)) => {
+                        crate::metrics::count_status_write(false);
                         warn!(object = %id, "status write failed: {e}; will retry");
                         unwritten.insert(id, change);
                     }
