@@ -39,7 +39,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use self::status::write_status;
+use self::status::{StatusWrite, status_write};
 use crate::Error;
 use crate::compile::ObjectStatus;
 use crate::model::{
@@ -50,9 +50,6 @@ use crate::status::{Change, status_value};
 
 /// How long a compilation waits for newly referenced Secrets and ConfigMaps to be read.
 const NAMED_SYNC: Duration = Duration::from_secs(5);
-
-/// Status writes per turn of the event loop.
-const STATUS_BATCH: usize = 64;
 
 /// Status writes in flight at once (each a PATCH of one object's `/status`).
 const STATUS_IN_FLIGHT: usize = 16;
@@ -357,6 +354,10 @@ pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result
     let mut stores: BTreeMap<Kind, KindStore> = BTreeMap::new();
     let mut mirror = Mirror { model: Model::default(), stale: true };
     let mut unwritten: BTreeMap<ObjectId, Change> = BTreeMap::new();
+    let (writer, mut written) = status_writer(Arc::clone(&leader));
+    // Objects whose status write is with the writer: a newer status waits for it, so an older
+    // one can never land after it.
+    let mut writing: BTreeSet<ObjectId> = BTreeSet::new();
     let mut was_leader = false;
     let mut dirty = false;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -365,10 +366,26 @@ pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut last_check = Instant::now();
     loop {
-        let statuses_wait =
-            leader.load(Ordering::Relaxed) && pipeline.served() && !unwritten.is_empty();
         tokio::select! {
-            () = std::future::ready(()), if statuses_wait => {}
+            done = written.recv() => {
+                let Some((id, change, result)) = done else { break };
+                writing.remove(&id);
+                match result {
+                    Some(Ok(())) => {
+                        crate::metrics::count_status_write(true);
+                        if let Some(reference) = object_reference(&stores, &change) {
+                            events.report(&change, reference).await;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        crate::metrics::count_status_write(false);
+                        warn!(object = %id, "status write failed: {e}; will retry");
+                        unwritten.entry(id).or_insert(change);
+                    }
+                    // The Lease went before it was sent.
+                    None => drop(unwritten.entry(id).or_insert(change)),
+                }
+            }
             update = rx.recv() => {
                 let Some(update) = update else { break };
                 named.answered(&update);
@@ -416,42 +433,24 @@ pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result
         // Status describes what lb serves: it is written once lb serves the generation (the
         // pipeline's applied watcher warns when lb does not take it).
         if is_leader && pipeline.served() && !unwritten.is_empty() {
-            // A turn writes up to `STATUS_BATCH` objects, `STATUS_IN_FLIGHT` at a time: 1,000
-            // statuses are not 1,000 round trips in a row, and watch events are handled between
-            // turns (the loop comes straight back while statuses wait).
-            let mut batch = Vec::with_capacity(STATUS_BATCH);
-            while batch.len() < STATUS_BATCH
-                && let Some(entry) = unwritten.pop_first()
-            {
-                batch.push(entry);
-            }
+            // Handed to the writer task (`status_writer`): the loop never waits for the API
+            // server, so watch events keep flowing while thousands of statuses are written.
             let controller = &pipeline.settings().controller_name;
-            let (client, stores, leader) = (&client, &stores, &leader);
-            let written: Vec<_> = futures_util::stream::iter(batch)
-                .map(|(id, change)| async move {
-                    // The Lease may go meanwhile: the writes not started yet stay unwritten.
-                    if !leader.load(Ordering::Relaxed) {
-                        return (id, change, None);
-                    }
-                    let written = write_status(client, stores, controller, &change).await;
-                    (id, change, Some(written))
-                })
-                .buffer_unordered(STATUS_IN_FLIGHT)
-                .collect()
-                .await;
-            for (id, change, written) in written {
-                match written {
-                    None => drop(unwritten.insert(id, change)),
-                    Some(Ok(())) => {
-                        crate::metrics::count_status_write(true);
-                        if let Some(reference) = object_reference(stores, &change) {
-                            events.report(&change, reference).await;
+            let ready: Vec<ObjectId> =
+                unwritten.keys().filter(|id| !writing.contains(*id)).cloned().collect();
+            for id in ready {
+                let Some(change) = unwritten.remove(&id) else { continue };
+                match status_write(&client, &stores, controller, &change) {
+                    Some(write) => {
+                        writing.insert(id.clone());
+                        if writer.send((id, change, write)).is_err() {
+                            break;
                         }
                     }
-                    Some(Err(e)) => {
-                        crate::metrics::count_status_write(false);
-                        warn!(object = %id, "status write failed: {e}; will retry");
-                        unwritten.insert(id, change);
+                    None => {
+                        if let Some(reference) = object_reference(&stores, &change) {
+                            events.report(&change, reference).await;
+                        }
                     }
                 }
             }
@@ -461,6 +460,39 @@ pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result
     lease::release(&client, options).await;
     info!("config-sync stopping; lb keeps serving the last table");
     Ok(())
+}
+
+/// Status writes in, results out: a task sending up to [`STATUS_IN_FLIGHT`] writes at once,
+/// each only while this replica holds the Lease (`None`: not sent).
+#[allow(clippy::type_complexity, reason = "two channel ends, named where they are used")]
+fn status_writer(
+    leader: Arc<AtomicBool>,
+) -> (
+    mpsc::UnboundedSender<(ObjectId, Change, StatusWrite)>,
+    mpsc::UnboundedReceiver<(ObjectId, Change, Option<Result<(), kube::Error>>)>,
+) {
+    let (writes, mut queue) = mpsc::unbounded_channel::<(ObjectId, Change, StatusWrite)>();
+    let (done, results) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let queue = futures_util::stream::poll_fn(move |cx| queue.poll_recv(cx));
+        queue
+            .for_each_concurrent(STATUS_IN_FLIGHT, |(id, change, write)| {
+                let (leader, done) = (Arc::clone(&leader), done.clone());
+                async move {
+                    let result = if leader.load(Ordering::Relaxed) {
+                        Some(write.send().await)
+                    } else {
+                        None
+                    };
+                    if result.as_ref().is_some_and(Result::is_ok) {
+                        debug!(object = %id, "status written");
+                    }
+                    let _ = done.send((id, change, result));
+                }
+            })
+            .await;
+    });
+    (writes, results)
 }
 
 /// A reference to the object `change` is about (for its events), with its uid when stored.
@@ -547,7 +579,11 @@ impl Mirror {
             Seen::Init | Seen::Listed(..) => None,
         };
         let changed = apply(stores, update);
+        // An object whose status alone changed (our own writes echoing back) stays the one
+        // the model has: compilation does not read status, and a new object would make the
+        // next run compile the route again.
         if let Some((kind, key)) = one
+            && changed
             && !self.stale
         {
             match stores.get(&kind).and_then(|s| s.objects.get(&key)) {

@@ -69,17 +69,34 @@ pub(super) fn same_parents(
     theirs == others && ours(desired) == ours(current)
 }
 
-/// Writes one object's status through its `/status` subresource.
-pub(super) async fn write_status(
+/// One object's status write, ready to send: a merge patch of its `/status` subresource.
+pub(super) struct StatusWrite {
+    api: Api<DynamicObject>,
+    name: String,
+    patch: Value,
+}
+
+impl StatusWrite {
+    /// Sends the patch.
+    pub(super) async fn send(self) -> Result<(), kube::Error> {
+        self.api
+            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&self.patch))
+            .await?;
+        Ok(())
+    }
+}
+
+/// The write that brings one object's status to `change`; `None` when there is nothing to
+/// write (it already says that, or it is not ours to clear). A route's patch carries the
+/// stored resourceVersion: the other controllers' entries it keeps are the ones stored, or
+/// the write fails (409) and is made again from the newer object.
+pub(super) fn status_write(
     client: &kube::Client,
     stores: &BTreeMap<Kind, KindStore>,
     controller: &str,
     change: &Change,
-) -> Result<(), kube::Error> {
-    let Some(&(kind, group, version, plural)) = WATCHED.iter().find(|(k, ..)| *k == change.id.kind)
-    else {
-        return Ok(());
-    };
+) -> Option<StatusWrite> {
+    let &(kind, group, version, plural) = WATCHED.iter().find(|(k, ..)| *k == change.id.kind)?;
     let ar = api_resource(group, version, kind, plural);
     let key = &change.id.key;
     let api: Api<DynamicObject> = if key.namespace.is_empty() {
@@ -92,7 +109,7 @@ pub(super) async fn write_status(
     let patch = match (&change.status, kind) {
         // A route's parents are shared: keep the other controllers' entries as they are.
         (status, Kind::HttpRoute | Kind::GrpcRoute) => {
-            let Some(stored) = stored else { return Ok(()) };
+            let stored = stored?;
             let mut parents: Vec<Value> = stored
                 .status
                 .get("parents")
@@ -110,7 +127,7 @@ pub(super) async fn write_status(
             carry_transition_times(&mut desired, current);
             if same_parents(&desired, current, controller, others) {
                 debug!(object = %change.id, "status already as computed; not written");
-                return Ok(());
+                return None;
             }
             let parents = desired["parents"].take();
             json!({
@@ -124,7 +141,7 @@ pub(super) async fn write_status(
             carry_transition_times(&mut value, current);
             if value == *current {
                 debug!(object = %change.id, "status already as computed; not written");
-                return Ok(());
+                return None;
             }
             if let (Some(map), ObjectStatus::Gateway(_)) = (value.as_object_mut(), status) {
                 for field in ["addresses", "listeners", "conditions"] {
@@ -134,9 +151,7 @@ pub(super) async fn write_status(
             json!({"status": value})
         }
         // A Gateway or class no longer ours: its status is not ours to clear.
-        (None, _) => return Ok(()),
+        (None, _) => return None,
     };
-    api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    debug!(object = %change.id, "status written");
-    Ok(())
+    Some(StatusWrite { api, name: key.name.clone(), patch })
 }
