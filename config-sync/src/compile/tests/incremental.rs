@@ -325,8 +325,8 @@ const PATCH_SLOTS: usize = 10;
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
 
-    /// Only routes change: the table is patched (until removed routes' holes outnumber the
-    /// rest) and serves every request as a compilation from scratch does.
+    /// Only routes change: the table is patched (until removed routes' holes reach a quarter
+    /// of the rest) and serves every request as a compilation from scratch does.
     #[test]
     fn patched_tables_serve_as_compilations_from_scratch(
         start in proptest::collection::vec(0usize..2880, PATCH_SLOTS),
