@@ -334,7 +334,8 @@ impl Incremental {
     }
 }
 
-/// Every listener a route may attach to: those of the Gateways of ours its parentRefs name.
+/// Every listener a route may attach to: those of the Gateways of ours its parentRefs name,
+/// with the parentRef's sectionName and port (as `attach` picks them before its other checks).
 fn candidate_listeners<'c>(
     c: &'c Compiler<'_>,
     key: &'c Key,
@@ -345,7 +346,11 @@ fn candidate_listeners<'c>(
             && parent.kind.as_deref().unwrap_or("Gateway") == "Gateway";
         let namespace = parent.namespace.as_deref().unwrap_or(&key.namespace);
         let found = ours.then(|| c.gateway_listeners.get(&(namespace, &*parent.name))).flatten();
-        found.into_iter().flat_map(|(_, ids)| ids.iter().copied())
+        found.into_iter().flat_map(|(_, ids)| ids.iter().copied()).filter(move |&i| {
+            let l = &c.listeners[i];
+            parent.section_name.as_deref().is_none_or(|s| s == l.name)
+                && parent.port.is_none_or(|p| p == i32::from(l.port))
+        })
     })
 }
 

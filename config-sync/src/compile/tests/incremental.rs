@@ -282,8 +282,9 @@ fn indices_follow_a_replayed_route_through_several_compilations() {
     }
 }
 
-/// A route of the patching world: HTTPRoutes only, with hostnames that make virtual hosts come
-/// and go with wildcards and the catch-all as fallbacks; `None` in a fifth of the variants.
+/// A route of the patching world: HTTPRoutes (slots 0–7) and GRPCRoutes (8, 9) on listeners
+/// the other kind does not use, with hostnames that make virtual hosts come and go with
+/// wildcards and the catch-all as fallbacks; `None` in a fifth of the variants.
 fn patch_route(i: usize, v: usize) -> Option<String> {
     if v.is_multiple_of(5) {
         return None;
@@ -299,10 +300,19 @@ fn patch_route(i: usize, v: usize) -> Option<String> {
         "'*.com'",
     ][(v / 5) % 8];
     let parent = [
-        "{name: gw, namespace: infra}",
+        "{name: gw, namespace: infra, sectionName: http}",
         "{name: gw, namespace: infra, sectionName: foo}",
         "{name: gw, namespace: infra, sectionName: same}",
     ][(v / 40) % 3];
+    if i >= 8 {
+        // GRPCRoutes on a listener of their own (no HTTPRoute asks the conflict question
+        // there): their changes patch too.
+        let created = CREATED[(v / 40) % 3];
+        return Some(format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: p{i}, namespace: apps, {created}generation: 1}}\nspec:\n  parentRefs: [{{name: gw, namespace: infra, sectionName: selected}}]\n  hostnames: [{hosts}]\n  rules:\n  - matches: [{{method: {{service: s{}.Svc}}}}]\n    backendRefs: [{{name: svc, namespace: apps, port: 80}}]\n",
+            v % 3
+        ));
+    }
     let ns = ["apps", "infra"][(v / 120) % 2];
     let matches = [
         format!("[{{path: {{type: PathPrefix, value: /p{}}}}}]", i % 3),
