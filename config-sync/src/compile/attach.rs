@@ -43,14 +43,8 @@ impl<'m> Compiler<'m> {
         let mut parents = Vec::new();
         let mut attach: Vec<(usize, Vec<String>)> = Vec::new();
         for parent in route.spec.parent_refs.iter().flatten() {
-            let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
-            let kind = parent.kind.as_deref().unwrap_or("Gateway");
-            if group != GATEWAY_GROUP || kind != "Gateway" {
-                continue;
-            }
-            let gw_key = (parent.namespace.as_deref().unwrap_or(&key.namespace), &*parent.name);
             // Parents that are not ours (or do not exist) get no status from us.
-            let Some((_, listener_ids)) = self.gateway_listeners.get(&gw_key) else { continue };
+            let Some(listener_ids) = self.parent_listeners(key, parent) else { continue };
             let outcome =
                 self.attach(key, parent, listener_ids, &hostnames, unsupported.as_deref());
             let outcome = outcome.and_then(|found| self.without_conflicts(found));
@@ -208,6 +202,22 @@ impl<'m> Compiler<'m> {
         }
     }
 
+    /// The listeners of the Gateway a parentRef names, when it is a Gateway of ours.
+    pub(super) fn parent_listeners<'s>(
+        &'s self,
+        route_key: &'s Key,
+        parent: &'s HttpRouteParentRefs,
+    ) -> Option<&'s [usize]> {
+        let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
+        let kind = parent.kind.as_deref().unwrap_or("Gateway");
+        if group != GATEWAY_GROUP || kind != "Gateway" {
+            return None;
+        }
+        let namespace = parent.namespace.as_deref().unwrap_or(&route_key.namespace);
+        let (_, ids) = self.gateway_listeners.get(&(namespace, &*parent.name))?;
+        Some(ids)
+    }
+
     /// The listeners a parentRef attaches to with their effective hostnames, or the reason it
     /// attaches to none.
     pub(super) fn attach(
@@ -221,15 +231,8 @@ impl<'m> Compiler<'m> {
         if let Some(what) = unsupported {
             return Err((Reason::UnsupportedValue, what.to_owned()));
         }
-        let candidates: Vec<usize> = listener_ids
-            .iter()
-            .copied()
-            .filter(|&i| {
-                let l = &self.listeners[i];
-                parent.section_name.as_deref().is_none_or(|s| s == l.name)
-                    && parent.port.is_none_or(|p| p == i32::from(l.port))
-            })
-            .collect();
+        let candidates: Vec<usize> =
+            listener_ids.iter().copied().filter(|&i| picks(parent, &self.listeners[i])).collect();
         if candidates.is_empty() {
             return Err((Reason::NoMatchingParent, "no listener matches sectionName/port".into()));
         }
@@ -291,6 +294,12 @@ impl<'m> Compiler<'m> {
             }
         }
     }
+}
+
+/// Whether a parentRef's sectionName and port (where it gives them) pick listener `l`.
+pub(super) fn picks(parent: &HttpRouteParentRefs, l: &ListenerInfo<'_>) -> bool {
+    parent.section_name.as_deref().is_none_or(|s| s == l.name)
+        && parent.port.is_none_or(|p| p == i32::from(l.port))
 }
 
 /// The effective hostnames of one kind of route attached to a listener, in attachment order,

@@ -246,7 +246,6 @@ impl Incremental {
                 kept.asked[l][f.kind as usize] -= 1;
             }
             for (l, _) in &f.attach {
-                kept.attached[*l] -= 1;
                 c.listeners[*l].attached -= 1;
             }
             gone.push(ObjectId { kind: f.kind.object_kind(), key: (*f.key).clone() });
@@ -262,9 +261,6 @@ impl Incremental {
             let f = c.record(key, route, next);
             for l in f.conflicts_asked() {
                 kept.asked[l][kind as usize] += 1;
-            }
-            for (l, _) in &f.attach {
-                kept.attached[*l] += 1;
             }
             owner.resize(c.origins as usize, Arc::clone(&f.key));
             fresh.push((route.address(), f));
@@ -310,6 +306,9 @@ impl Incremental {
             }
         }
 
+        for (count, l) in kept.attached.iter_mut().zip(&c.listeners) {
+            *count = l.attached;
+        }
         // The rest is small: Gateway statuses (attachedRoutes), ports and certificates (the
         // same as before: the listeners did not change), the weighted state's offsets.
         c.gateway_statuses();
@@ -334,23 +333,16 @@ impl Incremental {
     }
 }
 
-/// Every listener a route may attach to: those of the Gateways of ours its parentRefs name,
-/// with the parentRef's sectionName and port (as `attach` picks them before its other checks).
+/// Every listener a route may attach to: those its parentRefs pick (as `attach` picks them
+/// before its other checks).
 fn candidate_listeners<'c>(
     c: &'c Compiler<'_>,
     key: &'c Key,
     route: &'c HttpRoute,
 ) -> impl Iterator<Item = usize> + 'c {
     route.spec.parent_refs.iter().flatten().flat_map(move |parent| {
-        let ours = parent.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
-            && parent.kind.as_deref().unwrap_or("Gateway") == "Gateway";
-        let namespace = parent.namespace.as_deref().unwrap_or(&key.namespace);
-        let found = ours.then(|| c.gateway_listeners.get(&(namespace, &*parent.name))).flatten();
-        found.into_iter().flat_map(|(_, ids)| ids.iter().copied()).filter(move |&i| {
-            let l = &c.listeners[i];
-            parent.section_name.as_deref().is_none_or(|s| s == l.name)
-                && parent.port.is_none_or(|p| p == i32::from(l.port))
-        })
+        let ids = c.parent_listeners(key, parent).unwrap_or_default();
+        ids.iter().copied().filter(move |&i| attach::picks(parent, &c.listeners[i]))
     })
 }
 
@@ -483,20 +475,4 @@ fn refallback(table: &mut t::Table, ti: usize) {
     for v in &mut table.vhosts[start..start + count] {
         v.fallback = fallback_in(index, &v.hostname);
     }
-}
-
-/// [`fallback_for`] by the listener's host index: the longest wildcard covering `name`, else
-/// the catch-all.
-fn fallback_in(index: &t::HostIndex, name: &str) -> Option<u32> {
-    if name.is_empty() {
-        return None;
-    }
-    let base = name.strip_prefix("*.").unwrap_or(name);
-    for (i, _) in base.match_indices('.') {
-        let suffix = &base[i..];
-        if let Ok(at) = index.wildcard.binary_search_by(|e| e.host.as_str().cmp(suffix)) {
-            return Some(index.wildcard[at].target);
-        }
-    }
-    index.any
 }

@@ -102,6 +102,19 @@ fn grpc_route(i: usize, v: usize) -> String {
     )
 }
 
+/// Puts `text`'s object in a slot of the world, taking out the one there (`id`); `None`: the
+/// slot is left empty.
+fn put(m: &mut Model, id: &mut Option<ObjectId>, text: Option<String>) {
+    if let Some(id) = id.take() {
+        m.remove(&id);
+    }
+    if let Some(text) = text {
+        let o = parse(&text);
+        *id = Some(o.id());
+        m.insert(o);
+    }
+}
+
 fn parse(text: &str) -> crate::model::Object {
     let v: serde_json::Value = serde_yaml_ng::from_str(text).unwrap();
     parse_document(v).into_iter().next().unwrap().unwrap().unwrap()
@@ -203,14 +216,7 @@ proptest::proptest! {
         let mut m = model("");
         let mut ids: Vec<Option<ObjectId>> = vec![None; SLOTS];
         let set = |m: &mut Model, ids: &mut Vec<Option<ObjectId>>, slot: usize, v: usize| {
-            if let Some(id) = ids[slot].take() {
-                m.remove(&id);
-            }
-            if let Some(text) = object(slot, v) {
-                let o = parse(&text);
-                ids[slot] = Some(o.id());
-                m.insert(o);
-            }
+            put(m, &mut ids[slot], object(slot, v));
         };
         for (slot, &v) in start.iter().enumerate() {
             // Most objects present at the start.
@@ -345,14 +351,7 @@ proptest::proptest! {
         let mut m = model("");
         let mut ids: Vec<Option<ObjectId>> = vec![None; PATCH_SLOTS];
         let set = |m: &mut Model, ids: &mut Vec<Option<ObjectId>>, slot: usize, v: usize| {
-            if let Some(id) = ids[slot].take() {
-                m.remove(&id);
-            }
-            if let Some(text) = patch_route(slot, v) {
-                let o = parse(&text);
-                ids[slot] = Some(o.id());
-                m.insert(o);
-            }
+            put(m, &mut ids[slot], patch_route(slot, v));
         };
         for (slot, &v) in start.iter().enumerate() {
             set(&mut m, &mut ids, slot, v);
