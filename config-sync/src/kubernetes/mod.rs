@@ -25,6 +25,7 @@
 mod events;
 pub(crate) mod lease;
 mod status;
+mod stores;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -39,7 +40,8 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use self::status::{StatusWrite, status_write};
+use self::status::{status_write, status_writer};
+use self::stores::Mirror;
 use crate::Error;
 use crate::compile::ObjectStatus;
 use crate::model::{
@@ -50,9 +52,6 @@ use crate::status::{Change, status_value};
 
 /// How long a compilation waits for newly referenced Secrets and ConfigMaps to be read.
 const NAMED_SYNC: Duration = Duration::from_secs(5);
-
-/// Status writes in flight at once (each a PATCH of one object's `/status`).
-const STATUS_IN_FLIGHT: usize = 16;
 
 /// What config-sync needs besides the common settings in Kubernetes mode.
 #[derive(Debug, Clone)]
@@ -462,39 +461,6 @@ pub(crate) async fn run(config: &crate::Config, options: &KubeOptions) -> Result
     Ok(())
 }
 
-/// Status writes in, results out: a task sending up to [`STATUS_IN_FLIGHT`] writes at once,
-/// each only while this replica holds the Lease (`None`: not sent).
-#[allow(clippy::type_complexity, reason = "two channel ends, named where they are used")]
-fn status_writer(
-    leader: Arc<AtomicBool>,
-) -> (
-    mpsc::UnboundedSender<(ObjectId, Change, StatusWrite)>,
-    mpsc::UnboundedReceiver<(ObjectId, Change, Option<Result<(), kube::Error>>)>,
-) {
-    let (writes, mut queue) = mpsc::unbounded_channel::<(ObjectId, Change, StatusWrite)>();
-    let (done, results) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let queue = futures_util::stream::poll_fn(move |cx| queue.poll_recv(cx));
-        queue
-            .for_each_concurrent(STATUS_IN_FLIGHT, |(id, change, write)| {
-                let (leader, done) = (Arc::clone(&leader), done.clone());
-                async move {
-                    let result = if leader.load(Ordering::Relaxed) {
-                        Some(write.send().await)
-                    } else {
-                        None
-                    };
-                    if result.as_ref().is_some_and(Result::is_ok) {
-                        debug!(object = %id, "status written");
-                    }
-                    let _ = done.send((id, change, result));
-                }
-            })
-            .await;
-    });
-    (writes, results)
-}
-
 /// A reference to the object `change` is about (for its events), with its uid when stored.
 fn object_reference(
     stores: &BTreeMap<Kind, KindStore>,
@@ -511,106 +477,6 @@ fn object_reference(
         resource_version: stored.resource_version.clone(),
         ..Default::default()
     })
-}
-
-/// Applies one watch event to the stores; whether the model changed.
-fn apply(stores: &mut BTreeMap<Kind, KindStore>, update: Update) -> bool {
-    let store = stores.entry(update.kind).or_default();
-    match update.event {
-        Seen::Init => {
-            store.relisting = Some(BTreeMap::new());
-            false
-        }
-        Seen::Listed(key, stored) => {
-            store.relisting.get_or_insert_with(BTreeMap::new).insert(key, stored);
-            false
-        }
-        Seen::InitDone => {
-            let listed = store.relisting.take().unwrap_or_default();
-            debug!(kind = %update.kind, objects = listed.len(), "listed");
-            store.objects = listed;
-            store.listed = true;
-            true
-        }
-        Seen::Applied(key, stored) => {
-            // A status write (ours or another controller's) changes the resourceVersion and
-            // status but not the generation: keep the new state, but there is nothing to
-            // recompile.
-            let has_status = matches!(
-                update.kind,
-                Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute | Kind::GrpcRoute
-            );
-            let same = has_status
-                && store.objects.get(&key).is_some_and(|old| only_status_changed(old, &stored));
-            store.objects.insert(key, stored);
-            !same
-        }
-        Seen::Deleted(key) => store.objects.remove(&key).is_some(),
-    }
-}
-
-/// Whether `new` differs from `old` only in status (same generation, labels, annotations), for
-/// kinds whose spec changes bump the generation.
-fn only_status_changed(old: &Stored, new: &Stored) -> bool {
-    let (a, b) = (old.object.meta(), new.object.meta());
-    a.generation.is_some()
-        && a.generation == b.generation
-        && a.labels == b.labels
-        && a.annotations == b.annotations
-}
-
-/// The model kept beside the stores: each watch event's object put in or taken out, rebuilt
-/// whole only after a relist (rebuilding it for every run was 5,000 inserts at 5,000 routes).
-struct Mirror {
-    model: Model,
-    /// A relist replaced a kind's objects: rebuild before the next run.
-    stale: bool,
-}
-
-impl Mirror {
-    /// [`apply`], followed in the model.
-    fn apply(&mut self, stores: &mut BTreeMap<Kind, KindStore>, update: Update) -> bool {
-        let one = match &update.event {
-            Seen::Applied(key, _) | Seen::Deleted(key) => Some((update.kind, key.clone())),
-            Seen::InitDone => {
-                self.stale = true;
-                None
-            }
-            Seen::Init | Seen::Listed(..) => None,
-        };
-        let changed = apply(stores, update);
-        // An object whose status alone changed (our own writes echoing back) stays the one
-        // the model has: compilation does not read status, and a new object would make the
-        // next run compile the route again.
-        if let Some((kind, key)) = one
-            && changed
-            && !self.stale
-        {
-            match stores.get(&kind).and_then(|s| s.objects.get(&key)) {
-                Some(stored) => self.model.insert(stored.object.clone()),
-                None => self.model.remove(&ObjectId { kind, key }),
-            }
-        }
-        changed
-    }
-
-    fn model(&mut self, stores: &BTreeMap<Kind, KindStore>) -> &Model {
-        if self.stale {
-            self.model = model(stores);
-            self.stale = false;
-        }
-        &self.model
-    }
-}
-
-fn model(stores: &BTreeMap<Kind, KindStore>) -> Model {
-    let mut model = Model::default();
-    for store in stores.values() {
-        for stored in store.objects.values() {
-            model.insert(stored.object.clone());
-        }
-    }
-    model
 }
 
 /// The Secrets and ConfigMaps Gateways of our classes may use: listener TLS certificateRefs

@@ -1,8 +1,12 @@
 //! Writing status to the API server: a merge patch on each object's `/status`, only when it
 //! differs from what the server has, `lastTransitionTime` carried over from it, and an
-//! HTTPRoute's parent entries of other controllers kept.
+//! HTTPRoute's parent entries of other controllers kept; sent by a task of their own
+//! ([`status_writer`]) so the event loop never waits for the API server.
 
 use super::*;
+
+/// Status writes in flight at once (each a PATCH of one object's `/status`).
+const STATUS_IN_FLIGHT: usize = 16;
 
 /// Keeps `lastTransitionTime` of every condition whose status did not flip from what the API
 /// server has (`current`), so a restarted or newly elected config-sync neither moves the times
@@ -154,4 +158,37 @@ pub(super) fn status_write(
         (None, _) => return None,
     };
     Some(StatusWrite { api, name: key.name.clone(), patch })
+}
+
+/// Status writes in, results out: a task sending up to [`STATUS_IN_FLIGHT`] writes at once,
+/// each only while this replica holds the Lease (`None`: not sent).
+#[allow(clippy::type_complexity, reason = "two channel ends, named where they are used")]
+pub(super) fn status_writer(
+    leader: Arc<AtomicBool>,
+) -> (
+    mpsc::UnboundedSender<(ObjectId, Change, StatusWrite)>,
+    mpsc::UnboundedReceiver<(ObjectId, Change, Option<Result<(), kube::Error>>)>,
+) {
+    let (writes, mut queue) = mpsc::unbounded_channel::<(ObjectId, Change, StatusWrite)>();
+    let (done, results) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let queue = futures_util::stream::poll_fn(move |cx| queue.poll_recv(cx));
+        queue
+            .for_each_concurrent(STATUS_IN_FLIGHT, |(id, change, write)| {
+                let (leader, done) = (Arc::clone(&leader), done.clone());
+                async move {
+                    let result = if leader.load(Ordering::Relaxed) {
+                        Some(write.send().await)
+                    } else {
+                        None
+                    };
+                    if result.as_ref().is_some_and(Result::is_ok) {
+                        debug!(object = %id, "status written");
+                    }
+                    let _ = done.send((id, change, result));
+                }
+            })
+            .await;
+    });
+    (writes, results)
 }

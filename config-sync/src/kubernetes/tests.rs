@@ -1,4 +1,5 @@
 use super::status::{carry_transition_times, same_parents};
+use super::stores::model;
 use super::*;
 
 #[test]
