@@ -50,10 +50,13 @@ fn exchange(stream: &mut TcpStream, raw: &[u8]) -> (u16, usize) {
 
 /// Waits until the metrics satisfy `ok` (lb records an exchange as it ends, which can be just
 /// after the client read its last byte).
-fn scrape_until(env: &Env, ok: impl Fn(&HashMap<String, f64>) -> bool) -> HashMap<String, f64> {
+fn scrape_until(
+    scrape: impl Fn() -> (u16, String),
+    ok: impl Fn(&HashMap<String, f64>) -> bool,
+) -> HashMap<String, f64> {
     let start = Instant::now();
     loop {
-        let (status, body) = env.admin_get("/metrics", "");
+        let (status, body) = scrape();
         assert_eq!(status, 200);
         let s = samples(&body);
         if ok(&s) || start.elapsed() > Duration::from_secs(5) {
@@ -115,10 +118,13 @@ fn metrics_count_known_traffic_and_the_admin_listener_answers() {
     assert_eq!(status, 400);
 
     let listener = "listener=\"default/gw/http\"";
-    let s = scrape_until(&env, |s| {
-        s.get("sluice_http_requests_total{listener=\"\"}").copied() == Some(1.0)
-            && s.get(&format!("sluice_http_requests_total{{{listener}}}")).copied() == Some(7.0)
-    });
+    let s = scrape_until(
+        || env.admin_get("/metrics", ""),
+        |s| {
+            s.get("sluice_http_requests_total{listener=\"\"}").copied() == Some(1.0)
+                && s.get(&format!("sluice_http_requests_total{{{listener}}}")).copied() == Some(7.0)
+        },
+    );
     let l =
         |name: &str, extra: &str| value(&s, &format!("sluice_http_{name}{{{listener}{extra}}}"));
     assert_eq!(l("requests_total", ""), 7.0);
@@ -166,9 +172,12 @@ fn metrics_count_known_traffic_and_the_admin_listener_answers() {
 
     // config-sync's own admin listener: its pipeline's figures.
     assert_eq!(env.config_sync_admin_get("/ready").0, 200);
-    let (status, cs) = env.config_sync_admin_get("/metrics");
-    assert_eq!(status, 200);
-    let cs = samples(&cs);
+    // What lb serves reaches config-sync through its watcher of lb's applied file, which polls
+    // (every 10 ms; once a second after 5 s without lb, as at a slow start): eventually.
+    let cs = scrape_until(
+        || env.config_sync_admin_get("/metrics"),
+        |cs| value(cs, "sluice_config_sync_served_generation") >= 1.0,
+    );
     assert!(value(&cs, "sluice_config_sync_runs_total") >= 1.0);
     assert_eq!(value(&cs, "sluice_config_sync_objects{kind=\"HTTPRoute\"}"), 2.0);
     assert_eq!(value(&cs, "sluice_config_sync_objects{kind=\"Service\"}"), 2.0);
