@@ -1,58 +1,252 @@
 //! Table builder: native [`Table`] → archived bytes. config-sync is the only caller; tests and
 //! benches use it to make tables.
+//!
+//! A table is encoded as a [`Root`] and one chunk per page of each paged vector. An
+//! [`Encoder`] remembers the chunks it made: a page whose identity did not change since (or
+//! that encodes to the same bytes at the same place) keeps its chunk, so one changed route
+//! costs the encoding of a few pages and the root, not of the whole table. Where the chunks go
+//! is the [`Store`]'s business: the segment writer places them in its file; [`encode`] puts
+//! them in one buffer after a small header (the self-contained form tools, tests and the fuzzer
+//! use).
 
-use rkyv::{rancor, util::AlignedVec};
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+use rkyv::vec::{ArchivedVec, VecResolver};
 
-use crate::format::{ArchivedTable, Table};
+use crate::format::{ArchivedRoot, ChunkRef, Chunks, Root, Table};
+use crate::paged::Paged;
 
-/// Serialises `table` into the bytes a segment slot carries.
+/// Where an [`Encoder`] puts chunks.
+pub trait Store {
+    /// Stores a new chunk's bytes; returns its offset.
+    fn store(&mut self, bytes: &[u8]) -> std::io::Result<u64>;
+    /// The next table refers to `chunk` again (stored for an earlier one): it must stay.
+    fn keep(&mut self, chunk: &ChunkRef);
+}
+
+/// Serialises a slice as an archived `Vec` without copying it into one (a page of a [`Paged`]).
+struct PageRef<'a, T>(&'a [T]);
+
+impl<T: rkyv::Archive> rkyv::Archive for PageRef<'_, T> {
+    type Archived = ArchivedVec<T::Archived>;
+    type Resolver = VecResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
+        ArchivedVec::resolve_from_slice(self.0, resolver, out);
+    }
+}
+
+impl<T, S> rkyv::Serialize<S> for PageRef<'_, T>
+where
+    T: rkyv::Serialize<S>,
+    S: rancor::Fallible + rkyv::ser::Allocator + rkyv::ser::Writer + ?Sized,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        ArchivedVec::<T::Archived>::serialize_from_slice(self.0, serializer)
+    }
+}
+
+/// A chunk an encoder made: which page it was made of, where it went, and its bytes (to see
+/// that a renewed page encodes to the same ones).
+#[derive(Debug)]
+struct Made {
+    page: u64,
+    chunk: ChunkRef,
+    bytes: AlignedVec<16>,
+}
+
+/// Encodes tables into chunks, remembering them between tables.
+#[derive(Debug, Default)]
+pub struct Encoder {
+    /// Per paged vector (vhosts, matches, actions, services, regexes), per page.
+    made: [Vec<Made>; 5],
+    /// Chunks made so far (their identities' low bits).
+    count: u64,
+    /// Chunks made and kept by the last [`encode`](Self::encode).
+    pub last: Reused,
+}
+
+/// What one encoding made anew and what it kept.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reused {
+    /// Chunks kept from the previous table.
+    pub kept: usize,
+    /// Chunks encoded and stored.
+    pub stored: usize,
+    /// Bytes stored (chunks; the root is the caller's).
+    pub bytes: usize,
+}
+
+impl Encoder {
+    /// Encodes `table` at generation 0 (see [`stamp_generation`]): new chunks go to `store`,
+    /// chunks it kept are named to it; returns the root's bytes. `epoch` must be larger than
+    /// that of any earlier call with this store's chunks (the generation about to be
+    /// published): chunk identities are `epoch << 24 | count`.
+    pub fn encode(
+        &mut self,
+        table: &Table,
+        epoch: u64,
+        store: &mut dyn Store,
+    ) -> Result<AlignedVec<16>, EncodeError> {
+        self.count = 0;
+        self.last = Reused::default();
+        let [vhosts, matches, actions, services, regexes] = &mut self.made;
+        let mut state = State { epoch, count: &mut self.count, reused: &mut self.last };
+        let root = Root {
+            generation: 0,
+            ports: table.ports.clone(),
+            listeners: table.listeners.clone(),
+            certificates: table.certificates.clone(),
+            wrr_slots: table.wrr_slots,
+            vhosts: chunks(&table.vhosts, vhosts, &mut state, store)?,
+            matches: chunks(&table.matches, matches, &mut state, store)?,
+            actions: chunks(&table.actions, actions, &mut state, store)?,
+            services: chunks(&table.services, services, &mut state, store)?,
+            regexes: chunks(&table.regexes, regexes, &mut state, store)?,
+        };
+        rkyv::to_bytes::<rancor::Error>(&root).map_err(|e| EncodeError(e.to_string()))
+    }
+
+    /// Forgets every chunk: the next table is stored whole (the store lost them: a fresh
+    /// segment).
+    pub fn forget(&mut self) {
+        self.made = Default::default();
+    }
+}
+
+/// An encoding's running counts.
+struct State<'s> {
+    epoch: u64,
+    count: &'s mut u64,
+    reused: &'s mut Reused,
+}
+
+/// The chunks of one paged vector, keeping those whose page did not change.
+fn chunks<T>(
+    items: &Paged<T>,
+    made: &mut Vec<Made>,
+    State { epoch, count, reused }: &mut State<'_>,
+    store: &mut dyn Store,
+) -> Result<Chunks, EncodeError>
+where
+    T: for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<AlignedVec<16>, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
+        >,
+{
+    let mut refs = Vec::with_capacity(items.pages());
+    made.truncate(items.pages());
+    for page in 0..items.pages() {
+        let id = items.page_id(page).unwrap_or(0);
+        if let Some(m) = made.get(page)
+            && m.page == id
+        {
+            store.keep(&m.chunk);
+            reused.kept += 1;
+            refs.push(m.chunk);
+            continue;
+        }
+        let bytes = rkyv::to_bytes::<rancor::Error>(&PageRef(items.page(page)))
+            .map_err(|e| EncodeError(e.to_string()))?;
+        if let Some(m) = made.get_mut(page)
+            && m.bytes.as_slice() == bytes.as_slice()
+        {
+            m.page = id;
+            store.keep(&m.chunk);
+            reused.kept += 1;
+            refs.push(m.chunk);
+            continue;
+        }
+        let offset = store.store(&bytes).map_err(|e| EncodeError(e.to_string()))?;
+        **count += 1;
+        let chunk = ChunkRef {
+            id: *epoch << 24 | **count,
+            offset,
+            len: u32::try_from(bytes.len()).map_err(|_| EncodeError("chunk over 4 GiB".into()))?,
+            checksum: crc32fast::hash(&bytes),
+        };
+        reused.stored += 1;
+        reused.bytes += bytes.len();
+        refs.push(chunk);
+        let m = Made { page: id, chunk, bytes };
+        match made.get_mut(page) {
+            Some(slot) => *slot = m,
+            None => made.push(m),
+        }
+    }
+    Ok(Chunks { len: items.len() as u32, chunks: refs })
+}
+
+/// Bytes of the self-contained form: `[root offset u64 LE][root length u64 LE]`, then the
+/// chunks, then the root; chunk offsets count from the start.
+const BUNDLE_HEADER: usize = 16;
+
+/// The self-contained form's store: one buffer.
+struct Bundle(AlignedVec<16>);
+
+impl Store for Bundle {
+    fn store(&mut self, bytes: &[u8]) -> std::io::Result<u64> {
+        let at = self.0.len().next_multiple_of(16);
+        self.0.resize(at, 0);
+        self.0.extend_from_slice(bytes);
+        Ok(at as u64)
+    }
+
+    fn keep(&mut self, _: &ChunkRef) {}
+}
+
+/// Serialises `table` into one self-contained buffer (root and chunks; see [`Bundle`]), at the
+/// table's own generation.
 pub fn encode(table: &Table) -> Result<AlignedVec<16>, EncodeError> {
-    encode_into(table, AlignedVec::new())
+    let mut bundle = Bundle(AlignedVec::new());
+    bundle.0.resize(BUNDLE_HEADER, 0);
+    let mut root = Encoder::default().encode(table, 1, &mut bundle)?;
+    stamp_generation(&mut root, table.generation)?;
+    let at = bundle.store(&root).map_err(|e| EncodeError(e.to_string()))?;
+    bundle.0[..8].copy_from_slice(&at.to_le_bytes());
+    bundle.0[8..16].copy_from_slice(&(root.len() as u64).to_le_bytes());
+    Ok(bundle.0)
 }
 
-/// [`encode`] into `buffer` (cleared first), reusing its memory: a publisher that recycles the
-/// bytes of the table it replaced writes into pages already faulted in, instead of a fresh
-/// allocation of the table's size for every table (2 MB at 5,000 routes).
-pub fn encode_into(
-    table: &Table,
-    mut buffer: AlignedVec<16>,
-) -> Result<AlignedVec<16>, EncodeError> {
-    buffer.clear();
-    rkyv::api::high::to_bytes_in::<_, rancor::Error>(table, buffer)
-        .map_err(|e| EncodeError(e.to_string()))
+/// The root's place in a self-contained buffer made by [`encode`].
+pub(crate) fn bundle_root(bytes: &[u8]) -> Option<std::ops::Range<usize>> {
+    let word = |at: usize| -> Option<usize> {
+        usize::try_from(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?)).ok()
+    };
+    let (at, len) = (word(0)?, word(8)?);
+    (at >= BUNDLE_HEADER && at.checked_add(len)? <= bytes.len()).then_some(at..at + len)
 }
 
-/// Writes `generation` into an encoded table in place: the same bytes [`encode`] makes of the
-/// table with that generation. config-sync compares each new table with the last one encoded
-/// at generation 0 and stamps the generation only into what it publishes, instead of keeping
-/// and comparing the native tables (milliseconds at thousands of routes).
-pub fn stamp_generation(bytes: &mut [u8], generation: u64) -> Result<(), EncodeError> {
-    let size = size_of::<ArchivedTable>();
-    if bytes.len() < size {
-        return Err(EncodeError(format!("{} bytes are not a table", bytes.len())));
+/// Writes `generation` into an encoded root in place: the same bytes the encoder makes of the
+/// root with that generation. config-sync compares each new root with the last one encoded at
+/// generation 0 and stamps the generation only into what it publishes.
+pub fn stamp_generation(root: &mut [u8], generation: u64) -> Result<(), EncodeError> {
+    let size = size_of::<ArchivedRoot>();
+    if root.len() < size {
+        return Err(EncodeError(format!("{} bytes are not a table root", root.len())));
     }
     // rkyv places the root object last; the field's offset is fixed by the archived layout.
-    let at = rkyv::api::root_position::<ArchivedTable>(bytes.len())
-        + std::mem::offset_of!(ArchivedTable, generation);
-    let len = bytes.len();
-    let field = bytes
+    let at = rkyv::api::root_position::<ArchivedRoot>(root.len())
+        + std::mem::offset_of!(ArchivedRoot, generation);
+    let len = root.len();
+    let field = root
         .get_mut(at..at + 8)
-        .ok_or_else(|| EncodeError(format!("{len} bytes are not a table")))?;
+        .ok_or_else(|| EncodeError(format!("{len} bytes are not a table root")))?;
     // Archived integers are little-endian (rkyv's default; `encode` uses it too); the test
     // reads the stamped generation back through the archive.
     field.copy_from_slice(&generation.to_le_bytes());
     Ok(())
 }
 
-/// Decodes table bytes into a native [`Table`] (validating them first). For tools and tests;
-/// lb reads tables in place through [`Router`](crate::Router) instead.
+/// Decodes a self-contained table ([`encode`]) into a native [`Table`] (validating it first).
+/// For tools and tests; lb reads tables in place through [`Router`](crate::Router) instead.
 pub fn decode(bytes: &[u8]) -> Result<Table, EncodeError> {
-    let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
-    aligned.extend_from_slice(bytes);
-    rkyv::from_bytes::<Table, rancor::Error>(&aligned).map_err(|e| EncodeError(e.to_string()))
+    crate::Router::open(bytes, None)
+        .map_err(|e| EncodeError(e.to_string()))?
+        .to_native()
 }
 
-/// Serialisation failed (only on allocation failure or a table beyond rkyv's 4 GiB offsets).
+/// Serialisation failed (only on allocation failure, a table beyond rkyv's 4 GiB offsets or a
+/// store that could not write).
 #[derive(Debug, thiserror::Error)]
 #[error("table encoding: {0}")]
 pub struct EncodeError(String);

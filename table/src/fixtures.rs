@@ -48,7 +48,7 @@ pub fn entry(host: &str, target: u32) -> HostEntry {
 /// One port (8080), one listener, virtual hosts:
 /// 0 `a.example.com` (fallback 1), 1 `.example.com` (fallback 2), 2 any.
 pub fn sample() -> Table {
-    let services = (0..6)
+    let services: Vec<_> = (0..6)
         .map(|i| Service {
             name: format!("svc{i}"),
             protocol: UpstreamProtocol::Http1,
@@ -109,11 +109,12 @@ pub fn sample() -> Table {
                 fallback: Some(2),
             },
             VirtualHost { hostname: String::new(), matches: vec![5], fallback: None },
-        ],
-        matches,
+        ]
+        .into(),
+        matches: matches.into(),
         actions: (0..6).map(|i| forward(&format!("r{i}"), i, i)).collect(),
-        services,
-        regexes: vec!["(whale|dolphin)".into(), "/img/[0-9]+\\.png".into()],
+        services: services.into(),
+        regexes: vec!["(whale|dolphin)".into(), "/img/[0-9]+\\.png".into()].into(),
         wrr_slots: 6,
         certificates: Vec::new(),
     }

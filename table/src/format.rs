@@ -9,14 +9,17 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-/// Version of this layout. Stored in the segment header and checked by readers.
-pub const FORMAT_VERSION: u32 = 11;
+pub use crate::paged::Paged;
 
-/// One compiled generation of the whole data-plane configuration.
-#[derive(
-    Archive, Serialize, Deserialize, serde::Serialize, Debug, Clone, PartialEq, Eq, Default,
-)]
-#[rkyv(derive(Debug))]
+/// Version of this layout. Stored in the segment header and checked by readers.
+pub const FORMAT_VERSION: u32 = 12;
+
+/// One compiled generation of the whole data-plane configuration, in its native form
+/// (config-sync builds it; lb reads the [`Root`] and chunks it is encoded into).
+///
+/// The large vectors are [`Paged`]: the encoder turns each page into a chunk of its own and
+/// re-encodes only the pages that changed (docs/table-format.md, "Chunks").
+#[derive(serde::Serialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct Table {
     /// Generation number, also carried by the segment header; the two must agree.
     pub generation: u64,
@@ -25,15 +28,15 @@ pub struct Table {
     /// Gateway listeners; a port's [`HostIndex`] picks one by Host.
     pub listeners: Vec<Listener>,
     /// Per-hostname rule lists of a listener.
-    pub vhosts: Vec<VirtualHost>,
+    pub vhosts: Paged<VirtualHost>,
     /// Route matches; a virtual host lists them in precedence order.
-    pub matches: Vec<RouteMatch>,
+    pub matches: Paged<RouteMatch>,
     /// What a matched rule does.
-    pub actions: Vec<Action>,
+    pub actions: Paged<Action>,
     /// Backend services with their resolved endpoints.
-    pub services: Vec<Service>,
+    pub services: Paged<Service>,
     /// Regular expressions referenced by index, compiled once when the table is opened.
-    pub regexes: Vec<String>,
+    pub regexes: Paged<String>,
     /// Certificates with their private keys, for the listeners of TLS ports. Key material:
     /// docs/table-format.md says who may read a table and why.
     pub certificates: Vec<Certificate>,
@@ -41,6 +44,61 @@ pub struct Table {
     /// weighted-round-robin state. Must equal the sum, so a corrupted count cannot make a reader
     /// allocate without bound.
     pub wrr_slots: u32,
+}
+
+/// The encoded table's root: everything but the paged vectors, which it names chunk by chunk.
+/// Each chunk is an archived `Vec` of up to [`PAGE_ITEMS`](crate::paged::PAGE_ITEMS) items of
+/// its vector, stored and checksummed on its own, so a reader that holds a chunk of the same
+/// identity from an earlier generation keeps it instead of copying and checking it again.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct Root {
+    /// Generation number, also carried by the segment header; the two must agree.
+    pub generation: u64,
+    /// As [`Table::ports`].
+    pub ports: Vec<Port>,
+    /// As [`Table::listeners`].
+    pub listeners: Vec<Listener>,
+    /// As [`Table::certificates`].
+    pub certificates: Vec<Certificate>,
+    /// As [`Table::wrr_slots`].
+    pub wrr_slots: u32,
+    /// [`Table::vhosts`] by chunk.
+    pub vhosts: Chunks,
+    /// [`Table::matches`] by chunk.
+    pub matches: Chunks,
+    /// [`Table::actions`] by chunk.
+    pub actions: Chunks,
+    /// [`Table::services`] by chunk.
+    pub services: Chunks,
+    /// [`Table::regexes`] by chunk.
+    pub regexes: Chunks,
+}
+
+/// One paged vector of the table, as chunks in order: chunk `k` holds items
+/// `k * PAGE_ITEMS ..`, all full but the last.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct Chunks {
+    /// Number of items.
+    pub len: u32,
+    /// The chunks, `len.div_ceil(PAGE_ITEMS)` of them.
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// Where a chunk's bytes are and how to know them again.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct ChunkRef {
+    /// Identity: the writer never gives two different contents the same one (the generation
+    /// that first published the chunk, and a count within it).
+    pub id: u64,
+    /// Byte offset: in the segment file, or from the start of an encoded table's bytes.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u32,
+    /// CRC32 of the bytes.
+    pub checksum: u32,
 }
 
 /// An IPv4 or IPv6 address in a fixed-size form (IPv4 in the first four octets).

@@ -13,6 +13,7 @@ pub mod build;
 pub mod fixtures;
 pub mod format;
 pub mod lookup;
+pub mod paged;
 pub mod select;
 pub mod shm;
 pub mod view;
@@ -20,9 +21,10 @@ pub mod wire;
 
 pub use build::{EncodeError, decode, encode};
 pub use format::{FORMAT_VERSION, Table};
+pub use paged::{PAGE_ITEMS, Paged};
 pub use lookup::{ActionId, Headers, Request, Route, Scratch, ServiceId};
 pub use rkyv::util::AlignedVec;
-pub use view::{Router, TableError};
+pub use view::{Intake, Router, TableError};
 
 #[cfg(test)]
 mod tests;

@@ -115,12 +115,12 @@ pub struct ServiceId(pub u32);
 impl Router {
     /// The action `id` names.
     pub fn action(&self, id: ActionId) -> Option<&ArchivedAction> {
-        self.table().actions.get(id.0 as usize)
+        self.action_at(id.0)
     }
 
     /// The Service `id` names.
     pub fn service(&self, id: ServiceId) -> Option<&ArchivedService> {
-        self.table().services.get(id.0 as usize)
+        self.service_at(id.0)
     }
 }
 
@@ -202,16 +202,16 @@ impl Router {
         trace.listener(Some(listener_id));
         let mut vhost = find_host(&listener.vhosts, req.host);
         // Bounded: `view` checked that every fallback index is larger than its own.
-        while let Some((vhost_id, v)) = vhost.and_then(|i| Some((i, table.vhosts.get(i as usize)?)))
+        while let Some((vhost_id, v)) = vhost.and_then(|i| Some((i, self.vhost(i)?)))
         {
             trace.vhost(vhost_id);
             for index in v.matches.iter() {
                 let index = index.to_native();
-                let Some(m) = table.matches.get(index as usize) else { continue };
+                let Some(m) = self.route_match(index) else { continue };
                 let checked = self.check(m, req, headers, scratch);
                 trace.candidate(index, checked.err());
                 if checked.is_ok()
-                    && let Some(action) = table.actions.get(m.action.to_native() as usize)
+                    && let Some(action) = self.action_at(m.action.to_native())
                 {
                     let id = ActionId(m.action.to_native());
                     return Route::Matched { listener, listener_id, id, action, matched: m };

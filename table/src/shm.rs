@@ -45,12 +45,15 @@ use std::time::Duration;
 use memmap2::{MmapOptions, MmapRaw};
 use rkyv::util::AlignedVec;
 
-use crate::format::FORMAT_VERSION;
+use crate::Router;
+use crate::build::Store;
+use crate::format::{ArchivedChunkRef, ChunkRef, FORMAT_VERSION};
+use crate::view::TableError;
 
 /// `b"SLUICEtb"`, little-endian.
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"SLUICEtb");
 /// Layout version of the segment header (the table inside has [`FORMAT_VERSION`]).
-pub const SEGMENT_VERSION: u32 = 1;
+pub const SEGMENT_VERSION: u32 = 2;
 /// `b"SLUICEak"`, little-endian.
 pub const APPLIED_MAGIC: u64 = u64::from_le_bytes(*b"SLUICEak");
 /// Most cores the applied file has room for.
@@ -120,18 +123,31 @@ pub enum ReadError {
         /// What is wrong.
         reason: String,
     },
+    /// The generation's root or a chunk did not validate.
+    #[error("generation {generation}: {error}")]
+    Table {
+        /// The generation.
+        generation: u64,
+        /// Why.
+        error: TableError,
+    },
     /// The writer kept changing the slot while we copied it.
     #[error("segment kept changing during {READ_ATTEMPTS} attempts to copy it")]
     Busy,
 }
 
-/// One copied table generation, ready for [`Router::open_owned`](crate::Router::open_owned).
+/// One generation's root, copied out of the segment (its chunks are read as
+/// [`Router::open_parts`](crate::Router::open_parts) asks for them; see
+/// [`SegmentReader::open_router`]).
 #[derive(Debug)]
 pub struct Snapshot {
     /// Generation the header announced.
     pub generation: u64,
-    /// The table bytes, copied out of the segment.
+    /// The root's bytes, copied out of the segment.
     pub bytes: AlignedVec<16>,
+    /// The seqlocks as they were: the copy and every chunk read after it are good only while
+    /// neither moves.
+    seqs: (u64, usize, u64),
 }
 
 /// A copy of the segment header, read with one `pread`.
@@ -210,6 +226,11 @@ pub struct SegmentWriter {
     generation: u64,
     /// The generation this writer last put in the header (0 in a fresh segment).
     written: u64,
+    /// Extents (offset, length) the active generation uses: nothing is written there.
+    active: Vec<(u64, u64)>,
+    /// Extents of the generation being put together (chunks stored or kept since the last
+    /// publication).
+    pending: Vec<(u64, u64)>,
     _lock: File,
 }
 
@@ -253,6 +274,8 @@ impl SegmentWriter {
             }
             let map = MmapOptions::new().len(PAGE as usize).map_raw(&file)?;
             let generation = header.u64(at::GENERATION);
+            // What the active generation uses is unknown: all of it, until the next one.
+            let active = vec![(PAGE, meta.len().saturating_sub(PAGE))];
             let writer = SegmentWriter {
                 path: path.to_owned(),
                 file,
@@ -260,6 +283,8 @@ impl SegmentWriter {
                 identity: (meta.dev(), meta.ino()),
                 generation,
                 written: generation,
+                active,
+                pending: Vec::new(),
                 _lock: lock,
             };
             writer.store_u32(at::WRITER_PID, std::process::id())?;
@@ -273,6 +298,8 @@ impl SegmentWriter {
             identity,
             generation: 0,
             written: 0,
+            active: Vec::new(),
+            pending: Vec::new(),
             _lock: lock,
         })
     }
@@ -309,12 +336,17 @@ impl SegmentWriter {
         if damage.is_some() {
             let (file, map, identity) = fresh_segment(&self.path)?;
             (self.file, self.map, self.identity, self.written) = (file, map, identity, 0);
+            self.active.clear();
+            self.pending.clear();
         }
         Ok(damage)
     }
 
-    /// Publishes `bytes` as `generation`, which must be larger than the current one.
-    pub fn publish(&mut self, generation: u64, bytes: &[u8]) -> io::Result<()> {
+    /// Publishes `root` (a table's root; its chunks were stored or kept through [`Store`]
+    /// since the last publication) as `generation`, which must be larger than the current
+    /// one. Only the root is written here; the extents of the chunks it names become the
+    /// active generation's.
+    pub fn publish(&mut self, generation: u64, root: &[u8]) -> io::Result<()> {
         if generation <= self.generation {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -324,24 +356,12 @@ impl SegmentWriter {
         let h = Header::read(&self.file).map_err(io::Error::other)?;
         let active = (h.u64(at::ACTIVE) & 1) as usize;
         let target = 1 - active;
-        let (a_off, a_len) = if h.u64(at::GENERATION) == 0 {
-            (PAGE, 0)
-        } else {
-            let a = h.slot(active);
-            (a.offset.max(PAGE), a.len.min(MAX_TABLE_BYTES))
-        };
-        let len = bytes.len() as u64;
-        // Before the active slot if it fits there, else right after it.
-        let offset =
-            if PAGE + len <= a_off { PAGE } else { align_up(a_off + a_len, DATA_ALIGN).max(PAGE) };
+        let len = root.len() as u64;
+        let offset = self.place(len)?;
         let slot = at::SLOTS + target as u64 * at::SLOT_LEN;
         let seq = self.begin_write(slot, h.slot(target).seq)?;
-        let end = offset + len;
-        if self.file.metadata()?.len() < end {
-            self.file.set_len(end)?;
-        }
-        self.file.write_all_at(bytes, offset)?;
-        let checksum = u64::from(crc32fast::hash(bytes));
+        self.file.write_all_at(root, offset)?;
+        let checksum = u64::from(crc32fast::hash(root));
         let mut desc = [0u8; 32];
         for (i, v) in [generation, offset, len, checksum].into_iter().enumerate() {
             put_u64(&mut desc, 8 * i as u64, v);
@@ -356,11 +376,47 @@ impl SegmentWriter {
         self.file.write_all_at(&gen_active, at::GENERATION)?;
         self.store_u64(at::SEQ, hseq + 1)?;
         (self.generation, self.written) = (generation, generation);
+        self.active = std::mem::take(&mut self.pending);
 
         // Only this writer (holding the lock) changes the futex word.
         self.store_u32(at::NOTIFY, h.u32(at::NOTIFY).wrapping_add(1))?;
         futex_wake(self.notify_addr());
         Ok(())
+    }
+
+    /// Forgets what was stored or kept since the last publication (an encoding that failed or
+    /// found nothing changed).
+    pub fn discard(&mut self) {
+        self.pending.clear();
+    }
+
+    /// Bytes the active generation and the one being put together take up (for tests and
+    /// dumps).
+    pub fn in_use(&self) -> u64 {
+        let mut all: Vec<(u64, u64)> = self.active.iter().chain(&self.pending).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        all.iter().map(|(_, len)| len).sum()
+    }
+
+    /// Finds room for `len` bytes that neither the active generation nor the pending one uses
+    /// (first fit), grows the file to hold them, and reserves them for the pending one.
+    fn place(&mut self, len: u64) -> io::Result<u64> {
+        let mut used: Vec<(u64, u64)> = self.active.iter().chain(&self.pending).copied().collect();
+        used.sort_unstable();
+        let mut at = PAGE;
+        for (offset, l) in used {
+            if at + len <= offset {
+                break;
+            }
+            at = at.max(align_up(offset + l, DATA_ALIGN));
+        }
+        let end = at + len;
+        if self.file.metadata()?.len() < end {
+            self.file.set_len(end)?;
+        }
+        self.pending.push((at, len));
+        Ok(at)
     }
 
     /// Marks the start of a seqlock write at `at` whose value was `current`; returns the odd
@@ -383,6 +439,18 @@ impl SegmentWriter {
     fn notify_addr(&self) -> *const u32 {
         // In bounds: the mapping is PAGE bytes and NOTIFY + 4 <= PAGE. Never dereferenced here.
         self.map.as_ptr().wrapping_add(at::NOTIFY as usize).cast()
+    }
+}
+
+impl Store for SegmentWriter {
+    fn store(&mut self, bytes: &[u8]) -> io::Result<u64> {
+        let offset = self.place(bytes.len() as u64)?;
+        self.file.write_all_at(bytes, offset)?;
+        Ok(offset)
+    }
+
+    fn keep(&mut self, chunk: &ChunkRef) {
+        self.pending.push((chunk.offset, u64::from(chunk.len)));
     }
 }
 
@@ -446,14 +514,8 @@ impl SegmentReader {
         }
     }
 
-    /// Copies the published table out of the segment. `Ok(None)` when nothing is published.
+    /// Copies the published root out of the segment. `Ok(None)` when nothing is published.
     pub fn read(&self) -> Result<Option<Snapshot>, ReadError> {
-        self.read_into(AlignedVec::new())
-    }
-
-    /// [`read`](Self::read) into `bytes` (its contents are overwritten): a buffer of an earlier
-    /// generation ([`Router::into_bytes`](crate::Router::into_bytes)) is already mapped.
-    pub fn read_into(&self, mut bytes: AlignedVec<16>) -> Result<Option<Snapshot>, ReadError> {
         // Checked at every intake too: a chmod after lb opened the file counts.
         check_private(&self.path, &self.file.metadata()?)?;
         for _ in 0..READ_ATTEMPTS {
@@ -480,14 +542,13 @@ impl SegmentReader {
                     reason: format!("offset {offset} len {len}"),
                 });
             }
-            bytes.clear();
+            let mut bytes = AlignedVec::<16>::new();
             bytes.resize(len as usize, 0);
             let copied = self.file.read_exact_at(&mut bytes, offset);
+            let snapshot = Snapshot { generation, bytes, seqs: (hseq, active, slot.seq) };
             // The header again: the copy is good only if neither seqlock moved meanwhile.
-            let after = Header::read(&self.file)?;
-            let moved = after.u64(at::SEQ) != hseq || after.slot(active).seq != slot.seq;
             match copied {
-                _ if moved => continue,
+                _ if !self.still(&snapshot)? => continue,
                 Ok(()) => {}
                 // The file is shorter than the descriptor says and the slot did not move: bad.
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
@@ -498,7 +559,7 @@ impl SegmentReader {
                 }
                 Err(e) => return Err(e.into()),
             }
-            let found = crc32fast::hash(&bytes);
+            let found = crc32fast::hash(&snapshot.bytes);
             if u64::from(found) != slot.checksum {
                 return Err(ReadError::Checksum {
                     generation,
@@ -506,7 +567,57 @@ impl SegmentReader {
                     found,
                 });
             }
-            return Ok(Some(Snapshot { generation, bytes }));
+            return Ok(Some(snapshot));
+        }
+        Err(ReadError::Busy)
+    }
+
+    /// Whether `snapshot`'s generation is still the published one, untouched: nothing copied
+    /// since it was taken (its chunks) can be torn.
+    pub fn still(&self, snapshot: &Snapshot) -> Result<bool, ReadError> {
+        let after = Header::read(&self.file)?;
+        let (hseq, active, slot) = snapshot.seqs;
+        Ok(after.u64(at::SEQ) == hseq && after.slot(active).seq == slot)
+    }
+
+    /// Copies `len` bytes at `offset` (a chunk) out of the segment.
+    pub fn read_chunk(&self, offset: u64, len: u32) -> io::Result<AlignedVec<16>> {
+        if offset < PAGE {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "a chunk inside the header"));
+        }
+        let mut bytes = AlignedVec::<16>::new();
+        bytes.resize(len as usize, 0);
+        self.file.read_exact_at(&mut bytes, offset)?;
+        Ok(bytes)
+    }
+
+    /// Reads and validates the published generation: its root, then the chunks `previous`
+    /// does not hold (shared with it otherwise), retried while the writer publishes over the
+    /// copy. `Ok(None)` when nothing is published.
+    pub fn open_router(&self, previous: Option<&Router>) -> Result<Option<Router>, ReadError> {
+        for _ in 0..READ_ATTEMPTS {
+            let Some(mut snapshot) = self.read()? else { return Ok(None) };
+            let mut budget = MAX_TABLE_BYTES.saturating_sub(snapshot.bytes.len() as u64);
+            let mut fetch = |chunk: &ArchivedChunkRef| {
+                let (offset, len) = (chunk.offset.to_native(), chunk.len.to_native());
+                let failed = |reason: String| TableError::Chunk {
+                    id: chunk.id.to_native(),
+                    offset,
+                    len,
+                    reason,
+                };
+                budget = budget
+                    .checked_sub(u64::from(len))
+                    .ok_or_else(|| failed(format!("beyond {MAX_TABLE_BYTES} bytes in all")))?;
+                self.read_chunk(offset, len).map_err(|e| failed(e.to_string()))
+            };
+            let generation = snapshot.generation;
+            let root = std::mem::take(&mut snapshot.bytes);
+            let opened = Router::open_parts(root, Some(generation), previous, &mut fetch);
+            if !self.still(&snapshot)? {
+                continue;
+            }
+            return opened.map(Some).map_err(|e| ReadError::Table { generation, error: e });
         }
         Err(ReadError::Busy)
     }
@@ -883,6 +994,7 @@ fn futex_wake(word: *const u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Table;
 
     fn temp_path(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("sluice-shm-{}-{name}", std::process::id()));
@@ -906,19 +1018,42 @@ mod tests {
         assert!(w.publish(5, b"x").is_err(), "generations only go up");
     }
 
+    /// Fifty generations of a table with one route changed each: every one reads back as the
+    /// table published, the reader reads only the changed chunks (and the root), and the file
+    /// stays within about twice the table.
     #[test]
-    fn a_buffer_read_into_again_holds_exactly_the_new_table() {
-        let path = temp_path("reuse");
+    fn chunked_generations_read_only_what_changed_in_bounded_space() {
+        let path = temp_path("chunks");
         let mut w = SegmentWriter::open(&path).unwrap();
         let r = SegmentReader::open(&path).unwrap();
-        let mut spare = AlignedVec::new();
-        for (generation, len) in [(1u64, 5000usize), (2, 1000), (3, 3000)] {
-            let bytes = vec![generation as u8; len];
-            w.publish(generation, &bytes).unwrap();
-            let snap = r.read_into(spare).unwrap().unwrap();
-            assert_eq!((snap.generation, &snap.bytes[..]), (generation, &bytes[..]));
-            spare = snap.bytes;
+        let mut table = crate::fixtures::sample();
+        let last = table.matches[5].clone();
+        table.matches.extend((0..2000).map(|_| last.clone()));
+        let mut encoder = crate::build::Encoder::default();
+        let mut previous: Option<Router> = None;
+        let mut whole = 0;
+        for generation in 1..=50u64 {
+            let at = (generation as usize * 37) % table.matches.len();
+            table.matches[at].method = Some(format!("M{generation}"));
+            let mut root = encoder.encode(&table, generation, &mut w).unwrap();
+            crate::build::stamp_generation(&mut root, generation).unwrap();
+            w.publish(generation, &root).unwrap();
+            let router = r.open_router(previous.as_ref()).unwrap().unwrap();
+            assert_eq!(router.generation(), generation);
+            let got = router.to_native().unwrap();
+            assert_eq!(Table { generation: 0, ..got }, Table { generation: 0, ..table.clone() });
+            let intake = router.intake();
+            if generation == 1 {
+                whole = router.size();
+                assert_eq!(intake.kept, 0);
+            } else {
+                assert_eq!(intake.read, 1, "generation {generation}: {intake:?}");
+                assert!(intake.bytes < whole / 4, "{intake:?} of {whole}");
+            }
+            previous = Some(router);
         }
+        let file = fs::metadata(&path).unwrap().len();
+        assert!(file < PAGE + 2 * whole as u64 + 64 * 1024, "{file} bytes for a {whole}-byte table");
     }
 
     #[test]

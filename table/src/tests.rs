@@ -93,9 +93,10 @@ fn method_header_query_and_regex_conditions() {
 fn reopening_reuses_regexes_and_behaves_the_same() {
     let first = open(&sample());
     let bytes = encode(&sample()).unwrap();
-    let mut owned = crate::AlignedVec::<16>::new();
-    owned.extend_from_slice(&bytes);
-    let second = Router::open_reusing(owned, None, Some(&first)).unwrap();
+    let second = Router::open_reusing(&bytes, None, Some(&first)).unwrap();
+    // The same chunks (identities, lengths, checksums) at the same places: none read again.
+    assert_eq!(second.intake().read, 0);
+    assert_eq!(second.intake().kept, 5);
     assert_eq!(route_name(&second, "b.example.com", "GET", "/?animal=whale", &NoHeaders), "r3");
     assert_eq!(route_name(&second, "b.example.com", "GET", "/img/7.png", &NoHeaders), "r4");
 }
@@ -124,14 +125,15 @@ fn normalize_host_strips_port_and_case() {
     assert!(normalize_host(&[b'a'; 300], &mut buf).is_none());
 }
 
-/// A generation stamped into the encoded bytes makes exactly the bytes of the table encoded with
-/// it, which open with that generation; too few bytes are refused.
+/// A generation stamped into an encoded root makes exactly the root of the table encoded with
+/// it, which opens with that generation; too few bytes are refused.
 #[test]
 fn a_stamped_generation_is_the_encoded_one() {
     for table in [sample(), Table::default()] {
         let mut bytes = encode(&table).unwrap();
+        let root = crate::build::bundle_root(&bytes).unwrap();
         for generation in [7, u64::MAX, 0x0102_0304_0506_0708] {
-            crate::build::stamp_generation(&mut bytes, generation).unwrap();
+            crate::build::stamp_generation(&mut bytes[root.clone()], generation).unwrap();
             let with = Table { generation, ..table.clone() };
             assert_eq!(bytes.as_slice(), encode(&with).unwrap().as_slice());
             assert_eq!(Router::open(&bytes, Some(generation)).unwrap().generation(), generation);
@@ -140,17 +142,88 @@ fn a_stamped_generation_is_the_encoded_one() {
     assert!(crate::build::stamp_generation(&mut [0; 4], 1).is_err());
 }
 
-/// Encoding into a buffer that held another table (larger or smaller) makes exactly the bytes
-/// of a fresh encoding.
-#[test]
-fn encoding_into_a_used_buffer_is_encoding_afresh() {
-    let (big, small) = (sample(), Table::default());
-    let mut buffer = crate::AlignedVec::new();
-    for table in [&big, &small, &big, &big] {
-        buffer = crate::build::encode_into(table, buffer).unwrap();
-        assert_eq!(buffer.as_slice(), encode(table).unwrap().as_slice());
-        assert!(Router::open(&buffer, None).is_ok());
+/// Stores chunks in memory, counting them.
+#[derive(Default)]
+struct Chunks {
+    bytes: Vec<Vec<u8>>,
+    kept: usize,
+}
+
+impl crate::build::Store for Chunks {
+    fn store(&mut self, bytes: &[u8]) -> std::io::Result<u64> {
+        self.bytes.push(bytes.to_vec());
+        Ok(self.bytes.len() as u64 - 1)
     }
+
+    fn keep(&mut self, _: &ChunkRef) {
+        self.kept += 1;
+    }
+}
+
+/// An encoder stores only the pages that changed since its last table; a page renewed with the
+/// same contents keeps its chunk; what it stores opens as the table it was given.
+#[test]
+fn an_encoder_stores_only_the_pages_that_changed() {
+    let mut table = sample();
+    let six = table.actions.to_vec();
+    table.actions.extend((6..300).map(|i| six[i % 6].clone()));
+    table.wrr_slots = 300;
+    let pages = 1 + 1 + 3 + 1 + 1;
+    let mut encoder = crate::build::Encoder::default();
+    let mut store = Chunks::default();
+    encoder.encode(&table, 1, &mut store).unwrap();
+    assert_eq!((store.bytes.len(), store.kept), (pages, 0));
+    // One action changed: its page is stored again, the others kept.
+    table.actions[200].rule = 9;
+    encoder.encode(&table, 2, &mut store).unwrap();
+    assert_eq!((store.bytes.len(), store.kept), (pages + 1, pages - 1));
+    assert_eq!(encoder.last, crate::build::Reused {
+        kept: pages - 1,
+        stored: 1,
+        bytes: store.bytes[pages].len()
+    });
+    // Renewed to what it was: same bytes as the chunk made for that page, kept.
+    let value = table.actions[200].clone();
+    table.actions[200] = value;
+    encoder.encode(&table, 3, &mut store).unwrap();
+    assert_eq!(store.bytes.len(), pages + 1);
+    // A whole table of fresh pages with the same contents stores nothing either.
+    let fresh = Table { actions: table.actions.to_vec().into(), ..table.clone() };
+    encoder.encode(&fresh, 4, &mut store).unwrap();
+    assert_eq!(store.bytes.len(), pages + 1);
+    let reopened = Router::open(&encode(&table).unwrap(), None).unwrap().to_native().unwrap();
+    assert_eq!(reopened, table);
+}
+
+/// A chunk named again is shared only when everything about it is the same: a new identity,
+/// checksum or place means reading it.
+#[test]
+fn chunks_are_shared_only_when_named_the_same() {
+    let mut table = sample();
+    let last = table.matches[5].clone();
+    table.matches.extend((0..200).map(|_| last.clone()));
+    let first = open(&table);
+    let mut bytes = encode(&table).unwrap();
+    let again = Router::open_reusing(&bytes, None, Some(&first)).unwrap();
+    assert_eq!((again.intake().read, again.intake().kept), (0, 6));
+    // The second match chunk's bytes damaged under the same name: a reader that holds the
+    // chunk does not read it again; one that does not refuses it.
+    let root = crate::build::bundle_root(&bytes).unwrap();
+    let (chunk_at, checksum_at) = {
+        let r = rkyv::access::<ArchivedRoot, rkyv::rancor::Error>(&bytes[root.clone()]).unwrap();
+        let chunk = &r.matches.chunks[1];
+        let at = std::ptr::from_ref(&chunk.checksum) as usize - bytes.as_ptr() as usize;
+        (chunk.offset.to_native() as usize, at)
+    };
+    bytes[chunk_at + 8] ^= 0x40;
+    assert!(Router::open_reusing(&bytes, None, Some(&first)).is_ok());
+    let error = Router::open(&bytes, None).unwrap_err().to_string();
+    assert!(error.contains("match chunk 1") && error.contains("checksum"), "{error}");
+    // Named with another checksum: not the chunk `first` holds, so read, and refused.
+    bytes[chunk_at + 8] ^= 0x40;
+    bytes[checksum_at] ^= 1;
+    let error = Router::open_reusing(&bytes, None, Some(&first)).unwrap_err().to_string();
+    assert!(error.contains("match chunk 1") && error.contains("checksum"), "{error}");
 }
 
 #[test]
@@ -225,27 +298,6 @@ fn lookups_do_not_panic(router: &Router) {
             let _ = router.route(p, &req, &Pairs(&[("x-version", "two")]), &mut scratch);
         }
     }
-}
-
-/// A router's bytes handed back for the next read have its private keys zeroed, as dropping it
-/// does, and everything else as it was.
-#[test]
-fn bytes_handed_back_have_their_keys_zeroed() {
-    let key = vec![0xA5u8; 48];
-    let mut table = sample();
-    table.certificates.push(Certificate {
-        name: "ns/secret".into(),
-        chain: vec![vec![1, 2, 3]],
-        key: key.clone(),
-        key_format: KeyFormat::Pkcs8,
-    });
-    let encoded = encode(&table).unwrap();
-    let at = encoded.windows(key.len()).position(|w| w == key.as_slice()).unwrap();
-    let bytes = open(&table).into_bytes();
-    assert_eq!(bytes.len(), encoded.len());
-    assert!(bytes[at..at + key.len()].iter().all(|&b| b == 0), "the key is zeroed");
-    assert_eq!(&bytes[..at], &encoded[..at], "the rest is untouched");
-    assert_eq!(&bytes[at + key.len()..], &encoded[at + key.len()..]);
 }
 
 proptest! {
