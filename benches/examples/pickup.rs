@@ -5,7 +5,9 @@
 //! cargo build --release -p sluice
 //! cargo run --release -p benches --example pickup -- target/release/sluice 200 5000
 //! ```
-//! Arguments: the sluice binary, rounds, routes in the table. Prints min/median/p99/max.
+//! Arguments: the sluice binary, rounds, routes in the table, and `whole` to publish every chunk
+//! anew each round (as a table without reusable chunks; otherwise one Service changes: one
+//! chunk and the root). Prints min/median/p99/max and the bytes written per round.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a measurement tool: fail loudly")]
 
@@ -19,6 +21,7 @@ fn main() {
     let bin = args.next().unwrap_or_else(|| "target/release/sluice".into());
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
     let routes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10);
+    let whole = args.next().as_deref() == Some("whole");
     let dir = format!("/dev/shm/sluice-pickup-{}", std::process::id());
     let segment = std::path::PathBuf::from(format!("{dir}/table"));
     let mut writer = SegmentWriter::open(&segment).unwrap();
@@ -36,16 +39,23 @@ fn main() {
     }
     let applied = applied_path(&segment);
     let mut samples = Vec::new();
+    let mut encoder = table::build::Encoder::default();
+    let mut written = 0;
     for round in 0..=rounds {
         let generation = writer.generation() + 1;
-        table.generation = generation;
         // A different service name each round: a real change, same shape.
-        if let Some(s) = table.services.first_mut() {
+        if let Some(s) = table.services.get_mut(0) {
             s.name = format!("svc-{round}");
         }
-        let bytes = table::encode(&table).unwrap();
+        if whole {
+            encoder.forget();
+        }
         let start = Instant::now();
-        writer.publish(generation, &bytes).unwrap();
+        writer.discard();
+        let mut root = encoder.encode(&table, generation, &mut writer).unwrap();
+        table::build::stamp_generation(&mut root, generation).unwrap();
+        writer.publish(generation, &root).unwrap();
+        written = root.len() + encoder.last.bytes;
         loop {
             if read_applied(&applied).is_ok_and(|a| a.min() >= generation) {
                 break;
@@ -65,7 +75,7 @@ fn main() {
     samples.sort();
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
     println!(
-        "table pickup, {routes} routes ({} bytes), {} rounds: min {:?} median {:?} p99 {:?} max {:?}",
+        "table pickup (encode, publish, lb intake), {routes} routes ({} bytes, {written} written a round), {} rounds: min {:?} median {:?} p99 {:?} max {:?}",
         table::encode(&table).unwrap().len(),
         samples.len(),
         samples[0],

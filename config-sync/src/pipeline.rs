@@ -110,6 +110,9 @@ impl Pipeline {
                 info!(
                     generation = p.generation,
                     bytes = p.bytes,
+                    written = p.written,
+                    chunks_written = p.chunks.0,
+                    chunks_kept = p.chunks.1,
                     objects = model.len(),
                     listeners,
                     matches,

@@ -13,21 +13,21 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use table::build::{encode_into, stamp_generation};
+use table::build::{Encoder, stamp_generation};
 use table::shm::{SegmentWriter, applied_path, read_applied};
 use table::{AlignedVec, Table};
 use tracing::{info, warn};
 
-/// Owns the segment and the last table published.
+/// Owns the segment, the encoder (which remembers the chunks of the last table) and the last
+/// root published.
 #[derive(Debug)]
 pub(crate) struct Publisher {
     writer: SegmentWriter,
     applied: PathBuf,
-    /// The last table published, encoded at generation 0: a new table is compared as bytes
-    /// (one `memcmp`), and the old one is not kept or dropped as thousands of objects.
+    encoder: Encoder,
+    /// The last root published, at generation 0: a new root is compared as bytes (one
+    /// `memcmp`); it names every chunk, so equal roots are equal tables.
     last: Option<AlignedVec<16>>,
-    /// The bytes of the table before `last` (or of one found unchanged), encoded into next.
-    spare: Option<AlignedVec<16>>,
 }
 
 /// What one publication did.
@@ -35,15 +35,24 @@ pub(crate) struct Publisher {
 pub(crate) struct Published {
     /// The new generation.
     pub generation: u64,
-    /// Table size in bytes.
+    /// Table size in bytes (root and chunks).
     pub bytes: usize,
+    /// Bytes written: the root and the chunks that changed.
+    pub written: usize,
+    /// Chunks written and kept.
+    pub chunks: (usize, usize),
 }
 
 impl Publisher {
     /// Opens (or creates) the segment at `segment`.
     pub(crate) fn open(segment: &Path) -> io::Result<Publisher> {
         let writer = SegmentWriter::open(segment)?;
-        Ok(Publisher { writer, applied: applied_path(segment), last: None, spare: None })
+        Ok(Publisher {
+            writer,
+            applied: applied_path(segment),
+            encoder: Encoder::default(),
+            last: None,
+        })
     }
 
     /// Path of lb's applied file.
@@ -51,18 +60,30 @@ impl Publisher {
         &self.applied
     }
 
-    /// Publishes `table` unless it equals the last one (and the segment is intact). Returns
-    /// the new generation.
+    /// Publishes `table` unless it equals the last one (and the segment is intact): encodes
+    /// the pages that changed into chunks of the segment, then the root. Returns the new
+    /// generation.
     pub(crate) fn publish(&mut self, table: &Table) -> io::Result<Option<Published>> {
-        let spare = self.spare.take().unwrap_or_default();
-        let mut bytes = encode_into(table, spare).map_err(io::Error::other)?;
-        stamp_generation(&mut bytes, 0).map_err(io::Error::other)?;
         let repaired = self.check_segment()?;
-        if self.last.as_deref() == Some(bytes.as_slice()) && !repaired {
-            self.spare = Some(bytes);
+        if repaired {
+            self.encoder.forget();
+        }
+        self.writer.discard();
+        let epoch = self.writer.generation() + 1;
+        let root = match self.encoder.encode(table, epoch, &mut self.writer) {
+            Ok(root) => root,
+            Err(e) => {
+                // Whatever it stored is not in the segment's books: start over next time.
+                self.encoder.forget();
+                self.writer.discard();
+                return Err(io::Error::other(e));
+            }
+        };
+        if self.last.as_deref() == Some(root.as_slice()) && !repaired {
+            self.writer.discard();
             return Ok(None);
         }
-        self.write(bytes).map(Some)
+        self.write(root).map(Some)
     }
 
     /// Checks the segment and, when it was damaged, puts a fresh one in place and republishes
@@ -71,9 +92,14 @@ impl Publisher {
         if !self.check_segment()? {
             return Ok(None);
         }
-        match self.last.take() {
-            Some(table) => self.write(table).map(Some),
-            None => Ok(None),
+        let Some(last) = self.last.take() else { return Ok(None) };
+        self.writer.discard();
+        match self.encoder.restore(&last, &mut self.writer) {
+            Ok(root) => self.write(root).map(Some),
+            Err(e) => {
+                self.encoder.forget();
+                Err(io::Error::other(e))
+            }
         }
     }
 
@@ -91,15 +117,22 @@ impl Publisher {
         }
     }
 
-    /// Publishes `bytes` (a table encoded at generation 0) under the next generation.
-    fn write(&mut self, mut bytes: AlignedVec<16>) -> io::Result<Published> {
+    /// Publishes `root` (encoded at generation 0; its chunks are in the segment) under the
+    /// next generation.
+    fn write(&mut self, mut root: AlignedVec<16>) -> io::Result<Published> {
         let generation = self.writer.generation() + 1;
-        stamp_generation(&mut bytes, generation).map_err(io::Error::other)?;
-        self.writer.publish(generation, &bytes)?;
-        stamp_generation(&mut bytes, 0).map_err(io::Error::other)?;
-        let len = bytes.len();
-        self.spare = self.last.replace(bytes);
-        Ok(Published { generation, bytes: len })
+        stamp_generation(&mut root, generation).map_err(io::Error::other)?;
+        self.writer.publish(generation, &root)?;
+        stamp_generation(&mut root, 0).map_err(io::Error::other)?;
+        let reused = self.encoder.last;
+        let published = Published {
+            generation,
+            bytes: root.len() + self.encoder.size(),
+            written: root.len() + reused.bytes,
+            chunks: (reused.stored, reused.kept),
+        };
+        self.last = Some(root);
+        Ok(published)
     }
 }
 
@@ -187,8 +220,8 @@ mod tests {
     }
 
     fn read(path: &Path) -> (u64, Table) {
-        let snapshot = SegmentReader::open(path).unwrap().read().unwrap().unwrap();
-        (snapshot.generation, table::decode(&snapshot.bytes).unwrap())
+        let router = SegmentReader::open(path).unwrap().open_router(None).unwrap().unwrap();
+        (router.generation(), router.to_native().unwrap())
     }
 
     #[test]

@@ -18,7 +18,7 @@ use table::format::{
     ArchivedValueMatch,
 };
 use table::lookup::{Failed, MAX_HOST, Trace, normalize_host};
-use table::{Headers, Router};
+use table::{ActionId, Headers, Router, ServiceId};
 
 use crate::exchange::{self, Decision, Routed};
 use crate::upstream::CoreTable;
@@ -159,7 +159,7 @@ pub fn explain(router: &Arc<Router>, q: &Question) -> Result<Value, String> {
     doc["virtual_hosts"] = steps
         .vhosts
         .iter()
-        .filter_map(|&v| t.vhosts.get(v as usize))
+        .filter_map(|&v| router.vhost(v))
         .map(|v| json!(if v.hostname.is_empty() { "(any)" } else { v.hostname.as_str() }))
         .collect();
     let mut winner = None;
@@ -167,8 +167,8 @@ pub fn explain(router: &Arc<Router>, q: &Question) -> Result<Value, String> {
         .candidates
         .iter()
         .filter_map(|&(i, failed)| {
-            let m = t.matches.get(i as usize)?;
-            let action = t.actions.get(m.action.to_native() as usize)?;
+            let m = router.route_match(i)?;
+            let action = router.action(ActionId(m.action.to_native()))?;
             if failed.is_none() {
                 winner = Some(action);
             }
@@ -253,7 +253,7 @@ fn value_text(router: &Router, v: &ArchivedValueMatch) -> String {
 }
 
 fn regex(router: &Router, index: u32) -> String {
-    router.table().regexes.get(index as usize).map_or_else(|| "?".into(), |r| r.as_str().to_owned())
+    router.regex_pattern(index).map_or_else(|| "?".into(), str::to_owned)
 }
 
 fn describe_match(router: &Router, m: &ArchivedRouteMatch) -> String {
@@ -358,7 +358,7 @@ fn describe_action(router: &Router, a: &ArchivedAction) -> Value {
         }}));
     }
     for m in a.mirrors.iter() {
-        let service = router.table().services.get(m.service.to_native() as usize);
+        let service = router.service(ServiceId(m.service.to_native()));
         filters.push(json!({ "RequestMirror": {
             "service": service.map(|s| s.name.as_str()),
             "percent": f64::from(m.per_million.to_native()) / 10_000.0,
@@ -385,7 +385,7 @@ fn describe_action(router: &Router, a: &ArchivedAction) -> Value {
                         if total == 0 { 0.0 } else { f64::from(weight) * 100.0 / total as f64 };
                     match &b.target {
                         ArchivedBackendTarget::Service(s) => {
-                            let service = router.table().services.get(s.to_native() as usize);
+                            let service = router.service(ServiceId(s.to_native()));
                             json!({
                                 "service": service.map(|s| s.name.as_str()),
                                 "weight": weight,

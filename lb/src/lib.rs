@@ -344,10 +344,9 @@ async fn core_main(
         if current.as_ref().is_none_or(|c| !Arc::ptr_eq(&c.router, &router)) {
             let (tls, labels) = (Arc::clone(&next.tls), Arc::clone(&next.labels));
             core.swap(Rc::new(upstream::CoreTable::new(Arc::clone(&router), tls, labels)));
-            let table = router.table();
             let now = core.wheel.now();
             let in_table = |addr: &std::net::SocketAddr| {
-                table.services.iter().any(|s| s.endpoints.iter().any(|e| e.socket_addr() == *addr))
+                router.services().any(|s| s.endpoints.iter().any(|e| e.socket_addr() == *addr))
             };
             core.pool.borrow_mut().prune(now, in_table);
             core.h2_pool.borrow_mut().prune(now, core.pool_idle_ticks(), in_table);

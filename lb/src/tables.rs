@@ -30,9 +30,6 @@ use tracing::{error, info, warn};
 /// futex wait times out at this interval; publications wake it at once).
 const RECHECK: Duration = Duration::from_millis(100);
 
-/// How long the watcher keeps the generation before the served one for its buffer.
-const RETIRED_KEEP: Duration = Duration::from_secs(1);
-
 /// A validated table and what was built from it for every core: the TLS configuration of
 /// its ports (certificates parsed once per process, not per core).
 #[derive(Debug, Clone)]
@@ -115,10 +112,6 @@ fn watch(
         info!(segment = %path.display(), "table segment opened");
         let mut delivered = 0u64;
         let mut last: Option<Arc<Router>> = None;
-        // The generation before `last`: once no core holds it, its buffer takes the next one
-        // (already faulted in; a fresh 2 MB buffer's page faults were half of an intake). Let
-        // go after `RETIRED_KEEP` without a new table, so an idle lb holds one table.
-        let mut retired: Option<(Arc<Router>, Instant)> = None;
         let mut refused = 0u64;
         let mut damaged = false;
         loop {
@@ -142,62 +135,50 @@ fn watch(
             };
             if published != 0 && published != delivered && published != refused {
                 let started = Instant::now();
-                let spare = retired.take().and_then(|(r, _)| Arc::try_unwrap(r).ok());
-                match reader.read_into(spare.map(Router::into_bytes).unwrap_or_default()) {
-                    Ok(Some(snap)) => {
-                        let generation = snap.generation;
-                        let bytes = snap.bytes.len();
-                        match Router::open_reusing(snap.bytes, Some(generation), last.as_deref()) {
-                            Ok(router) => {
-                                let router = Arc::new(router);
-                                retired = last.replace(Arc::clone(&router)).map(|r| (r, started));
-                                let tls = Arc::new(tls::build(&router, shared, &mut keys));
-                                let labels = match metrics.names.lock() {
-                                    Ok(mut names) => names.label(router.table()),
-                                    Err(poisoned) => poisoned.into_inner().label(router.table()),
-                                };
-                                let labels = Arc::new(labels);
-                                let generation_of = Generation { router, tls, labels };
-                                for core in cores {
-                                    let _ = core.unbounded_send(generation_of.clone());
-                                }
-                                info!(
-                                    generation,
-                                    bytes,
-                                    micros = started.elapsed().as_micros() as u64,
-                                    "table validated"
-                                );
-                                delivered = generation;
-                                metrics.table.validated.inc();
-                                if let Ok(mut served) = metrics.served.lock() {
-                                    *served = last.clone();
-                                }
-                                metrics.table.last_size.set(bytes as u64);
-                            }
-                            Err(e) => {
-                                error!(
-                                    generation,
-                                    "table refused: {e}; keeping generation {delivered}"
-                                );
-                                metrics.table.refused.inc();
-                                refused = generation;
-                            }
+                match reader.open_router(last.as_deref()) {
+                    Ok(Some(router)) => {
+                        let generation = router.generation();
+                        let (bytes, intake) = (router.size(), router.intake());
+                        let router = Arc::new(router);
+                        last = Some(Arc::clone(&router));
+                        let tls = Arc::new(tls::build(&router, shared, &mut keys));
+                        let labels = match metrics.names.lock() {
+                            Ok(mut names) => names.label(&router),
+                            Err(poisoned) => poisoned.into_inner().label(&router),
+                        };
+                        let labels = Arc::new(labels);
+                        let generation_of = Generation { router, tls, labels };
+                        for core in cores {
+                            let _ = core.unbounded_send(generation_of.clone());
                         }
+                        info!(
+                            generation,
+                            bytes,
+                            read = intake.bytes,
+                            chunks_read = intake.read,
+                            chunks_kept = intake.kept,
+                            micros = started.elapsed().as_micros() as u64,
+                            "table validated"
+                        );
+                        delivered = generation;
+                        metrics.table.validated.inc();
+                        if let Ok(mut served) = metrics.served.lock() {
+                            *served = last.clone();
+                        }
+                        metrics.table.last_size.set(bytes as u64);
                     }
                     Ok(None) => {}
                     Err(ReadError::Busy) => continue,
                     Err(e) => {
-                        error!(
-                            generation = published,
-                            "table refused: {e}; keeping generation {delivered}"
-                        );
+                        let generation = match &e {
+                            ReadError::Table { generation, .. } => *generation,
+                            _ => published,
+                        };
+                        error!(generation, "table refused: {e}; keeping generation {delivered}");
                         metrics.table.refused.inc();
-                        refused = published;
+                        refused = generation;
                     }
                 }
-            }
-            if retired.as_ref().is_some_and(|(_, at)| at.elapsed() >= RETIRED_KEEP) {
-                retired = None;
             }
             if reader.replaced() {
                 info!(segment = %path.display(), "segment file replaced; reopening");

@@ -578,7 +578,7 @@ fn rss(pid: u32) -> u64 {
 }
 
 fn segment_table_bytes(segment: &Path) -> Option<usize> {
-    table::shm::SegmentReader::open(segment).ok()?.read().ok()?.map(|s| s.bytes.len())
+    table::shm::SegmentReader::open(segment).ok()?.open_router(None).ok()?.map(|r| r.size())
 }
 
 /// The `micros=` of config-sync's last "published" log line.

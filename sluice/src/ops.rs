@@ -163,15 +163,14 @@ pub(crate) fn explain(a: &ExplainArgs) -> Result<(), String> {
             let path = table.clone().unwrap_or_else(|| PathBuf::from(crate::DEFAULT_TABLE));
             let reader =
                 SegmentReader::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let snap = loop {
-                match reader.read() {
-                    Ok(Some(s)) => break s,
+            loop {
+                match reader.open_router(None) {
+                    Ok(Some(router)) => break router,
                     Ok(None) => return Err(format!("{}: no table published yet", path.display())),
                     Err(table::shm::ReadError::Busy) => continue,
                     Err(e) => return Err(format!("{}: {e}", path.display())),
                 }
-            };
-            table::Router::open(&snap.bytes, Some(snap.generation)).map_err(|e| e.to_string())?
+            }
         }
     };
     let (method, url) = match a.request.split_once(' ') {

@@ -817,8 +817,8 @@ fn a_thousand_table_swaps_under_load_fail_no_request() {
     env.start(port, &[]);
     // config-sync steps aside; this test publishes itself.
     env.kill("config-sync");
-    let current = table::shm::SegmentReader::open(&env.table).unwrap().read().unwrap().unwrap();
-    let base = table::decode(&current.bytes).unwrap();
+    let current = table::shm::SegmentReader::open(&env.table).unwrap().open_router(None);
+    let base = current.unwrap().unwrap().to_native().unwrap();
     let mut writer = table::shm::SegmentWriter::open(&env.table).unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -826,11 +826,9 @@ fn a_thousand_table_swaps_under_load_fail_no_request() {
     let start = Instant::now();
     let first = writer.generation() + 1;
     for generation in first..first + 1000 {
-        // A different table each time (its generation is inside it): lb must open, validate
-        // and swap every one it sees.
-        let mut t = base.clone();
-        t.generation = generation;
-        writer.publish(generation, &table::encode(&t).unwrap()).unwrap();
+        // A different table each time (its generation is inside it, every chunk written anew):
+        // lb must open, validate and swap every one it sees.
+        writer.publish_table(generation, &base).unwrap();
         std::thread::sleep(Duration::from_millis(2));
     }
     env.wait_applied(first + 999);

@@ -108,9 +108,47 @@ impl Encoder {
     }
 
     /// Forgets every chunk: the next table is stored whole (the store lost them: a fresh
-    /// segment).
+    /// segment, or a store that failed).
     pub fn forget(&mut self) {
         self.made = Default::default();
+    }
+
+    /// Bytes of every chunk of the last table.
+    pub fn size(&self) -> usize {
+        self.made.iter().flatten().map(|m| m.bytes.len()).sum()
+    }
+
+    /// Stores every chunk of `root` — the last root this encoder made — again, into a store
+    /// that lost them (a fresh segment), and returns the root naming their new places.
+    pub fn restore(
+        &mut self,
+        root: &[u8],
+        store: &mut dyn Store,
+    ) -> Result<AlignedVec<16>, EncodeError> {
+        let mut aligned = AlignedVec::<16>::with_capacity(root.len());
+        aligned.extend_from_slice(root);
+        let mut native = rkyv::from_bytes::<Root, rancor::Error>(&aligned)
+            .map_err(|e| EncodeError(e.to_string()))?;
+        let lists = [
+            &mut native.vhosts,
+            &mut native.matches,
+            &mut native.actions,
+            &mut native.services,
+            &mut native.regexes,
+        ];
+        for (made, list) in self.made.iter_mut().zip(lists) {
+            if made.len() != list.chunks.len() {
+                return Err(EncodeError("the root is not the encoder's last".into()));
+            }
+            for (m, chunk) in made.iter_mut().zip(&mut list.chunks) {
+                if m.chunk.id != chunk.id {
+                    return Err(EncodeError("the root is not the encoder's last".into()));
+                }
+                let offset = store.store(&m.bytes).map_err(|e| EncodeError(e.to_string()))?;
+                (m.chunk.offset, chunk.offset) = (offset, offset);
+            }
+        }
+        rkyv::to_bytes::<rancor::Error>(&native).map_err(|e| EncodeError(e.to_string()))
     }
 }
 

@@ -69,6 +69,11 @@ impl<T> Paged<T> {
         self.touch(from..self.items.len());
     }
 
+    /// Reserves room for `more` items.
+    pub fn reserve(&mut self, more: usize) {
+        self.items.reserve(more);
+    }
+
     /// Appends `item`.
     pub fn push(&mut self, item: T) {
         self.items.push(item);
@@ -144,9 +149,9 @@ impl<T> Deref for Paged<T> {
     }
 }
 
-impl<T> std::ops::Index<usize> for Paged<T> {
-    type Output = T;
-    fn index(&self, i: usize) -> &T {
+impl<T, I: std::slice::SliceIndex<[T]>> std::ops::Index<I> for Paged<T> {
+    type Output = I::Output;
+    fn index(&self, i: I) -> &I::Output {
         &self.items[i]
     }
 }

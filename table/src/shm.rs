@@ -384,6 +384,18 @@ impl SegmentWriter {
         Ok(())
     }
 
+    /// Publishes `table` whole as `generation`: every chunk written anew (for tools and tests;
+    /// config-sync keeps an [`Encoder`](crate::build::Encoder) so that it writes only what
+    /// changed).
+    pub fn publish_table(&mut self, generation: u64, table: &crate::Table) -> io::Result<()> {
+        self.discard();
+        let mut root = crate::build::Encoder::default()
+            .encode(table, generation, self)
+            .map_err(io::Error::other)?;
+        crate::build::stamp_generation(&mut root, generation).map_err(io::Error::other)?;
+        self.publish(generation, &root)
+    }
+
     /// Forgets what was stored or kept since the last publication (an encoding that failed or
     /// found nothing changed).
     pub fn discard(&mut self) {

@@ -332,12 +332,19 @@ impl<'m> Compiler<'m> {
 
 /// Gives each forwarding action its place in the weighted-round-robin state; returns the
 /// state's size (`Table::wrr_slots`).
-pub(super) fn wrr_offsets(actions: &mut [t::Action]) -> u32 {
+pub(super) fn wrr_offsets(actions: &mut t::Paged<t::Action>) -> u32 {
     let mut wrr = 0u32;
-    for a in actions {
-        if let t::ActionKind::Forward { backends, wrr_offset } = &mut a.kind {
-            *wrr_offset = wrr;
-            wrr += backends.len() as u32;
+    for i in 0..actions.len() {
+        if let t::ActionKind::Forward { backends, wrr_offset } = &actions[i].kind {
+            let (count, at) = (backends.len() as u32, *wrr_offset);
+            // Written only where it moves: an unchanged action keeps its page.
+            if at != wrr
+                && let Some(t::ActionKind::Forward { wrr_offset, .. }) =
+                    actions.get_mut(i).map(|a| &mut a.kind)
+            {
+                *wrr_offset = wrr;
+            }
+            wrr += count;
         }
     }
     wrr
@@ -348,8 +355,8 @@ pub(super) fn wrr_offsets(actions: &mut [t::Action]) -> u32 {
 /// fallback points forward.
 pub(super) fn build_vhosts(
     hosts: BTreeMap<String, Vec<Entry<'_>>>,
-    vhosts: &mut Vec<t::VirtualHost>,
-    matches: &mut Vec<t::RouteMatch>,
+    vhosts: &mut t::Paged<t::VirtualHost>,
+    matches: &mut t::Paged<t::RouteMatch>,
     landed: &mut [u32],
 ) -> t::HostIndex {
     // Taken whole, in the table's order: each name moves into its virtual host, no copies.

@@ -459,7 +459,7 @@ impl<'m> Compiler<'m> {
         let regex = |old: u32| regexes.iter().find(|(o, _)| *o == old).map_or(old, |(_, n)| *n);
         let base = self.actions.len() as u32;
         let (from, to) = (f.action_base as usize, (f.action_base + f.actions) as usize);
-        for a in &mut previous.actions[from..to] {
+        for a in previous.actions.range_mut(from..to).into_iter().flatten() {
             let mut a = std::mem::replace(a, vacant_action());
             if let t::ActionKind::Forward { backends, .. } = &mut a.kind {
                 for b in backends {

@@ -348,13 +348,13 @@ struct Compiler<'m> {
     /// Keyed by (namespace, name) so a route's parentRef looks its Gateway up without
     /// allocating a `Key`.
     gateway_listeners: BTreeMap<(&'m str, &'m str), (&'m Key, Vec<usize>)>,
-    actions: Vec<t::Action>,
-    services: Vec<t::Service>,
+    actions: t::Paged<t::Action>,
+    services: t::Paged<t::Service>,
     /// By the Service object's address, port and protocol.
     service_index: HashMap<(usize, i32, t::UpstreamProtocol), u32, foldhash::fast::RandomState>,
     /// The kind of the route being compiled.
     route_kind: RouteKind,
-    regexes: Vec<String>,
+    regexes: t::Paged<String>,
     regex_index: HashMap<String, u32, foldhash::fast::RandomState>,
     /// Bind addresses per Gateway (`None`: lb's default).
     gateway_addresses: HashMap<&'m Key, Vec<Option<IpAddr>>>,
@@ -387,11 +387,11 @@ impl<'m> Compiler<'m> {
             classes: BTreeSet::new(),
             listeners: Vec::new(),
             gateway_listeners: BTreeMap::new(),
-            actions: Vec::new(),
-            services: Vec::new(),
+            actions: t::Paged::new(),
+            services: t::Paged::new(),
             service_index: HashMap::default(),
             route_kind: RouteKind::Http,
-            regexes: Vec::new(),
+            regexes: t::Paged::new(),
             regex_index: HashMap::default(),
             gateway_addresses: HashMap::new(),
             unusable_addresses: HashMap::new(),

@@ -226,8 +226,8 @@ impl Incremental {
         for address in removed {
             let f = fragments.remove(&address)?;
             let (from, count) = (f.action_base as usize, f.actions as usize);
-            for a in c.actions.get_mut(from..from + count)? {
-                *a = vacant_action();
+            for a in c.actions.range_mut(from..from + count)? {
+                *a = hollow(a);
             }
             kept.holes += count;
             for e in &f.entries {
@@ -362,6 +362,25 @@ fn ranks_of(
     ranks
 }
 
+/// What a patch leaves where it took a route's action out: no route (no metrics series), and a
+/// forward to weight-0 backends that holds the action's weighted-state slots, so the later
+/// actions keep their offsets — and their chunks of the encoded table stay as they were.
+fn hollow(a: &t::Action) -> t::Action {
+    let mut hollow = vacant_action();
+    if let t::ActionKind::Forward { backends, wrr_offset } = &a.kind {
+        let never = || t::WeightedBackend {
+            weight: 0,
+            request_headers: t::HeaderEdits::default(),
+            target: t::BackendTarget::Status(500),
+        };
+        hollow.kind = t::ActionKind::Forward {
+            backends: backends.iter().map(|_| never()).collect(),
+            wrr_offset: *wrr_offset,
+        };
+    }
+    hollow
+}
+
 /// What a patch leaves where it took a route's match out: listed by no virtual host, valid for
 /// lb's checks (its action, 0, exists while any match does).
 fn hole_match() -> t::RouteMatch {
@@ -457,8 +476,13 @@ fn shift_vhosts(table: &mut t::Table, from: u32, moved: impl Fn(u32) -> u32) {
         index.exact.iter_mut().chain(&mut index.wildcard).for_each(|e| shift(&mut e.target));
         index.any.iter_mut().for_each(&mut shift);
     }
-    for v in &mut table.vhosts {
-        v.fallback.iter_mut().for_each(&mut shift);
+    // Only the virtual hosts that change: the others' chunks stay as they are.
+    for v in 0..table.vhosts.len() {
+        if table.vhosts[v].fallback.is_some_and(|f| f >= from)
+            && let Some(fallback) = table.vhosts.get_mut(v).and_then(|v| v.fallback.as_mut())
+        {
+            shift(fallback);
+        }
     }
 }
 
@@ -472,7 +496,10 @@ fn refallback(table: &mut t::Table, ti: usize) {
     let start = first_vhost(table, ti);
     let count = vhost_count(&table.listeners[ti].vhosts);
     let index = &table.listeners[ti].vhosts;
-    for v in &mut table.vhosts[start..start + count] {
-        v.fallback = fallback_in(index, &v.hostname);
+    for v in start..start + count {
+        let fallback = fallback_in(index, &table.vhosts[v].hostname);
+        if table.vhosts[v].fallback != fallback {
+            table.vhosts[v].fallback = fallback;
+        }
     }
 }

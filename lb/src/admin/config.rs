@@ -22,10 +22,11 @@ pub(super) fn dump(served: Option<&table::Router>, registry: &Registry, query: &
             "bytes": router.size(),
             "ports": t.ports.len(),
             "listeners": t.listeners.len(),
-            "virtual_hosts": t.vhosts.len(),
-            "matches": t.matches.len(),
-            "actions": t.actions.len(),
-            "services": t.services.len(),
+            "virtual_hosts": t.vhosts.len.to_native(),
+            "matches": t.matches.len.to_native(),
+            "actions": t.actions.len.to_native(),
+            "services": t.services.len.to_native(),
+            "regexes": t.regexes.len.to_native(),
             "certificates": t.certificates.len(),
         })
     } else {

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use table::format::ArchivedTable;
+use table::Router;
 
 use crate::clock::{self, Stamp};
 
@@ -559,7 +559,8 @@ impl Names {
     }
 
     /// Slots for a new generation's listeners, rules and Services.
-    pub(crate) fn label(&mut self, table: &ArchivedTable) -> Labels {
+    pub(crate) fn label(&mut self, router: &Router) -> Labels {
+        let table = router.table();
         let now = Instant::now();
         let (listener, l_reused) = self
             .listeners
@@ -568,7 +569,7 @@ impl Names {
         // An action without a route is a hole config-sync left patching the table: no
         // match leads there, it gets no series.
         let (route, r_reused) = self.routes.assign(
-            table.actions.iter().map(|a| {
+            router.actions().map(|a| {
                 let named = routes && !a.route.is_empty();
                 named.then(|| (a.route.as_str().to_owned(), a.rule.to_native()))
             }),
@@ -576,7 +577,7 @@ impl Names {
         );
         let backends = self.detail.backends;
         let (backend, b_reused) = self.backends.assign(
-            table.services.iter().map(|s| backends.then(|| s.name.as_str().to_owned())),
+            router.services().map(|s| backends.then(|| s.name.as_str().to_owned())),
             now,
         );
         Labels {

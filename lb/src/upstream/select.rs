@@ -53,7 +53,7 @@ impl CoreTable {
     ) -> CoreTable {
         let t = router.table();
         let wrr = vec![0; t.wrr_slots.to_native() as usize];
-        let rr = vec![0; t.services.len()];
+        let rr = vec![0; t.services.len.to_native() as usize];
         let scratch = router.scratch();
         CoreTable {
             router,
@@ -205,7 +205,7 @@ mod tests {
     #[test]
     fn weights_spread_smoothly_and_zero_weights_get_nothing() {
         let t = table();
-        let kind = &t.router.table().actions[0].kind;
+        let kind = &t.router.action(table::ActionId(0)).unwrap().kind;
         let picks: Vec<Target> = (0..10).map(|_| t.select(kind)).collect();
         let count = |f: &dyn Fn(&Target) -> bool| picks.iter().filter(|p| f(p)).count();
         let to = |s: u32| move |p: &Target| matches!(p, Target::Service { service, .. } if service.0 == s);
@@ -217,7 +217,7 @@ mod tests {
         // Smooth: never three picks of service 0 in a row.
         assert!(!picks.windows(3).any(|w| w.iter().all(to(0))), "{picks:?}");
         // Every weight zero: the spec's 500.
-        assert_eq!(t.select(&t.router.table().actions[1].kind), Target::Status(500));
+        assert_eq!(t.select(&t.router.action(table::ActionId(1)).unwrap().kind), Target::Status(500));
     }
 
     #[test]

@@ -41,7 +41,7 @@ proptest! {
         let hosts: BTreeMap<String, Vec<_>> = names.iter().map(|n| (n.clone(), Vec::new())).collect();
         // Two virtual hosts of an earlier listener before these: positions are offset.
         let earlier = table::format::VirtualHost { hostname: "x".into(), matches: Vec::new(), fallback: None };
-        let (mut vhosts, mut matches) = (vec![earlier; 2], Vec::new());
+        let (mut vhosts, mut matches) = (table::Paged::from(vec![earlier; 2]), table::Paged::new());
         let index = build_vhosts(hosts, &mut vhosts, &mut matches, &mut []);
         let built: Vec<String> = vhosts[2..].iter().map(|v| v.hostname.clone()).collect();
         let mut expected: Vec<String> = names.iter().cloned().collect();
