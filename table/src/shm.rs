@@ -5,17 +5,22 @@
 //!
 //! ```text
 //! 0      header page (4 KiB): magic, segment and table format versions, futex word, header
-//!        seqlock, published generation and active slot, two slot descriptors
-//! 4096.. slot data: two regions (A/B), placed so the slot being written never overlaps the
-//!        active one
+//!        seqlock, published generation and active slot, two slot descriptors (each names
+//!        a generation's root)
+//! 4096.. roots and chunks, wherever the writer found room: nothing the active generation
+//!        uses is ever overwritten
 //! ```
 //!
-//! The writer fills the inactive slot under that slot's seqlock (odd while writing), then
-//! switches `active`/`generation` under the header seqlock, bumps the futex word and wakes
-//! waiters. A reader copies the header and then the active slot out with `pread`, then re-reads
-//! the header: if either sequence number moved, the copy may be torn and it retries. A CRC32 of
-//! the slot catches what the protocol cannot (a buggy or hostile writer); the copy then goes
-//! through full validation in `view`.
+//! A generation is a root (ports, listeners, certificates, and for each paged vector the list
+//! of its chunks: identity, offset, length, CRC32) and the chunks it names. The writer stores
+//! the chunks that changed in space the active generation does not use (first fit; the file
+//! grows when nothing fits), writes the root into the inactive slot under that slot's seqlock
+//! (odd while writing), then switches `active`/`generation` under the header seqlock, bumps
+//! the futex word and wakes waiters. A reader copies the header and the active root out with
+//! `pread`, then every chunk the root names that it does not already hold, then re-reads the
+//! header: if either sequence number moved, something it copied may have been overwritten and
+//! it retries. CRC32s of the root and of each chunk catch what the protocol cannot (a buggy or
+//! hostile writer); the copy then goes through full validation in `view`.
 //!
 //! **No byte of either file is ever dereferenced through a mapping.** Anyone may truncate,
 //! shrink, grow, replace or delete these files while both processes run; a load from a mapped
