@@ -47,7 +47,9 @@ pub struct Router {
     actions: Vec<Arc<Chunk<ArchivedAction>>>,
     services: Vec<Arc<Chunk<ArchivedService>>>,
     regexes: Vec<Arc<Chunk<ArchivedString>>>,
-    compiled: Vec<meta::Regex>,
+    /// The compiled regexes, by chunk of `regexes` (shared with the generations that share
+    /// the chunk: cloning a compiled regex costs allocations, sharing it an increment).
+    compiled: Vec<Arc<[meta::Regex]>>,
     intake: Intake,
 }
 
@@ -418,11 +420,12 @@ impl Router {
     }
 
     pub(crate) fn regex(&self, index: u32) -> Option<&meta::Regex> {
-        self.compiled.get(index as usize)
+        let index = index as usize;
+        self.compiled.get(index / PAGE_ITEMS)?.get(index % PAGE_ITEMS)
     }
 
     pub(crate) fn regex_count(&self) -> usize {
-        self.compiled.len()
+        self.table().regexes.len.to_native() as usize
     }
 
     /// Zeroes the private keys in the root's bytes.
@@ -460,7 +463,7 @@ impl std::fmt::Debug for Router {
         f.debug_struct("Router")
             .field("generation", &self.generation())
             .field("bytes", &self.size())
-            .field("regexes", &self.compiled.len())
+            .field("regexes", &self.regex_count())
             .field("intake", &self.intake)
             .finish()
     }
@@ -472,35 +475,39 @@ fn aligned(bytes: &[u8]) -> AlignedVec<16> {
     owned
 }
 
-/// Compiles the regexes, taking those of chunks shared with `previous` from it, and of other
-/// patterns it had by pattern.
+/// Compiles the regexes, chunk by chunk: a chunk shared with `previous` shares its compiled
+/// regexes too; in another, a pattern `previous` had is taken from it.
 fn compile_regexes(
     chunks: &[Arc<Chunk<ArchivedString>>],
     previous: Option<&Router>,
-) -> Result<Vec<meta::Regex>, TableError> {
+) -> Result<Vec<Arc<[meta::Regex]>>, TableError> {
     let mut known: Option<HashMap<&str, &meta::Regex>> = None;
-    let mut out = Vec::with_capacity(chunks.len() * PAGE_ITEMS);
+    let mut out = Vec::with_capacity(chunks.len());
     for (k, chunk) in chunks.iter().enumerate() {
-        let base = k * PAGE_ITEMS;
         if let Some(p) = previous
             && p.regexes.get(k).is_some_and(|same| Arc::ptr_eq(same, chunk))
-            && let Some(compiled) = p.compiled.get(base..base + chunk.items().len())
+            && let Some(compiled) = p.compiled.get(k)
         {
-            out.extend(compiled.iter().cloned());
+            out.push(Arc::clone(compiled));
             continue;
         }
         let known = known.get_or_insert_with(|| {
-            previous
-                .map(|p| all(&p.regexes).map(|s| s.as_str()).zip(p.compiled.iter()).collect())
-                .unwrap_or_default()
+            let Some(p) = previous else { return HashMap::new() };
+            let patterns = all(&p.regexes).map(|s| s.as_str());
+            patterns.zip(p.compiled.iter().flat_map(|c| c.iter())).collect()
         });
-        for (i, pattern) in chunk.items().iter().enumerate() {
-            out.push(match known.get(pattern.as_str()) {
-                Some(re) => (*re).clone(),
+        let base = k * PAGE_ITEMS;
+        let compiled = chunk
+            .items()
+            .iter()
+            .enumerate()
+            .map(|(i, pattern)| match known.get(pattern.as_str()) {
+                Some(re) => Ok((*re).clone()),
                 None => compile_regex(pattern.as_str())
-                    .map_err(|reason| TableError::Regex { index: base + i, reason })?,
-            });
-        }
+                    .map_err(|reason| TableError::Regex { index: base + i, reason }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        out.push(compiled.into());
     }
     Ok(out)
 }
