@@ -125,6 +125,7 @@ impl Pipeline {
                     routes_compiled = reuse.fresh,
                     patched = reuse.patched,
                     publish_micros = publishing.elapsed().as_micros() as u64,
+                    encode_micros = p.encode.as_micros() as u64,
                     "published"
                 );
                 self.watch_applied(p.generation);

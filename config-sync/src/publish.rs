@@ -41,6 +41,8 @@ pub(crate) struct Published {
     pub written: usize,
     /// Chunks written and kept.
     pub chunks: (usize, usize),
+    /// Time spent encoding (and storing the chunks that changed), before the root was written.
+    pub encode: Duration,
 }
 
 impl Publisher {
@@ -70,6 +72,7 @@ impl Publisher {
         }
         self.writer.discard();
         let epoch = self.writer.generation() + 1;
+        let started = Instant::now();
         let root = match self.encoder.encode(table, epoch, &mut self.writer) {
             Ok(root) => root,
             Err(e) => {
@@ -83,7 +86,8 @@ impl Publisher {
             self.writer.discard();
             return Ok(None);
         }
-        self.write(root).map(Some)
+        let encode = started.elapsed();
+        self.write(root).map(|p| Some(Published { encode, ..p }))
     }
 
     /// Checks the segment and, when it was damaged, puts a fresh one in place and republishes
@@ -130,6 +134,7 @@ impl Publisher {
             bytes: root.len() + self.encoder.size(),
             written: root.len() + reused.bytes,
             chunks: (reused.stored, reused.kept),
+            encode: Duration::ZERO,
         };
         self.last = Some(root);
         Ok(published)

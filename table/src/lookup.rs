@@ -201,9 +201,11 @@ impl Router {
         };
         trace.listener(Some(listener_id));
         let mut vhost = find_host(&listener.vhosts, req.host);
-        // Bounded: `view` checked that every fallback index is larger than its own.
+        let mut steps = 0;
         while let Some((vhost_id, v)) = vhost.and_then(|i| Some((i, self.vhost(i)?)))
+            && steps < MAX_FALLBACKS
         {
+            steps += 1;
             trace.vhost(vhost_id);
             for index in v.matches.iter() {
                 let index = index.to_native();
@@ -320,6 +322,12 @@ pub fn find_host(index: &ArchivedHostIndex, host: &[u8]) -> Option<u32> {
     }
     index.any.as_ref().map(|a| a.to_native())
 }
+
+/// Most virtual hosts one lookup visits: the Host's own and its fallbacks. config-sync makes
+/// each fallback strictly less specific (an exact name, then wildcards each at least one label
+/// shorter, then the catch-all), and a host of [`MAX_HOST`] bytes has at most 128 labels; the
+/// bound keeps a table whose fallbacks loop from hanging a lookup.
+pub const MAX_FALLBACKS: usize = 130;
 
 /// Longest host name we route on (DNS limit); longer hosts match only catch-alls.
 pub const MAX_HOST: usize = 255;

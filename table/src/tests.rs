@@ -235,7 +235,7 @@ fn open_refuses_out_of_range_indices() {
         ("match", Box::new(|t| t.vhosts[0].matches.push(99))),
         ("action", Box::new(|t| t.matches[0].action = 50)),
         ("regex", Box::new(|t| t.matches[4].path = PathMatch::Regex(5))),
-        ("fallback loop", Box::new(|t| t.vhosts[1].fallback = Some(0))),
+        ("fallback to itself", Box::new(|t| t.vhosts[1].fallback = Some(1))),
         ("wrr", Box::new(|t| t.wrr_slots = u32::MAX)),
         ("unsorted", Box::new(|t| t.listeners[0].vhosts.exact.push(entry("a.example.co", 0)))),
         (
@@ -283,6 +283,31 @@ fn open_refuses_out_of_range_indices() {
     }
     let bytes = encode(&sample()).unwrap();
     assert!(Router::open(&bytes, Some(4)).is_err(), "generation mismatch");
+}
+
+/// Fallbacks that loop (which config-sync never writes, and the checks no longer refuse since
+/// virtual hosts may come in any order) end the lookup after `MAX_FALLBACKS` steps.
+#[test]
+fn a_fallback_loop_ends() {
+    let mut t = sample();
+    t.vhosts[2].fallback = Some(0);
+    t.vhosts[0].matches.clear();
+    t.vhosts[2].matches.clear();
+    let r = open(&t);
+    let req = Request { method: b"PUT", path: b"/nothing/here", query: b"", host: b"a.example.com" };
+    let mut visited = Visited::default();
+    let route = r.route_traced(&r.table().ports[0], &req, &NoHeaders, &mut r.scratch(), &mut visited);
+    assert!(matches!(route, Route::NoRoute { .. }));
+    assert_eq!(visited.0, crate::lookup::MAX_FALLBACKS);
+}
+
+#[derive(Default)]
+struct Visited(usize);
+
+impl crate::lookup::Trace for Visited {
+    fn vhost(&mut self, _: u32) {
+        self.0 += 1;
+    }
 }
 
 fn lookups_do_not_panic(router: &Router) {

@@ -15,12 +15,11 @@
 //! and after). Routes of one kind do not ask about each other: each one's entries are sorted
 //! into its virtual hosts by the spec's precedence, which is all a fresh compilation does.
 //!
-//! The table keeps its layout: virtual hosts stay in the order a fresh compilation gives them
-//! (exact names, wildcards longest first, the catch-all last, per listener), with their
-//! fallbacks, so indices of virtual hosts shift when one comes or goes. Actions, matches,
-//! Services and regexes are appended; a removed route's actions and matches stay behind as
-//! holes (an action that answers nothing, a match no virtual host lists) and unused Services and
-//! regexes stay too, until holes are a quarter as many as live entries and the next change
+//! Nothing in the table moves, so that the encoder re-encodes only the pages a change touched
+//! (`table::Paged`): a new virtual host, action, match, Service or regex is appended; a removed
+//! route's actions and matches stay behind as holes (an action that answers nothing and holds
+//! its weighted-state slots, a match no virtual host lists), as does a virtual host left without
+//! matches (nameless, in no host index), and unused Services and regexes stay too, until holes are a quarter as many as live entries and the next change
 //! compiles the table whole (at 5,000 routes about one change in 1,250: holes cost memory in
 //! both processes and bytes in every table published). So a patched table serves every request as a fresh compilation's would and
 //! differs in those indices only (`tests::incremental` compares the two by what each request
@@ -47,7 +46,7 @@ pub(super) struct Kept {
     /// Each match's precedence and route, by index in the table (`None`: a hole); made from the
     /// fragments by the first patch after a whole compilation.
     ranks: Option<Vec<Option<Rank>>>,
-    /// Actions and matches of removed routes left in the table.
+    /// Actions, matches and virtual hosts of removed routes left in the table.
     holes: usize,
 }
 
@@ -303,6 +302,7 @@ impl Incremental {
                 && table.vhosts[v as usize].matches.is_empty()
             {
                 remove_vhost(&mut table, ti, v);
+                kept.holes += 1;
             }
         }
 
@@ -407,33 +407,10 @@ fn vhost_of(table: &t::Table, ti: usize, host: &str) -> Option<u32> {
     Some(list[at].target)
 }
 
-/// Virtual hosts of a listener: one per name in its host index.
-fn vhost_count(index: &t::HostIndex) -> usize {
-    index.exact.len() + index.wildcard.len() + usize::from(index.any.is_some())
-}
-
-/// Where the table's listener `ti`'s virtual hosts start (each listener's are together, in
-/// listener order).
-fn first_vhost(table: &t::Table, ti: usize) -> usize {
-    table.listeners[..ti].iter().map(|l| vhost_count(&l.vhosts)).sum()
-}
-
-/// Adds an empty virtual host `host` to listener `ti` where a fresh compilation puts it (rank,
-/// longest first, then by name), moving every later index up; returns it.
+/// Adds an empty virtual host `host` to listener `ti`, at the end of the table's; returns it.
 fn add_vhost(table: &mut t::Table, ti: usize, host: &str) -> u32 {
-    let start = first_vhost(table, ti);
-    let count = vhost_count(&table.listeners[ti].vhosts);
-    fn order(h: &str) -> (u8, Reverse<usize>, &str) {
-        (host_rank(h), Reverse(h.len()), h)
-    }
-    let placed =
-        table.vhosts[start..start + count].partition_point(|v| order(&v.hostname) < order(host));
-    let at = (start + placed) as u32;
-    shift_vhosts(table, at, |i| i + 1);
-    table.vhosts.insert(
-        at as usize,
-        t::VirtualHost { hostname: host.to_owned(), matches: Vec::new(), fallback: None },
-    );
+    let at = table.vhosts.len() as u32;
+    table.vhosts.push(t::VirtualHost { hostname: host.to_owned(), matches: Vec::new(), fallback: None });
     let index = &mut table.listeners[ti].vhosts;
     match host.strip_prefix('*') {
         _ if host.is_empty() => index.any = Some(at),
@@ -449,40 +426,19 @@ fn add_vhost(table: &mut t::Table, ti: usize, host: &str) -> u32 {
     at
 }
 
-/// Removes virtual host `v` (of listener `ti`), moving every later index down.
+/// Takes virtual host `v` out of listener `ti`'s host index, leaving a hole (nameless, empty,
+/// no fallback) where it was.
 fn remove_vhost(table: &mut t::Table, ti: usize, v: u32) {
-    let host = table.vhosts.remove(v as usize).hostname;
+    let hole = t::VirtualHost { hostname: String::new(), matches: Vec::new(), fallback: None };
+    let host = std::mem::replace(&mut table.vhosts[v as usize], hole).hostname;
     let index = &mut table.listeners[ti].vhosts;
     match host.strip_prefix('*') {
         _ if host.is_empty() => index.any = None,
         Some(suffix) => index.wildcard.retain(|e| e.host != suffix),
         None => index.exact.retain(|e| e.host != host),
     }
-    shift_vhosts(table, v + 1, |i| i - 1);
     if host_rank(&host) != 0 {
         refallback(table, ti);
-    }
-}
-
-/// Applies `moved` to every virtual host index at or above `from` (host indices, fallbacks).
-fn shift_vhosts(table: &mut t::Table, from: u32, moved: impl Fn(u32) -> u32) {
-    let mut shift = |i: &mut u32| {
-        if *i >= from {
-            *i = moved(*i);
-        }
-    };
-    for l in &mut table.listeners {
-        let index = &mut l.vhosts;
-        index.exact.iter_mut().chain(&mut index.wildcard).for_each(|e| shift(&mut e.target));
-        index.any.iter_mut().for_each(&mut shift);
-    }
-    // Only the virtual hosts that change: the others' chunks stay as they are.
-    for v in 0..table.vhosts.len() {
-        if table.vhosts[v].fallback.is_some_and(|f| f >= from)
-            && let Some(fallback) = table.vhosts.get_mut(v).and_then(|v| v.fallback.as_mut())
-        {
-            shift(fallback);
-        }
     }
 }
 
@@ -491,12 +447,12 @@ fn insert_host(list: &mut Vec<t::HostEntry>, host: &str, target: u32) {
     list.insert(at, t::HostEntry { host: host.to_owned(), target });
 }
 
-/// Every fallback of listener `ti`'s virtual hosts again.
+/// Every fallback of listener `ti`'s virtual hosts again (written only where it changes).
 fn refallback(table: &mut t::Table, ti: usize) {
-    let start = first_vhost(table, ti);
-    let count = vhost_count(&table.listeners[ti].vhosts);
     let index = &table.listeners[ti].vhosts;
-    for v in start..start + count {
+    let targets = index.exact.iter().chain(&index.wildcard).map(|e| e.target).chain(index.any);
+    for v in targets {
+        let v = v as usize;
         let fallback = fallback_in(index, &table.vhosts[v].hostname);
         if table.vhosts[v].fallback != fallback {
             table.vhosts[v].fallback = fallback;

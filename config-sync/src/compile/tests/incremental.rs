@@ -161,9 +161,26 @@ fn served(t: &t::Table) -> impl PartialEq + std::fmt::Debug {
         seen.push(t.regexes[*i as usize].clone());
         *i = 0;
     };
-    let vhosts: Vec<_> = t
-        .vhosts
+    // Virtual hosts in the order the listeners' host indices name them (a patched table
+    // appends them and leaves holes where one went; a fresh compilation sorts them), fallbacks
+    // by name.
+    let mut order: Vec<u32> = Vec::new();
+    let mut listeners = t.listeners.clone();
+    for l in &mut listeners {
+        let index = &mut l.vhosts;
+        let exact = index.exact.iter_mut().map(|e| &mut e.target);
+        let targets = exact.chain(index.wildcard.iter_mut().map(|e| &mut e.target));
+        for target in targets.chain(index.any.iter_mut()) {
+            let at = order.iter().position(|&v| v == *target).unwrap_or_else(|| {
+                order.push(*target);
+                order.len() - 1
+            });
+            *target = at as u32;
+        }
+    }
+    let vhosts: Vec<_> = order
         .iter()
+        .map(|&v| &t.vhosts[v as usize])
         .map(|v| {
             let matches: Vec<_> = v
                 .matches
@@ -199,10 +216,11 @@ fn served(t: &t::Table) -> impl PartialEq + std::fmt::Debug {
                     (m, regexes, a, services)
                 })
                 .collect();
-            (v.hostname.clone(), v.fallback, matches)
+            let fallback = v.fallback.map(|f| t.vhosts[f as usize].hostname.clone());
+            (v.hostname.clone(), fallback, matches)
         })
         .collect();
-    (t.ports.clone(), t.listeners.clone(), t.certificates.clone(), vhosts)
+    (t.ports.clone(), listeners, t.certificates.clone(), vhosts)
 }
 
 proptest::proptest! {
