@@ -125,9 +125,8 @@ impl table::build::Store for Memory {
 
 impl Memory {
     fn open(&self, root: table::AlignedVec<16>, previous: Option<&table::Router>) -> table::Router {
-        let mut fetch = |c: &table::format::ArchivedChunkRef| {
-            Ok(self.0[c.offset.to_native() as usize].clone())
-        };
+        let mut fetch =
+            |c: &table::format::ArchivedChunkRef| Ok(self.0[c.offset.to_native() as usize].clone());
         table::Router::open_parts(root, Some(0), previous, &mut fetch).unwrap()
     }
 }

@@ -273,7 +273,8 @@ fn lb_keeps_serving_when_config_sync_dies_and_refuses_bad_tables() {
     }
     let served = env.applied();
     let reader = table::shm::SegmentReader::open(&env.table).unwrap();
-    let (current, root) = (reader.open_router(None).unwrap().unwrap(), reader.read().unwrap().unwrap());
+    let (current, root) =
+        (reader.open_router(None).unwrap().unwrap(), reader.read().unwrap().unwrap());
 
     // Someone writes a table that is well framed (good checksum) but not a valid table.
     let mut writer = table::shm::SegmentWriter::open(&env.table).unwrap();

@@ -13,8 +13,11 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::vec::{ArchivedVec, VecResolver};
 
-use crate::format::{ArchivedRoot, ChunkRef, Chunks, Root, Table};
+use crate::format::{ArchivedRoot, ChunkRef, Chunks, ChunksResolver, Root, Table};
 use crate::paged::Paged;
+use rkyv::api::high::HighSerializer;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::{Archive, Serialize};
 
 /// Where an [`Encoder`] puts chunks.
 pub trait Store {
@@ -24,10 +27,11 @@ pub trait Store {
     fn keep(&mut self, chunk: &ChunkRef);
 }
 
-/// Serialises a slice as an archived `Vec` without copying it into one (a page of a [`Paged`]).
+/// Serialises a slice as an archived `Vec` without copying it into one (a page of a [`Paged`],
+/// a vector of the root).
 struct PageRef<'a, T>(&'a [T]);
 
-impl<T: rkyv::Archive> rkyv::Archive for PageRef<'_, T> {
+impl<T: Archive> Archive for PageRef<'_, T> {
     type Archived = ArchivedVec<T::Archived>;
     type Resolver = VecResolver;
 
@@ -36,13 +40,73 @@ impl<T: rkyv::Archive> rkyv::Archive for PageRef<'_, T> {
     }
 }
 
-impl<T, S> rkyv::Serialize<S> for PageRef<'_, T>
+impl<T, S> Serialize<S> for PageRef<'_, T>
 where
-    T: rkyv::Serialize<S>,
+    T: Serialize<S>,
     S: rancor::Fallible + rkyv::ser::Allocator + rkyv::ser::Writer + ?Sized,
 {
     fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
         ArchivedVec::<T::Archived>::serialize_from_slice(self.0, serializer)
+    }
+}
+
+/// A [`Root`] that borrows what it does not own (the listeners' host indices are most of a
+/// root: thousands of names, which a copy would allocate one by one), archived as a `Root`.
+struct RootRef<'t> {
+    table: &'t Table,
+    chunks: [Chunks; 5],
+}
+
+/// What [`RootRef`]'s parts left to resolve.
+struct RootRefResolver {
+    ports: VecResolver,
+    listeners: VecResolver,
+    certificates: VecResolver,
+    chunks: [ChunksResolver; 5],
+}
+
+impl Archive for RootRef<'_> {
+    type Archived = ArchivedRoot;
+    type Resolver = RootRefResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
+        rkyv::munge::munge!(let ArchivedRoot {
+            generation, ports, listeners, certificates, wrr_slots,
+            vhosts, matches, actions, services, regexes,
+        } = out);
+        let t = self.table;
+        0u64.resolve((), generation);
+        ArchivedVec::resolve_from_slice(&t.ports, resolver.ports, ports);
+        ArchivedVec::resolve_from_slice(&t.listeners, resolver.listeners, listeners);
+        ArchivedVec::resolve_from_slice(&t.certificates, resolver.certificates, certificates);
+        t.wrr_slots.resolve((), wrr_slots);
+        let places = [vhosts, matches, actions, services, regexes];
+        for ((chunks, resolver), out) in self.chunks.iter().zip(resolver.chunks).zip(places) {
+            chunks.resolve(resolver, out);
+        }
+    }
+}
+
+impl<S> Serialize<S> for RootRef<'_>
+where
+    S: rancor::Fallible + rkyv::ser::Allocator + rkyv::ser::Writer + ?Sized,
+    S::Error: rancor::Source,
+{
+    fn serialize(&self, s: &mut S) -> Result<Self::Resolver, S::Error> {
+        let t = self.table;
+        let [v, m, a, sv, r] = &self.chunks;
+        Ok(RootRefResolver {
+            ports: ArchivedVec::serialize_from_slice(&t.ports, s)?,
+            listeners: ArchivedVec::serialize_from_slice(&t.listeners, s)?,
+            certificates: ArchivedVec::serialize_from_slice(&t.certificates, s)?,
+            chunks: [
+                v.serialize(s)?,
+                m.serialize(s)?,
+                a.serialize(s)?,
+                sv.serialize(s)?,
+                r.serialize(s)?,
+            ],
+        })
     }
 }
 
@@ -92,17 +156,15 @@ impl Encoder {
         self.last = Reused::default();
         let [vhosts, matches, actions, services, regexes] = &mut self.made;
         let mut state = State { epoch, count: &mut self.count, reused: &mut self.last };
-        let root = Root {
-            generation: 0,
-            ports: table.ports.clone(),
-            listeners: table.listeners.clone(),
-            certificates: table.certificates.clone(),
-            wrr_slots: table.wrr_slots,
-            vhosts: chunks(&table.vhosts, vhosts, &mut state, store)?,
-            matches: chunks(&table.matches, matches, &mut state, store)?,
-            actions: chunks(&table.actions, actions, &mut state, store)?,
-            services: chunks(&table.services, services, &mut state, store)?,
-            regexes: chunks(&table.regexes, regexes, &mut state, store)?,
+        let root = RootRef {
+            table,
+            chunks: [
+                chunks(&table.vhosts, vhosts, &mut state, store)?,
+                chunks(&table.matches, matches, &mut state, store)?,
+                chunks(&table.actions, actions, &mut state, store)?,
+                chunks(&table.services, services, &mut state, store)?,
+                chunks(&table.regexes, regexes, &mut state, store)?,
+            ],
         };
         rkyv::to_bytes::<rancor::Error>(&root).map_err(|e| EncodeError(e.to_string()))
     }
@@ -167,9 +229,7 @@ fn chunks<T>(
     store: &mut dyn Store,
 ) -> Result<Chunks, EncodeError>
 where
-    T: for<'a> rkyv::Serialize<
-            rkyv::api::high::HighSerializer<AlignedVec<16>, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
-        >,
+    T: for<'a> Serialize<HighSerializer<AlignedVec<16>, ArenaHandle<'a>, rancor::Error>>,
 {
     let mut refs = Vec::with_capacity(items.pages());
     made.truncate(items.pages());
@@ -278,9 +338,7 @@ pub fn stamp_generation(root: &mut [u8], generation: u64) -> Result<(), EncodeEr
 /// Decodes a self-contained table ([`encode`]) into a native [`Table`] (validating it first).
 /// For tools and tests; lb reads tables in place through [`Router`](crate::Router) instead.
 pub fn decode(bytes: &[u8]) -> Result<Table, EncodeError> {
-    crate::Router::open(bytes, None)
-        .map_err(|e| EncodeError(e.to_string()))?
-        .to_native()
+    crate::Router::open(bytes, None).map_err(|e| EncodeError(e.to_string()))?.to_native()
 }
 
 /// Serialisation failed (only on allocation failure, a table beyond rkyv's 4 GiB offsets or a

@@ -21,8 +21,8 @@ pub mod wire;
 
 pub use build::{EncodeError, decode, encode};
 pub use format::{FORMAT_VERSION, Table};
-pub use paged::{PAGE_ITEMS, Paged};
 pub use lookup::{ActionId, Headers, Request, Route, Scratch, ServiceId};
+pub use paged::{PAGE_ITEMS, Paged};
 pub use rkyv::util::AlignedVec;
 pub use view::{Intake, Router, TableError};
 

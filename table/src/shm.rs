@@ -1070,7 +1070,10 @@ mod tests {
             previous = Some(router);
         }
         let file = fs::metadata(&path).unwrap().len();
-        assert!(file < PAGE + 2 * whole as u64 + 64 * 1024, "{file} bytes for a {whole}-byte table");
+        assert!(
+            file < PAGE + 2 * whole as u64 + 64 * 1024,
+            "{file} bytes for a {whole}-byte table"
+        );
     }
 
     #[test]

@@ -177,11 +177,10 @@ fn an_encoder_stores_only_the_pages_that_changed() {
     table.actions[200].rule = 9;
     encoder.encode(&table, 2, &mut store).unwrap();
     assert_eq!((store.bytes.len(), store.kept), (pages + 1, pages - 1));
-    assert_eq!(encoder.last, crate::build::Reused {
-        kept: pages - 1,
-        stored: 1,
-        bytes: store.bytes[pages].len()
-    });
+    assert_eq!(
+        encoder.last,
+        crate::build::Reused { kept: pages - 1, stored: 1, bytes: store.bytes[pages].len() }
+    );
     // Renewed to what it was: same bytes as the chunk made for that page, kept.
     let value = table.actions[200].clone();
     table.actions[200] = value;
@@ -294,9 +293,11 @@ fn a_fallback_loop_ends() {
     t.vhosts[0].matches.clear();
     t.vhosts[2].matches.clear();
     let r = open(&t);
-    let req = Request { method: b"PUT", path: b"/nothing/here", query: b"", host: b"a.example.com" };
+    let req =
+        Request { method: b"PUT", path: b"/nothing/here", query: b"", host: b"a.example.com" };
     let mut visited = Visited::default();
-    let route = r.route_traced(&r.table().ports[0], &req, &NoHeaders, &mut r.scratch(), &mut visited);
+    let route =
+        r.route_traced(&r.table().ports[0], &req, &NoHeaders, &mut r.scratch(), &mut visited);
     assert!(matches!(route, Route::NoRoute { .. }));
     assert_eq!(visited.0, crate::lookup::MAX_FALLBACKS);
 }

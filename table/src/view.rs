@@ -19,17 +19,17 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use regex_automata::meta;
+use rkyv::api::high::HighValidator;
 use rkyv::bytecheck::CheckBytes;
 use rkyv::string::ArchivedString;
-use rkyv::api::high::HighValidator;
 use rkyv::vec::ArchivedVec;
 use rkyv::{Portable, rancor, util::AlignedVec};
 
 use crate::build::bundle_root;
 use crate::format::{
     ArchivedAction, ArchivedActionKind, ArchivedBackendTarget, ArchivedChunkRef, ArchivedChunks,
-    ArchivedHeaderEdits, ArchivedHostIndex, ArchivedPathMatch, ArchivedPathRewrite,
-    ArchivedRoot, ArchivedRouteMatch, ArchivedService, ArchivedValueMatch, ArchivedVirtualHost,
+    ArchivedHeaderEdits, ArchivedHostIndex, ArchivedPathMatch, ArchivedPathRewrite, ArchivedRoot,
+    ArchivedRouteMatch, ArchivedService, ArchivedValueMatch, ArchivedVirtualHost,
 };
 use crate::paged::{PAGE_ITEMS, Paged};
 use crate::wire::{is_editable, is_field_value, is_host_name, is_token};
@@ -181,7 +181,10 @@ where
         let base = k * PAGE_ITEMS;
         let count = (len - base).min(PAGE_ITEMS);
         let checked = Chunk::check(chunk, bytes, base as u32, count).map_err(|why| {
-            TableError::Inconsistent(format!("{} chunk {k} (id {}): {why}", NAMES[vector], chunk.id))
+            TableError::Inconsistent(format!(
+                "{} chunk {k} (id {}): {why}",
+                NAMES[vector], chunk.id
+            ))
         })?;
         out.push(Arc::new(checked));
     }

@@ -410,7 +410,11 @@ fn vhost_of(table: &t::Table, ti: usize, host: &str) -> Option<u32> {
 /// Adds an empty virtual host `host` to listener `ti`, at the end of the table's; returns it.
 fn add_vhost(table: &mut t::Table, ti: usize, host: &str) -> u32 {
     let at = table.vhosts.len() as u32;
-    table.vhosts.push(t::VirtualHost { hostname: host.to_owned(), matches: Vec::new(), fallback: None });
+    table.vhosts.push(t::VirtualHost {
+        hostname: host.to_owned(),
+        matches: Vec::new(),
+        fallback: None,
+    });
     let index = &mut table.listeners[ti].vhosts;
     match host.strip_prefix('*') {
         _ if host.is_empty() => index.any = Some(at),

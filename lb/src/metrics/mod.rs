@@ -576,10 +576,9 @@ impl Names {
             now,
         );
         let backends = self.detail.backends;
-        let (backend, b_reused) = self.backends.assign(
-            router.services().map(|s| backends.then(|| s.name.as_str().to_owned())),
-            now,
-        );
+        let (backend, b_reused) = self
+            .backends
+            .assign(router.services().map(|s| backends.then(|| s.name.as_str().to_owned())), now);
         Labels {
             listener,
             route,

@@ -217,7 +217,10 @@ mod tests {
         // Smooth: never three picks of service 0 in a row.
         assert!(!picks.windows(3).any(|w| w.iter().all(to(0))), "{picks:?}");
         // Every weight zero: the spec's 500.
-        assert_eq!(t.select(&t.router.action(table::ActionId(1)).unwrap().kind), Target::Status(500));
+        assert_eq!(
+            t.select(&t.router.action(table::ActionId(1)).unwrap().kind),
+            Target::Status(500)
+        );
     }
 
     #[test]

@@ -332,7 +332,8 @@ fn action_targets(c: &Compiled2, port: u16, path: &str) -> Vec<(u32, String)> {
             .map(|b| {
                 let target = match &b.target {
                     ArchivedBackendTarget::Service(s) => {
-                        let svc = c.router.service(table::ServiceId(s.to_native())).expect("validated");
+                        let svc =
+                            c.router.service(table::ServiceId(s.to_native())).expect("validated");
                         let eps: Vec<_> =
                             svc.endpoints.iter().map(|e| e.socket_addr().to_string()).collect();
                         format!("{} {}", svc.name, eps.join(","))
