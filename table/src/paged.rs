@@ -124,6 +124,13 @@ impl<T> Paged<T> {
         }
     }
 
+    /// Removes and returns the items from `at` on.
+    pub fn split_off(&mut self, at: usize) -> Vec<T> {
+        let tail = self.items.split_off(at);
+        self.resized(at);
+        tail
+    }
+
     /// Keeps the items `keep` says yes to (every page changes).
     pub fn retain(&mut self, keep: impl FnMut(&T) -> bool) {
         self.items.retain(keep);

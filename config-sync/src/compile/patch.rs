@@ -48,6 +48,19 @@ pub(super) struct Kept {
     ranks: Option<Vec<Option<Rank>>>,
     /// Actions, matches and virtual hosts of removed routes left in the table.
     holes: usize,
+    /// Where the holes are, for routes added later to fill: a route's actions take a run of
+    /// hollow actions holding as many weighted-state slots each (so no offset moves), its
+    /// matches and virtual hosts any hole. Under churn the table then stays the same size.
+    free: Free,
+}
+
+/// The holes of a patched table, by kind.
+#[derive(Default)]
+struct Free {
+    /// Runs of hollow actions by their slot counts, each run's first index.
+    actions: HashMap<Vec<usize>, Vec<u32>, foldhash::fast::RandomState>,
+    matches: Vec<u32>,
+    vhosts: Vec<u32>,
 }
 
 type Rank = (SortKey<()>, Arc<Key>);
@@ -74,6 +87,7 @@ impl Kept {
             asked,
             ranks: None,
             holes: 0,
+            free: Free::default(),
         }
     }
 }
@@ -228,6 +242,10 @@ impl Incremental {
             for a in c.actions.range_mut(from..from + count)? {
                 *a = hollow(a);
             }
+            if count > 0 {
+                let slots = slots(&c.actions[from..from + count]);
+                kept.free.actions.entry(slots).or_default().push(from as u32);
+            }
             kept.holes += count;
             for e in &f.entries {
                 let ti = in_table[e.listener]?;
@@ -239,6 +257,7 @@ impl Incremental {
                 }
                 *table.matches.get_mut(e.at as usize)? = hole_match();
                 ranks[e.at as usize] = None;
+                kept.free.matches.push(e.at);
                 kept.holes += 1;
             }
             for l in f.conflicts_asked() {
@@ -257,7 +276,31 @@ impl Incremental {
         let mut owner: Vec<Arc<Key>> = Vec::new();
         for (kind, key, route) in added {
             c.route_kind = kind;
-            let f = c.record(key, route, next);
+            let mut f = c.record(key, route, next);
+            let (from, count) = (f.action_base as usize, f.actions as usize);
+            let run = kept.free.actions.get_mut(&slots(&c.actions[from..])).and_then(Vec::pop);
+            if let Some(base) = run {
+                // Into a run of holes of the same shape: its slots keep their offsets.
+                let fresh = c.actions.split_off(from);
+                for (i, mut a) in fresh.into_iter().enumerate() {
+                    let at = base as usize + i;
+                    if let (
+                        t::ActionKind::Forward { wrr_offset, .. },
+                        t::ActionKind::Forward { wrr_offset: kept_offset, .. },
+                    ) = (&mut a.kind, &c.actions[at].kind)
+                    {
+                        *wrr_offset = *kept_offset;
+                    }
+                    *c.actions.get_mut(at)? = a;
+                }
+                let moved = from as u32..(from + count) as u32;
+                let entries = c.listeners.iter_mut().flat_map(|l| l.vhosts.values_mut()).flatten();
+                for e in entries.filter(|e| moved.contains(&e.m.action)) {
+                    e.m.action = e.m.action - moved.start + base;
+                }
+                f.action_base = base;
+                kept.holes -= count;
+            }
             for l in f.conflicts_asked() {
                 kept.asked[l][kind as usize] += 1;
             }
@@ -271,10 +314,15 @@ impl Incremental {
                 let ti = in_table[l]?;
                 let v = match vhost_of(&table, ti, &host) {
                     Some(v) => v,
-                    None => add_vhost(&mut table, ti, &host),
+                    None => {
+                        let hole = kept.free.vhosts.pop();
+                        kept.holes -= usize::from(hole.is_some());
+                        add_vhost(&mut table, ti, &host, hole)
+                    }
                 };
                 for e in entries {
-                    let at = table.matches.len() as u32;
+                    let hole = kept.free.matches.pop();
+                    let at = hole.unwrap_or(table.matches.len() as u32);
                     let rank = e.key.renamed((), ());
                     let position = {
                         let rank_of = |m: u32| {
@@ -285,8 +333,15 @@ impl Incremental {
                         table.vhosts[v as usize].matches.partition_point(|&m| rank_of(m) <= new)
                     };
                     table.vhosts[v as usize].matches.insert(position, at);
-                    table.matches.push(e.m);
-                    ranks.push(Some((rank, Arc::clone(owner.get(e.origin as usize)?))));
+                    let rank = Some((rank, Arc::clone(owner.get(e.origin as usize)?)));
+                    if hole.is_some() {
+                        *table.matches.get_mut(at as usize)? = e.m;
+                        *ranks.get_mut(at as usize)? = rank;
+                        kept.holes -= 1;
+                    } else {
+                        table.matches.push(e.m);
+                        ranks.push(rank);
+                    }
                     *landed.get_mut(e.origin as usize)? = at;
                 }
             }
@@ -302,6 +357,7 @@ impl Incremental {
                 && table.vhosts[v as usize].matches.is_empty()
             {
                 remove_vhost(&mut table, ti, v);
+                kept.free.vhosts.push(v);
                 kept.holes += 1;
             }
         }
@@ -362,6 +418,16 @@ fn ranks_of(
     ranks
 }
 
+/// The weighted-state slots of each action: the shape a run of actions must have to take a run
+/// of hollow ones' place without moving any offset.
+fn slots(actions: &[t::Action]) -> Vec<usize> {
+    let count = |a: &t::Action| match &a.kind {
+        t::ActionKind::Forward { backends, .. } => backends.len(),
+        _ => 0,
+    };
+    actions.iter().map(count).collect()
+}
+
 /// What a patch leaves where it took a route's action out: no route (no metrics series), and a
 /// forward to weight-0 backends that holds the action's weighted-state slots, so the later
 /// actions keep their offsets — and their chunks of the encoded table stay as they were.
@@ -407,14 +473,20 @@ fn vhost_of(table: &t::Table, ti: usize, host: &str) -> Option<u32> {
     Some(list[at].target)
 }
 
-/// Adds an empty virtual host `host` to listener `ti`, at the end of the table's; returns it.
-fn add_vhost(table: &mut t::Table, ti: usize, host: &str) -> u32 {
-    let at = table.vhosts.len() as u32;
-    table.vhosts.push(t::VirtualHost {
-        hostname: host.to_owned(),
-        matches: Vec::new(),
-        fallback: None,
-    });
+/// Adds an empty virtual host `host` to listener `ti`, into `hole` or at the end of the
+/// table's; returns it.
+fn add_vhost(table: &mut t::Table, ti: usize, host: &str, hole: Option<u32>) -> u32 {
+    let vhost = t::VirtualHost { hostname: host.to_owned(), matches: Vec::new(), fallback: None };
+    let at = match hole {
+        Some(at) => {
+            table.vhosts[at as usize] = vhost;
+            at
+        }
+        None => {
+            table.vhosts.push(vhost);
+            table.vhosts.len() as u32 - 1
+        }
+    };
     let index = &mut table.listeners[ti].vhosts;
     match host.strip_prefix('*') {
         _ if host.is_empty() => index.any = Some(at),
