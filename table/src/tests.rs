@@ -209,7 +209,7 @@ fn chunks_are_shared_only_when_named_the_same() {
     // chunk does not read it again; one that does not refuses it.
     let root = crate::build::bundle_root(&bytes).unwrap();
     let (chunk_at, checksum_at) = {
-        let r = rkyv::access::<ArchivedRoot, rkyv::rancor::Error>(&bytes[root.clone()]).unwrap();
+        let r = rkyv::access::<ArchivedRoot, rkyv::rancor::Error>(&bytes[root]).unwrap();
         let chunk = &r.matches.chunks[1];
         let at = std::ptr::from_ref(&chunk.checksum) as usize - bytes.as_ptr() as usize;
         (chunk.offset.to_native() as usize, at)
