@@ -16,14 +16,16 @@
 //! into its virtual hosts by the spec's precedence, which is all a fresh compilation does.
 //!
 //! Nothing in the table moves, so that the encoder re-encodes only the pages a change touched
-//! (`table::Paged`): a new virtual host, action, match, Service or regex is appended; a removed
-//! route's actions and matches stay behind as holes (an action that answers nothing and holds
-//! its weighted-state slots, a match no virtual host lists), as does a virtual host left without
-//! matches (nameless, in no host index), and unused Services and regexes stay too, until holes are a quarter as many as live entries and the next change
-//! compiles the table whole (at 5,000 routes about one change in 1,250: holes cost memory in
-//! both processes and bytes in every table published). So a patched table serves every request as a fresh compilation's would and
-//! differs in those indices only (`tests::incremental` compares the two by what each request
-//! meets: every virtual host's matches with their actions, Services and regexes resolved).
+//! (`table::Paged`). A removed route's actions, matches and virtual host stay behind as holes
+//! (an action that answers nothing and keeps its weighted-state slots, a match no virtual host
+//! lists, a nameless virtual host in no host index); a new route's take holes first (its
+//! actions only a run of hollow ones with the same slot counts, so no offset moves) and are
+//! appended otherwise, as are new Services and regexes (unused ones stay). Under churn the
+//! table keeps its size; holes left unfilled compile the table whole once they are a quarter as
+//! many as live entries (they cost memory in both processes and bytes in every root). So a
+//! patched table serves every request as a fresh compilation's would and differs in indices
+//! only (`tests::incremental` compares the two by what each request meets: every virtual host's
+//! matches with their actions, Services and regexes resolved).
 
 use std::sync::Arc;
 
