@@ -126,7 +126,14 @@ impl Publisher {
     fn write(&mut self, mut root: AlignedVec<16>) -> io::Result<Published> {
         let generation = self.writer.generation() + 1;
         stamp_generation(&mut root, generation).map_err(io::Error::other)?;
-        self.writer.publish(generation, &root)?;
+        if let Err(e) = self.writer.publish(generation, &root) {
+            // The chunks it stored are in no generation, so the next encoding could place new
+            // ones over them while naming them again: store everything anew next time.
+            self.encoder.forget();
+            self.writer.discard();
+            self.last = None;
+            return Err(e);
+        }
         stamp_generation(&mut root, 0).map_err(io::Error::other)?;
         let reused = self.encoder.last;
         let published = Published {
