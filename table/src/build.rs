@@ -311,7 +311,8 @@ pub(crate) fn bundle_root(bytes: &[u8]) -> Option<std::ops::Range<usize>> {
         usize::try_from(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?)).ok()
     };
     let (at, len) = (word(0)?, word(8)?);
-    (at >= BUNDLE_HEADER && at.checked_add(len)? <= bytes.len()).then_some(at..at + len)
+    let end = at.checked_add(len)?;
+    (at >= BUNDLE_HEADER && end <= bytes.len()).then_some(at..end)
 }
 
 /// Writes `generation` into an encoded root in place: the same bytes the encoder makes of the

@@ -311,6 +311,18 @@ impl crate::lookup::Trace for Visited {
     }
 }
 
+/// A self-contained table whose header puts the root beyond any address (offset + length
+/// overflows) is refused, not a panic (the fuzzer's find: the range was built before the check).
+#[test]
+fn a_root_beyond_any_address_is_refused() {
+    for (at, len) in [(0u64, u64::MAX), (8, u64::MAX - 3), (16, u64::MAX), (u64::MAX, 1), (0, 8)] {
+        let mut bytes = encode(&sample()).unwrap().to_vec();
+        bytes[..8].copy_from_slice(&at.to_le_bytes());
+        bytes[8..16].copy_from_slice(&len.to_le_bytes());
+        assert!(Router::open(&bytes, None).is_err(), "root at {at}+{len}");
+    }
+}
+
 fn lookups_do_not_panic(router: &Router) {
     let mut scratch = router.scratch();
     for p in router.table().ports.iter() {
