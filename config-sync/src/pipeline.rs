@@ -167,7 +167,7 @@ impl Pipeline {
 
     /// Checks the segment and republishes into a fresh one when someone damaged it.
     pub(crate) fn repair(&mut self) -> Option<Published> {
-        match self.publisher.repair() {
+        match self.publisher.repair(self.compiler.table()) {
             Ok(Some(p)) => {
                 self.watch_applied(p.generation);
                 Some(p)

@@ -91,19 +91,17 @@ impl Publisher {
     }
 
     /// Checks the segment and, when it was damaged, puts a fresh one in place and republishes
-    /// the last table into it under the next generation.
-    pub(crate) fn repair(&mut self) -> io::Result<Option<Published>> {
+    /// `last` (the table published last; `None` before the first) into it, whole, under the
+    /// next generation.
+    pub(crate) fn repair(&mut self, last: Option<&Table>) -> io::Result<Option<Published>> {
         if !self.check_segment()? {
             return Ok(None);
         }
-        let Some(last) = self.last.take() else { return Ok(None) };
-        self.writer.discard();
-        match self.encoder.restore(&last, &mut self.writer) {
-            Ok(root) => self.write(root).map(Some),
-            Err(e) => {
-                self.encoder.forget();
-                Err(io::Error::other(e))
-            }
+        self.encoder.forget();
+        self.last = None;
+        match last {
+            Some(table) => self.publish(table),
+            None => Ok(None),
         }
     }
 
@@ -258,15 +256,16 @@ mod tests {
     fn a_damaged_segment_is_replaced_and_the_table_republished() {
         let path = segment("damaged");
         let mut p = Publisher::open(&path).unwrap();
-        assert!(p.repair().unwrap().is_none(), "nothing to repair before the first table");
-        p.publish(&table::fixtures::sample()).unwrap();
-        assert!(p.repair().unwrap().is_none(), "an intact segment is left alone");
+        let t = table::fixtures::sample();
+        assert!(p.repair(None).unwrap().is_none(), "nothing to repair before the first table");
+        p.publish(&t).unwrap();
+        assert!(p.repair(Some(&t)).unwrap().is_none(), "an intact segment is left alone");
         std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
-        let republished = p.repair().unwrap().unwrap();
+        let republished = p.repair(Some(&t)).unwrap().unwrap();
         assert_eq!(republished.generation, 2);
         assert_eq!(read(&path).0, 2);
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(p.repair().unwrap().map(|p| p.generation), Some(3));
+        assert_eq!(p.repair(Some(&t)).unwrap().map(|p| p.generation), Some(3));
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 

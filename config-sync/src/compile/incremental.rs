@@ -151,6 +151,11 @@ impl Incremental {
         self.previous = Some((self.round, table));
     }
 
+    /// The table given back last (the one published).
+    pub fn table(&self) -> Option<&t::Table> {
+        self.previous.as_ref().map(|(_, table)| table)
+    }
+
     /// How the last compilation went.
     pub fn last(&self) -> Reuse {
         self.last
