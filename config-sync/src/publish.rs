@@ -66,28 +66,23 @@ impl Publisher {
     /// the pages that changed into chunks of the segment, then the root. Returns the new
     /// generation.
     pub(crate) fn publish(&mut self, table: &Table) -> io::Result<Option<Published>> {
-        let repaired = self.check_segment()?;
-        if repaired {
-            self.encoder.forget();
-        }
+        self.check_segment()?;
         self.writer.discard();
         let epoch = self.writer.generation() + 1;
         let started = Instant::now();
         let root = match self.encoder.encode(table, epoch, &mut self.writer) {
             Ok(root) => root,
             Err(e) => {
-                // Whatever it stored is not in the segment's books: start over next time.
-                self.encoder.forget();
-                self.writer.discard();
+                // Whatever it stored is not in the segment's books.
+                self.start_over();
                 return Err(io::Error::other(e));
             }
         };
-        if self.last.as_deref() == Some(root.as_slice()) && !repaired {
+        if self.last.as_deref() == Some(root.as_slice()) {
             self.writer.discard();
             return Ok(None);
         }
-        let encode = started.elapsed();
-        self.write(root).map(|p| Some(Published { encode, ..p }))
+        self.write(root, started.elapsed()).map(Some)
     }
 
     /// Checks the segment and, when it was damaged, puts a fresh one in place and republishes
@@ -97,15 +92,13 @@ impl Publisher {
         if !self.check_segment()? {
             return Ok(None);
         }
-        self.encoder.forget();
-        self.last = None;
         match last {
             Some(table) => self.publish(table),
             None => Ok(None),
         }
     }
 
-    /// Whether the segment had to be replaced.
+    /// Whether the segment had to be replaced (then the next table is stored whole).
     fn check_segment(&mut self) -> io::Result<bool> {
         match self.writer.check()? {
             None => Ok(false),
@@ -114,22 +107,28 @@ impl Publisher {
                     generation = self.writer.generation() + 1,
                     "{damage}; a fresh segment is in place and the current table is republished"
                 );
+                self.start_over();
                 Ok(true)
             }
         }
     }
 
-    /// Publishes `root` (encoded at generation 0; its chunks are in the segment) under the
-    /// next generation.
-    fn write(&mut self, mut root: AlignedVec<16>) -> io::Result<Published> {
+    /// Forgets every chunk stored and the last root: the next table is stored whole and
+    /// published even if unchanged (a fresh segment, or chunks stored for no generation, which
+    /// a later encoding could otherwise place new ones over while naming them again).
+    fn start_over(&mut self) {
+        self.encoder.forget();
+        self.writer.discard();
+        self.last = None;
+    }
+
+    /// Publishes `root` (encoded at generation 0, in `encode`; its chunks are in the segment)
+    /// under the next generation.
+    fn write(&mut self, mut root: AlignedVec<16>, encode: Duration) -> io::Result<Published> {
         let generation = self.writer.generation() + 1;
         stamp_generation(&mut root, generation).map_err(io::Error::other)?;
         if let Err(e) = self.writer.publish(generation, &root) {
-            // The chunks it stored are in no generation, so the next encoding could place new
-            // ones over them while naming them again: store everything anew next time.
-            self.encoder.forget();
-            self.writer.discard();
-            self.last = None;
+            self.start_over();
             return Err(e);
         }
         stamp_generation(&mut root, 0).map_err(io::Error::other)?;
@@ -139,7 +138,7 @@ impl Publisher {
             bytes: root.len() + self.encoder.size(),
             written: root.len() + reused.bytes,
             chunks: (reused.stored, reused.kept),
-            encode: Duration::ZERO,
+            encode,
         };
         self.last = Some(root);
         Ok(published)

@@ -3,7 +3,7 @@
 //!
 //! A table is encoded as a [`Root`](crate::format::Root) and one chunk per page of each paged vector. An
 //! [`Encoder`] remembers the chunks it made: a page whose identity did not change since (or
-//! that encodes to the same bytes at the same place) keeps its chunk, so one changed route
+//! that encodes to the same length, CRC32 and keyed hash at the same place) keeps its chunk, so one changed route
 //! costs the encoding of a few pages and the root, not of the whole table. Where the chunks go
 //! is the [`Store`]'s business: the segment writer places them in its file; [`encode`] puts
 //! them in one buffer after a small header (the self-contained form tools, tests and the fuzzer
@@ -29,8 +29,7 @@ pub trait Store {
     fn keep(&mut self, chunk: &ChunkRef);
 }
 
-/// Serialises a slice as an archived `Vec` without copying it into one (a page of a [`Paged`],
-/// a vector of the root).
+/// Serialises a slice as an archived `Vec` without copying it into one (a page of a [`Paged`]).
 struct PageRef<'a, T>(&'a [T]);
 
 impl<T: Archive> Archive for PageRef<'_, T> {
@@ -129,8 +128,6 @@ pub struct Encoder {
     made: [Vec<Made>; 5],
     /// Keys of the hash in [`Made`], random per encoder.
     keys: std::hash::RandomState,
-    /// Chunks made so far (their identities' low bits).
-    count: u64,
     /// Chunks made and kept by the last [`encode`](Self::encode).
     pub last: Reused,
 }
@@ -157,11 +154,9 @@ impl Encoder {
         epoch: u64,
         store: &mut dyn Store,
     ) -> Result<AlignedVec<16>, EncodeError> {
-        self.count = 0;
         self.last = Reused::default();
         let [vhosts, matches, actions, services, regexes] = &mut self.made;
-        let mut state =
-            State { epoch, count: &mut self.count, reused: &mut self.last, keys: &self.keys };
+        let mut state = State { epoch, count: 0, reused: &mut self.last, keys: &self.keys };
         let root = RootRef {
             table,
             chunks: [
@@ -190,7 +185,8 @@ impl Encoder {
 /// An encoding's running counts.
 struct State<'s> {
     epoch: u64,
-    count: &'s mut u64,
+    /// Chunks made by this encoding (their identities' low bits).
+    count: u64,
     reused: &'s mut Reused,
     keys: &'s std::hash::RandomState,
 }
@@ -230,9 +226,9 @@ where
             continue;
         }
         let offset = store.store(&bytes).map_err(|e| EncodeError(e.to_string()))?;
-        **count += 1;
+        *count += 1;
         let chunk = ChunkRef {
-            id: *epoch << 24 | **count,
+            id: *epoch << 24 | *count,
             offset,
             len: u32::try_from(bytes.len()).map_err(|_| EncodeError("chunk over 4 GiB".into()))?,
             checksum,

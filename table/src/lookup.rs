@@ -12,7 +12,7 @@ use regex_automata::{Input, meta};
 
 use crate::format::{
     ArchivedAction, ArchivedHostIndex, ArchivedListener, ArchivedPathMatch, ArchivedPort,
-    ArchivedRouteMatch, ArchivedService, ArchivedValueMatch,
+    ArchivedRouteMatch, ArchivedValueMatch,
 };
 use crate::view::Router;
 
@@ -112,18 +112,6 @@ pub struct ActionId(pub u32);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceId(pub u32);
 
-impl Router {
-    /// The action `id` names.
-    pub fn action(&self, id: ActionId) -> Option<&ArchivedAction> {
-        self.action_at(id.0)
-    }
-
-    /// The Service `id` names.
-    pub fn service(&self, id: ServiceId) -> Option<&ArchivedService> {
-        self.service_at(id.0)
-    }
-}
-
 /// Per-core mutable state for lookups (regex caches), created with [`Router::scratch`].
 /// A regex's cache is made on its first use, not up front: creating 1,000 caches at every
 /// table swap cost milliseconds per core for regexes most tables rarely hit.
@@ -213,7 +201,7 @@ impl Router {
                 let checked = self.check(m, req, headers, scratch);
                 trace.candidate(index, checked.err());
                 if checked.is_ok()
-                    && let Some(action) = self.action_at(m.action.to_native())
+                    && let Some(action) = self.action(ActionId(m.action.to_native()))
                 {
                     let id = ActionId(m.action.to_native());
                     return Route::Matched { listener, listener_id, id, action, matched: m };

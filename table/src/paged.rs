@@ -136,11 +136,6 @@ impl<T> Paged<T> {
         self.items.retain(keep);
         self.resized(0);
     }
-
-    /// The items.
-    pub fn into_vec(self) -> Vec<T> {
-        self.items
-    }
 }
 
 impl<T> Default for Paged<T> {

@@ -407,15 +407,6 @@ impl SegmentWriter {
         self.pending.clear();
     }
 
-    /// Bytes the active generation and the one being put together take up (for tests and
-    /// dumps).
-    pub fn in_use(&self) -> u64 {
-        let mut all: Vec<(u64, u64)> = self.active.iter().chain(&self.pending).copied().collect();
-        all.sort_unstable();
-        all.dedup();
-        all.iter().map(|(_, len)| len).sum()
-    }
-
     /// Finds room for `len` bytes that neither the active generation nor the pending one uses
     /// (first fit), grows the file to hold them, and reserves them for the pending one.
     fn place(&mut self, len: u64) -> io::Result<u64> {
@@ -591,14 +582,14 @@ impl SegmentReader {
 
     /// Whether `snapshot`'s generation is still the published one, untouched: nothing copied
     /// since it was taken (its chunks) can be torn.
-    pub fn still(&self, snapshot: &Snapshot) -> Result<bool, ReadError> {
+    fn still(&self, snapshot: &Snapshot) -> Result<bool, ReadError> {
         let after = Header::read(&self.file)?;
         let (hseq, active, slot) = snapshot.seqs;
         Ok(after.u64(at::SEQ) == hseq && after.slot(active).seq == slot)
     }
 
     /// Copies `len` bytes at `offset` (a chunk) out of the segment.
-    pub fn read_chunk(&self, offset: u64, len: u32) -> io::Result<AlignedVec<16>> {
+    fn read_chunk(&self, offset: u64, len: u32) -> io::Result<AlignedVec<16>> {
         if offset < PAGE {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "a chunk inside the header"));
         }

@@ -363,12 +363,14 @@ impl Router {
         item(&self.regexes, index).map(|s| s.as_str())
     }
 
-    pub(crate) fn action_at(&self, index: u32) -> Option<&ArchivedAction> {
-        item(&self.actions, index)
+    /// The action `id` names.
+    pub fn action(&self, id: crate::ActionId) -> Option<&ArchivedAction> {
+        item(&self.actions, id.0)
     }
 
-    pub(crate) fn service_at(&self, index: u32) -> Option<&ArchivedService> {
-        item(&self.services, index)
+    /// The Service `id` names.
+    pub fn service(&self, id: crate::ServiceId) -> Option<&ArchivedService> {
+        item(&self.services, id.0)
     }
 
     /// The table as native values (a copy; for dumps and tools, never the request path).

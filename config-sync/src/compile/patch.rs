@@ -282,18 +282,12 @@ impl Incremental {
             let (from, count) = (f.action_base as usize, f.actions as usize);
             let run = kept.free.actions.get_mut(&slots(&c.actions[from..])).and_then(Vec::pop);
             if let Some(base) = run {
-                // Into a run of holes of the same shape: its slots keep their offsets.
-                let fresh = c.actions.split_off(from);
-                for (i, mut a) in fresh.into_iter().enumerate() {
-                    let at = base as usize + i;
-                    if let (
-                        t::ActionKind::Forward { wrr_offset, .. },
-                        t::ActionKind::Forward { wrr_offset: kept_offset, .. },
-                    ) = (&mut a.kind, &c.actions[at].kind)
-                    {
-                        *wrr_offset = *kept_offset;
-                    }
-                    *c.actions.get_mut(at)? = a;
+                // Into a run of holes of the same shape: the slot counts at every place stay
+                // as they were, so `wrr_offsets` below moves no offset.
+                let recorded = c.actions.split_off(from);
+                let holes = c.actions.range_mut(base as usize..base as usize + count)?;
+                for (hole, a) in holes.iter_mut().zip(recorded) {
+                    *hole = a;
                 }
                 let moved = from as u32..(from + count) as u32;
                 let entries = c.listeners.iter_mut().flat_map(|l| l.vhosts.values_mut()).flatten();
